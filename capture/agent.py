@@ -1,0 +1,182 @@
+"""The capture agent: runs bounded, scoped captures and answers with results and their cost.
+
+Used in-process by the responder's embedded default and served over HTTP by ``llmslo agent``
+(see ``capture.api``). Bounds, whoever asks: duration (schemas.MAX_CAPTURE_SECONDS), concurrent
+captures per node (``max_concurrent``), and each probe's event budget; every probe is detached
+when its capture ends, fails or is cancelled.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+from capture import identity
+from capture.probes import CATALOG
+from capture.probes.base import to_result
+from capture.recorder import Recorder
+from capture.schemas import (CaptureCost, CaptureRequest, CaptureResult, ProbeInfo, ProbeResult,
+                             RequestError)
+from capture.session import ProbeLoadError, ProbeSession
+
+log = logging.getLogger(__name__)
+
+# How often a running capture checks its probes' event budgets and the stop signal.
+BUDGET_CHECK_S = 0.5
+
+
+class AgentBusy(RuntimeError):
+    """Too many captures already run on this node; retry later."""
+
+
+class CaptureAgent:
+    def __init__(self, node_name: str | None = None, *, max_concurrent: int = 2,
+                 recorder: bool = True, recorder_interval_s: float = 5.0, recorder_history_s: float = 600.0):
+        self.node = node_name or socket.gethostname()
+        self.max_concurrent = max_concurrent
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self.recorder = Recorder(interval_s=recorder_interval_s, history_s=recorder_history_s) if recorder else None
+        self.active: dict[str, CaptureRequest] = {}
+        self.completed = 0
+
+    async def start(self) -> None:
+        if self.recorder:
+            await asyncio.to_thread(self.recorder.start)
+
+    async def stop(self) -> None:
+        if self.recorder:
+            await asyncio.to_thread(self.recorder.stop)
+
+    def probes(self) -> list[ProbeInfo]:
+        return [p.info() for p in CATALOG.values()]
+
+    def validate(self, data: dict) -> CaptureRequest:
+        return CaptureRequest.from_dict(data, known_probes=list(CATALOG))
+
+    async def capture(self, req: CaptureRequest) -> CaptureResult:
+        """Run one capture. Raises RequestError (bad target) or AgentBusy before touching the
+        kernel; probe failures are reported inside the result, not raised."""
+        unknown = [p for p in req.probes if p not in CATALOG]
+        if unknown:
+            raise RequestError(f"probes: unknown probe(s) {unknown}; known: {sorted(CATALOG)}")
+        scope = await asyncio.to_thread(identity.resolve, req.target)
+        if not self._slots.acquire(blocking=False):
+            raise AgentBusy(f"{self.max_concurrent} captures already running on {self.node}")
+        stop = threading.Event()
+        cap_id = "cap-" + uuid.uuid4().hex[:10]
+        self.active[cap_id] = req
+        worker = asyncio.ensure_future(asyncio.to_thread(self._run_blocking, cap_id, req, scope, stop))
+        try:
+            result = await asyncio.shield(worker)
+        except asyncio.CancelledError:
+            # The caller gave up: stop early, but wait for the worker so every probe detaches.
+            stop.set()
+            await asyncio.wait_for(asyncio.shield(worker), timeout=30)
+            raise
+        finally:
+            self.active.pop(cap_id, None)
+            self._slots.release()
+        self.completed += 1
+        self._add_baseline(result, req, scope)
+        return result
+
+    def _run_blocking(self, cap_id: str, req: CaptureRequest, scope: identity.ResolvedTarget,
+                      stop: threading.Event) -> CaptureResult:
+        cpu0 = time.thread_time()
+        wall0 = time.monotonic()
+        result = CaptureResult(id=cap_id, node=self.node, target=req.target, started_at=time.time(),
+                               ended_at=0.0, cgroup_ids=sorted(scope.cgroup_ids), errors=list(scope.notes))
+        sessions: dict[str, ProbeSession] = {}
+        try:
+            for name in req.probes:
+                s = ProbeSession(CATALOG[name], scope)
+                try:
+                    s.load()
+                except ProbeLoadError as e:
+                    result.incident[name] = ProbeResult(probe=name, window_s=0.0, error=str(e))
+                    result.errors.append(str(e))
+                    continue
+                sessions[name] = s
+            result.cost.startup_ms = (time.monotonic() - wall0) * 1000
+            t0 = time.monotonic()
+            result.started_at = time.time()
+            deadline = t0 + req.duration_s
+            while sessions and not stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                stop.wait(min(BUDGET_CHECK_S, remaining))
+                elapsed = max(time.monotonic() - t0, 1e-3)
+                for name, s in list(sessions.items()):
+                    events = s.stats().events
+                    if events > s.probe.event_budget_per_s * max(elapsed, 1.0):
+                        why = (f"stopped after {elapsed:.1f}s: {events} events exceeded the budget of "
+                               f"{s.probe.event_budget_per_s}/s")
+                        result.incident[name] = self._finish(s, elapsed, truncated=why)
+                        del sessions[name]
+            elapsed = time.monotonic() - t0
+            if stop.is_set():
+                result.errors.append(f"capture cancelled after {elapsed:.1f}s")
+            for name, s in list(sessions.items()):
+                result.incident[name] = self._finish(s, elapsed)
+                del sessions[name]
+        finally:
+            for s in sessions.values():
+                s.close()
+        result.ended_at = time.time()
+        for r in result.incident.values():
+            result.cost.bpf_run_time_ns += r.cost.bpf_run_time_ns
+            result.cost.bpf_run_count += r.cost.bpf_run_count
+            result.cost.events += r.events
+            result.cost.lost += r.lost
+        result.cost.agent_cpu_s = round(time.thread_time() - cpu0, 3)
+        result.cost.wall_s = round(time.monotonic() - wall0, 3)
+        return result
+
+    @staticmethod
+    def _finish(s: ProbeSession, window_s: float, truncated: str | None = None) -> ProbeResult:
+        """Read a session's maps, stats and cost, then detach it."""
+        try:
+            raw = s.read_raw()
+            stats = s.stats()
+            cost = s.cost()
+        finally:
+            s.close()
+        r = to_result(s.probe, raw, None, window_s)
+        r.events, r.lost, r.truncated, r.cost = stats.events, stats.lost, truncated, cost
+        if stats.unattributed:
+            r.counters["unattributed_events"] = float(stats.unattributed)
+        return r
+
+    def _add_baseline(self, result: CaptureResult, req: CaptureRequest, scope: identity.ResolvedTarget) -> None:
+        if req.baseline_s <= 0:
+            result.baseline_note = "no baseline asked for"
+            return
+        if self.recorder is None:
+            result.baseline_note = "no baseline: this agent runs without its recorder"
+            return
+        if not scope.baseline_cgroups:
+            result.baseline_note = ("no baseline: the target's processes live in the root cgroup, whose "
+                                    "history is the whole node's")
+            return
+        end = req.baseline_end or result.started_at
+        end = min(end, result.started_at)
+        notes = []
+        for name in req.probes:
+            base, note = self.recorder.window(name, scope.baseline_cgroups, end - req.baseline_s, end)
+            if base is not None:
+                result.baseline[name] = base
+            notes.append(f"{name}: {note}")
+        result.baseline_note = "; ".join(dict.fromkeys(n.split(": ", 1)[1] for n in notes)) if notes else ""
+
+    def status(self) -> dict:
+        cov = self.recorder.coverage() if self.recorder else None
+        return {"node": self.node, "pid": os.getpid(), "active_captures": len(self.active),
+                "max_concurrent": self.max_concurrent, "completed_captures": self.completed,
+                "recorder": None if self.recorder is None else {
+                    "probes": sorted(self.recorder.sessions), "errors": self.recorder.errors,
+                    "covers_s": round(cov[1] - cov[0], 1) if cov else 0.0}}

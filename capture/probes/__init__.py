@@ -1,0 +1,12 @@
+"""The probe catalog: every probe the agent can run, by name."""
+from capture.probes import runq_latency, tcp_connect, tcp_retrans
+from capture.probes.base import Probe
+
+CATALOG: dict[str, Probe] = {p.name: p for p in (tcp_retrans.PROBE, tcp_connect.PROBE, runq_latency.PROBE)}
+
+
+def get(name: str) -> Probe:
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise KeyError(f"unknown probe {name!r}; known: {', '.join(sorted(CATALOG))}") from None

@@ -1,0 +1,109 @@
+"""What every probe is: its BPF program, metadata, and a decoder from its maps to a result.
+
+A probe's maps are read into a *raw snapshot*: a flat dict of cumulative counts keyed by
+``("c", cgroup_id, counter)``, ``("h", cgroup_id, histogram, bucket_upper_bound)`` or
+``("p", cgroup_id, top_list, peer)``. Snapshots subtract (a window is the difference of two)
+and sum over cgroups, which is how the same decoder serves a scoped capture and the always-on
+recorder's per-cgroup baseline.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from capture.schemas import Histogram, ProbeInfo, ProbeResult
+
+RawSnapshot = dict[tuple, int]
+
+BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+
+TOP_N = 10
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    summary: str
+    source: str  # file name in bpf/
+    attach: tuple[str, ...]
+    cost_class: str
+    # Events per second above which a capture stops the probe: far above a real incident's rate,
+    # low enough that a runaway workload cannot turn the probe into the incident.
+    event_budget_per_s: int
+    domains: tuple[str, ...]
+    counters: dict[str, str]  # counter name -> unit
+    histograms: dict[str, str]  # histogram name -> unit
+    read_raw: Callable[[Any], RawSnapshot] = field(compare=False)
+
+    def bpf_text(self) -> str:
+        # bcc rewrites map calls (filter_cfg.lookup ...) only in the main source text, not in
+        # #included files, so the shared header is spliced in rather than included.
+        text = (BPF_DIR / self.source).read_text()
+        return text.replace('#include "common.h"', (BPF_DIR / "common.h").read_text(), 1)
+
+    def info(self) -> ProbeInfo:
+        return ProbeInfo(name=self.name, summary=self.summary, attach=list(self.attach),
+                         cost_class=self.cost_class, event_budget_per_s=self.event_budget_per_s,
+                         domains=list(self.domains))
+
+
+def slot_upper(slot: int) -> int:
+    """bcc's bpf_log2l slot i holds values in [2^(i-1), 2^i): key it by its upper bound."""
+    return 1 << int(slot)
+
+
+def peer_str(peer: Any) -> str:
+    """Render a ``struct peer_t`` (family, address, port) as ``addr:port``."""
+    raw = bytes(peer.addr)
+    if peer.family == socket.AF_INET:
+        return f"{ipaddress.IPv4Address(raw[:4])}:{peer.port}"
+    return f"[{ipaddress.IPv6Address(raw)}]:{peer.port}"
+
+
+def diff(before: RawSnapshot, after: RawSnapshot) -> RawSnapshot:
+    """The window between two cumulative snapshots. Counts never go backwards; an entry that
+    disappeared (LRU eviction) contributes nothing rather than a negative count."""
+    out = {}
+    for key, value in after.items():
+        d = value - before.get(key, 0)
+        if d > 0:
+            out[key] = d
+    return out
+
+
+def to_result(probe: Probe, raw: RawSnapshot, cgroup_ids: set[int] | None, window_s: float) -> ProbeResult:
+    """Sum a raw snapshot over ``cgroup_ids`` (None: every cgroup) into a typed result."""
+    counters = {name: 0.0 for name in probe.counters}
+    hists = {name: Histogram(unit=unit) for name, unit in probe.histograms.items()}
+    tops: dict[str, dict[str, int]] = {}
+    for key, value in raw.items():
+        kind, cgid = key[0], key[1]
+        if cgroup_ids is not None and cgid not in cgroup_ids:
+            continue
+        if kind == "c":
+            counters[key[2]] = counters.get(key[2], 0.0) + value
+        elif kind == "h":
+            h = hists.setdefault(key[2], Histogram(unit="us"))
+            h.buckets[key[3]] = h.buckets.get(key[3], 0) + value
+        elif kind == "p":
+            t = tops.setdefault(key[2], {})
+            t[key[3]] = t.get(key[3], 0) + value
+    top = {name: [{"peer": peer, "count": n} for peer, n in
+                  sorted(entries.items(), key=lambda kv: -kv[1])[:TOP_N]]
+           for name, entries in tops.items()}
+    return ProbeResult(probe=probe.name, window_s=window_s, counters=counters, histograms=hists, top=top)
+
+
+def read_stats(bpf: Any) -> tuple[int, int, int]:
+    """(events, lost, unattributed) from the program's ``stats`` array."""
+    table = bpf["stats"]
+    vals = [table[table.Key(i)].value for i in range(3)]
+    return vals[0], vals[1], vals[2]
+
+
+def u16_key(port: int) -> Any:
+    return struct.pack("H", port)

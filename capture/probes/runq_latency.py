@@ -1,0 +1,25 @@
+"""runq_latency probe: decoder and metadata for bpf/runq_latency.bpf.c."""
+from capture.probes.base import Probe, RawSnapshot, slot_upper
+
+
+def read_raw(bpf) -> RawSnapshot:
+    raw: RawSnapshot = {}
+    for key, value in bpf["wait_us"].items():
+        raw[("h", key.cgid, "runq_wait", slot_upper(key.slot))] = value.value
+    return raw
+
+
+PROBE = Probe(
+    name="runq_latency",
+    summary="Run-queue wait (CPU starvation) per cgroup, log2 histogram",
+    source="runq_latency.bpf.c",
+    attach=("tracepoint:sched:sched_wakeup", "tracepoint:sched:sched_wakeup_new",
+            "tracepoint:sched:sched_switch"),
+    cost_class="medium",
+    # Every context switch on the node reaches the program; this bounds the in-scope ones.
+    event_budget_per_s=200_000,
+    domains=("app_cpu",),
+    counters={},
+    histograms={"runq_wait": "us"},
+    read_raw=read_raw,
+)

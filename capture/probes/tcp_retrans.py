@@ -1,0 +1,27 @@
+"""tcp_retrans probe: decoder and metadata for bpf/tcp_retrans.bpf.c."""
+from capture.probes.base import Probe, RawSnapshot, peer_str
+
+
+def read_raw(bpf) -> RawSnapshot:
+    raw: RawSnapshot = {}
+    for key, value in bpf["retrans"].items():
+        cgid, n = key.cgid, value.value
+        k = ("c", cgid, "retransmits")
+        raw[k] = raw.get(k, 0) + n
+        raw[("p", cgid, "peers", peer_str(key.peer))] = n
+    return raw
+
+
+PROBE = Probe(
+    name="tcp_retrans",
+    summary="TCP retransmits by owning workload and peer",
+    source="tcp_retrans.bpf.c",
+    attach=("tracepoint:tcp:tcp_retransmit_skb", "tracepoint:sock:inet_sock_set_state",
+            "tracepoint:tcp:tcp_rcv_space_adjust"),
+    cost_class="low",
+    event_budget_per_s=50_000,
+    domains=("network",),
+    counters={"retransmits": "segments"},
+    histograms={},
+    read_raw=read_raw,
+)

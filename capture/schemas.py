@@ -1,0 +1,286 @@
+"""Wire schemas of the capture agent: what a capture is asked to do and what it returns.
+
+Defined once here and imported by the agent, its HTTP API, its client and the responder. Every
+type round-trips through ``to_dict`` / ``from_dict`` (plain JSON types), which is the agent's
+HTTP body format.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Bounds the agent enforces on every request, from any caller (HTTP, CLI, responder, chat).
+MAX_CAPTURE_SECONDS = 120.0
+MIN_CAPTURE_SECONDS = 1.0
+MAX_BASELINE_SECONDS = 600.0
+MAX_TARGET_ITEMS = 64
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+
+
+class RequestError(ValueError):
+    """A capture request that the agent refuses; the message says which field and why."""
+
+
+def parse_duration(text: str | float | int, *, name: str = "duration") -> float:
+    """Parse ``10s``, ``1.5m``, ``500ms`` or a bare number of seconds into seconds."""
+    if isinstance(text, bool):
+        raise RequestError(f"{name}: expected a duration like 10s, got {text!r}")
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = _DURATION_RE.match(str(text))
+    if not m:
+        raise RequestError(f"{name}: expected a duration like 10s, 500ms or 2m, got {text!r}")
+    value, unit = float(m.group(1)), m.group(2) or "s"
+    return value / 1000.0 if unit == "ms" else value * 60.0 if unit == "m" else value
+
+
+@dataclass
+class CaptureTarget:
+    """Which workload a capture is scoped to. An event is in scope when any key matches."""
+
+    pids: list[int] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)  # paths in the unified (v2) hierarchy
+    ports: list[int] = field(default_factory=list)  # local or remote TCP port
+
+    def is_empty(self) -> bool:
+        return not (self.pids or self.cgroups or self.ports)
+
+    def describe(self) -> str:
+        parts = [f"pid:{p}" for p in self.pids] + [f"cgroup:{c}" for c in self.cgroups]
+        parts += [f"port:{p}" for p in self.ports]
+        return ", ".join(parts) or "(whole node)"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "CaptureTarget":
+        if not isinstance(data, dict):
+            raise RequestError("target: expected an object with pids, cgroups and/or ports")
+        unknown = set(data) - {"pids", "cgroups", "ports"}
+        if unknown:
+            raise RequestError(f"target: unknown field(s) {sorted(unknown)}; expected pids, cgroups, ports")
+        pids = _int_list(data.get("pids", []), "target.pids", 1, 2**22)
+        ports = _int_list(data.get("ports", []), "target.ports", 1, 65535)
+        cgroups = data.get("cgroups", [])
+        if not isinstance(cgroups, list) or not all(isinstance(c, str) and c for c in cgroups):
+            raise RequestError("target.cgroups: expected a list of cgroup paths")
+        for c in cgroups:
+            if "\x00" in c or ".." in c.split("/"):
+                raise RequestError(f"target.cgroups: {c!r} is not a cgroup path")
+        if len(cgroups) > MAX_TARGET_ITEMS:
+            raise RequestError(f"target.cgroups: at most {MAX_TARGET_ITEMS} entries")
+        target = cls(pids=pids, cgroups=list(cgroups), ports=ports)
+        if target.is_empty():
+            raise RequestError("target: name at least one pid, cgroup or port")
+        return target
+
+
+def _int_list(value: Any, name: str, lo: int, hi: int) -> list[int]:
+    if not isinstance(value, list):
+        raise RequestError(f"{name}: expected a list of integers")
+    if len(value) > MAX_TARGET_ITEMS:
+        raise RequestError(f"{name}: at most {MAX_TARGET_ITEMS} entries")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise RequestError(f"{name}: {v!r} is not an integer in [{lo}, {hi}]")
+        out.append(v)
+    return out
+
+
+@dataclass
+class CaptureRequest:
+    """Run ``probes`` for ``duration_s`` on ``target``; compare with ``baseline_s`` before it."""
+
+    target: CaptureTarget
+    probes: list[str]
+    duration_s: float = 10.0
+    baseline_s: float = 60.0
+    # Unix time the baseline window ends at (e.g. the alert's startsAt); None: the capture start.
+    baseline_end: float | None = None
+    incident_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, known_probes: list[str] | None = None) -> "CaptureRequest":
+        if not isinstance(data, dict):
+            raise RequestError("body: expected a JSON object")
+        unknown = set(data) - {"target", "probes", "duration_s", "baseline_s", "baseline_end", "incident_id"}
+        if unknown:
+            raise RequestError(f"unknown field(s) {sorted(unknown)}")
+        if "target" not in data:
+            raise RequestError("target: required")
+        target = CaptureTarget.from_dict(data["target"])
+        probes = data.get("probes")
+        if not isinstance(probes, list) or not probes or not all(isinstance(p, str) for p in probes):
+            raise RequestError("probes: expected a non-empty list of probe names")
+        if known_probes is not None:
+            bad = [p for p in probes if p not in known_probes]
+            if bad:
+                raise RequestError(f"probes: unknown probe(s) {bad}; known: {sorted(known_probes)}")
+        duration = parse_duration(data.get("duration_s", 10.0), name="duration_s")
+        if not MIN_CAPTURE_SECONDS <= duration <= MAX_CAPTURE_SECONDS:
+            raise RequestError(
+                f"duration_s: {duration:g}s is outside [{MIN_CAPTURE_SECONDS:g}, {MAX_CAPTURE_SECONDS:g}] seconds")
+        baseline = parse_duration(data.get("baseline_s", 60.0), name="baseline_s")
+        if not 0 <= baseline <= MAX_BASELINE_SECONDS:
+            raise RequestError(f"baseline_s: {baseline:g}s is outside [0, {MAX_BASELINE_SECONDS:g}] seconds")
+        baseline_end = data.get("baseline_end")
+        if baseline_end is not None and (isinstance(baseline_end, bool) or not isinstance(baseline_end, (int, float))):
+            raise RequestError("baseline_end: expected a Unix timestamp in seconds")
+        incident_id = data.get("incident_id")
+        if incident_id is not None and not isinstance(incident_id, str):
+            raise RequestError("incident_id: expected a string")
+        return cls(target=target, probes=list(dict.fromkeys(probes)), duration_s=duration,
+                   baseline_s=baseline, baseline_end=baseline_end, incident_id=incident_id)
+
+
+@dataclass
+class Histogram:
+    """A log2 histogram: ``buckets`` maps the bucket's upper bound (in ``unit``) to its count."""
+
+    unit: str
+    buckets: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return sum(self.buckets.values())
+
+    def quantile(self, q: float) -> float | None:
+        """Upper bound of the bucket holding quantile ``q`` (a conservative estimate)."""
+        total = self.count
+        if total == 0:
+            return None
+        rank, seen = q * total, 0
+        for upper in sorted(self.buckets):
+            seen += self.buckets[upper]
+            if seen >= rank:
+                return float(upper)
+        return float(max(self.buckets))
+
+    def fraction_above(self, bound: int) -> float:
+        """Share of samples in buckets whose lower bound is at least ``bound``."""
+        total = self.count
+        if total == 0:
+            return 0.0
+        return sum(c for upper, c in self.buckets.items() if upper // 2 >= bound) / total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unit": self.unit, "buckets": {str(k): v for k, v in sorted(self.buckets.items())}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Histogram":
+        return cls(unit=data["unit"], buckets={int(k): int(v) for k, v in data.get("buckets", {}).items()})
+
+
+@dataclass
+class ProbeCost:
+    """What a probe cost the node, from the kernel's BPF statistics and the agent's clock."""
+
+    bpf_run_time_ns: int = 0
+    bpf_run_count: int = 0
+    programs: int = 0
+    compile_ms: float = 0.0
+    attach_ms: float = 0.0
+
+
+@dataclass
+class ProbeResult:
+    """One probe over one window. Counters are totals over ``window_s`` seconds."""
+
+    probe: str
+    window_s: float
+    counters: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+    top: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # top-N peers etc.
+    events: int = 0  # events in scope that the program aggregated
+    lost: int = 0  # events the program could not record (a map full)
+    truncated: str | None = None  # why the probe stopped early, e.g. its event budget
+    error: str | None = None
+    cost: ProbeCost = field(default_factory=ProbeCost)
+
+    def rate(self, counter: str) -> float:
+        return self.counters.get(counter, 0.0) / self.window_s if self.window_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["histograms"] = {k: h.to_dict() for k, h in self.histograms.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProbeResult":
+        return cls(
+            probe=data["probe"], window_s=float(data["window_s"]), counters=dict(data.get("counters", {})),
+            histograms={k: Histogram.from_dict(h) for k, h in data.get("histograms", {}).items()},
+            top={k: list(v) for k, v in data.get("top", {}).items()}, events=int(data.get("events", 0)),
+            lost=int(data.get("lost", 0)), truncated=data.get("truncated"), error=data.get("error"),
+            cost=ProbeCost(**data.get("cost", {})))
+
+
+@dataclass
+class CaptureCost:
+    """The whole capture's own cost, summed over its probes, plus the agent's CPU time."""
+
+    bpf_run_time_ns: int = 0
+    bpf_run_count: int = 0
+    events: int = 0
+    lost: int = 0
+    agent_cpu_s: float = 0.0
+    startup_ms: float = 0.0  # compile + load + attach before the first event could be seen
+    wall_s: float = 0.0
+
+    def summary(self) -> str:
+        return (f"BPF {self.bpf_run_time_ns / 1e6:.1f} ms CPU over {self.bpf_run_count:,} runs, "
+                f"{self.events:,} events ({self.lost:,} lost), agent CPU {self.agent_cpu_s:.2f} s, "
+                f"start-up {self.startup_ms:.0f} ms")
+
+
+@dataclass
+class CaptureResult:
+    """The incident window from a scoped capture and, when the agent had one, its baseline."""
+
+    id: str
+    node: str
+    target: CaptureTarget
+    started_at: float
+    ended_at: float
+    incident: dict[str, ProbeResult] = field(default_factory=dict)
+    baseline: dict[str, ProbeResult] = field(default_factory=dict)
+    baseline_note: str = ""  # where the baseline came from, or why there is none
+    cgroup_ids: list[int] = field(default_factory=list)
+    cost: CaptureCost = field(default_factory=CaptureCost)
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "node": self.node, "target": asdict(self.target),
+            "started_at": self.started_at, "ended_at": self.ended_at,
+            "incident": {k: v.to_dict() for k, v in self.incident.items()},
+            "baseline": {k: v.to_dict() for k, v in self.baseline.items()},
+            "baseline_note": self.baseline_note, "cgroup_ids": list(self.cgroup_ids),
+            "cost": asdict(self.cost), "errors": list(self.errors),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CaptureResult":
+        return cls(
+            id=data["id"], node=data["node"], target=CaptureTarget(**data["target"]),
+            started_at=data["started_at"], ended_at=data["ended_at"],
+            incident={k: ProbeResult.from_dict(v) for k, v in data.get("incident", {}).items()},
+            baseline={k: ProbeResult.from_dict(v) for k, v in data.get("baseline", {}).items()},
+            baseline_note=data.get("baseline_note", ""), cgroup_ids=list(data.get("cgroup_ids", [])),
+            cost=CaptureCost(**data.get("cost", {})), errors=list(data.get("errors", [])))
+
+
+@dataclass
+class ProbeInfo:
+    """A catalog entry as the agent lists it."""
+
+    name: str
+    summary: str
+    attach: list[str]
+    cost_class: str  # low / medium / high: expected event rate on a busy node
+    event_budget_per_s: int
+    domains: list[str]

@@ -1,0 +1,136 @@
+"""One probe loaded into the kernel: compile, load, scope, arm, read, and always detach.
+
+All of it is blocking (clang compiles, bpf() syscalls, map iteration): callers run it in a
+worker thread, never on the event loop.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from capture import bpfstats
+from capture.identity import ResolvedTarget
+from capture.probes.base import Probe, RawSnapshot, read_stats
+from capture.schemas import ProbeCost
+
+log = logging.getLogger(__name__)
+
+# bcc keeps a process-wide compiler state; two compilations at once have crashed it elsewhere.
+_COMPILE_LOCK = threading.Lock()
+
+
+class ProbeLoadError(RuntimeError):
+    """The kernel or the compiler refused the probe; the message says which and why."""
+
+
+@dataclass
+class SessionStats:
+    events: int
+    lost: int
+    unattributed: int
+
+
+class ProbeSession:
+    """A loaded instance of one probe. Use as a context manager so it is always detached."""
+
+    def __init__(self, probe: Probe, scope: ResolvedTarget | None):
+        self.probe = probe
+        self.scope = scope  # None: everything, keyed by cgroup (the recorder)
+        self.bpf = None
+        self.compile_ms = 0.0
+        self.attach_ms = 0.0
+
+    def __enter__(self) -> "ProbeSession":
+        self.load()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def load(self) -> None:
+        from bcc import BPF  # imported late: the responder imports this package without bcc
+
+        bpfstats.enable()
+        t0 = time.monotonic()
+        try:
+            with _COMPILE_LOCK:
+                # TRACEPOINT_PROBEs attach as the module loads; they stay disarmed (return at
+                # once) until arm() below, so nothing is counted before the scope is set.
+                self.bpf = BPF(text=self.probe.bpf_text(), cflags=["-Wno-macro-redefined"])
+        except Exception as e:  # bcc raises bare Exceptions for compile and load failures
+            self.close()
+            raise ProbeLoadError(f"probe {self.probe.name}: failed to load: {e}") from e
+        self.compile_ms = (time.monotonic() - t0) * 1000
+        t1 = time.monotonic()
+        try:
+            self._set_scope()
+        except Exception:
+            self.close()
+            raise
+        self.attach_ms = (time.monotonic() - t1) * 1000
+
+    def _set_scope(self) -> None:
+        b = self.bpf
+        s = self.scope
+        cfg = b["filter_cfg"]
+        leaf = cfg.Leaf()
+        leaf.armed = 1
+        if s is not None:
+            one = ctypes.c_uint8(1)
+            for cid in s.cgroup_ids:
+                b["filter_cgroups"][ctypes.c_uint64(cid)] = one
+            for pid in s.pids:
+                b["filter_pids"][ctypes.c_uint32(pid)] = one
+            for port in s.ports:
+                b["filter_ports"][ctypes.c_uint16(port)] = one
+            leaf.by_cgroup = int(bool(s.cgroup_ids))
+            leaf.by_pid = int(bool(s.pids))
+            leaf.by_port = int(bool(s.ports))
+        cfg[ctypes.c_int(0)] = leaf
+
+    def add_pids(self, pids: set[int]) -> None:
+        """Widen a pid filter (e.g. new processes appeared in a scoped cgroup)."""
+        one = ctypes.c_uint8(1)
+        for pid in pids:
+            self.bpf["filter_pids"][ctypes.c_uint32(pid)] = one
+
+    def read_raw(self) -> RawSnapshot:
+        return self.probe.read_raw(self.bpf)
+
+    def stats(self) -> SessionStats:
+        events, lost, unattributed = read_stats(self.bpf)
+        return SessionStats(events=events, lost=lost, unattributed=unattributed)
+
+    def cost(self) -> ProbeCost:
+        run_time = run_cnt = n = 0
+        for fn in self.bpf.funcs.values():
+            try:
+                st = bpfstats.program_stats(fn.fd)
+            except OSError:
+                continue
+            run_time += st.get("run_time_ns", 0)
+            run_cnt += st.get("run_cnt", 0)
+            n += 1
+        return ProbeCost(bpf_run_time_ns=run_time, bpf_run_count=run_cnt, programs=n,
+                         compile_ms=round(self.compile_ms, 1), attach_ms=round(self.attach_ms, 1))
+
+    def program_ids(self) -> list[int]:
+        ids = []
+        for fn in self.bpf.funcs.values():
+            try:
+                ids.append(bpfstats.program_stats(fn.fd)["prog_id"])
+            except (OSError, KeyError):
+                pass
+        return ids
+
+    def close(self) -> None:
+        """Detach every tracepoint and free the maps. Safe to call twice."""
+        b, self.bpf = self.bpf, None
+        if b is not None:
+            try:
+                b.cleanup()
+            except Exception:  # detaching must never raise into a capture's result path
+                log.exception("probe=%s event=detach_failed", self.probe.name)

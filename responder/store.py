@@ -1,0 +1,633 @@
+"""The incident store: the only place the responder writes state.
+
+It owns, in one SQLite file:
+
+- ``notifications``: every Alertmanager payload exactly as received (the raw bytes), so what was
+  acknowledged with a 200 can always be replayed;
+- ``alert_events``: one row per alert state change seen, keyed by (group key, fingerprint,
+  status, startsAt). That key is how Alertmanager's resends (``repeat_interval``) and retries are
+  recognised as duplicates;
+- ``incidents``: one per alert group while it fires (at most one open incident per group key),
+  with the pipeline's results (playbook, verdict, capture, report, chat thread ids);
+- ``jobs``: the pipeline's work queue (``investigate`` / ``resolve``), so a crash loses no work;
+- ``outbox``: chat messages persisted before they are sent, one per (incident, sink, step).
+
+Durability: WAL journal, ``synchronous=FULL``, and every public method is one transaction, so
+anything a method has returned is on disk. The services are asyncio code and call in through
+``asyncio.to_thread``: one connection (``check_same_thread=False``) serialised by a lock.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+SCHEMA_VERSION = 1
+MAX_JOB_ATTEMPTS = 3
+
+INCIDENT_STATUSES = ("firing", "resolved")
+JOB_STATES = ("pending", "running", "done", "failed")
+MESSAGE_STATES = ("pending", "sent", "dead")
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; the message says why."""
+
+
+class NotFound(StoreError, KeyError):
+    """No incident, job or message with that id."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreClosed(StoreError):
+    """The store was closed; open a new ``IncidentStore``."""
+
+
+# What the store reads from responder.alertmanager's types (duck typed, so this module does not
+# import the intake).
+class _AlertLike(Protocol):
+    status: str
+    starts_at: datetime
+    fingerprint: str
+
+    def dedup_key(self) -> tuple[str, str, str]: ...
+    def to_dict(self) -> dict: ...
+
+
+class _NotificationLike(Protocol):
+    status: str
+    alerts: Sequence[_AlertLike]
+    common_labels: dict[str, str]
+    group_key: str
+
+    def to_dict(self) -> dict: ...
+
+
+@dataclass
+class Incident:
+    id: str
+    group_key: str
+    status: str  # firing | resolved
+    created_at: float
+    updated_at: float
+    resolved_at: float | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # latest state per fingerprint
+    playbook: str | None = None
+    verdict: dict[str, Any] | None = None  # None until attributed
+    capture: dict[str, Any] | None = None
+    report: dict[str, Any] | None = None
+    thread: dict[str, dict[str, Any]] = field(default_factory=dict)  # sink -> {"channel", "ts"}
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "group_key": self.group_key, "status": self.status,
+            "created_at": self.created_at, "updated_at": self.updated_at,
+            "resolved_at": self.resolved_at, "labels": dict(self.labels),
+            "alerts": list(self.alerts), "playbook": self.playbook, "verdict": self.verdict,
+            "capture": self.capture, "report": self.report, "thread": dict(self.thread),
+            "error": self.error,
+        }
+
+
+@dataclass
+class Job:
+    id: int
+    incident_id: str
+    kind: str  # investigate | resolve
+    payload: dict[str, Any]  # the notification, as Notification.to_dict()
+    state: str  # pending | running | done | failed
+    attempts: int
+    last_error: str | None
+    created_at: float
+    claimed_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass
+class OutboxMessage:
+    id: int
+    incident_id: str
+    sink: str
+    step: str
+    body: dict[str, Any]
+    state: str  # pending | sent | dead
+    attempts: int
+    last_error: str | None
+    created_at: float
+    sent_at: float | None
+    response: dict[str, Any] | None
+    next_attempt_at: float = 0.0
+
+
+@dataclass
+class AcceptResult:
+    incident_id: str | None  # None: a resolved notification for a group with no open incident
+    created: bool
+    new_alerts: int
+    duplicates: int
+    job_id: int | None
+
+
+_SCHEMA_V1 = """
+CREATE TABLE notifications (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_key    TEXT NOT NULL,
+    incident_id  TEXT,
+    status       TEXT NOT NULL,
+    received_at  REAL NOT NULL,
+    raw          BLOB NOT NULL
+);
+CREATE TABLE incidents (
+    id           TEXT PRIMARY KEY,
+    group_key    TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('firing', 'resolved')),
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    resolved_at  REAL,
+    labels       TEXT NOT NULL DEFAULT '{}',
+    alerts       TEXT NOT NULL DEFAULT '{}',
+    playbook     TEXT,
+    verdict      TEXT,
+    capture      TEXT,
+    report       TEXT,
+    thread       TEXT NOT NULL DEFAULT '{}',
+    error        TEXT
+);
+-- One open incident per alert group.
+CREATE UNIQUE INDEX incidents_open_group ON incidents (group_key) WHERE status = 'firing';
+CREATE INDEX incidents_created ON incidents (created_at);
+CREATE TABLE alert_events (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_key        TEXT NOT NULL,
+    fingerprint      TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    starts_at        TEXT NOT NULL,
+    incident_id      TEXT REFERENCES incidents (id),
+    notification_id  INTEGER NOT NULL REFERENCES notifications (id),
+    received_at      REAL NOT NULL,
+    UNIQUE (group_key, fingerprint, status, starts_at)
+);
+CREATE TABLE jobs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident_id  TEXT NOT NULL REFERENCES incidents (id),
+    kind         TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT,
+    created_at   REAL NOT NULL,
+    claimed_at   REAL,
+    finished_at  REAL
+);
+CREATE INDEX jobs_state ON jobs (state, id);
+CREATE TABLE outbox (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident_id      TEXT NOT NULL REFERENCES incidents (id),
+    sink             TEXT NOT NULL,
+    step             TEXT NOT NULL,
+    body             TEXT NOT NULL,
+    state            TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'dead')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    created_at       REAL NOT NULL,
+    next_attempt_at  REAL NOT NULL,
+    sent_at          REAL,
+    response         TEXT,
+    UNIQUE (incident_id, sink, step)
+);
+CREATE INDEX outbox_due ON outbox (state, next_attempt_at, id);
+"""
+
+# Migrations from version N to N+1, run in order on open. Version 0 is an empty file.
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+
+# Fields update_incident accepts, and whether each is stored as JSON.
+_INCIDENT_FIELDS = {
+    "status": False, "playbook": False, "verdict": True, "capture": True, "report": True,
+    "resolved_at": False, "thread": True, "error": False,
+}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} as JSON")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, separators=(",", ":"), sort_keys=True)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class IncidentStore:
+    """Incidents, their alerts, the job queue and the chat outbox in one SQLite file.
+
+    Every public method is one transaction and blocks; call it from asyncio with
+    ``asyncio.to_thread``. Safe to share between threads.
+    """
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are opened explicitly by _tx, never implicitly.
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                               timeout=30.0)
+        try:
+            conn.row_factory = sqlite3.Row
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); "
+                                 "put the data directory on a local file system")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._conn: sqlite3.Connection | None = conn
+            self._migrate()
+        except BaseException:
+            conn.close()
+            raise
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> "IncidentStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        with self._tx(write=False) as conn:
+            return conn.execute("PRAGMA user_version").fetchone()[0]
+
+    @contextmanager
+    def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreClosed(f"incident store {self.path} is closed")
+            # IMMEDIATE takes the write lock up front, so a read-then-write never has to upgrade.
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                # Also after a failed COMMIT (disk full, I/O error), which can leave it open.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _migrate(self) -> None:
+        with self._tx() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path} has schema version {version}, newer than this "
+                                 f"responder's {SCHEMA_VERSION}; upgrade the responder")
+            while version < SCHEMA_VERSION:
+                # executescript() would COMMIT first; run statement by statement instead.
+                for statement in _MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                version += 1
+                conn.execute(f"PRAGMA user_version = {version:d}")
+
+    # -- intake ----------------------------------------------------------------------------
+
+    def accept(self, notification: _NotificationLike, raw: bytes) -> AcceptResult:
+        """Record one Alertmanager notification; open an incident and enqueue work as needed.
+
+        Alerts already recorded for this group (same fingerprint, status and startsAt) are
+        duplicates. New firing alerts open an incident (or join the open one) and enqueue an
+        ``investigate`` job; a notification whose new alerts are all resolved enqueues a
+        ``resolve`` job for the open incident once no alert of it is still firing.
+        """
+        now = self._clock()
+        group_key = notification.group_key
+        alerts = list(notification.alerts)
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO notifications (group_key, status, received_at, raw) VALUES (?,?,?,?)",
+                (group_key, notification.status, now, bytes(raw)))
+            notification_id = cur.lastrowid
+
+            new: list[_AlertLike] = []
+            duplicates = 0
+            for alert in alerts:
+                fingerprint, status, starts_at = alert.dedup_key()
+                seen = conn.execute(
+                    "SELECT 1 FROM alert_events WHERE group_key=? AND fingerprint=? AND status=? "
+                    "AND starts_at=?", (group_key, fingerprint, status, starts_at)).fetchone()
+                # Also dedup within this one payload, should Alertmanager ever repeat an alert.
+                if seen or any(a.dedup_key() == (fingerprint, status, starts_at) for a in new):
+                    duplicates += 1
+                else:
+                    new.append(alert)
+            new_firing = [a for a in new if a.status == "firing"]
+
+            row = conn.execute("SELECT * FROM incidents WHERE group_key=? AND status='firing'",
+                               (group_key,)).fetchone()
+            created = False
+            if row is None:
+                if not new_firing:
+                    # Resolved (or all duplicate) with nothing open: keep the payload, do no work.
+                    return AcceptResult(None, False, len(new), duplicates, None)
+                incident_id = "inc-" + uuid.uuid4().hex[:10]
+                conn.execute(
+                    "INSERT INTO incidents (id, group_key, status, created_at, updated_at) "
+                    "VALUES (?, ?, 'firing', ?, ?)", (incident_id, group_key, now, now))
+                created = True
+                merged: dict[str, dict[str, Any]] = {}
+            else:
+                incident_id = row["id"]
+                merged = json.loads(row["alerts"])
+
+            for alert in new:
+                fingerprint, status, starts_at = alert.dedup_key()
+                conn.execute(
+                    "INSERT INTO alert_events (group_key, fingerprint, status, starts_at, "
+                    "incident_id, notification_id, received_at) VALUES (?,?,?,?,?,?,?)",
+                    (group_key, fingerprint, status, starts_at, incident_id, notification_id, now))
+            # Duplicates take part too (they carry the group's current alerts), but the rank
+            # keeps a late retry of an older state from overwriting a newer one.
+            for alert in alerts:
+                _merge_alert(merged, alert)
+            conn.execute(
+                "UPDATE incidents SET alerts=?, labels=?, updated_at=? WHERE id=?",
+                (_dumps(merged), _dumps(dict(notification.common_labels or {})), now, incident_id))
+            conn.execute("UPDATE notifications SET incident_id=? WHERE id=?",
+                         (incident_id, notification_id))
+
+            kind = None
+            if new_firing:
+                kind = "investigate"
+            elif new:
+                # Alertmanager marks a group resolved only when every alert in it is; checking our
+                # merged view too covers a firing-status notification that resolves the last alert.
+                still_firing = any(not v["resolved"] for v in merged.values())
+                if notification.status == "resolved" or not still_firing:
+                    kind = "resolve"
+            job_id = None
+            if kind is not None:
+                job_id = conn.execute(
+                    "INSERT INTO jobs (incident_id, kind, payload, state, created_at) "
+                    "VALUES (?, ?, ?, 'pending', ?)",
+                    (incident_id, kind, _dumps(notification.to_dict()), now)).lastrowid
+            return AcceptResult(incident_id, created, len(new), duplicates, job_id)
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def claim_job(self) -> Job | None:
+        """Take the oldest pending job: it becomes running and its attempt count goes up."""
+        now = self._clock()
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE state='pending' ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE jobs SET state='running', attempts=attempts+1, claimed_at=? "
+                         "WHERE id=?", (now, row["id"]))
+            return _job(conn.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
+
+    def finish_job(self, job_id: int) -> None:
+        with self._tx() as conn:
+            self._require(conn, "jobs", job_id)
+            conn.execute("UPDATE jobs SET state='done', finished_at=? WHERE id=?",
+                         (self._clock(), job_id))
+
+    def fail_job(self, job_id: int, error: str, retry: bool) -> None:
+        """Record a failure; with ``retry`` the job is pending again until it has had
+        ``MAX_JOB_ATTEMPTS`` attempts, then (or without ``retry``) it is failed for good."""
+        with self._tx() as conn:
+            row = self._require(conn, "jobs", job_id)
+            if retry and row["attempts"] < MAX_JOB_ATTEMPTS:
+                conn.execute("UPDATE jobs SET state='pending', last_error=? WHERE id=?",
+                             (error, job_id))
+            else:
+                conn.execute("UPDATE jobs SET state='failed', last_error=?, finished_at=? "
+                             "WHERE id=?", (error, self._clock(), job_id))
+
+    def requeue_running(self) -> int:
+        """At start-up: jobs a crashed process left running go back to pending. Returns how many.
+
+        The attempt that crashed still counts, so a job that kills the process each time ends up
+        failed rather than looping."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE jobs SET state='failed', last_error='interrupted; out of attempts', "
+                "finished_at=? WHERE state='running' AND attempts>=?",
+                (self._clock(), MAX_JOB_ATTEMPTS))
+            return conn.execute("UPDATE jobs SET state='pending', last_error='interrupted' "
+                                "WHERE state='running'").rowcount
+
+    def pending_jobs(self) -> int:
+        with self._tx(write=False) as conn:
+            return conn.execute("SELECT COUNT(*) FROM jobs WHERE state='pending'").fetchone()[0]
+
+    def get_job(self, job_id: int) -> Job | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+            return None if row is None else _job(row)
+
+    # -- incidents -------------------------------------------------------------------------
+
+    def get_incident(self, incident_id: str) -> Incident | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT * FROM incidents WHERE id=?", (incident_id,)).fetchone()
+            return None if row is None else _incident(row)
+
+    def list_incidents(self, limit: int = 100, status: str | None = None) -> list[Incident]:
+        """Newest first."""
+        if status is not None and status not in INCIDENT_STATUSES:
+            raise ValueError(f"status must be one of {INCIDENT_STATUSES}, not {status!r}")
+        sql = "SELECT * FROM incidents"
+        args: list[Any] = []
+        if status is not None:
+            sql += " WHERE status=?"
+            args.append(status)
+        sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        args.append(int(limit))
+        with self._tx(write=False) as conn:
+            return [_incident(r) for r in conn.execute(sql, args).fetchall()]
+
+    def update_incident(self, incident_id: str, **fields: Any) -> Incident:
+        """Set the pipeline's results on an incident and return it as stored.
+
+        Fields: status, playbook, verdict, capture, report, resolved_at, thread, error.
+        ``thread`` is merged per sink (other sinks' entries are kept; a sink mapped to None is
+        removed), so sinks can record their thread independently. Setting status 'resolved'
+        without resolved_at stamps resolved_at with the current time.
+        """
+        unknown = sorted(set(fields) - set(_INCIDENT_FIELDS))
+        if unknown:
+            raise ValueError(f"update_incident: unknown field(s) {', '.join(unknown)}; "
+                             f"allowed: {', '.join(sorted(_INCIDENT_FIELDS))}")
+        if "status" in fields and fields["status"] not in INCIDENT_STATUSES:
+            raise ValueError(f"status must be one of {INCIDENT_STATUSES}, "
+                             f"not {fields['status']!r}")
+        now = self._clock()
+        with self._tx() as conn:
+            row = self._require(conn, "incidents", incident_id)
+            if fields.get("status") == "resolved" and "resolved_at" not in fields \
+                    and row["resolved_at"] is None:
+                fields["resolved_at"] = now
+            if "thread" in fields:
+                thread = json.loads(row["thread"])
+                for sink, ref in dict(fields["thread"] or {}).items():
+                    if ref is None:
+                        thread.pop(sink, None)
+                    else:
+                        thread[sink] = ref
+                fields["thread"] = thread
+            columns = [f"{name}=?" for name in fields] + ["updated_at=?"]
+            values = [_dumps(v) if _INCIDENT_FIELDS[k] and v is not None else v
+                      for k, v in fields.items()] + [now, incident_id]
+            try:
+                conn.execute(f"UPDATE incidents SET {', '.join(columns)} WHERE id=?", values)
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"cannot reopen {incident_id}: its group already has an open "
+                                 f"incident ({exc})") from exc
+            return _incident(conn.execute("SELECT * FROM incidents WHERE id=?",
+                                          (incident_id,)).fetchone())
+
+    # -- outbox ----------------------------------------------------------------------------
+
+    def enqueue_message(self, incident_id: str, sink: str, step: str,
+                        body: dict[str, Any]) -> int | None:
+        """Persist a message before sending it. Returns its id, or None when this incident's
+        step was already enqueued for this sink (the existing message is left as it is)."""
+        now = self._clock()
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO outbox (incident_id, sink, step, body, state, created_at, "
+                "next_attempt_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                (incident_id, sink, step, _dumps(body), now, now))
+            return cur.lastrowid if cur.rowcount == 1 else None
+
+    def pending_messages(self, sink: str | None = None, limit: int = 50) -> list[OutboxMessage]:
+        """Messages due to be sent now, oldest first."""
+        sql = "SELECT * FROM outbox WHERE state='pending' AND next_attempt_at<=?"
+        args: list[Any] = [self._clock()]
+        if sink is not None:
+            sql += " AND sink=?"
+            args.append(sink)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(int(limit))
+        with self._tx(write=False) as conn:
+            return [_message(r) for r in conn.execute(sql, args).fetchall()]
+
+    def get_message(self, message_id: int) -> OutboxMessage | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT * FROM outbox WHERE id=?", (message_id,)).fetchone()
+            return None if row is None else _message(row)
+
+    def mark_sent(self, message_id: int, response: dict[str, Any]) -> None:
+        """The sink delivered the message; ``response`` is kept (e.g. the chat message ts)."""
+        with self._tx() as conn:
+            self._require(conn, "outbox", message_id)
+            conn.execute("UPDATE outbox SET state='sent', sent_at=?, response=? WHERE id=?",
+                         (self._clock(), _dumps(response), message_id))
+
+    def mark_retry(self, message_id: int, error: str, delay_s: float) -> None:
+        """A send failed: count the attempt and hold the message back for ``delay_s`` seconds."""
+        now = self._clock()
+        with self._tx() as conn:
+            self._require(conn, "outbox", message_id)
+            conn.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, next_attempt_at=? "
+                         "WHERE id=?", (error, now + max(0.0, float(delay_s)), message_id))
+
+    def mark_dead(self, message_id: int, error: str) -> None:
+        """Give up on a message (counting this last failed attempt); it is never sent."""
+        with self._tx() as conn:
+            self._require(conn, "outbox", message_id)
+            conn.execute("UPDATE outbox SET state='dead', attempts=attempts+1, last_error=? "
+                         "WHERE id=?", (error, message_id))
+
+    # -- health ----------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Incidents by status, jobs by state, messages by state (every known state present)."""
+        out = {"incidents": dict.fromkeys(INCIDENT_STATUSES, 0),
+               "jobs": dict.fromkeys(JOB_STATES, 0),
+               "messages": dict.fromkeys(MESSAGE_STATES, 0)}
+        with self._tx(write=False) as conn:
+            for key, sql in (("incidents", "SELECT status, COUNT(*) FROM incidents GROUP BY 1"),
+                             ("jobs", "SELECT state, COUNT(*) FROM jobs GROUP BY 1"),
+                             ("messages", "SELECT state, COUNT(*) FROM outbox GROUP BY 1")):
+                for name, n in conn.execute(sql).fetchall():
+                    out[key][name] = n
+        return out
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _require(conn: sqlite3.Connection, table: str, key: Any) -> sqlite3.Row:
+        row = conn.execute(f"SELECT * FROM {table} WHERE id=?", (key,)).fetchone()
+        if row is None:
+            what = {"jobs": "job", "incidents": "incident", "outbox": "outbox message"}[table]
+            raise NotFound(f"no {what} with id {key!r}")
+        return row
+
+
+def _merge_alert(merged: dict[str, dict[str, Any]], alert: _AlertLike) -> None:
+    """Keep the latest state of each alert by fingerprint.
+
+    Latest means a later startsAt, or for the same startsAt resolved over firing; ties take the
+    newer payload (a resend refreshes endsAt)."""
+    resolved = alert.status == "resolved"
+    starts = alert.starts_at.timestamp()
+    current = merged.get(alert.fingerprint)
+    if current is not None and (starts, resolved) < (current["starts"], current["resolved"]):
+        return
+    merged[alert.fingerprint] = {"starts": starts, "resolved": resolved,
+                                 "alert": json.loads(_dumps(alert.to_dict()))}
+
+
+def _incident(row: sqlite3.Row) -> Incident:
+    alerts = json.loads(row["alerts"])
+    return Incident(
+        id=row["id"], group_key=row["group_key"], status=row["status"],
+        created_at=row["created_at"], updated_at=row["updated_at"],
+        resolved_at=row["resolved_at"], labels=json.loads(row["labels"]),
+        alerts=[entry["alert"] for entry in alerts.values()], playbook=row["playbook"],
+        verdict=_loads(row["verdict"]), capture=_loads(row["capture"]),
+        report=_loads(row["report"]), thread=json.loads(row["thread"]), error=row["error"])
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(id=row["id"], incident_id=row["incident_id"], kind=row["kind"],
+               payload=json.loads(row["payload"]), state=row["state"], attempts=row["attempts"],
+               last_error=row["last_error"], created_at=row["created_at"],
+               claimed_at=row["claimed_at"], finished_at=row["finished_at"])
+
+
+def _message(row: sqlite3.Row) -> OutboxMessage:
+    return OutboxMessage(id=row["id"], incident_id=row["incident_id"], sink=row["sink"],
+                         step=row["step"], body=json.loads(row["body"]), state=row["state"],
+                         attempts=row["attempts"], last_error=row["last_error"],
+                         created_at=row["created_at"], sent_at=row["sent_at"],
+                         response=_loads(row["response"]),
+                         next_attempt_at=row["next_attempt_at"])
