@@ -1,0 +1,70 @@
+"""The agent's HTTP API (``llmslo agent``), version 1, token-authenticated.
+
+POST /v1/captures   run a capture (body: CaptureRequest), answer its CaptureResult
+GET  /v1/probes     the probe catalog
+GET  /healthz       liveness and the agent's state (no token needed: it reveals no workload data)
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from capture.agent import AgentBusy, CaptureAgent
+from capture.auth import bearer_ok
+from capture.schemas import RequestError
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def make_app(agent: CaptureAgent, token: str) -> web.Application:
+    @web.middleware
+    async def auth(request: web.Request, handler):
+        if request.path != "/healthz" and not bearer_ok(request.headers.get("Authorization"), token):
+            return _error(401, "missing or wrong bearer token (Authorization: Bearer <LLMSLO_AGENT_TOKEN>)")
+        return await handler(request)
+
+    async def captures(request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
+            return _error(413, f"request body over {MAX_REQUEST_BYTES} bytes")
+        body = await request.content.read(MAX_REQUEST_BYTES + 1)
+        if len(body) > MAX_REQUEST_BYTES:
+            return _error(413, f"request body over {MAX_REQUEST_BYTES} bytes")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return _error(400, f"body is not valid JSON: {e}")
+        try:
+            req = agent.validate(data)
+            result = await agent.capture(req)
+        except RequestError as e:
+            return _error(400, str(e))
+        except AgentBusy as e:
+            return web.json_response({"error": str(e)}, status=429, headers={"Retry-After": "5"})
+        return web.json_response(result.to_dict())
+
+    async def probes(request: web.Request) -> web.Response:
+        return web.json_response({"probes": [p.__dict__ for p in agent.probes()]})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"} | agent.status())
+
+    app = web.Application(middlewares=[auth], client_max_size=MAX_REQUEST_BYTES)
+    app.router.add_post("/v1/captures", captures)
+    app.router.add_get("/v1/probes", probes)
+    app.router.add_get("/healthz", healthz)
+
+    async def lifecycle(app: web.Application):
+        await agent.start()
+        yield
+        await agent.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,167 @@
+"""Attribution v0: from a capture's incident and baseline windows to a ranked verdict.
+
+Kernel evidence only, for the domains the first three probes can see (``network`` from
+retransmits and connects, ``app_cpu`` from run-queue wait). Each signal compares the incident
+window with the baseline window; a domain's strength adds up its signals that moved, and the
+confidence is ``strength / (strength + STRENGTH_HALF)``. The confidence is *not yet calibrated* on the lab
+(the lab issue does that); the thresholds below are the reasons a reader can check.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from capture.schemas import CaptureResult, ProbeResult
+from responder.model import Evidence, Hypothesis, Verdict
+
+# --- thresholds (why each value) -------------------------------------------------------------
+# A healthy loopback or datacenter path retransmits well under 0.2 segments/s per workload; one
+# retransmit every two seconds sustained over a capture is already a lossy path for an LLM client
+# making a few requests per second.
+MIN_EXCESS_RETRANS_PER_S = 0.5
+# A rate must also be clearly above the baseline's, not a busy service doing more of the same.
+MIN_RATIO = 3.0
+# A ratio this large counts as a full-strength signal (strength 1.0); smaller ratios count less.
+STRONG_RATIO = 20.0
+# Failed connects: two per ten-second capture are worth a look; none is normal.
+MIN_EXCESS_CONNECT_FAILURES_PER_S = 0.2
+# Connect latency: needs some connects in both windows before a percentile means anything.
+MIN_CONNECTS = 5
+# Run-queue wait: share of waits of 1 ms or more. An unstarved service waits tens of
+# microseconds; CFS hands out slices of a few ms, so contention shows up as waits >= 1 ms.
+RUNQ_SLOW_US = 1024
+MIN_RUNQ_SLOW_SHARE = 0.05
+MIN_RUNQ_SAMPLES = 50
+# The strength at which a domain's confidence is 50%: one full-strength signal (1.0) gives
+# 67%, two give 80%.
+STRENGTH_HALF = 0.5
+# A domain is named when its confidence reaches this...
+MIN_CONFIDENCE = 0.5
+# ...and leads the next domain by this much; closer than that, the evidence points two ways.
+MIN_MARGIN = 0.15
+# Two domains that are both at least this strong are named together (overlapping faults).
+BOTH_CONFIDENCE = 0.75
+
+
+@dataclass
+class Signal:
+    domain: str
+    evidence: Evidence
+    strength: float  # 0: did not move (contradicts), > 0: supports the domain
+
+
+def _ratio_strength(incident: float, baseline: float) -> float:
+    ratio = (incident + 1e-9) / (baseline + 1e-9) if baseline > 0 else STRONG_RATIO
+    return min(1.0, math.log(max(ratio, 1.0)) / math.log(STRONG_RATIO))
+
+
+def _rate_signal(domain: str, name: str, what: str, unit: str, inc: ProbeResult, base: ProbeResult,
+                 counter: str, min_excess: float) -> Signal:
+    i, b = inc.rate(counter), base.rate(counter)
+    moved = i - b >= min_excess and (b == 0 or i / b >= MIN_RATIO)
+    strength = _ratio_strength(i, b) if moved else 0.0
+    verb = "rose" if moved else "did not rise enough"
+    ev = Evidence(signal=name, summary=f"{what} {verb}: {b:.2f} → {i:.2f} {unit}", baseline=round(b, 3),
+                  incident=round(i, 3), unit=unit)
+    top = inc.top.get("peers") or inc.top.get("failed_peers")
+    if moved and top:
+        ev.summary += " (top peer " + ", ".join(f"{t['peer']} ×{t['count']}" for t in top[:3]) + ")"
+    return Signal(domain, ev, strength)
+
+
+def _connect_latency_signal(inc: ProbeResult, base: ProbeResult) -> Signal | None:
+    hi, hb = inc.histograms.get("connect_latency"), base.histograms.get("connect_latency")
+    if not hi or not hb or hi.count < MIN_CONNECTS or hb.count < MIN_CONNECTS:
+        return None
+    pi, pb = hi.quantile(0.9), hb.quantile(0.9)
+    moved = pi >= MIN_RATIO * pb and pi >= 1000  # >= 1 ms on top of the ratio: a SYN was lost
+    strength = _ratio_strength(pi, pb) if moved else 0.0
+    ev = Evidence(signal="tcp_connect.latency_p90_us",
+                  summary=f"connect latency p90 {'rose' if moved else 'unchanged'}: ≤{pb:.0f} → ≤{pi:.0f} µs",
+                  baseline=pb, incident=pi, unit="us")
+    return Signal("network", ev, strength)
+
+
+def _runq_signal(inc: ProbeResult, base: ProbeResult) -> Signal | None:
+    hi, hb = inc.histograms.get("runq_wait"), base.histograms.get("runq_wait")
+    if not hi or not hb or hi.count < MIN_RUNQ_SAMPLES or hb.count < MIN_RUNQ_SAMPLES:
+        return None
+    si, sb = hi.fraction_above(RUNQ_SLOW_US), hb.fraction_above(RUNQ_SLOW_US)
+    moved = si >= MIN_RUNQ_SLOW_SHARE and si >= MIN_RATIO * max(sb, 0.005)
+    strength = _ratio_strength(si, max(sb, 0.005)) if moved else 0.0
+    p99i, p99b = hi.quantile(0.99), hb.quantile(0.99)
+    ev = Evidence(signal="runq_latency.share_waits_over_1ms",
+                  summary=(f"run-queue waits ≥1 ms {'rose' if moved else 'unchanged'}: {sb:.1%} → {si:.1%} "
+                           f"of {hi.count} waits (p99 ≤{p99b:.0f} → ≤{p99i:.0f} µs)"),
+                  baseline=round(sb, 4), incident=round(si, 4), unit="share")
+    return Signal("app_cpu", ev, strength)
+
+
+def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
+    """Every signal the capture supports, and the reasons some could not be computed."""
+    out: list[Signal] = []
+    gaps: list[str] = []
+    inc, base = capture.incident, capture.baseline
+
+    def pair(name: str) -> tuple[ProbeResult, ProbeResult] | None:
+        i, b = inc.get(name), base.get(name)
+        if i is None:
+            return None
+        if i.error:
+            gaps.append(f"{name} failed: {i.error}")
+            return None
+        if b is None:
+            gaps.append(f"{name} has no baseline ({capture.baseline_note or 'none recorded'})")
+            return None
+        if i.truncated:
+            gaps.append(f"{name} was cut short: {i.truncated}")
+        return i, b
+
+    if p := pair("tcp_retrans"):
+        out.append(_rate_signal("network", "tcp_retrans.retransmits_per_s", "TCP retransmits", "/s", *p,
+                                counter="retransmits", min_excess=MIN_EXCESS_RETRANS_PER_S))
+    if p := pair("tcp_connect"):
+        out.append(_rate_signal("network", "tcp_connect.failures_per_s", "failed TCP connects", "/s", *p,
+                                counter="failed", min_excess=MIN_EXCESS_CONNECT_FAILURES_PER_S))
+        if s := _connect_latency_signal(*p):
+            out.append(s)
+    if p := pair("runq_latency"):
+        if s := _runq_signal(*p):
+            out.append(s)
+        else:
+            gaps.append(f"runq_latency saw fewer than {MIN_RUNQ_SAMPLES} waits in a window")
+    return out, gaps
+
+
+def attribute(capture: CaptureResult | None) -> Verdict:
+    if capture is None:
+        return Verdict(domains=[], confidence=0.0, abstain_reason="no capture: the probes did not run")
+    sigs, gaps = signals(capture)
+    if not sigs:
+        return Verdict(domains=[], confidence=0.0,
+                       abstain_reason="no usable evidence: " + ("; ".join(gaps) or "the capture saw nothing"))
+    hyps: list[Hypothesis] = []
+    for domain in dict.fromkeys(s.domain for s in sigs):
+        mine = [s for s in sigs if s.domain == domain]
+        strength = sum(s.strength for s in mine)
+        others = [s for s in sigs if s.domain != domain and s.strength > 0]
+        hyps.append(Hypothesis(
+            domain=domain, confidence=strength / (strength + STRENGTH_HALF),
+            supporting=[s.evidence for s in sorted(mine, key=lambda s: -s.strength) if s.strength > 0],
+            # what argues against it: its own signals that stayed flat, other domains' that moved
+            contradicting=[s.evidence for s in mine if s.strength == 0] + [s.evidence for s in others]))
+    hyps.sort(key=lambda h: -h.confidence)
+    top = hyps[0]
+    second = hyps[1] if len(hyps) > 1 else None
+    if top.confidence < MIN_CONFIDENCE:
+        reason = f"evidence too weak: the strongest domain, {top.domain}, reaches only {top.confidence:.0%}"
+        if gaps:
+            reason += " (" + "; ".join(gaps) + ")"
+        return Verdict(domains=[], confidence=top.confidence, hypotheses=hyps, abstain_reason=reason)
+    if second and top.confidence - second.confidence < MIN_MARGIN:
+        if second.confidence >= BOTH_CONFIDENCE:
+            return Verdict(domains=[top.domain, second.domain], confidence=second.confidence, hypotheses=hyps)
+        return Verdict(domains=[], confidence=top.confidence, hypotheses=hyps,
+                       abstain_reason=(f"evidence points two ways: {top.domain} {top.confidence:.0%} vs "
+                                       f"{second.domain} {second.confidence:.0%}"))
+    return Verdict(domains=[top.domain], confidence=top.confidence, hypotheses=hyps)

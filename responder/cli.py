@@ -1,0 +1,241 @@
+"""``llmslo``: the command line. Every command validates its arguments and exits 2 with a
+message (never a traceback) on a user's mistake."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user mistake: printed as ``llmslo: <message>``, exit 2."""
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+
+
+# --- serve -------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from responder import config
+    from responder.server import Responder
+
+    try:
+        settings = config.load(args.config, host=args.host, port=args.port)
+    except config.ConfigError as e:
+        raise CliError(f"configuration: {e}") from None
+    config.ensure_webhook_token(settings)
+    _logging(args.verbose)
+    if settings.generated_token:
+        print(f"llmslo: no LLMSLO_WEBHOOK_TOKEN set; generated webhook token for this run: "
+              f"{settings.webhook_token}", file=sys.stderr, flush=True)
+    responder = Responder.build(settings)
+    print(f"llmslo: responder on http://{settings.host}:{settings.port} (data in {settings.data_dir})",
+          file=sys.stderr, flush=True)
+    web.run_app(responder.app(), host=settings.host, port=settings.port, print=None,
+                handle_signals=True, shutdown_timeout=5)
+    return 0
+
+
+# --- agent -------------------------------------------------------------------------------------
+def cmd_agent(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from capture.agent import CaptureAgent
+    from capture.api import make_app
+
+    token = os.environ.get("LLMSLO_AGENT_TOKEN")
+    if not token:
+        token = secrets.token_urlsafe(24)
+        print(f"llmslo: no LLMSLO_AGENT_TOKEN set; generated agent token for this run: {token}",
+              file=sys.stderr, flush=True)
+    _logging(args.verbose)
+    agent = CaptureAgent(args.node_name, recorder=not args.no_recorder)
+    web.run_app(make_app(agent, token), host=args.host, port=args.port, print=None, shutdown_timeout=5)
+    return 0
+
+
+# --- capture -----------------------------------------------------------------------------------
+def _format_capture(result) -> str:
+    lines = [f"capture {result.id} on {result.node}: {result.target.describe()} "
+             f"for {result.ended_at - result.started_at:.1f}s"]
+    for name, r in result.incident.items():
+        if r.error:
+            lines.append(f"  {name}: FAILED {r.error}")
+            continue
+        parts = [f"{k}={v:g}" for k, v in r.counters.items()]
+        for hname, h in r.histograms.items():
+            if h.count:
+                parts.append(f"{hname}: n={h.count} p50<={h.quantile(0.5):g}{h.unit} p99<={h.quantile(0.99):g}{h.unit}")
+            else:
+                parts.append(f"{hname}: no samples")
+        for tname, top in r.top.items():
+            if top:
+                parts.append(f"{tname}: " + ", ".join(f"{t['peer']}×{t['count']}" for t in top[:3]))
+        extra = f" [truncated: {r.truncated}]" if r.truncated else ""
+        lines.append(f"  {name}: " + "; ".join(parts) + extra)
+    for e in result.errors:
+        lines.append(f"  note: {e}")
+    lines.append(f"  cost: {result.cost.summary()}")
+    return "\n".join(lines)
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from capture.probes import CATALOG
+    from capture.schemas import CaptureRequest, RequestError
+
+    if args.list_probes:
+        for p in CATALOG.values():
+            print(f"{p.name:14} {p.cost_class:7} budget {p.event_budget_per_s}/s  {p.summary}")
+            print(f"{'':14} attach: {', '.join(p.attach)}")
+        return 0
+    if args.pid is None and args.cgroup is None:
+        raise CliError("capture: name a target with --pid PID or --cgroup PATH (or use --list-probes)")
+    probes = [p.strip() for p in args.probes.split(",") if p.strip()] if args.probes else list(CATALOG)
+    target = {"pids": [args.pid] if args.pid is not None else [],
+              "cgroups": [args.cgroup] if args.cgroup else []}
+    try:
+        req = CaptureRequest.from_dict({"target": target, "probes": probes, "duration_s": args.duration,
+                                        "baseline_s": 0}, known_probes=list(CATALOG))
+    except RequestError as e:
+        raise CliError(f"capture: {e}") from None
+    if os.geteuid() != 0:
+        raise CliError("capture: loading eBPF programs needs root (CAP_BPF and CAP_PERFMON)")
+
+    from capture.agent import CaptureAgent
+
+    async def run():
+        agent = CaptureAgent(recorder=False)
+        return await agent.capture(req)
+
+    try:
+        result = asyncio.run(run())
+    except RequestError as e:
+        raise CliError(f"capture: {e}") from None
+    print(json.dumps(result.to_dict(), indent=2) if args.json else _format_capture(result))
+    return 0 if not any(r.error for r in result.incident.values()) else 1
+
+
+# --- playbooks validate ------------------------------------------------------------------------
+def cmd_playbooks_validate(args: argparse.Namespace) -> int:
+    from capture.probes import CATALOG
+    from responder.config import REPO_ROOT
+    from responder.playbooks import validate_directory
+
+    directory = Path(args.dir) if args.dir else Path(os.environ.get("LLMSLO_PLAYBOOKS_DIR") or REPO_ROOT / "playbooks")
+    if not directory.is_dir():
+        raise CliError(f"playbooks validate: {directory} is not a directory")
+    problems = validate_directory(directory, set(CATALOG))
+    for p in problems:
+        print(p.format())
+    if problems:
+        print(f"{len(problems)} problem(s) in {directory}", file=sys.stderr)
+        return 1
+    print(f"{directory}: ok")
+    return 0
+
+
+# --- replay ------------------------------------------------------------------------------------
+def cmd_replay(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from responder.alertmanager import PayloadError, parse_notification
+
+    try:
+        body = Path(args.file).read_bytes()
+    except OSError as e:
+        raise CliError(f"replay: cannot read {args.file}: {e.strerror}") from None
+    try:
+        parse_notification(body)
+    except PayloadError as e:
+        raise CliError(f"replay: {args.file} is not a valid Alertmanager payload: {e}") from None
+    token = args.token or os.environ.get("LLMSLO_WEBHOOK_TOKEN")
+    user, password = os.environ.get("LLMSLO_WEBHOOK_USER"), os.environ.get("LLMSLO_WEBHOOK_PASSWORD")
+    headers = {"Content-Type": "application/json"}
+    auth = None
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    elif user and password:
+        auth = aiohttp.BasicAuth(user, password)
+    else:
+        raise CliError("replay: set LLMSLO_WEBHOOK_TOKEN (or --token), or LLMSLO_WEBHOOK_USER/PASSWORD")
+
+    async def send():
+        async with aiohttp.ClientSession() as s:
+            async with s.post(args.url.rstrip("/") + "/webhook/alertmanager", data=body, headers=headers,
+                              auth=auth, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                return resp.status, await resp.text()
+
+    try:
+        status, text = asyncio.run(send())
+    except (aiohttp.ClientError, TimeoutError) as e:
+        raise CliError(f"replay: cannot reach {args.url}: {e}") from None
+    print(f"{status} {text}")
+    return 0 if status < 300 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmslo", description="LLM SLO incident responder with eBPF evidence")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the responder (embedded defaults, no config file needed)")
+    s.add_argument("--host", default=None)
+    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--config", help="YAML settings file (LLMSLO_* variables override it)")
+    s.set_defaults(func=cmd_serve)
+
+    a = sub.add_parser("agent", help="run a capture agent with its HTTP API")
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8081)
+    a.add_argument("--node-name", default=None)
+    a.add_argument("--no-recorder", action="store_true", help="do not keep the always-on baseline recorder")
+    a.set_defaults(func=cmd_agent)
+
+    c = sub.add_parser("capture", help="an ad hoc capture from this terminal")
+    c.add_argument("--pid", type=int)
+    c.add_argument("--cgroup", help="cgroup path in the unified hierarchy, e.g. /system.slice/x.service")
+    c.add_argument("--probes", help="comma-separated probe names (default: all)")
+    c.add_argument("--duration", default="10s", help="e.g. 10s, 500ms, 1m (max 120s)")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.add_argument("--list-probes", action="store_true", help="list the probe catalog and exit")
+    c.set_defaults(func=cmd_capture)
+
+    pb = sub.add_parser("playbooks", help="playbook tools")
+    pbs = pb.add_subparsers(dest="playbooks_command", required=True)
+    v = pbs.add_parser("validate", help="check playbooks; errors with file:line")
+    v.add_argument("dir", nargs="?")
+    v.set_defaults(func=cmd_playbooks_validate)
+
+    r = sub.add_parser("replay", help="send a saved Alertmanager payload to a running responder")
+    r.add_argument("file")
+    r.add_argument("--url", default="http://127.0.0.1:8080")
+    r.add_argument("--token", help="webhook bearer token (default: LLMSLO_WEBHOOK_TOKEN)")
+    r.set_defaults(func=cmd_replay)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as e:
+        print(f"llmslo: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

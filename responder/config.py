@@ -1,0 +1,153 @@
+"""Settings: one place, defaults that run on one machine, a YAML file, then ``LLMSLO_*`` variables.
+
+Precedence: environment > file > defaults. Validated at start-up; every error names its key.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the key."""
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = field(default_factory=lambda: Path("data"))
+    # Alertmanager's http_config: a bearer token, or basic auth. Also guards the read API.
+    webhook_token: str | None = None
+    webhook_user: str | None = None
+    webhook_password: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    workers: int = 2
+    max_pending_jobs: int = 1000
+    # Where the incident page lives as seen by people following a chat link.
+    public_url: str | None = None
+    playbooks_dir: Path = field(default_factory=lambda: REPO_ROOT / "playbooks")
+    # Capture agent: in-process (None) or a remote `llmslo agent` URL.
+    agent_url: str | None = None
+    agent_token: str | None = None
+    node_name: str | None = None
+    recorder_interval_s: float = 5.0
+    recorder_history_s: float = 600.0
+    # Chat.
+    slack_bot_token: str | None = None
+    slack_signing_secret: str | None = None
+    slack_app_token: str | None = None
+    slack_channel: str = "#llm-incidents"
+    slack_api_url: str = "https://slack.com/api/"
+    prometheus_url: str | None = None
+    generated_token: bool = False  # True when webhook_token was generated at start
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "incidents.sqlite3"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+_ENV = {
+    "LLMSLO_WEBHOOK_TOKEN": "webhook_token",
+    "LLMSLO_WEBHOOK_USER": "webhook_user",
+    "LLMSLO_WEBHOOK_PASSWORD": "webhook_password",
+    "LLMSLO_DATA_DIR": "data_dir",
+    "LLMSLO_AGENT_TOKEN": "agent_token",
+    "LLMSLO_AGENT_URL": "agent_url",
+    "LLMSLO_SLACK_BOT_TOKEN": "slack_bot_token",
+    "LLMSLO_SLACK_SIGNING_SECRET": "slack_signing_secret",
+    "LLMSLO_SLACK_APP_TOKEN": "slack_app_token",
+    "LLMSLO_SLACK_CHANNEL": "slack_channel",
+    "LLMSLO_SLACK_API_URL": "slack_api_url",
+    "LLMSLO_PROMETHEUS_URL": "prometheus_url",
+    "LLMSLO_PLAYBOOKS_DIR": "playbooks_dir",
+    "LLMSLO_PUBLIC_URL": "public_url",
+    "LLMSLO_MAX_BODY_BYTES": "max_body_bytes",
+    "LLMSLO_RECORDER_INTERVAL_S": "recorder_interval_s",
+}
+
+
+def _coerce(key: str, value: Any, default: Any, ftype: Any) -> Any:
+    t = str(ftype)
+    try:
+        if "Path" in t:
+            return Path(str(value))
+        if t.startswith("int"):
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if t.startswith("float"):
+            return float(value)
+        if t.startswith("bool"):
+            return str(value).lower() in ("1", "true", "yes", "on")
+        return None if value is None else str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {t.split(' ')[0]}, got {value!r}") from None
+
+
+def load(path: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    env = os.environ if env is None else env
+    s = Settings()
+    known = {f.name: f for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"config file {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: expected a mapping of settings")
+        for k, v in data.items():
+            if k not in known or k == "generated_token":
+                raise ConfigError(f"{k}: unknown setting; known: {', '.join(sorted(set(known) - {'generated_token'}))}")
+            values[k] = v
+    for var, key in _ENV.items():
+        if env.get(var):
+            values[key] = env[var]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    for k, v in values.items():
+        setattr(s, k, _coerce(k, v, getattr(s, k), known[k].type))
+    validate(s)
+    return s
+
+
+def validate(s: Settings) -> None:
+    if not 0 < s.port < 65536:
+        raise ConfigError(f"port: {s.port} is not a TCP port")
+    if s.max_body_bytes < 1024:
+        raise ConfigError("max_body_bytes: must be at least 1024")
+    if not 1 <= s.workers <= 64:
+        raise ConfigError("workers: must be between 1 and 64")
+    if bool(s.webhook_user) != bool(s.webhook_password):
+        raise ConfigError("webhook_user/webhook_password: set both for basic auth, or neither")
+    for key in ("agent_url", "slack_api_url", "prometheus_url", "public_url"):
+        v = getattr(s, key)
+        if v and urlparse(v).scheme not in ("http", "https"):
+            raise ConfigError(f"{key}: {v!r} is not an http(s) URL")
+    if s.agent_url and not s.agent_token:
+        raise ConfigError("agent_token: required when agent_url names a remote agent")
+    if not s.playbooks_dir.is_dir():
+        raise ConfigError(f"playbooks_dir: {s.playbooks_dir} is not a directory")
+    if s.recorder_interval_s <= 0:
+        raise ConfigError("recorder_interval_s: must be positive")
+
+
+def ensure_webhook_token(s: Settings) -> None:
+    """With no credentials configured, generate a token (printed at start) rather than run open."""
+    if not s.webhook_token and not s.webhook_user:
+        s.webhook_token = secrets.token_urlsafe(24)
+        s.generated_token = True

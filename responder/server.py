@@ -1,0 +1,205 @@
+"""The responder's HTTP service: intake, the read API, the incident page, and its workers.
+
+Intake (``POST /webhook/alertmanager``): authenticate, bound the body, validate the v4 payload,
+persist (the store dedups), answer 2xx, wake a worker. Nothing is done before the payload is
+durable, and nothing is stored for a request that is refused.
+"""
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from capture.agent import CaptureAgent
+from capture.auth import basic_ok, bearer_ok
+from capture.client import HttpAgentClient, LocalAgentClient
+from capture.probes import CATALOG
+from responder.alertmanager import PayloadError, parse_notification
+from responder.config import Settings
+from responder.delivery import Deliverer
+from responder.pipeline import Pipeline
+from responder.playbooks import load_playbooks
+from responder.sinks.base import ChatSink
+from responder.sinks.console import ConsoleSink
+from responder.sinks.slack import SlackSink
+from responder.store import IncidentStore
+
+log = logging.getLogger(__name__)
+
+STORE_KEY = web.AppKey("store", IncidentStore)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@dataclass
+class Responder:
+    """Everything the running service holds, built from settings."""
+
+    settings: Settings
+    store: IncidentStore
+    agent: LocalAgentClient | HttpAgentClient
+    sinks: dict[str, ChatSink]
+    pipeline: Pipeline
+    deliverer: Deliverer
+    wake_workers: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings, console_stream=None) -> "Responder":
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = IncidentStore(settings.store_path)
+        playbooks = load_playbooks(settings.playbooks_dir, set(CATALOG))
+        if settings.agent_url:
+            agent = HttpAgentClient(settings.agent_url, settings.agent_token or "")
+        else:
+            agent = LocalAgentClient(CaptureAgent(settings.node_name, recorder_interval_s=settings.recorder_interval_s,
+                                                  recorder_history_s=settings.recorder_history_s))
+        sinks: dict[str, ChatSink] = {}
+        import sys
+        sinks["console"] = ConsoleSink(settings.data_dir / "reports.jsonl", stream=console_stream or sys.stdout)
+        if settings.slack_bot_token:
+            sinks["slack"] = SlackSink(settings.slack_bot_token, settings.slack_channel, base_url=settings.slack_api_url)
+        deliverer = Deliverer(store, sinks)
+        pipeline = Pipeline(store, playbooks, agent, list(sinks), settings.slack_channel, settings.base_url,
+                            on_enqueued=deliverer.notify)
+        return cls(settings, store, agent, sinks, pipeline, deliverer)
+
+    # --- workers ----------------------------------------------------------------------------
+    async def worker(self, n: int) -> None:
+        while True:
+            job = await asyncio.to_thread(self.store.claim_job)
+            if job is None:
+                try:
+                    await asyncio.wait_for(self.wake_workers.wait(), timeout=2.0)
+                except asyncio.TimeoutError:
+                    pass
+                self.wake_workers.clear()
+                continue
+            log.info("incident=%s event=job_start job=%s kind=%s worker=%s attempt=%s", job.incident_id, job.id,
+                     job.kind, n, job.attempts)
+            try:
+                await self.pipeline.run(job)
+            except asyncio.CancelledError:
+                raise  # shutdown: the job stays 'running' and is requeued at the next start
+            except Exception as e:
+                log.exception("incident=%s event=job_failed job=%s", job.incident_id, job.id)
+                await asyncio.to_thread(self.store.fail_job, job.id, repr(e), True)
+                continue
+            await asyncio.to_thread(self.store.finish_job, job.id)
+
+    async def start(self) -> None:
+        requeued = await asyncio.to_thread(self.store.requeue_running)
+        if requeued:
+            log.info("event=jobs_requeued count=%s", requeued)
+        await self.agent.start()
+        for n in range(self.settings.workers):
+            self.tasks.append(asyncio.create_task(self.worker(n), name=f"worker-{n}"))
+        self.tasks.append(asyncio.create_task(self.deliverer.run(), name="delivery"))
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.agent.close()
+        for s in self.sinks.values():
+            await s.close()
+        self.store.close()
+
+    # --- auth -------------------------------------------------------------------------------
+    def authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization")
+        s = self.settings
+        return bearer_ok(header, s.webhook_token) or basic_ok(header, s.webhook_user, s.webhook_password)
+
+    # --- handlers ---------------------------------------------------------------------------
+    async def webhook(self, request: web.Request) -> web.Response:
+        if not self.authorized(request):
+            return web.json_response({"error": "unauthorized: send the webhook bearer token or basic auth"},
+                                     status=401, headers={"WWW-Authenticate": 'Bearer realm="llmslo"'})
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return _error(413, f"body is {request.content_length} bytes; the limit is {limit} bytes")
+        body = await request.content.read(limit + 1)
+        if len(body) > limit:
+            return _error(413, f"body is over the limit of {limit} bytes")
+        try:
+            notification = parse_notification(body)
+        except PayloadError as e:
+            return _error(400, f"invalid Alertmanager payload: {e}")
+        if await asyncio.to_thread(self.store.pending_jobs) >= self.settings.max_pending_jobs:
+            # Refused before storing: Alertmanager retries 5xx, so nothing is lost.
+            return _error(503, "too many incidents waiting; retry later")
+        result = await asyncio.to_thread(self.store.accept, notification, body)
+        if result.job_id is not None:
+            self.wake_workers.set()
+        log.info("incident=%s event=alert_accepted group=%s new=%s duplicates=%s job=%s", result.incident_id,
+                 notification.group_key, result.new_alerts, result.duplicates, result.job_id)
+        return web.json_response({"status": "accepted", "incident_id": result.incident_id,
+                                  "new_alerts": result.new_alerts, "duplicates": result.duplicates,
+                                  "job_id": result.job_id})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        counts = await asyncio.to_thread(self.store.counts)
+        return web.json_response({"status": "ok", "counts": counts})
+
+    async def list_incidents(self, request: web.Request) -> web.Response:
+        if not self.authorized(request):
+            return _error(401, "unauthorized")
+        status = request.query.get("status")
+        if status not in (None, "firing", "resolved"):
+            return _error(400, "status: expected firing or resolved")
+        try:
+            limit = int(request.query.get("limit", "100"))
+            if not 1 <= limit <= 1000:
+                raise ValueError
+        except ValueError:
+            return _error(400, "limit: expected an integer from 1 to 1000")
+        incidents = await asyncio.to_thread(self.store.list_incidents, limit, status)
+        return web.json_response({"incidents": [i.to_dict() for i in incidents]})
+
+    async def get_incident(self, request: web.Request) -> web.Response:
+        if not self.authorized(request):
+            return _error(401, "unauthorized")
+        inc = await asyncio.to_thread(self.store.get_incident, request.match_info["id"])
+        if inc is None:
+            return _error(404, f"no incident {request.match_info['id']!r}")
+        return web.json_response(inc.to_dict())
+
+    async def incident_page(self, request: web.Request) -> web.Response:
+        if not self.authorized(request):
+            return web.Response(status=401, text="unauthorized", headers={"WWW-Authenticate": 'Basic realm="llmslo"'})
+        inc = await asyncio.to_thread(self.store.get_incident, request.match_info["id"])
+        if inc is None:
+            return web.Response(status=404, text="no such incident")
+        d = inc.to_dict()
+        verdict = d.get("verdict") or {}
+        title = f"{inc.id} · {inc.status} · " + (", ".join(verdict.get("domains") or []) or
+                                                  ("abstained" if verdict else "capturing"))
+        body = (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"
+                f"<h1>{html.escape(title)}</h1>"
+                f"<p>{html.escape(verdict.get('abstain_reason') or '')}</p>"
+                f"<pre>{html.escape(json.dumps(d, indent=2, default=str))}</pre>")
+        return web.Response(text=body, content_type="text/html")
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes + 1)
+        app[STORE_KEY] = self.store
+        app.router.add_post("/webhook/alertmanager", self.webhook)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/api/incidents", self.list_incidents)
+        app.router.add_get("/api/incidents/{id}", self.get_incident)
+        app.router.add_get("/incidents/{id}", self.incident_page)
+
+        async def lifecycle(app: web.Application):
+            await self.start()
+            yield
+            await self.stop()
+
+        app.cleanup_ctx.append(lifecycle)
+        return app

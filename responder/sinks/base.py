@@ -1,0 +1,75 @@
+"""The chat sink interface: one incident thread, posted, edited in place and replied to.
+
+Every integration (Slack, the console / file sink) implements :class:`ChatSink`. A sink does one
+attempt per call and reports failures as one of two exception types; the responder's outbox owns
+retrying, so a sink never sleeps or retries on its own:
+
+- :class:`SinkRetryableError`: try again later (rate limited, server error, timeout, connection
+  refused). ``retry_after`` is the server's own hint in seconds when it gave one.
+- :class:`SinkPermanentError`: retrying the same call cannot succeed (bad token, unknown channel,
+  bot not in the channel, blocks rejected); fix the configuration or the message.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from responder.report import Message
+
+
+@dataclass(frozen=True)
+class ThreadRef:
+    """Where an incident's thread lives: the channel id and the root message's ``ts``."""
+
+    channel: str
+    ts: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channel": self.channel, "ts": self.ts}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ThreadRef":
+        return cls(channel=str(d["channel"]), ts=str(d["ts"]))
+
+
+class SinkError(Exception):
+    """A chat sink call failed; ``code`` is the platform's error name when it gave one."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SinkRetryableError(SinkError):
+    """The call may succeed later; wait at least ``retry_after`` seconds when it is set."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class SinkPermanentError(SinkError):
+    """The call cannot succeed as is: the message says which setting or input to fix."""
+
+
+@runtime_checkable
+class ChatSink(Protocol):
+    """A chat integration the responder reports incidents through."""
+
+    name: str
+
+    async def post_root(self, channel: str | None, message: Message) -> ThreadRef:
+        """Post a thread's root message to ``channel`` (None: the sink's default channel)."""
+        ...
+
+    async def update_root(self, thread: ThreadRef, message: Message) -> None:
+        """Replace the root message of ``thread`` in place."""
+        ...
+
+    async def reply(self, thread: ThreadRef, message: Message) -> str:
+        """Post ``message`` in ``thread``; returns the reply's ``ts``."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files; the sink is not used afterwards."""
+        ...

@@ -1,0 +1,233 @@
+"""Rendering of the incident thread: each root state, the attribution reply, limits, abstain."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from capture.schemas import CaptureCost, CaptureResult, CaptureTarget, ProbeResult
+from responder.model import DOMAINS, Evidence, Hypothesis, Verdict
+from responder.report import (MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, Message, render_attribution,
+                              render_error, render_resolved, render_root, root_state)
+
+URL = "http://responder.example/incidents/inc-42"
+
+
+def _incident(**over):
+    inc = {
+        "id": "inc-42", "group_key": "{}:{alertname=\"LLMTTFTBurnRate\"}", "status": "firing",
+        "created_at": "2024-11-27T10:42:30Z", "resolved_at": None,
+        "labels": {"alertname": "LLMTTFTBurnRate", "service": "rag-api"},
+        "alerts": [{"labels": {"alertname": "LLMTTFTBurnRate"}, "annotations": {},
+                    "startsAt": "2024-11-27T10:42:01.123456789Z", "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "http://prometheus.example/graph?g0.expr=burn"}],
+        "playbook": "llm-latency", "verdict": None, "capture": None, "report": None, "thread": None,
+        "error": None,
+    }
+    inc.update(over)
+    return inc
+
+
+def _ev(i: int, **over) -> Evidence:
+    kw = dict(signal=f"tls_http.status_429_per_s.{i}", summary=f"HTTP 429 from the provider #{i}",
+              baseline=0.0, incident=14.5, unit="/s", source="kernel", link=f"http://responder.example/e/{i}")
+    kw.update(over)
+    return Evidence(**kw)
+
+
+def _verdict() -> Verdict:
+    return Verdict(domains=["provider_throttling"], confidence=0.823, hypotheses=[
+        Hypothesis("provider_throttling", 0.823, supporting=[_ev(1), _ev(2, source="trace")],
+                   contradicting=[_ev(3, summary="TCP retransmits flat", baseline=0.2, incident=0.21,
+                                      unit="retransmits/s", link=None)]),
+        Hypothesis("network", 0.11, supporting=[_ev(4)]),
+    ])
+
+
+def _capture(**over) -> CaptureResult:
+    kw = dict(id="cap-1", node="node-a", target=CaptureTarget(pids=[4242], ports=[443]),
+              started_at=1732704150.0, ended_at=1732704160.0,
+              incident={"tls_http": ProbeResult("tls_http", 10.0, error="libssl not found in pid 4242"),
+                        "tcp_retrans": ProbeResult("tcp_retrans", 10.0, truncated="event budget reached",
+                                                   lost=12)},
+              cost=CaptureCost(bpf_run_time_ns=1_200_000, bpf_run_count=3400, events=3400, agent_cpu_s=0.05,
+                               startup_ms=310, wall_s=10.4),
+              errors=["runq_latency: tracepoint sched:sched_wakeup unavailable"])
+    kw.update(over)
+    return CaptureResult(**kw)
+
+
+def _all_text(msg: Message) -> str:
+    return json.dumps(msg.blocks, ensure_ascii=False)
+
+
+def _assert_slack_limits(msg: Message) -> None:
+    assert len(msg.blocks) <= MAX_BLOCKS
+    for b in msg.blocks:
+        if b["type"] == "section":
+            assert len(b["text"]["text"]) <= MAX_SECTION_CHARS
+        if b["type"] == "header":
+            assert b["text"]["type"] == "plain_text"
+            assert len(b["text"]["text"]) <= MAX_HEADER_CHARS
+        if b["type"] == "context":
+            assert 1 <= len(b["elements"]) <= 10
+
+
+# -- root
+
+
+@pytest.mark.parametrize("over, state, word", [
+    ({}, "capturing", "CAPTURING"),
+    ({"verdict": _verdict().to_dict()}, "attributed", "ATTRIBUTED"),
+    ({"verdict": Verdict([], 0.4, abstain_reason="two domains too close").to_dict()}, "abstained", "ABSTAINED"),
+    ({"status": "resolved", "resolved_at": "2024-11-27T10:46:13Z", "verdict": _verdict().to_dict()},
+     "resolved", "RESOLVED"),
+    ({"error": "agent unreachable"}, "failed", "FAILED"),
+])
+def test_root_shows_state_alert_id_and_link(over, state, word):
+    inc = _incident(**over)
+    assert root_state(inc) == state
+    msg = render_root(inc, URL)
+    assert word in msg.text and "LLMTTFTBurnRate" in msg.text and "inc-42" in msg.text and URL in msg.text
+    assert len(msg.blocks) == 1 and "\n" not in msg.blocks[0]["text"]["text"]
+    assert f"<{URL}|inc-42>" in msg.blocks[0]["text"]["text"]
+    _assert_slack_limits(msg)
+
+
+def test_root_names_top_domain_and_confidence_only_when_attributed():
+    attributed = render_root(_incident(verdict=_verdict().to_dict()), URL)
+    assert "provider_throttling 82%" in attributed.text
+    assert "*provider_throttling* 82%" in attributed.blocks[0]["text"]["text"]
+    capturing = render_root(_incident(), URL)
+    assert "%" not in capturing.text
+
+
+def test_root_escapes_mrkdwn_control_characters():
+    msg = render_root(_incident(labels={"alertname": "a<b>&c"}), URL)
+    assert "a&lt;b&gt;&amp;c" in msg.blocks[0]["text"]["text"]
+    assert "a<b>&c" in msg.text
+
+
+# -- attribution
+
+
+def test_attribution_shows_verdict_hypotheses_evidence_capture_and_links():
+    inc = _incident(verdict=_verdict().to_dict())
+    msg = render_attribution(inc, _verdict(), _capture(), [{"title": "Provider 429s", "url": "http://wiki/429"}],
+                             URL)
+    _assert_slack_limits(msg)
+    blocks = _all_text(msg)
+    assert msg.blocks[0]["type"] == "header"
+    assert "provider_throttling" in msg.blocks[0]["text"]["text"] and "82%" in msg.blocks[0]["text"]["text"]
+    assert "1. *provider_throttling* 82%" in blocks and "2. *network* 11%" in blocks
+    assert "HTTP 429 from the provider #1" in blocks
+    assert "baseline 0 → incident 14.5/s" in blocks
+    assert "<http://responder.example/e/1|evidence>" in blocks
+    assert "Contradicting evidence for provider_throttling" in blocks
+    assert "baseline 0.2 → incident 0.21 retransmits/s" in blocks
+    # the runner-up's evidence stays on the incident page, not in the reply
+    assert "provider #4" not in blocks
+    assert "pid:4242, port:443" in blocks and "node-a" in blocks
+    assert _capture().cost.summary() in blocks
+    assert "libssl not found in pid 4242" in blocks and "event budget reached" in blocks
+    assert "12 events lost" in blocks and "sched:sched_wakeup unavailable" in blocks
+    assert "<http://wiki/429|Provider 429s>" in blocks
+    assert "http://prometheus.example/graph?g0.expr=burn" in blocks
+    assert any(b["type"] == "divider" for b in msg.blocks)
+    # the plain-text fallback carries the same story
+    for needle in ("provider_throttling (82% confidence)", "HTTP 429 from the provider #1", "node-a",
+                   "http://wiki/429", "libssl not found"):
+        assert needle in msg.text
+
+
+def test_attribution_without_capture_or_generator_url_says_so():
+    inc = _incident(alerts=[{"labels": {}, "annotations": {}, "startsAt": "2024-11-27T10:42:01Z",
+                             "generatorURL": ""}])
+    msg = render_attribution(inc, _verdict(), None, [], URL)
+    blocks = _all_text(msg)
+    assert "Kernel capture:* none" in blocks
+    assert "Runbooks" not in blocks and "Prometheus" not in blocks
+    _assert_slack_limits(msg)
+
+
+def test_abstain_renders_reason_and_weighed_hypotheses():
+    verdict = Verdict(domains=[], confidence=0.41, abstain_reason="two domains too close (0.41 vs 0.38)",
+                      hypotheses=[Hypothesis("network", 0.38, supporting=[_ev(2, summary="retransmits up")]),
+                                  Hypothesis("provider_latency", 0.41, supporting=[_ev(1, summary="TTFT up")]),
+                                  Hypothesis("dns", 0.05, supporting=[_ev(3, summary="dns slow")])])
+    msg = render_attribution(_incident(verdict=verdict.to_dict()), verdict, _capture(), [], URL)
+    header = msg.blocks[0]["text"]["text"]
+    assert header == "LLMTTFTBurnRate: Abstained: two domains too close (0.41 vs 0.38)"
+    blocks = _all_text(msg)
+    # ranked by confidence, the two it could not separate show their evidence
+    assert blocks.index("1. *provider_latency* 41%") < blocks.index("2. *network* 38%")
+    assert "TTFT up" in blocks and "retransmits up" in blocks and "dns slow" not in blocks
+    assert "Fault domain:" not in blocks
+    assert msg.text.startswith("LLMTTFTBurnRate: Abstained: two domains too close")
+    root = render_root(_incident(verdict=verdict.to_dict()), URL)
+    assert "ABSTAINED" in root.text and "41%" not in root.text
+
+
+def test_huge_evidence_respects_slack_limits_and_drops_lowest_ranked_first():
+    long_summary = "x" * 5000
+    hyps = [Hypothesis(d, 0.9 - i * 0.1,
+                       supporting=[_ev(j, summary=f"{d} support {j} " + long_summary) for j in range(200)],
+                       contradicting=[_ev(j, summary=f"{d} against {j}") for j in range(200)])
+            for i, d in enumerate(DOMAINS)]
+    verdict = Verdict(domains=list(DOMAINS), confidence=0.9, hypotheses=hyps,
+                      abstain_reason=None)
+    runbooks = [{"title": f"runbook {i} " + "y" * 200, "url": f"http://wiki/{i}"} for i in range(40)]
+    inc = _incident(labels={"alertname": "A" * 400}, verdict=verdict.to_dict())
+    msg = render_attribution(inc, verdict, _capture(errors=["e" * 4000]), runbooks, URL)
+    _assert_slack_limits(msg)
+    blocks = _all_text(msg)
+    assert msg.blocks[0]["text"]["text"].endswith("…")
+    # the first supporting item of the top hypothesis survives; the last-ranked ones do not
+    assert f"{DOMAINS[0]} support 0 " in blocks
+    assert f"{DOMAINS[-1]} against 2" not in blocks
+    assert "more evidence items not shown" in blocks
+    assert "<http://wiki/0|runbook 0" in blocks
+    assert len(msg.text) <= 40000
+
+
+def test_section_text_is_cut_with_ellipsis_not_inside_a_link():
+    ev = _ev(1, summary="s" * 2990, link="http://responder.example/evidence/very-long")
+    verdict = Verdict(["network"], 0.7, [Hypothesis("network", 0.7, supporting=[ev])])
+    msg = render_attribution(_incident(), verdict, None, [], URL)
+    _assert_slack_limits(msg)
+    cut = [b for b in msg.blocks if b["type"] == "section" and "sss" in b["text"]["text"]][0]["text"]["text"]
+    assert cut.endswith("…") and cut.count("<") == cut.count(">")
+
+
+# -- resolved and error
+
+
+def test_resolved_says_how_long_the_budget_burned():
+    inc = _incident(status="resolved", resolved_at="2024-11-27T10:46:13Z", verdict=_verdict().to_dict())
+    msg = render_resolved(inc)
+    # from the alert's startsAt (10:42:01), earlier than the incident's created_at
+    assert "burned for 4m 12s" in msg.text
+    assert "Final attribution: provider_throttling (82%)" in msg.text
+    assert "burned for 4m 12s" in msg.blocks[0]["text"]["text"]
+
+
+def test_resolved_with_epoch_times_and_no_verdict():
+    inc = _incident(status="resolved", created_at=1000.0, resolved_at=1000.0 + 3 * 3600 + 125,
+                    alerts=[{"labels": {}, "startsAt": ""}])
+    msg = render_resolved(inc)
+    assert "burned for 3h 2m" in msg.text and "No attribution" in msg.text
+
+
+def test_error_says_what_failed_and_that_the_incident_is_open():
+    msg = render_error(_incident(), "capture agent node-a: connection refused\nTraceback ...")
+    assert "connection refused" in msg.text and "still open" in msg.text
+    assert "inc-42" in msg.text and "LLMTTFTBurnRate" in msg.text
+    _assert_slack_limits(msg)
+    huge = render_error(_incident(), "boom ```" + "z" * 10000)
+    _assert_slack_limits(huge)
+    assert huge.blocks[1]["text"]["text"].startswith("```") and huge.blocks[1]["text"]["text"].endswith("```")
+
+
+def test_message_round_trips():
+    msg = render_root(_incident(), URL)
+    assert Message.from_dict(json.loads(json.dumps(msg.to_dict()))) == msg
