@@ -146,7 +146,10 @@ class Responder:
 
     async def healthz(self, request: web.Request) -> web.Response:
         counts = await asyncio.to_thread(self.store.counts)
-        return web.json_response({"status": "ok", "counts": counts})
+        body = {"status": "ok", "counts": counts}
+        if isinstance(self.agent, LocalAgentClient):
+            body["agent"] = self.agent.agent.status()
+        return web.json_response(body)
 
     async def list_incidents(self, request: web.Request) -> web.Response:
         if not self.authorized(request):

@@ -1,0 +1,77 @@
+"""Lab and test cgroups: created below this process's own cgroup, removed however a run ends.
+
+Only the unified (v2) hierarchy is used here: it gives the workload its own cgroup id, which is
+what the probes filter on. (CPU quota and memory limits, on v1 or v2, come with the lab issue.)
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from capture.identity import pid_cgroup_path, unified_root
+
+PREFIX = "llmslo-lab-"
+
+
+class WorkloadCgroup:
+    def __init__(self, name: str):
+        own = pid_cgroup_path(os.getpid())
+        self.parent = unified_root() / own.lstrip("/")
+        self.dir = self.parent / f"{PREFIX}{name}-{os.getpid()}"
+        # The path as alert labels and capture targets name it: relative to the unified root.
+        self.path = "/" + str(self.dir.relative_to(unified_root()))
+
+    def create(self) -> "WorkloadCgroup":
+        self.dir.mkdir(exist_ok=True)
+        return self
+
+    def add(self, pid: int) -> None:
+        (self.dir / "cgroup.procs").write_text(str(pid))
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(p) for p in (self.dir / "cgroup.procs").read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def remove(self, kill: bool = True) -> None:
+        """Kill (or move out) what is inside, then remove the directory."""
+        for _ in range(50):
+            pids = self.pids()
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    if kill:
+                        os.kill(pid, signal.SIGKILL)
+                    else:
+                        (self.parent / "cgroup.procs").write_text(str(pid))
+                except (ProcessLookupError, OSError):
+                    pass
+            time.sleep(0.05)
+        try:
+            self.dir.rmdir()
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "WorkloadCgroup":
+        return self.create()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def sweep_stale() -> list[str]:
+    """Remove lab cgroups left by runs whose process is gone (e.g. killed with SIGKILL)."""
+    removed = []
+    parent = unified_root() / pid_cgroup_path(os.getpid()).lstrip("/")
+    for d in parent.glob(PREFIX + "*"):
+        owner = d.name.rsplit("-", 1)[-1]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            cg = WorkloadCgroup.__new__(WorkloadCgroup)
+            cg.parent, cg.dir = parent, d
+            cg.remove()
+            removed.append(str(d))
+    return removed

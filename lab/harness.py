@@ -1,0 +1,164 @@
+"""Drives the toolkit from outside, as a user would: starts ``llmslo serve``, a lab service in
+its own cgroup, sends Alertmanager-shaped alerts over HTTP and reads incidents from the API.
+Shared by ``make demo`` and the end-to-end tests."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import aiohttp
+
+from lab.cgroups import WorkloadCgroup
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+
+
+def alert_payload(status: str, labels: dict[str, str], starts_at: float, ends_at: float | None = None,
+                  group_key: str | None = None) -> dict:
+    """A version 4 webhook body as Alertmanager 0.25 sends it (nanosecond timestamps)."""
+    fp = hashlib.sha256(repr(sorted(labels.items())).encode()).hexdigest()[:16]
+    group_key = group_key or '{}:{alertname="%s"}' % labels.get("alertname", "")
+    return {
+        "receiver": "llmslo", "status": status, "version": "4", "groupKey": group_key, "truncatedAlerts": 0,
+        "groupLabels": {"alertname": labels.get("alertname", "")}, "commonLabels": labels,
+        "commonAnnotations": {"summary": "LLM time-to-first-token SLO is burning its error budget"},
+        "externalURL": "http://alertmanager.local:9093",
+        "alerts": [{
+            "status": status, "labels": labels,
+            "annotations": {"summary": "TTFT burn rate over 14.4x on 1h and 5m windows"},
+            "startsAt": rfc3339(starts_at),
+            "endsAt": rfc3339(ends_at) if ends_at else "0001-01-01T00:00:00Z",
+            "generatorURL": "", "fingerprint": fp,
+        }],
+    }
+
+
+class ResponderProcess:
+    """``llmslo serve`` in a child process with its own data directory."""
+
+    def __init__(self, data_dir: Path, token: str, extra_env: dict[str, str] | None = None,
+                 log_path: Path | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = token
+        self.data_dir = data_dir
+        self.env = {**os.environ, "LLMSLO_WEBHOOK_TOKEN": token, "LLMSLO_DATA_DIR": str(data_dir),
+                    "LLMSLO_RECORDER_INTERVAL_S": "1", **(extra_env or {})}
+        self.log_path = log_path or data_dir / "responder.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ResponderProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "responder.cli", "serve", "--port", str(self.port)],
+                                     env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=REPO)
+        return self
+
+    async def wait_ready(self, timeout: float = 60.0) -> dict:
+        """Until /healthz answers and the in-process agent's recorder is sampling."""
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as s:
+            while time.monotonic() < deadline:
+                if self.proc and self.proc.poll() is not None:
+                    raise RuntimeError(f"llmslo serve exited with {self.proc.returncode}; see {self.log_path}")
+                try:
+                    async with s.get(self.url + "/healthz") as r:
+                        body = await r.json()
+                        rec = (body.get("agent") or {}).get("recorder")
+                        if r.status == 200 and (rec is None or rec.get("probes")):
+                            return body
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.3)
+        raise TimeoutError(f"responder not ready after {timeout}s; see {self.log_path}")
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def post_alert(self, payload: dict) -> tuple[int, dict]:
+        async with aiohttp.ClientSession(headers=self.headers()) as s:
+            async with s.post(self.url + "/webhook/alertmanager", json=payload) as r:
+                return r.status, await r.json(content_type=None)
+
+    async def incident(self, incident_id: str) -> dict:
+        async with aiohttp.ClientSession(headers=self.headers()) as s:
+            async with s.get(f"{self.url}/api/incidents/{incident_id}") as r:
+                return await r.json()
+
+    async def wait_verdict(self, incident_id: str, timeout: float = 90.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            inc = await self.incident(incident_id)
+            if inc.get("verdict"):
+                return inc
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"incident {incident_id} has no verdict after {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+class LabService:
+    """The lab HTTP service, started straight into its own cgroup."""
+
+    def __init__(self, name: str = "svc"):
+        self.port = free_port()
+        self.cgroup = WorkloadCgroup(name)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/complete"
+
+    async def start(self) -> "LabService":
+        self.cgroup.create()
+        procs_file = self.cgroup.dir / "cgroup.procs"
+
+        def enter_cgroup() -> None:  # runs in the child before exec: no window outside the cgroup
+            procs_file.write_text(str(os.getpid()))
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "lab.service", "--port", str(self.port)],
+                                     cwd=REPO, preexec_fn=enter_cgroup, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        async with aiohttp.ClientSession() as s:
+            while time.monotonic() < deadline:
+                try:
+                    async with s.get(f"http://127.0.0.1:{self.port}/health") as r:
+                        if r.status == 200:
+                            return self
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+        raise TimeoutError("lab service did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.cgroup.remove()
