@@ -35,9 +35,12 @@ class AgentBusy(RuntimeError):
 
 class CaptureAgent:
     def __init__(self, node_name: str | None = None, *, max_concurrent: int = 2,
-                 recorder: bool = True, recorder_interval_s: float = 5.0, recorder_history_s: float = 600.0):
+                 recorder: bool = True, recorder_interval_s: float = 5.0, recorder_history_s: float = 600.0,
+                 event_budgets: dict[str, int] | None = None):
         self.node = node_name or socket.gethostname()
         self.max_concurrent = max_concurrent
+        # Per-probe events/s budgets, tightening (or loosening) the catalog's declared ones.
+        self.event_budgets = {name: p.event_budget_per_s for name, p in CATALOG.items()} | (event_budgets or {})
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self.recorder = Recorder(interval_s=recorder_interval_s, history_s=recorder_history_s) if recorder else None
         self.active: dict[str, CaptureRequest] = {}
@@ -113,9 +116,9 @@ class CaptureAgent:
                 elapsed = max(time.monotonic() - t0, 1e-3)
                 for name, s in list(sessions.items()):
                     events = s.stats().events
-                    if events > s.probe.event_budget_per_s * max(elapsed, 1.0):
-                        why = (f"stopped after {elapsed:.1f}s: {events} events exceeded the budget of "
-                               f"{s.probe.event_budget_per_s}/s")
+                    budget = self.event_budgets[name]
+                    if events > budget * max(elapsed, 1.0):
+                        why = f"stopped after {elapsed:.1f}s: {events} events exceeded the budget of {budget}/s"
                         result.incident[name] = self._finish(s, elapsed, truncated=why)
                         del sessions[name]
             elapsed = time.monotonic() - t0

@@ -39,8 +39,11 @@ STRENGTH_HALF = 0.5
 MIN_CONFIDENCE = 0.5
 # ...and leads the next domain by this much; closer than that, the evidence points two ways.
 MIN_MARGIN = 0.15
-# Two domains that are both at least this strong are named together (overlapping faults).
-BOTH_CONFIDENCE = 0.75
+# Two domains that are both at least this strong are named together (overlapping faults), however
+# far apart: the confidence of one full-strength signal (67%). Higher would be out of reach for a
+# domain with a single signal (app_cpu has only the run-queue one), so overlapping faults could
+# never be named together.
+BOTH_CONFIDENCE = 1.0 / (1.0 + STRENGTH_HALF)
 
 
 @dataclass
@@ -158,9 +161,9 @@ def attribute(capture: CaptureResult | None) -> Verdict:
         if gaps:
             reason += " (" + "; ".join(gaps) + ")"
         return Verdict(domains=[], confidence=top.confidence, hypotheses=hyps, abstain_reason=reason)
+    if second and second.confidence >= BOTH_CONFIDENCE:
+        return Verdict(domains=[top.domain, second.domain], confidence=second.confidence, hypotheses=hyps)
     if second and top.confidence - second.confidence < MIN_MARGIN:
-        if second.confidence >= BOTH_CONFIDENCE:
-            return Verdict(domains=[top.domain, second.domain], confidence=second.confidence, hypotheses=hyps)
         return Verdict(domains=[], confidence=top.confidence, hypotheses=hyps,
                        abstain_reason=(f"evidence points two ways: {top.domain} {top.confidence:.0%} vs "
                                        f"{second.domain} {second.confidence:.0%}"))

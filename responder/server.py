@@ -125,7 +125,15 @@ class Responder:
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return _error(413, f"body is {request.content_length} bytes; the limit is {limit} bytes")
-        body = await request.content.read(limit + 1)
+        # read(n) returns whatever is buffered (one TCP segment or HTTP chunk), not n bytes:
+        # keep reading until the end of the body or one byte past the limit.
+        buf = bytearray()
+        while len(buf) <= limit:
+            chunk = await request.content.read(limit + 1 - len(buf))
+            if not chunk:
+                break
+            buf += chunk
+        body = bytes(buf)
         if len(body) > limit:
             return _error(413, f"body is over the limit of {limit} bytes")
         try:

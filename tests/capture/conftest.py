@@ -1,0 +1,35 @@
+"""Fixtures for the capture tests: real eBPF in the real kernel, real cgroups and processes.
+
+These tests need root (CI runs as root). They are never skipped: a machine that cannot load the
+probes fails them, loudly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from lab import cgroups, faults
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _root_and_clean():
+    assert os.geteuid() == 0, "the capture tests load eBPF programs and must run as root"
+    cgroups.sweep_stale()
+    faults.sweep_stale_tables()
+    yield
+    assert faults.lab_tables() == [], "a test left an nftables table behind"
+
+
+@pytest.fixture
+def workload_cgroup():
+    cg = cgroups.WorkloadCgroup("test").create()
+    yield cg
+    cg.remove()
+
+
+def loaded_prog_ids() -> set[int]:
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True)
+    return {p["id"] for p in json.loads(out.stdout or "[]")}
