@@ -1,0 +1,54 @@
+"""Nothing accepted is lost: an alert acknowledged just before the responder is SIGKILLed is
+processed after a restart, exactly once, and posted once."""
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import time
+
+import aiohttp
+import pytest
+
+from lab.harness import ResponderProcess, alert_payload
+from tests.standins.slack import DEFAULT_TOKEN, SlackStandin
+
+pytestmark = [pytest.mark.e2e, pytest.mark.bpf]
+
+
+async def test_alert_accepted_before_a_crash_is_processed_once_after_restart(tmp_path):
+    slack = SlackStandin()
+    api = await slack.start()
+    env = {"LLMSLO_SLACK_BOT_TOKEN": DEFAULT_TOKEN, "LLMSLO_SLACK_API_URL": api}
+    token = secrets.token_urlsafe(16)
+    first = ResponderProcess(tmp_path / "data", token=token, extra_env=env, log_path=tmp_path / "first.log")
+    second = None
+    try:
+        first.start()
+        await first.wait_ready()
+        labels = {"alertname": "LLMTTFTBurn", "severity": "page", "pid": "1"}
+        payload = alert_payload("firing", labels, time.time())
+        status, body = await first.post_alert(payload)
+        assert status == 200
+        first.proc.send_signal(signal.SIGKILL)  # mid-capture at the latest: the job is in the store
+        first.proc.wait()
+        second = ResponderProcess(tmp_path / "data", token=token, extra_env=env, log_path=tmp_path / "second.log")
+        second.start()
+        await second.wait_ready()
+        inc = await second.wait_verdict(body["incident_id"])
+        assert inc["verdict"] is not None
+        await asyncio.sleep(3)  # let delivery finish
+        roots = [t for t in slack.threads().values() if body["incident_id"] in t["root"]["text"]]
+        assert len(roots) == 1
+        async with aiohttp.ClientSession() as s:
+            async with s.get(second.url + "/healthz") as r:
+                counts = (await r.json())["counts"]
+        assert counts["jobs"]["done"] == 1 and counts["jobs"]["pending"] == 0
+        # The same alert re-sent by Alertmanager after the restart is a duplicate.
+        status, again = await second.post_alert(payload)
+        assert status == 200 and again["duplicates"] == 1 and again["job_id"] is None
+    finally:
+        first.stop()
+        if second:
+            second.stop()
+        await slack.stop()

@@ -1,0 +1,101 @@
+"""One real incident end to end, three times: an Alertmanager v4 payload over HTTP to a running
+``llmslo serve``, a real fault in the kernel, a real scoped capture, and a Slack thread (on the
+stand-in) whose verdict names the injected fault's domain, or abstains when there is none."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from lab import faults
+from lab.harness import alert_payload
+
+pytestmark = [pytest.mark.e2e, pytest.mark.bpf, pytest.mark.asyncio(loop_scope="module")]
+
+SETTLE_S = 3
+
+
+async def fire(stack, name: str, fault) -> tuple[dict, dict]:
+    labels = {"alertname": "LLMTTFTBurn", "severity": "page", "slo": "ttft", "scenario_run": name,
+              "cgroup": stack.service.cgroup.path}
+    group = '{}:{alertname="LLMTTFTBurn", scenario_run="%s"}' % name
+    with fault:
+        t0 = time.time()
+        await asyncio.sleep(SETTLE_S)
+        status, body = await stack.responder.post_alert(alert_payload("firing", labels, t0, group_key=group))
+        assert status == 200, body
+        incident = await stack.responder.wait_verdict(body["incident_id"])
+    # The thread on Slack: wait for the attribution reply to be delivered.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        inc = await stack.responder.incident(incident["id"])
+        ref = (inc.get("thread") or {}).get("slack")
+        if ref and ref["ts"] in stack.slack.threads() and stack.slack.threads()[ref["ts"]]["replies"]:
+            return inc, stack.slack.threads()[ref["ts"]]
+        await asyncio.sleep(0.3)
+    raise AssertionError("the Slack thread never got its attribution reply")
+
+
+def thread_text(thread: dict) -> str:
+    return "\n".join([thread["root"]["text"]] + [r["text"] for r in thread["replies"]])
+
+
+async def test_no_fault_abstains(stack):
+    inc, thread = await fire(stack, "calm", faults.CpuContention(stack.service.cgroup, 0))
+    assert inc["verdict"]["domains"] == []
+    assert inc["verdict"]["abstain_reason"]
+    assert "abstain" in thread_text(thread).lower()
+
+
+async def test_packet_loss_is_attributed_to_network(stack):
+    inc, thread = await fire(stack, "loss", faults.PacketLoss(stack.service.port, 20))
+    v = inc["verdict"]
+    assert v["domains"][0] == "network", v
+    assert v["hypotheses"][0]["supporting"], v
+    text = thread_text(thread)
+    assert "network" in thread["root"]["text"]
+    assert "retransmit" in text.lower()
+    assert "runbooks.example.com" in text  # the playbook's runbook links
+    assert "BPF" in text  # what the capture cost
+
+
+async def test_cpu_contention_is_attributed_to_app_cpu(stack):
+    await asyncio.sleep(10)  # healthy again after the loss round
+    inc, thread = await fire(stack, "cpu", faults.CpuContention(stack.service.cgroup, 4))
+    v = inc["verdict"]
+    assert v["domains"][0] == "app_cpu", v
+    assert "app_cpu" in thread["root"]["text"]
+
+
+async def test_repeat_and_resolve_update_the_same_thread(stack):
+    """Alertmanager re-sends the same firing alert (repeat_interval): no second capture, no new
+    thread; the resolved notification updates the root and replies in the same thread."""
+    labels = {"alertname": "LLMTTFTBurn", "severity": "page", "scenario_run": "repeat",
+              "cgroup": stack.service.cgroup.path}
+    group = '{}:{alertname="LLMTTFTBurn", scenario_run="repeat"}'
+    t0 = time.time()
+    payload = alert_payload("firing", labels, t0, group_key=group)
+    _, first = await stack.responder.post_alert(payload)
+    inc = await stack.responder.wait_verdict(first["incident_id"])
+    roots_before = len(stack.slack.threads())
+    status, again = await stack.responder.post_alert(payload)
+    assert status == 200 and again["duplicates"] == 1 and again["job_id"] is None
+    status, resolved = await stack.responder.post_alert(
+        alert_payload("resolved", labels, t0, ends_at=time.time(), group_key=group))
+    assert status == 200 and resolved["job_id"] is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        cur = await stack.responder.incident(inc["id"])
+        ts = (cur.get("thread") or {}).get("slack", {}).get("ts")
+        thread = stack.slack.threads().get(ts)
+        if cur["status"] == "resolved" and thread and any("Resolved" in r["text"] for r in thread["replies"]):
+            break
+        await asyncio.sleep(0.3)
+    else:
+        raise AssertionError("resolve never reached the thread")
+    assert len(stack.slack.threads()) == roots_before  # no new root message
+    assert "RESOLVED" in thread["root"]["text"].upper()
+    captures = [c for c in stack.slack.calls_to("chat.postMessage")
+                if c["body"].get("thread_ts") == ts and "Kernel capture" in str(c["body"].get("text"))]
+    assert len(captures) == 1  # one capture, one attribution reply
