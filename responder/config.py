@@ -85,7 +85,8 @@ def _coerce(key: str, value: Any, default: Any, ftype: Any) -> Any:
         if "Path" in t:
             return Path(str(value))
         if t.startswith("int"):
-            if isinstance(value, bool):
+            # int(2.5) would silently truncate a YAML float; only whole numbers are integers.
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
         if t.startswith("float"):

@@ -441,3 +441,21 @@ async def test_healthz_needs_no_auth(svc):
 async def test_webhook_only_accepts_post(svc):
     resp = await svc.client.get(WEBHOOK, headers=BEARER)
     assert resp.status == 405
+
+
+async def test_large_valid_body_with_content_length_is_read_whole(tmp_path):
+    """Hundreds of KB (a big group of alerts) arrive in many TCP segments; all of it is read."""
+    s = await start(make_settings(tmp_path, max_body_bytes=1024 * 1024))
+    try:
+        body = payload()
+        alert = body["alerts"][0]
+        body["alerts"] = [{**alert, "labels": {**alert["labels"], "instance": f"pod-{n}"}, "fingerprint": f"{n:016x}",
+                           "annotations": {"description": "z" * 200}} for n in range(2000)]
+        data = json.dumps(body).encode()
+        assert 256 * 1024 < len(data) < s.settings.max_body_bytes
+        resp = await s.client.post(WEBHOOK, data=data, headers={**BEARER, "Content-Type": "application/json"})
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["new_alerts"] == 2000
+        assert [bytes(r[0]) for r in db_rows(s.settings, "SELECT raw FROM notifications")] == [data]
+    finally:
+        await s.client.close()

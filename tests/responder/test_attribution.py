@@ -1,0 +1,313 @@
+"""Attribution v0 on hand-built captures: which domain, how sure, and when it abstains."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from capture.schemas import CaptureResult, CaptureTarget, Histogram, ProbeResult
+from responder import attribution as A
+from responder.attribution import attribute
+from responder.model import DOMAINS, Verdict
+
+INC_S = 10.0  # incident window
+BASE_S = 60.0  # baseline window
+
+
+def retrans(per_s: float, window: float, top: list | None = None, **kw) -> ProbeResult:
+    return ProbeResult("tcp_retrans", window, counters={"retransmits": per_s * window},
+                       top={"peers": top} if top else {}, **kw)
+
+
+def connect(failed_per_s: float, window: float, latency: dict[int, int] | None = None, **kw) -> ProbeResult:
+    hist = {"connect_latency": Histogram("us", dict(latency))} if latency is not None else {}
+    return ProbeResult("tcp_connect", window, counters={"connects": 50, "failed": failed_per_s * window},
+                       histograms=hist, **kw)
+
+
+def runq(fast: int, slow: int, window: float, slow_bucket: int = 4096, **kw) -> ProbeResult:
+    """``fast`` waits under 32 µs and ``slow`` waits in the bucket up to ``slow_bucket`` µs."""
+    buckets = {16: fast}
+    if slow:
+        buckets[slow_bucket] = slow
+    return ProbeResult("runq_latency", window, histograms={"runq_wait": Histogram("us", buckets)}, **kw)
+
+
+def capture(incident: list[ProbeResult], baseline: list[ProbeResult], note: str = "flight recorder, 60s") -> CaptureResult:
+    return CaptureResult(id="cap-1", node="node-a", target=CaptureTarget(pids=[4242]), started_at=1000.0,
+                         ended_at=1000.0 + INC_S, incident={p.probe: p for p in incident},
+                         baseline={p.probe: p for p in baseline}, baseline_note=note)
+
+
+def flat_runq() -> tuple[ProbeResult, ProbeResult]:
+    return runq(1000, 0, INC_S), runq(6000, 0, BASE_S)
+
+
+def hyp(verdict: Verdict, domain: str):
+    return next(h for h in verdict.hypotheses if h.domain == domain)
+
+
+# --- single domains --------------------------------------------------------------------------
+
+def test_retransmits_up_against_baseline_is_network():
+    ri, rb = flat_runq()
+    v = attribute(capture([retrans(4.0, INC_S, top=[{"peer": "10.0.0.7:443", "count": 40}]), ri],
+                          [retrans(0.1, BASE_S), rb]))
+    assert v.domains == ["network"]
+    assert v.abstain_reason is None
+    assert v.confidence >= A.MIN_CONFIDENCE
+    assert [h.domain for h in v.hypotheses] == ["network", "app_cpu"]  # ranked
+    net = hyp(v, "network")
+    assert net.confidence == pytest.approx(v.confidence)
+    assert [e.signal for e in net.supporting] == ["tcp_retrans.retransmits_per_s"]
+    ev = net.supporting[0]
+    assert ev.baseline == pytest.approx(0.1) and ev.incident == pytest.approx(4.0)
+    assert "rose" in ev.summary and "10.0.0.7:443" in ev.summary
+    # the run queue that stayed flat argues against app_cpu
+    cpu = hyp(v, "app_cpu")
+    assert cpu.confidence == 0.0
+    # ...and so does network's signal that moved
+    assert cpu.supporting == []
+    assert [e.signal for e in cpu.contradicting] == ["runq_latency.share_waits_over_1ms",
+                                                     "tcp_retrans.retransmits_per_s"]
+    # network's own contradicting evidence: nothing else moved
+    assert net.contradicting == []
+
+
+def test_runq_slow_share_up_is_app_cpu():
+    v = attribute(capture([retrans(0.1, INC_S), runq(800, 200, INC_S)],
+                          [retrans(0.1, BASE_S), runq(6000, 0, BASE_S)]))
+    assert v.domains == ["app_cpu"]
+    cpu = hyp(v, "app_cpu")
+    assert cpu.confidence == pytest.approx(v.confidence) and v.confidence >= A.MIN_CONFIDENCE
+    ev = cpu.supporting[0]
+    assert ev.signal == "runq_latency.share_waits_over_1ms"
+    assert ev.incident == pytest.approx(0.2) and ev.baseline == 0.0
+    assert "rose" in ev.summary
+    # network's flat retransmits contradict it, and app_cpu's moved signal does too
+    net = hyp(v, "network")
+    assert net.confidence == 0.0
+    assert {e.signal for e in net.contradicting} == {"tcp_retrans.retransmits_per_s",
+                                                     "runq_latency.share_waits_over_1ms"}
+
+
+def test_waits_under_one_ms_do_not_count_as_slow():
+    # Every incident wait in the bucket [512, 1024) µs: longer than baseline, but under 1 ms.
+    v = attribute(capture([runq(0, 1000, INC_S, slow_bucket=1024)], [runq(6000, 0, BASE_S)]))
+    assert v.domains == []
+    assert hyp(v, "app_cpu").confidence == 0.0
+
+
+def test_failed_connects_and_connect_latency_are_network():
+    base_lat = {128: 50}  # p90 ≤ 128 µs
+    inc_lat = {128: 10, 4096: 40}  # p90 ≤ 4 ms: SYNs retransmitted
+    v = attribute(capture([connect(2.0, INC_S, inc_lat)], [connect(0.0, BASE_S, base_lat)]))
+    assert v.domains == ["network"]
+    signals = {e.signal for e in hyp(v, "network").supporting}
+    assert signals == {"tcp_connect.failures_per_s", "tcp_connect.latency_p90_us"}
+    # two signals are stronger than one
+    one = attribute(capture([connect(2.0, INC_S, base_lat)], [connect(0.0, BASE_S, base_lat)]))
+    assert one.domains == ["network"]
+    assert v.confidence > one.confidence
+
+
+def test_connect_latency_needs_enough_connects():
+    v = attribute(capture([connect(0.0, INC_S, {4096: A.MIN_CONNECTS - 1})],
+                          [connect(0.0, BASE_S, {128: 50})]))
+    net = hyp(v, "network")
+    assert "tcp_connect.latency_p90_us" not in {e.signal for e in net.supporting + net.contradicting}
+    assert v.domains == []
+
+
+# --- abstain ---------------------------------------------------------------------------------
+
+def test_nothing_moved_abstains_with_a_reason():
+    ri, rb = flat_runq()
+    v = attribute(capture([retrans(0.1, INC_S), ri], [retrans(0.1, BASE_S), rb]))
+    assert v.domains == [] and v.abstained
+    assert v.abstain_reason and "too weak" in v.abstain_reason
+    assert v.confidence == 0.0
+    assert all(h.supporting == [] for h in v.hypotheses)
+
+
+def test_empty_capture_abstains():
+    v = attribute(capture([], []))
+    assert v.domains == []
+    assert "no usable evidence" in v.abstain_reason and "saw nothing" in v.abstain_reason
+
+
+def test_no_baseline_abstains_mentioning_baseline():
+    v = attribute(capture([retrans(5.0, INC_S), runq(800, 200, INC_S)], [],
+                          note="the flight recorder had no samples yet"))
+    assert v.domains == []
+    assert "baseline" in v.abstain_reason
+    assert "the flight recorder had no samples yet" in v.abstain_reason
+    assert "tcp_retrans" in v.abstain_reason and "runq_latency" in v.abstain_reason
+
+
+def test_no_baseline_without_note_still_says_so():
+    v = attribute(capture([retrans(5.0, INC_S)], [], note=""))
+    assert v.domains == [] and "no baseline" in v.abstain_reason and "none recorded" in v.abstain_reason
+
+
+def test_probe_error_abstains_with_the_gap():
+    v = attribute(capture([retrans(0, INC_S, error="attach failed: Operation not permitted")],
+                          [retrans(0.1, BASE_S)]))
+    assert v.domains == []
+    assert "tcp_retrans failed: attach failed: Operation not permitted" in v.abstain_reason
+
+
+def test_failed_probe_does_not_hide_the_others_but_is_reported_when_weak():
+    # runq failed; retransmits flat: too weak, and the reason carries the failure.
+    v = attribute(capture([retrans(0.1, INC_S), runq(0, 0, INC_S, error="BPF verifier rejected the program")],
+                          [retrans(0.1, BASE_S), runq(6000, 0, BASE_S)]))
+    assert v.domains == []
+    assert "too weak" in v.abstain_reason
+    assert "runq_latency failed: BPF verifier rejected the program" in v.abstain_reason
+    # runq failed; retransmits clearly up: network is still named.
+    v = attribute(capture([retrans(4.0, INC_S), runq(0, 0, INC_S, error="boom")],
+                          [retrans(0.1, BASE_S), runq(6000, 0, BASE_S)]))
+    assert v.domains == ["network"]
+
+
+def test_too_few_runq_samples_is_a_gap():
+    v = attribute(capture([runq(A.MIN_RUNQ_SAMPLES - 1, 0, INC_S)], [runq(6000, 0, BASE_S)]))
+    assert v.domains == []
+    assert f"fewer than {A.MIN_RUNQ_SAMPLES} waits" in v.abstain_reason
+
+
+def test_truncated_probe_is_named_when_abstaining():
+    v = attribute(capture([retrans(0.1, INC_S, truncated="event budget of 5000/s reached")],
+                          [retrans(0.1, BASE_S)]))
+    assert v.domains == []
+    assert "cut short: event budget of 5000/s reached" in v.abstain_reason
+
+
+def test_none_capture_abstains():
+    v = attribute(None)
+    assert v.domains == [] and v.confidence == 0.0 and v.hypotheses == []
+    assert "no capture" in v.abstain_reason
+
+
+# --- two domains -----------------------------------------------------------------------------
+
+def test_both_domains_strong_are_named_together():
+    v = attribute(capture([retrans(8.0, INC_S), runq(700, 300, INC_S)],
+                          [retrans(0.1, BASE_S), runq(6000, 0, BASE_S)]))
+    assert sorted(v.domains) == ["app_cpu", "network"]
+    assert v.abstain_reason is None
+    assert v.confidence == pytest.approx(min(h.confidence for h in v.hypotheses))
+    for h in v.hypotheses:
+        assert h.confidence >= A.BOTH_CONFIDENCE
+        assert h.supporting, h.domain
+        assert h.contradicting, h.domain  # the other domain's moved signal
+
+
+def test_both_named_even_when_one_leads_by_more_than_the_margin():
+    # Network with three full-strength signals, app_cpu with its one: overlapping faults.
+    v = attribute(capture([retrans(8.0, INC_S), connect(2.0, INC_S, {128: 10, 8192: 40}), runq(700, 300, INC_S)],
+                          [retrans(0.1, BASE_S), connect(0.0, BASE_S, {128: 50}), runq(6000, 0, BASE_S)]))
+    net, cpu = hyp(v, "network"), hyp(v, "app_cpu")
+    assert net.confidence - cpu.confidence >= A.MIN_MARGIN
+    assert v.domains == ["network", "app_cpu"]
+
+
+def test_both_moderate_and_close_abstains_two_ways():
+    # Both rise 7x over baseline: each is past the naming threshold, neither is full strength.
+    v = attribute(capture([retrans(7.0, INC_S), runq(860, 140, INC_S, slow_bucket=2048)],
+                          [retrans(1.0, BASE_S), runq(5880, 120, BASE_S, slow_bucket=2048)]))
+    net, cpu = hyp(v, "network"), hyp(v, "app_cpu")
+    assert A.MIN_CONFIDENCE <= cpu.confidence < A.BOTH_CONFIDENCE
+    assert A.MIN_CONFIDENCE <= net.confidence < A.BOTH_CONFIDENCE
+    assert abs(net.confidence - cpu.confidence) < A.MIN_MARGIN
+    assert v.domains == []
+    assert "two ways" in v.abstain_reason
+    assert "network" in v.abstain_reason and "app_cpu" in v.abstain_reason
+
+
+def test_clear_leader_over_a_weak_second_is_named_alone():
+    # network full strength; app_cpu barely moved (weak, far behind)
+    v = attribute(capture([retrans(8.0, INC_S), connect(2.0, INC_S), runq(940, 60, INC_S, slow_bucket=2048)],
+                          [retrans(0.1, BASE_S), connect(0.0, BASE_S), runq(5880, 120, BASE_S, slow_bucket=2048)]))
+    cpu = hyp(v, "app_cpu")
+    assert 0 < cpu.confidence < A.MIN_CONFIDENCE
+    assert v.domains == ["network"]
+
+
+# --- thresholds ------------------------------------------------------------------------------
+
+def test_retransmits_just_below_min_excess_do_not_support_network():
+    below = A.MIN_EXCESS_RETRANS_PER_S * 0.98
+    v = attribute(capture([retrans(below, INC_S)], [retrans(0.0, BASE_S)]))
+    net = hyp(v, "network")
+    assert net.confidence == 0.0 and net.supporting == []
+    assert "did not rise enough" in net.contradicting[0].summary
+    assert v.domains == []
+
+
+def test_retransmits_at_min_excess_support_network():
+    v = attribute(capture([retrans(A.MIN_EXCESS_RETRANS_PER_S, INC_S)], [retrans(0.0, BASE_S)]))
+    net = hyp(v, "network")
+    assert net.confidence > 0 and net.supporting
+    assert v.domains == ["network"]  # from a zero baseline the ratio counts as full strength
+
+
+def test_retransmit_ratio_below_min_ratio_does_not_count():
+    # A busy service doing more of the same: 2.9x with a large excess is not enough...
+    v = attribute(capture([retrans(2.9 * 10, INC_S)], [retrans(10.0, BASE_S)]))
+    assert hyp(v, "network").confidence == 0.0
+    # ...but at MIN_RATIO it is.
+    v = attribute(capture([retrans(A.MIN_RATIO * 10, INC_S)], [retrans(10.0, BASE_S)]))
+    assert hyp(v, "network").confidence > 0.0
+
+
+def test_runq_share_just_below_minimum_does_not_count():
+    n = 1000
+    slow = int(A.MIN_RUNQ_SLOW_SHARE * n) - 1  # 4.9 %
+    v = attribute(capture([runq(n - slow, slow, INC_S)], [runq(6000, 0, BASE_S)]))
+    assert hyp(v, "app_cpu").confidence == 0.0
+    slow = int(A.MIN_RUNQ_SLOW_SHARE * n)  # 5 %
+    v = attribute(capture([runq(n - slow, slow, INC_S)], [runq(6000, 0, BASE_S)]))
+    assert hyp(v, "app_cpu").confidence > 0.0
+
+
+def test_confidence_grows_with_the_ratio_and_is_bounded():
+    confs = []
+    for per_s in (1.0, 2.0, 5.0, 50.0, 500.0):
+        v = attribute(capture([retrans(per_s, INC_S)], [retrans(0.1, BASE_S)]))
+        confs.append(hyp(v, "network").confidence)
+    assert confs == sorted(confs)
+    assert confs[0] < confs[-1]
+    assert all(0.0 <= c < 1.0 for c in confs)
+    assert confs[-1] == pytest.approx(1.0 / (1.0 + A.STRENGTH_HALF))  # one signal, capped at full strength
+
+
+# --- the contract ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda: None,
+    lambda: capture([], []),
+    lambda: capture([retrans(4.0, INC_S)], [retrans(0.1, BASE_S)]),
+    lambda: capture([retrans(8.0, INC_S), runq(700, 300, INC_S)], [retrans(0.1, BASE_S), runq(6000, 0, BASE_S)]),
+    lambda: capture([retrans(0.1, INC_S), runq(1000, 0, INC_S)], [retrans(0.1, BASE_S), runq(6000, 0, BASE_S)]),
+], ids=["none", "empty", "network", "both", "flat"])
+def test_verdict_dict_matches_design_contract(make):
+    d = attribute(make()).to_dict()
+    json.dumps(d)  # plain JSON types
+    assert set(d) == {"domains", "confidence", "hypotheses", "abstain_reason"}
+    assert isinstance(d["domains"], list) and set(d["domains"]) <= set(DOMAINS)
+    assert isinstance(d["confidence"], float) and 0.0 <= d["confidence"] <= 1.0
+    assert isinstance(d["hypotheses"], list)
+    for h in d["hypotheses"]:
+        assert set(h) == {"domain", "confidence", "supporting", "contradicting"}
+        assert h["domain"] in DOMAINS and 0.0 <= h["confidence"] <= 1.0
+        for e in h["supporting"] + h["contradicting"]:
+            assert {"signal", "summary", "baseline", "incident"} <= set(e)
+    confs = [h["confidence"] for h in d["hypotheses"]]
+    assert confs == sorted(confs, reverse=True)
+    # abstain exactly when no domain is named, and then a reason is given
+    assert (d["domains"] == []) == (d["abstain_reason"] is not None)
+    if d["abstain_reason"] is not None:
+        assert isinstance(d["abstain_reason"], str) and d["abstain_reason"]
+    # round trip
+    assert Verdict.from_dict(d).to_dict() == d
