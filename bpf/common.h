@@ -38,6 +38,16 @@ static __always_inline void stat_add(int idx) {
         __sync_fetch_and_add(v, 1);
 }
 
+/* After map.lookup_or_try_init(): count one, or count a loss when the map was full. (bcc
+ * rewrites map calls only when written out, so the lookup itself cannot live in a macro.) */
+#define INCREMENT_OR_LOST(v)                \
+    do {                                    \
+        if (v)                              \
+            __sync_fetch_and_add(v, 1);     \
+        else                                \
+            stat_add(STAT_LOST);            \
+    } while (0)
+
 static __always_inline int is_armed(void) {
     int zero = 0;
     struct filter_cfg_t *cfg = filter_cfg.lookup(&zero);

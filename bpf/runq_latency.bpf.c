@@ -23,7 +23,8 @@ struct hist_key_t {
 };
 
 BPF_TABLE("lru_hash", u32, struct ident_t, threads, 32768);  /* thread id -> owner */
-BPF_HASH(enqueued, u32, u64, 32768);  /* thread id -> time it became runnable */
+/* LRU: a thread that exits while runnable never switches in to remove its entry. */
+BPF_TABLE("lru_hash", u32, u64, enqueued, 32768);  /* thread id -> time it became runnable */
 BPF_HASH(wait_us, struct hist_key_t, u64, 4096);
 
 static __always_inline void enqueue(u32 tid) {
@@ -78,14 +79,9 @@ TRACEPOINT_PROBE(sched, sched_switch) {
     struct hist_key_t key = {};
     key.cgid = id->cgid;
     key.slot = bpf_log2l(delta_us);
-    {
-        u64 zero = 0;
-        u64 *v = wait_us.lookup_or_try_init(&key, &zero);
-        if (v)
-            __sync_fetch_and_add(v, 1);
-        else
-            stat_add(STAT_LOST);
-    }
+    u64 zero = 0;
+    u64 *count_wait_us = wait_us.lookup_or_try_init(&key, &zero);
+    INCREMENT_OR_LOST(count_wait_us);
     stat_add(STAT_EVENTS);
     return 0;
 }

@@ -28,8 +28,9 @@ struct conn_key_t {
     u32 pad;
 };
 
-BPF_HASH(connect_start, u32, u64, 16384);  /* thread id -> sys_enter_connect time */
-BPF_HASH(pending, u64, struct pending_t, 16384);  /* socket -> connect in flight */
+/* LRU: connect() calls that never reach SYN_SENT (UDP, errors) must not fill the map. */
+BPF_TABLE("lru_hash", u32, u64, connect_start, 16384);  /* thread id -> sys_enter_connect time */
+BPF_TABLE("lru_hash", u64, struct pending_t, pending, 16384);  /* socket -> connect in flight */
 BPF_HASH(latency_us, struct hist_key_t, u64, 2048);
 BPF_HASH(conns, struct conn_key_t, u64, 4096);
 
@@ -47,6 +48,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         return 0;
     u64 sk = (u64)args->skaddr;
     u64 now = bpf_ktime_get_ns();
+    u64 zero = 0;
 
     if (args->newstate == 2 /* TCP_SYN_SENT */) {
         u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -66,14 +68,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         key.cgid = cgid;
         FILL_PEER(key.peer, args);
         key.outcome = 0;
-        {
-        u64 zero = 0;
-        u64 *v = conns.lookup_or_try_init(&key, &zero);
-        if (v)
-            __sync_fetch_and_add(v, 1);
-        else
-            stat_add(STAT_LOST);
-    }
+        u64 *count_conns = conns.lookup_or_try_init(&key, &zero);
+        INCREMENT_OR_LOST(count_conns);
         stat_add(STAT_EVENTS);
         return 0;
     }
@@ -90,25 +86,13 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         struct hist_key_t hk = {};
         hk.cgid = p->cgid;
         hk.slot = bpf_log2l((now - p->ts) / 1000);
-        {
-        u64 zero = 0;
-        u64 *v = latency_us.lookup_or_try_init(&hk, &zero);
-        if (v)
-            __sync_fetch_and_add(v, 1);
-        else
-            stat_add(STAT_LOST);
-    }
+        u64 *count_latency_us = latency_us.lookup_or_try_init(&hk, &zero);
+        INCREMENT_OR_LOST(count_latency_us);
     } else {
         key.outcome = 2;
     }
-    {
-        u64 zero = 0;
-        u64 *v = conns.lookup_or_try_init(&key, &zero);
-        if (v)
-            __sync_fetch_and_add(v, 1);
-        else
-            stat_add(STAT_LOST);
-    }
+    u64 *count_conns = conns.lookup_or_try_init(&key, &zero);
+    INCREMENT_OR_LOST(count_conns);
     pending.delete(&sk);
     return 0;
 }

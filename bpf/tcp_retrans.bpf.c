@@ -67,14 +67,9 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) {
     struct retrans_key_t key = {};
     key.cgid = cgid;
     FILL_PEER(key.peer, args);
-    {
-        u64 zero = 0;
-        u64 *v = retrans.lookup_or_try_init(&key, &zero);
-        if (v)
-            __sync_fetch_and_add(v, 1);
-        else
-            stat_add(STAT_LOST);
-    }
+    u64 zero = 0;
+    u64 *count_retrans = retrans.lookup_or_try_init(&key, &zero);
+    INCREMENT_OR_LOST(count_retrans);
     stat_add(STAT_EVENTS);
     return 0;
 }
