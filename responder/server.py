@@ -10,6 +10,7 @@ import asyncio
 import html
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -61,7 +62,6 @@ class Responder:
             agent = LocalAgentClient(CaptureAgent(settings.node_name, recorder_interval_s=settings.recorder_interval_s,
                                                   recorder_history_s=settings.recorder_history_s))
         sinks: dict[str, ChatSink] = {}
-        import sys
         sinks["console"] = ConsoleSink(settings.data_dir / "reports.jsonl", stream=console_stream or sys.stdout)
         if settings.slack_bot_token:
             sinks["slack"] = SlackSink(settings.slack_bot_token, settings.slack_channel, base_url=settings.slack_api_url)

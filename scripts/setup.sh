@@ -91,8 +91,12 @@ echo "$VENV/os-bcc" > "$SITE/os-bcc.pth"
 HASH=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ ! -f "$STAMP" ]] || [[ $(cat "$STAMP") != "$HASH" ]]; then
     log "installing the project into $VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+           "$VENV/bin/python" -m pip install -q -e ".[test]"; } >"$VENV/pip.log" 2>&1; then
+        cat "$VENV/pip.log" >&2
+        echo "setup: pip install failed (log above, also in $VENV/pip.log)" >&2
+        exit 1
+    fi
     echo "$HASH" > "$STAMP"
 fi
 "$VENV/bin/python" -c 'import bcc, aiohttp, yaml' || { echo "setup: venv imports failed" >&2; exit 1; }
