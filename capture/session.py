@@ -59,7 +59,7 @@ class ProbeSession:
             with _COMPILE_LOCK:
                 # TRACEPOINT_PROBEs attach as the module loads; they stay disarmed (return at
                 # once) until arm() below, so nothing is counted before the scope is set.
-                self.bpf = BPF(text=self.probe.bpf_text().encode(), cflags=["-Wno-macro-redefined"])
+                self.bpf = BPF(text=self.probe.bpf_text().encode(), cflags=["-Wno-macro-redefined", *self.probe.cflags()])
         except Exception as e:  # bcc raises bare Exceptions for compile and load failures
             self.close()
             raise ProbeLoadError(f"probe {self.probe.name}: failed to load: {e}") from e

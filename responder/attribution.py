@@ -25,6 +25,9 @@ MIN_RATIO = 3.0
 STRONG_RATIO = 20.0
 # Failed connects: two per ten-second capture are worth a look; none is normal.
 MIN_EXCESS_CONNECT_FAILURES_PER_S = 0.2
+# Resets received: a peer or a middlebox aborting connections. Two in a ten-second capture
+# above a baseline of none is already unusual for an HTTP client with keep-alive.
+MIN_EXCESS_RESETS_PER_S = 0.2
 # Connect latency: needs some connects in both windows before a percentile means anything.
 MIN_CONNECTS = 5
 # Run-queue wait: share of waits of 1 ms or more. An unstarved service waits tens of
@@ -66,7 +69,7 @@ def _rate_signal(domain: str, name: str, what: str, unit: str, inc: ProbeResult,
     verb = "rose" if moved else "did not rise enough"
     ev = Evidence(signal=name, summary=f"{what} {verb}: {b:.2f} → {i:.2f} {unit}", baseline=round(b, 3),
                   incident=round(i, 3), unit=unit)
-    top = inc.top.get("peers") or inc.top.get("failed_peers")
+    top = inc.top.get("peers") or inc.top.get("failed_peers") or inc.top.get("received_from")
     if moved and top:
         ev.summary += " (top peer " + ", ".join(f"{t['peer']} ×{t['count']}" for t in top[:3]) + ")"
     return Signal(domain, ev, strength)
@@ -123,6 +126,9 @@ def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
     if p := pair("tcp_retrans"):
         out.append(_rate_signal("network", "tcp_retrans.retransmits_per_s", "TCP retransmits", "/s", *p,
                                 counter="retransmits", min_excess=MIN_EXCESS_RETRANS_PER_S))
+    if p := pair("tcp_reset"):
+        out.append(_rate_signal("network", "tcp_reset.received_per_s", "TCP resets received", "/s", *p,
+                                counter="received", min_excess=MIN_EXCESS_RESETS_PER_S))
     if p := pair("tcp_connect"):
         out.append(_rate_signal("network", "tcp_connect.failures_per_s", "failed TCP connects", "/s", *p,
                                 counter="failed", min_excess=MIN_EXCESS_CONNECT_FAILURES_PER_S))

@@ -9,6 +9,7 @@ recorder's per-cgroup baseline.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -38,17 +39,45 @@ class Probe:
     counters: dict[str, str]  # counter name -> unit
     histograms: dict[str, str]  # histogram name -> unit
     read_raw: Callable[[Any], RawSnapshot] = field(compare=False)
+    # Extra compiler flags chosen from the running kernel (e.g. a tracepoint's field layout).
+    cflags: Callable[[], list[str]] = field(compare=False, default=lambda: [])
 
     def bpf_text(self) -> str:
         # bcc rewrites map calls (filter_cfg.lookup ...) only in the main source text, not in
         # #included files, so the shared header is spliced in rather than included.
-        text = (BPF_DIR / self.source).read_text()
-        return text.replace('#include "common.h"', (BPF_DIR / "common.h").read_text(), 1)
+        return splice_includes((BPF_DIR / self.source).read_text())
 
     def info(self) -> ProbeInfo:
         return ProbeInfo(name=self.name, summary=self.summary, attach=list(self.attach),
                          cost_class=self.cost_class, event_budget_per_s=self.event_budget_per_s,
                          domains=list(self.domains))
+
+
+_LOCAL_INCLUDE = re.compile(r'^#include "([a-z_]+\.h)"$', re.M)
+
+
+def splice_includes(text: str, seen: set[str] | None = None) -> str:
+    """Replace each ``#include "x.h"`` of bpf/ with the header's text, once per header."""
+    seen = set() if seen is None else seen
+
+    def one(m: re.Match) -> str:
+        name = m.group(1)
+        if name in seen:
+            return ""
+        seen.add(name)
+        return splice_includes((BPF_DIR / name).read_text(), seen)
+
+    return _LOCAL_INCLUDE.sub(one, text)
+
+
+def tracepoint_format(category: str, event: str) -> str:
+    """The running kernel's description of a tracepoint's fields ("" when it has none)."""
+    for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        try:
+            return Path(f"{root}/events/{category}/{event}/format").read_text()
+        except OSError:
+            continue
+    return ""
 
 
 def slot_upper(slot: int) -> int:

@@ -6,22 +6,24 @@ def read_raw(bpf) -> RawSnapshot:
     raw: RawSnapshot = {}
     for key, value in bpf["retrans"].items():
         cgid, n = key.cgid, value.value
-        k = ("c", cgid, "retransmits")
+        k = ("c", cgid, "synack_retransmits" if key.synack else "retransmits")
         raw[k] = raw.get(k, 0) + n
-        raw[("p", cgid, "peers", peer_str(key.peer))] = n
+        pk = ("p", cgid, "peers", peer_str(key.peer))
+        raw[pk] = raw.get(pk, 0) + n
     return raw
 
 
 PROBE = Probe(
     name="tcp_retrans",
-    summary="TCP retransmits by owning workload and peer",
+    summary="TCP retransmits (data and SYN-ACK) by owning workload and peer",
     source="tcp_retrans.bpf.c",
-    attach=("tracepoint:tcp:tcp_retransmit_skb", "tracepoint:sock:inet_sock_set_state",
+    attach=("tracepoint:tcp:tcp_retransmit_skb", "tracepoint:tcp:tcp_retransmit_synack",
+            "tracepoint:sock:inet_sock_set_state",
             "tracepoint:tcp:tcp_rcv_space_adjust"),
     cost_class="low",
     event_budget_per_s=50_000,
     domains=("network",),
-    counters={"retransmits": "segments"},
+    counters={"retransmits": "segments", "synack_retransmits": "segments"},
     histograms={},
     read_raw=read_raw,
 )

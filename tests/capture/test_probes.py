@@ -186,3 +186,64 @@ async def test_scope_excludes_other_workloads(workload_cgroup):
     assert result.incident["tcp_connect"].counters["attempts"] == 0
     assert result.incident["runq_latency"].histograms["runq_wait"].count == 0
     assert result.cost.events == 0
+
+
+ABORTING_SERVER = r"""
+import socket, struct, sys
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+print(srv.getsockname()[1], flush=True)
+for _ in range(int(sys.argv[1])):
+    c, _ = srv.accept()
+    c.recv(100)
+    # SO_LINGER with a zero timeout: close() aborts the connection with a RST
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+print("done", flush=True)
+"""
+
+RESET_CLIENT = r"""
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+sys.stdin.readline()
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=2)
+    s.sendall(b"hello")
+    try:
+        s.recv(100)
+    except ConnectionResetError:
+        pass
+    s.close()
+print("done", flush=True)
+"""
+
+
+async def test_tcp_reset_counts_aborted_connections(workload_cgroup):
+    """A server aborts N connections with SO_LINGER 0: the client's cgroup receives N resets
+    and the server, scoped by its port, sent N (each a real RST the kernel generated)."""
+    n = 9
+    server = subprocess.Popen([sys.executable, "-c", ABORTING_SERVER, str(n)], stdout=subprocess.PIPE, text=True)
+    port = int(server.stdout.readline())
+    client = spawn_in(workload_cgroup, "-c", RESET_CLIENT, str(port), str(n))
+    agent = CaptureAgent(recorder=False)
+    by_client = asyncio.create_task(agent.capture(CaptureRequest(
+        target=CaptureTarget(cgroups=[workload_cgroup.path]), probes=["tcp_reset"], duration_s=4, baseline_s=0)))
+    by_port = asyncio.create_task(agent.capture(CaptureRequest(
+        target=CaptureTarget(ports=[port]), probes=["tcp_reset"], duration_s=4, baseline_s=0)))
+    try:
+        await asyncio.sleep(2.0)
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        assert (await asyncio.to_thread(client.stdout.readline)).strip() == "done"
+        client_side, port_side = await asyncio.gather(by_client, by_port)
+    finally:
+        for p in (client, server):
+            p.kill()
+            p.wait()
+    c = client_side.incident["tcp_reset"]
+    assert c.error is None
+    assert c.counters["received"] == n and c.counters["sent"] == 0
+    assert c.top["received_from"][0] == {"peer": f"127.0.0.1:{port}", "count": n}
+    s = port_side.incident["tcp_reset"]
+    assert s.counters["sent"] == n
