@@ -92,7 +92,8 @@ class CaptureAgent:
         cpu0 = time.thread_time()
         wall0 = time.monotonic()
         result = CaptureResult(id=cap_id, node=self.node, target=req.target, started_at=time.time(),
-                               ended_at=0.0, cgroup_ids=sorted(scope.cgroup_ids), errors=list(scope.notes))
+                               ended_at=0.0, cgroup_ids=sorted(scope.cgroup_ids), workloads=scope.workloads,
+                               processes=scope.processes, errors=list(scope.notes))
         sessions: dict[str, ProbeSession] = {}
         try:
             for name in req.probes:

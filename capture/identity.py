@@ -6,6 +6,7 @@ bpf_get_current_cgroup_id() returns, on pure v2 nodes and on hybrid v1/v2 nodes 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +109,7 @@ class ResolvedTarget:
     # host, so it is never used as a process's baseline.
     baseline_cgroups: set[int] = field(default_factory=set)
     processes: list[dict] = field(default_factory=list)
+    workloads: list[dict] = field(default_factory=list)  # CgroupIdentity of each cgroup involved
     notes: list[str] = field(default_factory=list)
 
 
@@ -117,6 +119,7 @@ def resolve(target: CaptureTarget) -> ResolvedTarget:
         cid = cgroup_id(path)
         r.cgroup_ids.add(cid)
         r.baseline_cgroups.add(cid)
+        r.workloads.append(parse_cgroup_path("/" + path.lstrip("/"), cid).to_dict())
     pids = set(target.pids)
     for port in target.ports:
         owners = listening_port_owners(port)
@@ -131,4 +134,79 @@ def resolve(target: CaptureTarget) -> ResolvedTarget:
         cid = cgroup_id(path)
         if cid != root_id:
             r.baseline_cgroups.add(cid)
+            if cid not in {w["id"] for w in r.workloads}:
+                r.workloads.append(parse_cgroup_path(path, cid).to_dict())
     return r
+
+
+# --- container and pod identity from a cgroup path ----------------------------------------------
+# kubelet names pod cgroups after the pod UID and QoS class, and the container runtime names the
+# container's cgroup after the container id. Both the systemd and the cgroupfs cgroup drivers:
+#   systemd:  /kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_>.slice/
+#             cri-containerd-<id>.scope | crio-<id>.scope | docker-<id>.scope
+#   cgroupfs: /kubepods/burstable/pod<uid>/<id>     (guaranteed pods sit right under kubepods)
+_CONTAINER_SCOPE = re.compile(r"^(cri-containerd|crio|docker)-([0-9a-f]{64})\.scope$")
+_BARE_CONTAINER = re.compile(r"^([0-9a-f]{64})$")
+_POD_SYSTEMD = re.compile(r"^kubepods(?:-(besteffort|burstable))?-pod([0-9a-f_]{36})\.slice$")
+_POD_CGROUPFS = re.compile(r"^pod([0-9a-f-]{36})$")
+_RUNTIMES = {"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker"}
+
+
+@dataclass
+class CgroupIdentity:
+    """What a cgroup path says about the workload: container, runtime, pod UID, QoS class."""
+
+    id: int
+    path: str
+    container_id: str | None = None
+    runtime: str | None = None
+    pod_uid: str | None = None
+    qos: str | None = None
+    driver: str | None = None  # "systemd" or "cgroupfs" (kubelet's cgroup driver)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def parse_cgroup_path(path: str, cgid: int = 0) -> CgroupIdentity:
+    ident = CgroupIdentity(id=cgid, path=path)
+    parts = [p for p in path.split("/") if p]
+    if "kubepods.slice" in parts or any(p.startswith("kubepods-") for p in parts):
+        ident.driver = "systemd"
+    elif "kubepods" in parts:
+        ident.driver = "cgroupfs"
+    for i, part in enumerate(parts):
+        if m := _CONTAINER_SCOPE.match(part):
+            ident.runtime, ident.container_id = _RUNTIMES[m.group(1)], m.group(2)
+        elif ident.driver == "cgroupfs" and ident.pod_uid and (m := _BARE_CONTAINER.match(part)):
+            ident.container_id = m.group(1)
+        elif m := _POD_SYSTEMD.match(part):
+            ident.pod_uid = m.group(2).replace("_", "-")
+            ident.qos = m.group(1) or "guaranteed"
+        elif ident.driver == "cgroupfs" and (m := _POD_CGROUPFS.match(part)):
+            ident.pod_uid = m.group(1)
+            parent = parts[i - 1] if i else ""
+            ident.qos = parent if parent in ("besteffort", "burstable") else "guaranteed"
+    return ident
+
+
+def cgroup_path_of(cgid: int, hint: str | None = None) -> str | None:
+    """The unified-hierarchy path whose directory inode is ``cgid`` (a walk; ``hint`` first)."""
+    root = unified_root()
+    if hint:
+        try:
+            if os.stat(cgroup_dir(hint)).st_ino == cgid:
+                return hint
+        except OSError:
+            pass
+    if os.stat(root).st_ino == cgid:
+        return "/"
+    for dirpath, dirnames, _ in os.walk(root):
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            try:
+                if os.stat(full).st_ino == cgid:
+                    return "/" + os.path.relpath(full, root)
+            except OSError:
+                continue
+    return None

@@ -250,6 +250,9 @@ class CaptureResult:
     baseline: dict[str, ProbeResult] = field(default_factory=dict)
     baseline_note: str = ""  # where the baseline came from, or why there is none
     cgroup_ids: list[int] = field(default_factory=list)
+    # Who the capture was about: each cgroup's container / pod identity, and the processes.
+    workloads: list[dict[str, Any]] = field(default_factory=list)
+    processes: list[dict[str, Any]] = field(default_factory=list)
     cost: CaptureCost = field(default_factory=CaptureCost)
     errors: list[str] = field(default_factory=list)
 
@@ -260,6 +263,7 @@ class CaptureResult:
             "incident": {k: v.to_dict() for k, v in self.incident.items()},
             "baseline": {k: v.to_dict() for k, v in self.baseline.items()},
             "baseline_note": self.baseline_note, "cgroup_ids": list(self.cgroup_ids),
+            "workloads": list(self.workloads), "processes": list(self.processes),
             "cost": asdict(self.cost), "errors": list(self.errors),
         }
 
@@ -271,6 +275,7 @@ class CaptureResult:
             incident={k: ProbeResult.from_dict(v) for k, v in data.get("incident", {}).items()},
             baseline={k: ProbeResult.from_dict(v) for k, v in data.get("baseline", {}).items()},
             baseline_note=data.get("baseline_note", ""), cgroup_ids=list(data.get("cgroup_ids", [])),
+            workloads=list(data.get("workloads", [])), processes=list(data.get("processes", [])),
             cost=CaptureCost(**data.get("cost", {})), errors=list(data.get("errors", [])))
 
 

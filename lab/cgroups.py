@@ -30,31 +30,40 @@ class WorkloadCgroup:
     def add(self, pid: int) -> None:
         (self.dir / "cgroup.procs").write_text(str(pid))
 
-    def pids(self) -> list[int]:
+    def pids(self, directory: Path | None = None) -> list[int]:
         try:
-            return [int(p) for p in (self.dir / "cgroup.procs").read_text().split()]
+            return [int(p) for p in ((directory or self.dir) / "cgroup.procs").read_text().split()]
         except FileNotFoundError:
             return []
 
     def remove(self, kill: bool = True) -> None:
-        """Kill (or move out) what is inside, then remove the directory."""
-        for _ in range(50):
-            pids = self.pids()
-            if not pids:
-                break
-            for pid in pids:
+        """Kill (or move out) what is inside, then remove the directory and any nested ones
+        (tests build kubepods-style trees below it), deepest first."""
+        if not self.dir.exists():
+            return
+        dirs = sorted((Path(d) for d, _, _ in os.walk(self.dir)), key=lambda d: -len(d.parts))
+        for d in dirs:
+            for _ in range(50):
+                pids = self.pids(d)
+                if not pids:
+                    break
+                for pid in pids:
+                    try:
+                        if kill:
+                            os.kill(pid, signal.SIGKILL)
+                        else:
+                            (self.parent / "cgroup.procs").write_text(str(pid))
+                    except OSError:
+                        pass
+                time.sleep(0.05)
+            for _ in range(50):  # a killed process leaves its cgroup a moment after it dies
                 try:
-                    if kill:
-                        os.kill(pid, signal.SIGKILL)
-                    else:
-                        (self.parent / "cgroup.procs").write_text(str(pid))
-                except (ProcessLookupError, OSError):
-                    pass
-            time.sleep(0.05)
-        try:
-            self.dir.rmdir()
-        except FileNotFoundError:
-            pass
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
 
     def __enter__(self) -> "WorkloadCgroup":
         return self.create()

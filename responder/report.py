@@ -241,6 +241,12 @@ def _capture_blocks(capture: CaptureResult | None) -> list[dict[str, Any]]:
     window = max(0.0, capture.ended_at - capture.started_at)
     scope = (f"*Kernel capture* `{_esc(capture.id)}` on node `{_esc(capture.node)}`, "
              f"scope {_esc(capture.target.describe())}, {_duration(window)} window")
+    for w in capture.workloads:
+        who = [f"pod UID {w['pod_uid']} ({w.get('qos', '?')})" if w.get("pod_uid") else None,
+               f"{w.get('runtime') or 'container'} {w['container_id'][:12]}" if w.get("container_id") else None]
+        scope += f"\nWorkload: cgroup `{_esc(w['path'])}`" + "".join(f", {_esc(x)}" for x in who if x)
+    for proc in capture.processes[:5]:
+        scope += f"\nProcess: pid {proc['pid']} `{_esc(proc.get('comm', '?'))}` {_esc(proc.get('exe', ''))}"
     if capture.baseline_note:
         scope += f"\nBaseline: {_esc(capture.baseline_note)}"
     problems = [f"• {_esc(err)}" for err in capture.errors]
