@@ -84,3 +84,42 @@ def sweep_stale() -> list[str]:
             cg.remove()
             removed.append(str(d))
     return removed
+
+
+class MemoryLimit:
+    """A memory-limited cgroup below this process's own memory cgroup, on whichever hierarchy
+    has the memory controller: v1 (``memory.limit_in_bytes``) on hybrid nodes, else v2
+    (``memory.max``). Processes added here are OOM-killed past the limit."""
+
+    def __init__(self, name: str, limit_bytes: int):
+        self.limit_bytes = limit_bytes
+        v1 = Path("/sys/fs/cgroup/memory")
+        if (v1 / "memory.limit_in_bytes").exists():
+            own = _v1_path("memory")
+            self.dir = v1 / own.lstrip("/") / f"{PREFIX}{name}-{os.getpid()}"
+            self.limit_file = "memory.limit_in_bytes"
+        else:
+            self.dir = unified_root() / pid_cgroup_path(os.getpid()).lstrip("/") / f"{PREFIX}{name}-mem-{os.getpid()}"
+            self.limit_file = "memory.max"
+
+    def __enter__(self) -> "MemoryLimit":
+        self.dir.mkdir(exist_ok=True)
+        (self.dir / self.limit_file).write_text(str(self.limit_bytes))
+        return self
+
+    def add(self, pid: int) -> None:
+        (self.dir / "cgroup.procs").write_text(str(pid))
+
+    def __exit__(self, *exc) -> None:
+        cg = WorkloadCgroup.__new__(WorkloadCgroup)
+        cg.parent, cg.dir = self.dir.parent, self.dir
+        cg.remove()
+
+
+def _v1_path(controller: str) -> str:
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if controller in controllers.split(","):
+                return path
+    return "/"

@@ -1,7 +1,7 @@
 """Attribution v0: from a capture's incident and baseline windows to a ranked verdict.
 
-Kernel evidence only, for the domains the first three probes can see (``network`` from
-retransmits and connects, ``app_cpu`` from run-queue wait). Each signal compares the incident
+Kernel evidence only, for the domains the probes can see so far (``network`` from
+retransmits, resets and connects, ``app_cpu`` from run-queue wait, ``app_memory`` from OOM kills). Each signal compares the incident
 window with the baseline window; a domain's strength adds up its signals that moved, and the
 confidence is ``strength / (strength + STRENGTH_HALF)``. The confidence is *not yet calibrated* on the lab
 (the lab issue does that); the thresholds below are the reasons a reader can check.
@@ -28,6 +28,9 @@ MIN_EXCESS_CONNECT_FAILURES_PER_S = 0.2
 # Resets received: a peer or a middlebox aborting connections. Two in a ten-second capture
 # above a baseline of none is already unusual for an HTTP client with keep-alive.
 MIN_EXCESS_RESETS_PER_S = 0.2
+# OOM kills: one kill in a twenty-second window above a baseline of none. Any OOM kill of the
+# service is worth naming; the rate form keeps windows of different lengths comparable.
+MIN_EXCESS_OOM_KILLS_PER_S = 0.05
 # Connect latency: needs some connects in both windows before a percentile means anything.
 MIN_CONNECTS = 5
 # Run-queue wait: share of waits of 1 ms or more. An unstarved service waits tens of
@@ -69,7 +72,8 @@ def _rate_signal(domain: str, name: str, what: str, unit: str, inc: ProbeResult,
     verb = "rose" if moved else "did not rise enough"
     ev = Evidence(signal=name, summary=f"{what} {verb}: {b:.2f} → {i:.2f} {unit}", baseline=round(b, 3),
                   incident=round(i, 3), unit=unit)
-    top = inc.top.get("peers") or inc.top.get("failed_peers") or inc.top.get("received_from")
+    top = (inc.top.get("peers") or inc.top.get("failed_peers") or inc.top.get("received_from")
+           or inc.top.get("victims"))
     if moved and top:
         ev.summary += " (top peer " + ", ".join(f"{t['peer']} ×{t['count']}" for t in top[:3]) + ")"
     return Signal(domain, ev, strength)
@@ -134,6 +138,9 @@ def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
                                 counter="failed", min_excess=MIN_EXCESS_CONNECT_FAILURES_PER_S))
         if s := _connect_latency_signal(*p):
             out.append(s)
+    if p := pair("oom_kill"):
+        out.append(_rate_signal("app_memory", "oom_kill.kills_per_s", "OOM kills", "/s", *p,
+                                counter="oom_kills", min_excess=MIN_EXCESS_OOM_KILLS_PER_S))
     if p := pair("runq_latency"):
         if s := _runq_signal(*p):
             out.append(s)

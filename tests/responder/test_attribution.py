@@ -311,3 +311,21 @@ def test_verdict_dict_matches_design_contract(make):
         assert isinstance(d["abstain_reason"], str) and d["abstain_reason"]
     # round trip
     assert Verdict.from_dict(d).to_dict() == d
+
+
+def oom(kills: int, window: float) -> ProbeResult:
+    return ProbeResult("oom_kill", window, counters={"oom_kills": float(kills)},
+                       top={"victims": [{"peer": "python3", "count": kills}]} if kills else {})
+
+
+def test_an_oom_kill_against_none_in_the_baseline_is_app_memory():
+    inc_runq, base_runq = flat_runq()
+    v = attribute(capture([oom(1, INC_S), inc_runq], [oom(0, BASE_S), base_runq]))
+    assert v.domains == ["app_memory"]
+    assert "python3" in hyp(v, "app_memory").supporting[0].summary
+
+
+def test_oom_kills_as_frequent_as_in_the_baseline_do_not_count():
+    inc_runq, base_runq = flat_runq()
+    v = attribute(capture([oom(1, INC_S), inc_runq], [oom(6, BASE_S), base_runq]))
+    assert v.domains == []

@@ -20,7 +20,7 @@ from responder.playbooks import (
 from responder.matchers import parse_matcher
 
 # The probe names the shipped playbooks use; the real catalog lives in capture/.
-PROBES = {"tcp_retrans", "tcp_reset", "tcp_connect", "runq_latency"}
+PROBES = {"tcp_retrans", "tcp_reset", "tcp_connect", "runq_latency", "oom_kill"}
 SHIPPED = Path(__file__).resolve().parents[2] / "playbooks"
 
 FALLBACK = """\
@@ -87,7 +87,7 @@ def test_shipped_playbooks_validate_clean() -> None:
     assert playbooks[-1].name == "fallback" and playbooks[-1].is_fallback
     latency = by_name["llm-latency-burn"]
     assert latency.capture == CaptureSpec(
-        ("tcp_retrans", "tcp_reset", "tcp_connect", "runq_latency"), duration_s=10.0, baseline_s=60.0)
+        ("tcp_retrans", "tcp_reset", "tcp_connect", "runq_latency", "oom_kill"), duration_s=10.0, baseline_s=60.0)
     assert latency.scope.pod_label == "pod" and latency.scope.namespace_label == "namespace"
     assert len(latency.runbooks) == 2
     assert all(r.url.startswith("https://runbooks.example.com/") for r in latency.runbooks)
@@ -195,13 +195,13 @@ def test_yaml_tab_indentation_error(tmp_path: Path) -> None:
 def test_unknown_probe_points_at_the_list_item(tmp_path: Path) -> None:
     text = GOOD.replace("    - runq_latency", "    - tcp_retrnas")
     check(tmp_path, text, "tcp_retrnas",
-          "unknown probe 'tcp_retrnas'; expected one of: runq_latency, tcp_connect, tcp_reset, tcp_retrans",
+          "unknown probe 'tcp_retrnas'; expected one of: oom_kill, runq_latency, tcp_connect, tcp_reset, tcp_retrans",
           column=7)
     problem = only_problem(tmp_path)
     line = line_of(text, "tcp_retrnas")
     assert problem.format() == (
         f"{tmp_path / 'broken.yaml'}:{line}:7: unknown probe 'tcp_retrnas'; "
-        "expected one of: runq_latency, tcp_connect, tcp_reset, tcp_retrans")
+        "expected one of: oom_kill, runq_latency, tcp_connect, tcp_reset, tcp_retrans")
 
 
 def test_unknown_probe_in_flow_list(tmp_path: Path) -> None:
@@ -369,9 +369,9 @@ def test_all_problems_across_all_files_are_reported(tmp_path: Path) -> None:
 
 def test_format_matches_the_documented_shape() -> None:
     problem = PlaybookProblem("playbooks/foo.yaml", 12, 5, "unknown probe 'tcp_retrnas'; "
-                              "expected one of: runq_latency, tcp_connect, tcp_reset, tcp_retrans")
+                              "expected one of: oom_kill, runq_latency, tcp_connect, tcp_reset, tcp_retrans")
     assert problem.format() == ("playbooks/foo.yaml:12:5: unknown probe 'tcp_retrnas'; "
-                                "expected one of: runq_latency, tcp_connect, tcp_reset, tcp_retrans")
+                                "expected one of: oom_kill, runq_latency, tcp_connect, tcp_reset, tcp_retrans")
 
 
 def test_playbook_matches() -> None:

@@ -1,0 +1,27 @@
+"""oom_kill probe: decoder and metadata for bpf/oom_kill.bpf.c."""
+from capture.probes.base import Probe, RawSnapshot
+
+
+def read_raw(bpf) -> RawSnapshot:
+    raw: RawSnapshot = {}
+    for key, value in bpf["kills"].items():
+        cgid, n = key.cgid, value.value
+        k = ("c", cgid, "oom_kills")
+        raw[k] = raw.get(k, 0) + n
+        pk = ("p", cgid, "victims", key.comm.decode(errors="replace"))
+        raw[pk] = raw.get(pk, 0) + n
+    return raw
+
+
+PROBE = Probe(
+    name="oom_kill",
+    summary="OOM kills by cgroup and process name",
+    source="oom_kill.bpf.c",
+    attach=("tracepoint:oom:mark_victim", "tracepoint:sched:sched_process_exit"),
+    cost_class="low",
+    event_budget_per_s=10_000,
+    domains=("app_memory",),
+    counters={"oom_kills": "processes"},
+    histograms={},
+    read_raw=read_raw,
+)
