@@ -22,6 +22,19 @@ static __always_inline void learn_owner(u64 sk) {
     owners.update(&sk, &o);
 }
 
+/* The event's workload: its socket's owner, when known. Returns 1 when the event is in scope
+ * and sets *cgid (0 for an unknown owner, which only a port filter can bring into scope);
+ * an out-of-scope event on a socket of unknown owner is counted as unattributed. */
+static __always_inline int owner_in_scope(u64 sk, u16 lport, u16 rport, u64 *cgid) {
+    struct owner_t *o = sk ? owners.lookup(&sk) : 0;
+    *cgid = o ? o->cgid : 0;
+    if (in_scope(*cgid, o ? o->tgid : 0, lport, rport))
+        return 1;
+    if (!o)
+        stat_add(STAT_UNATTRIBUTED);
+    return 0;
+}
+
 TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (!is_armed() || args->protocol != PROTO_TCP)
         return 0;

@@ -28,8 +28,6 @@ BPF_HASH(resets, struct reset_key_t, u64, 4096);
 TRACEPOINT_PROBE(tcp, tcp_send_reset) {
     if (!is_armed())
         return 0;
-    u64 sk = (u64)args->skaddr;
-    struct owner_t *o = sk ? owners.lookup(&sk) : 0;
     struct reset_key_t key = {};
     u16 lport, rport;
 #ifdef SEND_RESET_SOCKADDR
@@ -51,12 +49,8 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset) {
     rport = args->dport;
     FILL_PEER(key.peer, args);
 #endif
-    if (!in_scope(o ? o->cgid : 0, o ? o->tgid : 0, lport, rport)) {
-        if (!o)
-            stat_add(STAT_UNATTRIBUTED);
+    if (!owner_in_scope((u64)args->skaddr, lport, rport, &key.cgid))
         return 0;
-    }
-    key.cgid = o ? o->cgid : 0;
     key.sent = 1;
     u64 zero = 0;
     u64 *count = resets.lookup_or_try_init(&key, &zero);
@@ -68,15 +62,9 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset) {
 TRACEPOINT_PROBE(tcp, tcp_receive_reset) {
     if (!is_armed())
         return 0;
-    u64 sk = (u64)args->skaddr;
-    struct owner_t *o = owners.lookup(&sk);
-    if (!in_scope(o ? o->cgid : 0, o ? o->tgid : 0, args->sport, args->dport)) {
-        if (!o)
-            stat_add(STAT_UNATTRIBUTED);
-        return 0;
-    }
     struct reset_key_t key = {};
-    key.cgid = o ? o->cgid : 0;
+    if (!owner_in_scope((u64)args->skaddr, args->sport, args->dport, &key.cgid))
+        return 0;
     FILL_PEER(key.peer, args);
     u64 zero = 0;
     u64 *count = resets.lookup_or_try_init(&key, &zero);

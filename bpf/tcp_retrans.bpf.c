@@ -22,17 +22,9 @@ BPF_HASH(retrans, struct retrans_key_t, u64, 4096);
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) {
     if (!is_armed())
         return 0;
-    u64 sk = (u64)args->skaddr;
-    struct owner_t *o = owners.lookup(&sk);
-    u64 cgid = o ? o->cgid : 0;
-    u32 tgid = o ? o->tgid : 0;
-    if (!in_scope(cgid, tgid, args->sport, args->dport)) {
-        if (!o)
-            stat_add(STAT_UNATTRIBUTED);
-        return 0;
-    }
     struct retrans_key_t key = {};
-    key.cgid = cgid;
+    if (!owner_in_scope((u64)args->skaddr, args->sport, args->dport, &key.cgid))
+        return 0;
     FILL_PEER(key.peer, args);
     u64 zero = 0;
     u64 *count = retrans.lookup_or_try_init(&key, &zero);

@@ -12,7 +12,7 @@ import logging
 from aiohttp import web
 
 from capture.agent import AgentBusy, CaptureAgent
-from capture.auth import bearer_ok
+from capture.http_server import bearer_ok, json_error, read_body
 from capture.schemas import RequestError
 
 log = logging.getLogger(__name__)
@@ -20,34 +20,32 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 64 * 1024
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
 def make_app(agent: CaptureAgent, token: str) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler):
         if request.path != "/healthz" and not bearer_ok(request.headers.get("Authorization"), token):
-            return _error(401, "missing or wrong bearer token (Authorization: Bearer <LLMSLO_AGENT_TOKEN>)")
+            return json_error(401, "missing or wrong bearer token (Authorization: Bearer <LLMSLO_AGENT_TOKEN>)")
         return await handler(request)
 
     async def captures(request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
-            return _error(413, f"request body over {MAX_REQUEST_BYTES} bytes")
-        body = await request.content.read(MAX_REQUEST_BYTES + 1)
-        if len(body) > MAX_REQUEST_BYTES:
-            return _error(413, f"request body over {MAX_REQUEST_BYTES} bytes")
+            return json_error(413, f"request body over {MAX_REQUEST_BYTES} bytes")
+        body = await read_body(request, MAX_REQUEST_BYTES)
+        if body is None:
+            return json_error(413, f"request body over {MAX_REQUEST_BYTES} bytes")
         try:
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return _error(400, f"body is not valid JSON: {e}")
+            return json_error(400, f"body is not valid JSON: {e}")
         try:
             req = agent.validate(data)
             result = await agent.capture(req)
         except RequestError as e:
-            return _error(400, str(e))
+            return json_error(400, str(e))
         except AgentBusy as e:
-            return web.json_response({"error": str(e)}, status=429, headers={"Retry-After": "5"})
+            busy = json_error(429, str(e))
+            busy.headers["Retry-After"] = "5"
+            return busy
         return web.json_response(result.to_dict())
 
     async def probes(request: web.Request) -> web.Response:

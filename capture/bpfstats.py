@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import platform
 
 _BPF_ENABLE_STATS = 32
@@ -44,7 +43,3 @@ def program_stats(fd: int) -> dict[str, int]:
                 out[key] = int(value.strip())
     return out
 
-
-def process_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system

@@ -5,6 +5,7 @@ bpf_get_current_cgroup_id() returns, on pure v2 nodes and on hybrid v1/v2 nodes 
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 from capture.schemas import CaptureTarget, RequestError
 
 
+@functools.cache
 def unified_root() -> Path:
     """Mount point of the cgroup v2 hierarchy (``/sys/fs/cgroup`` or ``.../unified`` on hybrid)."""
     with open("/proc/self/mounts") as f:
@@ -134,7 +136,7 @@ def resolve(target: CaptureTarget) -> ResolvedTarget:
         cid = cgroup_id(path)
         if cid != root_id:
             r.baseline_cgroups.add(cid)
-            if cid not in {w["id"] for w in r.workloads}:
+            if not any(w["id"] == cid for w in r.workloads):
                 r.workloads.append(parse_cgroup_path(path, cid).to_dict())
     return r
 

@@ -91,12 +91,6 @@ class ProbeSession:
             leaf.by_port = int(bool(s.ports))
         cfg[ctypes.c_int(0)] = leaf
 
-    def add_pids(self, pids: set[int]) -> None:
-        """Widen a pid filter (e.g. new processes appeared in a scoped cgroup)."""
-        one = ctypes.c_uint8(1)
-        for pid in pids:
-            self.bpf["filter_pids"][ctypes.c_uint32(pid)] = one
-
     def read_raw(self) -> RawSnapshot:
         return self.probe.read_raw(self.bpf)
 
@@ -116,15 +110,6 @@ class ProbeSession:
             n += 1
         return ProbeCost(bpf_run_time_ns=run_time, bpf_run_count=run_cnt, programs=n,
                          compile_ms=round(self.compile_ms, 1), attach_ms=round(self.attach_ms, 1))
-
-    def program_ids(self) -> list[int]:
-        ids = []
-        for fn in self.bpf.funcs.values():
-            try:
-                ids.append(bpfstats.program_stats(fn.fd)["prog_id"])
-            except (OSError, KeyError):
-                pass
-        return ids
 
     def close(self) -> None:
         """Detach every tracepoint and free the maps. Safe to call twice."""

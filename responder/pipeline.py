@@ -130,8 +130,8 @@ class Pipeline:
         # Stage: playbook.
         playbook = select_playbook(self.playbooks, labels)
         channel = (playbook.channel if playbook else None) or self.default_channel
-        await asyncio.to_thread(self.store.update_incident, inc.id, playbook=playbook.name if playbook else None)
-        inc = await self._incident(inc.id)
+        inc = await asyncio.to_thread(self.store.update_incident, inc.id,
+                                      playbook=playbook.name if playbook else None)
         await self._enqueue(inc.id, "root", "root", report.render_root(inc.to_dict(), self.incident_url(inc.id)),
                             channel)
         log.info("incident=%s event=investigate job=%s playbook=%s", inc.id, job.id,
@@ -155,9 +155,8 @@ class Pipeline:
             except Exception as e:  # agent unreachable or failed: say so in the thread
                 log.exception("incident=%s event=capture_failed", inc.id)
                 verdict = Verdict(domains=[], confidence=0.0, abstain_reason=f"the capture failed: {e}")
-        await asyncio.to_thread(self.store.update_incident, inc.id, verdict=verdict.to_dict(),
-                                capture=capture.to_dict() if capture else None)
-        inc = await self._incident(inc.id)
+        inc = await asyncio.to_thread(self.store.update_incident, inc.id, verdict=verdict.to_dict(),
+                                      capture=capture.to_dict() if capture else None)
         log.info("incident=%s event=attributed domains=%s confidence=%.2f abstain=%r", inc.id,
                  ",".join(verdict.domains), verdict.confidence, verdict.abstain_reason)
         # Stage: report.
@@ -172,8 +171,8 @@ class Pipeline:
     async def resolve(self, job: Job) -> None:
         inc = await self._incident(job.incident_id)
         if inc.status != "resolved":
-            await asyncio.to_thread(self.store.update_incident, inc.id, status="resolved", resolved_at=time.time())
-            inc = await self._incident(inc.id)
+            inc = await asyncio.to_thread(self.store.update_incident, inc.id, status="resolved",
+                                          resolved_at=time.time())
         log.info("incident=%s event=resolved", inc.id)
         await self._enqueue(inc.id, "root:resolved", "update", report.render_root(inc.to_dict(), self.incident_url(inc.id)))
         await self._enqueue(inc.id, "resolved", "reply", report.render_resolved(inc.to_dict()))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from capture.agent import CaptureAgent
-from capture.auth import basic_ok, bearer_ok
+from capture.http_server import basic_ok, bearer_ok, json_error, read_body
 from capture.client import HttpAgentClient, LocalAgentClient
 from capture.probes import CATALOG
 from responder.alertmanager import PayloadError, parse_notification
@@ -31,11 +31,6 @@ from responder.store import IncidentStore
 
 log = logging.getLogger(__name__)
 
-STORE_KEY = web.AppKey("store", IncidentStore)
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 @dataclass
@@ -124,25 +119,17 @@ class Responder:
                                      status=401, headers={"WWW-Authenticate": 'Bearer realm="llmslo"'})
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            return _error(413, f"body is {request.content_length} bytes; the limit is {limit} bytes")
-        # read(n) returns whatever is buffered (one TCP segment or HTTP chunk), not n bytes:
-        # keep reading until the end of the body or one byte past the limit.
-        buf = bytearray()
-        while len(buf) <= limit:
-            chunk = await request.content.read(limit + 1 - len(buf))
-            if not chunk:
-                break
-            buf += chunk
-        body = bytes(buf)
-        if len(body) > limit:
-            return _error(413, f"body is over the limit of {limit} bytes")
+            return json_error(413, f"body is {request.content_length} bytes; the limit is {limit} bytes")
+        body = await read_body(request, limit)
+        if body is None:
+            return json_error(413, f"body is over the limit of {limit} bytes")
         try:
             notification = parse_notification(body)
         except PayloadError as e:
-            return _error(400, f"invalid Alertmanager payload: {e}")
+            return json_error(400, f"invalid Alertmanager payload: {e}")
         if await asyncio.to_thread(self.store.pending_jobs) >= self.settings.max_pending_jobs:
             # Refused before storing: Alertmanager retries 5xx, so nothing is lost.
-            return _error(503, "too many incidents waiting; retry later")
+            return json_error(503, "too many incidents waiting; retry later")
         result = await asyncio.to_thread(self.store.accept, notification, body)
         if result.job_id is not None:
             self.wake_workers.set()
@@ -161,25 +148,25 @@ class Responder:
 
     async def list_incidents(self, request: web.Request) -> web.Response:
         if not self.authorized(request):
-            return _error(401, "unauthorized")
+            return json_error(401, "unauthorized")
         status = request.query.get("status")
         if status not in (None, "firing", "resolved"):
-            return _error(400, "status: expected firing or resolved")
+            return json_error(400, "status: expected firing or resolved")
         try:
             limit = int(request.query.get("limit", "100"))
             if not 1 <= limit <= 1000:
                 raise ValueError
         except ValueError:
-            return _error(400, "limit: expected an integer from 1 to 1000")
+            return json_error(400, "limit: expected an integer from 1 to 1000")
         incidents = await asyncio.to_thread(self.store.list_incidents, limit, status)
         return web.json_response({"incidents": [i.to_dict() for i in incidents]})
 
     async def get_incident(self, request: web.Request) -> web.Response:
         if not self.authorized(request):
-            return _error(401, "unauthorized")
+            return json_error(401, "unauthorized")
         inc = await asyncio.to_thread(self.store.get_incident, request.match_info["id"])
         if inc is None:
-            return _error(404, f"no incident {request.match_info['id']!r}")
+            return json_error(404, f"no incident {request.match_info['id']!r}")
         return web.json_response(inc.to_dict())
 
     async def incident_page(self, request: web.Request) -> web.Response:
@@ -200,7 +187,6 @@ class Responder:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes + 1)
-        app[STORE_KEY] = self.store
         app.router.add_post("/webhook/alertmanager", self.webhook)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/api/incidents", self.list_incidents)

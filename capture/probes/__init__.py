@@ -4,10 +4,3 @@ from capture.probes.base import Probe
 
 CATALOG: dict[str, Probe] = {p.name: p for p in (tcp_retrans.PROBE, tcp_reset.PROBE, tcp_connect.PROBE,
                                                    runq_latency.PROBE, oom_kill.PROBE)}
-
-
-def get(name: str) -> Probe:
-    try:
-        return CATALOG[name]
-    except KeyError:
-        raise KeyError(f"unknown probe {name!r}; known: {', '.join(sorted(CATALOG))}") from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -93,6 +92,11 @@ def peer_str(peer: Any) -> str:
     return f"[{ipaddress.IPv6Address(raw)}]:{peer.port}"
 
 
+def bump(raw: RawSnapshot, key: tuple, n: int) -> None:
+    """Add ``n`` to ``raw[key]`` (several map entries can fold into one snapshot key)."""
+    raw[key] = raw.get(key, 0) + n
+
+
 def diff(before: RawSnapshot, after: RawSnapshot) -> RawSnapshot:
     """The window between two cumulative snapshots. Counts never go backwards; an entry that
     disappeared (LRU eviction) contributes nothing rather than a negative count."""
@@ -133,6 +137,3 @@ def read_stats(bpf: Any) -> tuple[int, int, int]:
     vals = [table[table.Key(i)].value for i in range(3)]
     return vals[0], vals[1], vals[2]
 
-
-def u16_key(port: int) -> Any:
-    return struct.pack("H", port)

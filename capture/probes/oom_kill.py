@@ -1,15 +1,13 @@
 """oom_kill probe: decoder and metadata for bpf/oom_kill.bpf.c."""
-from capture.probes.base import Probe, RawSnapshot
+from capture.probes.base import Probe, RawSnapshot, bump
 
 
 def read_raw(bpf) -> RawSnapshot:
     raw: RawSnapshot = {}
     for key, value in bpf["kills"].items():
         cgid, n = key.cgid, value.value
-        k = ("c", cgid, "oom_kills")
-        raw[k] = raw.get(k, 0) + n
-        pk = ("p", cgid, "victims", key.comm.decode(errors="replace"))
-        raw[pk] = raw.get(pk, 0) + n
+        bump(raw, ("c", cgid, "oom_kills"), n)
+        bump(raw, ("p", cgid, "victims", key.comm.decode(errors="replace")), n)
     return raw
 
 

@@ -1,5 +1,5 @@
 """tcp_connect probe: decoder and metadata for bpf/tcp_connect.bpf.c."""
-from capture.probes.base import Probe, RawSnapshot, peer_str, slot_upper
+from capture.probes.base import Probe, RawSnapshot, bump, peer_str, slot_upper
 
 _OUTCOMES = {0: "attempts", 1: "established", 2: "failed"}
 
@@ -10,10 +10,9 @@ def read_raw(bpf) -> RawSnapshot:
         raw[("h", key.cgid, "connect_latency", slot_upper(key.slot))] = value.value
     for key, value in bpf["conns"].items():
         outcome = _OUTCOMES.get(key.outcome, "attempts")
-        k = ("c", key.cgid, outcome)
-        raw[k] = raw.get(k, 0) + value.value
+        bump(raw, ("c", key.cgid, outcome), value.value)
         if outcome == "failed":
-            raw[("p", key.cgid, "failed_peers", peer_str(key.peer))] = value.value
+            bump(raw, ("p", key.cgid, "failed_peers", peer_str(key.peer)), value.value)
     return raw
 
 

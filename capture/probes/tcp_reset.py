@@ -1,15 +1,13 @@
 """tcp_reset probe: decoder and metadata for bpf/tcp_reset.bpf.c."""
-from capture.probes.base import Probe, RawSnapshot, peer_str, tracepoint_format
+from capture.probes.base import Probe, RawSnapshot, bump, peer_str, tracepoint_format
 
 
 def read_raw(bpf) -> RawSnapshot:
     raw: RawSnapshot = {}
     for key, value in bpf["resets"].items():
         cgid, n = key.cgid, value.value
-        k = ("c", cgid, "sent" if key.sent else "received")
-        raw[k] = raw.get(k, 0) + n
-        pk = ("p", cgid, "sent_to" if key.sent else "received_from", peer_str(key.peer))
-        raw[pk] = raw.get(pk, 0) + n
+        bump(raw, ("c", cgid, "sent" if key.sent else "received"), n)
+        bump(raw, ("p", cgid, "sent_to" if key.sent else "received_from", peer_str(key.peer)), n)
     return raw
 
 

@@ -1,15 +1,13 @@
 """tcp_retrans probe: decoder and metadata for bpf/tcp_retrans.bpf.c."""
-from capture.probes.base import Probe, RawSnapshot, peer_str
+from capture.probes.base import Probe, RawSnapshot, bump, peer_str
 
 
 def read_raw(bpf) -> RawSnapshot:
     raw: RawSnapshot = {}
     for key, value in bpf["retrans"].items():
         cgid, n = key.cgid, value.value
-        k = ("c", cgid, "synack_retransmits" if key.synack else "retransmits")
-        raw[k] = raw.get(k, 0) + n
-        pk = ("p", cgid, "peers", peer_str(key.peer))
-        raw[pk] = raw.get(pk, 0) + n
+        bump(raw, ("c", cgid, "synack_retransmits" if key.synack else "retransmits"), n)
+        bump(raw, ("p", cgid, "peers", peer_str(key.peer)), n)
     return raw
 
 

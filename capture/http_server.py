@@ -1,8 +1,29 @@
-"""Token checks shared by the agent's and the responder's HTTP servers: constant-time compare."""
+"""What the agent's and the responder's HTTP servers share: constant-time credential checks,
+bounded body reads, and JSON error answers."""
 from __future__ import annotations
 
 import base64
 import hmac
+
+from aiohttp import web
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None when it is longer than ``limit`` bytes.
+
+    ``content.read(n)`` returns whatever is buffered (one TCP segment or HTTP chunk), not n
+    bytes: keep reading until the end of the body or one byte past the limit."""
+    buf = bytearray()
+    while len(buf) <= limit:
+        chunk = await request.content.read(limit + 1 - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return None if len(buf) > limit else bytes(buf)
 
 
 def bearer_ok(header: str | None, token: str | None) -> bool:
