@@ -17,13 +17,16 @@ import uuid
 
 from capture import identity
 from capture.probes import CATALOG
-from capture.probes.base import to_result
-from capture.recorder import Recorder
+from capture.probes.base import RawSnapshot, to_result
+from capture.recorder import DEFAULT_HISTORY_S, Recorder
 from capture.schemas import (CaptureCost, CaptureRequest, CaptureResult, ProbeInfo, ProbeResult,
-                             RequestError)
+                             RecorderQuery, RequestError)
 from capture.session import ProbeLoadError, ProbeSession
 
 log = logging.getLogger(__name__)
+
+# At most this many new peers / processes are listed per capture.
+MAX_NOVEL = 50
 
 # How often a running capture checks its probes' event budgets and the stop signal.
 BUDGET_CHECK_S = 0.5
@@ -35,7 +38,8 @@ class AgentBusy(RuntimeError):
 
 class CaptureAgent:
     def __init__(self, node_name: str | None = None, *, max_concurrent: int = 2,
-                 recorder: bool = True, recorder_interval_s: float = 5.0, recorder_history_s: float = 600.0,
+                 recorder: bool = True, recorder_interval_s: float = 5.0,
+                 recorder_history_s: float = DEFAULT_HISTORY_S,
                  event_budgets: dict[str, int] | None = None):
         self.node = node_name or socket.gethostname()
         self.max_concurrent = max_concurrent
@@ -74,7 +78,7 @@ class CaptureAgent:
         self.active[cap_id] = req
         worker = asyncio.ensure_future(asyncio.to_thread(self._run_blocking, cap_id, req, scope, stop))
         try:
-            result = await asyncio.shield(worker)
+            result, raws = await asyncio.shield(worker)
         except asyncio.CancelledError:
             # The caller gave up: stop early, but wait for the worker so every probe detaches.
             stop.set()
@@ -85,16 +89,18 @@ class CaptureAgent:
             self._slots.release()
         self.completed += 1
         self._add_baseline(result, req, scope)
+        self._add_novelty(result, req, scope, raws)
         return result
 
     def _run_blocking(self, cap_id: str, req: CaptureRequest, scope: identity.ResolvedTarget,
-                      stop: threading.Event) -> CaptureResult:
+                      stop: threading.Event) -> tuple[CaptureResult, dict[str, RawSnapshot]]:
         cpu0 = time.thread_time()
         wall0 = time.monotonic()
         result = CaptureResult(id=cap_id, node=self.node, target=req.target, started_at=time.time(),
                                ended_at=0.0, cgroup_ids=sorted(scope.cgroup_ids), workloads=scope.workloads,
                                processes=scope.processes, errors=list(scope.notes))
         sessions: dict[str, ProbeSession] = {}
+        raws: dict[str, RawSnapshot] = {}  # each probe's full counts (results keep only the top N)
         try:
             for name in req.probes:
                 s = ProbeSession(CATALOG[name], scope)
@@ -120,13 +126,13 @@ class CaptureAgent:
                     budget = self.event_budgets[name]
                     if events > budget * max(elapsed, 1.0):
                         why = f"stopped after {elapsed:.1f}s: {events} events exceeded the budget of {budget}/s"
-                        result.incident[name] = self._finish(s, elapsed, truncated=why)
+                        result.incident[name], raws[name] = self._finish(s, elapsed, truncated=why)
                         del sessions[name]
             elapsed = time.monotonic() - t0
             if stop.is_set():
                 result.errors.append(f"capture cancelled after {elapsed:.1f}s")
             for name, s in list(sessions.items()):
-                result.incident[name] = self._finish(s, elapsed)
+                result.incident[name], raws[name] = self._finish(s, elapsed)
                 del sessions[name]
         finally:
             for s in sessions.values():
@@ -139,10 +145,10 @@ class CaptureAgent:
             result.cost.lost += r.lost
         result.cost.agent_cpu_s = round(time.thread_time() - cpu0, 3)
         result.cost.wall_s = round(time.monotonic() - wall0, 3)
-        return result
+        return result, raws
 
     @staticmethod
-    def _finish(s: ProbeSession, window_s: float, truncated: str | None = None) -> ProbeResult:
+    def _finish(s: ProbeSession, window_s: float, truncated: str | None = None) -> tuple[ProbeResult, RawSnapshot]:
         """Read a session's maps, stats and cost, then detach it."""
         try:
             raw = s.read_raw()
@@ -152,9 +158,10 @@ class CaptureAgent:
             s.close()
         r = to_result(s.probe, raw, None, window_s)
         r.events, r.lost, r.truncated, r.cost = stats.events, stats.lost, truncated, cost
+        r.notes = list(s.notes)
         if stats.unattributed:
             r.counters["unattributed_events"] = float(stats.unattributed)
-        return r
+        return r, raw
 
     def _add_baseline(self, result: CaptureResult, req: CaptureRequest, scope: identity.ResolvedTarget) -> None:
         if req.baseline_s <= 0:
@@ -177,10 +184,70 @@ class CaptureAgent:
             notes.append(f"{name}: {note}")
         result.baseline_note = "; ".join(dict.fromkeys(n.split(": ", 1)[1] for n in notes)) if notes else ""
 
+    def _add_novelty(self, result: CaptureResult, req: CaptureRequest, scope: identity.ResolvedTarget,
+                     raws: dict[str, RawSnapshot]) -> None:
+        """What the target did in the incident that it did not do in the baseline: egress peers
+        it connected to (tcp_connect) and executables it started (process_exec), each with the
+        time it was first seen (the recorder's interval end, or the capture's start)."""
+        if self.recorder is None or not scope.baseline_cgroups or req.baseline_s <= 0:
+            result.novelty_note = "no baseline to compare with"
+            return
+        cgids = scope.baseline_cgroups
+        end = min(req.baseline_end or result.started_at, result.started_at)
+        notes = []
+        for probe, top_list, field_name in (("tcp_connect", "peers", "new_peers"),
+                                            ("process_exec", "executables", "new_processes")):
+            if probe not in self.recorder.sessions:
+                notes.append(f"the recorder does not run {probe}")
+                continue
+            cov = self.recorder.coverage()
+            if cov is None or cov[0] > end - req.baseline_s + self.recorder.interval_s:
+                notes.append(f"{probe}: the recorder's history does not cover the baseline")
+                continue
+            before = self.recorder.first_seen(probe, top_list, cgids, end - req.baseline_s, end)
+            after = self.recorder.first_seen(probe, top_list, cgids, end, result.ended_at)
+            counts: dict[str, int] = {}
+            for key, n in raws.get(probe, {}).items():
+                if key[0] == "p" and key[2] == top_list:
+                    counts[key[3]] = counts.get(key[3], 0) + n
+                    after.setdefault(key[3], result.started_at)
+            new = [{"name": item, "first_seen": round(at, 3), "count": counts.get(item, 0)}
+                   for item, at in sorted(after.items(), key=lambda kv: kv[1]) if item not in before]
+            setattr(result, field_name, new[:MAX_NOVEL])
+        result.novelty_note = "; ".join(notes)
+
+    def validate_recorder_query(self, query) -> RecorderQuery:
+        """A /v1/recorder query string (a multidict) as a RecorderQuery; RequestError if bad."""
+        return RecorderQuery.from_query(query, known_probes=list(self.recorder.probe_names) if self.recorder else [])
+
+    async def recorder_window(self, q: RecorderQuery) -> dict:
+        """The recorder's view of a target over [since, until]: per-probe results summed over
+        the window, and per-interval counters for charts."""
+        if self.recorder is None:
+            raise RequestError("this agent runs without its flight recorder (--no-recorder)")
+        cgids: set[int] | None = None
+        target_desc = "(whole node)"
+        if not q.target.is_empty():
+            scope = await asyncio.to_thread(identity.resolve, q.target)
+            cgids, target_desc = scope.baseline_cgroups, q.target.describe()
+        now = time.time()
+        cov = self.recorder.coverage()
+        since = q.since if q.since is not None else (cov[0] if cov else now)
+        until = q.until if q.until is not None else now
+        probes = q.probes or list(self.recorder.sessions)
+        window, notes = {}, {}
+        for name in probes:
+            r, note = self.recorder.window(name, cgids, since, until, min_window_s=0.0)
+            notes[name] = note
+            if r is not None:
+                window[name] = r.to_dict()
+        return {"node": self.node, "target": target_desc,
+                "cgroup_ids": sorted(cgids) if cgids is not None else None,
+                "since": since, "until": until, "recorder": self.recorder.status(),
+                "window": window, "notes": notes,
+                "series": self.recorder.series(cgids, since, until, probes)}
+
     def status(self) -> dict:
-        cov = self.recorder.coverage() if self.recorder else None
         return {"node": self.node, "pid": os.getpid(), "active_captures": len(self.active),
                 "max_concurrent": self.max_concurrent, "completed_captures": self.completed,
-                "recorder": None if self.recorder is None else {
-                    "probes": sorted(self.recorder.sessions), "errors": self.recorder.errors,
-                    "covers_s": round(cov[1] - cov[0], 1) if cov else 0.0}}
+                "recorder": None if self.recorder is None else self.recorder.status()}

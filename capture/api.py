@@ -1,18 +1,26 @@
 """The agent's HTTP API (``llmslo agent``), version 1, token-authenticated.
 
 POST /v1/captures   run a capture (body: CaptureRequest), answer its CaptureResult
+GET  /v1/recorder   the flight recorder: a window's per-probe results and per-interval counters
+                    for a target (?cgroup=PATH&pid=N, repeatable; none: the whole node),
+                    ?since=&until= (Unix seconds; default its whole history), ?probes=a,b
 GET  /v1/probes     the probe catalog
+GET  /metrics       Prometheus exposition: the recorder's per-cgroup counters and the agent's own
 GET  /healthz       liveness and the agent's state (no token needed: it reveals no workload data)
+The machine-readable description is capture/openapi.yaml (kept true by a test).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from capture.agent import AgentBusy, CaptureAgent
 from capture.http_server import bearer_ok, json_error, read_body
+from capture.metrics import agent_registry
 from capture.schemas import RequestError
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,20 @@ def make_app(agent: CaptureAgent, token: str) -> web.Application:
             return busy
         return web.json_response(result.to_dict())
 
+    async def recorder(request: web.Request) -> web.Response:
+        try:
+            query = agent.validate_recorder_query(request.query)
+            data = await agent.recorder_window(query)
+        except RequestError as e:
+            return json_error(400, str(e))
+        return web.json_response(data)
+
+    registry = agent_registry(agent)
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     async def probes(request: web.Request) -> web.Response:
         return web.json_response({"probes": [p.__dict__ for p in agent.probes()]})
 
@@ -57,6 +79,8 @@ def make_app(agent: CaptureAgent, token: str) -> web.Application:
     app = web.Application(middlewares=[auth], client_max_size=MAX_REQUEST_BYTES)
     app.router.add_post("/v1/captures", captures)
     app.router.add_get("/v1/probes", probes)
+    app.router.add_get("/v1/recorder", recorder)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
 
     async def lifecycle(app: web.Application):

@@ -115,13 +115,38 @@ class ResolvedTarget:
     notes: list[str] = field(default_factory=list)
 
 
+# At most this many cgroups below a named one are put in scope (the filter map holds 64).
+MAX_DESCENDANTS = 48
+
+
+def descendants(path: str) -> list[str]:
+    """``path`` and the cgroups below it (breadth first, bounded by MAX_DESCENDANTS)."""
+    top = "/" + path.strip("/")
+    out, queue = [top], [top]
+    while queue and len(out) < MAX_DESCENDANTS:
+        cur = queue.pop(0)
+        try:
+            children = sorted(e.name for e in os.scandir(cgroup_dir(cur)) if e.is_dir())
+        except OSError:
+            continue
+        for name in children:
+            child = cur.rstrip("/") + "/" + name
+            if len(out) < MAX_DESCENDANTS:
+                out.append(child)
+                queue.append(child)
+    return out
+
+
 def resolve(target: CaptureTarget) -> ResolvedTarget:
     r = ResolvedTarget(ports=set(target.ports))
     for path in target.cgroups:
-        cid = cgroup_id(path)
-        r.cgroup_ids.add(cid)
-        r.baseline_cgroups.add(cid)
-        r.workloads.append(parse_cgroup_path("/" + path.lstrip("/"), cid).to_dict())
+        # A named cgroup covers its descendants: a pod's processes live in its containers'
+        # cgroups, and the kernel reports the leaf's id.
+        for sub in descendants(path):
+            cid = cgroup_id(sub)
+            r.cgroup_ids.add(cid)
+            r.baseline_cgroups.add(cid)
+            r.workloads.append(parse_cgroup_path(sub, cid).to_dict())
     pids = set(target.pids)
     for port in target.ports:
         owners = listening_port_owners(port)

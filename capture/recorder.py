@@ -1,14 +1,20 @@
-"""The always-on recorder: the probes loaded unscoped, read into a bounded ring of snapshots.
+"""The flight recorder: cheap probes always on, unscoped, kept as a bounded ring of intervals.
 
 It is how a capture that starts when the alert arrives still has a baseline from *before* the
-fault: every ``interval_s`` the recorder copies each probe's per-cgroup cumulative counts, and a
-baseline window is the difference of two snapshots, summed over the target's cgroups.
-Memory bound: ``history_s / interval_s`` snapshots, each one entry per (cgroup, counter or
-histogram bucket or peer) that was non-zero on the node.
+fault, and how the responder can look at the minutes before an incident after the fault has
+stopped. Every ``interval_s`` the recorder reads each probe's per-cgroup cumulative counts and
+stores the *difference* from the previous read, so a quiet node stores almost nothing; a window
+is the sum of the intervals inside it, restricted to the target's cgroups.
+
+Memory bound: ``history_s / interval_s`` intervals of at most ``MAX_KEYS_PER_INTERVAL`` entries
+each (the defaults: 180 x 2,048 = 368,640 entries, about ``ENTRY_BYTES`` each, so under 60 MiB
+in the worst case; a node's real use is served by ``status()`` and /metrics). An interval with
+more entries keeps every counter and gauge and the largest histogram buckets and peers, and
+says how many it dropped. Cumulative per-cgroup counter totals for /metrics are bounded by
+``MAX_SERIES`` (the least recently changed are dropped first).
 """
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 import time
@@ -22,20 +28,52 @@ from capture.session import ProbeLoadError, ProbeSession
 
 log = logging.getLogger(__name__)
 
+# Always-on by default: the probes whose cost is low enough to leave running on a node (bench/
+# measures it). The per-syscall backend_latency and the per-segment tcp_flow are capture-only.
+DEFAULT_PROBES = ("tcp_retrans", "tcp_reset", "tcp_connect", "dns", "tls_http", "runq_latency",
+                  "cpu_throttle", "oom_kill", "memory_pressure", "process_exec")
+DEFAULT_HISTORY_S = 900.0
+MAX_KEYS_PER_INTERVAL = 2048
+MAX_SERIES = 20_000
+ENTRY_BYTES = 160  # measured: a key tuple of 3-4 items, an int, and its dict slot
+
 
 @dataclass
-class Snapshot:
-    at: float  # wall clock, Unix seconds
-    raw: dict[str, RawSnapshot]  # probe name -> cumulative counts
+class Interval:
+    start: float  # wall clock, Unix seconds
+    end: float
+    raw: dict[str, RawSnapshot]  # probe name -> counts in (start, end]; gauges: value at end
+    dropped: int = 0  # entries left out to honour MAX_KEYS_PER_INTERVAL
+
+    @property
+    def entries(self) -> int:
+        return sum(len(r) for r in self.raw.values())
+
+
+def _bounded(delta: RawSnapshot, limit: int) -> tuple[RawSnapshot, int]:
+    if len(delta) <= limit:
+        return delta, 0
+    keep = {k: v for k, v in delta.items() if k[0] in ("c", "g")}
+    rest = sorted(((k, v) for k, v in delta.items() if k[0] not in ("c", "g")), key=lambda kv: -kv[1])
+    keep.update(rest[:max(0, limit - len(keep))])
+    return keep, len(delta) - len(keep)
 
 
 class Recorder:
-    def __init__(self, probes: list[str] | None = None, interval_s: float = 5.0, history_s: float = 600.0):
-        self.probe_names = probes or list(CATALOG)
+    def __init__(self, probes: list[str] | tuple[str, ...] | None = None, interval_s: float = 5.0,
+                 history_s: float = DEFAULT_HISTORY_S):
+        names = probes if probes is not None else DEFAULT_PROBES
+        self.probe_names = [n for n in names if n in CATALOG]
         self.interval_s = interval_s
-        self.ring: deque[Snapshot] = deque(maxlen=max(2, int(history_s / interval_s) + 1))
+        self.history_s = history_s
+        self.ring: deque[Interval] = deque(maxlen=max(1, int(history_s / interval_s)))
         self.sessions: dict[str, ProbeSession] = {}
         self.errors: dict[str, str] = {}
+        self.totals: dict[tuple[str, int, str], float] = {}  # (probe, cgroup id, counter) -> since start
+        self._changed: dict[tuple[str, int, str], float] = {}
+        self._last: dict[str, RawSnapshot] = {}
+        self._last_at = 0.0
+        self.started_at = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -51,6 +89,7 @@ class Recorder:
                 log.error("event=recorder_probe_failed probe=%s error=%s", name, e)
                 continue
             self.sessions[name] = session
+        self.started_at = time.time()
         self.sample()
         self._thread = threading.Thread(target=self._run, name="llmslo-recorder", daemon=True)
         self._thread.start()
@@ -63,9 +102,34 @@ class Recorder:
                 log.exception("event=recorder_sample_failed")
 
     def sample(self) -> None:
-        raw = {name: s.read_raw() for name, s in self.sessions.items()}
+        """Read every probe and append the interval since the previous read."""
+        now = time.time()
+        current = {}
+        for name, s in list(self.sessions.items()):
+            try:
+                current[name] = s.read_raw()
+            except Exception as e:  # one probe's failure must not stop the others
+                self.errors[name] = f"read failed: {e}"
         with self._lock:
-            self.ring.append(Snapshot(at=time.time(), raw=raw))
+            if self._last_at:
+                raw, dropped = {}, 0
+                for name, cur in current.items():
+                    delta, n = _bounded(diff(self._last.get(name, {}), cur), MAX_KEYS_PER_INTERVAL)
+                    raw[name], dropped = delta, dropped + n
+                    self._add_totals(name, delta, now)
+                self.ring.append(Interval(start=self._last_at, end=now, raw=raw, dropped=dropped))
+            self._last, self._last_at = current, now
+
+    def _add_totals(self, probe: str, delta: RawSnapshot, now: float) -> None:
+        for key, value in delta.items():
+            if key[0] == "c":
+                k = (probe, key[1], key[2])
+                self.totals[k] = self.totals.get(k, 0.0) + value
+                self._changed[k] = now
+        if len(self.totals) > MAX_SERIES:
+            for k in sorted(self._changed, key=self._changed.get)[:len(self.totals) - MAX_SERIES]:
+                self.totals.pop(k, None)
+                self._changed.pop(k, None)
 
     def stop(self) -> None:
         self._stop.set()
@@ -79,26 +143,76 @@ class Recorder:
         with self._lock:
             if not self.ring:
                 return None
-            return self.ring[0].at, self.ring[-1].at
+            return self.ring[0].start, self.ring[-1].end
 
-    def window(self, probe: str, cgroup_ids: set[int], start: float, end: float,
+    def intervals(self, start: float, end: float) -> list[Interval]:
+        """The intervals lying inside [start, end], allowing half an interval at either edge."""
+        slack = self.interval_s / 2
+        with self._lock:
+            return [iv for iv in self.ring if iv.start >= start - slack and iv.end <= end + slack]
+
+    def window(self, probe: str, cgroup_ids: set[int] | None, start: float, end: float,
                min_window_s: float = 5.0) -> tuple[ProbeResult | None, str]:
-        """The probe's counts for ``cgroup_ids`` between the snapshots nearest ``start`` and
-        ``end`` (inside the ring). Returns (result, note); result is None when the ring does not
-        cover at least ``min_window_s`` of the asked window."""
+        """The probe's counts for ``cgroup_ids`` (None: the whole node) over the intervals inside
+        [start, end]. Returns (result, note); result is None when the ring does not cover at
+        least ``min_window_s`` of the asked window."""
         if probe not in self.sessions:
             return None, f"recorder does not run {probe}: {self.errors.get(probe, 'not configured')}"
-        with self._lock:
-            snaps = list(self.ring)
-        times = [s.at for s in snaps]
-        hi = bisect.bisect_right(times, end) - 1  # last snapshot at or before end
-        lo = bisect.bisect_left(times, start)  # first snapshot at or after start
-        if hi < 0 or lo >= len(snaps) or hi <= lo:
+        ivs = self.intervals(start, end)
+        if not ivs:
             return None, "the recorder has no history for that window (it started later)"
-        a, b = snaps[lo], snaps[hi]
-        span = b.at - a.at
+        span = ivs[-1].end - ivs[0].start
         if span < min_window_s:
             return None, f"the recorder covers only {span:.0f}s before the incident"
-        result = to_result(CATALOG[probe], diff(a.raw.get(probe, {}), b.raw.get(probe, {})), cgroup_ids, span)
-        note = f"baseline from the recorder, {span:.0f}s ending {end - b.at:.0f}s before the capture"
-        return result, note
+        total: RawSnapshot = {}
+        for iv in ivs:
+            for key, value in iv.raw.get(probe, {}).items():
+                total[key] = value if key[0] == "g" else total.get(key, 0) + value
+        note = f"baseline from the recorder, {span:.0f}s ending {max(0.0, end - ivs[-1].end):.0f}s before the capture"
+        return to_result(CATALOG[probe], total, cgroup_ids, span), note
+
+    def first_seen(self, probe: str, top_list: str, cgroup_ids: set[int] | None,
+                   start: float, end: float) -> dict[str, float]:
+        """For each entry of ``top_list`` (e.g. tcp_connect's peers) seen in [start, end]: the
+        end of the first interval it appeared in."""
+        seen: dict[str, float] = {}
+        for iv in self.intervals(start, end):
+            for key in iv.raw.get(probe, {}):
+                if key[0] == "p" and key[2] == top_list and (cgroup_ids is None or key[1] in cgroup_ids):
+                    seen.setdefault(key[3], iv.end)
+        return seen
+
+    def series(self, cgroup_ids: set[int] | None, start: float, end: float,
+               probes: list[str] | None = None) -> list[dict]:
+        """Per interval, each probe's counters summed over ``cgroup_ids``: the data of a chart."""
+        out = []
+        for iv in self.intervals(start, end):
+            counters: dict[str, float] = {}
+            for probe, raw in iv.raw.items():
+                if probes is not None and probe not in probes:
+                    continue
+                for key, value in raw.items():
+                    if key[0] == "c" and (cgroup_ids is None or key[1] in cgroup_ids):
+                        name = f"{probe}.{key[2]}"
+                        counters[name] = counters.get(name, 0) + value
+            out.append({"start": round(iv.start, 3), "end": round(iv.end, 3), "counters": counters})
+        return out
+
+    def status(self) -> dict:
+        with self._lock:
+            entries = sum(iv.entries for iv in self.ring)
+            dropped = sum(iv.dropped for iv in self.ring)
+            cov = (self.ring[0].start, self.ring[-1].end) if self.ring else None
+        return {
+            "probes": sorted(self.sessions), "errors": dict(self.errors), "interval_s": self.interval_s,
+            "history_s": self.history_s, "intervals": len(self.ring), "max_intervals": self.ring.maxlen,
+            "covers_s": round(cov[1] - cov[0], 1) if cov else 0.0,
+            "covers": [round(cov[0], 3), round(cov[1], 3)] if cov else None,
+            "entries": entries, "dropped_entries": dropped, "approx_bytes": entries * ENTRY_BYTES,
+            "max_bytes": (self.ring.maxlen or 0) * MAX_KEYS_PER_INTERVAL * ENTRY_BYTES,
+            "series": len(self.totals),
+        }
+
+    def cost(self) -> dict[str, dict]:
+        """What each always-on probe has cost since it loaded (kernel BPF statistics)."""
+        return {name: s.cost().__dict__ for name, s in list(self.sessions.items())}

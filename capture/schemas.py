@@ -138,6 +138,50 @@ class CaptureRequest:
 
 
 @dataclass
+class RecorderQuery:
+    """A question to the flight recorder: which target (none: the whole node), which window."""
+
+    target: CaptureTarget
+    since: float | None = None
+    until: float | None = None
+    probes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_query(cls, query: Any, *, known_probes: list[str]) -> "RecorderQuery":
+        """From a query string's multidict: cgroup=PATH and pid=N (repeatable), since/until
+        (Unix seconds), probes=a,b."""
+        unknown = set(query.keys()) - {"cgroup", "pid", "since", "until", "probes"}
+        if unknown:
+            raise RequestError(f"unknown query parameter(s) {sorted(unknown)}; expected cgroup, pid, since, until, probes")
+        pids = []
+        for v in query.getall("pid", []):
+            if not v.isdigit():
+                raise RequestError(f"pid: {v!r} is not a process id")
+            pids.append(int(v))
+        target = {"pids": pids, "cgroups": list(query.getall("cgroup", []))}
+        tgt = CaptureTarget.from_dict(target) if pids or target["cgroups"] else CaptureTarget()
+        bounds = {}
+        for name in ("since", "until"):
+            v = query.get(name)
+            if v is None:
+                bounds[name] = None
+                continue
+            try:
+                bounds[name] = float(v)
+            except ValueError:
+                raise RequestError(f"{name}: expected Unix seconds, got {v!r}") from None
+            if not 0 <= bounds[name] < 1e11:
+                raise RequestError(f"{name}: {v!r} is not a Unix time in seconds")
+        if bounds["since"] is not None and bounds["until"] is not None and bounds["since"] >= bounds["until"]:
+            raise RequestError("since: must be before until")
+        probes = [p for p in (query.get("probes") or "").split(",") if p]
+        bad = [p for p in probes if p not in known_probes]
+        if bad:
+            raise RequestError(f"probes: {bad} not kept by the recorder; it keeps {sorted(known_probes)}")
+        return cls(target=tgt, since=bounds["since"], until=bounds["until"], probes=probes)
+
+
+@dataclass
 class Histogram:
     """A log2 histogram: ``buckets`` maps the bucket's upper bound (in ``unit``) to its count."""
 
@@ -184,6 +228,9 @@ class ProbeCost:
     programs: int = 0
     compile_ms: float = 0.0
     attach_ms: float = 0.0
+    # cgroupfs probes: user-space CPU spent reading the files, and how many reads.
+    sample_cpu_ns: int = 0
+    samples: int = 0
 
 
 @dataclass
@@ -195,6 +242,8 @@ class ProbeResult:
     counters: dict[str, float] = field(default_factory=dict)
     histograms: dict[str, Histogram] = field(default_factory=dict)
     top: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # top-N peers etc.
+    gauges: dict[str, float] = field(default_factory=dict)  # point-in-time values, e.g. a quota
+    notes: list[str] = field(default_factory=list)  # what was attached or read, and where
     events: int = 0  # events in scope that the program aggregated
     lost: int = 0  # events the program could not record (a map full)
     truncated: str | None = None  # why the probe stopped early, e.g. its event budget
@@ -214,7 +263,9 @@ class ProbeResult:
         return cls(
             probe=data["probe"], window_s=float(data["window_s"]), counters=dict(data.get("counters", {})),
             histograms={k: Histogram.from_dict(h) for k, h in data.get("histograms", {}).items()},
-            top={k: list(v) for k, v in data.get("top", {}).items()}, events=int(data.get("events", 0)),
+            top={k: list(v) for k, v in data.get("top", {}).items()},
+            gauges={k: float(v) for k, v in data.get("gauges", {}).items()}, notes=list(data.get("notes", [])),
+            events=int(data.get("events", 0)),
             lost=int(data.get("lost", 0)), truncated=data.get("truncated"), error=data.get("error"),
             cost=ProbeCost(**data.get("cost", {})))
 
@@ -255,6 +306,11 @@ class CaptureResult:
     processes: list[dict[str, Any]] = field(default_factory=list)
     cost: CaptureCost = field(default_factory=CaptureCost)
     errors: list[str] = field(default_factory=list)
+    # Seen in the incident but not in the baseline: egress peers ("ip:port") and executables,
+    # each {"name", "first_seen" (Unix s), "count"}; novelty_note says why a list is missing.
+    new_peers: list[dict[str, Any]] = field(default_factory=list)
+    new_processes: list[dict[str, Any]] = field(default_factory=list)
+    novelty_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -265,6 +321,8 @@ class CaptureResult:
             "baseline_note": self.baseline_note, "cgroup_ids": list(self.cgroup_ids),
             "workloads": list(self.workloads), "processes": list(self.processes),
             "cost": asdict(self.cost), "errors": list(self.errors),
+            "new_peers": list(self.new_peers), "new_processes": list(self.new_processes),
+            "novelty_note": self.novelty_note,
         }
 
     @classmethod
@@ -276,7 +334,9 @@ class CaptureResult:
             baseline={k: ProbeResult.from_dict(v) for k, v in data.get("baseline", {}).items()},
             baseline_note=data.get("baseline_note", ""), cgroup_ids=list(data.get("cgroup_ids", [])),
             workloads=list(data.get("workloads", [])), processes=list(data.get("processes", [])),
-            cost=CaptureCost(**data.get("cost", {})), errors=list(data.get("errors", [])))
+            cost=CaptureCost(**data.get("cost", {})), errors=list(data.get("errors", [])),
+            new_peers=list(data.get("new_peers", [])), new_processes=list(data.get("new_processes", [])),
+            novelty_note=data.get("novelty_note", ""))
 
 
 @dataclass
@@ -285,6 +345,7 @@ class ProbeInfo:
 
     name: str
     summary: str
+    kind: str  # tracepoint, uprobe or cgroupfs
     attach: list[str]
     cost_class: str  # low / medium / high: expected event rate on a busy node
     event_budget_per_s: int

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from capture import bpfstats
 from capture.identity import ResolvedTarget
-from capture.probes.base import Probe, RawSnapshot, read_stats
+from capture.probes.base import Probe, ProbeAttachError, RawSnapshot, diff, read_stats
 from capture.schemas import ProbeCost
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,11 @@ class ProbeSession:
         self.bpf = None
         self.compile_ms = 0.0
         self.attach_ms = 0.0
+        self.notes: list[str] = []
+        # cgroupfs probes: the counts at load time, and the CPU their sampling has cost.
+        self._sample0: RawSnapshot | None = None
+        self._sample_cpu_ns = 0
+        self._samples = 0
 
     def __enter__(self) -> "ProbeSession":
         self.load()
@@ -50,7 +55,26 @@ class ProbeSession:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _cgroup_ids(self) -> set[int] | None:
+        return None if self.scope is None else set(self.scope.cgroup_ids)
+
+    def _sample(self) -> RawSnapshot:
+        t0 = time.thread_time_ns()
+        try:
+            return self.probe.sample(self._cgroup_ids())
+        finally:
+            self._sample_cpu_ns += time.thread_time_ns() - t0
+            self._samples += 1
+
     def load(self) -> None:
+        if self.probe.sample is not None:
+            t0 = time.monotonic()
+            try:
+                self._sample0 = self._sample()
+            except OSError as e:
+                raise ProbeLoadError(f"probe {self.probe.name}: cannot read cgroup files: {e}") from e
+            self.compile_ms = (time.monotonic() - t0) * 1000
+            return
         from bcc import BPF  # imported late: the responder imports this package without bcc
 
         bpfstats.enable()
@@ -66,7 +90,12 @@ class ProbeSession:
         self.compile_ms = (time.monotonic() - t0) * 1000
         t1 = time.monotonic()
         try:
+            if self.probe.attach_dynamic is not None:
+                self.notes = self.probe.attach_dynamic(self.bpf, self.scope)
             self._set_scope()
+        except ProbeAttachError as e:
+            self.close()
+            raise ProbeLoadError(f"probe {self.probe.name}: {e}") from e
         except Exception:
             self.close()
             raise
@@ -92,13 +121,21 @@ class ProbeSession:
         cfg[ctypes.c_int(0)] = leaf
 
     def read_raw(self) -> RawSnapshot:
+        """Cumulative counts since the session loaded."""
+        if self.probe.sample is not None:
+            return diff(self._sample0 or {}, self._sample())
         return self.probe.read_raw(self.bpf)
 
     def stats(self) -> SessionStats:
+        if self.probe.sample is not None:  # nothing runs per event: the kernel counts anyway
+            return SessionStats(events=0, lost=0, unattributed=0)
         events, lost, unattributed = read_stats(self.bpf)
         return SessionStats(events=events, lost=lost, unattributed=unattributed)
 
     def cost(self) -> ProbeCost:
+        if self.probe.sample is not None:
+            return ProbeCost(compile_ms=round(self.compile_ms, 1), sample_cpu_ns=self._sample_cpu_ns,
+                             samples=self._samples)
         run_time = run_cnt = n = 0
         for fn in self.bpf.funcs.values():
             try:

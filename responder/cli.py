@@ -60,9 +60,20 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print(f"llmslo: no LLMSLO_AGENT_TOKEN set; generated agent token for this run: {token}",
               file=sys.stderr, flush=True)
     _logging(args.verbose)
-    agent = CaptureAgent(args.node_name, recorder=not args.no_recorder)
+    agent = CaptureAgent(args.node_name, recorder=not args.no_recorder, recorder_interval_s=args.recorder_interval_s,
+                         recorder_history_s=args.recorder_history_s)
     web.run_app(make_app(agent, token), host=args.host, port=args.port, print=None, shutdown_timeout=5)
     return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 # --- capture -----------------------------------------------------------------------------------
@@ -96,8 +107,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     if args.list_probes:
         for p in CATALOG.values():
-            print(f"{p.name:14} {p.cost_class:7} budget {p.event_budget_per_s}/s  {p.summary}")
-            print(f"{'':14} attach: {', '.join(p.attach)}")
+            print(f"{p.name:16} {p.kind:10} cost {p.cost_class:6} budget {p.event_budget_per_s}/s  {p.summary}")
+            print(f"{'':16} attach: {', '.join(p.attach)}")
         return 0
     if args.pid is None and args.cgroup is None:
         raise CliError("capture: name a target with --pid PID or --cgroup PATH (or use --list-probes)")
@@ -199,7 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8081)
     a.add_argument("--node-name", default=None)
-    a.add_argument("--no-recorder", action="store_true", help="do not keep the always-on baseline recorder")
+    a.add_argument("--no-recorder", action="store_true", help="do not keep the always-on flight recorder")
+    a.add_argument("--recorder-interval-s", type=_positive_float, default=5.0,
+                   help="flight recorder sampling interval (default 5)")
+    a.add_argument("--recorder-history-s", type=_positive_float, default=900.0,
+                   help="how far back the flight recorder reaches (default 900 = 15 min)")
     a.set_defaults(func=cmd_agent)
 
     c = sub.add_parser("capture", help="an ad hoc capture from this terminal")

@@ -40,7 +40,7 @@ class Settings:
     agent_token: str | None = None
     node_name: str | None = None
     recorder_interval_s: float = 5.0
-    recorder_history_s: float = 600.0
+    recorder_history_s: float = 900.0
     # Chat.
     slack_bot_token: str | None = None
     slack_signing_secret: str | None = None
@@ -76,6 +76,7 @@ _ENV = {
     "LLMSLO_PUBLIC_URL": "public_url",
     "LLMSLO_MAX_BODY_BYTES": "max_body_bytes",
     "LLMSLO_RECORDER_INTERVAL_S": "recorder_interval_s",
+    "LLMSLO_RECORDER_HISTORY_S": "recorder_history_s",
 }
 
 
@@ -145,6 +146,8 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"playbooks_dir: {s.playbooks_dir} is not a directory")
     if s.recorder_interval_s <= 0:
         raise ConfigError("recorder_interval_s: must be positive")
+    if not s.recorder_interval_s <= s.recorder_history_s <= 86_400:
+        raise ConfigError("recorder_history_s: must be at least one interval and at most a day")
 
 
 def ensure_webhook_token(s: Settings) -> None:

@@ -2,9 +2,14 @@
 
 A probe's maps are read into a *raw snapshot*: a flat dict of cumulative counts keyed by
 ``("c", cgroup_id, counter)``, ``("h", cgroup_id, histogram, bucket_upper_bound)`` or
-``("p", cgroup_id, top_list, peer)``. Snapshots subtract (a window is the difference of two)
-and sum over cgroups, which is how the same decoder serves a scoped capture and the always-on
-recorder's per-cgroup baseline.
+``("p", cgroup_id, top_list, peer)``, plus point-in-time values ``("g", cgroup_id, gauge)``
+(e.g. a CPU quota). Snapshots subtract (a window is the difference of two; a gauge keeps its
+latest value) and sum over cgroups, which is how the same decoder serves a scoped capture and
+the always-on recorder's per-cgroup baseline.
+
+Most probes are a BPF program (``source``) whose maps ``read_raw`` decodes; some attach uprobes
+to libraries found at load time (``attach_dynamic``); a few read what the kernel already counts
+per cgroup (``sample``: cgroupfs files), where a BPF program would add cost and nothing else.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ TOP_N = 10
 class Probe:
     name: str
     summary: str
-    source: str  # file name in bpf/
+    source: str | None  # file name in bpf/; None for a probe that samples cgroupfs
     attach: tuple[str, ...]
     cost_class: str
     # Events per second above which a capture stops the probe: far above a real incident's rate,
@@ -37,9 +42,21 @@ class Probe:
     domains: tuple[str, ...]
     counters: dict[str, str]  # counter name -> unit
     histograms: dict[str, str]  # histogram name -> unit
-    read_raw: Callable[[Any], RawSnapshot] = field(compare=False)
+    read_raw: Callable[[Any], RawSnapshot] | None = field(compare=False, default=None)
     # Extra compiler flags chosen from the running kernel (e.g. a tracepoint's field layout).
     cflags: Callable[[], list[str]] = field(compare=False, default=lambda: [])
+    gauges: dict[str, str] = field(default_factory=dict)  # gauge name -> unit
+    # Uprobes attached after the program loads: (bpf, scope or None for the whole node) ->
+    # notes saying what was attached where. Raises ProbeAttachError when nothing could be.
+    attach_dynamic: Callable[[Any, Any], list[str]] | None = field(compare=False, default=None)
+    # For cgroupfs probes: (cgroup ids, or None for every cgroup) -> cumulative raw snapshot.
+    sample: Callable[[set[int] | None], RawSnapshot] | None = field(compare=False, default=None)
+
+    @property
+    def kind(self) -> str:
+        if self.sample is not None:
+            return "cgroupfs"
+        return "uprobe" if self.attach_dynamic is not None else "tracepoint"
 
     def bpf_text(self) -> str:
         # bcc rewrites map calls (filter_cfg.lookup ...) only in the main source text, not in
@@ -47,9 +64,13 @@ class Probe:
         return splice_includes((BPF_DIR / self.source).read_text())
 
     def info(self) -> ProbeInfo:
-        return ProbeInfo(name=self.name, summary=self.summary, attach=list(self.attach),
+        return ProbeInfo(name=self.name, summary=self.summary, kind=self.kind, attach=list(self.attach),
                          cost_class=self.cost_class, event_budget_per_s=self.event_budget_per_s,
                          domains=list(self.domains))
+
+
+class ProbeAttachError(RuntimeError):
+    """A probe found nothing to attach to (e.g. the target does not load libssl)."""
 
 
 _LOCAL_INCLUDE = re.compile(r'^#include "([a-z_]+\.h)"$', re.M)
@@ -102,6 +123,9 @@ def diff(before: RawSnapshot, after: RawSnapshot) -> RawSnapshot:
     disappeared (LRU eviction) contributes nothing rather than a negative count."""
     out = {}
     for key, value in after.items():
+        if key[0] == "g":
+            out[key] = value
+            continue
         d = value - before.get(key, 0)
         if d > 0:
             out[key] = d
@@ -109,8 +133,10 @@ def diff(before: RawSnapshot, after: RawSnapshot) -> RawSnapshot:
 
 
 def to_result(probe: Probe, raw: RawSnapshot, cgroup_ids: set[int] | None, window_s: float) -> ProbeResult:
-    """Sum a raw snapshot over ``cgroup_ids`` (None: every cgroup) into a typed result."""
+    """Sum a raw snapshot over ``cgroup_ids`` (None: every cgroup) into a typed result. Gauges
+    are not summed: over several cgroups the result keeps the smallest (the tightest limit)."""
     counters = {name: 0.0 for name in probe.counters}
+    gauges: dict[str, float] = {}
     hists = {name: Histogram(unit=unit) for name, unit in probe.histograms.items()}
     tops: dict[str, dict[str, int]] = {}
     for key, value in raw.items():
@@ -125,10 +151,13 @@ def to_result(probe: Probe, raw: RawSnapshot, cgroup_ids: set[int] | None, windo
         elif kind == "p":
             t = tops.setdefault(key[2], {})
             t[key[3]] = t.get(key[3], 0) + value
+        elif kind == "g":
+            gauges[key[2]] = min(gauges.get(key[2], value), value)
     top = {name: [{"peer": peer, "count": n} for peer, n in
                   sorted(entries.items(), key=lambda kv: -kv[1])[:TOP_N]]
            for name, entries in tops.items()}
-    return ProbeResult(probe=probe.name, window_s=window_s, counters=counters, histograms=hists, top=top)
+    return ProbeResult(probe=probe.name, window_s=window_s, counters=counters, histograms=hists, top=top,
+                       gauges=gauges)
 
 
 def read_stats(bpf: Any) -> tuple[int, int, int]:

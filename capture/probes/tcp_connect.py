@@ -13,6 +13,8 @@ def read_raw(bpf) -> RawSnapshot:
         bump(raw, ("c", key.cgid, outcome), value.value)
         if outcome == "failed":
             bump(raw, ("p", key.cgid, "failed_peers", peer_str(key.peer)), value.value)
+        elif outcome == "established":  # the workload's egress destinations
+            bump(raw, ("p", key.cgid, "peers", peer_str(key.peer)), value.value)
     return raw
 
 

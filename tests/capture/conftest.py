@@ -31,5 +31,22 @@ def workload_cgroup():
 
 
 def loaded_prog_ids() -> set[int]:
+    """Every BPF program loaded in the kernel, as bpftool (not bcc) lists it."""
     out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True)
     return {p["id"] for p in json.loads(out.stdout or "[]")}
+
+
+def held_prog_ids(pid: int | None = None) -> set[int]:
+    """The programs a process holds open (its fds' ``prog_id``): ours, not another process's
+    that happens to load programs at the same time."""
+    ids = set()
+    fdinfo = f"/proc/{pid or os.getpid()}/fdinfo"
+    for fd in os.listdir(fdinfo):
+        try:
+            with open(f"{fdinfo}/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids

@@ -11,7 +11,7 @@ import pytest
 
 from capture.agent import AgentBusy, CaptureAgent
 from capture.schemas import CaptureRequest, CaptureTarget, RequestError
-from tests.capture.conftest import loaded_prog_ids
+from tests.capture.conftest import held_prog_ids, loaded_prog_ids
 
 pytestmark = pytest.mark.bpf
 
@@ -22,11 +22,11 @@ def req(duration: float = 2, **target) -> CaptureRequest:
 
 
 async def test_detached_after_normal_end():
-    before = loaded_prog_ids()
+    before = held_prog_ids()
     agent = CaptureAgent(recorder=False)
     task = asyncio.create_task(agent.capture(req(3)))
     await asyncio.sleep(2.5)
-    during = loaded_prog_ids() - before
+    during = held_prog_ids() - before
     assert len(during) >= 8, "the three probes' programs should be loaded during the capture"
     result = await task
     assert loaded_prog_ids() & during == set()
@@ -34,11 +34,11 @@ async def test_detached_after_normal_end():
 
 
 async def test_detached_after_cancellation():
-    before = loaded_prog_ids()
+    before = held_prog_ids()
     agent = CaptureAgent(recorder=False)
     task = asyncio.create_task(agent.capture(req(60)))
     await asyncio.sleep(3)
-    during = loaded_prog_ids() - before
+    during = held_prog_ids() - before
     assert during
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -48,11 +48,11 @@ async def test_detached_after_cancellation():
 
 
 async def test_bad_target_touches_nothing():
-    before = loaded_prog_ids()
+    before = held_prog_ids()
     agent = CaptureAgent(recorder=False)
     with pytest.raises(RequestError, match="does not exist"):
         await agent.capture(req(cgroups=["/no-such-cgroup-llmslo"]))
-    assert loaded_prog_ids() == before
+    assert held_prog_ids() == before
 
 
 async def test_concurrency_bound():
@@ -78,12 +78,11 @@ asyncio.run(main())
 
 
 def test_nothing_attached_after_sigkill():
-    before = loaded_prog_ids()
     p = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert p.stdout.readline().strip() == "loaded"
         time.sleep(2)
-        during = loaded_prog_ids() - before
+        during = held_prog_ids(p.pid)
         assert during
     finally:
         p.kill()
