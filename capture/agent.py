@@ -40,7 +40,7 @@ class CaptureAgent:
     def __init__(self, node_name: str | None = None, *, max_concurrent: int = 2,
                  recorder: bool = True, recorder_interval_s: float = 5.0,
                  recorder_history_s: float = DEFAULT_HISTORY_S,
-                 event_budgets: dict[str, int] | None = None):
+                 event_budgets: dict[str, int] | None = None, preload: bool = True):
         self.node = node_name or socket.gethostname()
         self.max_concurrent = max_concurrent
         # Per-probe events/s budgets, tightening (or loosening) the catalog's declared ones.
@@ -49,14 +49,64 @@ class CaptureAgent:
         self.recorder = Recorder(interval_s=recorder_interval_s, history_s=recorder_history_s) if recorder else None
         self.active: dict[str, CaptureRequest] = {}
         self.completed = 0
+        # Spare sessions, compiled and verified but not attached, one per BPF probe, so that a
+        # capture's start-up is attaching (milliseconds) rather than compiling (about a second
+        # per probe). Filled by start() and again after each capture that used them.
+        self.preload = preload
+        self._spares: dict[str, ProbeSession] = {}
+        self._spares_lock = threading.Lock()
+        self._refilling = threading.Lock()
+        self._started = self._stopped = False
 
     async def start(self) -> None:
         if self.recorder:
             await asyncio.to_thread(self.recorder.start)
+        if self.preload:
+            self._started = True
+            await asyncio.to_thread(self._refill)
 
     async def stop(self) -> None:
+        self._stopped = True
         if self.recorder:
             await asyncio.to_thread(self.recorder.stop)
+        await asyncio.to_thread(self._drain_spares)
+
+    def _drain_spares(self) -> None:
+        with self._refilling:  # waits for a refill in progress: no compile outlives the agent
+            self._close_spares()
+
+    def _refill(self) -> None:
+        """Prepare a spare session for every BPF probe that has none (blocking: compiles)."""
+        with self._refilling:
+            for name, probe in CATALOG.items():
+                if probe.source is None or name in self._spares or self._stopped:
+                    continue
+                session = ProbeSession(probe, None)
+                try:
+                    session.prepare()
+                except ProbeLoadError as e:
+                    log.error("event=preload_failed probe=%s error=%s", name, e)
+                    continue
+                with self._spares_lock:
+                    self._spares[name] = session
+
+    def _close_spares(self) -> None:
+        with self._spares_lock:
+            spares, self._spares = list(self._spares.values()), {}
+        for session in spares:
+            session.close()
+
+    def _open_session(self, name: str, scope: identity.ResolvedTarget) -> ProbeSession:
+        """A loaded, scoped, armed and attached session: a spare when one is ready."""
+        with self._spares_lock:
+            spare = self._spares.pop(name, None)
+        if spare is not None:
+            spare.preloaded = True
+            spare.activate(scope)
+            return spare
+        session = ProbeSession(CATALOG[name], scope)
+        session.load()
+        return session
 
     def probes(self) -> list[ProbeInfo]:
         return [p.info() for p in CATALOG.values()]
@@ -87,6 +137,8 @@ class CaptureAgent:
         finally:
             self.active.pop(cap_id, None)
             self._slots.release()
+            if self._started and not self._stopped:
+                threading.Thread(target=self._refill, name="llmslo-preload", daemon=True).start()
         self.completed += 1
         self._add_baseline(result, req, scope)
         self._add_novelty(result, req, scope, raws)
@@ -103,9 +155,8 @@ class CaptureAgent:
         raws: dict[str, RawSnapshot] = {}  # each probe's full counts (results keep only the top N)
         try:
             for name in req.probes:
-                s = ProbeSession(CATALOG[name], scope)
                 try:
-                    s.load()
+                    s = self._open_session(name, scope)
                 except ProbeLoadError as e:
                     result.incident[name] = ProbeResult(probe=name, window_s=0.0, error=str(e))
                     result.errors.append(str(e))
@@ -250,4 +301,5 @@ class CaptureAgent:
     def status(self) -> dict:
         return {"node": self.node, "pid": os.getpid(), "active_captures": len(self.active),
                 "max_concurrent": self.max_concurrent, "completed_captures": self.completed,
+                "preloaded": sorted(self._spares),
                 "recorder": None if self.recorder is None else self.recorder.status()}

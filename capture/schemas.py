@@ -228,6 +228,7 @@ class ProbeCost:
     programs: int = 0
     compile_ms: float = 0.0
     attach_ms: float = 0.0
+    preloaded: bool = False  # compiled and verified before the capture asked for it
     # cgroupfs probes: user-space CPU spent reading the files, and how many reads.
     sample_cpu_ns: int = 0
     samples: int = 0

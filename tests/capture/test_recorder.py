@@ -1,0 +1,167 @@
+"""The flight recorder and the agent's always-on side, against real events: what a workload did
+before a capture is still there after the fault stopped, over /v1/recorder and /metrics; new
+egress peers are told apart from the baseline's; preloaded probes cost nothing until attached."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from capture.agent import CaptureAgent
+from capture.api import make_app
+from capture.recorder import MAX_KEYS_PER_INTERVAL, Recorder, _bounded
+from capture.schemas import CaptureRequest, CaptureTarget
+from capture.session import ProbeSession
+from tests.capture.test_probes import closed_port, spawn_in
+
+pytestmark = pytest.mark.bpf
+
+TOKEN = "recorder-test-token"
+
+CONNECT = r"""
+import socket, sys
+sys.stdin.readline()
+for port, n in zip(sys.argv[1::2], sys.argv[2::2]):
+    for _ in range(int(n)):
+        try:
+            socket.create_connection(("127.0.0.1", int(port)), timeout=2).close()
+        except ConnectionRefusedError:
+            pass
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+async def connect_from(cgroup, *port_counts: int) -> None:
+    p = spawn_in(cgroup, "-c", CONNECT, *map(str, port_counts))
+    try:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert (await asyncio.to_thread(p.stdout.readline)).strip() == "done"
+    finally:
+        p.kill()
+        p.wait()
+
+
+@pytest.fixture
+async def recording_agent():
+    agent = CaptureAgent(recorder=True, recorder_interval_s=1.0, recorder_history_s=120, preload=False)
+    agent.recorder.probe_names = ["tcp_connect", "process_exec"]
+    server = TestServer(make_app(agent, TOKEN), host="127.0.0.1")
+    client = TestClient(server)
+    await client.start_server()  # runs the app's start-up: the recorder loads and samples
+    try:
+        yield agent, client
+    finally:
+        await client.close()
+
+
+async def test_recorder_keeps_what_happened_after_the_fault_stopped(recording_agent, workload_cgroup):
+    agent, client = recording_agent
+    bad = closed_port()
+    t0 = time.time()
+    await connect_from(workload_cgroup, bad, 9)
+    await asyncio.sleep(2.5)  # the fault is over; two more intervals pass
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    resp = await client.get("/v1/recorder", params={"cgroup": workload_cgroup.path, "since": str(t0 - 1)},
+                            headers=auth)
+    assert resp.status == 200, await resp.text()
+    data = await resp.json()
+    conn = data["window"]["tcp_connect"]
+    assert conn["counters"]["failed"] == 9 and conn["counters"]["attempts"] == 9
+    assert conn["top"]["failed_peers"] == [{"peer": f"127.0.0.1:{bad}", "count": 9}]
+    per_interval = [iv["counters"].get("tcp_connect.failed", 0) for iv in data["series"]]
+    assert sum(per_interval) == 9 and per_interval.count(0) >= 1, per_interval
+    assert data["recorder"]["entries"] > 0 and data["recorder"]["max_intervals"] == 120
+
+    metrics = await client.get("/metrics", headers=auth)
+    text = await metrics.text()
+    assert metrics.status == 200
+    line = [ln for ln in text.splitlines() if ln.startswith("llmslo_recorder_events_total{")
+            and 'counter="failed"' in ln and f'cgroup="{workload_cgroup.path}"' in ln]
+    assert line and float(line[0].rsplit(" ", 1)[1]) == 9.0, line
+    assert "llmslo_recorder_bpf_runs_total" in text
+
+
+@pytest.mark.parametrize("params, needle", [
+    ({"since": "yesterday"}, "since"),
+    ({"since": "20", "until": "10"}, "before until"),
+    ({"pid": "one"}, "pid"),
+    ({"probes": "nope"}, "not kept by the recorder"),
+    ({"cgroup": "/no-such-cgroup-llmslo"}, "does not exist"),
+    ({"window": "5m"}, "unknown query parameter"),
+])
+async def test_recorder_queries_are_validated(recording_agent, params, needle):
+    _, client = recording_agent
+    resp = await client.get("/v1/recorder", params=params, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert resp.status == 400
+    assert needle in (await resp.json())["error"]
+
+
+async def test_recorder_and_metrics_need_the_token(recording_agent):
+    _, client = recording_agent
+    for path in ("/v1/recorder", "/metrics"):
+        assert (await client.get(path)).status == 401
+        assert (await client.get(path, headers={"Authorization": "Bearer wrong"})).status == 401
+
+
+async def test_new_egress_peers_and_processes_against_the_baseline(recording_agent, workload_cgroup):
+    """Port A is talked to in the baseline and again in the incident; port B only in the
+    incident: B is new (first seen after the baseline ended), A is not."""
+    agent, _ = recording_agent
+    listener_a, listener_b = socket.socket(), socket.socket()
+    for s in (listener_a, listener_b):
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+    a, b = listener_a.getsockname()[1], listener_b.getsockname()[1]
+    try:
+        await asyncio.sleep(1.0)
+        await connect_from(workload_cgroup, a, 3)
+        await asyncio.sleep(3.5)
+        baseline_end = time.time()
+        await asyncio.sleep(1.2)
+        await connect_from(workload_cgroup, a, 2, b, 4)
+        await asyncio.sleep(1.5)
+        result = await agent.capture(CaptureRequest(target=CaptureTarget(cgroups=[workload_cgroup.path]),
+                                                    probes=["tcp_connect"], duration_s=1, baseline_s=4,
+                                                    baseline_end=baseline_end))
+    finally:
+        listener_a.close()
+        listener_b.close()
+    peers = {p["name"]: p for p in result.new_peers}
+    assert f"127.0.0.1:{b}" in peers and f"127.0.0.1:{a}" not in peers, result.new_peers
+    assert baseline_end < peers[f"127.0.0.1:{b}"]["first_seen"] <= result.started_at + 1
+    # The connecting processes are started the same way in the baseline and in the incident:
+    # their executable is not new.
+    assert not any("python" in p["name"] for p in result.new_processes), result.new_processes
+
+
+async def test_preloaded_probes_cost_nothing_until_a_capture_attaches_them():
+    agent = CaptureAgent(recorder=False)
+    await agent.start()
+    try:
+        assert {"tcp_connect", "runq_latency"} <= set(agent.status()["preloaded"])
+        spare: ProbeSession = agent._spares["runq_latency"]
+        await asyncio.sleep(0.5)  # context switches happen all the time; none reach the program
+        assert spare.cost().bpf_run_count == 0
+        result = await agent.capture(CaptureRequest(target=CaptureTarget(pids=[1]), probes=["runq_latency"],
+                                                    duration_s=1, baseline_s=0))
+        cost = result.incident["runq_latency"].cost
+        assert cost.preloaded and cost.bpf_run_count > 0
+    finally:
+        await agent.stop()
+    assert agent.status()["preloaded"] == []
+
+
+def test_an_interval_over_its_entry_bound_keeps_counters_and_the_largest_entries():
+    delta = {("c", 1, "failed"): 3, ("g", 1, "quota"): 2}
+    delta |= {("p", 1, "peers", f"10.0.0.{i}:80"): i for i in range(MAX_KEYS_PER_INTERVAL + 10)}
+    kept, dropped = _bounded(delta, MAX_KEYS_PER_INTERVAL)
+    assert len(kept) == MAX_KEYS_PER_INTERVAL and dropped == 12
+    assert ("c", 1, "failed") in kept and ("g", 1, "quota") in kept
+    assert ("p", 1, "peers", "10.0.0.0:80") not in kept
+    rec = Recorder(probes=[], interval_s=5, history_s=900)
+    assert rec.ring.maxlen == 180
