@@ -50,9 +50,13 @@ table inet {self.table} {{
         _nft("delete", "table", "inet", self.table)
 
 
-def lab_tables() -> list[str]:
+def lab_tables(owner: int | None = None) -> list[str]:
+    """The lab's nftables tables on this host, or only those created by process ``owner``."""
     r = _nft("list", "tables")
-    return [line.split()[-1] for line in r.stdout.splitlines() if TABLE_PREFIX in line]
+    names = [line.split()[-1] for line in r.stdout.splitlines() if TABLE_PREFIX in line]
+    if owner is not None:
+        names = [n for n in names if n.startswith(f"{TABLE_PREFIX}{owner}_")]
+    return names
 
 
 def sweep_stale_tables() -> list[str]:

@@ -17,7 +17,9 @@ class LoadStats:
 
 
 async def run_load(url: str, rate_per_s: float, stop: asyncio.Event, stats: LoadStats,
-                   timeout_s: float = 5.0) -> None:
+                   timeout_s: float = 5.0, keep_latencies: bool = False) -> None:
+    """Send requests at ``rate_per_s`` until ``stop``; the latest 10,000 latencies are kept
+    (all of them with ``keep_latencies``, for a benchmark's quantiles)."""
     interval = 1.0 / rate_per_s
     connector = aiohttp.TCPConnector(force_close=True, limit=50)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
@@ -35,7 +37,7 @@ async def run_load(url: str, rate_per_s: float, stop: asyncio.Event, stats: Load
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 stats.errors += 1
             stats.latencies_ms.append((time.monotonic() - t0) * 1000)
-            if len(stats.latencies_ms) > 10_000:
+            if not keep_latencies and len(stats.latencies_ms) > 10_000:
                 del stats.latencies_ms[:5_000]
 
         next_at = time.monotonic()

@@ -20,7 +20,7 @@ def _root_and_clean():
     cgroups.sweep_stale()
     faults.sweep_stale_tables()
     yield
-    assert faults.lab_tables() == [], "a test left an nftables table behind"
+    assert faults.lab_tables(os.getpid()) == [], "a test left an nftables table behind"
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ stopped here, and no nftables rule or cgroup outlives the module."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from dataclasses import dataclass
 
@@ -52,4 +53,4 @@ async def stack(tmp_path_factory):
         service.stop()
         responder.stop()
         await slack.stop()
-        assert faults.lab_tables() == []
+        assert faults.lab_tables(os.getpid()) == []
