@@ -1,7 +1,10 @@
 """Attribution v0: from a capture's incident and baseline windows to a ranked verdict.
 
-Kernel evidence only, for the domains the probes can see so far (``network`` from
-retransmits, resets and connects, ``app_cpu`` from run-queue wait, ``app_memory`` from OOM kills). Each signal compares the incident
+Kernel evidence only: ``network`` from retransmits, resets and connects; ``dns`` from
+getaddrinfo failures and latency; ``provider_throttling`` from HTTP 429 and 5xx responses seen in
+the TLS plaintext; ``provider_latency`` from time to first response byte; ``retrieval_backend``
+from request/reply latency on plain TCP; ``app_cpu`` from run-queue wait and CFS throttling;
+``app_memory`` from OOM kills and memory-limit hits. Each signal compares the incident
 window with the baseline window; a domain's strength adds up its signals that moved, and the
 confidence is ``strength / (strength + STRENGTH_HALF)``. The confidence is *not yet calibrated* on the lab
 (the lab issue does that); the thresholds below are the reasons a reader can check.
@@ -33,6 +36,18 @@ MIN_EXCESS_RESETS_PER_S = 0.2
 MIN_EXCESS_OOM_KILLS_PER_S = 0.05
 # Connect latency: needs some connects in both windows before a percentile means anything.
 MIN_CONNECTS = 5
+# Latency histograms (DNS lookups, time to first response byte, backend replies): a p90 that
+# is MIN_RATIO times the baseline's and above a floor that matters to an LLM request.
+MIN_SAMPLES = 5
+DNS_SLOW_US = 20_000  # a cached or local answer takes well under a millisecond
+TTFB_SLOW_US = 100_000  # a provider's first byte normally takes hundreds of ms; the ratio decides
+BACKEND_SLOW_US = 10_000  # a retrieval query of a few ms is normal
+# DNS failures, throttled or failed responses: two in a ten-second capture above none.
+MIN_EXCESS_FAILURES_PER_S = 0.2
+# CFS throttling: a tenth of the capture's periods throttled (100 ms periods: one per second).
+MIN_EXCESS_THROTTLED_PERIODS_PER_S = 1.0
+# Memory limit hits: the kernel reclaimed at the limit, sustained (one hit per second).
+MIN_EXCESS_LIMIT_HITS_PER_S = 1.0
 # Run-queue wait: share of waits of 1 ms or more. An unstarved service waits tens of
 # microseconds; CFS hands out slices of a few ms, so contention shows up as waits >= 1 ms.
 RUNQ_SLOW_US = 1024
@@ -72,24 +87,25 @@ def _rate_signal(domain: str, name: str, what: str, unit: str, inc: ProbeResult,
     verb = "rose" if moved else "did not rise enough"
     ev = Evidence(signal=name, summary=f"{what} {verb}: {b:.2f} → {i:.2f} {unit}", baseline=round(b, 3),
                   incident=round(i, 3), unit=unit)
-    top = (inc.top.get("peers") or inc.top.get("failed_peers") or inc.top.get("received_from")
-           or inc.top.get("victims"))
+    top = next((inc.top[k] for k in ("peers", "failed_peers", "received_from", "victims", "failed_hosts",
+                                      "throttled_peers", "error_peers") if inc.top.get(k)), None)
     if moved and top:
         ev.summary += " (top peer " + ", ".join(f"{t['peer']} ×{t['count']}" for t in top[:3]) + ")"
     return Signal(domain, ev, strength)
 
 
-def _connect_latency_signal(inc: ProbeResult, base: ProbeResult) -> Signal | None:
-    hi, hb = inc.histograms.get("connect_latency"), base.histograms.get("connect_latency")
-    if not hi or not hb or hi.count < MIN_CONNECTS or hb.count < MIN_CONNECTS:
+def _p90_signal(domain: str, name: str, what: str, inc: ProbeResult, base: ProbeResult, histogram: str,
+                floor_us: float, min_samples: int = MIN_SAMPLES) -> Signal | None:
+    """The p90 of a latency histogram, incident vs baseline; None without enough samples."""
+    hi, hb = inc.histograms.get(histogram), base.histograms.get(histogram)
+    if not hi or not hb or hi.count < min_samples or hb.count < min_samples:
         return None
     pi, pb = hi.quantile(0.9), hb.quantile(0.9)
-    moved = pi >= MIN_RATIO * pb and pi >= 1000  # >= 1 ms on top of the ratio: a SYN was lost
+    moved = pi >= MIN_RATIO * pb and pi >= floor_us
     strength = _ratio_strength(pi, pb) if moved else 0.0
-    ev = Evidence(signal="tcp_connect.latency_p90_us",
-                  summary=f"connect latency p90 {'rose' if moved else 'unchanged'}: ≤{pb:.0f} → ≤{pi:.0f} µs",
-                  baseline=pb, incident=pi, unit="us")
-    return Signal("network", ev, strength)
+    ev = Evidence(signal=name, summary=f"{what} p90 {'rose' if moved else 'unchanged'}: ≤{pb:.0f} → ≤{pi:.0f} µs "
+                  f"({hi.count} samples)", baseline=pb, incident=pi, unit="us")
+    return Signal(domain, ev, strength)
 
 
 def _runq_signal(inc: ProbeResult, base: ProbeResult) -> Signal | None:
@@ -136,8 +152,34 @@ def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
     if p := pair("tcp_connect"):
         out.append(_rate_signal("network", "tcp_connect.failures_per_s", "failed TCP connects", "/s", *p,
                                 counter="failed", min_excess=MIN_EXCESS_CONNECT_FAILURES_PER_S))
-        if s := _connect_latency_signal(*p):
+        # >= 1 ms on top of the ratio: a SYN was lost or the peer's accept queue is full.
+        if s := _p90_signal("network", "tcp_connect.latency_p90_us", "connect latency", *p,
+                            histogram="connect_latency", floor_us=1000, min_samples=MIN_CONNECTS):
             out.append(s)
+    if p := pair("dns"):
+        out.append(_rate_signal("dns", "dns.failures_per_s", "failed DNS lookups", "/s", *p,
+                                counter="failures", min_excess=MIN_EXCESS_FAILURES_PER_S))
+        if s := _p90_signal("dns", "dns.latency_p90_us", "DNS lookup latency", *p, histogram="latency",
+                            floor_us=DNS_SLOW_US):
+            out.append(s)
+    if p := pair("tls_http"):
+        out.append(_rate_signal("provider_throttling", "tls_http.status_429_per_s", "HTTP 429 responses", "/s", *p,
+                                counter="status_429", min_excess=MIN_EXCESS_FAILURES_PER_S))
+        out.append(_rate_signal("provider_throttling", "tls_http.status_5xx_per_s", "HTTP 5xx responses", "/s", *p,
+                                counter="status_5xx", min_excess=MIN_EXCESS_FAILURES_PER_S))
+        if s := _p90_signal("provider_latency", "tls_http.ttfb_p90_us", "time to first response byte", *p,
+                            histogram="ttfb", floor_us=TTFB_SLOW_US):
+            out.append(s)
+    if p := pair("backend_latency"):
+        if s := _p90_signal("retrieval_backend", "backend_latency.p90_us", "backend reply latency", *p,
+                            histogram="latency", floor_us=BACKEND_SLOW_US):
+            out.append(s)
+    if p := pair("cpu_throttle"):
+        out.append(_rate_signal("app_cpu", "cpu_throttle.throttled_periods_per_s", "CFS throttled periods", "/s",
+                                *p, counter="nr_throttled", min_excess=MIN_EXCESS_THROTTLED_PERIODS_PER_S))
+    if p := pair("memory_pressure"):
+        out.append(_rate_signal("app_memory", "memory_pressure.limit_hits_per_s", "memory limit hits", "/s", *p,
+                                counter="limit_hits", min_excess=MIN_EXCESS_LIMIT_HITS_PER_S))
     if p := pair("oom_kill"):
         out.append(_rate_signal("app_memory", "oom_kill.kills_per_s", "OOM kills", "/s", *p,
                                 counter="oom_kills", min_excess=MIN_EXCESS_OOM_KILLS_PER_S))

@@ -329,3 +329,42 @@ def test_oom_kills_as_frequent_as_in_the_baseline_do_not_count():
     inc_runq, base_runq = flat_runq()
     v = attribute(capture([oom(1, INC_S), inc_runq], [oom(6, BASE_S), base_runq]))
     assert v.domains == []
+
+
+# --- the domains of the wider probe catalog -------------------------------------------------
+
+def tls(n429: float, n5xx: float, window: float, ttfb: dict[int, int] | None = None) -> ProbeResult:
+    return ProbeResult("tls_http", window, counters={"responses": 100, "status_429": n429, "status_5xx": n5xx},
+                       histograms={"ttfb": Histogram("us", dict(ttfb or {262144: 50}))},
+                       top={"throttled_peers": [{"peer": "10.0.0.9:443", "count": int(n429)}]} if n429 else {})
+
+
+@pytest.mark.parametrize("incident, baseline, domain, signal", [
+    (tls(30, 0, INC_S), tls(0, 0, BASE_S), "provider_throttling", "tls_http.status_429_per_s"),
+    (tls(0, 25, INC_S), tls(0, 0, BASE_S), "provider_throttling", "tls_http.status_5xx_per_s"),
+    (tls(0, 0, INC_S, {4194304: 40}), tls(0, 0, BASE_S, {262144: 200}), "provider_latency", "tls_http.ttfb_p90_us"),
+    (ProbeResult("dns", INC_S, counters={"lookups": 40, "failures": 12}),
+     ProbeResult("dns", BASE_S, counters={"lookups": 240, "failures": 0}), "dns", "dns.failures_per_s"),
+    (ProbeResult("dns", INC_S, histograms={"latency": Histogram("us", {262144: 20})}),
+     ProbeResult("dns", BASE_S, histograms={"latency": Histogram("us", {512: 100})}), "dns", "dns.latency_p90_us"),
+    (ProbeResult("backend_latency", INC_S, histograms={"latency": Histogram("us", {524288: 30})}),
+     ProbeResult("backend_latency", BASE_S, histograms={"latency": Histogram("us", {4096: 300})}),
+     "retrieval_backend", "backend_latency.p90_us"),
+    (ProbeResult("cpu_throttle", INC_S, counters={"nr_throttled": 80}),
+     ProbeResult("cpu_throttle", BASE_S, counters={"nr_throttled": 0}), "app_cpu", "cpu_throttle.throttled_periods_per_s"),
+    (ProbeResult("memory_pressure", INC_S, counters={"limit_hits": 400}),
+     ProbeResult("memory_pressure", BASE_S, counters={"limit_hits": 0}), "app_memory",
+     "memory_pressure.limit_hits_per_s"),
+])
+def test_each_probe_family_names_its_domain(incident, baseline, domain, signal):
+    ri, rb = flat_runq()
+    v = attribute(capture([incident, ri], [baseline, rb]))
+    assert v.domains == [domain], v.abstain_reason
+    assert signal in [e.signal for e in hyp(v, domain).supporting]
+
+
+def test_unchanged_provider_responses_are_evidence_against_throttling():
+    ri, rb = flat_runq()
+    v = attribute(capture([tls(1, 0, INC_S), retrans(4.0, INC_S), ri], [tls(6, 0, BASE_S), retrans(0.1, BASE_S), rb]))
+    assert v.domains == ["network"]
+    assert hyp(v, "provider_throttling").confidence == 0.0
