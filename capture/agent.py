@@ -17,6 +17,7 @@ import uuid
 
 from capture import identity
 from capture.probes import CATALOG
+from capture.probes import dns as dns_probe
 from capture.probes.base import RawSnapshot, to_result
 from capture.recorder import DEFAULT_HISTORY_S, Recorder
 from capture.schemas import (CaptureCost, CaptureRequest, CaptureResult, ProbeInfo, ProbeResult,
@@ -265,7 +266,24 @@ class CaptureAgent:
             new = [{"name": item, "first_seen": round(at, 3), "count": counts.get(item, 0)}
                    for item, at in sorted(after.items(), key=lambda kv: kv[1]) if item not in before]
             setattr(result, field_name, new[:MAX_NOVEL])
+        names = self._dns_names(result, cgids)
+        for peer in result.new_peers:
+            ip = peer["name"].rsplit(":", 1)[0].strip("[]")
+            if ip in names:
+                peer["dns_name"] = names[ip]
         result.novelty_note = "; ".join(notes)
+
+    def _dns_names(self, result: CaptureResult, cgids: set[int]) -> dict[str, str]:
+        """ip -> the host name the target's own lookups resolved to it (recorder, then capture)."""
+        names: dict[str, str] = {}
+        cov = self.recorder.coverage() if self.recorder else None
+        if cov and "dns" in self.recorder.sessions:
+            r, _ = self.recorder.window("dns", cgids, cov[0], cov[1], min_window_s=0.0)
+            if r is not None:
+                names |= dns_probe.names_by_address(r)
+        if (r := result.incident.get("dns")) is not None and r.error is None:
+            names |= dns_probe.names_by_address(r)
+        return names
 
     def validate_recorder_query(self, query) -> RecorderQuery:
         """A /v1/recorder query string (a multidict) as a RecorderQuery; RequestError if bad."""

@@ -81,7 +81,9 @@ class ProbeSession:
         self.close()
 
     def _cgroup_ids(self) -> set[int] | None:
-        return None if self.scope is None else set(self.scope.cgroup_ids)
+        # A target named by pid or port has no cgroup filter, but its processes' cgroups are
+        # what a cgroupfs probe reads.
+        return None if self.scope is None else set(self.scope.cgroup_ids) | set(self.scope.baseline_cgroups)
 
     def _sample(self) -> RawSnapshot:
         t0 = time.thread_time_ns()

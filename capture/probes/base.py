@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from capture.schemas import Histogram, ProbeInfo, ProbeResult
 
-RawSnapshot = dict[tuple, int]
+RawSnapshot = dict[tuple, float]  # counts are integers; a gauge (e.g. a CPU quota) can be fractional
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
 

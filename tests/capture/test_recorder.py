@@ -4,7 +4,10 @@ egress peers are told apart from the baseline's; preloaded probes cost nothing u
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -165,3 +168,53 @@ def test_an_interval_over_its_entry_bound_keeps_counters_and_the_largest_entries
     assert ("p", 1, "peers", "10.0.0.0:80") not in kept
     rec = Recorder(probes=[], interval_s=5, history_s=900)
     assert rec.ring.maxlen == 180
+
+
+RESOLVE_AND_CONNECT = r"""
+import socket, sys
+sys.stdin.readline()
+host, port = sys.argv[1], int(sys.argv[2])
+addr = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+socket.create_connection(addr, timeout=2).close()
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+async def test_a_new_peer_is_named_by_the_targets_own_dns_lookup(workload_cgroup):
+    """The target resolves api.llmslo.test (a local DNS stand-in) and connects to the answer for
+    the first time: the capture lists that peer as new, with the name it was resolved from."""
+    from tests.standins.dns import DnsStandin
+
+    agent = CaptureAgent(recorder=True, recorder_interval_s=1.0, recorder_history_s=120, preload=False)
+    agent.recorder.probe_names = ["tcp_connect", "dns"]
+    listener = socket.socket()
+    listener.bind(("127.0.0.2", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    with DnsStandin(addresses=["127.0.0.2"]) as standin:
+        await agent.start()
+        proc = None
+        try:
+            await asyncio.sleep(3.0)  # a baseline with no traffic at all
+            baseline_end = time.time()
+            procs = workload_cgroup.dir / "cgroup.procs"
+            proc = subprocess.Popen(
+                standin.client_argv([sys.executable, "-c", RESOLVE_AND_CONNECT, "api.llmslo.test", str(port)]),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                preexec_fn=lambda: procs.write_text(str(os.getpid())))
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert (await asyncio.to_thread(proc.stdout.readline)).strip() == "done"
+            await asyncio.sleep(1.5)
+            result = await agent.capture(CaptureRequest(target=CaptureTarget(cgroups=[workload_cgroup.path]),
+                                                        probes=["tcp_connect"], duration_s=1, baseline_s=2.5,
+                                                        baseline_end=baseline_end))
+        finally:
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+            listener.close()
+            await agent.stop()
+    new = {p["name"]: p for p in result.new_peers}
+    assert new[f"127.0.0.2:{port}"]["dns_name"] == "api.llmslo.test", result.new_peers
