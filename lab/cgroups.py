@@ -123,3 +123,56 @@ def _v1_path(controller: str) -> str:
             if controller in controllers.split(","):
                 return path
     return "/"
+
+
+class CpuQuota:
+    """A CPU-limited cgroup below this process's own cpu cgroup, on whichever hierarchy has the
+    cpu controller: v1 (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``) on hybrid nodes, else v2
+    (``cpu.max``). ``cores=None`` makes the same cgroup without a quota, as a control.
+
+    On v2 a process is in one cgroup only, so the quota cgroup is also the workload's: target
+    ``path`` (set on v2). On v1 the process is added here *and* to a unified WorkloadCgroup."""
+
+    def __init__(self, name: str, cores: float | None, period_us: int = 100_000):
+        from capture.cgroupfs import v1_mount  # lab imports capture, never the other way
+
+        self.cores, self.period_us = cores, period_us
+        self.quota_us = None if cores is None else max(1000, round(cores * period_us))
+        mount = v1_mount("cpu")
+        leaf = f"{PREFIX}{name}-cpu-{os.getpid()}"
+        self.path: str | None = None
+        if mount is not None and (mount / "cpu.cfs_quota_us").exists():
+            self.version = 1
+            self.dir = mount / _v1_path("cpu").lstrip("/") / leaf
+        else:
+            self.version = 2
+            self.dir = unified_root() / pid_cgroup_path(os.getpid()).lstrip("/") / leaf
+            self.path = "/" + str(self.dir.relative_to(unified_root()))
+
+    def __enter__(self) -> "CpuQuota":
+        self.dir.mkdir(exist_ok=True)
+        try:
+            if self.version == 1:
+                (self.dir / "cpu.cfs_period_us").write_text(str(self.period_us))
+                (self.dir / "cpu.cfs_quota_us").write_text(str(self.quota_us or -1))
+            else:
+                try:  # the cpu controller must be enabled for the parent's children
+                    (self.dir.parent / "cgroup.subtree_control").write_text("+cpu")
+                except OSError:
+                    pass
+                if not (self.dir / "cpu.max").exists():
+                    raise RuntimeError(f"{self.dir}: no cpu.max; enable the cpu controller in "
+                                       f"{self.dir.parent}/cgroup.subtree_control")
+                (self.dir / "cpu.max").write_text(f"{self.quota_us or 'max'} {self.period_us}")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def add(self, pid: int) -> None:
+        (self.dir / "cgroup.procs").write_text(str(pid))
+
+    def __exit__(self, *exc) -> None:
+        cg = WorkloadCgroup.__new__(WorkloadCgroup)
+        cg.parent, cg.dir = self.dir.parent, self.dir
+        cg.remove()
