@@ -1,7 +1,9 @@
 """Lab and test cgroups: created below this process's own cgroup, removed however a run ends.
 
-Only the unified (v2) hierarchy is used here: it gives the workload its own cgroup id, which is
-what the probes filter on. (CPU quota and memory limits, on v1 or v2, come with the lab issue.)
+The workload's cgroup is in the unified (v2) hierarchy: it gives the workload its own cgroup
+id, which is what the probes filter on. CPU quota and memory limits are set on whichever
+hierarchy has the controller (v1 on hybrid nodes, else v2). Every lab cgroup's name ends in the
+creating process's pid, so ``sweep_stale`` can remove what a killed run left in any hierarchy.
 """
 from __future__ import annotations
 
@@ -73,9 +75,23 @@ class WorkloadCgroup:
 
 
 def sweep_stale() -> list[str]:
-    """Remove lab cgroups left by runs whose process is gone (e.g. killed with SIGKILL)."""
+    """Remove lab cgroups left by runs whose process is gone (e.g. killed with SIGKILL), below
+    this process's own cgroup in the unified hierarchy and in the v1 cpu and memory ones."""
+    from capture.cgroupfs import v1_mount  # lab imports capture, never the other way
+
     removed = []
-    parent = unified_root() / pid_cgroup_path(os.getpid()).lstrip("/")
+    parents = [unified_root() / pid_cgroup_path(os.getpid()).lstrip("/")]
+    for controller in ("cpu", "memory"):
+        mount = v1_mount(controller)
+        if mount is not None:
+            parents.append(mount / _v1_path(controller).lstrip("/"))
+    for parent in parents:
+        removed += _sweep(parent)
+    return removed
+
+
+def _sweep(parent: Path) -> list[str]:
+    removed = []
     for d in parent.glob(PREFIX + "*"):
         owner = d.name.rsplit("-", 1)[-1]
         if owner.isdigit() and not Path(f"/proc/{owner}").exists():

@@ -215,3 +215,24 @@ def test_node_wide_sample_maps_every_cgroup_and_is_bounded():
     assert 2 <= n_walked <= cgroupfs.MAX_CGROUPS
     assert [c.path for c in two][0] == "/" and len(two) == 2
     assert two[0].id == os.stat(unified_root()).st_ino
+
+
+def test_sweep_removes_v1_limit_cgroups_left_by_a_killed_run():
+    """A run killed with SIGKILL leaves its memory-limit and CPU-quota cgroups behind; the next
+    run's sweep removes them (their names end in the dead run's pid)."""
+    import subprocess
+    import sys
+
+    from lab import cgroups as lab_cgroups
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    pid = int(dead.stdout)
+    left = []
+    for name, cls, arg in (("stale", lab_cgroups.MemoryLimit, 64 << 20), ("stale", lab_cgroups.CpuQuota, 0.5)):
+        cg = cls(name, arg)
+        cg.dir = cg.dir.with_name(cg.dir.name.rsplit("-", 1)[0] + f"-{pid}")
+        cg.dir.mkdir()
+        left.append(cg.dir)
+    removed = lab_cgroups.sweep_stale()
+    assert all(str(d) in removed and not d.exists() for d in left), removed
