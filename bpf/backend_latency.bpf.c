@@ -41,11 +41,6 @@ struct call_t {
     u32 dir;
 };
 
-struct hist_key_t {
-    u64 cgid;
-    u64 slot;
-};
-
 struct peer_key_t {
     u64 cgid;
     struct peer_t peer;

@@ -71,6 +71,13 @@ static __always_inline int in_scope(u64 cgid, u32 tgid, u16 lport, u16 rport) {
 }
 
 
+/* Key of a per-cgroup log2 histogram: bucket ``slot`` of bpf_log2l(value). */
+struct hist_key_t {
+    u64 cgid;
+    u64 slot;
+};
+
+
 /* A TCP peer as the tracepoints describe it: family, address (v4 in the first 4 bytes), port. */
 struct peer_t {
     u8 addr[16];

@@ -38,11 +38,6 @@ struct count_key_t {
     u32 pad;
 };
 
-struct hist_key_t {
-    u64 cgid;
-    u64 slot;
-};
-
 struct host_key_t {
     u64 cgid;
     char host[HOST_LEN];

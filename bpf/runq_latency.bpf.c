@@ -17,11 +17,6 @@ struct ident_t {
     u32 pad;
 };
 
-struct hist_key_t {
-    u64 cgid;
-    u64 slot;
-};
-
 BPF_TABLE("lru_hash", u32, struct ident_t, threads, 32768);  /* thread id -> owner */
 /* LRU: a thread that exits while runnable never switches in to remove its entry. */
 BPF_TABLE("lru_hash", u32, u64, enqueued, 32768);  /* thread id -> time it became runnable */

@@ -16,11 +16,6 @@ struct pending_t {
     u32 pad;
 };
 
-struct hist_key_t {
-    u64 cgid;
-    u64 slot;
-};
-
 struct conn_key_t {
     u64 cgid;
     struct peer_t peer;

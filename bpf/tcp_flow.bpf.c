@@ -57,11 +57,6 @@ struct flow_t {
     u64 rtt_samples;
 };
 
-struct hist_key_t {
-    u64 cgid;
-    u64 slot;
-};
-
 /* LRU: a socket that closes leaves its entry behind (owners.h owns inet_sock_set_state). */
 BPF_TABLE("lru_hash", u64, struct sock_state_t, sockets, 65536);
 BPF_HASH(flows, struct flow_key_t, struct flow_t, 8192);

@@ -125,9 +125,11 @@ class ProbeSession:
         t1 = time.monotonic()
         try:
             self._set_scope()
+            # Tracepoints first: a uprobe probe's helpers (e.g. fdpeers.h learning connect()s)
+            # must be running before it seeds what already exists from /proc.
+            self.bpf.attach_tracepoints()
             if self.probe.attach_dynamic is not None:
                 self.notes = self.probe.attach_dynamic(self.bpf, self.scope)
-            self.bpf.attach_tracepoints()
         except ProbeAttachError as e:
             self.close()
             raise ProbeLoadError(f"probe {self.probe.name}: {e}") from e
