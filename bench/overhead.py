@@ -97,6 +97,7 @@ async def run(rate: float, phase_s: float, probes: list[str]) -> dict:
 
             rows.append(await measure(name, service.url, rate, phase_s, capture))
         rows.append(await measure("baseline_end", service.url, rate, phase_s))
+        startup = await preloaded_startup(target, probes)
     finally:
         service.stop()
     base = rows[0]
@@ -105,8 +106,26 @@ async def run(rate: float, phase_s: float, probes: list[str]) -> dict:
         row["p50_ratio"] = row["p50_ms"] / base["p50_ms"]
         row["p99_ratio"] = row["p99_ms"] / base["p99_ms"]
         row["agent_cpu_pct"] = 100 * row["agent_cpu_s"] / row["wall_s"]
+    for name, row in startup.items():
+        row["cold_ms"] = next((r["startup_ms"] for r in rows if r["phase"] == name), None)
     return {"rate_rps": rate, "phase_s": phase_s, "cpus": os.cpu_count(), "kernel": os.uname().release,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows, "startup": startup}
+
+
+async def preloaded_startup(target: CaptureTarget, probes: list[str]) -> dict:
+    """Each probe's capture start-up when the agent preloaded it (compiled and verified at agent
+    start), next to the cold start-up its phase above measured."""
+    agent = CaptureAgent(recorder=False)
+    await agent.start()
+    await agent.wait_preloaded()
+    out = {}
+    try:
+        for name in probes:
+            r = await agent.capture(CaptureRequest(target=target, probes=[name], baseline_s=0, duration_s=1))
+            out[name] = {"preloaded_ms": r.cost.startup_ms, "preloaded": r.incident[name].cost.preloaded}
+    finally:
+        await agent.stop()
+    return out
 
 
 def main() -> int:
@@ -133,6 +152,9 @@ def main() -> int:
     for row in result["rows"]:
         print(f"{row['phase']:16} {row['throughput_ratio']:10.4f} {row['p50_ratio']:7.3f} {row['p99_ratio']:7.3f} "
               f"{row['agent_cpu_pct']:8.2f}%")
+    print(f"\n{'probe':16} {'start-up cold':>13} {'preloaded':>10}")
+    for name, row in result["startup"].items():
+        print(f"{name:16} {row['cold_ms'] or 0:10.0f} ms {row['preloaded_ms']:7.1f} ms")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -58,13 +58,21 @@ class CaptureAgent:
         self._spares_lock = threading.Lock()
         self._refilling = threading.Lock()
         self._started = self._stopped = False
+        self._preloading: threading.Thread | None = None
 
     async def start(self) -> None:
         if self.recorder:
             await asyncio.to_thread(self.recorder.start)
         if self.preload:
+            # In the background: the agent answers (and captures, compiling on demand) at once.
             self._started = True
-            await asyncio.to_thread(self._refill)
+            self._preloading = threading.Thread(target=self._refill, name="llmslo-preload", daemon=True)
+            self._preloading.start()
+
+    async def wait_preloaded(self) -> None:
+        """Wait until the start-up preload has prepared every probe it can."""
+        if self._preloading is not None:
+            await asyncio.to_thread(self._preloading.join)
 
     async def stop(self) -> None:
         self._stopped = True

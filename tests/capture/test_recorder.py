@@ -145,6 +145,7 @@ async def test_new_egress_peers_and_processes_against_the_baseline(recording_age
 async def test_preloaded_probes_cost_nothing_until_a_capture_attaches_them():
     agent = CaptureAgent(recorder=False)
     await agent.start()
+    await agent.wait_preloaded()
     try:
         assert {"tcp_connect", "runq_latency"} <= set(agent.status()["preloaded"])
         spare: ProbeSession = agent._spares["runq_latency"]

@@ -87,7 +87,8 @@ def test_shipped_playbooks_validate_clean() -> None:
     assert playbooks[-1].name == "fallback" and playbooks[-1].is_fallback
     latency = by_name["llm-latency-burn"]
     assert latency.capture == CaptureSpec(
-        ("tcp_retrans", "tcp_reset", "tcp_connect", "runq_latency", "oom_kill"), duration_s=10.0, baseline_s=60.0)
+        ("tcp_retrans", "tcp_reset", "tcp_connect", "dns", "tls_http", "backend_latency", "runq_latency",
+         "cpu_throttle", "oom_kill", "memory_pressure"), duration_s=10.0, baseline_s=60.0)
     assert latency.scope.pod_label == "pod" and latency.scope.namespace_label == "namespace"
     assert len(latency.runbooks) == 2
     assert all(r.url.startswith("https://runbooks.example.com/") for r in latency.runbooks)
@@ -106,7 +107,9 @@ def test_shipped_playbooks_validate_clean() -> None:
     ],
 )
 def test_shipped_selection(labels: dict[str, str], expected: str) -> None:
-    chosen = select_playbook(load_playbooks(SHIPPED, PROBES), labels)
+    from capture.probes import CATALOG
+
+    chosen = select_playbook(load_playbooks(SHIPPED, set(CATALOG)), labels)
     assert chosen is not None and chosen.name == expected
 
 
