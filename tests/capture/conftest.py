@@ -50,3 +50,12 @@ def held_prog_ids(pid: int | None = None) -> set[int]:
         except OSError:
             continue
     return ids
+
+
+def interruptible() -> None:
+    """preexec_fn for a bcc tool the test stops with SIGINT: a shell without job control starts
+    background commands with SIGINT ignored, children inherit that, and Python then installs
+    no KeyboardInterrupt handler, so the tool would never stop. Restore the default."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -26,6 +26,7 @@ from capture.probes.base import to_result
 from capture.schemas import CaptureTarget
 from capture.session import ProbeLoadError, ProbeSession
 from lab.cgroups import WorkloadCgroup
+from tests.capture.conftest import interruptible
 from tests.standins.dns import DnsStandin
 
 pytestmark = pytest.mark.bpf
@@ -199,6 +200,7 @@ def test_agrees_with_bcc_gethostlatency(workload_cgroup):
         try:
             wait_ready(client)
             oracle = subprocess.Popen([GETHOSTLATENCY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      preexec_fn=interruptible,
                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
             header = read_line(oracle, timeout=60)
             assert header.split()[:5] == ["TIME", "PID", "COMM", "LATms", "HOST"], (header, oracle.stderr)

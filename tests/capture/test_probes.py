@@ -18,6 +18,7 @@ from capture.schemas import CaptureRequest, CaptureTarget
 from lab import faults
 from lab.harness import LabService
 from lab.load import LoadStats, run_load
+from tests.capture.conftest import interruptible
 
 pytestmark = pytest.mark.bpf
 
@@ -101,6 +102,7 @@ async def test_tcp_retrans_under_real_loss_agrees_with_bcc_tcpretrans():
     agent = CaptureAgent(recorder=False)
     port = service.port
     oracle = subprocess.Popen(["tcpretrans-bpfcc"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              preexec_fn=interruptible,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     port_req = CaptureRequest(target=CaptureTarget(ports=[port]), probes=["tcp_retrans"], duration_s=16, baseline_s=0)
     cg_req = CaptureRequest(target=CaptureTarget(cgroups=[service.cgroup.path]), probes=["tcp_retrans"],
