@@ -166,6 +166,23 @@ def resolve(target: CaptureTarget) -> ResolvedTarget:
     return r
 
 
+def target_pids(scope: ResolvedTarget) -> list[int]:
+    """The scope's own pids plus the processes directly in each of its cgroups (the in-kernel
+    filter matches a process's own cgroup id, and a named cgroup's descendants are in the scope
+    already): the processes whose libraries a uprobe probe must attach to."""
+    pids = set(scope.pids)
+    hints = {w.get("id"): w.get("path") for w in scope.workloads}
+    for cgid in scope.cgroup_ids:
+        path = cgroup_path_of(cgid, hints.get(cgid))
+        if path is None:
+            continue
+        try:
+            pids.update(int(p) for p in (cgroup_dir(path) / "cgroup.procs").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return sorted(pids)
+
+
 # --- container and pod identity from a cgroup path ----------------------------------------------
 # kubelet names pod cgroups after the pod UID and QoS class, and the container runtime names the
 # container's cgroup after the container id. Both the systemd and the cgroupfs cgroup drivers:

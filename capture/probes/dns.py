@@ -89,27 +89,6 @@ def mean_latency_us(result: ProbeResult) -> dict[str, float]:
             if lookups.get(e["peer"])}
 
 
-def cgroup_pids(cgid: int, path_hint: str | None = None) -> list[int]:
-    """The processes directly in a unified-hierarchy cgroup (its ``cgroup.procs``): the scope
-    filter matches the exact cgroup id, so nested cgroups are not the target's."""
-    path = identity.cgroup_path_of(cgid, path_hint)
-    if path is None:
-        return []
-    try:
-        return [int(p) for p in (identity.cgroup_dir(path) / "cgroup.procs").read_text().split()]
-    except (OSError, ValueError):
-        return []
-
-
-def target_pids(scope: identity.ResolvedTarget) -> list[int]:
-    """The scope's own pids plus every process in its cgroups."""
-    pids = set(scope.pids)
-    hints = {w.get("id"): w.get("path") for w in scope.workloads}
-    for cgid in scope.cgroup_ids:
-        pids.update(cgroup_pids(cgid, hints.get(cgid)))
-    return sorted(pids)
-
-
 def attach_dynamic(bpf, scope: identity.ResolvedTarget | None) -> list[str]:
     """Probe getaddrinfo in every libc the target maps (scope None: every process's, within
     procmaps' bounds). Returns one note per library attached."""
@@ -117,7 +96,7 @@ def attach_dynamic(bpf, scope: identity.ResolvedTarget | None) -> list[str]:
         libs = procmaps.find_libraries(None, LIBC)
         where = "any process on this node"
     else:
-        pids = target_pids(scope)
+        pids = identity.target_pids(scope)
         if not pids:
             raise ProbeAttachError("no process of the target is running (no pid named, none in its "
                                    "cgroups), so there is no libc to probe for getaddrinfo")

@@ -15,7 +15,7 @@ import socket
 import sys
 
 from capture import procmaps
-from capture.identity import ResolvedTarget, cgroup_dir, cgroup_path_of
+from capture.identity import ResolvedTarget, target_pids
 from capture.probes.base import Probe, ProbeAttachError, RawSnapshot, bump, peer_str, slot_upper
 
 LIBSSL = re.compile(r"^libssl\.so")
@@ -77,26 +77,8 @@ def read_raw(bpf) -> RawSnapshot:
 
 # --- attachment ----------------------------------------------------------------------------------
 
-def target_pids(scope: ResolvedTarget | None) -> list[int] | None:
-    """The target's processes: its pids plus the processes of its cgroups (None: every process).
-    Only a cgroup's own processes: the in-kernel filter matches a process's own cgroup id."""
-    if scope is None:
-        return None
-    pids = set(scope.pids)
-    hints = {w.get("id"): w.get("path") for w in scope.workloads}
-    for cgid in scope.cgroup_ids:
-        path = cgroup_path_of(cgid, hints.get(cgid))
-        if path is None:
-            continue
-        try:
-            pids |= {int(p) for p in (cgroup_dir(path) / "cgroup.procs").read_text().split()}
-        except OSError:
-            continue
-    return sorted(pids)
-
-
 def attach_dynamic(bpf, scope: ResolvedTarget | None) -> list[str]:
-    pids = target_pids(scope)
+    pids = None if scope is None else target_pids(scope)
     libs = procmaps.find_libraries(pids, LIBSSL)
     if not libs:
         if scope is None:
