@@ -41,8 +41,13 @@ class CaptureAgent:
     def __init__(self, node_name: str | None = None, *, max_concurrent: int = 2,
                  recorder: bool = True, recorder_interval_s: float = 5.0,
                  recorder_history_s: float = DEFAULT_HISTORY_S,
-                 event_budgets: dict[str, int] | None = None, preload: bool = True):
+                 event_budgets: dict[str, int] | None = None, preload: bool = True, kube=None):
         self.node = node_name or socket.gethostname()
+        # capture.kube.KubeIdentity, when the agent has a Kubernetes API: pod names, namespaces,
+        # workloads and Service names on top of what the cgroup paths say.
+        self.kube = kube
+        if kube is not None and kube.node is None:
+            kube.node = self.node
         self.max_concurrent = max_concurrent
         # Per-probe events/s budgets, tightening (or loosening) the catalog's declared ones.
         self.event_budgets = {name: p.event_budget_per_s for name, p in CATALOG.items()} | (event_budgets or {})
@@ -130,6 +135,10 @@ class CaptureAgent:
         if unknown:
             raise RequestError(f"probes: unknown probe(s) {unknown}; known: {sorted(CATALOG)}")
         scope = await asyncio.to_thread(identity.resolve, req.target)
+        if self.kube is not None:
+            scope.workloads = await asyncio.to_thread(lambda: [self.kube.enrich(w) for w in scope.workloads])
+            if self.kube.error:
+                scope.notes.append(f"workload names unavailable: {self.kube.error}")
         if not self._slots.acquire(blocking=False):
             raise AgentBusy(f"{self.max_concurrent} captures already running on {self.node}")
         stop = threading.Event()
@@ -150,7 +159,7 @@ class CaptureAgent:
                 threading.Thread(target=self._refill, name="llmslo-preload", daemon=True).start()
         self.completed += 1
         self._add_baseline(result, req, scope)
-        self._add_novelty(result, req, scope, raws)
+        await asyncio.to_thread(self._add_novelty, result, req, scope, raws)  # may ask the Kubernetes API
         return result
 
     def _run_blocking(self, cap_id: str, req: CaptureRequest, scope: identity.ResolvedTarget,
@@ -279,6 +288,8 @@ class CaptureAgent:
             ip = peer["name"].rsplit(":", 1)[0].strip("[]")
             if ip in names:
                 peer["dns_name"] = names[ip]
+            if self.kube is not None and (service := self.kube.service_of(peer["name"])):
+                peer["service"] = service
         result.novelty_note = "; ".join(notes)
 
     def _dns_names(self, result: CaptureResult, cgids: set[int]) -> dict[str, str]:

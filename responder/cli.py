@@ -60,8 +60,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print(f"llmslo: no LLMSLO_AGENT_TOKEN set; generated agent token for this run: {token}",
               file=sys.stderr, flush=True)
     _logging(args.verbose)
+    from capture import kube
+
+    try:
+        kube_identity = kube.from_env(args.node_name)
+    except Exception as e:  # a broken kubeconfig or service account: say which, do not start half-configured
+        raise CliError(f"agent: Kubernetes API configuration: {e}") from None
     agent = CaptureAgent(args.node_name, recorder=not args.no_recorder, recorder_interval_s=args.recorder_interval_s,
-                         recorder_history_s=args.recorder_history_s)
+                         recorder_history_s=args.recorder_history_s, kube=kube_identity)
     web.run_app(make_app(agent, token), host=args.host, port=args.port, print=None, shutdown_timeout=5)
     return 0
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from capture import kube
 from capture.agent import CaptureAgent
 from capture.http_server import basic_ok, bearer_ok, json_error, read_body
 from capture.client import HttpAgentClient, LocalAgentClient
@@ -55,7 +56,8 @@ class Responder:
             agent = HttpAgentClient(settings.agent_url, settings.agent_token or "")
         else:
             agent = LocalAgentClient(CaptureAgent(settings.node_name, recorder_interval_s=settings.recorder_interval_s,
-                                                  recorder_history_s=settings.recorder_history_s))
+                                                  recorder_history_s=settings.recorder_history_s,
+                                                  kube=kube.from_env(settings.node_name)))
         sinks: dict[str, ChatSink] = {}
         sinks["console"] = ConsoleSink(settings.data_dir / "reports.jsonl", stream=console_stream or sys.stdout)
         if settings.slack_bot_token:

@@ -75,3 +75,55 @@ async def test_process_to_pod_identity(base_cgroup, index):
 def test_plain_host_paths_have_no_pod():
     ident = identity.parse_cgroup_path("/system.slice/llm-gateway.service", 42)
     assert ident.pod_uid is None and ident.container_id is None and ident.driver is None
+
+
+async def test_pod_name_namespace_workload_and_service_from_the_kubernetes_api(base_cgroup):
+    """A real process in a kubepods-style cgroup (containerd, systemd driver); a Kubernetes API
+    stand-in over HTTP knows its pod (owned by a ReplicaSet of Deployment "chat") and a Service.
+    The agent, through the official kubernetes client, names the pod, namespace, container and
+    workload, names a peer by its Service, and lists only this node's pods."""
+    from capture.kube import KubeIdentity
+    from tests.standins import kube as K
+
+    pod_uid = str(uuid.uuid4())
+    rel = layouts(pod_uid)[0][0]
+    leaf = base_cgroup.dir / rel
+    leaf.mkdir(parents=True)
+    standin = K.KubeStandin(
+        pods=[K.pod(pod_uid, "chat-7d9f-x2k", "llm", "node-a", ip="10.1.0.5", labels={"app": "chat"},
+                    owner=("ReplicaSet", "chat-7d9f"), containers={"api": f"containerd://{CID}"}),
+              K.pod(str(uuid.uuid4()), "pg-0", "rag", "node-b", ip="10.1.0.9", labels={"app": "pg"},
+                    owner=("StatefulSet", "pg"))],
+        services=[K.service("retrieval", "rag", "10.96.0.20", 5432, selector={"app": "pg"})],
+        owners={("llm", "ReplicaSet", "chat-7d9f"): K.replica_set("chat-7d9f", "llm", "chat")})
+    url = await standin.start()
+    procs = leaf / "cgroup.procs"
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                         preexec_fn=lambda: procs.write_text(str(os.getpid())))
+    try:
+        kube = await asyncio.to_thread(KubeIdentity.from_settings, url, K.TOKEN, None, "node-a")
+        agent = CaptureAgent(recorder=False, kube=kube)
+        result = await agent.capture(CaptureRequest(target=CaptureTarget(pids=[p.pid]), probes=["tcp_connect"],
+                                                    duration_s=1, baseline_s=0))
+        w = result.workloads[0]
+        assert (w["pod"], w["namespace"], w["container"]) == ("chat-7d9f-x2k", "llm", "api")
+        assert (w["workload_kind"], w["workload"], w["node"]) == ("Deployment", "chat", "node-a")
+        assert await asyncio.to_thread(kube.service_of, "10.96.0.20:5432") == "retrieval.rag"
+        assert await asyncio.to_thread(kube.service_of, "10.1.0.9:5432") == "retrieval.rag"  # a pod behind it
+        assert "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a" in standin.requests
+
+        # A wrong token or an API that is down never fails the capture: it says why.
+        standin.down = True
+        await asyncio.to_thread(kube.refresh, True)
+        assert kube.error and "503" in kube.error
+        bad = await asyncio.to_thread(KubeIdentity.from_settings, url, "wrong", None, "node-a")
+        standin.down = False
+        agent = CaptureAgent(recorder=False, kube=bad)
+        result = await agent.capture(CaptureRequest(target=CaptureTarget(pids=[p.pid]), probes=["tcp_connect"],
+                                                    duration_s=1, baseline_s=0))
+        assert "pod" not in result.workloads[0] and result.workloads[0]["pod_uid"] == pod_uid
+        assert any("401" in e for e in result.errors), result.errors
+    finally:
+        p.kill()
+        p.wait()
+        await standin.stop()

@@ -360,3 +360,9 @@ def test_ensure_webhook_token():
     s = config.load(env={"LLMSLO_WEBHOOK_USER": "am", "LLMSLO_WEBHOOK_PASSWORD": "pw"})
     config.ensure_webhook_token(s)
     assert s.webhook_token is None and not s.generated_token
+
+
+def test_agent_refuses_a_broken_kubernetes_configuration():
+    p = run("agent", "--port", "0", env=clean_env() | {"KUBECONFIG": "/nonexistent/kubeconfig",
+                                                       "LLMSLO_AGENT_TOKEN": "t"})
+    assert_usage_error(p, "Kubernetes API configuration")
