@@ -19,12 +19,12 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from capture.identity import cgroup_path_of, unified_root
+from capture.identity import cgroup_dir, cgroup_path_of, walk_cgroups
 
 MAX_CGROUPS = 2000
 # Member processes whose v1 cgroup is looked up to place a unified cgroup in a v1 hierarchy.
@@ -111,6 +111,15 @@ def read_psi(path: Path) -> dict[str, int] | None:
     return out
 
 
+def pressure(cg: "Cgroup", resource: str) -> dict[str, int]:
+    """``<resource>_pressure_some_us`` / ``_full_us`` from the unified directory's PSI file, for
+    leaf cgroups only (a parent's stall time repeats its children's, and results are summed over
+    the cgroups in scope); {} where the kernel has no such file."""
+    if not cg.leaf or (psi := read_psi(cg.dir / f"{resource}.pressure")) is None:
+        return {}
+    return {f"{resource}_pressure_some_us": psi.get("some", 0), f"{resource}_pressure_full_us": psi.get("full", 0)}
+
+
 # --- v1 hierarchies -----------------------------------------------------------------------------
 
 @functools.cache
@@ -128,7 +137,8 @@ def v1_mount(controller: str) -> Path | None:
     return None
 
 
-def _proc_v1_path(pid: int, controller: str) -> str | None:
+def proc_v1_path(pid: int, controller: str) -> str | None:
+    """The process's cgroup path in ``controller``'s v1 hierarchy (None: not on v1)."""
     text = read_text(f"/proc/{pid}/cgroup")
     for line in (text or "").splitlines():
         parts = line.split(":", 2)
@@ -165,7 +175,7 @@ def _v1_dir(cg: Cgroup, controller: str) -> Path | None:
         return mount
     key = (cg.id, cg.path, controller)
     # Where the member processes are charged, when they all are in one place.
-    where = {_proc_v1_path(pid, controller) for pid in member_pids(cg.dir)}
+    where = {proc_v1_path(pid, controller) for pid in member_pids(cg.dir)}
     where.discard(None)
     if len(where) == 1:
         d = mount / where.pop().lstrip("/")
@@ -192,35 +202,20 @@ def _has_children(d: Path) -> bool:
 
 def locate(cgid: int, hint: str | None = None) -> Cgroup | None:
     """The cgroup with id ``cgid`` (None when it no longer exists)."""
-    root = unified_root()
     with _lock:
         cached = _path_cache.get(cgid)
     path = cgroup_path_of(cgid, hint or cached)
     if path is None:
         return None
     _remember(_path_cache, cgid, path)
-    d = root / path.lstrip("/") if path != "/" else root
+    d = cgroup_dir(path)
     return Cgroup(id=cgid, path=path, dir=d, leaf=not _has_children(d))
 
 
 def walk(max_cgroups: int = MAX_CGROUPS) -> list[Cgroup]:
     """Every cgroup of the unified hierarchy, breadth first (shallow ones first), at most
     ``max_cgroups``."""
-    root = unified_root()
-    out: list[Cgroup] = []
-    queue: deque[tuple[Path, str]] = deque([(root, "/")])
-    while queue and len(out) < max_cgroups:
-        d, path = queue.popleft()
-        try:
-            ino = os.stat(d).st_ino
-            with os.scandir(d) as it:
-                children = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
-        except OSError:
-            continue  # removed while we walked
-        out.append(Cgroup(id=ino, path=path, dir=d, leaf=not children))
-        for name in children:
-            queue.append((d / name, path.rstrip("/") + "/" + name))
-    return out
+    return [Cgroup(id=c.id, path=c.path, dir=c.dir, leaf=c.leaf) for c in walk_cgroups("/", max_cgroups)]
 
 
 # --- snapshots ----------------------------------------------------------------------------------

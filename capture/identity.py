@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,22 +120,39 @@ class ResolvedTarget:
 MAX_DESCENDANTS = 48
 
 
-def descendants(path: str) -> list[str]:
-    """``path`` and the cgroups below it (breadth first, bounded by MAX_DESCENDANTS)."""
-    top = "/" + path.strip("/")
-    out, queue = [top], [top]
-    while queue and len(out) < MAX_DESCENDANTS:
-        cur = queue.pop(0)
+@dataclass(frozen=True)
+class CgroupDir:
+    """One directory of the unified hierarchy met by ``walk_cgroups``."""
+
+    path: str  # relative to the unified root, "/..."
+    dir: Path
+    id: int  # its inode: the cgroup id the BPF probes see
+    leaf: bool  # no child cgroups
+
+
+def walk_cgroups(top: str = "/", limit: int = 2000) -> list[CgroupDir]:
+    """``top`` and the cgroups below it, breadth first (shallow ones first), at most ``limit``;
+    nothing when ``top`` does not exist. Directories removed during the walk are skipped."""
+    start = "/" + top.strip("/")
+    out: list[CgroupDir] = []
+    queue: deque[tuple[Path, str]] = deque([(cgroup_dir(start) if start != "/" else unified_root(), start)])
+    while queue and len(out) < limit:
+        d, path = queue.popleft()
         try:
-            children = sorted(e.name for e in os.scandir(cgroup_dir(cur)) if e.is_dir())
+            ino = os.stat(d).st_ino
+            with os.scandir(d) as it:
+                children = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
         except OSError:
             continue
+        out.append(CgroupDir(path=path, dir=d, id=ino, leaf=not children))
         for name in children:
-            child = cur.rstrip("/") + "/" + name
-            if len(out) < MAX_DESCENDANTS:
-                out.append(child)
-                queue.append(child)
+            queue.append((d / name, path.rstrip("/") + "/" + name))
     return out
+
+
+def descendants(path: str) -> list[str]:
+    """``path`` and the cgroups below it (breadth first, bounded by MAX_DESCENDANTS)."""
+    return [c.path for c in walk_cgroups(path, MAX_DESCENDANTS)] or ["/" + path.strip("/")]
 
 
 def resolve(target: CaptureTarget) -> ResolvedTarget:

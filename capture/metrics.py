@@ -13,18 +13,21 @@ prometheus_client's own metric objects. Series:
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
 from capture import identity
 
 
-@lru_cache(maxsize=4096)
-def _cgroup_labels(cgid: int) -> tuple[str, str, str]:
-    path = identity.cgroup_path_of(cgid) or f"id:{cgid}"
-    ident = identity.parse_cgroup_path(path, cgid)
-    return path, ident.container_id or "", ident.pod_uid or ""
+def _cgroup_labels(cgids: set[int]) -> dict[int, tuple[str, str, str]]:
+    """cgroup id -> (path, container id, pod UID): one walk of the hierarchy per scrape, not a
+    walk per cgroup (a cgroup gone since it was counted is labelled by its id)."""
+    paths = {c.id: c.path for c in identity.walk_cgroups("/", limit=10_000)}
+    out = {}
+    for cgid in cgids:
+        path = paths.get(cgid) or f"id:{cgid}"
+        ident = identity.parse_cgroup_path(path, cgid)
+        out[cgid] = (path, ident.container_id or "", ident.pod_uid or "")
+    return out
 
 
 class AgentCollector:
@@ -40,8 +43,10 @@ class AgentCollector:
             return
         events = CounterMetricFamily("llmslo_recorder_events", "Events the always-on probes counted per cgroup",
                                      labels=["probe", "counter", "cgroup", "container_id", "pod_uid"])
-        for (probe, cgid, counter), value in sorted(rec.totals.items()):
-            events.add_metric([probe, counter, *_cgroup_labels(cgid)], value)
+        totals = sorted(rec.totals.items())
+        labels = _cgroup_labels({cgid for (_, cgid, _), _ in totals})
+        for (probe, cgid, counter), value in totals:
+            events.add_metric([probe, counter, *labels[cgid]], value)
         yield events
         run_s = CounterMetricFamily("llmslo_recorder_bpf_run_seconds", "BPF run time of the always-on probes",
                                     labels=["probe"])

@@ -45,9 +45,7 @@ def read_cgroup(cg: Cgroup) -> Figures:
             quota = q / period
     if quota is not None:
         gauges["quota_cores"] = round(quota, 6)
-    if cg.leaf and (psi := cgroupfs.read_psi(cg.dir / "cpu.pressure")) is not None:
-        counters["cpu_pressure_some_us"] = psi.get("some", 0)
-        counters["cpu_pressure_full_us"] = psi.get("full", 0)
+    counters |= cgroupfs.pressure(cg, "cpu")
     return Figures(counters=counters, gauges=gauges, limited=quota is not None)
 
 

@@ -56,9 +56,7 @@ def read_cgroup(cg: Cgroup) -> Figures:
         gauges["limit_bytes"] = limit
     if usage is not None:
         gauges["usage_bytes"] = usage
-    if cg.leaf and (psi := cgroupfs.read_psi(cg.dir / "memory.pressure")) is not None:
-        counters["memory_pressure_some_us"] = psi.get("some", 0)
-        counters["memory_pressure_full_us"] = psi.get("full", 0)
+    counters |= cgroupfs.pressure(cg, "memory")
     return Figures(counters=counters, gauges=gauges, limited=limit is not None)
 
 
