@@ -12,9 +12,42 @@ import signal
 import time
 from pathlib import Path
 
+from capture.cgroupfs import proc_v1_path, v1_mount
 from capture.identity import pid_cgroup_path, unified_root
 
 PREFIX = "llmslo-lab-"
+
+
+def remove_tree(top: Path, move_to: Path | None = None) -> None:
+    """Empty ``top`` and every cgroup below it (SIGKILL their processes, or move them to
+    ``move_to``), then remove the directories, deepest first. Any hierarchy, v1 or v2."""
+    if not top.exists():
+        return
+    for d in sorted((Path(d) for d, _, _ in os.walk(top)), key=lambda d: -len(d.parts)):
+        for _ in range(50):
+            try:
+                pids = [int(p) for p in (d / "cgroup.procs").read_text().split()]
+            except FileNotFoundError:
+                pids = []
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    if move_to is None:
+                        os.kill(pid, signal.SIGKILL)
+                    else:
+                        (move_to / "cgroup.procs").write_text(str(pid))
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        for _ in range(50):  # a killed process leaves its cgroup a moment after it dies
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.05)
 
 
 class WorkloadCgroup:
@@ -32,40 +65,16 @@ class WorkloadCgroup:
     def add(self, pid: int) -> None:
         (self.dir / "cgroup.procs").write_text(str(pid))
 
-    def pids(self, directory: Path | None = None) -> list[int]:
+    def pids(self) -> list[int]:
         try:
-            return [int(p) for p in ((directory or self.dir) / "cgroup.procs").read_text().split()]
+            return [int(p) for p in (self.dir / "cgroup.procs").read_text().split()]
         except FileNotFoundError:
             return []
 
     def remove(self, kill: bool = True) -> None:
-        """Kill (or move out) what is inside, then remove the directory and any nested ones
-        (tests build kubepods-style trees below it), deepest first."""
-        if not self.dir.exists():
-            return
-        dirs = sorted((Path(d) for d, _, _ in os.walk(self.dir)), key=lambda d: -len(d.parts))
-        for d in dirs:
-            for _ in range(50):
-                pids = self.pids(d)
-                if not pids:
-                    break
-                for pid in pids:
-                    try:
-                        if kill:
-                            os.kill(pid, signal.SIGKILL)
-                        else:
-                            (self.parent / "cgroup.procs").write_text(str(pid))
-                    except OSError:
-                        pass
-                time.sleep(0.05)
-            for _ in range(50):  # a killed process leaves its cgroup a moment after it dies
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
+        """Kill (or move out to the parent) what is inside, then remove the directory and any
+        nested ones (tests build kubepods-style trees below it)."""
+        remove_tree(self.dir, move_to=None if kill else self.parent)
 
     def __enter__(self) -> "WorkloadCgroup":
         return self.create()
@@ -77,8 +86,6 @@ class WorkloadCgroup:
 def sweep_stale() -> list[str]:
     """Remove lab cgroups left by runs whose process is gone (e.g. killed with SIGKILL), below
     this process's own cgroup in the unified hierarchy and in the v1 cpu and memory ones."""
-    from capture.cgroupfs import v1_mount  # lab imports capture, never the other way
-
     removed = []
     parents = [unified_root() / pid_cgroup_path(os.getpid()).lstrip("/")]
     for controller in ("cpu", "memory"):
@@ -95,9 +102,7 @@ def _sweep(parent: Path) -> list[str]:
     for d in parent.glob(PREFIX + "*"):
         owner = d.name.rsplit("-", 1)[-1]
         if owner.isdigit() and not Path(f"/proc/{owner}").exists():
-            cg = WorkloadCgroup.__new__(WorkloadCgroup)
-            cg.parent, cg.dir = parent, d
-            cg.remove()
+            remove_tree(d)
             removed.append(str(d))
     return removed
 
@@ -127,18 +132,12 @@ class MemoryLimit:
         (self.dir / "cgroup.procs").write_text(str(pid))
 
     def __exit__(self, *exc) -> None:
-        cg = WorkloadCgroup.__new__(WorkloadCgroup)
-        cg.parent, cg.dir = self.dir.parent, self.dir
-        cg.remove()
+        remove_tree(self.dir)
 
 
 def _v1_path(controller: str) -> str:
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            if controller in controllers.split(","):
-                return path
-    return "/"
+    """This process's cgroup in ``controller``'s v1 hierarchy."""
+    return proc_v1_path(os.getpid(), controller) or "/"
 
 
 class CpuQuota:
@@ -150,8 +149,6 @@ class CpuQuota:
     ``path`` (set on v2). On v1 the process is added here *and* to a unified WorkloadCgroup."""
 
     def __init__(self, name: str, cores: float | None, period_us: int = 100_000):
-        from capture.cgroupfs import v1_mount  # lab imports capture, never the other way
-
         self.cores, self.period_us = cores, period_us
         self.quota_us = None if cores is None else max(1000, round(cores * period_us))
         mount = v1_mount("cpu")
@@ -189,6 +186,4 @@ class CpuQuota:
         (self.dir / "cgroup.procs").write_text(str(pid))
 
     def __exit__(self, *exc) -> None:
-        cg = WorkloadCgroup.__new__(WorkloadCgroup)
-        cg.parent, cg.dir = self.dir.parent, self.dir
-        cg.remove()
+        remove_tree(self.dir)
