@@ -20,7 +20,7 @@ from capture.probes import CATALOG
 from capture.probes import dns as dns_probe
 from capture.probes.base import RawSnapshot, to_result
 from capture.recorder import DEFAULT_HISTORY_S, Recorder
-from capture.schemas import (CaptureCost, CaptureRequest, CaptureResult, ProbeInfo, ProbeResult,
+from capture.schemas import (CaptureRequest, CaptureResult, ProbeInfo, ProbeResult,
                              RecorderQuery, RequestError)
 from capture.session import ProbeLoadError, ProbeSession
 
@@ -62,15 +62,14 @@ class CaptureAgent:
         self._spares: dict[str, ProbeSession] = {}
         self._spares_lock = threading.Lock()
         self._refilling = threading.Lock()
-        self._started = self._stopped = False
-        self._preloading: threading.Thread | None = None
+        self._stopped = False
+        self._preloading: threading.Thread | None = None  # set by start(): spares are kept
 
     async def start(self) -> None:
         if self.recorder:
             await asyncio.to_thread(self.recorder.start)
         if self.preload:
             # In the background: the agent answers (and captures, compiling on demand) at once.
-            self._started = True
             self._preloading = threading.Thread(target=self._refill, name="llmslo-preload", daemon=True)
             self._preloading.start()
 
@@ -155,7 +154,7 @@ class CaptureAgent:
         finally:
             self.active.pop(cap_id, None)
             self._slots.release()
-            if self._started and not self._stopped:
+            if self._preloading is not None and not self._stopped:
                 threading.Thread(target=self._refill, name="llmslo-preload", daemon=True).start()
         self.completed += 1
         self._add_baseline(result, req, scope)
@@ -264,12 +263,12 @@ class CaptureAgent:
         cgids = scope.baseline_cgroups
         end = min(req.baseline_end or result.started_at, result.started_at)
         notes = []
+        cov = self.recorder.coverage()
         for probe, top_list, field_name in (("tcp_connect", "peers", "new_peers"),
                                             ("process_exec", "executables", "new_processes")):
             if probe not in self.recorder.sessions:
                 notes.append(f"the recorder does not run {probe}")
                 continue
-            cov = self.recorder.coverage()
             if cov is None or cov[0] > end - req.baseline_s + self.recorder.interval_s:
                 notes.append(f"{probe}: the recorder's history does not cover the baseline")
                 continue
@@ -318,6 +317,9 @@ class CaptureAgent:
         if not q.target.is_empty():
             scope = await asyncio.to_thread(identity.resolve, q.target)
             cgids, target_desc = scope.baseline_cgroups, q.target.describe()
+        return await asyncio.to_thread(self._recorder_window, cgids, target_desc, q)
+
+    def _recorder_window(self, cgids: set[int] | None, target_desc: str, q: RecorderQuery) -> dict:
         now = time.time()
         cov = self.recorder.coverage()
         since = q.since if q.since is not None else (cov[0] if cov else now)
