@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from capture.agent import AgentBusy, CaptureAgent
-from capture.http_server import bearer_ok, json_error, read_body
+from capture.http_server import bearer_ok, json_error, read_body, with_lifecycle
 from capture.metrics import agent_registry
 from capture.schemas import RequestError
 
@@ -83,10 +83,5 @@ def make_app(agent: CaptureAgent, token: str) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
 
-    async def lifecycle(app: web.Application):
-        await agent.start()
-        yield
-        await agent.stop()
-
-    app.cleanup_ctx.append(lifecycle)
+    with_lifecycle(app, agent.start, agent.stop)
     return app

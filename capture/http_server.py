@@ -1,5 +1,5 @@
 """What the agent's and the responder's HTTP servers share: constant-time credential checks,
-bounded body reads, and JSON error answers."""
+bounded body reads, JSON error answers, and start-up/shut-down hooks."""
 from __future__ import annotations
 
 import base64
@@ -47,3 +47,14 @@ def basic_ok(header: str | None, user: str | None, password: str | None) -> bool
     u = hmac.compare_digest(got_user.encode(), user.encode())
     p = hmac.compare_digest(got_pw.encode(), password.encode())
     return u and p
+
+
+def with_lifecycle(app, start, stop) -> None:
+    """Run ``await start()`` when ``app`` starts serving and ``await stop()`` when it shuts down."""
+
+    async def lifecycle(_app):
+        await start()
+        yield
+        await stop()
+
+    app.cleanup_ctx.append(lifecycle)

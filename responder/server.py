@@ -17,7 +17,7 @@ from aiohttp import web
 
 from capture import kube
 from capture.agent import CaptureAgent
-from capture.http_server import basic_ok, bearer_ok, json_error, read_body
+from capture.http_server import basic_ok, bearer_ok, json_error, read_body, with_lifecycle
 from capture.client import HttpAgentClient, LocalAgentClient
 from capture.probes import CATALOG
 from responder.alertmanager import PayloadError, parse_notification
@@ -195,10 +195,5 @@ class Responder:
         app.router.add_get("/api/incidents/{id}", self.get_incident)
         app.router.add_get("/incidents/{id}", self.incident_page)
 
-        async def lifecycle(app: web.Application):
-            await self.start()
-            yield
-            await self.stop()
-
-        app.cleanup_ctx.append(lifecycle)
+        with_lifecycle(app, self.start, self.stop)
         return app
