@@ -47,7 +47,22 @@ class Settings:
     slack_app_token: str | None = None
     slack_channel: str = "#llm-incidents"
     slack_api_url: str = "https://slack.com/api/"
+    # Metrics: Prometheus to query (evidence) and, when people reach it elsewhere, the base URL
+    # for graph links; an optional Grafana Explore link template ({expr}, {start_ms}, {end_ms}).
     prometheus_url: str | None = None
+    prometheus_public_url: str | None = None
+    prometheus_timeout_s: float = 10.0
+    prometheus_attempts: int = 3
+    grafana_explore_url_template: str | None = None
+    # Traces: the built-in OTLP receiver's store, or a Tempo / Jaeger query API.
+    trace_backend: str = "builtin"
+    tempo_url: str | None = None
+    jaeger_url: str | None = None
+    # Link for one trace ({trace_id}); by default the built-in store's own JSON, or Jaeger's UI.
+    trace_url_template: str | None = None
+    span_store_max_spans: int = 200_000
+    span_store_max_bytes: int = 256 * 1024 * 1024
+    otlp_max_body_bytes: int = 8 * 1024 * 1024
     generated_token: bool = False  # True when webhook_token was generated at start
 
     @property
@@ -72,6 +87,17 @@ _ENV = {
     "LLMSLO_SLACK_CHANNEL": "slack_channel",
     "LLMSLO_SLACK_API_URL": "slack_api_url",
     "LLMSLO_PROMETHEUS_URL": "prometheus_url",
+    "LLMSLO_PROMETHEUS_PUBLIC_URL": "prometheus_public_url",
+    "LLMSLO_PROMETHEUS_TIMEOUT_S": "prometheus_timeout_s",
+    "LLMSLO_PROMETHEUS_ATTEMPTS": "prometheus_attempts",
+    "LLMSLO_GRAFANA_EXPLORE_URL_TEMPLATE": "grafana_explore_url_template",
+    "LLMSLO_TRACE_BACKEND": "trace_backend",
+    "LLMSLO_TEMPO_URL": "tempo_url",
+    "LLMSLO_JAEGER_URL": "jaeger_url",
+    "LLMSLO_TRACE_URL_TEMPLATE": "trace_url_template",
+    "LLMSLO_SPAN_STORE_MAX_SPANS": "span_store_max_spans",
+    "LLMSLO_SPAN_STORE_MAX_BYTES": "span_store_max_bytes",
+    "LLMSLO_OTLP_MAX_BODY_BYTES": "otlp_max_body_bytes",
     "LLMSLO_PLAYBOOKS_DIR": "playbooks_dir",
     "LLMSLO_PUBLIC_URL": "public_url",
     "LLMSLO_MAX_BODY_BYTES": "max_body_bytes",
@@ -136,7 +162,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("workers: must be between 1 and 64")
     if bool(s.webhook_user) != bool(s.webhook_password):
         raise ConfigError("webhook_user/webhook_password: set both for basic auth, or neither")
-    for key in ("agent_url", "slack_api_url", "prometheus_url", "public_url"):
+    for key in ("agent_url", "slack_api_url", "prometheus_url", "prometheus_public_url", "public_url", "tempo_url",
+                "jaeger_url"):
         v = getattr(s, key)
         if v and urlparse(v).scheme not in ("http", "https"):
             raise ConfigError(f"{key}: {v!r} is not an http(s) URL")
@@ -148,6 +175,24 @@ def validate(s: Settings) -> None:
         raise ConfigError("recorder_interval_s: must be positive")
     if not s.recorder_interval_s <= s.recorder_history_s <= 86_400:
         raise ConfigError("recorder_history_s: must be at least one interval and at most a day")
+    if not 0 < s.prometheus_timeout_s <= 300:
+        raise ConfigError("prometheus_timeout_s: must be between 0 and 300 seconds")
+    if not 1 <= s.prometheus_attempts <= 10:
+        raise ConfigError("prometheus_attempts: must be between 1 and 10")
+    if s.trace_backend not in ("builtin", "tempo", "jaeger"):
+        raise ConfigError(f"trace_backend: {s.trace_backend!r}; expected builtin, tempo or jaeger")
+    if s.trace_backend != "builtin" and not getattr(s, f"{s.trace_backend}_url"):
+        raise ConfigError(f"{s.trace_backend}_url: required when trace_backend is {s.trace_backend}")
+    for key, needed in (("trace_url_template", "{trace_id}"), ("grafana_explore_url_template", "{expr}")):
+        v = getattr(s, key)
+        if v and (needed not in v or urlparse(v.replace("{", "").replace("}", "")).scheme not in ("http", "https")):
+            raise ConfigError(f"{key}: {v!r} must be an http(s) URL containing {needed}")
+    if not 1_000 <= s.span_store_max_spans <= 50_000_000:
+        raise ConfigError("span_store_max_spans: must be between 1000 and 50000000")
+    if not 1 << 20 <= s.span_store_max_bytes <= 64 << 30:
+        raise ConfigError("span_store_max_bytes: must be between 1 MiB and 64 GiB")
+    if not 1024 <= s.otlp_max_body_bytes <= 256 << 20:
+        raise ConfigError("otlp_max_body_bytes: must be between 1 KiB and 256 MiB")
 
 
 def ensure_webhook_token(s: Settings) -> None:

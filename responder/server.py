@@ -7,8 +7,6 @@ durable, and nothing is stored for a request that is refused.
 from __future__ import annotations
 
 import asyncio
-import html
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from capture.probes import CATALOG
 from responder.alertmanager import PayloadError, parse_notification
 from responder.config import Settings
 from responder.delivery import Deliverer
+from responder.page import render_incident_page
 from responder.pipeline import Pipeline
 from responder.playbooks import load_playbooks
 from responder.sinks.base import ChatSink
@@ -177,14 +176,7 @@ class Responder:
         inc = await asyncio.to_thread(self.store.get_incident, request.match_info["id"])
         if inc is None:
             return web.Response(status=404, text="no such incident")
-        d = inc.to_dict()
-        verdict = d.get("verdict") or {}
-        title = f"{inc.id} · {inc.status} · " + (", ".join(verdict.get("domains") or []) or
-                                                  ("abstained" if verdict else "capturing"))
-        body = (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"
-                f"<h1>{html.escape(title)}</h1>"
-                f"<p>{html.escape(verdict.get('abstain_reason') or '')}</p>"
-                f"<pre>{html.escape(json.dumps(d, indent=2, default=str))}</pre>")
+        body = await asyncio.to_thread(render_incident_page, inc.to_dict())  # the chart renders off-loop
         return web.Response(text=body, content_type="text/html")
 
     def app(self) -> web.Application:

@@ -30,7 +30,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_JOB_ATTEMPTS = 3
 
 INCIDENT_STATUSES = ("firing", "resolved")
@@ -89,6 +89,8 @@ class Incident:
     report: dict[str, Any] | None = None
     thread: dict[str, dict[str, Any]] = field(default_factory=dict)  # sink -> {"channel", "ts"}
     error: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)  # {"prometheus": ..., "traces": ...}
+    links: list[dict[str, Any]] = field(default_factory=list)  # [{"title", "url", "kind"}]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,7 +99,7 @@ class Incident:
             "resolved_at": self.resolved_at, "labels": dict(self.labels),
             "alerts": list(self.alerts), "playbook": self.playbook, "verdict": self.verdict,
             "capture": self.capture, "report": self.report, "thread": dict(self.thread),
-            "error": self.error,
+            "error": self.error, "evidence": dict(self.evidence), "links": list(self.links),
         }
 
 
@@ -211,12 +213,18 @@ CREATE INDEX outbox_due ON outbox (state, next_attempt_at, id);
 """
 
 # Migrations from version N to N+1, run in order on open. Version 0 is an empty file.
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+# v2: the application's own evidence (Prometheus, traces) and the links a report carries.
+_SCHEMA_V2 = """
+ALTER TABLE incidents ADD COLUMN evidence TEXT;
+ALTER TABLE incidents ADD COLUMN links TEXT
+"""
+
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
 
 # Fields update_incident accepts, and whether each is stored as JSON.
 _INCIDENT_FIELDS = {
     "status": False, "playbook": False, "verdict": True, "capture": True, "report": True,
-    "resolved_at": False, "thread": True, "error": False,
+    "resolved_at": False, "thread": True, "error": False, "evidence": True, "links": True,
 }
 
 
@@ -476,7 +484,7 @@ class IncidentStore:
     def update_incident(self, incident_id: str, **fields: Any) -> Incident:
         """Set the pipeline's results on an incident and return it as stored.
 
-        Fields: status, playbook, verdict, capture, report, resolved_at, thread, error.
+        Fields: status, playbook, verdict, capture, report, resolved_at, thread, error, evidence, links.
         ``thread`` is merged per sink (other sinks' entries are kept; a sink mapped to None is
         removed), so sinks can record their thread independently. Setting status 'resolved'
         without resolved_at stamps resolved_at with the current time.
@@ -614,7 +622,8 @@ def _incident(row: sqlite3.Row) -> Incident:
         resolved_at=row["resolved_at"], labels=json.loads(row["labels"]),
         alerts=[entry["alert"] for entry in alerts.values()], playbook=row["playbook"],
         verdict=_loads(row["verdict"]), capture=_loads(row["capture"]),
-        report=_loads(row["report"]), thread=json.loads(row["thread"]), error=row["error"])
+        report=_loads(row["report"]), thread=json.loads(row["thread"]), error=row["error"],
+        evidence=_loads(row["evidence"]) or {}, links=_loads(row["links"]) or [])
 
 
 def _job(row: sqlite3.Row) -> Job:
