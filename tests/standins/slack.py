@@ -18,6 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.standins.loopback import LoopbackServer
+
 DEFAULT_TOKEN = "xoxb-0000000000-llmslo-standin"
 DEFAULT_CHANNELS: Mapping[str, str] = {"#llm-incidents": "C0LLMSLO", "llm-incidents": "C0LLMSLO",
                                        "C0LLMSLO": "C0LLMSLO"}
@@ -31,7 +33,7 @@ MAX_HEADER_CHARS = 150
 MAX_TEXT_CHARS = 40000
 
 
-class SlackStandin:
+class SlackStandin(LoopbackServer):
     """A Slack Web API stand-in; ``await start()`` returns a base URL ending in ``/api/``."""
 
     def __init__(self, token: str = DEFAULT_TOKEN,
@@ -43,34 +45,20 @@ class SlackStandin:
         self._order: list[tuple[str, str]] = []
         self._next_ts = 1732700000_000100  # microseconds
         self._faults: list[dict[str, Any]] = []
-        self._runner: web.AppRunner | None = None
         self.base_url = ""
 
     # -- lifecycle
 
-    async def start(self) -> str:
+    def app(self) -> web.Application:
         app = web.Application()
         for method in ("chat.postMessage", "chat.update", "auth.test"):
             app.router.add_post(f"/api/{method}", self._handler(method))
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}/api/"
+        return app
+
+    async def start(self) -> str:
+        """The Web API base URL (what slack-sdk takes as ``base_url``)."""
+        self.base_url = await super().start() + "/api/"
         return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> "SlackStandin":
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # -- fault injection
 
