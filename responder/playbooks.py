@@ -2,7 +2,13 @@
 
 This module owns the playbook file format, its validation and the choice of a playbook for an
 alert. A playbook says which alerts it handles (Alertmanager matchers), which probes to run and
-for how long, how to find the capture target from the alert's labels, and which runbooks to link.
+for how long, how to find the capture target from the alert's labels, which PromQL to chart as
+metric evidence, which alert label names the traced service, and which runbooks to link.
+
+PromQL in a playbook may carry ``$label`` / ``${label}`` placeholders filled from the alert's
+labels (``$$`` is a literal dollar). Inside a double-quoted PromQL string a value is escaped so it
+cannot end the string; outside any string only a bare word (letters, digits, ``_``, ``:``) is
+accepted, so a label value can never add PromQL of its own.
 
 Validation is for people editing YAML by hand (``llmslo playbooks validate``): it reads the
 composed node tree rather than plain Python values, so every problem carries the line and column
@@ -13,6 +19,7 @@ does not depend on it.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,10 +40,18 @@ BASELINE_BOUNDS_S = (0.0, 600.0)
 DEFAULT_DURATION_S = 10.0
 DEFAULT_BASELINE_S = 60.0
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")
+PROM_KINDS = ("burn_rate", "sli", "signal")
+STEP_BOUNDS_S = (1.0, 3600.0)
+DEFAULT_SERVICE_LABELS = ("service", "service_name", "job")
 
 _NAME = re.compile(r"[a-z0-9-]+")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+_QUERY_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What a label value may be where it is pasted outside a string: part of a metric or rule name
+# (llm_slo:$slo:burn_rate$long_window) or a range duration; nothing that could add operators.
+_BARE_VALUE = re.compile(r"[A-Za-z0-9_:]+")
 
 _TAG = "tag:yaml.org,2002:"
 _TAG_NAMES = {
@@ -103,6 +118,43 @@ class Runbook:
 
 
 @dataclass(frozen=True)
+class PromQuery:
+    """One PromQL query charted as metric evidence; ``expr`` may hold ``$label`` placeholders."""
+
+    name: str
+    title: str
+    expr: str
+    unit: str = ""
+    kind: str = "signal"  # one of PROM_KINDS
+
+    @property
+    def placeholders(self) -> tuple[str, ...]:
+        """The label names ``expr`` uses, in order of first use."""
+        seen: dict[str, None] = {}
+        for part in _parse_expr(self.expr):
+            if isinstance(part, _Slot):
+                seen.setdefault(part.label)
+        return tuple(seen)
+
+
+@dataclass(frozen=True)
+class PrometheusSpec:
+    queries: tuple[PromQuery, ...] = ()
+    # Range-query resolution; None lets the evidence step choose one from the window.
+    step_s: float | None = None
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    """Which alert labels name the traced service; the first label present wins."""
+
+    service_labels: tuple[str, ...] = DEFAULT_SERVICE_LABELS
+
+    def service(self, labels: Mapping[str, str]) -> str | None:
+        return next((labels[n] for n in self.service_labels if labels.get(n)), None)
+
+
+@dataclass(frozen=True)
 class Playbook:
     name: str
     source: Path
@@ -113,6 +165,8 @@ class Playbook:
     description: str = ""
     priority: int = DEFAULT_PRIORITY
     channel: str | None = None
+    prometheus: PrometheusSpec = field(default_factory=PrometheusSpec)
+    traces: TraceSpec = field(default_factory=TraceSpec)
 
     @property
     def is_fallback(self) -> bool:
@@ -137,6 +191,113 @@ def parse_duration(value: Any) -> float:
         if parts and "".join(n + u for n, u in parts) == text:
             return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
     raise ValueError(f"expected a duration like 10s, 500ms or 2m, got {value!r}")
+
+
+class ExprTemplateError(ValueError):
+    """A query's placeholder syntax is wrong; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class _Slot:
+    label: str
+    quoted: bool  # inside a double-quoted PromQL string
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_expr(expr: str) -> tuple[str | _Slot, ...]:
+    """Split ``expr`` into literal text and placeholders, noting which sit inside a string.
+
+    Tracks PromQL's string literals ("...", '...', `...`) and ``#`` comments so a placeholder's
+    context is known: that decides how its value is made safe.
+    """
+    parts: list[str | _Slot] = []
+    text: list[str] = []
+    quote: str | None = None
+    i, n = 0, len(expr)
+    while i < n:
+        c = expr[i]
+        if c == "$":
+            if expr.startswith("$$", i):
+                text.append("$")
+                i += 2
+                continue
+            if expr.startswith("${", i):
+                close = expr.find("}", i)
+                label = expr[i + 2:close] if close != -1 else ""
+                if not _IDENT.fullmatch(label):
+                    raise ExprTemplateError(
+                        f"invalid placeholder at character {i + 1}: ${{...}} needs a label name "
+                        "and a closing brace, e.g. ${service}; write $$ for a literal $")
+                i = close + 1
+            else:
+                m = _IDENT.match(expr, i + 1)
+                if m is None:
+                    raise ExprTemplateError(
+                        f"invalid placeholder at character {i + 1}: '$' must be followed by a "
+                        "label name ($service or ${service}); write $$ for a literal $")
+                label = m.group()
+                i = m.end()
+            if quote in ("'", "`"):
+                raise ExprTemplateError(
+                    f"placeholder ${label} is inside a {quote}-quoted string; put placeholders in "
+                    'double-quoted strings (service="$service"), where their values are escaped')
+            parts.extend(("".join(text), _Slot(label, quoted=quote == '"')))
+            text = []
+            continue
+        text.append(c)
+        if quote is not None:
+            if c == "\\" and quote != "`" and i + 1 < n and expr[i + 1] in (quote, "\\"):
+                text.append(expr[i + 1])
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'`":
+            quote = c
+        elif c == "#":
+            end = expr.find("\n", i)
+            end = n if end == -1 else end
+            text.append(expr[i + 1:end])  # a comment: copied as is, no placeholders
+            i = end
+            continue
+        i += 1
+    if quote is not None:
+        raise ExprTemplateError(f"a {quote}-quoted string is never closed")
+    parts.append("".join(text))
+    return tuple(p for p in parts if p != "")
+
+
+def _escape_promql_string(value: str) -> str:
+    """``value`` as the inside of a double-quoted PromQL string: it cannot end the string."""
+    return (value.replace("\\", "\\\\").replace('"', '\\"')
+            .replace("\n", "\\n").replace("\r", "\\r"))
+
+
+def skip_reason(query: PromQuery, labels: Mapping[str, str]) -> str | None:
+    """Why ``query`` cannot be filled from ``labels`` (None when it can)."""
+    missing = [name for name in query.placeholders if not labels.get(name)]
+    if missing:
+        names = ", ".join(f"'{name}'" for name in missing)
+        return f"skipped: the alert has no {names} label{'s' if len(missing) > 1 else ''} for this query"
+    for part in _parse_expr(query.expr):
+        if isinstance(part, _Slot) and not part.quoted and not _BARE_VALUE.fullmatch(labels[part.label]):
+            return (f"skipped: label '{part.label}' = {labels[part.label]!r} cannot be used outside a "
+                    "quoted string (only letters, digits, '_' and ':')")
+    return None
+
+
+def render_query(query: PromQuery, labels: Mapping[str, str]) -> str | None:
+    """``query.expr`` with its placeholders filled from ``labels``; None when it cannot be filled
+    (a label is missing or empty, or a value is unsafe where it goes; ``skip_reason`` says which)."""
+    if skip_reason(query, labels) is not None:
+        return None
+    out: list[str] = []
+    for part in _parse_expr(query.expr):
+        if isinstance(part, _Slot):
+            value = labels[part.label]
+            out.append(_escape_promql_string(value) if part.quoted else value)
+        else:
+            out.append(part)
+    return "".join(out)
 
 
 def load_playbooks(directory: str | Path, known_probes: set[str]) -> list[Playbook]:
@@ -226,7 +387,11 @@ class _PlaybookReader:
     """Checks one file's node tree, collecting problems; builds the Playbook if there are none."""
 
     TOP_KEYS = {"name": True, "description": False, "priority": False, "match": True,
-                "capture": True, "scope": False, "runbooks": False, "channel": False}
+                "capture": True, "scope": False, "runbooks": False, "channel": False,
+                "prometheus": False, "traces": False}
+    PROMETHEUS_KEYS = {"step": False, "queries": True}
+    QUERY_KEYS = {"name": True, "title": True, "expr": True, "unit": False, "kind": True}
+    TRACES_KEYS = {"service_labels": False}
     CAPTURE_KEYS = {"probes": True, "duration": False, "baseline": False}
     SCOPE_KEYS = {"pid_labels": False, "cgroup_labels": False, "port_labels": False,
                   "namespace_label": False, "pod_label": False}
@@ -285,12 +450,15 @@ class _PlaybookReader:
         scope = self.optional(keys, "scope", self.scope, ScopeSpec())
         runbooks = self.optional(keys, "runbooks", self.runbooks, ())
         channel = self.optional(keys, "channel", self.channel, None)
+        prometheus = self.optional(keys, "prometheus", self.prometheus, PrometheusSpec())
+        traces = self.optional(keys, "traces", self.traces, TraceSpec())
         if self.problems:
             return None
         assert name is not None and matchers is not None and capture is not None
         return Playbook(name=name, source=source, matchers=matchers, capture=capture,
                         scope=scope, runbooks=runbooks, description=description,
-                        priority=priority, channel=channel)
+                        priority=priority, channel=channel, prometheus=prometheus,
+                        traces=traces)
 
     # --- sections -------------------------------------------------------------------------
 
@@ -452,6 +620,97 @@ class _PlaybookReader:
                               "e.g. https://runbooks.example.com/llm/ttft-burn")
             return None
         return text
+
+    def prometheus(self, node: Node, what: str) -> PrometheusSpec | None:
+        # Sections return None once a problem is reported; read() then builds no playbook.
+        keys = self.mapping(node, what, self.PROMETHEUS_KEYS)
+        if keys is None:
+            return None
+        step = self.optional(keys, "step", lambda n, w: self.duration(n, w, STEP_BOUNDS_S), None,
+                             prefix="prometheus.")
+        queries = self.prom_queries(keys["queries"]) if "queries" in keys else None
+        if queries is None:
+            return None
+        return PrometheusSpec(queries=queries, step_s=step)
+
+    def prom_queries(self, node: Node) -> tuple[PromQuery, ...] | None:
+        items = self.sequence(node, "prometheus.queries",
+                              "a list of {name, title, expr, kind, unit} mappings")
+        if items is None:
+            return None
+        if not items:
+            self.report(node, "prometheus.queries is empty; list at least one query or leave out "
+                              "the prometheus section")
+            return None
+        first_by_name: dict[str, str] = {}
+        found: list[PromQuery] = []
+        for i, item in enumerate(items):
+            what = f"prometheus.queries[{i}]"
+            keys = self.mapping(item, what, self.QUERY_KEYS)
+            if keys is None:
+                continue
+            name = self.query_name(keys["name"], what, first_by_name) if "name" in keys else None
+            title = self.string(keys["title"], f"{what}.title") if "title" in keys else None
+            expr = self.expr(keys["expr"], f"{what}.expr") if "expr" in keys else None
+            kind = self.kind(keys["kind"], f"{what}.kind") if "kind" in keys else None
+            unit = self.optional(keys, "unit", self.string, "", prefix=f"{what}.")
+            if None not in (name, title, expr, kind, unit):
+                found.append(PromQuery(name=name, title=title, expr=expr, unit=unit, kind=kind))
+        return tuple(found) if len(found) == len(items) else None
+
+    def query_name(self, node: Node, what: str, first_by_name: dict[str, str]) -> str | None:
+        name = self.string(node, f"{what}.name")
+        if name is None:
+            return None
+        if not _QUERY_NAME.fullmatch(name):
+            self.report(node, f"{what}.name: invalid query name {name!r}: use lower-case letters, "
+                              "digits and '_', starting with a letter (e.g. burn_rate_long)")
+            return None
+        if name in first_by_name:
+            self.report(node, f"{what}.name: duplicate query name {name!r}; already used by "
+                              f"{first_by_name[name]}")
+            return None
+        first_by_name[name] = what
+        return name
+
+    def expr(self, node: Node, what: str) -> str | None:
+        expr = self.string(node, what)
+        if expr is None:
+            return None
+        if not expr.strip():
+            self.report(node, f"{what} is empty; write a PromQL expression, e.g. "
+                              'sum(rate(llm_requests_total{service="$service"}[5m]))')
+            return None
+        try:
+            _parse_expr(expr)
+        except ExprTemplateError as exc:
+            self.report(node, f"{what}: {exc}")
+            return None
+        return expr
+
+    def kind(self, node: Node, what: str) -> str | None:
+        kind = self.string(node, what)
+        if kind is None:
+            return None
+        if kind not in PROM_KINDS:
+            self.report(node, f"{what}: unknown kind {kind!r}; expected one of: "
+                              + ", ".join(PROM_KINDS))
+            return None
+        return kind
+
+    def traces(self, node: Node, what: str) -> TraceSpec | None:
+        keys = self.mapping(node, what, self.TRACES_KEYS)
+        if keys is None:
+            return None
+        labels = self.optional(keys, "service_labels", self.label_names, DEFAULT_SERVICE_LABELS,
+                               prefix="traces.")
+        if labels is _INVALID:
+            return None
+        if not labels:
+            self.report(keys["service_labels"], "traces.service_labels is empty; name at least one "
+                                                "label, e.g. [service]")
+            return None
+        return TraceSpec(service_labels=labels)
 
     def channel(self, node: Node, what: str) -> str | None:
         if isinstance(node, ScalarNode) and node.tag == _TAG + "null":

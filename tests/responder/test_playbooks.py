@@ -7,14 +7,20 @@ from pathlib import Path
 import pytest
 
 from responder.playbooks import (
+    DEFAULT_SERVICE_LABELS,
     CaptureSpec,
     Playbook,
     PlaybookLoadError,
     PlaybookProblem,
+    PrometheusSpec,
+    PromQuery,
     ScopeSpec,
+    TraceSpec,
     load_playbooks,
     parse_duration,
+    render_query,
     select_playbook,
+    skip_reason,
     validate_directory,
 )
 from responder.matchers import parse_matcher
@@ -53,6 +59,27 @@ runbooks:
 channel: "#llm"
 """
 
+# GOOD plus the metric and trace sections.
+GOOD_PROM = GOOD + """\
+prometheus:
+  step: 15s
+  queries:
+    - name: burn_rate_long
+      title: "Burn rate, long window"
+      expr: 'llm_slo:$slo:burn_rate${long_window}{service="$service"}'
+      unit: "x"
+      kind: burn_rate
+    - name: chat_share
+      title: Chat share
+      expr: 'sum(rate(x{path=~".*/chat$$",service="$service"}[5m]))'
+      kind: signal
+traces:
+  service_labels: [service_name, app]
+"""
+# The labels the contract's burn-rate alerts carry.
+ALERT = {"alertname": "LLMErrorBurn", "severity": "page", "slo": "errors", "long_window": "1h",
+         "short_window": "5m", "service": "chat"}
+
 
 def write(directory: Path, files: dict[str, str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
@@ -83,7 +110,7 @@ def test_shipped_playbooks_validate_clean() -> None:
     assert validate_directory(SHIPPED, set(CATALOG)) == []
     playbooks = load_playbooks(SHIPPED, set(CATALOG))
     by_name = {p.name: p for p in playbooks}
-    assert set(by_name) >= {"llm-latency-burn", "fallback"}
+    assert set(by_name) >= {"llm-latency-burn", "llm-error-burn", "fallback"}
     assert playbooks[-1].name == "fallback" and playbooks[-1].is_fallback
     latency = by_name["llm-latency-burn"]
     assert latency.capture == CaptureSpec(
@@ -94,6 +121,36 @@ def test_shipped_playbooks_validate_clean() -> None:
     assert all(r.url.startswith("https://runbooks.example.com/") for r in latency.runbooks)
     assert latency.source.name == "llm-latency-burn.yaml"
 
+    errors = by_name["llm-error-burn"]
+    assert by_name["fallback"].priority < errors.priority < latency.priority
+    assert errors.capture == latency.capture and errors.scope == latency.scope
+    assert errors.channel == latency.channel == "#llm-incidents"
+    # The comment says why 429s land here: provider throttling burns the error budget.
+    assert "429" in errors.source.read_text().split("name:")[0]
+
+
+def test_shipped_playbooks_query_the_contract_rules() -> None:
+    from capture.probes import CATALOG
+
+    by_name = {p.name: p for p in load_playbooks(SHIPPED, set(CATALOG))}
+    for name, slo in (("llm-latency-burn", "ttft"), ("llm-error-burn", "errors")):
+        prom = by_name[name].prometheus
+        assert prom.step_s is None  # resolution follows the windows
+        names = [q.name for q in prom.queries]
+        assert names[:2] == ["burn_rate_long", "burn_rate_short"] and "request_rate" in names
+        rendered = {q.name: render_query(q, {**ALERT, "slo": slo}) for q in prom.queries}
+        assert rendered["burn_rate_long"] == f'llm_slo:{slo}:burn_rate1h{{service="chat"}}'
+        assert rendered["burn_rate_short"] == f'llm_slo:{slo}:burn_rate5m{{service="chat"}}'
+        assert rendered["request_rate"] == 'sum(rate(llm_requests_total{service="chat"}[5m]))'
+        assert [q.kind for q in prom.queries if q.kind != "signal"] == ["burn_rate", "burn_rate", "sli"]
+        assert all(r is not None and "$" not in r for r in rendered.values())
+    # The fallback asks only for what any alert (alertname) or a service's alert (service) has.
+    fallback = by_name["fallback"].prometheus.queries
+    assert {label for q in fallback for label in q.placeholders} == {"alertname", "service"}
+    assert [render_query(q, {"alertname": "KubeX"}) is not None for q in fallback] == [True, False, False, False]
+    for p in by_name.values():
+        assert p.traces == TraceSpec(("service", "service_name", "job"))
+
 
 @pytest.mark.parametrize(
     ("labels", "expected"),
@@ -102,6 +159,10 @@ def test_shipped_playbooks_validate_clean() -> None:
         ({"alertname": "LLMLatencyBurnSlow", "severity": "ticket"}, "llm-latency-burn"),
         ({"alertname": "LLME2ELatencyBurn1h", "severity": "page"}, "llm-latency-burn"),
         ({"alertname": "LLMTTFTBurnFast", "severity": "info"}, "fallback"),
+        ({"alertname": "LLMErrorBurn", "severity": "page"}, "llm-error-burn"),
+        ({"alertname": "LLMErrorBurn", "severity": "ticket", "slo": "errors"}, "llm-error-burn"),
+        ({"alertname": "LLMErrorBurnFast", "severity": "page"}, "llm-error-burn"),
+        ({"alertname": "LLMErrorBurn", "severity": "info"}, "fallback"),
         ({"alertname": "KubePodCrashLooping", "severity": "page"}, "fallback"),
         ({}, "fallback"),
     ],
@@ -381,3 +442,117 @@ def test_playbook_matches() -> None:
     p = Playbook(name="x", source=Path("x.yaml"), matchers=(parse_matcher('a="1"'),),
                  capture=CaptureSpec(("tcp_retrans",)))
     assert p.matches({"a": "1"}) and not p.matches({"a": "2"}) and not p.is_fallback
+
+
+# --- metric and trace sections --------------------------------------------------------------
+
+def test_prometheus_and_traces_sections(tmp_path: Path) -> None:
+    write(tmp_path, {"fallback.yaml": FALLBACK, "ttft.yaml": GOOD_PROM})
+    ttft, fallback = load_playbooks(tmp_path, PROBES)
+    assert ttft.prometheus == PrometheusSpec(step_s=15.0, queries=(
+        PromQuery("burn_rate_long", "Burn rate, long window",
+                  'llm_slo:$slo:burn_rate${long_window}{service="$service"}', "x", "burn_rate"),
+        PromQuery("chat_share", "Chat share", 'sum(rate(x{path=~".*/chat$$",service="$service"}[5m]))', "",
+                  "signal"),
+    ))
+    assert ttft.traces.service_labels == ("service_name", "app")
+    assert ttft.traces.service({"app": "a", "service_name": "", "service": "s"}) == "a"
+    # Without the sections: no queries, and the usual service labels.
+    assert fallback.prometheus == PrometheusSpec() and fallback.prometheus.queries == ()
+    assert fallback.traces.service_labels == DEFAULT_SERVICE_LABELS == ("service", "service_name", "job")
+    assert fallback.traces.service({"job": "j", "service": "s"}) == "s"
+    assert fallback.traces.service({"pod": "p"}) is None
+
+
+def test_render_query_fills_labels(tmp_path: Path) -> None:
+    write(tmp_path, {"fallback.yaml": FALLBACK, "ttft.yaml": GOOD_PROM})
+    burn, share = load_playbooks(tmp_path, PROBES)[0].prometheus.queries
+    assert burn.placeholders == ("slo", "long_window", "service")
+    assert render_query(burn, ALERT) == 'llm_slo:errors:burn_rate1h{service="chat"}'
+    # $$ is a literal dollar (a regex anchor here).
+    assert render_query(share, ALERT) == 'sum(rate(x{path=~".*/chat$",service="chat"}[5m]))'
+
+
+@pytest.mark.parametrize(("value", "inside"), [
+    ('a"b', 'a\\"b'),
+    ("a\\b", "a\\\\b"),
+    ("a\nb", "a\\nb"),
+    ("a\rb", "a\\rb"),
+    ('chat"} or vector(1) #', 'chat\\"} or vector(1) #'),
+    ('x\\', 'x\\\\'),  # a trailing backslash must not escape the closing quote
+])
+def test_label_values_cannot_leave_their_string(value: str, inside: str) -> None:
+    # test_prometheus.py runs the hostile ones through Prometheus's own parser.
+    q = PromQuery("q", "q", 'up{service="$service"}')
+    assert render_query(q, {"service": value}) == f'up{{service="{inside}"}}'
+
+
+def test_bare_placeholders_take_only_plain_words() -> None:
+    q = PromQuery("q", "q", 'llm_slo:$slo:burn_rate$long_window{service="$service"}')
+    labels = {**ALERT, "slo": "errors{} or vector(1)"}
+    assert render_query(q, labels) is None
+    assert skip_reason(q, labels) == ("skipped: label 'slo' = 'errors{} or vector(1)' cannot be used outside "
+                                      "a quoted string (only letters, digits, '_' and ':')")
+
+
+def test_missing_or_empty_label_skips_the_query() -> None:
+    q = PromQuery("q", "q", 'llm_slo:$slo:burn_rate$long_window{service="${service}"}')
+    assert render_query(q, {"slo": "errors", "service": "chat"}) is None
+    assert skip_reason(q, {"slo": "errors", "service": "chat"}) == (
+        "skipped: the alert has no 'long_window' label for this query")
+    assert skip_reason(q, {"slo": "", "long_window": "1h"}) == (
+        "skipped: the alert has no 'slo', 'service' labels for this query")
+    assert skip_reason(q, ALERT) is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "needle", "fragment"),
+    [
+        ("    - name: chat_share", "    - name: burn_rate_long  # again", "# again",
+         "prometheus.queries[1].name: duplicate query name 'burn_rate_long'; already used by "
+         "prometheus.queries[0]"),
+        ("kind: signal", "kind: gauge", "kind: gauge",
+         "prometheus.queries[1].kind: unknown kind 'gauge'; expected one of: burn_rate, sli, signal"),
+        ("    - name: chat_share", "    - name: Chat-Share", "Chat-Share",
+         "prometheus.queries[1].name: invalid query name 'Chat-Share'"),
+        ("      expr: 'sum(rate(x{path=~\".*/chat$$\",service=\"$service\"}[5m]))'", "      expr: ' '",
+         "expr: ' '", "prometheus.queries[1].expr is empty"),
+        ("chat$$", "chat$", "chat$", "prometheus.queries[1].expr: invalid placeholder at character 26: '$' "
+                                     "must be followed by a label name ($service or ${service}); write $$ "
+                                     "for a literal $"),
+        ("${long_window}", "${long_window", "burn_rate${long_window",
+         "needs a label name and a closing brace"),
+        ("""      expr: 'llm_slo:$slo:burn_rate${long_window}{service="$service"}'""",
+         """      expr: "up{service='$service'}\"""", "service='$service'",
+         "placeholder $service is inside a '-quoted string"),
+        ("      kind: burn_rate\n", "", "- name: burn_rate_long",
+         "missing required key 'kind' in prometheus.queries[0]"),
+        ("      unit: \"x\"", "      units: \"x\"", "units", "unknown key 'units' in prometheus.queries[0] "
+                                                           "(did you mean 'unit'?)"),
+        ("  step: 15s", "  step: 500ms", "step", "prometheus.step '500ms' is out of bounds; it must be "
+                                                 "between 1s and 3600s"),
+        ("      kind: signal\n", "      kind: signal\n  extra: 1\n", "extra",
+         "unknown key 'extra' in prometheus; allowed keys: queries, step"),
+        ("  service_labels: [service_name, app]", "  service_labels: []", "service_labels",
+         "traces.service_labels is empty"),
+        ("  service_labels: [service_name, app]", "  service_labels: [service-name]", "service_labels",
+         "traces.service_labels[0]: invalid label name 'service-name'"),
+        ("traces:\n  service_labels: [service_name, app]", "traces: [service]", "traces:",
+         "traces must be a mapping with keys service_labels; got a list"),
+    ],
+)
+def test_prometheus_and_traces_problems(tmp_path: Path, old: str, new: str, needle: str, fragment: str) -> None:
+    assert old in GOOD_PROM, old
+    text = GOOD_PROM.replace(old, new, 1)
+    check(tmp_path, text, needle, fragment)
+
+
+def test_empty_query_list(tmp_path: Path) -> None:
+    start = GOOD_PROM.index("  queries:")
+    text = GOOD_PROM[:start] + "  queries: []\ntraces:\n  service_labels: [app]\n"
+    check(tmp_path, text, "queries: []", "prometheus.queries is empty; list at least one query")
+
+
+def test_missing_query_list(tmp_path: Path) -> None:
+    text = GOOD + "prometheus:\n  step: 30s\n"
+    check(tmp_path, text, "step: 30s", "missing required key 'queries' in prometheus")
