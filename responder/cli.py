@@ -201,6 +201,82 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if status < 300 else 1
 
 
+# --- rules generate ------------------------------------------------------------------------------
+def _rules_duration(text: str, flag: str) -> float:
+    from responder.playbooks import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise CliError(f"rules generate: {flag}: {e}") from None
+    if seconds <= 0:
+        raise CliError(f"rules generate: {flag} must be longer than zero, got {text!r}")
+    return seconds
+
+
+def _rules_objective(text: str, flag: str) -> float:
+    """``99.5``, ``99.5%`` or ``0.995`` all mean 99.5%: a value of 1 or more is a percentage."""
+    body = text.strip()
+    percent = body.endswith("%")
+    try:
+        value = float(body.removesuffix("%"))
+    except ValueError:
+        raise CliError(f"rules generate: {flag} expects a percentage like 99.5 or 99.5%, got {text!r}") from None
+    return value / 100 if percent or value >= 1 else value
+
+
+def _rules_scale(text: str) -> float:
+    """``0.25`` or a fraction like ``1/240``."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise CliError(f"rules generate: --window-scale expects a number in (0, 1] such as 0.25 or 1/240, "
+                       f"got {text!r}") from None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # A half-written rule file would be loaded by a Prometheus watching the directory.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CliError(f"rules generate: cannot write {path}: {e.strerror}") from None
+
+
+def cmd_rules_generate(args: argparse.Namespace) -> int:
+    from responder.rules import RulesError, SloRulesSpec, describe, render_rules
+
+    group_by = tuple(label.strip() for label in (args.group_by or "").split(",") if label.strip())
+    try:
+        spec = SloRulesSpec(
+            objective_errors=_rules_objective(args.objective_errors, "--objective-errors"),
+            objective_ttft=_rules_objective(args.objective_ttft, "--objective-ttft"),
+            objective_latency=_rules_objective(args.objective_latency, "--objective-latency"),
+            ttft_threshold_s=_rules_duration(args.ttft_threshold, "--ttft-threshold"),
+            latency_threshold_s=_rules_duration(args.latency_threshold, "--latency-threshold"),
+            error_codes=args.error_codes, requests_metric=args.requests_metric, ttft_metric=args.ttft_metric,
+            latency_metric=args.latency_metric, service_label=args.service_label, extra_group_labels=group_by,
+            window_scale=_rules_scale(args.window_scale),
+            scrape_interval_s=_rules_duration(args.scrape_interval, "--scrape-interval"),
+            group_interval_s=(_rules_duration(args.evaluation_interval, "--evaluation-interval")
+                              if args.evaluation_interval else None),
+            runbook_url=args.runbook_url or None)
+    except RulesError as e:
+        raise CliError(f"rules generate: {e}") from None
+    text = render_rules(spec, header=describe(spec))
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        return 0
+    _write_atomically(Path(args.output), text)
+    print(f"llmslo: wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmslo", description="LLM SLO incident responder with eBPF evidence")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -237,6 +313,32 @@ def build_parser() -> argparse.ArgumentParser:
     v = pbs.add_parser("validate", help="check playbooks; errors with file:line")
     v.add_argument("dir", nargs="?")
     v.set_defaults(func=cmd_playbooks_validate)
+
+    ru = sub.add_parser("rules", help="Prometheus rules for the LLM SLOs")
+    rus = ru.add_subparsers(dest="rules_command", required=True)
+    g = rus.add_parser("generate", help="print (or write) SLO recording and burn-rate alerting rules")
+    g.add_argument("-o", "--output", help="rule file to write (default: stdout)")
+    g.add_argument("--window-scale", default="1",
+                   help="shrink every window and for: by this factor, e.g. 1/60 for a lab (default 1)")
+    g.add_argument("--scrape-interval", default="15s",
+                   help="the scrape interval; the scaled 5m window must hold 4 scrapes (default 15s)")
+    g.add_argument("--evaluation-interval", help="rule group evaluation interval (default: Prometheus's global)")
+    g.add_argument("--objective-errors", default="99.5", help="percent of requests not failing (default 99.5)")
+    g.add_argument("--objective-ttft", default="99",
+                   help="percent of requests with first token within --ttft-threshold (default 99)")
+    g.add_argument("--objective-latency", default="99",
+                   help="percent of requests completing within --latency-threshold (default 99)")
+    g.add_argument("--ttft-threshold", default="2s", help="a bucket bound of the TTFT histogram (default 2s)")
+    g.add_argument("--latency-threshold", default="10s",
+                   help="a bucket bound of the request duration histogram (default 10s)")
+    g.add_argument("--error-codes", default="5..|429", help="regex over the code label counted as errors")
+    g.add_argument("--service-label", default="service", help="label naming the service (default service)")
+    g.add_argument("--group-by", help="comma-separated extra labels to keep, e.g. region,model")
+    g.add_argument("--requests-metric", default="llm_requests_total")
+    g.add_argument("--ttft-metric", default="llm_time_to_first_token_seconds", help="histogram base name")
+    g.add_argument("--latency-metric", default="llm_request_duration_seconds", help="histogram base name")
+    g.add_argument("--runbook-url", help="runbook_url annotation; {slo}, {alertname}, {severity} are filled in")
+    g.set_defaults(func=cmd_rules_generate)
 
     r = sub.add_parser("replay", help="send a saved Alertmanager payload to a running responder")
     r.add_argument("file")
