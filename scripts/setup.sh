@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian bookworm machine of the kind the project runs on, as root:
-# OS packages (bcc and its tools, kernel headers, nftables, bpftool), kernel headers reachable
+# OS packages (bcc and its tools, kernel headers, nftables, bpftool, Prometheus, Alertmanager,
+# PostgreSQL, chromium for the incident page test), kernel headers reachable
 # for bcc when the running kernel ships none, tracefs mounted, the project's venv in .venv/ with
 # the OS's bcc module importable from it, and the project installed editable with its test extras.
 set -euo pipefail
@@ -18,7 +19,7 @@ fi
 
 # --- OS packages -----------------------------------------------------------------------------
 PKGS=(bpfcc-tools python3-bpfcc libbpfcc linux-headers-amd64 nftables bpftool iproute2
-      prometheus prometheus-alertmanager postgresql)
+      prometheus prometheus-alertmanager postgresql chromium fonts-dejavu-core)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
