@@ -125,11 +125,13 @@ class ResponderProcess:
 
 
 class LabService:
-    """The lab HTTP service, started straight into its own cgroup."""
+    """A service module (``python -m MODULE --port P ...``), started straight into its own cgroup."""
 
-    def __init__(self, name: str = "svc"):
+    def __init__(self, name: str = "svc", module: str = "lab.service", args: tuple[str, ...] = (),
+                 ready_path: str = "/health", log_path: Path | None = None):
         self.port = free_port()
         self.cgroup = WorkloadCgroup(name)
+        self.module, self.args, self.ready_path, self.log_path = module, tuple(args), ready_path, log_path
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -143,14 +145,15 @@ class LabService:
         def enter_cgroup() -> None:  # runs in the child before exec: no window outside the cgroup
             procs_file.write_text(str(os.getpid()))
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "lab.service", "--port", str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, "--port", str(self.port), *self.args],
                                      cwd=REPO, preexec_fn=enter_cgroup, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         async with aiohttp.ClientSession() as s:
             while time.monotonic() < deadline:
                 try:
-                    async with s.get(f"http://127.0.0.1:{self.port}/health") as r:
+                    async with s.get(f"http://127.0.0.1:{self.port}{self.ready_path}") as r:
                         if r.status == 200:
                             return self
                 except aiohttp.ClientError:

@@ -1,10 +1,16 @@
-"""Attribution v0: from a capture's incident and baseline windows to a ranked verdict.
+"""Attribution v0: from a capture's incident and baseline windows, and the service's traces, to a
+ranked verdict.
 
-Kernel evidence only: ``network`` from retransmits, resets and connects; ``dns`` from
+Kernel evidence: ``network`` from retransmits, resets and connects; ``dns`` from
 getaddrinfo failures and latency; ``provider_throttling`` from HTTP 429 and 5xx responses seen in
 the TLS plaintext; ``provider_latency`` from time to first response byte; ``retrieval_backend``
 from request/reply latency on plain TCP; ``app_cpu`` from run-queue wait and CFS throttling;
-``app_memory`` from OOM kills and memory-limit hits. Each signal compares the incident
+``app_memory`` from OOM kills and memory-limit hits. Trace evidence (per dependency, see
+``responder.traces.evidence``): ``provider_throttling`` from GenAI calls failing with 429/529/503,
+``provider_latency`` from GenAI time to first token (or duration) when the other outbound
+dependencies stayed as they were, ``network`` when every outbound dependency slowed at once,
+``retrieval_backend`` from slower or failing retrieval calls, and ``policy_layer`` (which the
+kernel cannot see) from slower or rejecting guardrail spans. Each signal compares the incident
 window with the baseline window; a domain's strength adds up its signals that moved, and the
 confidence is ``strength / (strength + STRENGTH_HALF)``. The confidence is *not yet calibrated* on the lab
 (the lab issue does that); the thresholds below are the reasons a reader can check.
@@ -14,8 +20,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from typing import Any, Callable
+
 from capture.schemas import CaptureResult, ProbeResult
 from responder.model import Evidence, Hypothesis, Verdict
+from responder.traces.evidence import trace_signals
 
 # --- thresholds (why each value) -------------------------------------------------------------
 # A healthy loopback or datacenter path retransmits well under 0.2 segments/s per workload; one
@@ -65,6 +74,18 @@ MIN_MARGIN = 0.15
 # domain with a single signal (app_cpu has only the run-queue one), so overlapping faults could
 # never be named together.
 BOTH_CONFIDENCE = 1.0 / (1.0 + STRENGTH_HALF)
+
+# Traces. A dependency needs this many calls in each window before its quantiles or rates say
+# anything (a few seconds of an LLM service's traffic).
+MIN_TRACE_CALLS = 10
+# Span latency is measured per call, not sampled into log2 buckets, so a smaller ratio than the
+# kernel histograms' is already a clear move; the floor keeps a 2 ms -> 5 ms query from counting.
+TRACE_MIN_RATIO = 2.0
+TRACE_SLOW_MS = {"llm": 100.0, "retrieval": 10.0, "policy": 10.0, "http": 20.0}
+# Errors: a tenth of a dependency's calls failing above its baseline's rate. Throttling: a
+# twentieth of the provider calls answered 429/529/503 (the SDK's retries hide the rest).
+MIN_EXCESS_ERROR_RATE = 0.10
+MIN_THROTTLE_RATE = 0.05
 
 
 @dataclass
@@ -191,10 +212,92 @@ def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
     return out, gaps
 
 
-def attribute(capture: CaptureResult | None) -> Verdict:
-    if capture is None:
-        return Verdict(domains=[], confidence=0.0, abstain_reason="no capture: the probes did not run")
-    sigs, gaps = signals(capture)
+def _trace_latency_moved(d: dict[str, Any]) -> tuple[bool, float, float, str] | None:
+    """Whether a dependency's p90 (TTFT p90 for GenAI calls that stream) rose; None without data."""
+    if min(d["count_baseline"], d["count_incident"]) < MIN_TRACE_CALLS:
+        return None
+    key = "ttft_p90_ms" if d.get("ttft_p90_ms_incident") is not None and d.get("ttft_p90_ms_baseline") else "p90_ms"
+    b, i = d.get(f"{key}_baseline"), d.get(f"{key}_incident")
+    if b is None or i is None:
+        return None
+    moved = i >= TRACE_MIN_RATIO * b and i - b >= TRACE_SLOW_MS.get(d["kind"], 20.0)
+    return moved, b, i, ("time to first token p90" if key == "ttft_p90_ms" else "p90")
+
+
+def trace_signals_for(traces: dict[str, Any] | None,
+                      trace_link: Callable[[str], str | None]) -> tuple[list[Signal], list[str]]:
+    """Signals from trace evidence (per dependency, incident vs baseline), and why some are missing."""
+    if not traces:
+        return [], []
+    if not traces.get("reachable", True):
+        return [], [f"traces unavailable: {traces.get('error')}"]
+    deps = {(d["kind"], d["name"]): d for d in trace_signals(traces)}
+    exemplars = {(d["kind"], d["name"]): (d.get("incident") or {}).get("exemplar_trace_ids") or []
+                 for d in traces.get("dependencies", [])}
+
+    def ev(d: dict[str, Any], name: str, summary: str, b: float | None, i: float | None, unit: str) -> Evidence:
+        ids = exemplars.get((d["kind"], d["name"])) or []
+        return Evidence(signal=f"trace.{d['kind']}.{name}", summary=f"{d['kind']} {d['name']}: {summary}",
+                        baseline=None if b is None else round(b, 3), incident=None if i is None else round(i, 3),
+                        unit=unit, source="trace", link=trace_link(ids[0]) if ids else None)
+
+    out: list[Signal] = []
+    latency: dict[tuple[str, str], tuple[bool, Signal]] = {}
+    for key, d in deps.items():
+        kind = d["kind"]
+        if kind not in ("llm", "retrieval", "policy", "http"):
+            continue
+        if d["count_incident"] >= MIN_TRACE_CALLS:
+            eb, ei = d.get("error_rate_baseline") or 0.0, d.get("error_rate_incident") or 0.0
+            if kind == "llm":
+                t = d.get("throttle_rate_incident") or 0.0
+                moved = t >= MIN_THROTTLE_RATE
+                out.append(Signal("provider_throttling", ev(
+                    d, "throttled_share", f"calls answered 429/529/503 {'rose to' if moved else 'stayed at'} {t:.0%}"
+                    f" ({d.get('retries_incident', 0)} retries)", None, t, "share"),
+                    _ratio_strength(t, max(eb, 0.01)) if moved else 0.0))
+            elif kind in ("retrieval", "policy"):
+                domain = "retrieval_backend" if kind == "retrieval" else "policy_layer"
+                moved = ei - eb >= MIN_EXCESS_ERROR_RATE
+                out.append(Signal(domain, ev(d, "error_share", f"failing calls {'rose' if moved else 'unchanged'}: "
+                                             f"{eb:.0%} → {ei:.0%}", eb, ei, "share"),
+                                  _ratio_strength(ei, max(eb, 0.01)) if moved else 0.0))
+        lat = _trace_latency_moved(d)
+        if lat is not None:
+            moved, b, i, what = lat
+            latency[key] = (moved, Signal("", ev(d, what.replace(" ", "_"), f"{what} {'rose' if moved else 'unchanged'}:"
+                                                 f" {b:.0f} → {i:.0f} ms", b, i, "ms"),
+                                          _ratio_strength(i, b) if moved else 0.0))
+    # Latency: every outbound dependency slower at once is the path (network), not one of them.
+    outbound = [k for k in latency if k[0] in ("llm", "retrieval", "http")]
+    all_slow = len(outbound) >= 2 and all(latency[k][0] for k in outbound)
+    for key, (moved, sig) in latency.items():
+        kind = key[0]
+        if all_slow and kind in ("llm", "retrieval", "http"):
+            sig.domain = "network"
+        else:
+            sig.domain = {"llm": "provider_latency", "retrieval": "retrieval_backend", "policy": "policy_layer",
+                          "http": "network"}[kind]
+        out.append(sig)
+    return out, []
+
+
+def attribute(capture: CaptureResult | None, traces: dict[str, Any] | None = None,
+              trace_link: Callable[[str], str | None] = lambda _trace_id: None,
+              gaps: list[str] | None = None) -> Verdict:
+    """The verdict from the kernel capture and the trace evidence; either may be missing."""
+    gaps = list(gaps or [])
+    tsigs, tgaps = trace_signals_for(traces, trace_link)
+    gaps += tgaps
+    if capture is None and not tsigs:
+        return Verdict(domains=[], confidence=0.0,
+                       abstain_reason="; ".join(gaps) or "no capture: the probes did not run")
+    if capture is not None:
+        ksigs, kgaps = signals(capture)
+        gaps += kgaps
+    else:
+        ksigs = []
+    sigs = ksigs + tsigs
     if not sigs:
         return Verdict(domains=[], confidence=0.0,
                        abstain_reason="no usable evidence: " + ("; ".join(gaps) or "the capture saw nothing"))

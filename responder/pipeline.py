@@ -1,6 +1,7 @@
 """The responder's path for one job, as explicit stages with typed inputs and outputs:
 
-    investigate: playbook -> scope -> gather (kernel capture) -> attribute -> report (outbox)
+    investigate: playbook -> scope -> gather (kernel capture, traces and Prometheus, concurrently)
+                 -> attribute -> report (outbox)
     resolve:     mark resolved -> report (outbox)
 
 Intake and dedup happened before (``responder.server`` and ``responder.store``); delivery of what
@@ -17,11 +18,15 @@ from datetime import datetime
 from typing import Any, Callable, Protocol
 
 from capture.schemas import CaptureRequest, CaptureResult, CaptureTarget, RequestError
-from responder import report
+from responder import links, report
 from responder.attribution import attribute
+from responder.config import Settings
 from responder.model import Verdict
 from responder.playbooks import Playbook, ScopeSpec, select_playbook
+from responder.prometheus import prometheus_evidence
 from responder.store import Incident, IncidentStore, Job
+from responder.traces.backends import TraceBackend
+from responder.traces.gather import gather_trace_evidence
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,28 @@ def baseline_end(incident: Incident) -> float | None:
     return min(starts) if starts else None
 
 
+# The application evidence's incident window reaches back to the burn's start, but no further
+# than this: a long-running incident's re-investigation compares its last minutes, not hours of
+# spans.
+MAX_INCIDENT_WINDOW_S = 600.0
+# Metrics get a longer baseline than the capture: SLO series are smooth and cheap to read, and
+# the chart shows where the burn rate sat before the alert.
+METRICS_BASELINE_S = 900.0
+
+
+def evidence_windows(burn_start: float | None, end: float, duration_s: float,
+                     baseline_s: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(baseline, incident) windows for traces and metrics, ending at ``end``.
+
+    The incident window starts where the burn began (at least one capture long, at most
+    MAX_INCIDENT_WINDOW_S); the baseline is the ``baseline_s`` just before it, the same place
+    the kernel capture's baseline comes from.
+    """
+    start = end - duration_s if burn_start is None else burn_start
+    start = min(max(start, end - MAX_INCIDENT_WINDOW_S), end - duration_s)
+    return (start - baseline_s, start), (start, end)
+
+
 @dataclass
 class Outcome:
     playbook: Playbook | None
@@ -90,14 +117,16 @@ class Outcome:
 
 class Pipeline:
     def __init__(self, store: IncidentStore, playbooks: list[Playbook], agent: AgentClient,
-                 sinks: list[str], default_channel: str, base_url: str,
+                 sinks: list[str], settings: Settings, traces: TraceBackend | None = None,
                  on_enqueued: Callable[[], None] = lambda: None):
         self.store = store
         self.playbooks = playbooks
         self.agent = agent
         self.sinks = sinks
-        self.default_channel = default_channel
-        self.base_url = base_url
+        self.settings = settings
+        self.default_channel = settings.slack_channel
+        self.base_url = settings.base_url
+        self.traces = traces
         self.on_enqueued = on_enqueued
 
     def incident_url(self, incident_id: str) -> str:
@@ -137,36 +166,82 @@ class Pipeline:
         log.info("incident=%s event=investigate job=%s playbook=%s", inc.id, job.id,
                  playbook.name if playbook else None)
         target = capture = None
+        evidence: dict[str, Any] = {"prometheus": None, "traces": None}
+        runbooks = [{"title": r.title, "url": r.url} for r in playbook.runbooks] if playbook else []
         if playbook is None:
             verdict = Verdict(domains=[], confidence=0.0, abstain_reason="no playbook matches the alert's labels")
         else:
-            try:
-                # Stage: scope.
-                target = scope_from_labels(playbook.scope, labels)
-                # Stage: gather.
-                req = CaptureRequest(target=target, probes=list(playbook.capture.probes),
-                                     duration_s=playbook.capture.duration_s, baseline_s=playbook.capture.baseline_s,
-                                     baseline_end=baseline_end(inc), incident_id=inc.id)
-                capture = await self.agent.capture(req)
-                # Stage: attribute.
-                verdict = attribute(capture)
-            except (ScopeError, RequestError) as e:
-                verdict = Verdict(domains=[], confidence=0.0, abstain_reason=f"could not scope the capture: {e}")
-            except Exception as e:  # agent unreachable or failed: say so in the thread
-                log.exception("incident=%s event=capture_failed", inc.id)
-                verdict = Verdict(domains=[], confidence=0.0, abstain_reason=f"the capture failed: {e}")
+            # Stage: gather. The kernel capture, traces and metrics run concurrently; the latter
+            # two read their incident window up to the capture's end.
+            (capture, capture_gap), evidence = await asyncio.gather(
+                self.capture_stage(inc, playbook, labels),
+                self.application_evidence(inc, playbook, labels, time.time() + playbook.capture.duration_s))
+            target = capture.target if capture else None
+            # Stage: attribute.
+            verdict = attribute(capture, traces=evidence["traces"],
+                                trace_link=lambda tid: links.trace_url(self.settings, tid),
+                                gaps=[capture_gap] if capture_gap else [])
+        incident_links = links.incident_links(self.settings, inc.to_dict(), evidence["prometheus"],
+                                              evidence["traces"], runbooks)
         inc = await asyncio.to_thread(self.store.update_incident, inc.id, verdict=verdict.to_dict(),
-                                      capture=capture.to_dict() if capture else None)
+                                      capture=capture.to_dict() if capture else None, evidence=evidence,
+                                      links=incident_links)
         log.info("incident=%s event=attributed domains=%s confidence=%.2f abstain=%r", inc.id,
                  ",".join(verdict.domains), verdict.confidence, verdict.abstain_reason)
         # Stage: report.
-        runbooks = [{"title": r.title, "url": r.url} for r in playbook.runbooks] if playbook else []
         await self._enqueue(inc.id, f"root:attributed:{job.id}", "update",
                             report.render_root(inc.to_dict(), self.incident_url(inc.id)))
         await self._enqueue(inc.id, f"attribution:{job.id}", "reply",
                             report.render_attribution(inc.to_dict(), verdict, capture, runbooks,
                                                       self.incident_url(inc.id)))
         return Outcome(playbook, target, capture, verdict)
+
+    async def capture_stage(self, inc: Incident, playbook: Playbook,
+                            labels: dict[str, str]) -> tuple[CaptureResult | None, str | None]:
+        """Stages scope and kernel capture; (result, None) or (None, why there is none)."""
+        try:
+            target = scope_from_labels(playbook.scope, labels)
+            req = CaptureRequest(target=target, probes=list(playbook.capture.probes),
+                                 duration_s=playbook.capture.duration_s, baseline_s=playbook.capture.baseline_s,
+                                 baseline_end=baseline_end(inc), incident_id=inc.id)
+            return await self.agent.capture(req), None
+        except (ScopeError, RequestError) as e:
+            return None, f"could not scope the capture: {e}"
+        except Exception as e:  # agent unreachable or failed: say so in the thread
+            log.exception("incident=%s event=capture_failed", inc.id)
+            return None, f"the capture failed: {e}"
+
+    async def application_evidence(self, inc: Incident, playbook: Playbook, labels: dict[str, str],
+                                   end: float) -> dict[str, Any]:
+        """Traces and Prometheus over the baseline and incident windows, read once ``end`` has passed."""
+        baseline, incident = evidence_windows(baseline_end(inc), end, playbook.capture.duration_s,
+                                              playbook.capture.baseline_s)
+        await asyncio.sleep(max(0.0, end - time.time()))
+        service = playbook.traces.service(labels)
+
+        async def traces() -> dict[str, Any] | None:
+            if self.traces is None or service is None:
+                return None
+            return await gather_trace_evidence(self.traces, self.settings, service, baseline, incident)
+
+        async def metrics() -> dict[str, Any] | None:
+            if not playbook.prometheus.queries:
+                return None
+            longer = (incident[0] - max(METRICS_BASELINE_S, baseline[1] - baseline[0]), incident[0])
+            return await prometheus_evidence(self.settings, list(playbook.prometheus.queries), labels, longer,
+                                             incident, step=playbook.prometheus.step_s)
+
+        t, p = await asyncio.gather(traces(), metrics(), return_exceptions=True)
+        out: dict[str, Any] = {}
+        for key, value in (("traces", t), ("prometheus", p)):
+            if isinstance(value, BaseException):  # a bug, not an outage (those are reported inside)
+                log.error("incident=%s event=%s_evidence_failed error=%r", inc.id, key, value)
+                value = {"reachable": False, "error": f"{type(value).__name__}: {value}"}
+            out[key] = value
+        log.info("incident=%s event=application_evidence traces=%s prometheus=%s", inc.id,
+                 None if t is None else (t.get("reachable") if isinstance(t, dict) else "error"),
+                 None if p is None else (p.get("reachable") if isinstance(p, dict) else "error"))
+        return out
 
     async def resolve(self, job: Job) -> None:
         inc = await self._incident(job.incident_id)

@@ -166,8 +166,8 @@ def render_attribution(incident: dict[str, Any], verdict: Verdict, capture: Capt
             items += [_EvidenceItem((pos, kind, hrank), (hrank, kind), e) for pos, e in enumerate(evs[:cap])]
     items.sort(key=lambda it: it.rank)
 
-    # -- the tail: capture scope and cost, runbooks, alert source
-    tail = _capture_blocks(capture) + _link_blocks(incident, runbooks)
+    # -- the tail: metrics and traces, capture scope and cost, runbooks, alert source
+    tail = _application_blocks(incident) + _capture_blocks(capture) + _link_blocks(incident, runbooks)
 
     # -- fit the evidence into the block budget (head + divider + tail are fixed)
     fixed = len(head) + 1 + len(tail)
@@ -232,6 +232,56 @@ def _evidence_line(e: Evidence) -> tuple[str, str]:
         md += f" · {_link(e.link, 'evidence')}"
         plain += f" {e.link}"
     return md, plain
+
+
+# How many Prometheus queries and trace dependencies the chat reply lists; the page has them all.
+MAX_QUERIES_SHOWN = 4
+MAX_DEPENDENCIES_SHOWN = 4
+
+
+def _application_blocks(incident: dict[str, Any]) -> list[dict[str, Any]]:
+    """The service's own view: its SLO series from Prometheus and its dependencies from traces."""
+    evidence = incident.get("evidence") or {}
+    blocks: list[dict[str, Any]] = []
+    prom = evidence.get("prometheus")
+    if prom:
+        if not prom.get("reachable"):
+            lines = [f"*Prometheus:* could not be reached: {_esc(str(prom.get('error')))}"]
+        else:
+            lines = ["*Prometheus* (baseline mean → incident mean):"]
+            for q in (prom.get("queries") or [])[:MAX_QUERIES_SHOWN]:
+                if q.get("error"):
+                    lines.append(f"• {_esc(q.get('title') or q['name'])}: {_esc(q['error'])}")
+                    continue
+                b, i = (q.get("baseline") or {}).get("mean"), (q.get("incident") or {}).get("mean")
+                line = f"• {_esc(q.get('title') or q['name'])}: {_num(b)} → {_num(i)}{_unit(q.get('unit') or '')}"
+                if q.get("link"):
+                    line += f" · {_link(q['link'], 'graph')}"
+                lines.append(line)
+        blocks.append({"type": "section", "text": _mrkdwn(_clip("\n".join(lines), MAX_SECTION_CHARS))})
+    traces = evidence.get("traces")
+    if traces:
+        if not traces.get("reachable"):
+            lines = [f"*Traces* ({_esc(str(traces.get('backend')))}): could not be read: "
+                     f"{_esc(str(traces.get('error')))}"]
+        else:
+            inc_n = (traces.get("incident") or {}).get("spans", 0)
+            base_n = (traces.get("baseline") or {}).get("spans", 0)
+            lines = [f"*Traces* of `{_esc(str(traces.get('service')))}` ({base_n:,} baseline / {inc_n:,} incident "
+                     "spans), p90 and errors per dependency:"]
+            for d in (traces.get("dependencies") or [])[:MAX_DEPENDENCIES_SHOWN]:
+                b, i = d.get("baseline") or {}, d.get("incident") or {}
+                line = (f"• {_esc(d['kind'])} `{_esc(d['name'])}`: p90 {_num(b.get('p90_ms'))} → "
+                        f"{_num(i.get('p90_ms'))} ms, errors {b.get('errors', 0)} → {i.get('errors', 0)}")
+                if i.get("error_types"):
+                    line += " (" + ", ".join(f"{_esc(str(k))} ×{v}" for k, v in list(i["error_types"].items())[:3]) + ")"
+                lines.append(line)
+            exemplars = [e for e in traces.get("exemplars") or [] if e.get("url")][:3]
+            if exemplars:
+                lines.append("Example traces: " + " · ".join(_link(e["url"], e.get("why") or e["trace_id"][:8])
+                                                             for e in exemplars))
+        blocks.append({"type": "section", "text": _mrkdwn(_clip("\n".join(lines), MAX_SECTION_CHARS))})
+    return blocks
 
 
 def _capture_blocks(capture: CaptureResult | None) -> list[dict[str, Any]]:

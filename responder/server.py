@@ -28,6 +28,9 @@ from responder.sinks.base import ChatSink
 from responder.sinks.console import ConsoleSink
 from responder.sinks.slack import SlackSink
 from responder.store import IncidentStore
+from responder.traces.backends import TraceBackend, backend_from_settings
+from responder.traces.receiver import OtlpReceiver
+from responder.traces.store import SpanStore
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ class Responder:
     sinks: dict[str, ChatSink]
     pipeline: Pipeline
     deliverer: Deliverer
+    spans: SpanStore
+    traces: TraceBackend
     wake_workers: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -62,9 +67,12 @@ class Responder:
         if settings.slack_bot_token:
             sinks["slack"] = SlackSink(settings.slack_bot_token, settings.slack_channel, base_url=settings.slack_api_url)
         deliverer = Deliverer(store, sinks)
-        pipeline = Pipeline(store, playbooks, agent, list(sinks), settings.slack_channel, settings.base_url,
-                            on_enqueued=deliverer.notify)
-        return cls(settings, store, agent, sinks, pipeline, deliverer)
+        # The built-in receiver always listens (an OTLP exporter can point here whatever back-end
+        # the evidence is read from); it holds spans in memory only, bounded by the settings.
+        spans = SpanStore(settings.span_store_max_spans, settings.span_store_max_bytes)
+        traces = backend_from_settings(settings, spans)
+        pipeline = Pipeline(store, playbooks, agent, list(sinks), settings, traces, on_enqueued=deliverer.notify)
+        return cls(settings, store, agent, sinks, pipeline, deliverer, spans, traces)
 
     # --- workers ----------------------------------------------------------------------------
     async def worker(self, n: int) -> None:
@@ -103,6 +111,7 @@ class Responder:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.agent.close()
+        await self.traces.close()
         for s in self.sinks.values():
             await s.close()
         self.store.close()
@@ -142,7 +151,7 @@ class Responder:
 
     async def healthz(self, request: web.Request) -> web.Response:
         counts = await asyncio.to_thread(self.store.counts)
-        body = {"status": "ok", "counts": counts}
+        body = {"status": "ok", "counts": counts, "spans": self.spans.stats()}
         if isinstance(self.agent, LocalAgentClient):
             body["agent"] = self.agent.agent.status()
         return web.json_response(body)
@@ -180,12 +189,15 @@ class Responder:
         return web.Response(text=body, content_type="text/html")
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes + 1)
+        app = web.Application(client_max_size=max(self.settings.max_body_bytes, self.settings.otlp_max_body_bytes) + 1)
         app.router.add_post("/webhook/alertmanager", self.webhook)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/api/incidents", self.list_incidents)
         app.router.add_get("/api/incidents/{id}", self.get_incident)
         app.router.add_get("/incidents/{id}", self.incident_page)
+        receiver = OtlpReceiver(self.spans, self.authorized, self.settings.otlp_max_body_bytes)
+        app.router.add_post("/v1/traces", receiver.handle)
+        app.router.add_get("/api/traces/{trace_id}", receiver.handle_trace)
 
         with_lifecycle(app, self.start, self.stop)
         return app

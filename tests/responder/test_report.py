@@ -231,3 +231,43 @@ def test_error_says_what_failed_and_that_the_incident_is_open():
 def test_message_round_trips():
     msg = render_root(_incident(), URL)
     assert Message.from_dict(json.loads(json.dumps(msg.to_dict()))) == msg
+
+
+def _app_evidence(prom_reachable: bool = True, traces_reachable: bool = True) -> dict:
+    prom = {"reachable": prom_reachable, "error": None if prom_reachable else "Prometheus at http://p:9090 could "
+            "not be queried: 3 attempts per query, last error: Connection refused", "queries": [
+                {"name": "burn_rate_long", "title": "Burn rate over 1h", "expr": "x", "unit": "x", "kind": "burn_rate",
+                 "baseline": {"mean": 0.4, "max": 0.9}, "incident": {"mean": 22.5, "max": 31.0},
+                 "series": [], "link": "http://p:9090/graph?g0.expr=x", "grafana_link": None, "error": None},
+                {"name": "bad", "title": "Broken query", "expr": "(", "unit": "", "kind": "signal",
+                 "baseline": {"mean": None, "max": None}, "incident": {"mean": None, "max": None}, "series": [],
+                 "link": None, "grafana_link": None, "error": "Prometheus rejected the query (HTTP 400)"}]}
+    dep = lambda n, p90, errors, types=None: {"count": n, "errors": errors, "error_types": types or {},  # noqa: E731
+                                              "p90_ms": p90}
+    traces = {"backend": "tempo", "service": "rag-api", "reachable": traces_reachable,
+              "error": None if traces_reachable else "tempo at http://t:3200: could not connect",
+              "baseline": {"spans": 4100}, "incident": {"spans": 900},
+              "dependencies": [{"kind": "llm", "name": "openai", "baseline": dep(300, 420, 0),
+                                "incident": dep(80, 3900, 21, {"429": 19, "timeout": 2})}],
+              "exemplars": [{"trace_id": "ab" * 16, "url": "http://t/trace/abab", "why": "llm openai: 429"}]}
+    return {"prometheus": prom, "traces": traces}
+
+
+def test_attribution_shows_prometheus_and_trace_evidence_with_links():
+    inc = _incident(verdict=_verdict().to_dict(), evidence=_app_evidence())
+    msg = render_attribution(inc, _verdict(), _capture(), [], URL)
+    _assert_slack_limits(msg)
+    blocks = _all_text(msg)
+    assert "Burn rate over 1h: 0.4 → 22.5 x" in blocks and "<http://p:9090/graph?g0.expr=x|graph>" in blocks
+    assert "Broken query: Prometheus rejected the query (HTTP 400)" in blocks
+    assert "4,100 baseline / 900 incident" in blocks
+    assert "llm `openai`: p90 420 → 3,900 ms, errors 0 → 21 (429 ×19, timeout ×2)" in blocks
+    assert "<http://t/trace/abab|llm openai: 429>" in blocks
+    assert "Burn rate over 1h" in msg.text
+
+
+def test_attribution_says_when_prometheus_or_traces_could_not_be_reached():
+    inc = _incident(verdict=_verdict().to_dict(), evidence=_app_evidence(False, False))
+    blocks = _all_text(render_attribution(inc, _verdict(), None, [], URL))
+    assert "*Prometheus:* could not be reached: Prometheus at http://p:9090 could not be queried" in blocks
+    assert "could not be read: tempo at http://t:3200: could not connect" in blocks

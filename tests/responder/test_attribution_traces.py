@@ -1,0 +1,118 @@
+"""Attribution from trace evidence: spans in, per-dependency evidence (responder.traces.evidence),
+then the verdict, alone or beside a kernel capture."""
+from __future__ import annotations
+
+import random
+
+from responder.attribution import attribute
+from responder.traces.evidence import trace_evidence
+from responder.traces.model import Span
+
+SERVICE = "rag-api"
+
+
+class Traffic:
+    """RAG requests: server span -> guardrail -> retrieval (postgres) -> chat call to the provider."""
+
+    def __init__(self, seed: int = 1) -> None:
+        self.rng = random.Random(seed)
+        self.n = 0
+
+    def ids(self) -> tuple[str, str]:
+        self.n += 1
+        return f"{self.n:032x}", f"{self.n:016x}"
+
+    def request(self, t_ns: int, llm_ms: float = 300, db_ms: float = 5, policy_ms: float = 4,
+                llm_error: str | None = None, db_error: bool = False, blocked: bool = False) -> list[Span]:
+        trace_id, root = self.ids()
+        jitter = lambda ms: int(ms * (0.8 + 0.4 * self.rng.random()) * 1e6)  # noqa: E731
+        spans = [Span(trace_id, root, None, SERVICE, "POST /v1/answer", "server", t_ns, t_ns + jitter(llm_ms + 50),
+                      attributes={"http.response.status_code": 200})]
+        t = t_ns
+        pol = {"gen_ai.operation.name": "apply_guardrail", "gen_ai.guardrail.name": "input"}
+        if blocked:
+            pol["gen_ai.guardrail.result.value"] = "GUARDRAIL_INTERVENED"
+        spans.append(Span(trace_id, self.ids()[1], root, SERVICE, "apply_guardrail input", "internal", t,
+                          t + jitter(policy_ms), attributes=pol))
+        db = {"db.system.name": "postgresql", "db.operation.name": "SELECT", "server.address": "db", "server.port": 5432}
+        if db_error:
+            db["error.type"] = "57014"
+        spans.append(Span(trace_id, self.ids()[1], root, SERVICE, "SELECT chunks", "client", t, t + jitter(db_ms),
+                          status="error" if db_error else "unset", attributes=db))
+        llm = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "m",
+               "server.address": "api.provider.test"}
+        if llm_error:
+            llm["error.type"] = llm_error
+        spans.append(Span(trace_id, self.ids()[1], root, SERVICE, "chat m", "client", t, t + jitter(llm_ms),
+                          status="error" if llm_error else "unset", attributes=llm))
+        return spans
+
+    def window(self, start_s: float, n: int, **kw) -> list[Span]:
+        out: list[Span] = []
+        for i in range(n):
+            out += self.request(int((start_s + i * 0.1) * 1e9), **kw)
+        return out
+
+
+def evidence(incident_kw: dict, baseline_kw: dict | None = None, n: int = 200) -> dict:
+    tr = Traffic()
+    ev = trace_evidence(tr.window(1000, n, **(baseline_kw or {})), tr.window(2000, n, **incident_kw), SERVICE)
+    ev.update(reachable=True, error=None, backend="builtin", service=SERVICE)
+    return ev
+
+
+def test_provider_429s_in_traces_name_provider_throttling():
+    tr = Traffic()
+    inc = []
+    for i in range(200):
+        inc += tr.request(int((2000 + i * 0.1) * 1e9), llm_error="429" if i % 4 == 0 else None)
+    ev = trace_evidence(tr.window(1000, 200), inc, SERVICE)
+    ev.update(reachable=True)
+    v = attribute(None, traces=ev, trace_link=lambda tid: f"http://r/api/traces/{tid}")
+    assert v.domains == ["provider_throttling"], v.to_dict()
+    top = v.hypotheses[0].supporting[0]
+    assert top.source == "trace" and top.incident == 0.25 and top.link.startswith("http://r/api/traces/")
+
+
+def test_slow_provider_alone_is_provider_latency_but_every_dependency_slower_is_network():
+    v = attribute(None, traces=evidence({"llm_ms": 1500}))
+    assert v.domains == ["provider_latency"], v.to_dict()
+    v = attribute(None, traces=evidence({"llm_ms": 1500, "db_ms": 60}))
+    assert v.domains == ["network"], v.to_dict()
+
+
+def test_retrieval_and_policy_domains_from_their_spans():
+    assert attribute(None, traces=evidence({"db_ms": 80})).domains == ["retrieval_backend"]
+    assert attribute(None, traces=evidence({"db_error": True})).domains == ["retrieval_backend"]
+    # The kernel cannot see the policy layer: only traces can name it.
+    assert attribute(None, traces=evidence({"policy_ms": 120})).domains == ["policy_layer"]
+    assert attribute(None, traces=evidence({"blocked": True})).domains == ["policy_layer"]
+
+
+def test_unchanged_traces_abstain_and_unreachable_traces_say_why():
+    v = attribute(None, traces=evidence({}))
+    assert v.abstained and v.hypotheses, v.to_dict()
+    v = attribute(None, traces={"reachable": False, "error": "tempo at http://t:3200: could not connect"},
+                  gaps=["the capture failed: agent down"])
+    assert v.abstained
+    assert "agent down" in v.abstain_reason and "tempo at http://t:3200" in v.abstain_reason
+
+
+def test_too_few_calls_give_no_trace_signal():
+    v = attribute(None, traces=evidence({"llm_ms": 1500}, n=5))
+    assert v.abstained and not v.hypotheses
+
+
+def test_evidence_windows_start_at_the_burn_and_stay_bounded():
+    from responder.pipeline import MAX_INCIDENT_WINDOW_S, evidence_windows
+
+    base, inc = evidence_windows(burn_start=900.0, end=1000.0, duration_s=10, baseline_s=60)
+    assert inc == (900.0, 1000.0) and base == (840.0, 900.0)
+    # A burn that began just now still gets a capture-long incident window.
+    base, inc = evidence_windows(burn_start=998.0, end=1000.0, duration_s=10, baseline_s=60)
+    assert inc == (990.0, 1000.0) and base == (930.0, 990.0)
+    # An hour-old incident compares its last minutes, not the whole hour.
+    _, inc = evidence_windows(burn_start=1000.0 - 3600, end=1000.0, duration_s=10, baseline_s=60)
+    assert inc == (1000.0 - MAX_INCIDENT_WINDOW_S, 1000.0)
+    _, inc = evidence_windows(burn_start=None, end=1000.0, duration_s=10, baseline_s=60)
+    assert inc == (990.0, 1000.0)
