@@ -185,7 +185,7 @@ class Pipeline:
                                               evidence["traces"], runbooks)
         inc = await asyncio.to_thread(self.store.update_incident, inc.id, verdict=verdict.to_dict(),
                                       capture=capture.to_dict() if capture else None, evidence=evidence,
-                                      links=incident_links)
+                                      links=incident_links, attributed_at=time.time())
         log.info("incident=%s event=attributed domains=%s confidence=%.2f abstain=%r", inc.id,
                  ",".join(verdict.domains), verdict.confidence, verdict.abstain_reason)
         # Stage: report.

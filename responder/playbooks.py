@@ -316,8 +316,19 @@ def validate_directory(directory: str | Path, known_probes: set[str]) -> list[Pl
     return _read_directory(Path(directory), known_probes)[1]
 
 
+# An alert (or an ad hoc capture) can name its playbook with this label instead of matching one.
+PIN_LABEL = "llmslo_playbook"
+
+
 def select_playbook(playbooks: Iterable[Playbook], labels: Mapping[str, str]) -> Playbook | None:
-    """The first playbook, by priority then file name, whose matchers all match ``labels``."""
+    """The playbook named by the ``llmslo_playbook`` label, else the first playbook, by priority
+    then file name, whose matchers all match ``labels``."""
+    playbooks = list(playbooks)
+    pinned = labels.get(PIN_LABEL)
+    if pinned:
+        found = next((p for p in playbooks if p.name == pinned), None)
+        if found is not None:
+            return found
     return next((p for p in _selection_order(playbooks) if p.matches(labels)), None)
 
 

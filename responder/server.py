@@ -7,9 +7,13 @@ durable, and nothing is stored for a request that is refused.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import sys
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from aiohttp import web
 
@@ -23,17 +27,61 @@ from responder.config import Settings
 from responder.delivery import Deliverer
 from responder.page import render_incident_page
 from responder.pipeline import Pipeline
-from responder.playbooks import load_playbooks
+from responder.playbooks import PIN_LABEL, load_playbooks
 from responder.sinks.base import ChatSink
 from responder.sinks.console import ConsoleSink
 from responder.sinks.slack import SlackSink
-from responder.store import IncidentStore
+from responder.store import ADHOC_GROUP_PREFIX, IncidentStore
 from responder.traces.backends import TraceBackend, backend_from_settings
 from responder.traces.receiver import OtlpReceiver
 from responder.traces.store import SpanStore
 
 log = logging.getLogger(__name__)
 
+
+
+ADHOC_MAX_BODY_BYTES = 64 * 1024
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def parse_adhoc_request(body: bytes, playbooks: set[str]) -> tuple[dict[str, str], str, str | None]:
+    """(labels, reason, playbook) from an ad hoc capture request; ValueError says what is wrong."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("body is not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object with labels")
+    unknown = sorted(set(data) - {"labels", "reason", "playbook"})
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}; expected labels, reason, playbook")
+    labels = data.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise ValueError("labels: expected a non-empty object of label names to string values")
+    for k, v in labels.items():
+        if not _LABEL_NAME.fullmatch(k) or not isinstance(v, str) or not v or len(v) > 1024:
+            raise ValueError(f"labels.{k}: expected a Prometheus label name with a non-empty string value "
+                             "of at most 1024 characters")
+    reason = data.get("reason", "ad hoc capture")
+    if not isinstance(reason, str) or len(reason) > 500:
+        raise ValueError("reason: expected a string of at most 500 characters")
+    playbook = data.get("playbook")
+    if playbook is not None and playbook not in playbooks:
+        raise ValueError(f"playbook: {playbook!r} is not loaded; known: {', '.join(sorted(playbooks))}")
+    return dict(labels), reason, playbook
+
+
+def adhoc_notification(labels: dict[str, str], reason: str, external_url: str) -> bytes:
+    """A version 4 notification holding one firing alert for an ad hoc capture."""
+    key = uuid.uuid4().hex
+    labels = {"alertname": "AdhocCapture", **labels}
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    alert = {"status": "firing", "labels": labels, "annotations": {"summary": reason}, "startsAt": now,
+             "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": key[:16]}
+    return json.dumps({"version": "4", "groupKey": f"{ADHOC_GROUP_PREFIX}{key}", "truncatedAlerts": 0,
+                       "status": "firing", "receiver": "adhoc", "groupLabels": {}, "commonLabels": labels,
+                       "commonAnnotations": alert["annotations"], "externalURL": external_url,
+                       "alerts": [alert]}).encode()
 
 
 @dataclass
@@ -149,6 +197,34 @@ class Responder:
                                   "new_alerts": result.new_alerts, "duplicates": result.duplicates,
                                   "job_id": result.job_id})
 
+    async def adhoc_capture(self, request: web.Request) -> web.Response:
+        """``POST /api/captures``: run the investigate pipeline without an alert.
+
+        Body ``{"labels": {...}, "reason": "...", "playbook": "name"}`` (reason and playbook
+        optional). The labels scope the capture as an alert's would. The request becomes a
+        one-alert notification under an ``adhoc:`` group, stored before the answer like any
+        alert, so it is investigated once even across a restart.
+        """
+        if not self.authorized(request):
+            return json_error(401, "unauthorized")
+        body = await read_body(request, ADHOC_MAX_BODY_BYTES)
+        if body is None:
+            return json_error(413, f"body is over the limit of {ADHOC_MAX_BODY_BYTES} bytes")
+        try:
+            labels, reason, playbook = parse_adhoc_request(body, {p.name for p in self.pipeline.playbooks})
+        except ValueError as e:
+            return json_error(400, f"invalid capture request: {e}")
+        if await asyncio.to_thread(self.store.pending_jobs) >= self.settings.max_pending_jobs:
+            return json_error(503, "too many incidents waiting; retry later")
+        if playbook:
+            labels[PIN_LABEL] = playbook
+        raw = adhoc_notification(labels, reason, self.settings.base_url)
+        result = await asyncio.to_thread(self.store.accept, parse_notification(raw), raw)
+        self.wake_workers.set()
+        log.info("incident=%s event=adhoc_capture labels=%s", result.incident_id, labels)
+        return web.json_response({"status": "accepted", "incident_id": result.incident_id, "job_id": result.job_id},
+                                 status=202)
+
     async def healthz(self, request: web.Request) -> web.Response:
         counts = await asyncio.to_thread(self.store.counts)
         body = {"status": "ok", "counts": counts, "spans": self.spans.stats()}
@@ -194,6 +270,7 @@ class Responder:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/api/incidents", self.list_incidents)
         app.router.add_get("/api/incidents/{id}", self.get_incident)
+        app.router.add_post("/api/captures", self.adhoc_capture)
         app.router.add_get("/incidents/{id}", self.incident_page)
         receiver = OtlpReceiver(self.spans, self.authorized, self.settings.otlp_max_body_bytes)
         app.router.add_post("/v1/traces", receiver.handle)

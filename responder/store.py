@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 SCHEMA_VERSION = 2
+# Group keys of incidents that no alert opened (ad hoc captures).
+ADHOC_GROUP_PREFIX = "adhoc:"
 MAX_JOB_ATTEMPTS = 3
 
 INCIDENT_STATUSES = ("firing", "resolved")
@@ -91,6 +93,12 @@ class Incident:
     error: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)  # {"prometheus": ..., "traces": ...}
     links: list[dict[str, Any]] = field(default_factory=list)  # [{"title", "url", "kind"}]
+    attributed_at: float | None = None
+
+    @property
+    def source(self) -> str:
+        """"adhoc" for captures started by a person (API, chat, CLI), else "alert"."""
+        return "adhoc" if self.group_key.startswith(ADHOC_GROUP_PREFIX) else "alert"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +108,7 @@ class Incident:
             "alerts": list(self.alerts), "playbook": self.playbook, "verdict": self.verdict,
             "capture": self.capture, "report": self.report, "thread": dict(self.thread),
             "error": self.error, "evidence": dict(self.evidence), "links": list(self.links),
+            "attributed_at": self.attributed_at, "source": self.source,
         }
 
 
@@ -213,10 +222,12 @@ CREATE INDEX outbox_due ON outbox (state, next_attempt_at, id);
 """
 
 # Migrations from version N to N+1, run in order on open. Version 0 is an empty file.
-# v2: the application's own evidence (Prometheus, traces) and the links a report carries.
+# v2: the application's own evidence (Prometheus, traces), the links a report carries, and when
+# the verdict was reached (detection time is measured to it).
 _SCHEMA_V2 = """
 ALTER TABLE incidents ADD COLUMN evidence TEXT;
-ALTER TABLE incidents ADD COLUMN links TEXT
+ALTER TABLE incidents ADD COLUMN links TEXT;
+ALTER TABLE incidents ADD COLUMN attributed_at REAL
 """
 
 _MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
@@ -225,6 +236,7 @@ _MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
 _INCIDENT_FIELDS = {
     "status": False, "playbook": False, "verdict": True, "capture": True, "report": True,
     "resolved_at": False, "thread": True, "error": False, "evidence": True, "links": True,
+    "attributed_at": False,
 }
 
 
@@ -484,7 +496,8 @@ class IncidentStore:
     def update_incident(self, incident_id: str, **fields: Any) -> Incident:
         """Set the pipeline's results on an incident and return it as stored.
 
-        Fields: status, playbook, verdict, capture, report, resolved_at, thread, error, evidence, links.
+        Fields: status, playbook, verdict, capture, report, resolved_at, thread, error, evidence, links,
+        attributed_at.
         ``thread`` is merged per sink (other sinks' entries are kept; a sink mapped to None is
         removed), so sinks can record their thread independently. Setting status 'resolved'
         without resolved_at stamps resolved_at with the current time.
@@ -623,7 +636,8 @@ def _incident(row: sqlite3.Row) -> Incident:
         alerts=[entry["alert"] for entry in alerts.values()], playbook=row["playbook"],
         verdict=_loads(row["verdict"]), capture=_loads(row["capture"]),
         report=_loads(row["report"]), thread=json.loads(row["thread"]), error=row["error"],
-        evidence=_loads(row["evidence"]) or {}, links=_loads(row["links"]) or [])
+        evidence=_loads(row["evidence"]) or {}, links=_loads(row["links"]) or [],
+        attributed_at=row["attributed_at"])
 
 
 def _job(row: sqlite3.Row) -> Job:

@@ -459,3 +459,49 @@ async def test_large_valid_body_with_content_length_is_read_whole(tmp_path):
         assert [bytes(r[0]) for r in db_rows(s.settings, "SELECT raw FROM notifications")] == [data]
     finally:
         await s.client.close()
+
+
+# --- ad hoc captures (POST /api/captures) ----------------------------------------------------
+
+async def test_adhoc_capture_opens_an_incident_and_runs_the_pipeline(svc):
+    resp = await svc.client.post("/api/captures", headers=BEARER, json={
+        "labels": {"service": "rag-api", "pid": "4242"}, "reason": "checking by hand", "playbook": "llm-error-burn"})
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    inc = await poll(lambda: _attributed(svc, body["incident_id"]))
+    assert inc["source"] == "adhoc" and inc["group_key"].startswith("adhoc:")
+    assert inc["alerts"][0]["labels"] == {"alertname": "AdhocCapture", "service": "rag-api", "pid": "4242",
+                                          "llmslo_playbook": "llm-error-burn"}
+    assert inc["alerts"][0]["annotations"]["summary"] == "checking by hand"
+    assert inc["playbook"] == "llm-error-burn"  # pinned, although no matcher of it fits
+    assert inc["attributed_at"] >= inc["created_at"]
+    # this responder's agent URL is a closed port: the verdict says the capture failed
+    assert "capture failed" in inc["verdict"]["abstain_reason"]
+
+
+async def _attributed(svc, incident_id):
+    inc = await get_incident(svc, incident_id)
+    return inc if inc.get("verdict") else None
+
+
+@pytest.mark.parametrize("body, why", [
+    (b"not json", "not JSON"),
+    (b"[]", "JSON object"),
+    (b'{"labels": {}}', "labels"),
+    (b'{"labels": {"bad-name": "x"}}', "labels.bad-name"),
+    (b'{"labels": {"pid": 7}}', "labels.pid"),
+    (b'{"labels": {"pid": "7"}, "playbook": "nope"}', "playbook"),
+    (b'{"labels": {"pid": "7"}, "extra": 1}', "unknown field"),
+    (b'{"labels": {"pid": "7"}, "reason": 5}', "reason"),
+])
+async def test_adhoc_capture_refuses_bad_requests_and_stores_nothing(svc, body, why):
+    resp = await svc.client.post("/api/captures", headers={**BEARER, "Content-Type": "application/json"}, data=body)
+    assert resp.status == 400
+    assert why in (await resp.json())["error"]
+    assert_nothing_stored(svc)
+
+
+async def test_adhoc_capture_needs_credentials(svc):
+    resp = await svc.client.post("/api/captures", json={"labels": {"pid": "7"}})
+    assert resp.status == 401
+    assert_nothing_stored(svc)
