@@ -27,7 +27,7 @@ from capture.schemas import CaptureTarget
 from capture.session import ProbeLoadError, ProbeSession
 from lab.cgroups import WorkloadCgroup
 from tests.capture.conftest import interruptible
-from tests.standins.dns import DnsStandin
+from lab.dns import DnsStandin
 
 pytestmark = pytest.mark.bpf
 

@@ -185,7 +185,7 @@ sys.stdin.readline()
 async def test_a_new_peer_is_named_by_the_targets_own_dns_lookup(workload_cgroup):
     """The target resolves api.llmslo.test (a local DNS stand-in) and connects to the answer for
     the first time: the capture lists that peer as new, with the name it was resolved from."""
-    from tests.standins.dns import DnsStandin
+    from lab.dns import DnsStandin
 
     agent = CaptureAgent(recorder=True, recorder_interval_s=1.0, recorder_history_s=120, preload=False)
     agent.recorder.probe_names = ["tcp_connect", "dns"]

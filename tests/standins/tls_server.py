@@ -2,21 +2,17 @@
 provider: 429 with ``retry-after``, 529 "overloaded", 503, then 200.
 
 Real TLS over a real socket on 127.0.0.1 (HTTP/1.1, keep-alive), with a self-signed certificate
-made for the test (by the ``cryptography`` package when it is installed, else the ``openssl``
-command) in a temporary directory that is removed on stop. Clients trust it with
-``ssl.create_default_context(cafile=server.certfile)``.
+made for the test (:func:`lab.tls.self_signed`) in a temporary directory that is removed on stop.
+Clients trust it with ``ssl.create_default_context(cafile=server.certfile)``.
 
 Tests read back what was answered, in order (:attr:`TLSServer.served`), and how many TLS
 connections were accepted (:attr:`TLSServer.handshakes`).
 """
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import shutil
 import ssl
-import subprocess
 import tempfile
 import threading
 import time
@@ -24,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from lab.tls import self_signed, server_context
 
 _REASONS = {529: "Site Overloaded"}  # not in http.HTTPStatus
 
@@ -81,9 +79,9 @@ class TLSServer:
     def start(self) -> "TLSServer":
         self._dir = Path(tempfile.mkdtemp(prefix="llmslo-tls-"))
         try:
-            self.certfile, keyfile = make_certificate(self._dir)
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(self.certfile, keyfile)
+            cert, key = self_signed(self._dir, ["127.0.0.1", "localhost"])
+            self.certfile = str(cert)
+            ctx = server_context(cert, key)
             self._httpd = _Server(("127.0.0.1", 0), _Handler, self, ctx)
         except BaseException:
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -162,42 +160,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args) -> None:  # quiet: tests read `served` instead
         pass
-
-
-def make_certificate(directory: Path) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1 (and localhost), valid for a day: (cert, key)."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    try:
-        _with_cryptography(cert, key)
-    except ImportError:
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                       check=True, capture_output=True, timeout=30)
-    return str(cert), str(key)
-
-
-def _with_cryptography(cert_path: Path, key_path: Path) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            # Key identifiers: what Python 3.13's strict verification expects of a self-signed CA.
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
