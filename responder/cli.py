@@ -277,6 +277,14 @@ def cmd_rules_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- lab --------------------------------------------------------------------------------------
+def cmd_lab(args: argparse.Namespace) -> int:
+    # The lab has its own parser (lab/cli.py); imported only here, so the responder never loads it.
+    from lab.cli import main as lab_main
+
+    return lab_main(list(args.lab_args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmslo", description="LLM SLO incident responder with eBPF evidence")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -345,10 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--url", default="http://127.0.0.1:8080")
     r.add_argument("--token", help="webhook bearer token (default: LLMSLO_WEBHOOK_TOKEN)")
     r.set_defaults(func=cmd_replay)
+
+    lab = sub.add_parser("lab", add_help=False, help="the attribution lab: run|report|compare (llmslo lab --help)")
+    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
+    lab.set_defaults(func=cmd_lab)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `llmslo [-v] lab ...`: everything after "lab" belongs to the lab's own parser, options
+    # included (argparse's REMAINDER would refuse a leading option such as --help).
+    command = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if command is not None and argv[command] == "lab":
+        return cmd_lab(argparse.Namespace(lab_args=argv[command + 1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,162 @@
+"""``llmslo lab``: run a scenario file against the lab stack, rescore a stored run, compare runs.
+
+    llmslo lab run --scenarios FILE --out DIR [--mode M]... [--only NAME]... [--resume]
+    llmslo lab report DIR [--mode M]...
+    llmslo lab compare DIR... [-o FILE]
+
+Every mode comes from one run: the evidence of each case is stored, and each mode re-attributes
+it (``lab.scorecard``). One mode writes ``DIR/scorecard.*``; several write ``DIR/<mode>/scorecard.*``
+and ``DIR/compare.md``. A user's mistake exits 2 with one line, before anything starts.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from lab.scorecard import MODES
+
+EXIT_USAGE = 2
+DEFAULT_MODE = "combined"
+
+
+class LabCliError(Exception):
+    """A user's mistake: printed as ``llmslo lab: <message>``, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # One line, like every other llmslo error, instead of argparse's usage block.
+    def error(self, message: str):
+        raise LabCliError(f"{self.prog.removeprefix('llmslo lab').strip() or 'usage'}: {message} (see --help)")
+
+
+def _modes(args: argparse.Namespace) -> list[str]:
+    return list(dict.fromkeys(args.mode or [DEFAULT_MODE]))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lab import scorecard
+    from lab.scenarios import ScenarioError, estimate_s, load_scenarios
+
+    modes = _modes(args)
+    try:
+        scenarios = load_scenarios(args.scenarios, only=args.only)
+    except ScenarioError as e:
+        raise LabCliError(str(e)) from None
+    out = Path(args.out)
+    cases_dir = out / "cases"
+    done = {p.stem for p in cases_dir.glob("*.json")} if cases_dir.is_dir() else set()
+    if done and not args.resume:
+        raise LabCliError(f"run: {cases_dir} already holds {len(done)} case(s); choose another --out, or --resume "
+                          "to run only the scenarios it lacks")
+    todo = [s for s in scenarios if s.name not in done]
+    if os.geteuid() != 0:
+        raise LabCliError("run: the lab needs root (cgroups, nftables, eBPF probes and a mount namespace)")
+    from lab.runner import StackBroken, run_suite
+    from lab.stack import StackError
+
+    status = 0
+    if todo:
+        minutes = estimate_s(todo) / 60
+        print(f"llmslo lab: {len(todo)} scenario(s) from {args.scenarios}"
+              + (f" ({len(done)} already done)" if done else "")
+              + f", about {minutes:.0f} min; cases go to {cases_dir}, logs to {out / 'lab.log'} "
+              f"and {out / 'stack' / 'logs'}", file=sys.stderr, flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        # The progress line owns stderr; the runner's and the stack's events go to a file.
+        logging.basicConfig(filename=out / "lab.log", level=logging.INFO,
+                            format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+        # SIGTERM stops a run like Ctrl-C does: the stack's own cleanup removes every fault.
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            asyncio.run(run_suite(todo, out, scenario_file=str(args.scenarios)))
+        except (StackError, StackBroken) as e:
+            print(f"llmslo lab: run stopped: {e}", file=sys.stderr)
+            status = 1
+    if not any(cases_dir.glob("*.json")):
+        return status or 1
+    cards = scorecard.report(out, modes)
+    for mode, card in zip(modes, cards):
+        print(f"llmslo lab: {mode}: {scorecard.mode_dir(out, mode, modes) / 'scorecard.md'}", file=sys.stderr)
+    print(scorecard.compare_table([(str(out), c) for c in cards]), end="")
+    return status
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lab import scorecard
+
+    out = Path(args.dir)
+    modes = _modes(args) if args.mode else (scorecard.stored_modes(out) or [DEFAULT_MODE])
+    try:
+        cards = scorecard.report(out, modes)
+    except scorecard.ScorecardError as e:
+        raise LabCliError(f"report: {e}") from None
+    for mode in modes:
+        print(f"llmslo lab: {mode}: {scorecard.mode_dir(out, mode, modes) / 'scorecard.md'}", file=sys.stderr)
+    print(scorecard.compare_table([(str(out), c) for c in cards]), end="")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lab import scorecard
+
+    cards = []
+    try:
+        for d in args.dirs:
+            cards += scorecard.find_scorecards(Path(d))
+    except scorecard.ScorecardError as e:
+        raise LabCliError(f"compare: {e}") from None
+    table = scorecard.compare_table(cards)
+    print(table, end="")
+    if args.output:
+        try:
+            Path(args.output).write_text(table)
+        except OSError as e:
+            raise LabCliError(f"compare: cannot write {args.output}: {e.strerror or e}") from None
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="llmslo lab", description="The attribution lab: real faults, a scorecard, the ablation.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run scenarios against the lab stack, then score them")
+    r.add_argument("--scenarios", required=True, help="scenario file (YAML), e.g. lab/scenarios/standard.yaml")
+    r.add_argument("--out", required=True, help="run directory: cases/ and the scorecards")
+    r.add_argument("--mode", action="append", choices=MODES,
+                   help="evidence the verdicts are scored on; repeat for an ablation (default combined)")
+    r.add_argument("--only", action="append", metavar="NAME", help="run only this scenario (repeatable)")
+    r.add_argument("--resume", action="store_true", help="skip scenarios whose case the run directory already has")
+    r.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="score the stored cases of a run again (md, json, charts)")
+    rep.add_argument("dir")
+    rep.add_argument("--mode", action="append", choices=MODES,
+                     help="modes to score (default: those the run already has, else combined)")
+    rep.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("compare", help="side-by-side table of scorecards (runs and modes)")
+    c.add_argument("dirs", nargs="+", metavar="DIR", help="run directory or scorecard.json")
+    c.add_argument("-o", "--output", help="also write the table (Markdown) to this file")
+    c.set_defaults(func=cmd_compare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except LabCliError as e:
+        print(f"llmslo lab: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("llmslo lab: interrupted; finished cases are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,607 @@
+"""The lab's scorecard: from the recorded cases (``DIR/cases/NAME.json``, written by
+``lab.runner``) and an evidence mode to ``scorecard.json``, ``scorecard.md`` and two PNG charts.
+
+Modes are an ablation over the *same* evidence. Every case keeps the incident exactly as the
+responder stored it (its kernel capture and its trace evidence); the scorecard re-attributes it
+with ``responder.attribution.attribute``: ``combined`` passes both, ``kernel-only`` the capture
+alone, ``traces-only`` the traces alone. So one lab run scores every mode, and a re-tuned engine
+can be re-scored on a stored run without re-running the faults (``llmslo lab report DIR``).
+
+How a case counts (multi-fault cases included). ``E`` is the case's expected domains (its
+ground truth, ``[]`` for a no-fault case) and ``P`` the domains the verdict names (``[]`` =
+abstained).
+
+* Precision, recall and F1 are per domain, one domain against the rest (binary relevance), so a
+  case with two expected domains is two independent questions. For domain ``d`` and an
+  *answered* case (``P`` not empty): ``d`` in ``E`` and in ``P`` is a true positive, in ``P`` only
+  a false positive, in ``E`` only a false negative. An abstained case makes no claim: it is left
+  out of ``precision``, ``recall`` and ``f1`` (the issue's targets are "over non-abstained
+  cases") and counted by the abstain rate instead. ``recall_with_abstain`` and
+  ``f1_with_abstain`` count it as a false negative for each of its expected domains, so a mode
+  that stays silent about what it cannot see is not scored as if it had been right; the
+  ablation target uses ``f1_with_abstain`` over all cases for that reason.
+* Macro averages are the plain mean over the domains where the metric is defined (a non-zero
+  denominator); ``per_domain`` shows ``null`` where it is not. ``f1_with_abstain`` is defined for
+  every domain that was expected or predicted at least once.
+* The confusion matrix is for reading, not for the metrics above. Rows are expected domains and
+  ``no_fault``; columns are predicted domains, ``missed`` and ``abstain``. Following the
+  multi-label confusion matrix of Heydarian et al. (IEEE Access, 2022), per case: each expected
+  domain that was named counts once on the diagonal; if the case abstained, each expected domain
+  (or ``no_fault``) counts once under ``abstain``; a wrongly named domain counts against each
+  expected domain the verdict missed, or, when it missed none, against every expected domain
+  (nothing says which true fault it was confused with); an expected domain that was missed while
+  the verdict named only other true domains counts under ``missed``; a no-fault case that named
+  domains counts once per named domain on the ``no_fault`` row. A row can therefore hold more
+  than one count per case.
+* Calibration: over answered cases, a verdict is correct when every domain it names was
+  expected (``P`` ⊆ ``E``): the precision a reader gets from that confidence. Ten equal bins of
+  confidence; expected calibration error ``ECE = sum_b n_b / N * |precision_b - confidence_b|``.
+* Detection: a faulted case is detected when a real alert created its incident after the fault
+  began (not the lab's ad hoc trigger); ``detection_s`` runs from the first fault's onset to the
+  incident's ``attributed_at``. Percentiles interpolate linearly between order statistics. An
+  alert during a no-fault case is a false alarm, reported beside the rate.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from responder.model import DOMAINS
+
+MODES = ("combined", "traces-only", "kernel-only")
+NO_FAULT = "no_fault"
+ABSTAIN = "abstain"
+MISSED = "missed"
+CALIBRATION_BINS = 10
+# The issue's targets (standard suite, combined mode).
+TARGET_PRECISION = 0.95
+TARGET_RECALL = 0.90
+TARGET_ABSTAIN = 0.10
+CONFIDENT = 0.8  # no wrong verdict at or above this confidence on multi-fault or no-fault cases
+TARGET_F1_LEAD = 0.20  # combined macro-F1 at least 20 points above traces-only
+TARGET_DETECTION_P95_S = 90.0
+SCORECARD_FILES = ("scorecard.json", "scorecard.md", "confusion.png", "reliability.png")
+
+
+class ScorecardError(Exception):
+    """Stored cases or scorecards that cannot be read; the message names the file."""
+
+
+# --- reading cases -----------------------------------------------------------------------------
+
+def load_cases(run_dir: Path) -> list[dict[str, Any]]:
+    """Every ``cases/*.json`` of a run, in the order the runner finished them."""
+    case_dir = Path(run_dir) / "cases"
+    if not case_dir.is_dir():
+        raise ScorecardError(f"{run_dir}: no cases/ directory (not a lab run?)")
+    cases = []
+    for path in sorted(case_dir.glob("*.json")):
+        try:
+            case = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ScorecardError(f"{path}: cannot read the case: {e}") from None
+        if not (isinstance(case, dict) and isinstance(case.get("name"), str) and isinstance(case.get("expect"), list)):
+            raise ScorecardError(f"{path}: not a lab case (expected an object with name and expect)")
+        cases.append(case)
+    cases.sort(key=lambda c: (c.get("finished_at") or 0, c["name"]))
+    return cases
+
+
+def reattribute(incident: dict[str, Any] | None, mode: str):
+    """The verdict of ``mode`` over a stored incident's evidence (a ``responder.model.Verdict``)."""
+    from capture.schemas import CaptureResult
+    from responder.attribution import attribute
+    from responder.model import Verdict
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if not incident:
+        return Verdict(domains=[], confidence=0.0, abstain_reason="no incident was recorded for this case")
+    capture = CaptureResult.from_dict(incident["capture"]) if incident.get("capture") else None
+    traces = (incident.get("evidence") or {}).get("traces") or None
+    if mode == "kernel-only":
+        traces = None
+    elif mode == "traces-only":
+        capture = None
+    return attribute(capture, traces)
+
+
+# --- per-case rows -----------------------------------------------------------------------------
+
+def case_kind(expect: list[str]) -> str:
+    return "no_fault" if not expect else "single_fault" if len(expect) == 1 else "multi_fault"
+
+
+def score_case(case: dict[str, Any], mode: str) -> dict[str, Any]:
+    """One row of ``scorecard.json``'s ``cases``."""
+    incident = case.get("incident")
+    verdict = reattribute(incident, mode)
+    expect = list(dict.fromkeys(case["expect"]))
+    predicted = list(dict.fromkeys(verdict.domains))
+    capture = (incident or {}).get("capture") or {}
+    live = (incident or {}).get("verdict") or {}
+    row = {
+        "name": case["name"], "expect": expect, "predicted": predicted,
+        "confidence": round(float(verdict.confidence), 3),
+        "detected": bool(case.get("detected")), "detection_s": case.get("detection_s"),
+        "overhead": capture.get("cost"),
+        "kind": case_kind(expect),
+        "correct": (set(predicted) <= set(expect)) if predicted else None,
+        "abstain_reason": verdict.abstain_reason if not predicted else None,
+        "trigger": case.get("trigger"),
+        # What the responder itself said during the run (the engine of that day, combined evidence).
+        "live_predicted": live.get("domains"),
+        "error": case.get("error"),
+    }
+    if not incident and case.get("error"):
+        row["abstain_reason"] = f"no verdict: {case['error']}"
+    return row
+
+
+# --- aggregates --------------------------------------------------------------------------------
+
+def _div(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    xs = [v for v in values if v is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between order statistics (numpy's default method)."""
+    xs = sorted(values)
+    if not xs:
+        return None
+    pos = (len(xs) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def domain_metrics(rows: list[dict[str, Any]], domains: Iterable[str] = DOMAINS) -> dict[str, dict[str, Any]]:
+    """Per-domain counts and P/R/F1, one domain against the rest (see the module docstring)."""
+    out = {}
+    for d in domains:
+        tp = fp = fn = fn_abstain = support = 0
+        for r in rows:
+            e, p = d in r["expect"], d in r["predicted"]
+            support += e
+            if not r["predicted"]:
+                fn_abstain += e
+                continue
+            tp += e and p
+            fp += p and not e
+            fn += e and not p
+        precision, recall = _div(tp, tp + fp), _div(tp, tp + fn)
+        out[d] = {
+            "support": support, "tp": tp, "fp": fp, "fn": fn, "abstained": fn_abstain,
+            "precision": precision, "recall": recall, "f1": _div(2 * tp, 2 * tp + fp + fn),
+            "recall_with_abstain": _div(tp, tp + fn + fn_abstain),
+            "f1_with_abstain": _div(2 * tp, 2 * tp + fp + fn + fn_abstain),
+        }
+    return out
+
+
+def scope_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    per = domain_metrics(rows)
+    answered = [r for r in rows if r["predicted"]]
+    keys = ("precision", "recall", "f1", "recall_with_abstain", "f1_with_abstain")
+    return {
+        "cases": len(rows), "answered": len(answered), "abstained": len(rows) - len(answered),
+        "abstain_rate": _div(len(rows) - len(answered), len(rows)),
+        "exact": sum(1 for r in answered if set(r["predicted"]) == set(r["expect"])),
+        "per_domain": per,
+        "macro": {k: _mean(m[k] for m in per.values()) for k in keys},
+    }
+
+
+def confusion(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The multi-label confusion matrix of the module docstring."""
+    row_names = list(DOMAINS) + [NO_FAULT]
+    col_names = list(DOMAINS) + [MISSED, ABSTAIN]
+    m = {r: {c: 0 for c in col_names} for r in row_names}
+    for r in rows:
+        e, p = list(r["expect"]), list(r["predicted"])
+        if not p:
+            for d in e or [NO_FAULT]:
+                m[d][ABSTAIN] += 1
+            continue
+        if not e:
+            for d in p:
+                m[NO_FAULT][d] += 1
+            continue
+        hits = [d for d in e if d in p]
+        missed = [d for d in e if d not in p]
+        wrong = [d for d in p if d not in e]
+        for d in hits:
+            m[d][d] += 1
+        for d in missed:
+            if wrong:
+                for w in wrong:
+                    m[d][w] += 1
+            else:
+                m[d][MISSED] += 1
+        if wrong and not missed:
+            for d in e:
+                for w in wrong:
+                    m[d][w] += 1
+    return {"rows": row_names, "columns": col_names, "matrix": [[m[r][c] for c in col_names] for r in row_names]}
+
+
+def calibration(rows: list[dict[str, Any]], bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    answered = [r for r in rows if r["predicted"]]
+    table = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        inside = [r for r in answered if lo <= r["confidence"] < hi or (b == bins - 1 and r["confidence"] >= hi)]
+        table.append({
+            "lo": round(lo, 3), "hi": round(hi, 3), "n": len(inside),
+            "mean_confidence": _mean(r["confidence"] for r in inside),
+            "precision": _div(sum(1 for r in inside if r["correct"]), len(inside)),
+        })
+    n = len(answered)
+    ece = (sum(t["n"] / n * abs(t["precision"] - t["mean_confidence"]) for t in table if t["n"]) if n else None)
+    return {"bins": table, "ece": ece, "n": n}
+
+
+def detection(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    faulted = [r for r in rows if r["expect"]]
+    detected = [r for r in faulted if r["detected"]]
+    times = [float(r["detection_s"]) for r in detected if r["detection_s"] is not None]
+    return {
+        "faulted_cases": len(faulted), "detected": len(detected), "rate": _div(len(detected), len(faulted)),
+        "p50_s": percentile(times, 0.50), "p95_s": percentile(times, 0.95), "max_s": max(times) if times else None,
+        "false_alarms": sum(1 for r in rows if not r["expect"] and r["detected"]),
+        "no_fault_cases": sum(1 for r in rows if not r["expect"]),
+    }
+
+
+def confident_wrong(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Multi-fault and no-fault cases whose verdict names a domain not injected, at >= CONFIDENT."""
+    return [{"name": r["name"], "expect": r["expect"], "predicted": r["predicted"], "confidence": r["confidence"]}
+            for r in rows if r["kind"] in ("multi_fault", "no_fault") and r["predicted"]
+            and not set(r["predicted"]) <= set(r["expect"]) and r["confidence"] >= CONFIDENT]
+
+
+def overhead(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    costs = [r["overhead"] for r in rows if r["overhead"]]
+    return {
+        "captures": len(costs),
+        "mean_bpf_ms": _mean(c.get("bpf_run_time_ns", 0) / 1e6 for c in costs),
+        "mean_agent_cpu_s": _mean(c.get("agent_cpu_s", 0.0) for c in costs),
+        "mean_events": _mean(c.get("events", 0) for c in costs),
+        "lost_events": sum(c.get("lost", 0) for c in costs),
+    }
+
+
+@dataclass
+class Target:
+    name: str
+    goal: str
+    value: float | None
+    met: bool | None  # None: not measurable on these cases (or not this mode's target)
+    unit: str = ""  # how the value reads: "", "%", "s", "count" or "points" (a difference of F1s)
+
+    def shown(self) -> str:
+        v = self.value
+        if v is None:
+            return "–"
+        return {"%": f"{v:.0%}", "s": f"{v:.0f} s", "count": f"{v:.0f}",
+                "points": f"{v * 100:+.1f} points"}.get(self.unit, f"{v:.2f}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "goal": self.goal, "value": self.value, "met": self.met, "unit": self.unit}
+
+
+def targets(card: dict[str, Any], traces_only_f1: float | None) -> list[Target]:
+    """The issue's targets, judged on this card (the ablation target in combined mode only)."""
+    single = card["scopes"]["single_fault"]
+    p, r = single["macro"]["precision"], single["macro"]["recall"]
+    ab = single["abstain_rate"]
+    wrong = card["confident_wrong"]
+    has_mixed = card["scopes"]["multi_fault"]["cases"] + card["scopes"]["no_fault"]["cases"] > 0
+    f1 = card["scopes"]["all"]["macro"]["f1_with_abstain"]
+    lead = f1 - traces_only_f1 if f1 is not None and traces_only_f1 is not None else None
+    p95 = card["detection"]["p95_s"]
+
+    def at_least(v, goal):
+        return None if v is None else v >= goal
+
+    def at_most(v, goal):
+        return None if v is None else v <= goal
+
+    return [
+        Target("macro precision, non-abstained single-fault cases", f">= {TARGET_PRECISION}", p,
+               at_least(p, TARGET_PRECISION)),
+        Target("macro recall, non-abstained single-fault cases", f">= {TARGET_RECALL}", r,
+               at_least(r, TARGET_RECALL)),
+        Target("abstain rate, single-fault cases", f"<= {TARGET_ABSTAIN:.0%}", ab, at_most(ab, TARGET_ABSTAIN), "%"),
+        Target(f"wrong verdicts with confidence >= {CONFIDENT} on multi-fault or no-fault cases", "0",
+               float(len(wrong)), (len(wrong) == 0) if has_mixed else None, "count"),
+        Target("macro-F1 (all cases, abstain = miss) above traces-only", f">= +{TARGET_F1_LEAD * 100:.0f} points",
+               lead, at_least(lead, TARGET_F1_LEAD - 1e-9) if card["mode"] == "combined" else None, "points"),
+        Target("detection p95 from fault onset", f"<= {TARGET_DETECTION_P95_S:.0f} s", p95,
+               at_most(p95, TARGET_DETECTION_P95_S), "s"),
+    ]
+
+
+def aggregate(rows: list[dict[str, Any]], mode: str, traces_only_f1: float | None) -> dict[str, Any]:
+    """The scorecard of already-scored case rows (``score_case``); ``traces_only_f1`` is traces-only's
+    ``f1_with_abstain`` over all the same cases, for the ablation target."""
+    by_kind = {k: [r for r in rows if r["kind"] == k] for k in ("single_fault", "multi_fault", "no_fault")}
+    card: dict[str, Any] = {
+        "mode": mode,
+        "cases": rows,
+        "scopes": {**{k: scope_summary(v) for k, v in by_kind.items()}, "all": scope_summary(rows)},
+        "confusion": confusion(rows),
+        "calibration": calibration(rows),
+        "detection": detection(rows),
+        "confident_wrong": confident_wrong(rows),
+        "overhead": overhead(rows),
+        "errors": [{"name": r["name"], "error": r["error"]} for r in rows if r.get("error")],
+        "traces_only_f1_with_abstain": traces_only_f1,
+    }
+    card["targets"] = [t.to_dict() for t in targets(card, traces_only_f1)]
+    return card
+
+
+def score(cases: list[dict[str, Any]], mode: str = "combined") -> dict[str, Any]:
+    """The whole scorecard (what ``scorecard.json`` holds) of ``cases`` under ``mode``."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    rows = [score_case(c, mode) for c in cases]
+    # The ablation target needs traces-only's F1 on the same cases: re-attribution is cheap, so
+    # every mode's card carries it rather than depending on which modes a run asked for.
+    ref_rows = rows if mode == "traces-only" else [score_case(c, "traces-only") for c in cases]
+    return aggregate(rows, mode, scope_summary(ref_rows)["macro"]["f1_with_abstain"])
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+def _fmt(v: Any, pct: bool = False, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if pct:
+        return f"{v:.0%}"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _met(m: bool | None) -> str:
+    return "not measured" if m is None else "**met**" if m else "**missed**"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _secs(v: float | None) -> str:
+    return "–" if v is None else f"{v:.0f} s"
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    scopes, det, cal, ov = card["scopes"], card["detection"], card["calibration"], card["overhead"]
+    counts = {k: scopes[k]["cases"] for k in ("single_fault", "multi_fault", "no_fault")}
+    out = [f"# Attribution lab scorecard: {card['mode']}", "",
+           f"{len(card['cases'])} case(s): {counts['single_fault']} single-fault, {counts['multi_fault']} multi-fault, "
+           f"{counts['no_fault']} no-fault. Verdicts re-attributed from the stored evidence in `{card['mode']}` "
+           "mode (how cases count: `lab/scorecard.py`).", ""]
+
+    out += ["## Targets", "", "Stated by the issue for the standard suite in combined mode.", ""]
+    out += _table(["target", "goal", "measured", ""],
+                  [[t["name"], t["goal"], Target(**t).shown(), _met(t["met"])] for t in card["targets"]])
+
+    out += ["", "## Summary", ""]
+    out += _table(["scope", "cases", "abstained", "macro P", "macro R", "macro F1", "macro F1 (abstain = miss)"],
+                  [[k.replace("_", "-"), str(s["cases"]), f"{s['abstained']} ({_fmt(s['abstain_rate'], pct=True)})",
+                    _fmt(s["macro"]["precision"]), _fmt(s["macro"]["recall"]), _fmt(s["macro"]["f1"]),
+                    _fmt(s["macro"]["f1_with_abstain"])] for k, s in scopes.items()])
+    out += ["", "Traces-only macro-F1 (all cases, abstain = miss) on the same evidence: "
+            f"{_fmt(card.get('traces_only_f1_with_abstain'))}.", ""]
+
+    out += ["## Per domain (single-fault cases; precision and recall over answered cases)", ""]
+    out += _table(["domain", "cases", "TP", "FP", "FN", "abstained", "precision", "recall", "F1"],
+                  [[d, str(m["support"]), str(m["tp"]), str(m["fp"]), str(m["fn"]), str(m["abstained"]),
+                    _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"])]
+                   for d, m in scopes["single_fault"]["per_domain"].items()])
+
+    conf = card["confusion"]
+    out += ["", "## Confusion matrix (all cases)", "",
+            "Rows: injected; columns: named. ![confusion](confusion.png)", ""]
+    out += _table(["injected \\ named", *conf["columns"]],
+                  [[name, *(str(c) if c else "·" for c in row)] for name, row in zip(conf["rows"], conf["matrix"])])
+
+    out += ["", "## Calibration", "",
+            f"Expected calibration error {_fmt(cal['ece'], digits=3)} over {cal['n']} answered cases "
+            "(a verdict is correct when every domain it names was injected). ![reliability](reliability.png)", ""]
+    out += _table(["confidence", "cases", "mean confidence", "precision"],
+                  [[f"{b['lo']:.1f}–{b['hi']:.1f}", str(b["n"]), _fmt(b["mean_confidence"]), _fmt(b["precision"])]
+                   for b in cal["bins"] if b["n"]])
+
+    out += ["", "## Detection", "",
+            f"{det['detected']} of {det['faulted_cases']} faulted cases detected by a real alert "
+            f"({_fmt(det['rate'], pct=True)}); from fault onset to the attributed incident: "
+            f"p50 {_secs(det['p50_s'])}, p95 {_secs(det['p95_s'])}, max {_secs(det['max_s'])}. "
+            f"False alarms on no-fault cases: {det['false_alarms']} of {det['no_fault_cases']}.", ""]
+    out += ["## Capture overhead", "",
+            f"{ov['captures']} captures: mean BPF CPU {_fmt(ov['mean_bpf_ms'], digits=1)} ms, mean agent CPU "
+            f"{_fmt(ov['mean_agent_cpu_s'])} s, mean events {_fmt(ov['mean_events'], digits=0)}, "
+            f"lost events {ov['lost_events']}.", ""]
+    if card["confident_wrong"]:
+        out += ["## Confident wrong verdicts (multi-fault and no-fault)", ""]
+        out += [f"- {w['name']}: named {', '.join(w['predicted'])} at {w['confidence']:.2f}, injected "
+                f"{', '.join(w['expect']) or 'nothing'}" for w in card["confident_wrong"]]
+        out.append("")
+
+    def verdict(r: dict[str, Any]) -> str:
+        named = ", ".join(r["predicted"]) or "abstain"
+        if r["correct"] is None:
+            return named
+        return named + (" ✓" if set(r["predicted"]) == set(r["expect"]) else " (partial)" if r["correct"] else " ✗")
+
+    out += ["## Cases", ""]
+    out += _table(["case", "injected", "named", "confidence", "detected", "detection", "note"],
+                  [[r["name"], ", ".join(r["expect"]) or "—", verdict(r), f"{r['confidence']:.2f}",
+                    _fmt(r["detected"]), _secs(r["detection_s"]),
+                    (r["error"] or r["abstain_reason"] or "").replace("|", "/")[:120]]
+                   for r in card["cases"]])
+    return "\n".join(out) + "\n"
+
+
+def _figure(size: tuple[float, float]):
+    # Imported here: matplotlib takes most of a second to import. The object API with the
+    # figure's own Agg canvas: no pyplot global state, no process-wide backend switch.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def draw_confusion(card: dict[str, Any], path: Path) -> None:
+    conf = card["confusion"]
+    fig = _figure((9.5, 7))
+    ax = fig.subplots()
+    data = conf["matrix"]
+    peak = max((max(r) for r in data), default=0) or 1
+    im = ax.imshow(data, cmap="Blues", vmin=0, vmax=peak, aspect="auto")
+    ax.set_xticks(range(len(conf["columns"])), conf["columns"], rotation=40, ha="right", fontsize=9)
+    ax.set_yticks(range(len(conf["rows"])), conf["rows"], fontsize=9)
+    for i, counts in enumerate(data):
+        for j, c in enumerate(counts):
+            if c:
+                ax.text(j, i, str(c), ha="center", va="center", fontsize=10,
+                        color="white" if c > peak * 0.55 else "#1f2933")
+    ax.set_xlabel("named by the verdict")
+    ax.set_ylabel("injected")
+    ax.set_title(f"Confusion matrix ({card['mode']}, {len(card['cases'])} cases)", loc="left")
+    from matplotlib.ticker import MaxNLocator
+
+    fig.colorbar(im, ax=ax, shrink=0.8, label="count").ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+
+
+def draw_reliability(card: dict[str, Any], path: Path) -> None:
+    cal = card["calibration"]
+    fig = _figure((6.5, 6))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ls="--", color="#9aa5b1", lw=1, label="perfect calibration")
+    width = 1.0 / len(cal["bins"])
+    shown = [b for b in cal["bins"] if b["n"]]
+    ax.bar([b["lo"] + width / 2 for b in shown], [b["precision"] for b in shown], width=width * 0.9,
+           color="#3e7cb1", alpha=0.85, label="observed precision")
+    for b in shown:
+        ax.plot([b["lo"] + width / 2], [b["mean_confidence"]], marker="o", color="#c23b22", ms=5)
+        ax.text(b["lo"] + width / 2, min(b["precision"] + 0.02, 0.97), f"n={b['n']}", ha="center", fontsize=8)
+    ax.plot([], [], marker="o", ls="", color="#c23b22", label="mean confidence in the bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("verdict confidence")
+    ax.set_ylabel("precision (every named domain injected)")
+    ece = cal["ece"]
+    ax.set_title(f"Reliability ({card['mode']}), ECE {ece:.3f}" if ece is not None
+                 else f"Reliability ({card['mode']}): no answered case", loc="left")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+
+
+def write(card: dict[str, Any], out_dir: Path) -> list[Path]:
+    """``scorecard.json``, ``scorecard.md``, ``confusion.png`` and ``reliability.png`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / name for name in SCORECARD_FILES]
+    paths[0].write_text(json.dumps(card, indent=2) + "\n")
+    paths[1].write_text(render_markdown(card))
+    draw_confusion(card, paths[2])
+    draw_reliability(card, paths[3])
+    return paths
+
+
+def mode_dir(run_dir: Path, mode: str, modes: list[str]) -> Path:
+    """Where a mode's scorecard goes: the run directory itself for a single mode (the issue's
+    ``DIR/scorecard.json``), ``DIR/<mode>/`` when a run scores several."""
+    return Path(run_dir) if len(modes) == 1 else Path(run_dir) / mode
+
+
+def report(run_dir: Path, modes: list[str]) -> list[dict[str, Any]]:
+    """Score the stored cases of ``run_dir`` in each mode and write every scorecard."""
+    cases = load_cases(run_dir)
+    cards = []
+    for mode in modes:
+        card = score(cases, mode)
+        write(card, mode_dir(run_dir, mode, modes))
+        cards.append(card)
+    if len(modes) > 1:
+        (Path(run_dir) / "compare.md").write_text(compare_table([(str(run_dir), c) for c in cards]))
+    return cards
+
+
+def stored_modes(run_dir: Path) -> list[str]:
+    """The modes a run directory already has scorecards for (``DIR/scorecard.json`` first)."""
+    run_dir = Path(run_dir)
+    found = []
+    top = run_dir / "scorecard.json"
+    if top.is_file():
+        try:
+            found.append(json.loads(top.read_text())["mode"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    found += [m for m in MODES if (run_dir / m / "scorecard.json").is_file() and m not in found]
+    return found
+
+
+# --- comparing ---------------------------------------------------------------------------------
+
+def find_scorecards(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(label, scorecard) for a scorecard file, or every scorecard in a run directory."""
+    path = Path(path)
+    candidates = [path / "scorecard.json", *(path / m / "scorecard.json" for m in MODES)]
+    files = [path] if path.is_file() else [p for p in candidates if p.is_file()]
+    if not files:
+        raise ScorecardError(f"{path}: no scorecard.json here (run `llmslo lab report {path}` first)")
+    out = []
+    for f in files:
+        try:
+            card = json.loads(f.read_text())
+            card["mode"], card["scopes"]  # noqa: B018 - shape check
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ScorecardError(f"{f}: not a lab scorecard ({e})") from None
+        out.append((str(f.parent), card))
+    return out
+
+
+COMPARE_COLUMNS = ("source", "mode", "cases", "macro P", "macro R", "macro F1", "F1 abstain=miss", "abstain",
+                   "ECE", "detected", "p50 s", "p95 s")
+
+
+def compare_rows(cards: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
+    rows = []
+    for label, c in cards:
+        single, allc = c["scopes"]["single_fault"], c["scopes"]["all"]
+        det = c["detection"]
+        rows.append([label, c["mode"], str(len(c["cases"])), _fmt(single["macro"]["precision"]),
+                     _fmt(single["macro"]["recall"]), _fmt(single["macro"]["f1"]),
+                     _fmt(allc["macro"]["f1_with_abstain"]), _fmt(single["abstain_rate"], pct=True),
+                     _fmt(c["calibration"]["ece"], digits=3), _fmt(det["rate"], pct=True),
+                     _fmt(det["p50_s"], digits=0), _fmt(det["p95_s"], digits=0)])
+    return rows
+
+
+def compare_table(cards: list[tuple[str, dict[str, Any]]]) -> str:
+    """A Markdown table, aligned so it also reads as plain text."""
+    rows = [list(COMPARE_COLUMNS)] + compare_rows(cards)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COMPARE_COLUMNS))]
+    line = lambda r: "| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
+    out = [line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows[1:]]
+    note = ("\nmacro P/R/F1 and abstain: single-fault cases, P/R over answered cases; F1 abstain=miss: all cases, "
+            "an abstention counts as a miss; detected: faulted cases raised by a real alert.\n")
+    return "\n".join(out) + "\n" + note

@@ -1,0 +1,248 @@
+"""The scorecard without the lab stack: hand-made case rows with a known confusion matrix,
+P/R/F1, abstain rate, calibration and detection times; and the mode ablation re-attributing a
+stored incident (its capture and trace evidence) exactly as the responder stored it."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from capture.schemas import CaptureCost, CaptureResult, CaptureTarget, Histogram, ProbeResult
+from lab import scorecard as S
+from responder.attribution import attribute
+from responder.traces.evidence import trace_evidence
+from responder.traces.model import Span
+
+
+def row(name, expect, predicted, confidence, detected=True, detection_s=None, error=None) -> dict:
+    return {"name": name, "expect": expect, "predicted": predicted, "confidence": confidence,
+            "detected": detected, "detection_s": detection_s, "overhead": None, "kind": S.case_kind(expect),
+            "correct": (set(predicted) <= set(expect)) if predicted else None, "abstain_reason": None,
+            "trigger": "alert" if detected else "adhoc", "live_predicted": None, "error": error}
+
+
+def suite_rows() -> list[dict]:
+    """Six single-fault, two multi-fault and two no-fault cases whose counts are worked out below."""
+    return [
+        row("s1", ["network"], ["network"], 0.9, detection_s=30),
+        row("s2", ["network"], ["dns"], 0.6, detection_s=40),  # wrong domain
+        row("s3", ["dns"], ["dns"], 0.7, detection_s=50),
+        row("s4", ["dns"], [], 0.3, detected=False),  # abstained, ad hoc trigger
+        row("s5", ["app_cpu"], ["app_cpu"], 0.85, detection_s=60),
+        row("s6", ["app_cpu"], ["app_cpu"], 0.95, detection_s=100),
+        row("m1", ["network", "app_cpu"], ["network"], 0.7, detection_s=70),  # one of two: partial, not wrong
+        row("m2", ["dns", "policy_layer"], ["dns", "provider_latency"], 0.82, detected=False),  # confident, wrong
+        row("n1", [], [], 0.2, detected=False),  # no fault, abstained: right
+        row("n2", [], ["app_memory"], 0.55, detected=True),  # no fault, a false alarm and a wrong verdict
+    ]
+
+
+def test_single_fault_precision_recall_f1_and_abstain_rate():
+    card = S.aggregate(suite_rows(), "combined", traces_only_f1=0.3)
+    single = card["scopes"]["single_fault"]
+    assert (single["cases"], single["answered"], single["abstained"]) == (6, 5, 1)
+    assert single["abstain_rate"] == pytest.approx(1 / 6)
+    per = single["per_domain"]
+    # network: s1 right, s2 named dns instead -> one TP, one FN
+    assert {k: per["network"][k] for k in ("support", "tp", "fp", "fn", "abstained")} == \
+        {"support": 2, "tp": 1, "fp": 0, "fn": 1, "abstained": 0}
+    assert per["network"]["precision"] == 1.0 and per["network"]["recall"] == 0.5
+    assert per["network"]["f1"] == pytest.approx(2 / 3)
+    # dns: s3 right, s2's wrong "dns" is its false positive, s4 abstained (left out of P and R)
+    assert (per["dns"]["tp"], per["dns"]["fp"], per["dns"]["fn"], per["dns"]["abstained"]) == (1, 1, 0, 1)
+    assert per["dns"]["precision"] == 0.5 and per["dns"]["recall"] == 1.0
+    assert per["dns"]["recall_with_abstain"] == 0.5  # the abstention counted as a miss
+    assert per["dns"]["f1_with_abstain"] == pytest.approx(2 / 4)
+    assert per["app_cpu"]["precision"] == per["app_cpu"]["recall"] == per["app_cpu"]["f1"] == 1.0
+    # domains never expected nor named in this scope are undefined, and left out of the macro mean
+    assert per["policy_layer"]["precision"] is None and per["policy_layer"]["f1"] is None
+    macro = single["macro"]
+    assert macro["precision"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert macro["recall"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert macro["f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+
+
+def test_multi_label_cases_count_once_per_domain():
+    """Binary relevance: m1 (network+app_cpu, named network) is a TP for network and a FN for
+    app_cpu; m2 (dns+policy_layer, named dns+provider_latency) a TP for dns, a FN for
+    policy_layer and a FP for provider_latency. A no-fault case naming app_memory is its FP."""
+    per = S.aggregate(suite_rows(), "combined", None)["scopes"]["all"]["per_domain"]
+    assert (per["network"]["tp"], per["network"]["fn"]) == (2, 1)
+    assert (per["app_cpu"]["tp"], per["app_cpu"]["fn"]) == (2, 1)
+    assert (per["dns"]["tp"], per["dns"]["fp"], per["dns"]["abstained"]) == (2, 1, 1)
+    assert (per["policy_layer"]["tp"], per["policy_layer"]["fn"], per["policy_layer"]["recall"]) == (0, 1, 0.0)
+    assert per["policy_layer"]["precision"] is None  # never named
+    assert (per["provider_latency"]["fp"], per["provider_latency"]["precision"]) == (1, 0.0)
+    assert per["provider_latency"]["recall"] is None  # never expected
+    assert (per["app_memory"]["fp"], per["app_memory"]["f1"]) == (1, 0.0)
+    # f1_with_abstain over all cases: network .8, dns .667, app_cpu .8, three zeros
+    macro = S.aggregate(suite_rows(), "combined", None)["scopes"]["all"]["macro"]
+    assert macro["f1_with_abstain"] == pytest.approx((0.8 + 2 / 3 + 0.8) / 6)
+
+
+def test_confusion_matrix_with_missed_and_abstain_columns():
+    conf = S.aggregate(suite_rows(), "combined", None)["confusion"]
+    assert conf["columns"][-2:] == ["missed", "abstain"] and conf["rows"][-1] == "no_fault"
+    cells = {(r, c): n for r, counts in zip(conf["rows"], conf["matrix"]) for c, n in zip(conf["columns"], counts) if n}
+    assert cells == {
+        ("network", "network"): 2,  # s1, m1
+        ("network", "dns"): 1,  # s2
+        ("dns", "dns"): 2,  # s3, m2
+        ("dns", "abstain"): 1,  # s4
+        ("app_cpu", "app_cpu"): 2,  # s5, s6
+        ("app_cpu", "missed"): 1,  # m1 named only its other true domain
+        ("policy_layer", "provider_latency"): 1,  # m2: the wrong name charged to the missed domain
+        ("no_fault", "abstain"): 1,  # n1
+        ("no_fault", "app_memory"): 1,  # n2
+    }
+
+
+def test_an_extra_domain_with_nothing_missed_counts_against_every_expected_row():
+    conf = S.confusion([row("a", ["network"], ["network", "dns"], 0.7),
+                        row("b", ["network", "app_cpu"], ["network", "app_cpu", "dns"], 0.7)])
+    cells = {(r, c): n for r, counts in zip(conf["rows"], conf["matrix"]) for c, n in zip(conf["columns"], counts) if n}
+    assert cells == {("network", "network"): 2, ("network", "dns"): 2, ("app_cpu", "app_cpu"): 1,
+                     ("app_cpu", "dns"): 1}
+
+
+def test_reliability_table_and_ece():
+    cal = S.aggregate(suite_rows(), "combined", None)["calibration"]
+    assert cal["n"] == 8  # answered cases only
+    filled = {(b["lo"], b["hi"]): (b["n"], b["mean_confidence"], b["precision"]) for b in cal["bins"] if b["n"]}
+    assert filled.keys() == {(0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.0)}
+    assert filled[(0.5, 0.6)] == (1, pytest.approx(0.55), 0.0)  # n2: a no-fault case that named a domain
+    assert filled[(0.6, 0.7)] == (1, pytest.approx(0.6), 0.0)  # s2
+    assert filled[(0.7, 0.8)] == (2, pytest.approx(0.7), 1.0)  # s3, and m1 (partial but not wrong)
+    assert filled[(0.8, 0.9)] == (2, pytest.approx(0.835), 0.5)  # s5 right, m2 wrong
+    assert filled[(0.9, 1.0)] == (2, pytest.approx(0.925), 1.0)  # 1.0 itself would land here too
+    expected = (1 * 0.55 + 1 * 0.6 + 2 * 0.3 + 2 * 0.335 + 2 * 0.075) / 8
+    assert cal["ece"] == pytest.approx(expected)
+    assert S.calibration([row("x", ["dns"], ["dns"], 1.0)])["bins"][-1]["n"] == 1
+
+
+def test_detection_rate_percentiles_and_false_alarms():
+    det = S.aggregate(suite_rows(), "combined", None)["detection"]
+    assert (det["faulted_cases"], det["detected"], det["rate"]) == (8, 6, 0.75)
+    # times 30, 40, 50, 60, 70, 100 s: linear interpolation between order statistics
+    assert det["p50_s"] == pytest.approx(55.0)
+    assert det["p95_s"] == pytest.approx(70 + 0.75 * 30)
+    assert det["max_s"] == 100
+    assert (det["false_alarms"], det["no_fault_cases"]) == (1, 2)
+    assert S.percentile([], 0.5) is None and S.percentile([7.0], 0.95) == 7.0
+
+
+def test_targets_report_what_is_met_and_what_is_missed():
+    card = S.aggregate(suite_rows(), "combined", traces_only_f1=0.3)
+    met = {t["name"]: t["met"] for t in card["targets"]}
+    assert len(met) == 6 and not any(met.values())  # this suite misses every target
+    assert [w["name"] for w in card["confident_wrong"]] == ["m2"]  # n2 named a domain but only at 0.55
+    lead = next(t for t in card["targets"] if "traces-only" in t["name"])
+    assert lead["value"] == pytest.approx(card["scopes"]["all"]["macro"]["f1_with_abstain"] - 0.3)
+
+    good = [row(f"{d}-{i}", [d], [d], 0.9, detection_s=20 + i) for d in ("network", "dns", "app_cpu") for i in range(4)]
+    good += [row("m", ["network", "dns"], ["network"], 0.85, detection_s=30), row("n", [], [], 0.4, detected=False)]
+    card = S.aggregate(good, "combined", traces_only_f1=0.5)
+    assert all(t["met"] for t in card["targets"]), card["targets"]
+    # The ablation target is only judged in combined mode.
+    card = S.aggregate(good, "kernel-only", traces_only_f1=0.5)
+    assert next(t for t in card["targets"] if "traces-only" in t["name"])["met"] is None
+
+
+def test_write_produces_json_markdown_and_png_charts(tmp_path):
+    card = S.aggregate(suite_rows(), "combined", traces_only_f1=0.3)
+    paths = S.write(card, tmp_path / "out")
+    assert [p.name for p in paths] == list(S.SCORECARD_FILES)
+    assert json.loads(paths[0].read_text())["mode"] == "combined"
+    for png in paths[2:]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    md = paths[1].read_text()
+    assert "| macro precision, non-abstained single-fault cases | >= 0.95 | 0.83 | **missed** |" in md
+    assert "| detection p95 from fault onset | <= 90 s | 92 s | **missed** |" in md
+    assert "m2: named dns, provider_latency at 0.82" in md
+    assert "![confusion](confusion.png)" in md and "![reliability](reliability.png)" in md
+
+
+# --- re-attribution from a stored incident -------------------------------------------------------
+
+SERVICE = "rag-api"
+
+
+def spans(start_s: float, n: int, policy_ms: float) -> list[Span]:
+    """RAG requests: server span, guardrail, retrieval and chat child spans."""
+    rng, out = random.Random(3), []
+    for i in range(n):
+        t = int((start_s + i * 0.1) * 1e9)
+        tid, root = f"{int(start_s) * 10_000 + i:032x}", f"{i * 4 + 1:016x}"
+        j = lambda ms: int(ms * (0.8 + 0.4 * rng.random()) * 1e6)  # noqa: E731
+        out += [
+            Span(tid, root, None, SERVICE, "POST /v1/answer", "server", t, t + j(400),
+                 attributes={"http.response.status_code": 200}),
+            Span(tid, f"{i * 4 + 2:016x}", root, SERVICE, "apply_guardrail input", "internal", t, t + j(policy_ms),
+                 attributes={"gen_ai.operation.name": "apply_guardrail"}),
+            Span(tid, f"{i * 4 + 3:016x}", root, SERVICE, "SELECT lab_retrieve", "client", t, t + j(5),
+                 attributes={"db.system.name": "postgresql", "db.operation.name": "SELECT",
+                             "server.address": "127.0.0.1", "server.port": 5432}),
+            Span(tid, f"{i * 4 + 4:016x}", root, SERVICE, "chat gpt-4o-mini", "client", t, t + j(300),
+                 attributes={"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                             "gen_ai.request.model": "gpt-4o-mini", "server.address": "api.provider.lab"}),
+        ]
+    return out
+
+
+def stored_incident() -> dict:
+    """An incident as GET /api/incidents/{id} returns it: the kernel saw retransmits (network),
+    the traces saw the guardrail slow down (policy_layer, which the kernel cannot see)."""
+    def probes(retrans_per_s: float, window: float) -> dict[str, ProbeResult]:
+        return {"tcp_retrans": ProbeResult("tcp_retrans", window, counters={"retransmits": retrans_per_s * window}),
+                "runq_latency": ProbeResult("runq_latency", window,
+                                            histograms={"runq_wait": Histogram("us", {16: int(100 * window)})})}
+
+    cap = CaptureResult(id="cap-1", node="lab", target=CaptureTarget(pids=[4242]), started_at=2000.0,
+                        ended_at=2010.0, incident=probes(4.0, 10.0), baseline=probes(0.1, 60.0),
+                        baseline_note="flight recorder, 60s",
+                        cost=CaptureCost(bpf_run_time_ns=12_500_000, bpf_run_count=900, events=450, agent_cpu_s=0.4))
+    traces = trace_evidence(spans(1000, 200, policy_ms=4), spans(2000, 200, policy_ms=150), SERVICE)
+    traces.update(reachable=True, error=None, backend="builtin", service=SERVICE)
+    incident = {"id": "inc-1", "status": "resolved", "group_key": "{}:{alertname=\"LLMLatencyBurn\"}",
+                "verdict": {"domains": ["network"], "confidence": 0.7, "hypotheses": [], "abstain_reason": None},
+                "capture": cap.to_dict(), "evidence": {"prometheus": None, "traces": traces},
+                "attributed_at": 2040.0, "source": "alert"}
+    return json.loads(json.dumps(incident))  # exactly what survives the JSON round trip
+
+
+def test_modes_reattribute_the_stored_capture_and_traces():
+    incident = stored_incident()
+    case = {"name": "loss-and-guardrail", "expect": ["network", "policy_layer"], "detected": True,
+            "detection_s": 35.0, "incident": incident, "trigger": "alert", "finished_at": 2100.0}
+    kernel = S.score([case], "kernel-only")["cases"][0]
+    traces = S.score([case], "traces-only")["cases"][0]
+    combined = S.score([case], "combined")["cases"][0]
+    assert kernel["predicted"] == ["network"], kernel
+    assert traces["predicted"] == ["policy_layer"], traces
+    both = attribute(CaptureResult.from_dict(incident["capture"]), incident["evidence"]["traces"])
+    assert combined["predicted"] == both.domains and set(both.domains) <= {"network", "policy_layer"}
+    assert combined["live_predicted"] == ["network"]  # what the responder said during the run is kept
+    assert combined["overhead"]["bpf_run_time_ns"] == 12_500_000
+    assert (combined["detected"], combined["detection_s"], combined["kind"]) == (True, 35.0, "multi_fault")
+
+
+def test_a_case_without_an_incident_counts_as_an_abstention(tmp_path):
+    cases_dir = tmp_path / "cases"
+    cases_dir.mkdir()
+    (cases_dir / "b.json").write_text(json.dumps({"name": "b", "expect": ["dns"], "detected": False,
+                                                  "incident": None, "error": "no verdict within 120 s",
+                                                  "finished_at": 5.0}))
+    (cases_dir / "a.json").write_text(json.dumps({"name": "a", "expect": ["network", "policy_layer"],
+                                                  "detected": True, "detection_s": 35.0,
+                                                  "incident": stored_incident(), "finished_at": 9.0}))
+    cases = S.load_cases(tmp_path)
+    assert [c["name"] for c in cases] == ["b", "a"]  # the order they finished in
+    card = S.score(cases, "kernel-only")
+    b = card["cases"][0]
+    assert b["predicted"] == [] and b["abstain_reason"] == "no verdict: no verdict within 120 s"
+    assert card["errors"] == [{"name": "b", "error": "no verdict within 120 s"}]
+    assert card["scopes"]["single_fault"]["abstain_rate"] == 1.0
+    (cases_dir / "c.json").write_text("{not json")
+    with pytest.raises(S.ScorecardError, match="c.json"):
+        S.load_cases(tmp_path)
