@@ -63,6 +63,8 @@ class Settings:
     span_store_max_spans: int = 200_000
     span_store_max_bytes: int = 256 * 1024 * 1024
     otlp_max_body_bytes: int = 8 * 1024 * 1024
+    # The lab's reliability table (a scorecard.json): the precision observed at each confidence.
+    calibration_file: Path | None = field(default_factory=lambda: REPO_ROOT / "responder" / "calibration.json")
     generated_token: bool = False  # True when webhook_token was generated at start
 
     @property
@@ -98,6 +100,7 @@ _ENV = {
     "LLMSLO_SPAN_STORE_MAX_SPANS": "span_store_max_spans",
     "LLMSLO_SPAN_STORE_MAX_BYTES": "span_store_max_bytes",
     "LLMSLO_OTLP_MAX_BODY_BYTES": "otlp_max_body_bytes",
+    "LLMSLO_CALIBRATION_FILE": "calibration_file",
     "LLMSLO_PLAYBOOKS_DIR": "playbooks_dir",
     "LLMSLO_PUBLIC_URL": "public_url",
     "LLMSLO_MAX_BODY_BYTES": "max_body_bytes",

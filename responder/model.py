@@ -68,6 +68,8 @@ class Verdict:
     confidence: float
     hypotheses: list[Hypothesis] = field(default_factory=list)
     abstain_reason: str | None = None
+    # What this confidence has meant in the lab (responder.calibration), when known.
+    calibration: str | None = None
 
     @property
     def abstained(self) -> bool:
@@ -75,10 +77,11 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return {"domains": list(self.domains), "confidence": round(self.confidence, 3),
-                "hypotheses": [h.to_dict() for h in self.hypotheses], "abstain_reason": self.abstain_reason}
+                "hypotheses": [h.to_dict() for h in self.hypotheses], "abstain_reason": self.abstain_reason,
+                "calibration": self.calibration}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Verdict":
         return cls(domains=list(d["domains"]), confidence=float(d["confidence"]),
                    hypotheses=[Hypothesis.from_dict(h) for h in d.get("hypotheses", [])],
-                   abstain_reason=d.get("abstain_reason"))
+                   abstain_reason=d.get("abstain_reason"), calibration=d.get("calibration"))

@@ -173,6 +173,8 @@ def _verdict_box(inc: dict[str, Any], verdict: dict[str, Any] | None) -> str:
             cls = "attributed"
             inner = (f"<span class=label>Fault domain</span><strong>{_e(' + '.join(domains))}</strong> "
                      f"<span class=conf>{_e(_confidence(verdict.get('confidence')))} confidence</span>")
+            if verdict.get("calibration"):
+                inner += f" <span class=conf>({_e(str(verdict['calibration']))})</span>"
         else:
             cls = "abstained"
             inner = (f"<span class=label>Verdict</span><strong>abstained</strong>: "

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, Callable, Protocol
 
 from capture.schemas import CaptureRequest, CaptureResult, CaptureTarget, RequestError
-from responder import links, report
+from responder import calibration, links, report
 from responder.attribution import attribute
 from responder.config import Settings
 from responder.model import Verdict
@@ -75,13 +75,20 @@ def scope_from_labels(spec: ScopeSpec, labels: dict[str, str]) -> CaptureTarget:
 
 
 def baseline_end(incident: Incident) -> float | None:
-    """The baseline ends where the burn began: the earliest firing alert's startsAt."""
+    """The baseline ends where the burn under investigation began: the earliest firing alert's
+    startsAt. An incident investigated before (alerts joined its group later) looks only at
+    alerts that started after that verdict, so a long-window alert still firing from an earlier
+    burn does not pull the baseline back into it."""
     starts = []
     for a in incident.alerts:
+        if a.get("status", "firing") != "firing":
+            continue
         try:
             starts.append(datetime.fromisoformat(a["startsAt"].replace("Z", "+00:00")).timestamp())
         except (KeyError, ValueError, AttributeError):
             continue
+    if incident.attributed_at is not None:
+        starts = [s for s in starts if s > incident.attributed_at] or starts
     return min(starts) if starts else None
 
 
@@ -128,6 +135,7 @@ class Pipeline:
         self.base_url = settings.base_url
         self.traces = traces
         self.on_enqueued = on_enqueued
+        self.calibration = calibration.load(settings.calibration_file)
 
     def incident_url(self, incident_id: str) -> str:
         return f"{self.base_url}/incidents/{incident_id}"
@@ -181,6 +189,8 @@ class Pipeline:
             verdict = attribute(capture, traces=evidence["traces"],
                                 trace_link=lambda tid: links.trace_url(self.settings, tid),
                                 gaps=[capture_gap] if capture_gap else [])
+            if self.calibration and verdict.domains:
+                verdict.calibration = self.calibration.describe(verdict.confidence)
         incident_links = links.incident_links(self.settings, inc.to_dict(), evidence["prometheus"],
                                               evidence["traces"], runbooks)
         inc = await asyncio.to_thread(self.store.update_incident, inc.id, verdict=verdict.to_dict(),

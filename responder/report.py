@@ -142,7 +142,8 @@ def render_attribution(incident: dict[str, Any], verdict: Verdict, capture: Capt
     intro = (f"Incident {_link(incident_url, iid) if incident_url else f'`{_esc(iid)}`'} · "
              f"status *{_esc(str(incident.get('status', '?')))}*")
     if verdict.domains:
-        intro = f"Fault domain: *{_esc(' + '.join(verdict.domains))}* at {_pct(verdict.confidence)}. " + intro
+        calibrated = f" ({_esc(verdict.calibration)})" if verdict.calibration else ""
+        intro = f"Fault domain: *{_esc(' + '.join(verdict.domains))}* at {_pct(verdict.confidence)}{calibrated}. " + intro
     else:
         intro = (f"*Abstained:* {_esc(verdict.abstain_reason or 'no reason given')}. "
                  "No fault domain is named; the hypotheses below are what was weighed. " + intro)

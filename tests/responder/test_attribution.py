@@ -294,7 +294,7 @@ def test_confidence_grows_with_the_ratio_and_is_bounded():
 def test_verdict_dict_matches_design_contract(make):
     d = attribute(make()).to_dict()
     json.dumps(d)  # plain JSON types
-    assert set(d) == {"domains", "confidence", "hypotheses", "abstain_reason"}
+    assert set(d) == {"domains", "confidence", "hypotheses", "abstain_reason", "calibration"}
     assert isinstance(d["domains"], list) and set(d["domains"]) <= set(DOMAINS)
     assert isinstance(d["confidence"], float) and 0.0 <= d["confidence"] <= 1.0
     assert isinstance(d["hypotheses"], list)

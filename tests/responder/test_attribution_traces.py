@@ -116,3 +116,20 @@ def test_evidence_windows_start_at_the_burn_and_stay_bounded():
     assert inc == (1000.0 - MAX_INCIDENT_WINDOW_S, 1000.0)
     _, inc = evidence_windows(burn_start=None, end=1000.0, duration_s=10, baseline_s=60)
     assert inc == (990.0, 1000.0)
+
+
+def test_baseline_ends_where_the_burn_under_investigation_began():
+    from responder.pipeline import baseline_end
+    from responder.store import Incident
+
+    def alert(start: str, status: str = "firing") -> dict:
+        return {"status": status, "startsAt": start, "labels": {}}
+
+    inc = Incident(id="i", group_key="g", status="firing", created_at=0, updated_at=0,
+                   alerts=[alert("2026-11-27T10:00:00+00:00"), alert("2026-11-27T10:05:00+00:00"),
+                           alert("2026-11-27T09:00:00+00:00", status="resolved")])
+    assert baseline_end(inc) == 1795773600.0  # 10:00, the earliest firing alert
+    # Investigated at 10:02; a page alert joined at 10:05 while a long-window alert from the
+    # first burn still fires: the new investigation's baseline ends at 10:05.
+    inc.attributed_at = 1795773600.0 + 120
+    assert baseline_end(inc) == 1795773600.0 + 300
