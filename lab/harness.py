@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -165,3 +166,63 @@ class LabService:
             self.proc.kill()
             self.proc.wait()
         self.cgroup.remove()
+
+
+# --- children that do not outlive the lab ------------------------------------------------------
+# Every process a lab run starts carries OWNER_ENV=<the run's pid> in its environment (the stack
+# sets it in its own environment, so children of children inherit it too). After a run is killed
+# with SIGKILL, sweep_stale_processes() finds what is left by that mark; die_with_parent() makes
+# the kernel kill direct children at once.
+OWNER_ENV = "LLMSLO_LAB_OWNER"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGKILL when the thread that started it dies. Start such
+    children from the main thread (the kernel tracks the spawning *thread*, not the process)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def lab_processes(owner: int | None = None) -> dict[int, int]:
+    """{pid: owner} of the processes carrying the lab's mark (only ``owner``'s if given)."""
+    found = {}
+    needle = f"{OWNER_ENV}=".encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            env = (d / "environ").read_bytes()
+        except OSError:  # gone, or a kernel thread
+            continue
+        for item in env.split(b"\0"):
+            if item.startswith(needle):
+                value = item[len(needle):].decode(errors="replace")
+                if value.isdigit() and (owner is None or int(value) == owner):
+                    found[int(d.name)] = int(value)
+                break
+    return found
+
+
+def sweep_stale_processes() -> list[int]:
+    """SIGKILL every marked process whose owning run is gone; returns their pids."""
+    killed = []
+    for pid, owner in lab_processes().items():
+        if owner != os.getpid() and not Path(f"/proc/{owner}").exists():
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+    for pid in killed:  # reap-free wait: until /proc no longer lists them (or they are zombies)
+        for _ in range(100):
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, IndexError):
+                break
+            if state == "Z":
+                break
+            time.sleep(0.02)
+    return killed

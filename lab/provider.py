@@ -586,7 +586,7 @@ class ProviderProcess:
             with open(self.log_path, "ab") as logf:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "lab.provider", "--port", str(self.port), "--cert", str(cert),
-                     "--key", str(key), "--control-token", self.control_token, "--owner-pid", str(os.getpid()),
+                     "--key", str(key), f"--control-token={self.control_token}", "--owner-pid", str(os.getpid()),
                      *self.args], cwd=REPO, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self.proc.poll() is None:
