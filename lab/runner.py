@@ -172,9 +172,12 @@ class LabApi:
     async def incident(self, incident_id: str) -> dict[str, Any]:
         return await self._json("GET", f"{self.responder_url}/api/incidents/{incident_id}", headers=self.headers)
 
-    async def adhoc_capture(self, labels: dict[str, str]) -> str:
-        body = await self._json("POST", f"{self.responder_url}/api/captures", headers=self.headers,
-                                json={"labels": labels, "reason": ADHOC_REASON, "playbook": ADHOC_PLAYBOOK})
+    async def adhoc_capture(self, labels: dict[str, str], started_at: float | None = None) -> str:
+        # As a person would: "it started at ..." (the fault's onset), so the baseline is before it.
+        req: dict[str, Any] = {"labels": labels, "reason": ADHOC_REASON, "playbook": ADHOC_PLAYBOOK}
+        if started_at is not None:
+            req["started_at"] = started_at
+        body = await self._json("POST", f"{self.responder_url}/api/captures", headers=self.headers, json=req)
         return body["incident_id"]
 
 
@@ -279,7 +282,7 @@ async def run_case(stack, api: LabApi, scenario: Scenario, index: int, progress:
             # The faults are still on: the ad hoc capture sees them as an alert's capture would.
             rec["trigger"] = "adhoc"
             since = time.time()
-            incident_id = await api.adhoc_capture(stack.labels)
+            incident_id = await api.adhoc_capture(stack.labels, self.rec["fault_onset"])
             run.note(f"no alert by the end of the fault phase: ad hoc capture, incident {incident_id}")
             inc = await _wait_verdict(api, incident_id, since, until)
         rec["incident_id"], rec["incident"] = inc["id"], inc

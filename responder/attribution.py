@@ -59,8 +59,11 @@ MIN_EXCESS_THROTTLED_PERIODS_PER_S = 1.0
 MIN_EXCESS_LIMIT_HITS_PER_S = 1.0
 # Run-queue wait: share of waits of 1 ms or more. An unstarved service waits tens of
 # microseconds; CFS hands out slices of a few ms, so contention shows up as waits >= 1 ms.
+# In the lab on 2 vCPUs a busy but unstarved node (a capture running, the load generator, the
+# databases) reached 7% of waits >= 1 ms; starving the service (busy workers in its cgroup, a
+# 0.1-core quota) gave 20% and more. 12% sits between.
 RUNQ_SLOW_US = 1024
-MIN_RUNQ_SLOW_SHARE = 0.05
+MIN_RUNQ_SLOW_SHARE = 0.12
 MIN_RUNQ_SAMPLES = 50
 # The strength at which a domain's confidence is 50%: one full-strength signal (1.0) gives
 # 67%, two give 80%.
@@ -86,6 +89,9 @@ TRACE_SLOW_MS = {"llm": 100.0, "retrieval": 10.0, "policy": 10.0, "http": 20.0}
 # twentieth of the provider calls answered 429/529/503 (the SDK's retries hide the rest).
 MIN_EXCESS_ERROR_RATE = 0.10
 MIN_THROTTLE_RATE = 0.05
+# A slower outbound call explained by kernel evidence of another cause keeps this much of its
+# strength: still visible in the report, no longer enough to compete with the cause.
+TRACE_EXPLAINED_FACTOR = 0.25
 
 
 @dataclass
@@ -93,6 +99,8 @@ class Signal:
     domain: str
     evidence: Evidence
     strength: float  # 0: did not move (contradicts), > 0: supports the domain
+    # A slower outbound call seen in a trace: a symptom that many causes share (see explain_away).
+    outbound_latency: bool = False
 
 
 def _ratio_strength(incident: float, baseline: float) -> float:
@@ -267,7 +275,8 @@ def trace_signals_for(traces: dict[str, Any] | None,
             moved, b, i, what = lat
             latency[key] = (moved, Signal("", ev(d, what.replace(" ", "_"), f"{what} {'rose' if moved else 'unchanged'}:"
                                                  f" {b:.0f} → {i:.0f} ms", b, i, "ms"),
-                                          _ratio_strength(i, b) if moved else 0.0))
+                                          _ratio_strength(i, b) if moved else 0.0,
+                                          outbound_latency=kind in ("llm", "retrieval", "http")))
     # Latency: every outbound dependency slower at once is the path (network), not one of them.
     outbound = [k for k in latency if k[0] in ("llm", "retrieval", "http")]
     all_slow = len(outbound) >= 2 and all(latency[k][0] for k in outbound)
@@ -280,6 +289,25 @@ def trace_signals_for(traces: dict[str, Any] | None,
                           "http": "network"}[kind]
         out.append(sig)
     return out, []
+
+
+def explain_away(tsigs: list[Signal], ksigs: list[Signal]) -> list[Signal]:
+    """Discount slower outbound calls in traces when the kernel names a cause in another domain.
+
+    A provider or database call gets slower when the provider or database is slow, but just as
+    much when packets are lost on the way (network), the lookup before it stalls (dns) or the
+    caller itself waits for a CPU (app_cpu). Traces cannot tell these apart; the kernel can.
+    When a kernel signal supports some domain, trace latency signals pointing at a *different*
+    domain keep only TRACE_EXPLAINED_FACTOR of their strength, and say why.
+    """
+    kernel = {s.domain for s in ksigs if s.strength > 0}
+    out = []
+    for s in tsigs:
+        if s.outbound_latency and s.strength > 0 and kernel and s.domain not in kernel:
+            s.strength *= TRACE_EXPLAINED_FACTOR
+            s.evidence.summary += f" (likely a symptom: the kernel shows {', '.join(sorted(kernel))})"
+        out.append(s)
+    return out
 
 
 def attribute(capture: CaptureResult | None, traces: dict[str, Any] | None = None,
@@ -297,7 +325,7 @@ def attribute(capture: CaptureResult | None, traces: dict[str, Any] | None = Non
         gaps += kgaps
     else:
         ksigs = []
-    sigs = ksigs + tsigs
+    sigs = ksigs + explain_away(tsigs, ksigs)
     if not sigs:
         return Verdict(domains=[], confidence=0.0,
                        abstain_reason="no usable evidence: " + ("; ".join(gaps) or "the capture saw nothing"))

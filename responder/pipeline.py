@@ -23,7 +23,7 @@ from responder.attribution import attribute
 from responder.config import Settings
 from responder.model import Verdict
 from responder.playbooks import Playbook, ScopeSpec, select_playbook
-from responder.prometheus import prometheus_evidence
+from responder.prometheus import burn_onset, prometheus_evidence
 from responder.store import Incident, IncidentStore, Job
 from responder.traces.backends import TraceBackend
 from responder.traces.gather import gather_trace_evidence
@@ -181,9 +181,11 @@ class Pipeline:
         else:
             # Stage: gather. The kernel capture, traces and metrics run concurrently; the latter
             # two read their incident window up to the capture's end.
+            onset = await self.burn_began(inc, playbook, labels)
             (capture, capture_gap), evidence = await asyncio.gather(
-                self.capture_stage(inc, playbook, labels),
-                self.application_evidence(inc, playbook, labels, time.time() + playbook.capture.duration_s))
+                self.capture_stage(inc, playbook, labels, onset),
+                self.application_evidence(inc, playbook, labels, time.time() + playbook.capture.duration_s,
+                                          onset))
             target = capture.target if capture else None
             # Stage: attribute.
             verdict = attribute(capture, traces=evidence["traces"],
@@ -206,14 +208,27 @@ class Pipeline:
                                                       self.incident_url(inc.id)))
         return Outcome(playbook, target, capture, verdict)
 
-    async def capture_stage(self, inc: Incident, playbook: Playbook,
-                            labels: dict[str, str]) -> tuple[CaptureResult | None, str | None]:
+    async def burn_began(self, inc: Incident, playbook: Playbook, labels: dict[str, str]) -> float | None:
+        """Where the baselines end: the burn's onset from Prometheus when it can tell, else the
+        alert's startsAt."""
+        alert_start = baseline_end(inc)
+        if alert_start is None:
+            return None
+        onset = await burn_onset(self.settings, list(playbook.prometheus.queries), labels, alert_start)
+        if onset is not None and onset < alert_start:
+            log.info("incident=%s event=burn_onset onset=%.1f alert_start=%.1f lead_s=%.1f", inc.id, onset,
+                     alert_start, alert_start - onset)
+            return onset
+        return alert_start
+
+    async def capture_stage(self, inc: Incident, playbook: Playbook, labels: dict[str, str],
+                            onset: float | None) -> tuple[CaptureResult | None, str | None]:
         """Stages scope and kernel capture; (result, None) or (None, why there is none)."""
         try:
             target = scope_from_labels(playbook.scope, labels)
             req = CaptureRequest(target=target, probes=list(playbook.capture.probes),
                                  duration_s=playbook.capture.duration_s, baseline_s=playbook.capture.baseline_s,
-                                 baseline_end=baseline_end(inc), incident_id=inc.id)
+                                 baseline_end=onset, incident_id=inc.id)
             return await self.agent.capture(req), None
         except (ScopeError, RequestError) as e:
             return None, f"could not scope the capture: {e}"
@@ -222,9 +237,9 @@ class Pipeline:
             return None, f"the capture failed: {e}"
 
     async def application_evidence(self, inc: Incident, playbook: Playbook, labels: dict[str, str],
-                                   end: float) -> dict[str, Any]:
+                                   end: float, onset: float | None) -> dict[str, Any]:
         """Traces and Prometheus over the baseline and incident windows, read once ``end`` has passed."""
-        baseline, incident = evidence_windows(baseline_end(inc), end, playbook.capture.duration_s,
+        baseline, incident = evidence_windows(onset, end, playbook.capture.duration_s,
                                               playbook.capture.baseline_s)
         await asyncio.sleep(max(0.0, end - time.time()))
         service = playbook.traces.service(labels)

@@ -264,3 +264,39 @@ def _downsample(points: list[list[float]], limit: int = MAX_POINTS) -> list[list
         return points
     last = len(points) - 1
     return [points[round(i * last / (limit - 1))] for i in range(limit)]
+
+
+# How far before the alert to look for the burn's onset, and at what resolution.
+ONSET_LOOKBACK_S = 900.0
+ONSET_STEP_S = 1.0
+
+
+async def burn_onset(settings: Settings, queries: Sequence[PromQuery], labels: Mapping[str, str],
+                     alert_start: float) -> float | None:
+    """When the burn behind an alert began: the last moment before ``alert_start`` at which a
+    burn-rate query of the playbook was below 1 (the budget spent no faster than the objective
+    allows). "A" rather than "every": the short window recovers within minutes of an earlier
+    burn while the long one may still carry it, so the short window dates this burn. An alert's startsAt is when its condition first held, which with multi-window
+    burn-rate rules is well after the burn began; a baseline ending at startsAt would hold part of
+    the fault. None when Prometheus, the queries or the data cannot say (the caller keeps startsAt).
+    """
+    if not settings.prometheus_url:
+        return None
+    exprs = [e for q in queries if q.kind == "burn_rate" and (e := render_query(q, labels))]
+    if not exprs:
+        return None
+    start = alert_start - ONSET_LOOKBACK_S
+    outcomes = await asyncio.gather(*(_run(settings, e, start, alert_start, ONSET_STEP_S) for e in exprs))
+    best: dict[float, float] = {}  # time -> lowest burn rate of any query
+    for o in outcomes:
+        if o.result is None:
+            return None
+        for series in o.result:
+            for t, v in series.get("values", []):
+                v = float(v)
+                if math.isfinite(v):
+                    best[float(t)] = min(best.get(float(t), math.inf), v)
+    healthy = [t for t, v in best.items() if v < 1.0]
+    if not healthy:
+        return None
+    return max(healthy)

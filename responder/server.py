@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,17 +45,19 @@ ADHOC_MAX_BODY_BYTES = 64 * 1024
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
-def parse_adhoc_request(body: bytes, playbooks: set[str]) -> tuple[dict[str, str], str, str | None]:
-    """(labels, reason, playbook) from an ad hoc capture request; ValueError says what is wrong."""
+def parse_adhoc_request(body: bytes,
+                        playbooks: set[str]) -> tuple[dict[str, str], str, str | None, float | None]:
+    """(labels, reason, playbook, started_at) from an ad hoc capture request; ValueError says what
+    is wrong."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ValueError("body is not JSON") from None
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object with labels")
-    unknown = sorted(set(data) - {"labels", "reason", "playbook"})
+    unknown = sorted(set(data) - {"labels", "reason", "playbook", "started_at"})
     if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(unknown)}; expected labels, reason, playbook")
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}; expected labels, reason, playbook, started_at")
     labels = data.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise ValueError("labels: expected a non-empty object of label names to string values")
@@ -68,15 +71,23 @@ def parse_adhoc_request(body: bytes, playbooks: set[str]) -> tuple[dict[str, str
     playbook = data.get("playbook")
     if playbook is not None and playbook not in playbooks:
         raise ValueError(f"playbook: {playbook!r} is not loaded; known: {', '.join(sorted(playbooks))}")
-    return dict(labels), reason, playbook
+    started_at = data.get("started_at")
+    now = time.time()
+    if started_at is not None and (isinstance(started_at, bool) or not isinstance(started_at, (int, float))
+                                   or not now - 86_400 <= started_at <= now + 60):
+        raise ValueError("started_at: expected Unix seconds within the last day (when the problem began)")
+    return dict(labels), reason, playbook, started_at
 
 
-def adhoc_notification(labels: dict[str, str], reason: str, external_url: str) -> bytes:
-    """A version 4 notification holding one firing alert for an ad hoc capture."""
+def adhoc_notification(labels: dict[str, str], reason: str, external_url: str,
+                       started_at: float | None = None) -> bytes:
+    """A version 4 notification holding one firing alert for an ad hoc capture. Its startsAt is
+    when the person says the problem began (the baselines end there), else now."""
     key = uuid.uuid4().hex
     labels = {"alertname": "AdhocCapture", **labels}
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    alert = {"status": "firing", "labels": labels, "annotations": {"summary": reason}, "startsAt": now,
+    since = datetime.fromtimestamp(started_at, timezone.utc) if started_at else datetime.now(timezone.utc)
+    alert = {"status": "firing", "labels": labels, "annotations": {"summary": reason},
+             "startsAt": since.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
              "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": key[:16]}
     return json.dumps({"version": "4", "groupKey": f"{ADHOC_GROUP_PREFIX}{key}", "truncatedAlerts": 0,
                        "status": "firing", "receiver": "adhoc", "groupLabels": {}, "commonLabels": labels,
@@ -200,8 +211,8 @@ class Responder:
     async def adhoc_capture(self, request: web.Request) -> web.Response:
         """``POST /api/captures``: run the investigate pipeline without an alert.
 
-        Body ``{"labels": {...}, "reason": "...", "playbook": "name"}`` (reason and playbook
-        optional). The labels scope the capture as an alert's would. The request becomes a
+        Body ``{"labels": {...}, "reason": "...", "playbook": "name", "started_at": unix_s}``
+        (all but labels optional; started_at: when the problem began, where baselines end). The labels scope the capture as an alert's would. The request becomes a
         one-alert notification under an ``adhoc:`` group, stored before the answer like any
         alert, so it is investigated once even across a restart.
         """
@@ -211,14 +222,14 @@ class Responder:
         if body is None:
             return json_error(413, f"body is over the limit of {ADHOC_MAX_BODY_BYTES} bytes")
         try:
-            labels, reason, playbook = parse_adhoc_request(body, {p.name for p in self.pipeline.playbooks})
+            labels, reason, playbook, started_at = parse_adhoc_request(body, {p.name for p in self.pipeline.playbooks})
         except ValueError as e:
             return json_error(400, f"invalid capture request: {e}")
         if await asyncio.to_thread(self.store.pending_jobs) >= self.settings.max_pending_jobs:
             return json_error(503, "too many incidents waiting; retry later")
         if playbook:
             labels[PIN_LABEL] = playbook
-        raw = adhoc_notification(labels, reason, self.settings.base_url)
+        raw = adhoc_notification(labels, reason, self.settings.base_url, started_at)
         result = await asyncio.to_thread(self.store.accept, parse_notification(raw), raw)
         self.wake_workers.set()
         log.info("incident=%s event=adhoc_capture labels=%s", result.incident_id, labels)

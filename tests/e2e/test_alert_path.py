@@ -18,6 +18,7 @@ import secrets
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -130,6 +131,7 @@ async def test_real_burn_alert_becomes_an_incident_with_evidence(tmp_path: Path)
         assert prom.alerts() == [], "no alert while the service is healthy"
 
         provider.throttle = THROTTLED_SHARE
+        fault_at = time.time()
         async with aiohttp.ClientSession(headers=responder.headers()) as http:
             async def incidents():
                 async with http.get(f"{responder.url}/api/incidents") as r:
@@ -161,6 +163,11 @@ async def test_real_burn_alert_becomes_an_incident_with_evidence(tmp_path: Path)
             assert llm["name"] == "openai"
             assert llm["baseline"]["count"] > 100 and llm["incident"]["error_types"].get("429", 0) > 10
             assert te["exemplars"] and all(e["url"] for e in te["exemplars"])
+            # The baselines end where the burn began (read from the burn-rate series), not at the
+            # alert's startsAt, which comes only once the burn has lasted a while.
+            starts_at = datetime.fromisoformat(alert["startsAt"].replace("Z", "+00:00")).timestamp()
+            onset = te["baseline"]["end"]
+            assert fault_at - 5 <= onset <= fault_at + 8 and onset < starts_at, (fault_at, onset, starts_at)
 
             # Every link answers: the alert's generatorURL and graphs on the real Prometheus,
             # the exemplar traces and the page on the responder.

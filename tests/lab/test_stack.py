@@ -11,40 +11,19 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from capture.cgroupfs import v1_mount
-from capture.identity import unified_root
 from lab import faults
 from lab.harness import REPO, lab_processes
 from lab.stack import PROVIDER_HOST, LabStack
+from tests.lab.leftovers import lab_cgroups as _lab_cgroups, lab_dirs as _lab_dirs
 
 HEALTHY_S = 12
 LOAD_RPS = 10
-
-
-def _lab_cgroups(owner: int) -> list[Path]:
-    """Lab cgroup directories named after ``owner``, in the unified, cpu and memory hierarchies."""
-    found = []
-    for root in (unified_root(), v1_mount("cpu"), v1_mount("memory")):
-        if root is None:
-            continue
-        for d, subdirs, _ in os.walk(root):
-            for s in subdirs:
-                if s.startswith("llmslo-lab-") and s.endswith(f"-{owner}"):
-                    found.append(Path(d) / s)
-            if Path(d) != root and len(Path(d).relative_to(root).parts) >= 3:
-                subdirs[:] = []  # lab cgroups sit just below the session's own cgroup
-    return found
-
-
-def _lab_dirs(owner: int) -> list[Path]:
-    return [d for d in Path(tempfile.gettempdir()).glob("llmslo-lab-*") if f"-{owner}-" in d.name]
 
 
 def _alive(pid: int) -> bool:

@@ -227,8 +227,8 @@ def test_both_moderate_and_close_abstains_two_ways():
 
 def test_clear_leader_over_a_weak_second_is_named_alone():
     # network full strength; app_cpu barely moved (weak, far behind)
-    v = attribute(capture([retrans(8.0, INC_S), connect(2.0, INC_S), runq(940, 60, INC_S, slow_bucket=2048)],
-                          [retrans(0.1, BASE_S), connect(0.0, BASE_S), runq(5880, 120, BASE_S, slow_bucket=2048)]))
+    v = attribute(capture([retrans(8.0, INC_S), connect(2.0, INC_S), runq(860, 140, INC_S, slow_bucket=2048)],
+                          [retrans(0.1, BASE_S), connect(0.0, BASE_S), runq(5760, 240, BASE_S, slow_bucket=2048)]))
     cpu = hyp(v, "app_cpu")
     assert 0 < cpu.confidence < A.MIN_CONFIDENCE
     assert v.domains == ["network"]

@@ -133,3 +133,15 @@ def test_baseline_ends_where_the_burn_under_investigation_began():
     # first burn still fires: the new investigation's baseline ends at 10:05.
     inc.attributed_at = 1795773600.0 + 120
     assert baseline_end(inc) == 1795773600.0 + 300
+
+
+def test_a_slower_provider_call_is_explained_away_by_kernel_packet_loss():
+    from tests.responder.test_attribution import INC_S, BASE_S, capture, retrans
+
+    traces = evidence({"llm_ms": 1500})
+    assert attribute(None, traces=traces).domains == ["provider_latency"]
+    lossy = capture([retrans(4.0, INC_S, top=[{"peer": "10.0.0.7:443", "count": 40}])], [retrans(0.05, BASE_S)])
+    v = attribute(lossy, traces=traces)
+    assert v.domains == ["network"], v.to_dict()
+    slow = next(h for h in v.hypotheses if h.domain == "provider_latency")
+    assert "likely a symptom" in slow.supporting[0].summary and slow.confidence < 0.5

@@ -19,7 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from lab.harness import alert_payload
-from responder import config
+from responder import config, report
 from responder.server import Responder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -464,8 +464,10 @@ async def test_large_valid_body_with_content_length_is_read_whole(tmp_path):
 # --- ad hoc captures (POST /api/captures) ----------------------------------------------------
 
 async def test_adhoc_capture_opens_an_incident_and_runs_the_pipeline(svc):
+    began = time.time() - 120
     resp = await svc.client.post("/api/captures", headers=BEARER, json={
-        "labels": {"service": "rag-api", "pid": "4242"}, "reason": "checking by hand", "playbook": "llm-error-burn"})
+        "labels": {"service": "rag-api", "pid": "4242"}, "reason": "checking by hand", "playbook": "llm-error-burn",
+        "started_at": began})
     assert resp.status == 202, await resp.text()
     body = await resp.json()
     inc = await poll(lambda: _attributed(svc, body["incident_id"]))
@@ -475,6 +477,7 @@ async def test_adhoc_capture_opens_an_incident_and_runs_the_pipeline(svc):
     assert inc["alerts"][0]["annotations"]["summary"] == "checking by hand"
     assert inc["playbook"] == "llm-error-burn"  # pinned, although no matcher of it fits
     assert inc["attributed_at"] >= inc["created_at"]
+    assert abs(report._parse_time(inc["alerts"][0]["startsAt"]) - began) < 0.01  # the baselines end there
     # this responder's agent URL is a closed port: the verdict says the capture failed
     assert "capture failed" in inc["verdict"]["abstain_reason"]
 
@@ -493,6 +496,8 @@ async def _attributed(svc, incident_id):
     (b'{"labels": {"pid": "7"}, "playbook": "nope"}', "playbook"),
     (b'{"labels": {"pid": "7"}, "extra": 1}', "unknown field"),
     (b'{"labels": {"pid": "7"}, "reason": 5}', "reason"),
+    (b'{"labels": {"pid": "7"}, "started_at": 12}', "started_at"),
+    (b'{"labels": {"pid": "7"}, "started_at": "yesterday"}', "started_at"),
 ])
 async def test_adhoc_capture_refuses_bad_requests_and_stores_nothing(svc, body, why):
     resp = await svc.client.post("/api/captures", headers={**BEARER, "Content-Type": "application/json"}, data=body)

@@ -1,0 +1,52 @@
+"""The CI subset of the lab, run as a user runs it: `llmslo lab run` on lab/scenarios/ci.yaml (one
+scenario per fault domain, short phases) with every ablation mode. It must produce a scorecard
+with one case per scenario in each mode, and leave no nft table, cgroup, process or temporary
+directory behind. Accuracy is not asserted here (the phases are too short for the targets); the
+full suite and its figures are in the README."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from lab import faults
+from lab.harness import REPO, lab_processes
+from tests.lab.leftovers import lab_cgroups, lab_dirs
+
+MODES = ("combined", "traces-only", "kernel-only")
+SUITE = REPO / "lab" / "scenarios" / "ci.yaml"
+
+
+def test_ci_suite_produces_a_scorecard_per_mode_and_cleans_up(tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "responder.cli", "lab", "run", "--scenarios", str(SUITE), "--out", str(out)]
+    for mode in MODES:
+        argv += ["--mode", mode]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=55 * 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output[-4000:]
+    names = [s["name"] for s in yaml.safe_load(SUITE.read_text())["scenarios"]]
+    for mode in MODES:
+        card = json.loads((out / mode / "scorecard.json").read_text())
+        assert card["mode"] == mode
+        assert sorted(c["name"] for c in card["cases"]) == sorted(names)
+        for case in card["cases"]:
+            assert isinstance(case["predicted"], list) and isinstance(case["detected"], bool)
+            assert case["expect"], case
+        assert (out / mode / "scorecard.md").is_file() and (out / mode / "confusion.png").stat().st_size > 1000
+    # every case was investigated by the real pipeline: an incident with a verdict and a capture cost
+    for name in names:
+        case = json.loads((out / "cases" / f"{name}.json").read_text())
+        assert case["incident"]["verdict"] is not None, name
+    owner = proc.pid
+    assert faults.lab_tables(owner) == []
+    assert lab_cgroups(owner) == []
+    assert lab_processes(owner) == {}
+    assert lab_dirs(owner) == []
