@@ -37,6 +37,10 @@ class AgentBusy(RuntimeError):
     """Too many captures already run on this node; retry later."""
 
 
+# How far back before a capture its incident window reaches into the recorder's history.
+LEAD_IN_MAX_S = 300.0
+
+
 class CaptureAgent:
     def __init__(self, node_name: str | None = None, *, max_concurrent: int = 2,
                  recorder: bool = True, recorder_interval_s: float = 5.0,
@@ -158,6 +162,7 @@ class CaptureAgent:
                 threading.Thread(target=self._refill, name="llmslo-preload", daemon=True).start()
         self.completed += 1
         self._add_baseline(result, req, scope)
+        self._add_lead_in(result, req, scope)
         await asyncio.to_thread(self._add_novelty, result, req, scope, raws)  # may ask the Kubernetes API
         return result
 
@@ -251,6 +256,30 @@ class CaptureAgent:
                 result.baseline[name] = base
             notes.append(f"{name}: {note}")
         result.baseline_note = "; ".join(dict.fromkeys(n.split(": ", 1)[1] for n in notes)) if notes else ""
+
+    def _add_lead_in(self, result: CaptureResult, req: CaptureRequest, scope: identity.ResolvedTarget) -> None:
+        """Fold the recorder's history from the burn's start to the capture's start into the
+        incident window. An alert arrives well after its burn began, and what happened in between
+        (an OOM kill, a burst of failed connects) may be over by the time probes attach; the
+        recorder saw it. Only probes the recorder runs, at most LEAD_IN_MAX_S back."""
+        if self.recorder is None or not scope.baseline_cgroups or req.baseline_end is None:
+            return
+        start = max(req.baseline_end, result.started_at - LEAD_IN_MAX_S)
+        if result.started_at - start < self.recorder.interval_s:
+            return
+        folded = []
+        for name, live in result.incident.items():
+            if live.error or name not in self.recorder.sessions:
+                continue
+            lead, _ = self.recorder.window(name, scope.baseline_cgroups, start, result.started_at,
+                                           min_window_s=self.recorder.interval_s)
+            if lead is not None:
+                result.incident[name] = live.merged_with(lead)
+                folded.append(name)
+        if folded:
+            lead = (f"incident window includes {result.started_at - start:.0f}s of flight-recorder history before "
+                    f"the capture (since the burn began) for {', '.join(folded)}")
+            result.baseline_note = "; ".join(n for n in (result.baseline_note, lead) if n)
 
     def _add_novelty(self, result: CaptureResult, req: CaptureRequest, scope: identity.ResolvedTarget,
                      raws: dict[str, RawSnapshot]) -> None:

@@ -251,6 +251,29 @@ class ProbeResult:
     error: str | None = None
     cost: ProbeCost = field(default_factory=ProbeCost)
 
+    def merged_with(self, other: "ProbeResult") -> "ProbeResult":
+        """This result and ``other`` (the same probe over an adjacent window) as one window:
+        counters, histograms and top lists add up; gauges, notes and cost stay this result's."""
+        counters = dict(self.counters)
+        for k, v in other.counters.items():
+            counters[k] = counters.get(k, 0.0) + v
+        histograms = {k: Histogram(h.unit, dict(h.buckets)) for k, h in self.histograms.items()}
+        for k, h in other.histograms.items():
+            mine = histograms.setdefault(k, Histogram(h.unit, {}))
+            for upper, n in h.buckets.items():
+                mine.buckets[upper] = mine.buckets.get(upper, 0) + n
+        top: dict[str, list[dict[str, Any]]] = {}
+        for k in dict.fromkeys([*self.top, *other.top]):
+            counts: dict[tuple, dict[str, Any]] = {}
+            for item in [*self.top.get(k, []), *other.top.get(k, [])]:
+                ident = tuple(sorted((f, str(v)) for f, v in item.items() if f != "count"))
+                entry = counts.setdefault(ident, {**item, "count": 0})
+                entry["count"] += item.get("count", 0)
+            top[k] = sorted(counts.values(), key=lambda e: -e["count"])
+        return ProbeResult(self.probe, self.window_s + other.window_s, counters, histograms, top,
+                           dict(self.gauges), list(self.notes), self.events + other.events, self.lost + other.lost,
+                           self.truncated, self.error, self.cost)
+
     def rate(self, counter: str) -> float:
         return self.counters.get(counter, 0.0) / self.window_s if self.window_s > 0 else 0.0
 

@@ -219,3 +219,23 @@ async def test_a_new_peer_is_named_by_the_targets_own_dns_lookup(workload_cgroup
             await agent.stop()
     new = {p["name"]: p for p in result.new_peers}
     assert new[f"127.0.0.2:{port}"]["dns_name"] == "api.llmslo.test", result.new_peers
+
+
+async def test_the_incident_window_reaches_back_to_the_burns_start(recording_agent, workload_cgroup):
+    """Failed connects made after the burn began but before the capture attached are in the
+    incident (from the recorder), not lost between the alert and the probes."""
+    agent, _ = recording_agent
+    bad = closed_port()
+    await asyncio.sleep(1.5)
+    burn_began = time.time()
+    await asyncio.sleep(1.2)  # the recorder's interval holding the onset counts as baseline
+    await connect_from(workload_cgroup, bad, 6)
+    await asyncio.sleep(2.5)  # over before the capture starts
+    result = await agent.capture(CaptureRequest(target=CaptureTarget(cgroups=[workload_cgroup.path]),
+                                                probes=["tcp_connect"], duration_s=1, baseline_s=1,
+                                                baseline_end=burn_began))
+    inc = result.incident["tcp_connect"]
+    assert inc.counters["failed"] == 6, (inc.counters, result.baseline_note, result.started_at - burn_began)
+    assert inc.window_s > 1.0 + 2.0
+    assert {"peer": f"127.0.0.1:{bad}", "count": 6} in inc.top["failed_peers"]
+    assert "flight-recorder history before the capture" in result.baseline_note
