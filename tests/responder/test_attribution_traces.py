@@ -145,3 +145,16 @@ def test_a_slower_provider_call_is_explained_away_by_kernel_packet_loss():
     assert v.domains == ["network"], v.to_dict()
     slow = next(h for h in v.hypotheses if h.domain == "provider_latency")
     assert "likely a symptom" in slow.supporting[0].summary and slow.confidence < 0.5
+
+
+def test_a_throttling_provider_is_slow_because_of_the_throttling_not_a_second_cause():
+    tr = Traffic()
+    inc = []
+    for i in range(200):  # retries after retry-after make the throttled calls slow, too
+        inc += tr.request(int((2000 + i * 0.1) * 1e9), llm_ms=2500, llm_error="429" if i % 3 == 0 else None)
+    ev = trace_evidence(tr.window(1000, 200), inc, SERVICE)
+    ev.update(reachable=True)
+    v = attribute(None, traces=ev)
+    assert v.domains == ["provider_throttling"], v.to_dict()
+    slow = next(h for h in v.hypotheses if h.domain == "provider_latency")
+    assert "throttled" in slow.supporting[0].summary
