@@ -282,7 +282,7 @@ async def run_case(stack, api: LabApi, scenario: Scenario, index: int, progress:
             # The faults are still on: the ad hoc capture sees them as an alert's capture would.
             rec["trigger"] = "adhoc"
             since = time.time()
-            incident_id = await api.adhoc_capture(stack.labels, self.rec["fault_onset"])
+            incident_id = await api.adhoc_capture(stack.labels, onset)
             run.note(f"no alert by the end of the fault phase: ad hoc capture, incident {incident_id}")
             inc = await _wait_verdict(api, incident_id, since, until)
         rec["incident_id"], rec["incident"] = inc["id"], inc
