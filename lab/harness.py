@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
+from lab import process
 from lab.cgroups import WorkloadCgroup
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,13 +115,7 @@ class ResponderProcess:
         raise TimeoutError(f"incident {incident_id} has no verdict after {timeout}s")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        process.stop(self.proc, timeout_s=15)
         if getattr(self, "_log", None):
             self._log.close()
 

@@ -58,6 +58,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from lab import process
 from lab.tls import self_signed, server_context
 
 log = logging.getLogger("lab.provider")
@@ -636,13 +637,7 @@ class ProviderProcess:
         return self._control("GET", "/lab/stats")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        process.stop(self.proc)
 
     def __enter__(self) -> "ProviderProcess":
         return self.start()

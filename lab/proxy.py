@@ -42,6 +42,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from lab import process
+
 READ_SIZE = 64 * 1024
 QUEUE_CHUNKS = 256  # per direction: past this the proxy stops reading, so TCP back-pressure still works
 MAX_DELAY_MS = 60_000
@@ -340,13 +342,7 @@ class ProxyProcess:
                 return await r.json()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        process.stop(self.proc)
 
 
 if __name__ == "__main__":

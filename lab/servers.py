@@ -41,6 +41,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from lab import process
+
 PROMETHEUS_BIN = os.environ.get("LLMSLO_TEST_PROMETHEUS", "prometheus")
 ALERTMANAGER_BIN = os.environ.get("LLMSLO_TEST_ALERTMANAGER", "prometheus-alertmanager")
 READY_TIMEOUT_S = 30.0
@@ -130,13 +132,7 @@ class ServerProcess:
             return
         self._stopped = True
         try:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout=STOP_TIMEOUT_S)
+            process.stop(self.proc, STOP_TIMEOUT_S)
         finally:
             with _running_lock:
                 _running.discard(self)
@@ -281,13 +277,7 @@ async def _start_async(launch: _Launch) -> ServerProcess:
 
 
 def _terminate_only(server: ServerProcess) -> None:
-    if server.proc.poll() is None:
-        server.proc.terminate()
-        try:
-            server.proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(timeout=STOP_TIMEOUT_S)
+    process.stop(server.proc, STOP_TIMEOUT_S)
     with _running_lock:
         _running.discard(server)
     server._stopped = True

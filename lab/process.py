@@ -1,0 +1,16 @@
+"""Stopping a child process the one way the lab does it: SIGTERM so it can flush and clean up,
+SIGKILL when it does not finish in time, and always reaped."""
+from __future__ import annotations
+
+import subprocess
+
+
+def stop(proc: subprocess.Popen | None, timeout_s: float = 5.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
