@@ -99,6 +99,8 @@ MAX_INCIDENT_WINDOW_S = 600.0
 # Metrics get a longer baseline than the capture: SLO series are smooth and cheap to read, and
 # the chart shows where the burn rate sat before the alert.
 METRICS_BASELINE_S = 900.0
+# How long finding the burn's onset in Prometheus may delay the capture.
+ONSET_TIMEOUT_S = 3.0
 
 
 def evidence_windows(burn_start: float | None, end: float, duration_s: float,
@@ -214,7 +216,13 @@ class Pipeline:
         alert_start = baseline_end(inc)
         if alert_start is None:
             return None
-        onset = await burn_onset(self.settings, list(playbook.prometheus.queries), labels, alert_start)
+        try:
+            # Bounded: a Prometheus that is down must not hold the kernel capture back.
+            onset = await asyncio.wait_for(
+                burn_onset(self.settings, list(playbook.prometheus.queries), labels, alert_start), ONSET_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("incident=%s event=burn_onset_timeout after_s=%s", inc.id, ONSET_TIMEOUT_S)
+            onset = None
         if onset is not None and onset < alert_start:
             log.info("incident=%s event=burn_onset onset=%.1f alert_start=%.1f lead_s=%.1f", inc.id, onset,
                      alert_start, alert_start - onset)
