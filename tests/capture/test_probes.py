@@ -42,6 +42,25 @@ def closed_port() -> int:
         return s.getsockname()[1]  # closed again when the block ends: connects are refused
 
 
+async def capture_while_released(agent: CaptureAgent, req: CaptureRequest, procs, settle_s: float):
+    """Start the capture, let it attach for ``settle_s``, then release the waiting child
+    processes ("go" on stdin), wait for each to say "done", and return the capture's result.
+    The children are killed however this ends."""
+    try:
+        task = asyncio.create_task(agent.capture(req))
+        await asyncio.sleep(settle_s)
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            assert (await asyncio.to_thread(p.stdout.readline)).strip() == "done"
+        return await task
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def spawn_in(cgroup, *args: str) -> subprocess.Popen:
     procs = cgroup.dir / "cgroup.procs"
     return subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -62,18 +81,9 @@ async def test_tcp_connect_counts_what_the_workload_did(workload_cgroup):
     req = CaptureRequest(target=CaptureTarget(cgroups=[workload_cgroup.path]), probes=["tcp_connect"],
                          duration_s=4, baseline_s=0)
     try:
-        task = asyncio.create_task(agent.capture(req))
-        await asyncio.sleep(2.0)  # compiled and attached (start-up is about 0.3-1 s per probe)
-        for p in (inside, outside):
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        for p in (inside, outside):
-            assert (await asyncio.to_thread(p.stdout.readline)).strip() == "done"
-        result = await task
+        # compiled and attached after 2 s (start-up is about 0.3-1 s per probe)
+        result = await capture_while_released(agent, req, (inside, outside), settle_s=2.0)
     finally:
-        for p in (inside, outside):
-            p.kill()
-            p.wait()
         listener.close()
     r = result.incident["tcp_connect"]
     assert r.error is None

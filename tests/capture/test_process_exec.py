@@ -2,7 +2,6 @@
 /bin/echo a known number of times; the same shell outside the cgroup must not be counted."""
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 
@@ -11,6 +10,7 @@ import pytest
 from capture.agent import CaptureAgent
 from capture.schemas import CaptureRequest, CaptureTarget
 from lab.cgroups import WorkloadCgroup
+from tests.capture.test_probes import capture_while_released
 
 pytestmark = pytest.mark.bpf
 
@@ -39,19 +39,8 @@ async def test_process_exec_counts_the_cgroups_execs_by_path(workload_cgroup):
     agent = CaptureAgent(recorder=False)
     req = CaptureRequest(target=CaptureTarget(cgroups=[workload_cgroup.path]), probes=["process_exec"],
                          duration_s=8, baseline_s=0)
-    try:
-        task = asyncio.create_task(agent.capture(req))
-        await asyncio.sleep(4.0)  # compiled and attached (0.4 s idle, up to 3 s on a busy machine)
-        for p in (inside, outside):
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        for p in (inside, outside):
-            assert (await asyncio.to_thread(p.stdout.readline)).strip() == "done"
-        result = await task
-    finally:
-        for p in (inside, outside):
-            p.kill()
-            p.wait()
+    # compiled and attached after 4 s (0.4 s idle, up to 3 s on a busy machine)
+    result = await capture_while_released(agent, req, (inside, outside), settle_s=4.0)
     r = result.incident["process_exec"]
     assert r.error is None, r.error
     assert r.counters["execs"] == 8

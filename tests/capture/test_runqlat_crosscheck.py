@@ -30,18 +30,11 @@ from capture.probes import CATALOG
 from capture.probes.base import diff, to_result
 from capture.schemas import Histogram
 from capture.session import ProbeSession
+from tests.capture.test_probes import PERIODIC
 from lab import faults
 
 pytestmark = pytest.mark.bpf
 
-PERIODIC = r"""
-import time
-while True:
-    t = time.monotonic()
-    while time.monotonic() - t < 0.0005:
-        pass
-    time.sleep(0.002)
-"""
 
 
 def schedstat(pids: list[int]) -> dict[int, tuple[int, int]]:
