@@ -38,7 +38,10 @@ _STATUS_NAMES = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"]
 
 
 def otlp_value(v: Any) -> dict:
-    """A Python attribute value as an OTLP/JSON AnyValue."""
+    """A Python attribute value as an OTLP/JSON AnyValue (int64 as a string, bytes as base64,
+    a dict as a kvlist, None as the empty value)."""
+    if v is None:
+        return {}
     if isinstance(v, bool):
         return {"boolValue": v}
     if isinstance(v, int):
@@ -47,6 +50,8 @@ def otlp_value(v: Any) -> dict:
         return {"doubleValue": v}
     if isinstance(v, (list, tuple)):
         return {"arrayValue": {"values": [otlp_value(x) for x in v]}}
+    if isinstance(v, dict):
+        return {"kvlistValue": {"values": otlp_attributes(v)}}
     if isinstance(v, bytes):
         return {"bytesValue": base64.b64encode(v).decode()}
     return {"stringValue": str(v)}

@@ -18,6 +18,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from responder.traces import otlp
 from responder.traces.model import Span, SpanEvent
 from responder.traces.otlp import OtlpDecodeError, OtlpTooLarge, OtlpUnsupported
+from tests.standins.tempo import otlp_value
 
 PB = "application/x-protobuf"
 JS = "application/json"
@@ -99,26 +100,9 @@ def pb_request() -> ExportTraceServiceRequest:
     return req
 
 
-def jv(v) -> dict:
-    """An AnyValue in OTLP/JSON: int64 as a string, bytes as base64 (only ids are hex)."""
-    if v is None:
-        return {}
-    if isinstance(v, bool):
-        return {"boolValue": v}
-    if isinstance(v, int):
-        return {"intValue": str(v)}
-    if isinstance(v, float):
-        return {"doubleValue": v}
-    if isinstance(v, list):
-        return {"arrayValue": {"values": [jv(x) for x in v]}}
-    if isinstance(v, dict):
-        return {"kvlistValue": {"values": [{"key": k, "value": jv(x)} for k, x in v.items()]}}
-    return {"stringValue": v}
-
-
 def jkvs(d: dict) -> list[dict]:
     return [{"key": k, "value": {"bytesValue": base64.b64encode(bytes.fromhex(v)).decode()} if k == "digest"
-             else jv(v)} for k, v in d.items()]
+             else otlp_value(v)} for k, v in d.items()]
 
 
 def json_request() -> dict:
