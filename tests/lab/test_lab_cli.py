@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lab import cli, scorecard
 from tests.lab.test_scorecard import stored_incident
+from tests.responder.test_cli import REPO, run
 
-REPO = Path(__file__).resolve().parents[2]
 
 VALID = """\
 scenarios:
@@ -29,8 +27,7 @@ scenarios:
 
 def llmslo(*args: str) -> subprocess.CompletedProcess:
     """The real command line, through responder/cli.py's hand-off to lab/cli.py."""
-    return subprocess.run([sys.executable, "-m", "responder.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return run(*args, timeout=120)
 
 
 @pytest.mark.parametrize("change, message", [

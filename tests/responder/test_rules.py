@@ -10,7 +10,6 @@ annotations can be checked to the digit.
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -27,24 +26,15 @@ from responder.rules import (
     recording_rule_name, render_rules,
 )
 from tests.responder.prom_fixtures import serve_metrics, start_prometheus, wait_for
+from tests.responder.test_cli import run
+from tests.responder.test_cli import assert_usage_error as usage_error
 
-REPO = Path(__file__).resolve().parents[2]
-PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 NOMINAL_S = dict(WINDOWS)
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    """``llmslo`` as a user runs it."""
-    return subprocess.run([PYTHON, "-m", "responder.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL)
-
-
 def assert_usage_error(p: subprocess.CompletedProcess, *words: str) -> None:
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    assert "Traceback" not in p.stderr
+    usage_error(p, *words)
     assert p.stderr.startswith("llmslo: rules generate: "), p.stderr
-    for w in words:
-        assert w in p.stderr, (w, p.stderr)
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
