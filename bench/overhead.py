@@ -19,8 +19,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+from bench import write_results
 from capture.agent import CaptureAgent
 from capture.probes import CATALOG
 from capture.recorder import DEFAULT_PROBES
@@ -155,10 +155,7 @@ def main() -> int:
     print(f"\n{'probe':16} {'start-up cold':>13} {'preloaded':>10}")
     for name, row in result["startup"].items():
         print(f"{name:16} {row['cold_ms'] or 0:10.0f} ms {row['preloaded_ms']:7.1f} ms")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten: {out}")
+    write_results(result, args.out)
     return 0
 
 

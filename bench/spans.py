@@ -36,6 +36,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from bench import write_results
+
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = ["rag-api", "chat-gateway", "agent-runner", "search-api"]
 MODELS = ["gpt-4o-mini", "claude-3-5-haiku", "llama-3.1-70b"]
@@ -383,10 +385,7 @@ def main() -> int:
                               args.batch)), flush=True)
         return 0
     result = run(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten: {out}")
+    write_results(result, args.out)
     return 0
 
 
