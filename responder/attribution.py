@@ -104,6 +104,11 @@ class Signal:
     # A slower outbound call seen in a trace: a symptom that many causes share (see explain_away).
     outbound_latency: bool = False
 
+    def discount(self, why: str) -> None:
+        """Keep TRACE_EXPLAINED_FACTOR of the strength: the signal is explained by ``why``."""
+        self.strength *= TRACE_EXPLAINED_FACTOR
+        self.evidence.summary += f" ({why})"
+
 
 def _ratio_strength(incident: float, baseline: float) -> float:
     ratio = (incident + 1e-9) / (baseline + 1e-9) if baseline > 0 else STRONG_RATIO
@@ -286,8 +291,7 @@ def trace_signals_for(traces: dict[str, Any] | None,
     for key in throttled & set(latency):
         sig = latency[key][1]
         if sig.strength > 0:
-            sig.strength *= TRACE_EXPLAINED_FACTOR
-            sig.evidence.summary += " (the provider throttled: retries and retry-after waits)"
+            sig.discount("the provider throttled: retries and retry-after waits")
     # Latency: every outbound dependency slower at once is the path (network), not one of them.
     outbound = [k for k in latency if k[0] in ("llm", "retrieval", "http") and k not in throttled]
     all_slow = len(outbound) >= 2 and all(latency[k][0] for k in outbound)
@@ -315,8 +319,7 @@ def explain_away(tsigs: list[Signal], ksigs: list[Signal]) -> list[Signal]:
     out = []
     for s in tsigs:
         if s.outbound_latency and s.strength > 0 and kernel and s.domain not in kernel:
-            s.strength *= TRACE_EXPLAINED_FACTOR
-            s.evidence.summary += f" (likely a symptom: the kernel shows {', '.join(sorted(kernel))})"
+            s.discount(f"likely a symptom: the kernel shows {', '.join(sorted(kernel))}")
         out.append(s)
     return out
 

@@ -14,11 +14,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Callable, Protocol
 
 from capture.schemas import CaptureRequest, CaptureResult, CaptureTarget, RequestError
 from responder import calibration, links, report
+from responder.alertmanager import parse_timestamp
 from responder.attribution import attribute
 from responder.config import Settings
 from responder.model import Verdict
@@ -84,8 +84,8 @@ def baseline_end(incident: Incident) -> float | None:
         if a.get("status", "firing") != "firing":
             continue
         try:
-            starts.append(datetime.fromisoformat(a["startsAt"].replace("Z", "+00:00")).timestamp())
-        except (KeyError, ValueError, AttributeError):
+            starts.append(parse_timestamp(a["startsAt"]).timestamp())
+        except (KeyError, ValueError, TypeError):
             continue
     if incident.attributed_at is not None:
         starts = [s for s in starts if s > incident.attributed_at] or starts
