@@ -12,8 +12,10 @@ dependencies stayed as they were, ``network`` when every outbound dependency slo
 ``retrieval_backend`` from slower or failing retrieval calls, and ``policy_layer`` (which the
 kernel cannot see) from slower or rejecting guardrail spans. Each signal compares the incident
 window with the baseline window; a domain's strength adds up its signals that moved, and the
-confidence is ``strength / (strength + STRENGTH_HALF)``. The confidence is *not yet calibrated* on the lab
-(the lab issue does that); the thresholds below are the reasons a reader can check.
+confidence is ``strength / (strength + STRENGTH_HALF)``; slower and timed-out calls are symptoms that
+a cause in another domain explains away (``explain_away``). The confidence is a score, not a
+probability: the report pairs it with the precision the lab observed at that score
+(``responder.calibration``). The thresholds below are the reasons a reader can check.
 """
 from __future__ import annotations
 
@@ -91,9 +93,9 @@ TRACE_SLOW_MS = {"llm": 100.0, "retrieval": 25.0, "policy": 10.0, "http": 20.0}
 # twentieth of the provider calls answered 429/529/503 (the SDK's retries hide the rest).
 MIN_EXCESS_ERROR_RATE = 0.10
 MIN_THROTTLE_RATE = 0.05
-# A slower outbound call explained by kernel evidence of another cause keeps this much of its
-# strength: still visible in the report, no longer enough to compete with the cause.
-TRACE_EXPLAINED_FACTOR = 0.25
+# A symptom (a slower call, a timed-out call) explained by a cause in another domain keeps this
+# much of its strength: still visible in the report, no longer enough to compete with the cause.
+EXPLAINED_FACTOR = 0.25
 
 
 @dataclass
@@ -101,12 +103,15 @@ class Signal:
     domain: str
     evidence: Evidence
     strength: float  # 0: did not move (contradicts), > 0: supports the domain
-    # A slower outbound call seen in a trace: a symptom that many causes share (see explain_away).
-    outbound_latency: bool = False
+    # A slower or timed-out call, seen in a trace or in the kernel: a symptom that many causes
+    # share (see explain_away), as opposed to a cause signal (a retransmit, a run-queue wait, a 429).
+    symptom: bool = False
+    explained: bool = False  # discounted: another cause accounts for it
 
     def discount(self, why: str) -> None:
-        """Keep TRACE_EXPLAINED_FACTOR of the strength: the signal is explained by ``why``."""
-        self.strength *= TRACE_EXPLAINED_FACTOR
+        """Keep EXPLAINED_FACTOR of the strength: the signal is explained by ``why``."""
+        self.strength *= EXPLAINED_FACTOR
+        self.explained = True
         self.evidence.summary += f" ({why})"
 
 
@@ -131,7 +136,7 @@ def _rate_signal(domain: str, name: str, what: str, unit: str, inc: ProbeResult,
 
 
 def _p90_signal(domain: str, name: str, what: str, inc: ProbeResult, base: ProbeResult, histogram: str,
-                floor_us: float, min_samples: int = MIN_SAMPLES) -> Signal | None:
+                floor_us: float, min_samples: int = MIN_SAMPLES, symptom: bool = False) -> Signal | None:
     """The p90 of a latency histogram, incident vs baseline; None without enough samples."""
     hi, hb = inc.histograms.get(histogram), base.histograms.get(histogram)
     if not hi or not hb or hi.count < min_samples or hb.count < min_samples:
@@ -141,7 +146,7 @@ def _p90_signal(domain: str, name: str, what: str, inc: ProbeResult, base: Probe
     strength = _ratio_strength(pi, pb) if moved else 0.0
     ev = Evidence(signal=name, summary=f"{what} p90 {'rose' if moved else 'unchanged'}: ≤{pb:.0f} → ≤{pi:.0f} µs "
                   f"({hi.count} samples)", baseline=pb, incident=pi, unit="us")
-    return Signal(domain, ev, strength)
+    return Signal(domain, ev, strength, symptom=symptom)
 
 
 def _runq_signal(inc: ProbeResult, base: ProbeResult) -> Signal | None:
@@ -204,11 +209,11 @@ def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
         out.append(_rate_signal("provider_throttling", "tls_http.status_5xx_per_s", "HTTP 5xx responses", "/s", *p,
                                 counter="status_5xx", min_excess=MIN_EXCESS_FAILURES_PER_S))
         if s := _p90_signal("provider_latency", "tls_http.ttfb_p90_us", "time to first response byte", *p,
-                            histogram="ttfb", floor_us=TTFB_SLOW_US):
+                            histogram="ttfb", floor_us=TTFB_SLOW_US, symptom=True):
             out.append(s)
     if p := pair("backend_latency"):
         if s := _p90_signal("retrieval_backend", "backend_latency.p90_us", "backend reply latency", *p,
-                            histogram="latency", floor_us=BACKEND_SLOW_US):
+                            histogram="latency", floor_us=BACKEND_SLOW_US, symptom=True):
             out.append(s)
     if p := pair("cpu_throttle"):
         out.append(_rate_signal("app_cpu", "cpu_throttle.throttled_periods_per_s", "CFS throttled periods", "/s",
@@ -274,16 +279,19 @@ def trace_signals_for(traces: dict[str, Any] | None,
             elif kind in ("retrieval", "policy"):
                 domain = "retrieval_backend" if kind == "retrieval" else "policy_layer"
                 moved = ei - eb >= MIN_EXCESS_ERROR_RATE
+                timeouts = d.get("timeout_share_of_errors") or 0.0
                 out.append(Signal(domain, ev(d, "error_share", f"failing calls {'rose' if moved else 'unchanged'}: "
-                                             f"{eb:.0%} → {ei:.0%}", eb, ei, "share"),
-                                  _ratio_strength(ei, max(eb, 0.01)) if moved else 0.0))
+                                             f"{eb:.0%} → {ei:.0%}" + (f" ({timeouts:.0%} timeouts)" if moved and timeouts
+                                                                     else ""), eb, ei, "share"),
+                                  _ratio_strength(ei, max(eb, 0.01)) if moved else 0.0,
+                                  # mostly timeouts: the calls were slow, for whatever reason
+                                  symptom=timeouts >= 0.5))
         lat = _trace_latency_moved(d)
         if lat is not None:
             moved, b, i, what = lat
             latency[key] = (moved, Signal("", ev(d, what.replace(" ", "_"), f"{what} {'rose' if moved else 'unchanged'}:"
                                                  f" {b:.0f} → {i:.0f} ms", b, i, "ms"),
-                                          _ratio_strength(i, b) if moved else 0.0,
-                                          outbound_latency=kind in ("llm", "retrieval", "http")))
+                                          _ratio_strength(i, b) if moved else 0.0, symptom=True))
     # A provider that throttles is slow because the client waits out retry-after and retries:
     # that latency is the throttling's, not a second cause.
     throttled = {k for k, d in deps.items() if d["kind"] == "llm"
@@ -306,22 +314,22 @@ def trace_signals_for(traces: dict[str, Any] | None,
     return out, []
 
 
-def explain_away(tsigs: list[Signal], ksigs: list[Signal]) -> list[Signal]:
-    """Discount slower outbound calls in traces when the kernel names a cause in another domain.
+def explain_away(sigs: list[Signal]) -> list[Signal]:
+    """Discount symptoms when a cause in another domain explains them.
 
-    A provider or database call gets slower when the provider or database is slow, but just as
-    much when packets are lost on the way (network), the lookup before it stalls (dns) or the
-    caller itself waits for a CPU (app_cpu). Traces cannot tell these apart; the kernel can.
-    When a kernel signal supports some domain, trace latency signals pointing at a *different*
-    domain keep only TRACE_EXPLAINED_FACTOR of their strength, and say why.
+    A provider or database call gets slower (or times out) when the provider or database is
+    slow, but just as much when packets are lost on the way (network), the lookup before it
+    stalls (dns) or the caller itself waits for a CPU (app_cpu). Latency cannot tell these apart,
+    in a trace or in the kernel's time to first byte; cause signals can: retransmits, resets,
+    failed connects and lookups, run-queue waits, CFS throttling, memory-limit hits, 429/5xx
+    answers, non-timeout errors. When a cause supports some domain and none supports the
+    symptom's own, the symptom keeps only EXPLAINED_FACTOR of its strength, and says why.
     """
-    kernel = {s.domain for s in ksigs if s.strength > 0}
-    out = []
-    for s in tsigs:
-        if s.outbound_latency and s.strength > 0 and kernel and s.domain not in kernel:
-            s.discount(f"likely a symptom: the kernel shows {', '.join(sorted(kernel))}")
-        out.append(s)
-    return out
+    causes = {s.domain for s in sigs if s.strength > 0 and not s.symptom}
+    for s in sigs:
+        if s.symptom and s.strength > 0 and causes and s.domain not in causes:
+            s.discount(f"likely a symptom of {', '.join(sorted(causes))}")
+    return sigs
 
 
 def attribute(capture: CaptureResult | None, traces: dict[str, Any] | None = None,
@@ -339,14 +347,17 @@ def attribute(capture: CaptureResult | None, traces: dict[str, Any] | None = Non
         gaps += kgaps
     else:
         ksigs = []
-    sigs = ksigs + explain_away(tsigs, ksigs)
+    sigs = explain_away(ksigs + tsigs)
     if not sigs:
         return Verdict(domains=[], confidence=0.0,
                        abstain_reason="no usable evidence: " + ("; ".join(gaps) or "the capture saw nothing"))
     hyps: list[Hypothesis] = []
     for domain in dict.fromkeys(s.domain for s in sigs):
         mine = [s for s in sigs if s.domain == domain]
-        strength = sum(s.strength for s in mine)
+        # Explained symptoms corroborate but do not add up: one cause slows every call it touches,
+        # so three slower dependencies are not three times the evidence for their own domain.
+        strength = (sum(s.strength for s in mine if not s.explained)
+                    + max((s.strength for s in mine if s.explained), default=0.0))
         others = [s for s in sigs if s.domain != domain and s.strength > 0]
         hyps.append(Hypothesis(
             domain=domain, confidence=strength / (strength + STRENGTH_HALF),

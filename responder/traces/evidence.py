@@ -122,6 +122,9 @@ _GRPC_CODES = {1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE
 # 503 (unavailable, how several gateways shed load), and the SDKs' names for them.
 _THROTTLE_RE = re.compile(r"^(?:429|529|503)$|rate.?limit|too.?many.?requests|overload|resource.?exhausted|"
                           r"throttl|quota", re.I)
+# A call that gave up waiting: the same symptom as a slow call, whatever made it slow.
+# 57014 is PostgreSQL's query_canceled, what statement_timeout raises.
+_TIMEOUT_RE = re.compile(r"^(?:408|504|57014)$|time.?out|timed.?out|deadline|query.?cancel", re.I)
 _CODE_WORDS = {"400": "bad_request", "401": "unauthorized", "403": "forbidden", "404": "not_found",
                "408": "timeout", "429": "rate_limit", "500": "server_error", "502": "bad_gateway",
                "503": "unavailable", "504": "gateway_timeout", "529": "overloaded"}
@@ -327,6 +330,11 @@ def _attrs_block(a: dict) -> bool:
 def is_throttle(error_type: str) -> bool:
     """Whether an error class means the provider shed load (429/rate limit, 529/503/overloaded)."""
     return bool(_THROTTLE_RE.search(error_type))
+
+
+def is_timeout(error_type: str) -> bool:
+    """Whether an error class means the caller stopped waiting (timeouts, deadlines, 504/408)."""
+    return bool(_TIMEOUT_RE.search(error_type))
 
 
 # --- per-window accumulation -------------------------------------------------------------------
@@ -719,11 +727,15 @@ def trace_signals(evidence: dict[str, Any]) -> list[dict[str, Any]]:
     for dep in evidence.get("dependencies") or []:
         b, i = dep.get("baseline") or {}, dep.get("incident") or {}
         bc, ic = b.get("count", 0), i.get("count", 0)
-        throttled = sum(n for t, n in (i.get("error_types") or {}).items() if is_throttle(t))
+        types = i.get("error_types") or {}
+        throttled = sum(n for t, n in types.items() if is_throttle(t))
+        timeouts = sum(n for t, n in types.items() if is_timeout(t))
         out.append({"kind": dep["kind"], "name": dep["name"], "count_baseline": bc, "count_incident": ic,
                     "error_rate_baseline": b["errors"] / bc if bc else None,
                     "error_rate_incident": i["errors"] / ic if ic else None,
                     "throttle_rate_incident": min(1.0, throttled / ic) if ic else None,
+                    # of the incident's failing calls, the share that were timeouts
+                    "timeout_share_of_errors": timeouts / i["errors"] if i.get("errors") else None,
                     "p90_ms_baseline": b.get("p90_ms"), "p90_ms_incident": i.get("p90_ms"),
                     "ttft_p90_ms_baseline": b.get("ttft_p90_ms"), "ttft_p90_ms_incident": i.get("ttft_p90_ms"),
                     "retries_incident": i.get("retries", 0)})

@@ -23,7 +23,7 @@ class Traffic:
         return f"{self.n:032x}", f"{self.n:016x}"
 
     def request(self, t_ns: int, llm_ms: float = 300, db_ms: float = 5, policy_ms: float = 4,
-                llm_error: str | None = None, db_error: bool = False, blocked: bool = False) -> list[Span]:
+                llm_error: str | None = None, db_error: bool | str = False, blocked: bool = False) -> list[Span]:
         trace_id, root = self.ids()
         jitter = lambda ms: int(ms * (0.8 + 0.4 * self.rng.random()) * 1e6)  # noqa: E731
         spans = [Span(trace_id, root, None, SERVICE, "POST /v1/answer", "server", t_ns, t_ns + jitter(llm_ms + 50),
@@ -35,8 +35,8 @@ class Traffic:
         spans.append(Span(trace_id, self.ids()[1], root, SERVICE, "apply_guardrail input", "internal", t,
                           t + jitter(policy_ms), attributes=pol))
         db = {"db.system.name": "postgresql", "db.operation.name": "SELECT", "server.address": "db", "server.port": 5432}
-        if db_error:
-            db["error.type"] = "57014"
+        if db_error:  # True: a constraint violation; a string: that error type
+            db["error.type"] = db_error if isinstance(db_error, str) else "23505"
         spans.append(Span(trace_id, self.ids()[1], root, SERVICE, "SELECT chunks", "client", t, t + jitter(db_ms),
                           status="error" if db_error else "unset", attributes=db))
         llm = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "m",
@@ -158,3 +158,37 @@ def test_a_throttling_provider_is_slow_because_of_the_throttling_not_a_second_ca
     assert v.domains == ["provider_throttling"], v.to_dict()
     slow = next(h for h in v.hypotheses if h.domain == "provider_latency")
     assert "throttled" in slow.supporting[0].summary
+
+
+def test_cpu_starvation_explains_away_slower_and_timed_out_calls_in_traces_and_kernel():
+    from tests.responder.test_attribution import INC_S, BASE_S, capture, hyp, runq, tls
+
+    tr = Traffic()
+    inc = []
+    for i in range(200):  # every call slower, a quarter of the queries timing out
+        inc += tr.request(int((2000 + i * 0.1) * 1e9), llm_ms=4000, db_ms=3000,
+                          db_error="TimeoutError" if i % 4 == 0 else False)
+    ev = trace_evidence(tr.window(1000, 200), inc, SERVICE)
+    ev.update(reachable=True)
+    # Traces alone cannot see the CPU: they blame the calls that got slower.
+    assert "app_cpu" not in attribute(None, traces=ev).domains
+    starved = capture([runq(400, 600, INC_S), tls(0, 0, INC_S, {4194304: 60})],
+                      [runq(6000, 60, BASE_S), tls(0, 0, BASE_S, {262144: 300})])
+    v = attribute(starved, traces=ev)
+    assert v.domains == ["app_cpu"], v.to_dict()
+    timeouts = hyp(v, "retrieval_backend").supporting[0].summary
+    assert "100% timeouts" in timeouts and "likely a symptom of app_cpu" in timeouts
+    assert "likely a symptom of app_cpu" in hyp(v, "provider_latency").supporting[0].summary  # kernel TTFB
+    # Explained symptoms do not add up: two slower dependencies count as one.
+    assert hyp(v, "network").confidence < hyp(v, "app_cpu").confidence - 0.15
+
+
+def test_non_timeout_retrieval_errors_are_a_cause_not_explained_away():
+    from tests.responder.test_attribution import INC_S, BASE_S, capture, hyp, runq
+
+    ev = evidence({"db_error": True})
+    starved = capture([runq(400, 600, INC_S)], [runq(6000, 60, BASE_S)])
+    v = attribute(starved, traces=ev)
+    errors = hyp(v, "retrieval_backend").supporting[0].summary
+    assert "symptom" not in errors and "timeouts" not in errors
+    assert set(v.domains) == {"app_cpu", "retrieval_backend"}, v.to_dict()
