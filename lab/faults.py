@@ -12,7 +12,9 @@ Each lab fault acts through the same lever a real incident would pull:
 - provider: the provider stand-in's control API; retrieval: inside PostgreSQL (``lab_faults``);
 - app_cpu / app_memory: the service's cgroups (busy processes inside them, a CPU quota, a memory
   limit that may OOM-kill the service, which the stack then restarts);
-- policy: the RAG service's own control API (its guardrail step).
+- policy: the RAG service's own control API (its guardrail step);
+- no domain (``service_restart``): the service is stopped and its supervisor starts it again, the
+  way a deploy or a crash-looping pod restarts; a no-fault case the responder must not blame.
 
 A fault object is made from a scenario's mapping (``make_fault``), applied to and cleared from a
 running :class:`lab.stack.LabStack` (``await fault.apply(stack)`` / ``await fault.clear(stack)``,
@@ -173,7 +175,7 @@ class Param:
 @dataclass(frozen=True)
 class FaultKind:
     kind: str
-    domain: str  # the ground-truth fault domain (DESIGN.md's table)
+    domain: str | None  # the ground-truth fault domain (DESIGN.md's table); None: no fault
     params: dict[str, Param]
     factory: Callable[[dict], "Fault"]
     help: str = ""
@@ -191,7 +193,7 @@ class Fault:
     """One fault of a kind with its parameters; ``apply``/``clear`` act on a running stack."""
 
     kind: str
-    domain: str
+    domain: str | None
     params: dict[str, Any]
     start_s: float = 0.0
     stop_s: float | None = None
@@ -378,6 +380,17 @@ class MemoryPressureFault(Fault):
         stack.service.cgroups.set_memory_limit(None)
 
 
+@dataclass
+class ServiceRestartFault(Fault):
+    """The service is stopped (SIGTERM) and its supervisor starts it again; nothing to clear."""
+
+    async def _apply(self, stack):
+        await stack.service.restart()
+
+    async def _clear(self, stack):
+        pass
+
+
 def _knobs(channel: str, make: Callable[[dict], dict[str, Any]]) -> Callable[[dict], Fault]:
     """A factory for a fault that sets the knobs ``make(params)`` on ``channel``."""
     def factory(common: dict) -> Fault:
@@ -440,6 +453,8 @@ def _kinds() -> dict[str, FaultKind]:
         ("policy_block", "policy_layer", {"fraction": _FRACTION},
          _knobs("policy", lambda p: {"policy_block_fraction": p["fraction"]}),
          "the service's guardrail blocks fraction of requests (fail closed: HTTP 503)"),
+        # no ground-truth domain: a restart is not a fault the responder should name
+        ("service_restart", None, {}, _of(ServiceRestartFault), ServiceRestartFault.__doc__),
     ]
     kinds = {}
     for kind, domain, params, factory, doc in table:

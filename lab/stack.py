@@ -295,6 +295,19 @@ class LabRagService:
                 except Exception as e:  # noqa: BLE001 - the next restart tries again
                     log.warning("event=service_restart_hook_failed error=%r", e)
 
+    async def restart(self, timeout_s: float = 30.0) -> None:
+        """Stop the service (SIGTERM) and wait until the supervisor has it healthy again."""
+        if self.proc is None or self._supervisor is None:
+            raise StackError("the RAG service is not running under its supervisor")
+        before = self.restarts
+        self.proc.terminate()
+        deadline = time.monotonic() + timeout_s
+        while self.restarts == before:
+            if time.monotonic() > deadline:
+                raise StackError(f"the RAG service was not restarted within {timeout_s:g}s; see {self.log_path}")
+            await asyncio.sleep(0.1)
+        await self.wait_healthy(max(1.0, deadline - time.monotonic()))
+
     async def stop(self) -> None:
         if self._supervisor is not None:
             self._supervisor.cancel()

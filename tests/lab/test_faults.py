@@ -41,6 +41,7 @@ TABLE = {
     "memory_pressure": ("app_memory", {"limit_mb"}),
     "policy_latency": ("policy_layer", {"delay_ms"}),
     "policy_block": ("policy_layer", {"fraction"}),
+    "service_restart": (None, set()),  # a no-fault case: no ground-truth domain
 }
 
 
@@ -386,6 +387,20 @@ async def test_policy_block_fails_closed_and_survives_a_restart(healthy):
     assert stack.service.pid in stack.service.cgroups.pids()
     await stack.clear(f)
     assert (await answer(stack))[0] == 200
+
+
+@async_test
+async def test_service_restart_stops_the_service_and_it_comes_back_in_its_cgroup(healthy):
+    stack = healthy
+    restarts, old_pid = stack.service.restarts, stack.service.pid
+    f = await stack.apply({"kind": "service_restart"})
+    assert stack.service.restarts == restarts + 1 and stack.service.pid != old_pid
+    assert not os.path.exists(f"/proc/{old_pid}") or open(f"/proc/{old_pid}/stat").read().split()[2] == "Z"
+    assert stack.service.exits[-1]["returncode"] in (-15, 0)  # SIGTERM, or a clean exit on it
+    assert stack.service.pid in stack.service.cgroups.pids()
+    assert (await answer(stack))[0] == 200
+    await stack.clear(f)
+    assert stack.service.restarts == restarts + 1  # clearing restarts nothing
 
 
 @async_test

@@ -30,7 +30,9 @@ def test_standard_suite_covers_every_domain_by_two_mechanisms_or_strengths():
     assert len(multi) >= 3 and all(len({f.domain for f in s.faults}) >= 2 for s in multi)
     assert any(f.start_s > 0 for s in multi for f in s.faults), "one multi-fault scenario is staggered"
     none = [s for s in suite if not s.expect]
-    assert len(none) >= 2 and all(not s.faults for s in none)
+    assert len(none) >= 2 and all(f.domain is None for s in none for f in s.faults)
+    assert any(not s.faults for s in none), "load noise only"
+    assert any(f.kind == "service_restart" for s in none for f in s.faults), "a restart of the service"
     assert len([s for s in suite if s.name.endswith("-edge")]) >= 3
     # every fault kind of the lab's table is exercised somewhere
     assert {f.kind for s in suite for f in s.faults} == set(FAULT_KINDS)
