@@ -3,6 +3,7 @@
     llmslo lab run --scenarios FILE --out DIR [--mode M]... [--only NAME]... [--resume]
     llmslo lab report DIR [--mode M]...
     llmslo lab compare DIR... [-o FILE]
+    llmslo lab calibrate DIR -o FILE
 
 Every mode comes from one run: the evidence of each case is stored, and each mode re-attributes
 it (``lab.scorecard``). One mode writes ``DIR/scorecard.*``; several write ``DIR/<mode>/scorecard.*``
@@ -120,6 +121,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Write the responder's calibration table from a run's combined-mode verdicts."""
+    import json
+
+    from lab import scorecard
+
+    try:
+        table = scorecard.calibration_table(Path(args.dir))
+    except scorecard.ScorecardError as e:
+        raise LabCliError(f"calibrate: {e}") from None
+    try:
+        Path(args.output).write_text(json.dumps(table, indent=1) + "\n")
+    except OSError as e:
+        raise LabCliError(f"calibrate: cannot write {args.output}: {e.strerror or e}") from None
+    print(f"llmslo lab: calibration from {table['source']} written to {args.output}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="llmslo lab", description="The attribution lab: real faults, a scorecard, the ablation.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -143,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dirs", nargs="+", metavar="DIR", help="run directory or scorecard.json")
     c.add_argument("-o", "--output", help="also write the table (Markdown) to this file")
     c.set_defaults(func=cmd_compare)
+
+    cal = sub.add_parser("calibrate", help="write the responder's calibration table (precision observed per "
+                         "confidence) from a run's combined-mode verdicts")
+    cal.add_argument("dir", help="run directory with cases/")
+    cal.add_argument("-o", "--output", required=True,
+                     help="file to write, e.g. responder/calibration.json (read through LLMSLO_CALIBRATION_FILE)")
+    cal.set_defaults(func=cmd_calibrate)
     return p
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -543,6 +544,23 @@ def report(run_dir: Path, modes: list[str]) -> list[dict[str, Any]]:
     if len(modes) > 1:
         (Path(run_dir) / "compare.md").write_text(compare_table([(str(run_dir), c) for c in cards]))
     return cards
+
+
+def calibration_table(run_dir: Path) -> dict[str, Any]:
+    """The reliability table of ``run_dir``'s verdicts, re-attributed in combined mode with the
+    current engine, with what it was measured on (``responder.calibration`` reads it)."""
+    cases = load_cases(run_dir)
+    card = score(cases, "combined")
+    cal = card["calibration"]
+    if not cal["n"]:
+        raise ScorecardError(f"{run_dir}: no answered verdicts to calibrate on")
+    files = sorted({str(c.get("scenario_file")) for c in cases if c.get("scenario_file")})
+    finished = max((c.get("finished_at") or 0) for c in cases)
+    day = time.strftime("%Y-%m-%d", time.gmtime(finished)) if finished else "unknown date"
+    return {"source": f"{', '.join(files) or 'lab run'}, {len(cases)} cases run {day}, combined mode, "
+                      f"{cal['n']} verdicts",
+            "calibration": {"bins": [{k: b[k] for k in ("lo", "hi", "n", "precision")} for b in cal["bins"]],
+                            "ece": cal["ece"], "n": cal["n"]}}
 
 
 def stored_modes(run_dir: Path) -> list[str]:

@@ -215,3 +215,26 @@ def test_progress_names_scenario_phase_and_time_left():
     assert lines[0].startswith("lab 1/8 ci-provider-429: baseline, 20 s left; suite about ")
     assert lines[1].startswith("lab 1/8 ci-provider-429: verdict, 0 s (at most 120 s); suite about ")
     assert lines[2] == "lab 8/8 ci-policy-block: recovery, 0 s (at most 180 s); suite about 1 min left"
+
+
+def test_calibrate_writes_the_table_the_responder_reads(tmp_path, capsys):
+    from responder import calibration
+
+    run, out = tmp_path / "run", tmp_path / "calibration.json"
+    cases = write_cases(run)
+    assert cli.main(["calibrate", str(run), "-o", str(out)]) == 0
+    card = scorecard.score(cases, "combined")
+    loaded = calibration.load(out)
+    assert loaded is not None and "3 cases" in loaded.source and "combined mode" in loaded.source
+    for row in card["cases"]:
+        if row["predicted"]:
+            b = next(b for b in card["calibration"]["bins"] if b["n"] and b["lo"] <= row["confidence"] < b["hi"])
+            assert loaded.precision_at(row["confidence"]) == (b["precision"], b["n"])
+    # not a run, or nothing answered: exit 2, one line, nothing written
+    empty = tmp_path / "empty"
+    (empty / "cases").mkdir(parents=True)
+    for d in (tmp_path / "nowhere", empty):
+        capsys.readouterr()
+        assert cli.main(["calibrate", str(d), "-o", str(tmp_path / "x.json")]) == 2
+        assert capsys.readouterr().err.startswith(f"llmslo lab: calibrate: {d}")
+        assert not (tmp_path / "x.json").exists()
