@@ -53,7 +53,8 @@ def alert_payload(status: str, labels: dict[str, str], starts_at: float, ends_at
 
 
 class ResponderProcess:
-    """``llmslo serve`` in a child process with its own data directory."""
+    """``llmslo serve`` in a child process with its own data directory; it dies with the thread
+    that starts it (see :func:`die_with_parent`), so a killed test or lab leaves no responder."""
 
     def __init__(self, data_dir: Path, token: str, extra_env: dict[str, str] | None = None,
                  log_path: Path | None = None):
@@ -71,7 +72,7 @@ class ResponderProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "responder.cli", "serve", "--port", str(self.port)],
                                      env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=REPO)
+                                     stdin=subprocess.DEVNULL, cwd=REPO, preexec_fn=die_with_parent)
         return self
 
     async def wait_ready(self, timeout: float = 60.0) -> dict:

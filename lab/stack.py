@@ -334,18 +334,6 @@ class LabRagService:
             self._log = None
 
 
-class _LabResponder(ResponderProcess):
-    """``llmslo serve`` that dies with the lab (started from the event loop's thread)."""
-
-    def start(self) -> "_LabResponder":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "responder.cli", "serve", "--port", str(self.port)],
-                                     env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=REPO, preexec_fn=die_with_parent)
-        return self
-
-
 async def _in_thread(fn: Callable[[], Any]) -> Any:
     """``fn`` in a worker thread; if cancelled, still wait for it to finish (a half-started
     server must be known to be stopped), then re-raise the cancellation."""
@@ -446,9 +434,9 @@ class LabStack:
         self.scratch = Path(tempfile.mkdtemp(prefix=f"{lab_faults.STACK_DIR_PREFIX}{os.getpid()}-"))
         try:
             self.dns = DnsStandin(records={PROVIDER_HOST: "127.0.0.1"}, seed=self.seed).start()
-            self.responder = _LabResponder(self.work_dir / "responder", token=self.token,
-                                           log_path=self.logs / "responder.log",
-                                           extra_env=self.responder_env)
+            self.responder = ResponderProcess(self.work_dir / "responder", token=self.token,
+                                        log_path=self.logs / "responder.log",
+                                        extra_env=self.responder_env)
             self.responder.env["LLMSLO_PUBLIC_URL"] = self.responder.url
             service_port_holder: dict[str, int] = {}
             async with asyncio.TaskGroup() as tg:

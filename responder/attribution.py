@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from typing import Any, Callable
 
+from capture.probes.tls_http import UNKNOWN_PEER
 from capture.schemas import CaptureResult, ProbeResult
 from responder.model import Evidence, Hypothesis, Verdict
 from responder.traces.evidence import trace_signals
@@ -130,8 +131,9 @@ def _rate_signal(domain: str, name: str, what: str, unit: str, inc: ProbeResult,
                   incident=round(i, 3), unit=unit)
     top = next((inc.top[k] for k in ("peers", "failed_peers", "received_from", "victims", "failed_hosts",
                                       "throttled_peers", "error_peers") if inc.top.get(k)), None)
-    if moved and top:
-        ev.summary += " (top peer " + ", ".join(f"{t['peer']} ×{t['count']}" for t in top[:3]) + ")"
+    known = [t for t in top or [] if t.get("peer") and t["peer"] != UNKNOWN_PEER]
+    if moved and known:
+        ev.summary += " (top peer " + ", ".join(f"{t['peer']} ×{t['count']}" for t in known[:3]) + ")"
     return Signal(domain, ev, strength)
 
 

@@ -47,6 +47,10 @@ class Settings:
     slack_app_token: str | None = None
     slack_channel: str = "#llm-incidents"
     slack_api_url: str = "https://slack.com/api/"
+    # Routing: an alert label naming the channel (overrides the playbook's), and one naming who
+    # to mention on the root (a user group S…, a user U…/W…, or here/channel).
+    slack_channel_label: str = "slack_channel"
+    slack_mention_label: str = "slack_mention"
     # Metrics: Prometheus to query (evidence) and, when people reach it elsewhere, the base URL
     # for graph links; an optional Grafana Explore link template ({expr}, {start_ms}, {end_ms}).
     prometheus_url: str | None = None
@@ -88,6 +92,8 @@ _ENV = {
     "LLMSLO_SLACK_APP_TOKEN": "slack_app_token",
     "LLMSLO_SLACK_CHANNEL": "slack_channel",
     "LLMSLO_SLACK_API_URL": "slack_api_url",
+    "LLMSLO_SLACK_CHANNEL_LABEL": "slack_channel_label",
+    "LLMSLO_SLACK_MENTION_LABEL": "slack_mention_label",
     "LLMSLO_PROMETHEUS_URL": "prometheus_url",
     "LLMSLO_PROMETHEUS_PUBLIC_URL": "prometheus_public_url",
     "LLMSLO_PROMETHEUS_TIMEOUT_S": "prometheus_timeout_s",

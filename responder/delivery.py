@@ -1,14 +1,22 @@
 """Delivery: sends the outbox's persisted messages to their chat sinks, once, in thread order.
 
 A message is in the store before anything is sent; it is marked sent with the sink's answer
-(the thread ``ts``) right after. Failures retry with capped exponential backoff (or the sink's
-own Retry-After); a permanent failure is recorded as dead, never retried in a loop. After a
-restart, pending messages simply go out, into the thread the store remembers.
+(the thread ``ts``) right after. A retryable failure (429, 5xx, timeout) is first retried in
+place with tenacity (exponential backoff with jitter, never sooner than the server's
+Retry-After, and only while the wait stays short); past that the message is rescheduled in the
+store with a longer backoff, so an outage of any length neither blocks the loop nor loses it. A
+permanent failure is recorded as dead, never retried in a loop. After a restart, pending
+messages simply go out, into the thread the store remembers; the outbox key (incident, sink,
+step) makes each step one message.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import time
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from responder.report import Message
 from responder.sinks.base import ChatSink, SinkPermanentError, SinkRetryableError, ThreadRef
@@ -16,14 +24,51 @@ from responder.store import IncidentStore, OutboxMessage
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 8
+# A retryable failure is retried until the message is this old (a long chat outage loses
+# nothing); only then is it given up as dead.
+MAX_AGE_S = 24 * 3600.0
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 300.0
+# In place: a few quick retries, as long as no single wait is longer than this.
+IN_PLACE_ATTEMPTS = 3
+IN_PLACE_MAX_WAIT_S = 10.0
+_in_place_backoff = wait_exponential_jitter(multiplier=0.5, max=IN_PLACE_MAX_WAIT_S, jitter=0.5)
 
 
 def backoff(attempts: int, retry_after: float | None) -> float:
     delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** attempts)
     return max(delay, retry_after or 0.0)
+
+
+def _retry_after(state: RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    return float(getattr(exc, "retry_after", None) or 0.0)
+
+
+def _in_place_wait(state: RetryCallState) -> float:
+    """Exponential backoff with jitter, but never sooner than the server's Retry-After."""
+    return max(_in_place_backoff(state), _retry_after(state))
+
+
+class NoThreadYet(SinkRetryableError):
+    """A reply whose thread's root is not posted yet: waits in the store, not in place."""
+
+
+def _retry_in_place(e: BaseException) -> bool:
+    return isinstance(e, SinkRetryableError) and not isinstance(e, NoThreadYet)
+
+
+def _server_wants_long_wait(state: RetryCallState) -> bool:
+    return _retry_after(state) > IN_PLACE_MAX_WAIT_S
+
+
+async def with_retries(call):
+    """``await call()``, retried in place on SinkRetryableError (see the module's docstring)."""
+    async for attempt in AsyncRetrying(retry=retry_if_exception(_retry_in_place), wait=_in_place_wait,
+                                       stop=stop_after_attempt(IN_PLACE_ATTEMPTS) | _server_wants_long_wait,
+                                       reraise=True):
+        with attempt:
+            return await call()
 
 
 class Deliverer:
@@ -69,28 +114,12 @@ class Deliverer:
             return False
         inc = await asyncio.to_thread(self.store.get_incident, msg.incident_id)
         thread = (inc.thread or {}).get(msg.sink) if inc else None
-        body = msg.body
-        message = Message.from_dict(body["message"])
         try:
-            if body["op"] == "root":
-                if thread:  # already posted (e.g. a crash after posting): never post a second root
-                    response = {"already": True, **thread}
-                else:
-                    ref = await sink.post_root(body.get("channel"), message)
-                    response = ref.to_dict()
-                    await asyncio.to_thread(self.store.update_incident, msg.incident_id, thread={msg.sink: response})
-            else:
-                if not thread:
-                    raise SinkRetryableError("the thread's root message has not been posted yet")
-                ref = ThreadRef.from_dict(thread)
-                if body["op"] == "update":
-                    await sink.update_root(ref, message)
-                    response = {"updated": ref.ts}
-                else:
-                    response = {"ts": await sink.reply(ref, message)}
+            response = await with_retries(lambda: self._send(sink, msg, thread))
         except SinkRetryableError as e:
-            if msg.attempts + 1 >= MAX_ATTEMPTS:
-                await asyncio.to_thread(self.store.mark_dead, msg.id, f"gave up after {MAX_ATTEMPTS} attempts: {e}")
+            if time.time() - msg.created_at >= MAX_AGE_S:
+                await asyncio.to_thread(self.store.mark_dead, msg.id,
+                                        f"gave up after {msg.attempts + 1} attempts over {MAX_AGE_S / 3600:g} h: {e}")
             else:
                 delay = backoff(msg.attempts, e.retry_after)
                 await asyncio.to_thread(self.store.mark_retry, msg.id, str(e), delay)
@@ -105,3 +134,25 @@ class Deliverer:
         await asyncio.to_thread(self.store.mark_sent, msg.id, response)
         log.info("incident=%s event=delivered sink=%s step=%s", msg.incident_id, msg.sink, msg.step)
         return True
+
+    async def _send(self, sink: ChatSink, msg: OutboxMessage, thread: dict | None) -> dict:
+        """One attempt at ``msg``'s operation; the sink's answer to store with it."""
+        body = msg.body
+        message = Message.from_dict(body["message"])
+        if body["op"] == "root":
+            if thread:  # already posted (e.g. a crash after posting): never post a second root
+                return {"already": True, **thread}
+            ref = await sink.post_root(body.get("channel"), message)
+            await asyncio.to_thread(self.store.update_incident, msg.incident_id, thread={msg.sink: ref.to_dict()})
+            return ref.to_dict()
+        if not thread:
+            raise NoThreadYet("the thread's root message has not been posted yet")
+        ref = ThreadRef.from_dict(thread)
+        if body["op"] == "update":
+            await sink.update_root(ref, message)
+            return {"updated": ref.ts}
+        if body["op"] == "file":
+            f = body["file"]
+            return {"file": await sink.upload_file(ref, f["filename"], base64.b64decode(f["content_b64"]), f["title"],
+                                                   message.text)}
+        return {"ts": await sink.reply(ref, message)}

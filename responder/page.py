@@ -562,8 +562,23 @@ def _chart_bars(top: dict[str, Any] | None, traces: dict[str, Any] | None) -> li
     return bars + [bar for _, bar in moved[:MAX_TRACE_BARS]]
 
 
-def _draw_chart(lines: list[_Line], bars: list[_Bar], prom: dict[str, Any] | None, absent: str, domain: str) -> str:
-    """Both panels as an inline ``<svg>`` element (no XML prolog)."""
+def chart_png(incident: dict[str, Any]) -> bytes | None:
+    """The incident page's chart as a PNG (for a chat thread); None when there is no evidence to draw."""
+    verdict = _dict(incident.get("verdict"))
+    evidence = _dict(incident.get("evidence")) or {}
+    prom, traces = _dict(evidence.get("prometheus")), _dict(evidence.get("traces"))
+    lines = _chart_lines(prom)
+    top = (_hypotheses(verdict) or [None])[0]
+    bars = _chart_bars(top, traces)
+    if not lines and not bars:
+        return None
+    with _CHART_LOCK:
+        return _render(lines, bars, prom, _prometheus_absence(prom), str((top or {}).get("domain") or ""), "png")
+
+
+def _render(lines: list[_Line], bars: list[_Bar], prom: dict[str, Any] | None, absent: str, domain: str,
+            fmt: str) -> bytes:
+    """Both panels, burn rate / SLI over the windows above and the key signals below, as ``fmt``."""
     # Imported here: matplotlib costs most of a second to import, and only pages with evidence need it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -574,8 +589,14 @@ def _draw_chart(lines: list[_Line], bars: list[_Bar], prom: dict[str, Any] | Non
     _draw_series(top, lines, prom, absent)
     _draw_bars(bottom, bars, domain)
     buf = io.BytesIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None})  # no date: the same incident gives the same SVG
-    svg = buf.getvalue().decode("utf-8")
+    # no date: the same incident gives the same file
+    fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else {}, dpi=100)
+    return buf.getvalue()
+
+
+def _draw_chart(lines: list[_Line], bars: list[_Bar], prom: dict[str, Any] | None, absent: str, domain: str) -> str:
+    """Both panels as an inline ``<svg>`` element (no XML prolog)."""
+    svg = _render(lines, bars, prom, absent, domain, "svg").decode("utf-8")
     svg = svg[svg.index("<svg"):]
     return svg.replace("<svg ", '<svg role="img" aria-label="incident chart" ', 1)
 

@@ -11,13 +11,14 @@ persisted on the incident, so a crash re-runs at most the stage that was in flig
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from capture.schemas import CaptureRequest, CaptureResult, CaptureTarget, RequestError
-from responder import calibration, links, report
+from responder import adhoc, calibration, links, page, report
 from responder.alertmanager import parse_timestamp
 from responder.attribution import attribute
 from responder.config import Settings
@@ -157,22 +158,66 @@ class Pipeline:
         return inc
 
     async def _enqueue(self, incident_id: str, step: str, op: str, message: report.Message,
-                       channel: str | None = None) -> None:
+                       channel: str | None = None, borrowed: frozenset[str] = frozenset(),
+                       file: dict[str, str] | None = None) -> None:
+        """Persist one message per sink. A sink in ``borrowed`` answers in someone else's thread
+        (an ad hoc capture asked for from an incident's thread): it gets replies only, and never
+        touches that thread's root."""
         body: dict[str, Any] = {"op": op, "message": message.to_dict(), "channel": channel}
+        if file is not None:
+            body["file"] = file
         for sink in self.sinks:
+            if sink in borrowed and op != "reply":
+                continue
             await asyncio.to_thread(self.store.enqueue_message, incident_id, sink, step, body)
         self.on_enqueued()
+
+    async def _borrow_thread(self, inc: Incident, opts: adhoc.Options) -> frozenset[str]:
+        """For a capture asked for inside a thread: record that thread as the incident's own for
+        its sink, so the replies land there; the sinks whose thread is borrowed."""
+        borrowed = self.borrowed(inc)
+        r = opts.reply_to
+        if borrowed and r and (inc.thread or {}).get(r["sink"]) is None:
+            await asyncio.to_thread(self.store.update_incident, inc.id, thread={
+                r["sink"]: {"channel": r["channel"], "ts": r["ts"], "borrowed_from": r.get("incident_id") or "?"}})
+        return borrowed
+
+    def render_root(self, inc: Incident) -> report.Message:
+        return report.render_root(inc.to_dict(), self.incident_url(inc.id), self.settings.slack_mention_label)
+
+    def borrowed(self, inc: Incident) -> frozenset[str]:
+        """The sinks in which this incident answers inside another incident's thread."""
+        r = adhoc.options(inc.alerts).reply_to
+        return frozenset({r["sink"]}) if r and r["sink"] in self.sinks else frozenset()
+
+    async def acknowledge(self, incident_id: str, by: str) -> bool:
+        """Record who acknowledged the incident and show it on the root; False when it already was."""
+        inc = await self._incident(incident_id)
+        if inc.acknowledged:
+            return False
+        inc = await asyncio.to_thread(self.store.update_incident, inc.id, acknowledged={"by": by, "at": time.time()})
+        await self._enqueue(inc.id, "root:acknowledged", "update", self.render_root(inc), None, self.borrowed(inc))
+        return True
+
+    def route(self, labels: dict[str, str], playbook: Playbook | None) -> str | None:
+        """The channel for a new thread: the alert's channel label, else the playbook's, else the default."""
+        return (labels.get(self.settings.slack_channel_label) or (playbook.channel if playbook else None)
+                or self.default_channel)
 
     async def investigate(self, job: Job) -> Outcome:
         inc = await self._incident(job.incident_id)
         labels = alert_labels(inc)
         # Stage: playbook.
         playbook = select_playbook(self.playbooks, labels)
-        channel = (playbook.channel if playbook else None) or self.default_channel
+        opts = adhoc.options(inc.alerts)
+        borrowed = await self._borrow_thread(inc, opts)
         inc = await asyncio.to_thread(self.store.update_incident, inc.id,
                                       playbook=playbook.name if playbook else None)
-        await self._enqueue(inc.id, "root", "root", report.render_root(inc.to_dict(), self.incident_url(inc.id)),
-                            channel)
+        await self._enqueue(inc.id, "root", "root", self.render_root(inc),
+                            self.route(labels, playbook), borrowed)
+        if borrowed:
+            await self._enqueue(inc.id, "requested", "reply",
+                                report.render_requested(inc.to_dict(), self.incident_url(inc.id)), None, borrowed)
         log.info("incident=%s event=investigate job=%s playbook=%s", inc.id, job.id,
                  playbook.name if playbook else None)
         target = capture = None
@@ -184,10 +229,10 @@ class Pipeline:
             # Stage: gather. The kernel capture, traces and metrics run concurrently; the latter
             # two read their incident window up to the capture's end.
             onset = await self.burn_began(inc, playbook, labels)
+            duration = opts.duration_s or playbook.capture.duration_s
             (capture, capture_gap), evidence = await asyncio.gather(
-                self.capture_stage(inc, playbook, labels, onset),
-                self.application_evidence(inc, playbook, labels, time.time() + playbook.capture.duration_s,
-                                          onset))
+                self.capture_stage(inc, playbook, labels, onset, duration, opts.probes),
+                self.application_evidence(inc, playbook, labels, time.time() + duration, onset, duration))
             target = capture.target if capture else None
             # Stage: attribute.
             verdict = attribute(capture, traces=evidence["traces"],
@@ -204,11 +249,26 @@ class Pipeline:
                  ",".join(verdict.domains), verdict.confidence, verdict.abstain_reason)
         # Stage: report.
         await self._enqueue(inc.id, f"root:attributed:{job.id}", "update",
-                            report.render_root(inc.to_dict(), self.incident_url(inc.id)))
+                            self.render_root(inc), None, borrowed)
         await self._enqueue(inc.id, f"attribution:{job.id}", "reply",
                             report.render_attribution(inc.to_dict(), verdict, capture, runbooks,
-                                                      self.incident_url(inc.id)))
+                                                      self.incident_url(inc.id)), None, borrowed)
+        await self._enqueue_chart(inc, f"chart:{job.id}", borrowed)
         return Outcome(playbook, target, capture, verdict)
+
+    async def _enqueue_chart(self, inc: Incident, step: str, borrowed: frozenset[str]) -> None:
+        """The incident page's chart as a PNG reply; nothing when there is no evidence to draw."""
+        try:
+            png = await asyncio.to_thread(page.chart_png, inc.to_dict())
+        except Exception:  # a chart bug must not hold back the rest of the thread
+            log.exception("incident=%s event=chart_failed", inc.id)
+            return
+        if png is None:
+            return
+        comment = f"Burn rate and key signals, baseline vs incident ({self.incident_url(inc.id)})"
+        await self._enqueue(inc.id, step, "file", report.Message(text=comment), None, borrowed,
+                            file={"filename": f"{inc.id}-chart.png", "title": f"{inc.id} chart",
+                                  "content_b64": base64.b64encode(png).decode()})
 
     async def burn_began(self, inc: Incident, playbook: Playbook, labels: dict[str, str]) -> float | None:
         """Where the baselines end: the burn's onset from Prometheus when it can tell, else the
@@ -230,12 +290,14 @@ class Pipeline:
         return alert_start
 
     async def capture_stage(self, inc: Incident, playbook: Playbook, labels: dict[str, str],
-                            onset: float | None) -> tuple[CaptureResult | None, str | None]:
-        """Stages scope and kernel capture; (result, None) or (None, why there is none)."""
+                            onset: float | None, duration_s: float,
+                            probes: tuple[str, ...] | None = None) -> tuple[CaptureResult | None, str | None]:
+        """Stages scope and kernel capture (the playbook's probes unless ``probes``); (result,
+        None) or (None, why there is none)."""
         try:
             target = scope_from_labels(playbook.scope, labels)
-            req = CaptureRequest(target=target, probes=list(playbook.capture.probes),
-                                 duration_s=playbook.capture.duration_s, baseline_s=playbook.capture.baseline_s,
+            req = CaptureRequest(target=target, probes=list(probes or playbook.capture.probes),
+                                 duration_s=duration_s, baseline_s=playbook.capture.baseline_s,
                                  baseline_end=onset, incident_id=inc.id)
             return await self.agent.capture(req), None
         except (ScopeError, RequestError) as e:
@@ -245,9 +307,9 @@ class Pipeline:
             return None, f"the capture failed: {e}"
 
     async def application_evidence(self, inc: Incident, playbook: Playbook, labels: dict[str, str],
-                                   end: float, onset: float | None) -> dict[str, Any]:
+                                   end: float, onset: float | None, duration_s: float) -> dict[str, Any]:
         """Traces and Prometheus over the baseline and incident windows, read once ``end`` has passed."""
-        baseline, incident = evidence_windows(onset, end, playbook.capture.duration_s,
+        baseline, incident = evidence_windows(onset, end, duration_s,
                                               playbook.capture.baseline_s)
         await asyncio.sleep(max(0.0, end - time.time()))
         service = playbook.traces.service(labels)
@@ -282,5 +344,6 @@ class Pipeline:
             inc = await asyncio.to_thread(self.store.update_incident, inc.id, status="resolved",
                                           resolved_at=time.time())
         log.info("incident=%s event=resolved", inc.id)
-        await self._enqueue(inc.id, "root:resolved", "update", report.render_root(inc.to_dict(), self.incident_url(inc.id)))
-        await self._enqueue(inc.id, "resolved", "reply", report.render_resolved(inc.to_dict()))
+        borrowed = self.borrowed(inc)
+        await self._enqueue(inc.id, "root:resolved", "update", self.render_root(inc), None, borrowed)
+        await self._enqueue(inc.id, "resolved", "reply", report.render_resolved(inc.to_dict()), None, borrowed)

@@ -16,11 +16,13 @@ header text at most 150, both cut with "…".
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from capture.schemas import CaptureResult, ProbeResult
+from responder import adhoc
 from responder.model import Evidence, Hypothesis, Verdict
 
 # Slack limits (Block Kit reference): blocks per message, section / header text, message text.
@@ -37,6 +39,7 @@ MAX_CONTRADICTING_SHOWN = 3
 ABSTAIN_HYPOTHESES_SHOWN = 2
 
 ELLIPSIS = "…"
+_SLACK_ID_RE = re.compile(r"[SUW][A-Z0-9]{2,20}")
 
 # Root message states, in the order an incident usually moves through them.
 STATE_CAPTURING = "capturing"
@@ -85,8 +88,32 @@ def root_state(incident: dict[str, Any]) -> str:
     return STATE_CAPTURING
 
 
-def render_root(incident: dict[str, Any], incident_url: str) -> Message:
-    """The thread's root: state, alert name, top domain and confidence, incident id and link."""
+# The root's buttons (slash commands cannot be used in threads); each carries the incident id.
+ACTION_CAPTURE_AGAIN = "llmslo_capture_again"
+ACTION_DEEP_CAPTURE = "llmslo_deep_capture"
+ACTION_ACKNOWLEDGE = "llmslo_acknowledge"
+DEEP_CAPTURE_S = 60.0
+
+
+def mention_markup(value: str | None) -> str | None:
+    """Slack markup that mentions ``value`` (a user group S…, a user U…/W…, here or channel);
+    None for anything else, so a label cannot inject markup."""
+    v = (value or "").strip().lstrip("@!")
+    if v in ("here", "channel"):
+        return f"<!{v}>"
+    if _SLACK_ID_RE.fullmatch(v):
+        return f"<!subteam^{v}>" if v[0] == "S" else f"<@{v}>"
+    return None
+
+
+def _user(who: str) -> str:
+    """A requester or acknowledger: a Slack user id as a mention, anything else as text."""
+    return f"<@{who}>" if _SLACK_ID_RE.fullmatch(who) and who[0] in "UW" else _esc(who)
+
+
+def render_root(incident: dict[str, Any], incident_url: str, mention_label: str | None = None) -> Message:
+    """The thread's root: state, alert name, top domain and confidence, incident id and link;
+    who was mentioned (``mention_label``'s value), who acknowledged it, and the buttons."""
     state = root_state(incident)
     emoji, word = _STATE_LOOK[state]
     alert = _alertname(incident)
@@ -110,9 +137,55 @@ def render_root(incident: dict[str, Any], incident_url: str) -> Message:
     parts_md.append(f"incident {_link(incident_url, iid) if incident_url else f'`{_esc(iid)}`'}")
     parts_txt.append(f"incident {iid}" + (f" {incident_url}" if incident_url else ""))
 
+    mention = mention_markup((incident.get("labels") or {}).get(mention_label)) if mention_label else None
+    if mention is None and mention_label:
+        for alert in incident.get("alerts") or []:
+            mention = mention or mention_markup((alert.get("labels") or {}).get(mention_label))
+    if mention:
+        parts_md.insert(0, mention)
+        parts_txt.insert(0, mention)
     line = " · ".join(parts_md)
-    return Message(text=" · ".join(parts_txt),
-                   blocks=[{"type": "section", "text": _mrkdwn(_clip(line, MAX_SECTION_CHARS))}])
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": _mrkdwn(_clip(line, MAX_SECTION_CHARS))}]
+    ack = incident.get("acknowledged")
+    if ack:
+        who = str(ack.get("by") or "someone")
+        blocks.append({"type": "context", "elements": [
+            _mrkdwn(f":eyes: acknowledged by {_user(who)} at {_clock(float(ack.get('at') or 0))} UTC")]})
+        parts_txt.append(f"acknowledged by {who}")
+    buttons = [_button("Capture again", ACTION_CAPTURE_AGAIN, iid),
+               _button(f"Deep capture ({DEEP_CAPTURE_S:g} s)", ACTION_DEEP_CAPTURE, iid)]
+    if state != STATE_RESOLVED and not ack:
+        buttons.append(_button("Acknowledge", ACTION_ACKNOWLEDGE, iid, style="primary"))
+    blocks.append({"type": "actions", "block_id": "llmslo_incident_actions", "elements": buttons})
+    return Message(text=" · ".join(parts_txt), blocks=blocks)
+
+
+def _button(label: str, action_id: str, value: str, style: str | None = None) -> dict[str, Any]:
+    b: dict[str, Any] = {"type": "button", "text": _plain(label), "action_id": action_id, "value": value}
+    if style:
+        b["style"] = style
+    return b
+
+
+def render_requested(incident: dict[str, Any], incident_url: str) -> Message:
+    """The first reply of a capture asked for inside a thread: who asked, for what, its id."""
+    opts = adhoc.options(incident.get("alerts") or [])
+    labels = {k: v for k, v in ((incident.get("alerts") or [{}])[0].get("labels") or {}).items()
+              if k not in ("alertname", "llmslo_playbook")}
+    what = ", ".join(f"{k}={v}" for k, v in labels.items()) or "(no target labels)"
+    extra = []
+    if opts.duration_s:
+        extra.append(f"{opts.duration_s:g} s")
+    if opts.probes:
+        extra.append(", ".join(opts.probes))
+    who = opts.requested_by
+    by_md = f" by {_user(who)}" if who else ""
+    iid = str(incident.get("id", "?"))
+    md = (f":mag: Capture{by_md}: {_esc(what)}" + (f" · {_esc(' · '.join(extra))}" if extra else "")
+          + f" · incident {_link(incident_url, iid) if incident_url else f'`{_esc(iid)}`'}; results follow here.")
+    plain = f"Capture{' by ' + who if who else ''}: {what}" + (f" · {' · '.join(extra)}" if extra else "") + \
+        f" · incident {iid}; results follow here."
+    return Message(text=plain, blocks=[{"type": "section", "text": _mrkdwn(_clip(md, MAX_SECTION_CHARS))}])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,14 +7,10 @@ durable, and nothing is stored for a request that is refused.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import sys
-import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from typing import Any
 
 from aiohttp import web
 
@@ -23,76 +19,23 @@ from capture.agent import CaptureAgent
 from capture.http_server import basic_ok, bearer_ok, json_error, read_body, with_lifecycle
 from capture.client import HttpAgentClient, LocalAgentClient
 from capture.probes import CATALOG
+from responder import adhoc
 from responder.alertmanager import PayloadError, parse_notification
 from responder.config import Settings
 from responder.delivery import Deliverer
 from responder.page import render_incident_page
 from responder.pipeline import Pipeline
-from responder.playbooks import PIN_LABEL, load_playbooks
+from responder.playbooks import load_playbooks
 from responder.sinks.base import ChatSink
 from responder.sinks.console import ConsoleSink
 from responder.sinks.slack import SlackSink
-from responder.store import ADHOC_GROUP_PREFIX, IncidentStore
+from responder.store import AcceptResult, IncidentStore
 from responder.traces.backends import TraceBackend, backend_from_settings
 from responder.traces.receiver import OtlpReceiver
 from responder.traces.store import SpanStore
 
 log = logging.getLogger(__name__)
 
-
-
-ADHOC_MAX_BODY_BYTES = 64 * 1024
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-
-
-def parse_adhoc_request(body: bytes,
-                        playbooks: set[str]) -> tuple[dict[str, str], str, str | None, float | None]:
-    """(labels, reason, playbook, started_at) from an ad hoc capture request; ValueError says what
-    is wrong."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError("body is not JSON") from None
-    if not isinstance(data, dict):
-        raise ValueError("expected a JSON object with labels")
-    unknown = sorted(set(data) - {"labels", "reason", "playbook", "started_at"})
-    if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(unknown)}; expected labels, reason, playbook, started_at")
-    labels = data.get("labels")
-    if not isinstance(labels, dict) or not labels:
-        raise ValueError("labels: expected a non-empty object of label names to string values")
-    for k, v in labels.items():
-        if not _LABEL_NAME.fullmatch(k) or not isinstance(v, str) or not v or len(v) > 1024:
-            raise ValueError(f"labels.{k}: expected a Prometheus label name with a non-empty string value "
-                             "of at most 1024 characters")
-    reason = data.get("reason", "ad hoc capture")
-    if not isinstance(reason, str) or len(reason) > 500:
-        raise ValueError("reason: expected a string of at most 500 characters")
-    playbook = data.get("playbook")
-    if playbook is not None and playbook not in playbooks:
-        raise ValueError(f"playbook: {playbook!r} is not loaded; known: {', '.join(sorted(playbooks))}")
-    started_at = data.get("started_at")
-    now = time.time()
-    if started_at is not None and (isinstance(started_at, bool) or not isinstance(started_at, (int, float))
-                                   or not now - 86_400 <= started_at <= now + 60):
-        raise ValueError("started_at: expected Unix seconds within the last day (when the problem began)")
-    return dict(labels), reason, playbook, started_at
-
-
-def adhoc_notification(labels: dict[str, str], reason: str, external_url: str,
-                       started_at: float | None = None) -> bytes:
-    """A version 4 notification holding one firing alert for an ad hoc capture. Its startsAt is
-    when the person says the problem began (the baselines end there), else now."""
-    key = uuid.uuid4().hex
-    labels = {"alertname": "AdhocCapture", **labels}
-    since = datetime.fromtimestamp(started_at, timezone.utc) if started_at else datetime.now(timezone.utc)
-    alert = {"status": "firing", "labels": labels, "annotations": {"summary": reason},
-             "startsAt": since.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-             "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": key[:16]}
-    return json.dumps({"version": "4", "groupKey": f"{ADHOC_GROUP_PREFIX}{key}", "truncatedAlerts": 0,
-                       "status": "firing", "receiver": "adhoc", "groupLabels": {}, "commonLabels": labels,
-                       "commonAnnotations": alert["annotations"], "externalURL": external_url,
-                       "alerts": [alert]}).encode()
 
 
 @dataclass
@@ -109,6 +52,7 @@ class Responder:
     traces: TraceBackend
     wake_workers: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    slack_app: Any = None  # responder.slack.app.SlackApp when Slack's bot token and signing secret are set
 
     @classmethod
     def build(cls, settings: Settings, console_stream=None) -> "Responder":
@@ -131,7 +75,12 @@ class Responder:
         spans = SpanStore(settings.span_store_max_spans, settings.span_store_max_bytes)
         traces = backend_from_settings(settings, spans)
         pipeline = Pipeline(store, playbooks, agent, list(sinks), settings, traces, on_enqueued=deliverer.notify)
-        return cls(settings, store, agent, sinks, pipeline, deliverer, spans, traces)
+        responder = cls(settings, store, agent, sinks, pipeline, deliverer, spans, traces)
+        if settings.slack_bot_token and settings.slack_signing_secret:
+            from responder.slack.app import SlackApp
+
+            responder.slack_app = SlackApp(responder, settings)
+        return responder
 
     # --- workers ----------------------------------------------------------------------------
     async def worker(self, n: int) -> None:
@@ -164,8 +113,12 @@ class Responder:
         for n in range(self.settings.workers):
             self.tasks.append(asyncio.create_task(self.worker(n), name=f"worker-{n}"))
         self.tasks.append(asyncio.create_task(self.deliverer.run(), name="delivery"))
+        if self.slack_app is not None:
+            await self.slack_app.start()
 
     async def stop(self) -> None:
+        if self.slack_app is not None:
+            await self.slack_app.stop()
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -211,30 +164,45 @@ class Responder:
     async def adhoc_capture(self, request: web.Request) -> web.Response:
         """``POST /api/captures``: run the investigate pipeline without an alert.
 
-        Body ``{"labels": {...}, "reason": "...", "playbook": "name", "started_at": unix_s}``
-        (all but labels optional; started_at: when the problem began, where baselines end). The labels scope the capture as an alert's would. The request becomes a
-        one-alert notification under an ``adhoc:`` group, stored before the answer like any
-        alert, so it is investigated once even across a restart.
+        Body ``{"labels": {...}, "reason": "...", "playbook": "name", "started_at": unix_s,
+        "duration_s": 30, "probes": [...]}``, all but labels optional (``responder.adhoc``). The
+        labels scope the capture as an alert's would; started_at is when the problem began, where
+        the baselines end; duration and probes override the playbook's.
         """
         if not self.authorized(request):
             return json_error(401, "unauthorized")
-        body = await read_body(request, ADHOC_MAX_BODY_BYTES)
+        body = await read_body(request, adhoc.MAX_BODY_BYTES)
         if body is None:
-            return json_error(413, f"body is over the limit of {ADHOC_MAX_BODY_BYTES} bytes")
+            return json_error(413, f"body is over the limit of {adhoc.MAX_BODY_BYTES} bytes")
         try:
-            labels, reason, playbook, started_at = parse_adhoc_request(body, {p.name for p in self.pipeline.playbooks})
+            req = adhoc.parse_request(body, (p.name for p in self.pipeline.playbooks), CATALOG)
         except ValueError as e:
             return json_error(400, f"invalid capture request: {e}")
-        if await asyncio.to_thread(self.store.pending_jobs) >= self.settings.max_pending_jobs:
-            return json_error(503, "too many incidents waiting; retry later")
-        if playbook:
-            labels[PIN_LABEL] = playbook
-        raw = adhoc_notification(labels, reason, self.settings.base_url, started_at)
-        result = await asyncio.to_thread(self.store.accept, parse_notification(raw), raw)
-        self.wake_workers.set()
-        log.info("incident=%s event=adhoc_capture labels=%s", result.incident_id, labels)
+        try:
+            result = await self.start_adhoc(req)
+        except adhoc.Overloaded as e:
+            return json_error(503, str(e))
         return web.json_response({"status": "accepted", "incident_id": result.incident_id, "job_id": result.job_id},
                                  status=202)
+
+    async def start_adhoc(self, req: adhoc.AdhocRequest) -> AcceptResult:
+        """Store an ad hoc capture request as an incident and wake a worker; adhoc.Overloaded when too
+        many incidents are waiting (nothing stored then)."""
+        if await asyncio.to_thread(self.store.pending_jobs) >= self.settings.max_pending_jobs:
+            raise adhoc.Overloaded("too many incidents waiting; retry later")
+        raw = req.notification(self.settings.base_url)
+        result = await asyncio.to_thread(self.store.accept, parse_notification(raw), raw)
+        self.wake_workers.set()
+        log.info("incident=%s event=adhoc_capture labels=%s by=%s", result.incident_id, req.labels,
+                 req.requested_by)
+        return result
+
+    async def slack_events(self, request: web.Request) -> web.Response:
+        """``POST /slack/events``: Slack's events, slash commands and interactivity (signed)."""
+        if self.slack_app is None:
+            return json_error(404, "Slack is not configured here: set LLMSLO_SLACK_BOT_TOKEN and "
+                                   "LLMSLO_SLACK_SIGNING_SECRET")
+        return await self.slack_app.handle(request)
 
     async def healthz(self, request: web.Request) -> web.Response:
         counts = await asyncio.to_thread(self.store.counts)
@@ -282,6 +250,7 @@ class Responder:
         app.router.add_get("/api/incidents", self.list_incidents)
         app.router.add_get("/api/incidents/{id}", self.get_incident)
         app.router.add_post("/api/captures", self.adhoc_capture)
+        app.router.add_post("/slack/events", self.slack_events)
         app.router.add_get("/incidents/{id}", self.incident_page)
         receiver = OtlpReceiver(self.spans, self.authorized, self.settings.otlp_max_body_bytes)
         app.router.add_post("/v1/traces", receiver.handle)

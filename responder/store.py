@@ -30,7 +30,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Group keys of incidents that no alert opened (ad hoc captures).
 ADHOC_GROUP_PREFIX = "adhoc:"
 MAX_JOB_ATTEMPTS = 3
@@ -94,6 +94,7 @@ class Incident:
     evidence: dict[str, Any] = field(default_factory=dict)  # {"prometheus": ..., "traces": ...}
     links: list[dict[str, Any]] = field(default_factory=list)  # [{"title", "url", "kind"}]
     attributed_at: float | None = None
+    acknowledged: dict[str, Any] | None = None  # {"by": who, "at": unix s} once someone took it
 
     @property
     def source(self) -> str:
@@ -108,7 +109,7 @@ class Incident:
             "alerts": list(self.alerts), "playbook": self.playbook, "verdict": self.verdict,
             "capture": self.capture, "report": self.report, "thread": dict(self.thread),
             "error": self.error, "evidence": dict(self.evidence), "links": list(self.links),
-            "attributed_at": self.attributed_at, "source": self.source,
+            "attributed_at": self.attributed_at, "acknowledged": self.acknowledged, "source": self.source,
         }
 
 
@@ -230,13 +231,18 @@ ALTER TABLE incidents ADD COLUMN links TEXT;
 ALTER TABLE incidents ADD COLUMN attributed_at REAL
 """
 
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
+# v3: who acknowledged the incident (a chat button), shown on the thread's root.
+_SCHEMA_V3 = """
+ALTER TABLE incidents ADD COLUMN acknowledged TEXT
+"""
+
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
 
 # Fields update_incident accepts, and whether each is stored as JSON.
 _INCIDENT_FIELDS = {
     "status": False, "playbook": False, "verdict": True, "capture": True, "report": True,
     "resolved_at": False, "thread": True, "error": False, "evidence": True, "links": True,
-    "attributed_at": False,
+    "attributed_at": False, "acknowledged": True,
 }
 
 
@@ -342,7 +348,8 @@ class IncidentStore:
 
         Alerts already recorded for this group (same fingerprint, status and startsAt) are
         duplicates. New firing alerts open an incident (or join the open one) and enqueue an
-        ``investigate`` job; a notification whose new alerts are all resolved enqueues a
+        ``investigate`` job, unless one is already waiting (a storm of alerts for one group makes
+        one investigation, not one per alert); a notification whose new alerts are all resolved enqueues a
         ``resolve`` job for the open incident once no alert of it is still firing.
         """
         now = self._clock()
@@ -410,6 +417,10 @@ class IncidentStore:
                 still_firing = any(not v["resolved"] for v in merged.values())
                 if notification.status == "resolved" or not still_firing:
                     kind = "resolve"
+            if kind == "investigate" and conn.execute(
+                    "SELECT 1 FROM jobs WHERE incident_id=? AND kind='investigate' AND state='pending'",
+                    (incident_id,)).fetchone():
+                kind = None  # coalesced: the waiting investigation will read the merged alerts
             job_id = None
             if kind is not None:
                 job_id = conn.execute(
@@ -479,6 +490,16 @@ class IncidentStore:
             row = conn.execute("SELECT * FROM incidents WHERE id=?", (incident_id,)).fetchone()
             return None if row is None else _incident(row)
 
+    def incident_by_thread(self, sink: str, channel: str, ts: str) -> Incident | None:
+        """The incident whose own thread (not one it borrowed) has this root in ``sink``."""
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                "SELECT * FROM incidents WHERE json_extract(thread, '$.' || ? || '.channel') = ? "
+                "AND json_extract(thread, '$.' || ? || '.ts') = ? "
+                "AND json_extract(thread, '$.' || ? || '.borrowed_from') IS NULL ORDER BY created_at LIMIT 1",
+                (sink, channel, sink, ts, sink)).fetchone()
+        return _incident(row) if row else None
+
     def list_incidents(self, limit: int = 100, status: str | None = None) -> list[Incident]:
         """Newest first."""
         if status is not None and status not in INCIDENT_STATUSES:
@@ -497,7 +518,7 @@ class IncidentStore:
         """Set the pipeline's results on an incident and return it as stored.
 
         Fields: status, playbook, verdict, capture, report, resolved_at, thread, error, evidence, links,
-        attributed_at.
+        attributed_at, acknowledged.
         ``thread`` is merged per sink (other sinks' entries are kept; a sink mapped to None is
         removed), so sinks can record their thread independently. Setting status 'resolved'
         without resolved_at stamps resolved_at with the current time.
@@ -637,7 +658,7 @@ def _incident(row: sqlite3.Row) -> Incident:
         verdict=_loads(row["verdict"]), capture=_loads(row["capture"]),
         report=_loads(row["report"]), thread=json.loads(row["thread"]), error=row["error"],
         evidence=_loads(row["evidence"]) or {}, links=_loads(row["links"]) or [],
-        attributed_at=row["attributed_at"])
+        attributed_at=row["attributed_at"], acknowledged=_loads(row["acknowledged"]))
 
 
 def _job(row: sqlite3.Row) -> Job:

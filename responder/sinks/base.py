@@ -70,6 +70,11 @@ class ChatSink(Protocol):
         """Post ``message`` in ``thread``; returns the reply's ``ts``."""
         ...
 
+    async def upload_file(self, thread: ThreadRef, filename: str, content: bytes, title: str,
+                          comment: str) -> str:
+        """Share a file (a chart) in ``thread`` with ``comment``; returns the file's id."""
+        ...
+
     async def close(self) -> None:
         """Release connections and files; the sink is not used afterwards."""
         ...

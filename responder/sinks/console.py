@@ -43,6 +43,21 @@ class ConsoleSink:
         await self._emit("reply", thread, ts, message)
         return ts
 
+    async def upload_file(self, thread: ThreadRef, filename: str, content: bytes, title: str,
+                          comment: str) -> str:
+        """Writes the file beside the JSON lines file (when there is one) and prints where."""
+        ts = self._next_ts()
+        where = "(not kept: no path)"
+        if self.path is not None:
+            target = self.path.parent / "files" / f"{thread.ts}-{ts}-{Path(filename).name}"
+            try:
+                await asyncio.to_thread(_write, target, content)
+            except OSError as e:
+                raise SinkPermanentError(f"console sink: cannot write {target}: {e}") from e
+            where = str(target)
+        await self._emit("file", thread, ts, Message(text=f"{comment}\n[{title}: {where}, {len(content)} bytes]"))
+        return where
+
     async def close(self) -> None:
         try:
             self._stream.flush()
@@ -78,3 +93,8 @@ class ConsoleSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(line + "\n")
+
+
+def _write(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)

@@ -32,7 +32,7 @@ _HINTS = {
     "channel_not_found": "check LLMSLO_SLACK_CHANNEL or the playbook's channel, and that the bot can see it",
     "not_in_channel": "invite the bot to the channel (/invite @bot)",
     "is_archived": "the channel is archived; choose another channel",
-    "missing_scope": "add the chat:write scope to the Slack app and reinstall it",
+    "missing_scope": "add the chat:write and files:write scopes to the Slack app and reinstall it",
     "invalid_blocks": "the message's Block Kit blocks were rejected; this is a rendering bug",
     "msg_too_long": "the message text is too long; this is a rendering bug",
     "message_not_found": "the thread's root message is gone (deleted?)",
@@ -75,6 +75,16 @@ class SlackSink:
         resp = await self._call("chat.postMessage", self._client.chat_postMessage, channel=thread.channel,
                                 thread_ts=thread.ts, text=message.text, blocks=message.blocks or None)
         return resp["ts"]
+
+    async def upload_file(self, thread: ThreadRef, filename: str, content: bytes, title: str,
+                          comment: str) -> str:
+        # files_upload_v2: files.getUploadURLExternal, the bytes to the URL it gives, then
+        # files.completeUploadExternal sharing the file into the thread (files.upload is retired).
+        resp = await self._call("files.upload_v2", self._client.files_upload_v2, channel=thread.channel,
+                                thread_ts=thread.ts, content=content, filename=filename, title=title,
+                                initial_comment=comment)
+        files = resp.get("files") or [resp.get("file") or {}]
+        return str((files[0] or {}).get("id") or "")
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:

@@ -13,7 +13,7 @@ import pytest_asyncio
 from lab import cgroups, faults
 from lab.harness import LabService, ResponderProcess
 from lab.load import LoadStats, run_load
-from tests.standins.slack import DEFAULT_TOKEN, SlackStandin
+from tests.standins.slack import DEFAULT_TOKEN, SIGNING_SECRET, SlackStandin
 
 HEALTHY_S = 15  # recorder history before the first fault
 
@@ -34,7 +34,8 @@ async def stack(tmp_path_factory):
     api = await slack.start()
     responder = ResponderProcess(tmp_path_factory.mktemp("responder"), token=secrets.token_urlsafe(16),
                                  extra_env={"LLMSLO_SLACK_BOT_TOKEN": DEFAULT_TOKEN, "LLMSLO_SLACK_API_URL": api,
-                                            "LLMSLO_SLACK_CHANNEL": "#llm-incidents"})
+                                            "LLMSLO_SLACK_CHANNEL": "#llm-incidents",
+                                            "LLMSLO_SLACK_SIGNING_SECRET": SIGNING_SECRET})
     service = LabService("e2e")
     stop = asyncio.Event()
     stats = LoadStats()

@@ -52,3 +52,49 @@ async def test_alert_accepted_before_a_crash_is_processed_once_after_restart(tmp
         if second:
             second.stop()
         await slack.stop()
+
+
+async def test_a_message_decided_but_not_yet_posted_is_posted_once_after_a_kill(tmp_path):
+    """The root post is in flight (Slack holds the request) when the responder is SIGKILLed: the
+    outbox still has it, and the restarted responder posts it, and everything after it, once."""
+    slack = SlackStandin()
+    api = await slack.start()
+    env = {"LLMSLO_SLACK_BOT_TOKEN": DEFAULT_TOKEN, "LLMSLO_SLACK_API_URL": api}
+    token = secrets.token_urlsafe(16)
+    first = ResponderProcess(tmp_path / "data", token=token, extra_env=env, log_path=tmp_path / "first.log")
+    second = None
+    try:
+        first.start()
+        await first.wait_ready()
+        slack.stall_next(1, seconds=15)  # the first chat.postMessage hangs, then is dropped
+        status, body = await first.post_alert(alert_payload("firing", {"alertname": "LLMErrorBurn", "pid": "1"},
+                                                            time.time()))
+        assert status == 200
+        deadline = time.monotonic() + 30
+        while not slack.calls_to("chat.postMessage") and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert slack.calls_to("chat.postMessage"), "the root was never attempted"
+        first.proc.send_signal(signal.SIGKILL)  # decided (in the outbox), not posted
+        first.proc.wait()
+        assert slack.threads() == {}
+        second = ResponderProcess(tmp_path / "data", token=token, extra_env=env, log_path=tmp_path / "second.log")
+        second.start()
+        await second.wait_ready()
+        await second.wait_verdict(body["incident_id"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            threads = [t for t in slack.threads().values() if body["incident_id"] in t["root"]["text"]]
+            if threads and any("Kernel capture" in r["text"] for r in threads[0]["replies"]):
+                break
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(2)  # anything that would be sent twice has had its chance
+        threads = [t for t in slack.threads().values() if body["incident_id"] in t["root"]["text"]]
+        assert len(threads) == 1 and len(slack.threads()) == 1
+        texts = [r["text"] for r in threads[0]["replies"]]
+        assert sum("Kernel capture" in t for t in texts) == 1, texts
+        assert len(texts) == len(set(texts))
+    finally:
+        first.stop()
+        if second:
+            second.stop()
+        await slack.stop()

@@ -89,8 +89,11 @@ def test_root_shows_state_alert_id_and_link(over, state, word):
     assert root_state(inc) == state
     msg = render_root(inc, URL)
     assert word in msg.text and "LLMTTFTBurnRate" in msg.text and "inc-42" in msg.text and URL in msg.text
-    assert len(msg.blocks) == 1 and "\n" not in msg.blocks[0]["text"]["text"]
+    assert "\n" not in msg.blocks[0]["text"]["text"]
     assert f"<{URL}|inc-42>" in msg.blocks[0]["text"]["text"]
+    buttons = [b["action_id"] for b in msg.blocks[-1]["elements"]]
+    assert msg.blocks[-1]["type"] == "actions" and buttons[:2] == ["llmslo_capture_again", "llmslo_deep_capture"]
+    assert ("llmslo_acknowledge" in buttons) == (state != "resolved")  # nothing to acknowledge once resolved
     _assert_slack_limits(msg)
 
 

@@ -147,10 +147,14 @@ def test_new_starts_at_for_same_fingerprint_is_a_new_alert(store: IncidentStore)
 
     assert later.incident_id == first.incident_id and not later.created
     assert (later.new_alerts, later.duplicates) == (1, 0)
-    assert later.job_id is not None and later.job_id != first.job_id
+    # the first investigation still waits: it will read the merged alerts, no second job
+    assert later.job_id is None and store.pending_jobs() == 1
+    job = store.claim_job()
+    third = accept(store, note(alert("fp1", starts_at=T0 + timedelta(hours=2))))
+    assert third.job_id is not None and third.job_id != job.id  # a running one does not absorb it
     inc = store.get_incident(first.incident_id)
     assert len(inc.alerts) == 1  # latest state per fingerprint
-    assert inc.alerts[0]["startsAt"].startswith("2024-05-01T13:00")
+    assert inc.alerts[0]["startsAt"].startswith("2024-05-01T14:00")  # the newest state
 
 
 def test_resolved_notification_enqueues_resolve_job(store: IncidentStore) -> None:
@@ -208,7 +212,7 @@ async def test_concurrent_accepts_from_threads_open_one_incident(store: Incident
     assert len({r.incident_id for r in results}) == 1
     assert sum(r.created for r in results) == 1
     assert sum(r.new_alerts for r in results) == 4 and sum(r.duplicates for r in results) == 12
-    assert store.pending_jobs() == 4
+    assert store.pending_jobs() == 1  # a storm for one group waits as one investigation
 
 
 # -- jobs and durability ------------------------------------------------------------------------

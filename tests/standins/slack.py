@@ -1,18 +1,29 @@
 """A local stand-in for the Slack Web API, served over a real socket.
 
-Implements ``chat.postMessage``, ``chat.update`` and ``auth.test`` the way Slack documents them:
-form-encoded or JSON bodies, ``Authorization: Bearer`` tokens (or a ``token`` form field),
-errors as HTTP 200 with ``{"ok": false, "error": ...}``, channel names resolved to ids, and
-``ts`` values that increase. It also checks the Block Kit limits Slack enforces (50 blocks,
-3000-character sections, 150-character headers) so a rendering bug fails here as ``invalid_blocks``.
+Implements ``chat.postMessage``, ``chat.update``, ``auth.test``, the file upload flow
+(``files.getUploadURLExternal``, a POST of the bytes to the URL it hands out,
+``files.completeUploadExternal``) and Socket Mode (``apps.connections.open`` with an app-level
+token, then a WebSocket that says ``hello`` and carries envelopes the client must acknowledge
+with their ``envelope_id``) the way Slack documents them: form-encoded or JSON bodies,
+``Authorization: Bearer`` tokens (or a ``token`` form field), errors as HTTP 200 with
+``{"ok": false, "error": ...}``, channel names resolved to ids, and ``ts`` values that increase.
+It checks the Block Kit limits Slack enforces (50 blocks, 3000-character sections, 150-character
+headers, 25 buttons of at most 75 characters) so a rendering bug fails here as
+``invalid_blocks``. ``response_url`` posts (how an app answers a button) land in
+:attr:`SlackStandin.responses`.
 
-Tests read back what landed (:meth:`SlackStandin.threads`, :attr:`SlackStandin.calls`) and inject
-faults (:meth:`SlackStandin.fail_next`, :meth:`SlackStandin.stall_next`).
+Tests read back what landed (:meth:`SlackStandin.threads`, :attr:`SlackStandin.calls`,
+:attr:`SlackStandin.files`), build signed requests like Slack's (:func:`signed_headers`) and
+inject faults (:meth:`SlackStandin.fail_next`, :meth:`SlackStandin.stall_next`).
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import itertools
 import json
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,6 +32,8 @@ from aiohttp import web
 from tests.standins.loopback import LoopbackServer
 
 DEFAULT_TOKEN = "xoxb-0000000000-llmslo-standin"
+APP_TOKEN = "xapp-1-llmslo-standin"
+SIGNING_SECRET = "llmslo-standin-signing-secret-0001"
 DEFAULT_CHANNELS: Mapping[str, str] = {"#llm-incidents": "C0LLMSLO", "llm-incidents": "C0LLMSLO",
                                        "C0LLMSLO": "C0LLMSLO"}
 BOT_USER = "U0LLMSLOBOT"
@@ -46,19 +59,89 @@ class SlackStandin(LoopbackServer):
         self._next_ts = 1732700000_000100  # microseconds
         self._faults: list[dict[str, Any]] = []
         self.base_url = ""
+        self.root_url = ""
+        self.files: dict[str, dict[str, Any]] = {}  # file id -> {"content", "title", "channel", "thread_ts", ...}
+        self.responses: list[dict[str, Any]] = []  # what apps posted to response_url
+        self._file_ids = itertools.count(1)
+        self._sockets: list[web.WebSocketResponse] = []
+        self._acks: dict[str, asyncio.Future] = {}
+        self._connected = asyncio.Event()
 
     # -- lifecycle
 
     def app(self) -> web.Application:
         app = web.Application()
-        for method in ("chat.postMessage", "chat.update", "auth.test"):
+        for method in ("chat.postMessage", "chat.update", "auth.test", "files.getUploadURLExternal",
+                       "files.completeUploadExternal", "apps.connections.open"):
             app.router.add_post(f"/api/{method}", self._handler(method))
+        app.router.add_post("/upload/{file_id}", self._upload)
+        app.router.add_post("/respond/{ref}", self._respond)
+        app.router.add_get("/socket", self._socket)
         return app
 
     async def start(self) -> str:
         """The Web API base URL (what slack-sdk takes as ``base_url``)."""
-        self.base_url = await super().start() + "/api/"
+        self.root_url = await super().start()
+        self.base_url = self.root_url + "/api/"
         return self.base_url
+
+    def response_url(self, ref: str = "1") -> str:
+        return f"{self.root_url}/respond/{ref}"
+
+    # -- Socket Mode
+
+    async def wait_socket(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        """Send one envelope (``events_api``, ``slash_commands`` or ``interactive``) over the open
+        socket and return the client's acknowledgement."""
+        await self.wait_socket(timeout)
+        envelope_id = f"env-{next(self._file_ids)}"
+        fut = asyncio.get_running_loop().create_future()
+        self._acks[envelope_id] = fut
+        await self._sockets[-1].send_json({"envelope_id": envelope_id, "type": kind, "payload": payload,
+                                           "accepts_response_payload": kind != "events_api",
+                                           "retry_attempt": 0, "retry_reason": ""})
+        return await asyncio.wait_for(fut, timeout)
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        await ws.send_json({"type": "hello", "num_connections": len(self._sockets),
+                            "connection_info": {"app_id": "A0LLMSLO"}})
+        self._connected.set()
+        async for msg in ws:
+            try:
+                data = json.loads(msg.data)
+            except (TypeError, ValueError):
+                continue
+            fut = self._acks.pop(str(data.get("envelope_id")), None)
+            if fut is not None and not fut.done():
+                fut.set_result(data)
+        self._sockets.remove(ws)
+        return ws
+
+    async def stop(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
+        await super().stop()
+
+    # -- response_url and uploads
+
+    async def _respond(self, request: web.Request) -> web.Response:
+        self.responses.append({"ref": request.match_info["ref"], **(await request.json())})
+        return web.Response(text="ok")
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        f = self.files.get(request.match_info["file_id"])
+        if f is None or f.get("content") is not None:
+            return web.Response(status=404, text="unknown or used upload URL")
+        f["content"] = await request.read()
+        if len(f["content"]) != f["length"]:
+            return web.Response(status=400, text=f"expected {f['length']} bytes, got {len(f['content'])}")
+        return web.Response(text=f"OK - {len(f['content'])}")
 
     # -- fault injection
 
@@ -71,7 +154,8 @@ class SlackStandin(LoopbackServer):
                                  "retry_after": retry_after if status == 429 else None})
 
     def stall_next(self, n: int = 1, seconds: float = 30.0) -> None:
-        """Hold the next ``n`` calls for ``seconds`` before answering (to exercise client timeouts)."""
+        """Hold the next ``n`` calls for ``seconds``, then drop them unexecuted with a 503 (a request
+        lost on the way: it exercises client timeouts without a late duplicate landing)."""
         for _ in range(n):
             self._faults.append({"stall": seconds})
 
@@ -98,13 +182,15 @@ class SlackStandin(LoopbackServer):
     def _handler(self, method: str):
         async def handle(request: web.Request) -> web.Response:
             body = await self._parse_body(request)
-            call: dict[str, Any] = {"method": method, "body": body,
+            call: dict[str, Any] = {"method": method, "body": body, "at": time.monotonic(),
                                     "content_type": request.headers.get("Content-Type", "")}
             self.calls.append(call)
             if self._faults:
                 fault = self._faults.pop(0)
                 if "stall" in fault:
                     await asyncio.sleep(fault["stall"])
+                    call["status"] = 503
+                    return web.json_response({"ok": False, "error": "service_unavailable"}, status=503)
                 else:
                     call["status"] = fault["status"]
                     headers = {}
@@ -129,8 +215,10 @@ class SlackStandin(LoopbackServer):
                 data = await request.json()
                 return data if isinstance(data, dict) else None
             form = await request.post()
-            body: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
-            for key in ("blocks", "attachments", "metadata"):  # JSON-encoded inside the form
+            # Arguments may come in the query string too (slack-sdk sends some methods' that way).
+            body: dict[str, Any] = {**{k: v for k, v in request.query.items()},
+                                    **{k: v for k, v in form.items() if isinstance(v, str)}}
+            for key in ("blocks", "attachments", "metadata", "files"):  # JSON-encoded inside the form
                 if isinstance(body.get(key), str):
                     body[key] = json.loads(body[key])
             return body
@@ -142,7 +230,8 @@ class SlackStandin(LoopbackServer):
         token = auth[len("Bearer "):].strip() if auth.startswith("Bearer ") else body.get("token")
         if not token:
             return {"ok": False, "error": "not_authed"}
-        if token != self.token:
+        expected = APP_TOKEN if request.path.endswith("/apps.connections.open") else self.token
+        if token != expected:
             return {"ok": False, "error": "invalid_auth"}
         return None
 
@@ -175,6 +264,41 @@ class SlackStandin(LoopbackServer):
         self._messages[(channel, ts)] = msg
         self._order.append((channel, ts))
         return {"ok": True, "channel": channel, "ts": ts, "message": _public(msg)}
+
+    def _apps_connections_open(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": self.root_url.replace("http://", "ws://") + "/socket"}
+
+    def _files_getUploadURLExternal(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            length = int(body.get("length"))
+        except (TypeError, ValueError):
+            return {"ok": False, "error": "invalid_arguments"}
+        if not body.get("filename") or length <= 0:
+            return {"ok": False, "error": "invalid_arguments"}
+        file_id = f"F{next(self._file_ids):08d}"
+        self.files[file_id] = {"id": file_id, "filename": body["filename"], "length": length, "content": None,
+                               "shared": False}
+        return {"ok": True, "upload_url": f"{self.root_url}/upload/{file_id}", "file_id": file_id}
+
+    def _files_completeUploadExternal(self, body: dict[str, Any]) -> dict[str, Any]:
+        files = body.get("files")
+        if not isinstance(files, list) or not files:
+            return {"ok": False, "error": "invalid_arguments"}
+        channel = self._resolve(body.get("channel_id")) if body.get("channel_id") else None
+        if body.get("channel_id") and channel is None:
+            return {"ok": False, "error": "channel_not_found"}
+        thread_ts = body.get("thread_ts")
+        if thread_ts and (channel is None or (channel, str(thread_ts)) not in self._messages):
+            return {"ok": False, "error": "invalid_thread_ts"}
+        out = []
+        for item in files:
+            f = self.files.get(str((item or {}).get("id")))
+            if f is None or f["content"] is None:
+                return {"ok": False, "error": "file_not_found"}
+            f.update(title=item.get("title") or f["filename"], channel=channel, thread_ts=thread_ts,
+                     initial_comment=body.get("initial_comment"), shared=channel is not None)
+            out.append({"id": f["id"], "title": f["title"], "name": f["filename"]})
+        return {"ok": True, "files": out}
 
     def _chat_update(self, body: dict[str, Any]) -> dict[str, Any]:
         channel = self._resolve(body.get("channel"))
@@ -265,6 +389,23 @@ def _block_errors(blocks: Any) -> list[str]:
             elements = block.get("elements")
             if not isinstance(elements, list) or not 1 <= len(elements) <= 10:
                 errors.append(f"elements must have 1 to 10 items [json-pointer:/blocks/{i}/elements]")
-        elif block["type"] not in ("divider", "actions", "image", "rich_text", "input", "file", "video"):
+        elif block["type"] == "actions":
+            elements = block.get("elements")
+            if not isinstance(elements, list) or not 1 <= len(elements) <= 25:
+                errors.append(f"elements must have 1 to 25 items [json-pointer:/blocks/{i}/elements]")
+                continue
+            for j, el in enumerate(elements):
+                label = ((el or {}).get("text") or {}).get("text", "")
+                if el.get("type") == "button" and (not label or len(label) > 75 or len(el.get("value", "")) > 2000
+                                                   or not el.get("action_id")):
+                    errors.append(f"invalid button [json-pointer:/blocks/{i}/elements/{j}]")
+        elif block["type"] not in ("divider", "image", "rich_text", "input", "file", "video"):
             errors.append(f"unknown block type {block['type']!r} [json-pointer:/blocks/{i}/type]")
     return errors
+
+
+def signed_headers(body: bytes, secret: str = SIGNING_SECRET, timestamp: float | None = None) -> dict[str, str]:
+    """The headers Slack signs a request with: ``v0=`` HMAC-SHA256 of ``v0:{ts}:{body}``."""
+    ts = str(int(time.time() if timestamp is None else timestamp))
+    digest = hmac.new(secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}"}

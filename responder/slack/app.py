@@ -1,0 +1,228 @@
+"""The Slack app: slash command, thread buttons and @mentions, on slack-bolt.
+
+It shares the responder's aiohttp server (HTTP mode, ``POST /slack/events`` for events, slash
+commands and interactivity alike) and, when an app-level token is configured, also listens over
+Socket Mode. Either way every request passes through bolt's request verification first: the v0
+HMAC-SHA256 signature over ``v0:{timestamp}:{raw body}`` with the signing secret, a 300-second
+window and a constant-time comparison; a bad or stale signature gets 401 and no listener runs.
+
+Each listener acknowledges at once (Slack wants an answer within 3 s) after the cheap part is
+done: a capture request is parsed strictly (``responder.slack.commands``) and *stored* as an ad
+hoc incident before the ack says so, so an accepted request survives a restart. The capture
+itself runs in the responder's workers; its result arrives through the outbox like any
+incident's: a slash command's as a new thread in the channel it was typed in, a button's or a
+mention's as replies in the incident's own thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import Any, Protocol
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+
+from capture.probes import CATALOG
+from responder import report
+from responder.adhoc import AdhocRequest, Overloaded
+from responder.config import Settings
+from responder.pipeline import Pipeline, alert_labels
+from responder.slack import commands
+from responder.store import AcceptResult, Incident, IncidentStore
+
+log = logging.getLogger(__name__)
+
+SINK = "slack"
+_INCIDENT_ID_RE = re.compile(r"inc-[0-9a-f]{6,32}")
+# Labels of an incident that are not the workload's: not copied into a follow-up capture.
+_NOT_SCOPE = ("alertname", "severity", "slo", "long_window", "short_window")
+
+
+class Responder(Protocol):
+    store: IncidentStore
+    pipeline: Pipeline
+    settings: Settings
+
+    async def start_adhoc(self, req: AdhocRequest) -> AcceptResult: ...
+
+
+class SlackApp:
+    """The bolt app bound to one responder."""
+
+    def __init__(self, responder: Responder, settings: Settings) -> None:
+        if not settings.slack_bot_token or not settings.slack_signing_secret:
+            raise ValueError("the Slack app needs LLMSLO_SLACK_BOT_TOKEN and LLMSLO_SLACK_SIGNING_SECRET")
+        self.responder = responder
+        self.settings = settings
+        # Retries belong to the outbox (responder.delivery); this client only answers users.
+        self.client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url,
+                                     retry_handlers=[])
+        self.app = AsyncApp(token=settings.slack_bot_token, signing_secret=settings.slack_signing_secret,
+                            client=self.client, request_verification_enabled=True,
+                            raise_error_for_unhandled_request=False)
+        self.socket_mode = None
+        self.app.command("/llmslo")(self.on_command)
+        self.app.action(report.ACTION_CAPTURE_AGAIN)(self.on_capture_button)
+        self.app.action(report.ACTION_DEEP_CAPTURE)(self.on_capture_button)
+        self.app.action(report.ACTION_ACKNOWLEDGE)(self.on_acknowledge)
+        self.app.event("app_mention")(self.on_mention)
+        self.app.event("message")(self.on_message)  # other messages: nothing to do, but handled
+
+    # -- transport ----------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """``POST /slack/events``: one bolt dispatch (verification first)."""
+        if (request.content_length or 0) > 1 << 20:
+            return web.json_response({"error": "body too large"}, status=413)
+        return await to_aiohttp_response(await self.app.async_dispatch(await to_bolt_request(request)))
+
+    async def start(self) -> None:
+        if self.settings.slack_app_token:
+            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+            self.socket_mode = AsyncSocketModeHandler(self.app, self.settings.slack_app_token, web_client=self.client)
+            await self.socket_mode.connect_async()
+            log.info("event=slack_socket_mode_connected")
+
+    async def stop(self) -> None:
+        if self.socket_mode is not None:
+            await self.socket_mode.close_async()
+            self.socket_mode = None
+        if self.client.session is not None and not self.client.session.closed:
+            await self.client.session.close()
+
+    # -- listeners ----------------------------------------------------------------------------
+
+    async def on_command(self, ack, command: dict[str, Any]) -> None:
+        user, channel = command.get("user_id") or "", command.get("channel_id") or ""
+        try:
+            cmd = commands.parse(command.get("text") or "", CATALOG)
+        except commands.CommandError as e:
+            await ack(response_type="ephemeral", text=str(e))
+            return
+        if isinstance(cmd, commands.Help):
+            await ack(response_type="ephemeral", text=commands.USAGE)
+        elif isinstance(cmd, commands.Status):
+            await ack(response_type="ephemeral", text=await self.status_text(cmd.incident_id))
+        else:
+            labels = {**cmd.labels, self.settings.slack_channel_label: channel}
+            await ack(response_type="ephemeral",
+                      text=await self.start_capture(cmd, labels, user, reason=f"/llmslo capture by {user}"))
+
+    async def on_mention(self, event: dict[str, Any], say) -> None:
+        channel, user = event.get("channel") or "", event.get("user") or ""
+        thread_ts = event.get("thread_ts")
+        where = thread_ts or event.get("ts")
+        inc = await self._thread_incident(channel, thread_ts) if thread_ts else None
+        try:
+            cmd = commands.parse(commands.strip_mentions(event.get("text") or ""), CATALOG,
+                                 target_required=inc is None)
+        except commands.CommandError as e:
+            await say(text=str(e), thread_ts=where)
+            return
+        if isinstance(cmd, commands.Help):
+            await say(text=commands.USAGE, thread_ts=where)
+        elif isinstance(cmd, commands.Status):
+            await say(text=await self.status_text(cmd.incident_id or (inc.id if inc else None)), thread_ts=where)
+        elif inc is not None:
+            await say(text=await self.follow_up(inc, user, cmd), thread_ts=where)
+        else:
+            labels = {**cmd.labels, self.settings.slack_channel_label: channel}
+            await say(text=await self.start_capture(cmd, labels, user, reason=f"@mention capture by {user}"),
+                      thread_ts=where)
+
+    async def on_message(self, ack) -> None:
+        await ack()
+
+    async def on_capture_button(self, ack, body: dict[str, Any], action: dict[str, Any], respond) -> None:
+        await ack()
+        user = (body.get("user") or {}).get("id") or ""
+        inc = await self._incident_of(action)
+        if inc is None:
+            await respond(response_type="ephemeral", replace_original=False,
+                          text="That incident is not known to this responder.")
+            return
+        deep = action.get("action_id") == report.ACTION_DEEP_CAPTURE
+        cmd = commands.Capture(duration_s=report.DEEP_CAPTURE_S if deep else None)
+        text = await self.follow_up(inc, user, cmd)
+        if text.startswith(":warning:"):
+            await respond(response_type="ephemeral", replace_original=False, text=text)
+
+    async def on_acknowledge(self, ack, body: dict[str, Any], action: dict[str, Any], respond) -> None:
+        await ack()
+        user = (body.get("user") or {}).get("id") or ""
+        inc = await self._incident_of(action)
+        if inc is None:
+            await respond(response_type="ephemeral", replace_original=False,
+                          text="That incident is not known to this responder.")
+            return
+        await self.responder.pipeline.acknowledge(inc.id, user)
+
+    # -- work ---------------------------------------------------------------------------------
+
+    async def start_capture(self, cmd: commands.Capture, labels: dict[str, str], user: str, reason: str,
+                            reply_to: dict[str, str] | None = None, playbook: str | None = None) -> str:
+        """Store the capture request; what to tell the person who asked."""
+        req = AdhocRequest(labels=labels, reason=reason, playbook=playbook, duration_s=cmd.duration_s,
+                           probes=list(cmd.probes) if cmd.probes else None, requested_by=user or None,
+                           reply_to=reply_to)
+        try:
+            result = await self.responder.start_adhoc(req)
+        except Overloaded as e:
+            return f":warning: Not started: {e}."
+        where = "in this thread" if reply_to else "as a new thread in this channel"
+        return (f":mag: Capture of {commands.Capture(cmd.labels, cmd.duration_s, cmd.probes).describe()} started "
+                f"(incident `{result.incident_id}`); the result will be posted {where}.")
+
+    async def follow_up(self, inc: Incident, user: str, cmd: commands.Capture) -> str:
+        """A capture asked for inside ``inc``'s thread: the incident's workload unless the command
+        names another, its playbook, its thread for the answer."""
+        thread = (inc.thread or {}).get(SINK)
+        if not thread:
+            return ":warning: This incident has no Slack thread yet; try again in a moment."
+        labels = cmd.labels or {k: v for k, v in alert_labels(inc).items() if k not in _NOT_SCOPE}
+        reply_to = {"sink": SINK, "channel": str(thread["channel"]), "ts": str(thread["ts"]), "incident_id": inc.id}
+        playbook = inc.playbook if not cmd.labels else None
+        return await self.start_capture(commands.Capture(labels, cmd.duration_s, cmd.probes), labels, user,
+                                        reason=f"follow-up capture of {inc.id} by {user}", reply_to=reply_to,
+                                        playbook=playbook)
+
+    async def status_text(self, incident_id: str | None) -> str:
+        store = self.responder.store
+        if incident_id:
+            inc = await asyncio.to_thread(store.get_incident, incident_id)
+            if inc is None:
+                return f"No incident `{incident_id}`."
+            return _status_line(inc, self.responder.pipeline.incident_url(inc.id))
+        firing = await asyncio.to_thread(store.list_incidents, 10, "firing")
+        if not firing:
+            return "No incident is open."
+        return "\n".join(_status_line(i, self.responder.pipeline.incident_url(i.id)) for i in firing)
+
+    async def _incident_of(self, action: dict[str, Any]) -> Incident | None:
+        value = str(action.get("value") or "")
+        if not _INCIDENT_ID_RE.fullmatch(value):
+            return None
+        return await asyncio.to_thread(self.responder.store.get_incident, value)
+
+    async def _thread_incident(self, channel: str, ts: str) -> Incident | None:
+        return await asyncio.to_thread(self.responder.store.incident_by_thread, SINK, channel, ts)
+
+
+def _status_line(inc: Incident, url: str) -> str:
+    v = inc.verdict or {}
+    if v.get("domains"):
+        finding = f"{' + '.join(v['domains'])} {round(100 * float(v.get('confidence') or 0))}%"
+    elif inc.verdict is not None:
+        finding = "abstained"
+    else:
+        finding = "capturing"
+    age = time.time() - inc.created_at
+    name = (inc.labels or {}).get("alertname") or next(
+        ((a.get("labels") or {}).get("alertname") for a in inc.alerts if (a.get("labels") or {}).get("alertname")),
+        "?")
+    return f"<{url}|{inc.id}> · {inc.status} · {name} · {finding} · opened {int(age // 60)} min ago"

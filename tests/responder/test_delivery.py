@@ -1,0 +1,131 @@
+"""The outbox sender against the Slack stand-in: Retry-After honoured, 5xx and timeouts retried
+with backoff, a long outage waits in the store (not in the loop), order kept, each step sent once,
+charts uploaded into the thread."""
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+
+from responder import delivery
+from responder.delivery import Deliverer
+from responder.report import Message
+from responder.sinks.slack import SlackSink
+from responder.store import IncidentStore
+from tests.responder.test_store import accept, alert, note
+from tests.standins.slack import DEFAULT_TOKEN, SlackStandin
+
+
+@pytest.fixture
+async def standin():
+    s = SlackStandin()
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def env(tmp_path, standin):
+    store = IncidentStore(tmp_path / "incidents.sqlite3")
+    sink = SlackSink(token=DEFAULT_TOKEN, default_channel="#llm-incidents", base_url=standin.base_url, timeout=1)
+    incident_id = accept(store, note(alert("fp1"))).incident_id
+    yield store, Deliverer(store, {"slack": sink}), incident_id
+    await sink.close()
+    store.close()
+
+
+def enqueue(store: IncidentStore, incident_id: str, step: str, op: str, text: str, **extra) -> int:
+    return store.enqueue_message(incident_id, "slack", step, {"op": op, "message": Message(text).to_dict(),
+                                                               "channel": None, **extra})
+
+
+async def test_429_retry_after_is_honoured_in_place(env, standin):
+    store, d, iid = env
+    mid = enqueue(store, iid, "root", "root", "root")
+    standin.fail_next(1, status=429, retry_after=1)
+    t0 = time.monotonic()
+    assert await d.deliver_pending() == 1
+    posts = standin.calls_to("chat.postMessage")
+    assert [c["status"] for c in posts] == [429, 200]
+    assert posts[1]["at"] - posts[0]["at"] >= 1.0  # not before the server's Retry-After
+    assert time.monotonic() - t0 < 5
+    assert store.get_message(mid).state == "sent" and len(standin.threads()) == 1
+
+
+async def test_a_long_retry_after_waits_in_the_store_not_in_the_loop(env, standin):
+    store, d, iid = env
+    mid = enqueue(store, iid, "root", "root", "root")
+    standin.fail_next(1, status=429, retry_after=120)
+    t0 = time.monotonic()
+    assert await d.deliver_pending() == 0
+    assert time.monotonic() - t0 < 2
+    msg = store.get_message(mid)
+    assert msg.state == "pending" and msg.attempts == 1 and msg.next_attempt_at >= time.time() + 115
+    assert "Retry-After 120" in msg.last_error
+    assert store.pending_messages() == []  # not due yet
+
+
+async def test_server_errors_and_timeouts_are_retried_with_backoff(env, standin):
+    store, d, iid = env
+    enqueue(store, iid, "root", "root", "root")
+    standin.fail_next(1, status=503)
+    standin.stall_next(1, seconds=3)  # the sink's timeout is 1 s
+    assert await d.deliver_pending() == 1
+    calls = standin.calls_to("chat.postMessage")
+    assert len(calls) == 3 and calls[-1]["status"] == 200
+    assert len(standin.threads()) == 1  # the timed-out attempt posted nothing (the stall dropped it)
+
+
+async def test_an_outage_is_ridden_out_in_the_store_and_each_step_lands_once_in_order(env, standin, monkeypatch):
+    store, d, iid = env
+    monkeypatch.setattr(delivery, "backoff", lambda attempts, retry_after: 0.0)  # due again at once
+    enqueue(store, iid, "root", "root", "root")
+    enqueue(store, iid, "reply:1", "reply", "first reply")
+    enqueue(store, iid, "reply:2", "reply", "second reply")
+    standin.fail_next(delivery.IN_PLACE_ATTEMPTS * 3, status=500)  # three rounds of in-place retries fail
+    rounds = 0
+    while store.pending_messages() and rounds < 10:
+        await d.deliver_pending()
+        rounds += 1
+    assert rounds == 4 and store.pending_messages() == []
+    (thread,) = standin.threads().values()
+    assert [r["text"] for r in thread["replies"]] == ["first reply", "second reply"]
+    # the same step enqueued again (a restart re-running the stage) is not a second message
+    assert enqueue(store, iid, "reply:1", "reply", "first reply") is None
+
+
+async def test_a_reply_waits_for_its_root_without_retrying_in_place(env, standin):
+    store, d, iid = env
+    mid = enqueue(store, iid, "reply:1", "reply", "orphan")
+    t0 = time.monotonic()
+    assert await d.deliver_pending() == 0
+    assert time.monotonic() - t0 < 0.5 and standin.calls == []
+    assert "not been posted yet" in store.get_message(mid).last_error
+
+
+async def test_messages_are_given_up_only_after_a_day(env, standin, monkeypatch):
+    store, d, iid = env
+    mid = enqueue(store, iid, "root", "root", "root")
+    monkeypatch.setattr(delivery, "IN_PLACE_ATTEMPTS", 1)
+    standin.fail_next(2, status=500)
+    await d.deliver_pending()
+    assert store.get_message(mid).state == "pending"
+    monkeypatch.setattr(delivery.time, "time", lambda: store.get_message(mid).created_at + delivery.MAX_AGE_S + 1)
+    await d.deliver(store.get_message(mid))
+    assert store.get_message(mid).state == "dead" and "over 24 h" in store.get_message(mid).last_error
+
+
+async def test_a_chart_is_uploaded_into_the_thread(env, standin):
+    store, d, iid = env
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+    enqueue(store, iid, "root", "root", "root")
+    enqueue(store, iid, "chart:1", "file", "Burn rate and key signals",
+            file={"filename": "chart.png", "title": "inc chart", "content_b64": base64.b64encode(png).decode()})
+    assert await d.deliver_pending() == 2
+    root_ts = next(iter(standin.threads()))
+    (f,) = standin.files.values()
+    assert f["content"] == png and f["shared"] and f["thread_ts"] == root_ts and f["title"] == "inc chart"
+    assert f["initial_comment"] == "Burn rate and key signals"
+    methods = [c["method"] for c in standin.calls]
+    assert methods == ["chat.postMessage", "files.getUploadURLExternal", "files.completeUploadExternal"]
