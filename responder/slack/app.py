@@ -140,27 +140,30 @@ class SlackApp:
 
     async def on_capture_button(self, ack, body: dict[str, Any], action: dict[str, Any], respond) -> None:
         await ack()
-        user = (body.get("user") or {}).get("id") or ""
-        inc = await self._incident_of(action)
-        if inc is None:
-            await respond(response_type="ephemeral", replace_original=False,
-                          text="That incident is not known to this responder.")
+        found = await self._button_incident(body, action, respond)
+        if found is None:
             return
+        inc, user = found
         deep = action.get("action_id") == report.ACTION_DEEP_CAPTURE
-        cmd = commands.Capture(duration_s=report.DEEP_CAPTURE_S if deep else None)
-        text = await self.follow_up(inc, user, cmd)
+        text = await self.follow_up(inc, user, commands.Capture(duration_s=report.DEEP_CAPTURE_S if deep else None))
         if text.startswith(":warning:"):
             await respond(response_type="ephemeral", replace_original=False, text=text)
 
     async def on_acknowledge(self, ack, body: dict[str, Any], action: dict[str, Any], respond) -> None:
         await ack()
-        user = (body.get("user") or {}).get("id") or ""
+        found = await self._button_incident(body, action, respond)
+        if found is not None:
+            await self.responder.pipeline.acknowledge(found[0].id, found[1])
+
+    async def _button_incident(self, body: dict[str, Any], action: dict[str, Any],
+                               respond) -> tuple[Incident, str] | None:
+        """(the incident a button names, who pressed it); None, having told them, when it is unknown."""
         inc = await self._incident_of(action)
         if inc is None:
             await respond(response_type="ephemeral", replace_original=False,
                           text="That incident is not known to this responder.")
-            return
-        await self.responder.pipeline.acknowledge(inc.id, user)
+            return None
+        return inc, (body.get("user") or {}).get("id") or ""
 
     # -- work ---------------------------------------------------------------------------------
 

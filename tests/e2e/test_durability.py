@@ -16,56 +16,69 @@ from tests.standins.slack import DEFAULT_TOKEN, SlackStandin
 pytestmark = [pytest.mark.e2e, pytest.mark.bpf]
 
 
+class Restartable:
+    """A ``llmslo serve`` on one data directory that a test kills and starts again, with a Slack
+    stand-in; everything is stopped on the way out."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.token = secrets.token_urlsafe(16)
+        self.slack = SlackStandin()
+        self.procs: list[ResponderProcess] = []
+
+    async def __aenter__(self) -> "Restartable":
+        self.env = {"LLMSLO_SLACK_BOT_TOKEN": DEFAULT_TOKEN, "LLMSLO_SLACK_API_URL": await self.slack.start()}
+        return self
+
+    async def start(self) -> ResponderProcess:
+        n = len(self.procs) + 1
+        proc = ResponderProcess(self.tmp_path / "data", token=self.token, extra_env=self.env,
+                                log_path=self.tmp_path / f"run{n}.log")
+        self.procs.append(proc)
+        proc.start()
+        await proc.wait_ready()
+        return proc
+
+    @staticmethod
+    def kill(proc: ResponderProcess) -> None:
+        proc.proc.send_signal(signal.SIGKILL)
+        proc.proc.wait()
+
+    async def __aexit__(self, *exc) -> None:
+        for proc in self.procs:
+            proc.stop()
+        await self.slack.stop()
+
+
 async def test_alert_accepted_before_a_crash_is_processed_once_after_restart(tmp_path):
-    slack = SlackStandin()
-    api = await slack.start()
-    env = {"LLMSLO_SLACK_BOT_TOKEN": DEFAULT_TOKEN, "LLMSLO_SLACK_API_URL": api}
-    token = secrets.token_urlsafe(16)
-    first = ResponderProcess(tmp_path / "data", token=token, extra_env=env, log_path=tmp_path / "first.log")
-    second = None
-    try:
-        first.start()
-        await first.wait_ready()
+    async with Restartable(tmp_path) as r:
+        first = await r.start()
         labels = {"alertname": "LLMTTFTBurn", "severity": "page", "pid": "1"}
         payload = alert_payload("firing", labels, time.time())
         status, body = await first.post_alert(payload)
         assert status == 200
-        first.proc.send_signal(signal.SIGKILL)  # mid-capture at the latest: the job is in the store
-        first.proc.wait()
-        second = ResponderProcess(tmp_path / "data", token=token, extra_env=env, log_path=tmp_path / "second.log")
-        second.start()
-        await second.wait_ready()
+        r.kill(first)  # mid-capture at the latest: the job is in the store
+        second = await r.start()
         inc = await second.wait_verdict(body["incident_id"])
         assert inc["verdict"] is not None
         await asyncio.sleep(3)  # let delivery finish
-        roots = [t for t in slack.threads().values() if body["incident_id"] in t["root"]["text"]]
+        roots = [t for t in r.slack.threads().values() if body["incident_id"] in t["root"]["text"]]
         assert len(roots) == 1
         async with aiohttp.ClientSession() as s:
-            async with s.get(second.url + "/healthz") as r:
-                counts = (await r.json())["counts"]
+            async with s.get(second.url + "/healthz") as resp:
+                counts = (await resp.json())["counts"]
         assert counts["jobs"]["done"] == 1 and counts["jobs"]["pending"] == 0
         # The same alert re-sent by Alertmanager after the restart is a duplicate.
         status, again = await second.post_alert(payload)
         assert status == 200 and again["duplicates"] == 1 and again["job_id"] is None
-    finally:
-        first.stop()
-        if second:
-            second.stop()
-        await slack.stop()
 
 
 async def test_a_message_decided_but_not_yet_posted_is_posted_once_after_a_kill(tmp_path):
     """The root post is in flight (Slack holds the request) when the responder is SIGKILLed: the
     outbox still has it, and the restarted responder posts it, and everything after it, once."""
-    slack = SlackStandin()
-    api = await slack.start()
-    env = {"LLMSLO_SLACK_BOT_TOKEN": DEFAULT_TOKEN, "LLMSLO_SLACK_API_URL": api}
-    token = secrets.token_urlsafe(16)
-    first = ResponderProcess(tmp_path / "data", token=token, extra_env=env, log_path=tmp_path / "first.log")
-    second = None
-    try:
-        first.start()
-        await first.wait_ready()
+    async with Restartable(tmp_path) as r:
+        slack = r.slack
+        first = await r.start()
         slack.stall_next(1, seconds=15)  # the first chat.postMessage hangs, then is dropped
         status, body = await first.post_alert(alert_payload("firing", {"alertname": "LLMErrorBurn", "pid": "1"},
                                                             time.time()))
@@ -74,27 +87,19 @@ async def test_a_message_decided_but_not_yet_posted_is_posted_once_after_a_kill(
         while not slack.calls_to("chat.postMessage") and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert slack.calls_to("chat.postMessage"), "the root was never attempted"
-        first.proc.send_signal(signal.SIGKILL)  # decided (in the outbox), not posted
-        first.proc.wait()
+        r.kill(first)  # decided (in the outbox), not posted
         assert slack.threads() == {}
-        second = ResponderProcess(tmp_path / "data", token=token, extra_env=env, log_path=tmp_path / "second.log")
-        second.start()
-        await second.wait_ready()
+        second = await r.start()
         await second.wait_verdict(body["incident_id"])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             threads = [t for t in slack.threads().values() if body["incident_id"] in t["root"]["text"]]
-            if threads and any("Kernel capture" in r["text"] for r in threads[0]["replies"]):
+            if threads and any("Kernel capture" in reply["text"] for reply in threads[0]["replies"]):
                 break
             await asyncio.sleep(0.3)
         await asyncio.sleep(2)  # anything that would be sent twice has had its chance
         threads = [t for t in slack.threads().values() if body["incident_id"] in t["root"]["text"]]
         assert len(threads) == 1 and len(slack.threads()) == 1
-        texts = [r["text"] for r in threads[0]["replies"]]
+        texts = [reply["text"] for reply in threads[0]["replies"]]
         assert sum("Kernel capture" in t for t in texts) == 1, texts
         assert len(texts) == len(set(texts))
-    finally:
-        first.stop()
-        if second:
-            second.stop()
-        await slack.stop()

@@ -14,15 +14,7 @@ from responder.report import Message
 from responder.sinks.slack import SlackSink
 from responder.store import IncidentStore
 from tests.responder.test_store import accept, alert, note
-from tests.standins.slack import DEFAULT_TOKEN, SlackStandin
-
-
-@pytest.fixture
-async def standin():
-    s = SlackStandin()
-    await s.start()
-    yield s
-    await s.stop()
+from tests.standins.slack import DEFAULT_TOKEN
 
 
 @pytest.fixture

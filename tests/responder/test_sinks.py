@@ -12,17 +12,9 @@ from responder.report import Message, render_attribution, render_resolved, rende
 from responder.sinks.base import ChatSink, SinkPermanentError, SinkRetryableError, ThreadRef
 from responder.sinks.console import ConsoleSink
 from responder.sinks.slack import SlackSink
-from tests.standins.slack import DEFAULT_TOKEN, SlackStandin
+from tests.standins.slack import DEFAULT_TOKEN
 
 URL = "http://responder.example/incidents/inc-7"
-
-
-@pytest.fixture
-async def standin():
-    s = SlackStandin()
-    await s.start()
-    yield s
-    await s.stop()
 
 
 @pytest.fixture

@@ -18,11 +18,8 @@ CHANNEL = "C0LLMSLO"
 
 
 @pytest.fixture
-async def slack():
-    s = SlackStandin()
-    await s.start()
-    yield s
-    await s.stop()
+def slack(standin):
+    return standin
 
 
 @pytest.fixture
