@@ -107,6 +107,9 @@ class Signal:
     # A slower or timed-out call, seen in a trace or in the kernel: a symptom that many causes
     # share (see explain_away), as opposed to a cause signal (a retransmit, a run-queue wait, a 429).
     symptom: bool = False
+    # A symptom on the way to every outbound call (a slow DNS lookup): left unexplained, it in
+    # turn explains the slower calls after it.
+    upstream: bool = False
     explained: bool = False  # discounted: another cause accounts for it
 
     def discount(self, why: str) -> None:
@@ -138,7 +141,8 @@ def _rate_signal(domain: str, name: str, what: str, unit: str, inc: ProbeResult,
 
 
 def _p90_signal(domain: str, name: str, what: str, inc: ProbeResult, base: ProbeResult, histogram: str,
-                floor_us: float, min_samples: int = MIN_SAMPLES, symptom: bool = False) -> Signal | None:
+                floor_us: float, min_samples: int = MIN_SAMPLES, symptom: bool = False,
+                upstream: bool = False) -> Signal | None:
     """The p90 of a latency histogram, incident vs baseline; None without enough samples."""
     hi, hb = inc.histograms.get(histogram), base.histograms.get(histogram)
     if not hi or not hb or hi.count < min_samples or hb.count < min_samples:
@@ -148,7 +152,7 @@ def _p90_signal(domain: str, name: str, what: str, inc: ProbeResult, base: Probe
     strength = _ratio_strength(pi, pb) if moved else 0.0
     ev = Evidence(signal=name, summary=f"{what} p90 {'rose' if moved else 'unchanged'}: ≤{pb:.0f} → ≤{pi:.0f} µs "
                   f"({hi.count} samples)", baseline=pb, incident=pi, unit="us")
-    return Signal(domain, ev, strength, symptom=symptom)
+    return Signal(domain, ev, strength, symptom=symptom, upstream=upstream)
 
 
 def _runq_signal(inc: ProbeResult, base: ProbeResult) -> Signal | None:
@@ -202,8 +206,11 @@ def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
     if p := pair("dns"):
         out.append(_rate_signal("dns", "dns.failures_per_s", "failed DNS lookups", "/s", *p,
                                 counter="failures", min_excess=MIN_EXCESS_FAILURES_PER_S))
+        # Timed in the process (getaddrinfo entry to return): a starved process is slow to finish
+        # its lookups too, so this is a symptom a CPU cause can explain; failures are a cause.
+        # Unexplained, a slow lookup explains the slower calls that waited for it (upstream).
         if s := _p90_signal("dns", "dns.latency_p90_us", "DNS lookup latency", *p, histogram="latency",
-                            floor_us=DNS_SLOW_US):
+                            floor_us=DNS_SLOW_US, symptom=True, upstream=True):
             out.append(s)
     if p := pair("tls_http"):
         out.append(_rate_signal("provider_throttling", "tls_http.status_429_per_s", "HTTP 429 responses", "/s", *p,
@@ -325,12 +332,20 @@ def explain_away(sigs: list[Signal]) -> list[Signal]:
     in a trace or in the kernel's time to first byte; cause signals can: retransmits, resets,
     failed connects and lookups, run-queue waits, CFS throttling, memory-limit hits, 429/5xx
     answers, non-timeout errors. When a cause supports some domain and none supports the
-    symptom's own, the symptom keeps only EXPLAINED_FACTOR of its strength, and says why.
+    symptom's own, the symptom keeps only EXPLAINED_FACTOR of its strength, and says why. A slow
+    DNS lookup is itself such a symptom (a starved process finishes lookups late), but one no
+    cause explains is on the way to every call: it explains the slower calls in turn.
     """
     causes = {s.domain for s in sigs if s.strength > 0 and not s.symptom}
     for s in sigs:
         if s.symptom and s.strength > 0 and causes and s.domain not in causes:
             s.discount(f"likely a symptom of {', '.join(sorted(causes))}")
+    # Then an upstream symptom left standing (a slow lookup) explains the slower calls after it.
+    upstream = {s.domain for s in sigs if s.upstream and s.strength > 0 and not s.explained}
+    for s in sigs:
+        if s.symptom and not s.upstream and not s.explained and s.strength > 0 and upstream \
+                and s.domain not in upstream:
+            s.discount(f"likely a symptom of {', '.join(sorted(upstream))}")
     return sigs
 
 

@@ -192,3 +192,24 @@ def test_non_timeout_retrieval_errors_are_a_cause_not_explained_away():
     errors = hyp(v, "retrieval_backend").supporting[0].summary
     assert "symptom" not in errors and "timeouts" not in errors
     assert set(v.domains) == {"app_cpu", "retrieval_backend"}, v.to_dict()
+
+
+def test_a_slow_lookup_is_a_symptom_of_starvation_but_explains_slower_calls_on_its_own():
+    from capture.schemas import Histogram, ProbeResult
+    from tests.responder.test_attribution import INC_S, BASE_S, capture, hyp, runq
+
+    def lookups(slow_us: int, window: float, n: int) -> ProbeResult:
+        return ProbeResult("dns", window, counters={"lookups": n, "failures": 0},
+                           histograms={"latency": Histogram("us", {slow_us: n})})
+
+    traces = evidence({"llm_ms": 2000})
+    slow_dns = (lookups(2_097_152, INC_S, 40), lookups(4096, BASE_S, 240))
+    # Alone, the slow lookup is on the way to the provider call: dns, and the call a symptom.
+    v = attribute(capture([slow_dns[0]], [slow_dns[1]]), traces=traces)
+    assert v.domains == ["dns"], v.to_dict()
+    assert "likely a symptom of dns" in hyp(v, "provider_latency").supporting[0].summary
+    # With the process starved of CPU, the slow lookup is one more symptom of that.
+    starved = capture([slow_dns[0], runq(400, 600, INC_S)], [slow_dns[1], runq(6000, 60, BASE_S)])
+    v = attribute(starved, traces=traces)
+    assert v.domains == ["app_cpu"], v.to_dict()
+    assert "likely a symptom of app_cpu" in hyp(v, "dns").supporting[0].summary
