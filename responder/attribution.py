@@ -80,6 +80,9 @@ MIN_MARGIN = 0.15
 # domain with a single signal (app_cpu has only the run-queue one), so overlapping faults could
 # never be named together.
 BOTH_CONFIDENCE = 1.0 / (1.0 + STRENGTH_HALF)
+# Below that, two domains that both reach MIN_CONFIDENCE are named together when each rests on a
+# cause of its own (a signal that is not a symptom): two causes are two faults, not one fault
+# seen two ways. Closeness through symptoms alone still abstains.
 
 # Traces. A dependency needs this many calls in each window before its quantiles or rates say
 # anything (a few seconds of an LLM service's traffic).
@@ -369,6 +372,7 @@ def attribute(capture: CaptureResult | None, traces: dict[str, Any] | None = Non
         return Verdict(domains=[], confidence=0.0,
                        abstain_reason="no usable evidence: " + ("; ".join(gaps) or "the capture saw nothing"))
     hyps: list[Hypothesis] = []
+    caused = {s.domain for s in sigs if s.strength > 0 and not s.symptom}
     for domain in dict.fromkeys(s.domain for s in sigs):
         mine = [s for s in sigs if s.domain == domain]
         # Explained symptoms corroborate but do not add up: one cause slows every call it touches,
@@ -389,7 +393,8 @@ def attribute(capture: CaptureResult | None, traces: dict[str, Any] | None = Non
         if gaps:
             reason += " (" + "; ".join(gaps) + ")"
         return Verdict(domains=[], confidence=top.confidence, hypotheses=hyps, abstain_reason=reason)
-    if second and second.confidence >= BOTH_CONFIDENCE:
+    if second and (second.confidence >= BOTH_CONFIDENCE
+                   or (second.confidence >= MIN_CONFIDENCE and {top.domain, second.domain} <= caused)):
         return Verdict(domains=[top.domain, second.domain], confidence=second.confidence, hypotheses=hyps)
     if second and top.confidence - second.confidence < MIN_MARGIN:
         return Verdict(domains=[], confidence=top.confidence, hypotheses=hyps,

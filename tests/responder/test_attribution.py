@@ -212,17 +212,29 @@ def test_both_named_even_when_one_leads_by_more_than_the_margin():
     assert v.domains == ["network", "app_cpu"]
 
 
-def test_both_moderate_and_close_abstains_two_ways():
-    # Both rise 7x over baseline: each is past the naming threshold, neither is full strength.
+def test_two_moderate_causes_are_two_faults():
+    # Both rise 7x over baseline: each is past the naming threshold, neither is full strength;
+    # both are causes (retransmits, run-queue waits), so two faults overlap.
     v = attribute(capture([retrans(7.0, INC_S), runq(860, 140, INC_S, slow_bucket=2048)],
                           [retrans(1.0, BASE_S), runq(5880, 120, BASE_S, slow_bucket=2048)]))
     net, cpu = hyp(v, "network"), hyp(v, "app_cpu")
     assert A.MIN_CONFIDENCE <= cpu.confidence < A.BOTH_CONFIDENCE
     assert A.MIN_CONFIDENCE <= net.confidence < A.BOTH_CONFIDENCE
     assert abs(net.confidence - cpu.confidence) < A.MIN_MARGIN
+    assert set(v.domains) == {"network", "app_cpu"}
+
+
+def test_close_symptoms_without_a_cause_abstain_two_ways():
+    from tests.responder.test_attribution_traces import evidence
+
+    # The provider's first tokens and the guardrail both slower, about as much, nothing else moved.
+    v = attribute(None, traces=evidence({"llm_ms": 2000, "policy_ms": 27}))
+    llm, policy = hyp(v, "provider_latency"), hyp(v, "policy_layer")
+    assert A.MIN_CONFIDENCE <= min(llm.confidence, policy.confidence)
+    assert abs(llm.confidence - policy.confidence) < A.MIN_MARGIN
     assert v.domains == []
     assert "two ways" in v.abstain_reason
-    assert "network" in v.abstain_reason and "app_cpu" in v.abstain_reason
+    assert "provider_latency" in v.abstain_reason and "policy_layer" in v.abstain_reason
 
 
 def test_clear_leader_over_a_weak_second_is_named_alone():
