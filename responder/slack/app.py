@@ -30,7 +30,7 @@ from capture.probes import CATALOG
 from responder import report
 from responder.adhoc import AdhocRequest, Overloaded
 from responder.config import Settings
-from responder.pipeline import Pipeline, alert_labels
+from responder.pipeline import Pipeline, alert_labels, baseline_end
 from responder.slack import commands
 from responder.store import AcceptResult, Incident, IncidentStore
 
@@ -168,11 +168,12 @@ class SlackApp:
     # -- work ---------------------------------------------------------------------------------
 
     async def start_capture(self, cmd: commands.Capture, labels: dict[str, str], user: str, reason: str,
-                            reply_to: dict[str, str] | None = None, playbook: str | None = None) -> str:
+                            reply_to: dict[str, str] | None = None, playbook: str | None = None,
+                            started_at: float | None = None) -> str:
         """Store the capture request; what to tell the person who asked."""
-        req = AdhocRequest(labels=labels, reason=reason, playbook=playbook, duration_s=cmd.duration_s,
-                           probes=list(cmd.probes) if cmd.probes else None, requested_by=user or None,
-                           reply_to=reply_to)
+        req = AdhocRequest(labels=labels, reason=reason, playbook=playbook, started_at=started_at,
+                           duration_s=cmd.duration_s, probes=list(cmd.probes) if cmd.probes else None,
+                           requested_by=user or None, reply_to=reply_to)
         try:
             result = await self.responder.start_adhoc(req)
         except Overloaded as e:
@@ -183,7 +184,8 @@ class SlackApp:
 
     async def follow_up(self, inc: Incident, user: str, cmd: commands.Capture) -> str:
         """A capture asked for inside ``inc``'s thread: the incident's workload unless the command
-        names another, its playbook, its thread for the answer."""
+        names another, its playbook, its thread for the answer, and its baseline (the one from
+        before the burn began, not the last minute, which the fault already fills)."""
         thread = (inc.thread or {}).get(SINK)
         if not thread:
             return ":warning: This incident has no Slack thread yet; try again in a moment."
@@ -192,7 +194,7 @@ class SlackApp:
         playbook = inc.playbook if not cmd.labels else None
         return await self.start_capture(commands.Capture(labels, cmd.duration_s, cmd.probes), labels, user,
                                         reason=f"follow-up capture of {inc.id} by {user}", reply_to=reply_to,
-                                        playbook=playbook)
+                                        playbook=playbook, started_at=baseline_end(inc))
 
     async def status_text(self, incident_id: str | None) -> str:
         store = self.responder.store

@@ -163,7 +163,7 @@ def test_report_and_compare_refuse_what_is_not_a_run(tmp_path, capsys):
 
 def test_lab_help_goes_through_llmslo():
     r = llmslo("lab", "--help")
-    assert r.returncode == 0 and "{run,report,compare}" in r.stdout
+    assert r.returncode == 0 and "{run,report,compare,calibrate}" in r.stdout
     r = llmslo("-v", "lab", "compare")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "required: DIR" in r.stderr
 
