@@ -36,6 +36,26 @@ def parse_duration(text: str | float | int, *, name: str = "duration") -> float:
     return value / 1000.0 if unit == "ms" else value * 60.0 if unit == "m" else value
 
 
+def check_probes(probes: Any, known_probes: Any = None) -> list[str]:
+    """``probes`` if it is a non-empty list of probe names (all in ``known_probes`` when given);
+    RequestError otherwise. The same rule for every way a capture is asked for."""
+    if not isinstance(probes, list) or not probes or not all(isinstance(p, str) for p in probes):
+        raise RequestError("probes: expected a non-empty list of probe names")
+    if known_probes is not None:
+        bad = [p for p in probes if p not in known_probes]
+        if bad:
+            raise RequestError(f"probes: unknown probe(s) {bad}; known: {sorted(known_probes)}")
+    return probes
+
+
+def check_duration(seconds: float, name: str = "duration_s") -> float:
+    """``seconds`` if a capture may last that long; RequestError otherwise."""
+    if not MIN_CAPTURE_SECONDS <= seconds <= MAX_CAPTURE_SECONDS:
+        raise RequestError(
+            f"{name}: {seconds:g}s is outside [{MIN_CAPTURE_SECONDS:g}, {MAX_CAPTURE_SECONDS:g}] seconds")
+    return seconds
+
+
 @dataclass
 class CaptureTarget:
     """Which workload a capture is scoped to. An event is in scope when any key matches."""
@@ -113,17 +133,8 @@ class CaptureRequest:
         if "target" not in data:
             raise RequestError("target: required")
         target = CaptureTarget.from_dict(data["target"])
-        probes = data.get("probes")
-        if not isinstance(probes, list) or not probes or not all(isinstance(p, str) for p in probes):
-            raise RequestError("probes: expected a non-empty list of probe names")
-        if known_probes is not None:
-            bad = [p for p in probes if p not in known_probes]
-            if bad:
-                raise RequestError(f"probes: unknown probe(s) {bad}; known: {sorted(known_probes)}")
-        duration = parse_duration(data.get("duration_s", 10.0), name="duration_s")
-        if not MIN_CAPTURE_SECONDS <= duration <= MAX_CAPTURE_SECONDS:
-            raise RequestError(
-                f"duration_s: {duration:g}s is outside [{MIN_CAPTURE_SECONDS:g}, {MAX_CAPTURE_SECONDS:g}] seconds")
+        probes = check_probes(data.get("probes"), known_probes)
+        duration = check_duration(parse_duration(data.get("duration_s", 10.0), name="duration_s"))
         baseline = parse_duration(data.get("baseline_s", 60.0), name="baseline_s")
         if not 0 <= baseline <= MAX_BASELINE_SECONDS:
             raise RequestError(f"baseline_s: {baseline:g}s is outside [0, {MAX_BASELINE_SECONDS:g}] seconds")

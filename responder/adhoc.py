@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from capture.schemas import MAX_CAPTURE_SECONDS, MIN_CAPTURE_SECONDS
+from capture.schemas import RequestError, check_duration, check_probes
 from responder.playbooks import PIN_LABEL
 from responder.store import ADHOC_GROUP_PREFIX
 
@@ -102,14 +102,17 @@ def parse_request(body: bytes, playbooks: Iterable[str], known_probes: Iterable[
                                    or not now - 86_400 <= started_at <= now + 60):
         raise ValueError("started_at: expected Unix seconds within the last day (when the problem began)")
     duration = data.get("duration_s")
-    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
-                                 or not MIN_CAPTURE_SECONDS <= duration <= MAX_CAPTURE_SECONDS):
-        raise ValueError(f"duration_s: expected seconds from {MIN_CAPTURE_SECONDS:g} to {MAX_CAPTURE_SECONDS:g}")
+    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))):
+        raise ValueError("duration_s: expected a number of seconds")
     probes = data.get("probes")
-    if probes is not None:
-        check_probes(probes, known_probes)
-    return AdhocRequest(dict(labels), reason, playbook, started_at,
-                        None if duration is None else float(duration), list(dict.fromkeys(probes or [])) or None)
+    try:  # the agent's own bounds
+        if duration is not None:
+            duration = check_duration(float(duration))
+        if probes is not None:
+            probes = list(dict.fromkeys(check_probes(probes, set(known_probes))))
+    except RequestError as e:
+        raise ValueError(str(e)) from None
+    return AdhocRequest(dict(labels), reason, playbook, started_at, duration, probes)
 
 
 def check_labels(labels: Mapping[str, Any]) -> None:
@@ -117,15 +120,6 @@ def check_labels(labels: Mapping[str, Any]) -> None:
         if not isinstance(k, str) or not _LABEL_NAME.fullmatch(k) or not isinstance(v, str) or not v or len(v) > 1024:
             raise ValueError(f"labels.{k}: expected a Prometheus label name with a non-empty string value "
                              "of at most 1024 characters")
-
-
-def check_probes(probes: Any, known_probes: Iterable[str]) -> None:
-    known = set(known_probes)
-    if not isinstance(probes, list) or not probes or not all(isinstance(p, str) for p in probes):
-        raise ValueError("probes: expected a non-empty list of probe names")
-    bad = [p for p in probes if p not in known]
-    if bad:
-        raise ValueError(f"probes: unknown probe(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
 
 
 @dataclass(frozen=True)
@@ -143,9 +137,8 @@ def options(alerts: list[dict[str, Any]]) -> Options:
     ann = (alerts[0].get("annotations") or {}) if alerts else {}
     duration = probes = reply_to = None
     try:
-        d = float(ann[DURATION_KEY])
-        duration = d if MIN_CAPTURE_SECONDS <= d <= MAX_CAPTURE_SECONDS else None
-    except (KeyError, ValueError, TypeError):
+        duration = check_duration(float(ann[DURATION_KEY]))
+    except (KeyError, ValueError, TypeError):  # RequestError is a ValueError
         pass
     if ann.get(PROBES_KEY):
         probes = tuple(p for p in str(ann[PROBES_KEY]).split(",") if p)
