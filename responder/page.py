@@ -476,18 +476,23 @@ class _Bar:
     unit: str
 
 
+def _chart_inputs(verdict: dict[str, Any] | None, prom: dict[str, Any] | None,
+                  traces: dict[str, Any] | None) -> tuple[list[_Line], list[_Bar], str, str]:
+    """(series, bars, why Prometheus is missing, top domain): what both chart panels draw."""
+    top = (_hypotheses(verdict) or [None])[0]
+    return (_chart_lines(prom), _chart_bars(top, traces), _prometheus_absence(prom),
+            str((top or {}).get("domain") or ""))
+
+
 def _chart_section(inc: dict[str, Any], verdict: dict[str, Any] | None, prom: dict[str, Any] | None,
                    traces: dict[str, Any] | None) -> str:
-    lines = _chart_lines(prom)
-    top = (_hypotheses(verdict) or [None])[0]
-    bars = _chart_bars(top, traces)
-    absent = _prometheus_absence(prom)
+    lines, bars, absent, domain = _chart_inputs(verdict, prom, traces)
     if not lines and not bars:
         inner = f"<p class=empty>no evidence yet</p><p class=note>{_e(absent)}</p>"
     else:
         try:
             with _CHART_LOCK:
-                inner = _draw_chart(lines, bars, prom, absent, str((top or {}).get("domain") or ""))
+                inner = _draw_chart(lines, bars, prom, absent, domain)
         except Exception as e:  # a chart bug must not take the rest of the page down with it
             log.exception("incident=%s event=chart_failed", inc.get("id"))
             inner = f"<p class=warn>The chart could not be drawn: {_e(repr(e))}</p>"
@@ -564,16 +569,13 @@ def _chart_bars(top: dict[str, Any] | None, traces: dict[str, Any] | None) -> li
 
 def chart_png(incident: dict[str, Any]) -> bytes | None:
     """The incident page's chart as a PNG (for a chat thread); None when there is no evidence to draw."""
-    verdict = _dict(incident.get("verdict"))
     evidence = _dict(incident.get("evidence")) or {}
-    prom, traces = _dict(evidence.get("prometheus")), _dict(evidence.get("traces"))
-    lines = _chart_lines(prom)
-    top = (_hypotheses(verdict) or [None])[0]
-    bars = _chart_bars(top, traces)
+    prom = _dict(evidence.get("prometheus"))
+    lines, bars, absent, domain = _chart_inputs(_dict(incident.get("verdict")), prom, _dict(evidence.get("traces")))
     if not lines and not bars:
         return None
     with _CHART_LOCK:
-        return _render(lines, bars, prom, _prometheus_absence(prom), str((top or {}).get("domain") or ""), "png")
+        return _render(lines, bars, prom, absent, domain, "png")
 
 
 def _render(lines: list[_Line], bars: list[_Bar], prom: dict[str, Any] | None, absent: str, domain: str,

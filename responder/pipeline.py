@@ -172,12 +172,12 @@ class Pipeline:
             await asyncio.to_thread(self.store.enqueue_message, incident_id, sink, step, body)
         self.on_enqueued()
 
-    async def _borrow_thread(self, inc: Incident, opts: adhoc.Options) -> frozenset[str]:
+    async def _borrow_thread(self, inc: Incident) -> frozenset[str]:
         """For a capture asked for inside a thread: record that thread as the incident's own for
         its sink, so the replies land there; the sinks whose thread is borrowed."""
         borrowed = self.borrowed(inc)
-        r = opts.reply_to
-        if borrowed and r and (inc.thread or {}).get(r["sink"]) is None:
+        r = adhoc.options(inc.alerts).reply_to
+        if borrowed and (inc.thread or {}).get(r["sink"]) is None:
             await asyncio.to_thread(self.store.update_incident, inc.id, thread={
                 r["sink"]: {"channel": r["channel"], "ts": r["ts"], "borrowed_from": r.get("incident_id") or "?"}})
         return borrowed
@@ -210,7 +210,7 @@ class Pipeline:
         # Stage: playbook.
         playbook = select_playbook(self.playbooks, labels)
         opts = adhoc.options(inc.alerts)
-        borrowed = await self._borrow_thread(inc, opts)
+        borrowed = await self._borrow_thread(inc)
         inc = await asyncio.to_thread(self.store.update_incident, inc.id,
                                       playbook=playbook.name if playbook else None)
         await self._enqueue(inc.id, "root", "root", self.render_root(inc),

@@ -24,6 +24,7 @@ from typing import Any
 from capture.schemas import CaptureResult, ProbeResult
 from responder import adhoc
 from responder.model import Evidence, Hypothesis, Verdict
+from responder.playbooks import PIN_LABEL
 
 # Slack limits (Block Kit reference): blocks per message, section / header text, message text.
 MAX_BLOCKS = 50
@@ -171,7 +172,7 @@ def render_requested(incident: dict[str, Any], incident_url: str) -> Message:
     """The first reply of a capture asked for inside a thread: who asked, for what, its id."""
     opts = adhoc.options(incident.get("alerts") or [])
     labels = {k: v for k, v in ((incident.get("alerts") or [{}])[0].get("labels") or {}).items()
-              if k not in ("alertname", "llmslo_playbook")}
+              if k not in ("alertname", PIN_LABEL)}
     what = ", ".join(f"{k}={v}" for k, v in labels.items()) or "(no target labels)"
     extra = []
     if opts.duration_s:

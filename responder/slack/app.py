@@ -219,15 +219,9 @@ class SlackApp:
 
 
 def _status_line(inc: Incident, url: str) -> str:
-    v = inc.verdict or {}
-    if v.get("domains"):
-        finding = f"{' + '.join(v['domains'])} {round(100 * float(v.get('confidence') or 0))}%"
-    elif inc.verdict is not None:
-        finding = "abstained"
-    else:
-        finding = "capturing"
+    d = inc.to_dict()
+    v = d["verdict"] or {}
+    finding = (f"{' + '.join(v['domains'])} {report._pct(float(v.get('confidence') or 0))}" if v.get("domains")
+               else report.root_state(d))
     age = time.time() - inc.created_at
-    name = (inc.labels or {}).get("alertname") or next(
-        ((a.get("labels") or {}).get("alertname") for a in inc.alerts if (a.get("labels") or {}).get("alertname")),
-        "?")
-    return f"<{url}|{inc.id}> · {inc.status} · {name} · {finding} · opened {int(age // 60)} min ago"
+    return f"<{url}|{inc.id}> · {inc.status} · {report._alertname(d)} · {finding} · opened {int(age // 60)} min ago"

@@ -14,6 +14,7 @@ import pytest
 from lab import faults
 from lab.harness import alert_payload
 from tests.e2e.test_incident_e2e import SETTLE_S, thread_text
+from tests.responder.test_server import poll
 from tests.standins.slack import signed_headers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.bpf, pytest.mark.asyncio(loop_scope="module")]
@@ -33,12 +34,12 @@ async def test_slack_thread_lives_through_an_incident_and_chat_starts_captures(s
         await asyncio.sleep(SETTLE_S)
         _, body = await stack.responder.post_alert(alert_payload("firing", labels, t0, group_key=group))
         inc = await stack.responder.wait_verdict(body["incident_id"])
-        root_ts = await _until(lambda: _root_ts(stack, inc["id"]))
+        root_ts = await poll(lambda: _root_ts(stack, inc["id"]), timeout=45)
         root_states = [_state(c) for c in slack.calls
                        if c["method"] in ("chat.postMessage", "chat.update") and c["body"].get("ts", c.get(
                            "response", {}).get("ts")) == root_ts]
-        thread = await _until(lambda: _thread_with(slack, root_ts, lambda t: any(
-            f.get("thread_ts") == root_ts for f in slack.files.values())))
+        thread = await poll(lambda: _thread_with(slack, root_ts, lambda t: any(
+            f.get("thread_ts") == root_ts for f in slack.files.values())), timeout=45)
         # Chat: a signed slash command for the service's pid, then the root's "Capture again".
         resp = await _slack_post(stack, _command(slack, f"capture pid:{stack.service.proc.pid} 3s"))
         assert resp[0] == 200 and "new thread in this channel" in resp[1], resp
@@ -46,15 +47,15 @@ async def test_slack_thread_lives_through_an_incident_and_chat_starts_captures(s
         resp = await _slack_post(stack, _button(slack, "llmslo_capture_again", inc["id"]))
         assert resp[0] == 200, resp
         # The adhoc capture's own thread, and the follow-up's replies in this one.
-        adhoc_ts = await _until(lambda: _root_ts(stack, adhoc_id))
-        await _until(lambda: _thread_with(slack, adhoc_ts, lambda t: any(
-            "Kernel capture" in r["text"] for r in t["replies"])))
-        await _until(lambda: _thread_with(slack, root_ts, lambda t: sum(
+        adhoc_ts = await poll(lambda: _root_ts(stack, adhoc_id), timeout=45)
+        await poll(lambda: _thread_with(slack, adhoc_ts, lambda t: any(
+            "Kernel capture" in r["text"] for r in t["replies"])), timeout=45)
+        await poll(lambda: _thread_with(slack, root_ts, lambda t: sum(
             "Kernel capture" in r["text"] for r in t["replies"]) >= 2), timeout=60)
     _, resolved = await stack.responder.post_alert(
         alert_payload("resolved", labels, t0, ends_at=time.time(), group_key=group))
-    thread = await _until(lambda: _thread_with(slack, root_ts, lambda t: any(
-        "error budget burned for" in r["text"] for r in t["replies"])))
+    thread = await poll(lambda: _thread_with(slack, root_ts, lambda t: any(
+        "error budget burned for" in r["text"] for r in t["replies"])), timeout=45)
     for bad in ({}, {"X-Slack-Request-Timestamp": str(int(time.time())), "X-Slack-Signature": "v0=00"}):
         async with aiohttp.ClientSession() as s:
             async with s.post(stack.responder.url + "/slack/events", data=_command(slack, "capture pid:1"),
@@ -97,16 +98,6 @@ async def _root_ts(stack, incident_id: str) -> str | None:
 async def _thread_with(slack, ts: str, cond) -> dict | None:
     t = slack.threads().get(ts)
     return t if t and cond(t) else None
-
-
-async def _until(fn, timeout: float = 45.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await fn()
-        if value:
-            return value
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:g}s")
 
 
 def _command(slack, text: str) -> bytes:
