@@ -155,9 +155,55 @@ def descendants(path: str) -> list[str]:
     return [c.path for c in walk_cgroups(path, MAX_DESCENDANTS)] or ["/" + path.strip("/")]
 
 
+# How many cgroup directories a search for pod and container cgroups may visit.
+MAX_KUBEPODS_WALK = 20000
+
+
+def kube_cgroups(pod_uids: list[str], container_ids: list[str]) -> tuple[list[str], list[str]]:
+    """The cgroup paths on this node for pods (their pod cgroup) and containers (their
+    container cgroup), and a note for each one that is not here.
+
+    A pod with some of its containers named stands for those containers only. The search walks
+    the unified hierarchy breadth first (kubelet's tree may sit anywhere: ``/kubepods.slice``,
+    under a kind node's own cgroup, ...), bounded by MAX_KUBEPODS_WALK directories."""
+    pod_dirs: dict[str, str] = {}
+    container_dirs: dict[str, tuple[str, str | None]] = {}  # id -> (path, its pod's UID)
+    for c in walk_cgroups("/", MAX_KUBEPODS_WALK):
+        ident = parse_cgroup_path(c.path)
+        if ident.container_id:
+            container_dirs.setdefault(ident.container_id, (c.path, ident.pod_uid))
+        elif ident.pod_uid:
+            pod_dirs.setdefault(ident.pod_uid, c.path)
+    paths: list[str] = []
+    notes: list[str] = []
+    named_pods = set()
+    for cid in container_ids:
+        if cid in container_dirs:
+            path, pod_uid = container_dirs[cid]
+            paths.append(path)
+            named_pods.add(pod_uid)
+        else:
+            notes.append(f"container {cid[:12]} has no cgroup on this node")
+    for uid in pod_uids:
+        if uid in named_pods:
+            continue
+        if uid in pod_dirs:
+            paths.append(pod_dirs[uid])
+        else:
+            notes.append(f"pod {uid} has no cgroup on this node")
+    return paths, notes
+
+
 def resolve(target: CaptureTarget) -> ResolvedTarget:
     r = ResolvedTarget(ports=set(target.ports))
-    for path in target.cgroups:
+    cgroups = list(target.cgroups)
+    if target.pods or target.containers:
+        found, notes = kube_cgroups(target.pods, target.containers)
+        if not found:
+            raise RequestError("; ".join(notes))
+        cgroups += found
+        r.notes += notes
+    for path in cgroups:
         # A named cgroup covers its descendants: a pod's processes live in its containers'
         # cgroups, and the kernel reports the leaf's id.
         for sub in descendants(path):

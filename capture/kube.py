@@ -57,22 +57,7 @@ class KubeIdentity:
     @classmethod
     def from_settings(cls, url: str | None, token: str | None, kubeconfig: str | None,
                       node_name: str | None, ca_file: str | None = None) -> "KubeIdentity":
-        """An explicit API URL (and bearer token), a kubeconfig file, or the in-cluster config."""
-        from kubernetes import client, config
-
-        if url:
-            conf = client.Configuration(host=url.rstrip("/"))
-            if token:
-                conf.api_key = {"authorization": f"Bearer {token}"}
-            if ca_file:
-                conf.ssl_ca_cert = ca_file
-            api = client.ApiClient(conf)
-        elif kubeconfig:
-            api = config.new_client_from_config(config_file=kubeconfig)
-        else:
-            config.load_incluster_config()
-            api = client.ApiClient()
-        return cls(api, node_name)
+        return cls(api_client(url, token, kubeconfig, ca_file), node_name)
 
     def refresh(self, force: bool = False) -> None:
         with self._lock:
@@ -168,6 +153,24 @@ class KubeIdentity:
         self.refresh()
         ip = peer.rsplit(":", 1)[0].strip("[]")
         return self._services.get(peer) or self._services.get(ip)
+
+
+def api_client(url: str | None, token: str | None, kubeconfig: str | None, ca_file: str | None = None):
+    """A ``kubernetes`` ApiClient: an explicit API URL (with a bearer token and CA file), a
+    kubeconfig file, or the in-cluster service account, in that order."""
+    from kubernetes import client, config
+
+    if url:
+        conf = client.Configuration(host=url.rstrip("/"))
+        if token:
+            conf.api_key = {"authorization": f"Bearer {token}"}
+        if ca_file:
+            conf.ssl_ca_cert = ca_file
+        return client.ApiClient(conf)
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    config.load_incluster_config()
+    return client.ApiClient()
 
 
 def from_env(node_name: str | None) -> KubeIdentity | None:

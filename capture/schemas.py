@@ -56,43 +56,75 @@ def check_duration(seconds: float, name: str = "duration_s") -> float:
     return seconds
 
 
+# Kubernetes identities as the API server reports them: a pod's metadata.uid, and a container's
+# status.containerStatuses[].containerID without its runtime prefix (containerd://, cri-o://).
+_POD_UID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def container_id(value: str) -> str:
+    """A container id without its runtime prefix (``containerd://abc…`` -> ``abc…``)."""
+    return value.split("://", 1)[-1]
+
+
 @dataclass
 class CaptureTarget:
-    """Which workload a capture is scoped to. An event is in scope when any key matches."""
+    """Which workload a capture is scoped to. An event is in scope when any key matches.
+
+    ``pods`` (pod UIDs) and ``containers`` (container ids) are resolved by the agent to the
+    kubepods cgroups on its node: a pod stands for its whole pod cgroup, unless some of its
+    containers are named, in which case only those containers' cgroups are in scope."""
 
     pids: list[int] = field(default_factory=list)
     cgroups: list[str] = field(default_factory=list)  # paths in the unified (v2) hierarchy
     ports: list[int] = field(default_factory=list)  # local or remote TCP port
+    pods: list[str] = field(default_factory=list)
+    containers: list[str] = field(default_factory=list)
 
     def is_empty(self) -> bool:
-        return not (self.pids or self.cgroups or self.ports)
+        return not (self.pids or self.cgroups or self.ports or self.pods or self.containers)
 
     def describe(self) -> str:
         parts = [f"pid:{p}" for p in self.pids] + [f"cgroup:{c}" for c in self.cgroups]
-        parts += [f"port:{p}" for p in self.ports]
+        parts += [f"port:{p}" for p in self.ports] + [f"pod:{u}" for u in self.pods]
+        parts += [f"container:{c[:12]}" for c in self.containers]
         return ", ".join(parts) or "(whole node)"
 
     @classmethod
     def from_dict(cls, data: Any) -> "CaptureTarget":
         if not isinstance(data, dict):
-            raise RequestError("target: expected an object with pids, cgroups and/or ports")
-        unknown = set(data) - {"pids", "cgroups", "ports"}
+            raise RequestError("target: expected an object with pids, cgroups, ports, pods and/or containers")
+        unknown = set(data) - {"pids", "cgroups", "ports", "pods", "containers"}
         if unknown:
-            raise RequestError(f"target: unknown field(s) {sorted(unknown)}; expected pids, cgroups, ports")
+            raise RequestError(f"target: unknown field(s) {sorted(unknown)}; "
+                               "expected pids, cgroups, ports, pods, containers")
         pids = _int_list(data.get("pids", []), "target.pids", 1, 2**22)
         ports = _int_list(data.get("ports", []), "target.ports", 1, 65535)
-        cgroups = data.get("cgroups", [])
-        if not isinstance(cgroups, list) or not all(isinstance(c, str) and c for c in cgroups):
-            raise RequestError("target.cgroups: expected a list of cgroup paths")
+        cgroups = _str_list(data.get("cgroups", []), "target.cgroups", "a list of cgroup paths")
         for c in cgroups:
             if "\x00" in c or ".." in c.split("/"):
                 raise RequestError(f"target.cgroups: {c!r} is not a cgroup path")
-        if len(cgroups) > MAX_TARGET_ITEMS:
-            raise RequestError(f"target.cgroups: at most {MAX_TARGET_ITEMS} entries")
-        target = cls(pids=pids, cgroups=list(cgroups), ports=ports)
+        pods = _str_list(data.get("pods", []), "target.pods", "a list of pod UIDs")
+        for u in pods:
+            if not _POD_UID_RE.match(u):
+                raise RequestError(f"target.pods: {u!r} is not a pod UID (metadata.uid)")
+        containers = [container_id(c) for c in
+                      _str_list(data.get("containers", []), "target.containers", "a list of container ids")]
+        for c in containers:
+            if not _CONTAINER_ID_RE.match(c):
+                raise RequestError(f"target.containers: {c!r} is not a container id (64 hex digits)")
+        target = cls(pids=pids, cgroups=list(cgroups), ports=ports, pods=pods, containers=containers)
         if target.is_empty():
-            raise RequestError("target: name at least one pid, cgroup or port")
+            raise RequestError("target: name at least one pid, cgroup, port, pod or container")
         return target
+
+
+def _str_list(value: Any, name: str, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise RequestError(f"{name}: expected {what}")
+    if len(value) > MAX_TARGET_ITEMS:
+        raise RequestError(f"{name}: at most {MAX_TARGET_ITEMS} entries")
+    return list(value)
 
 
 def _int_list(value: Any, name: str, lo: int, hi: int) -> list[int]:
@@ -245,6 +277,10 @@ class ProbeCost:
     samples: int = 0
 
 
+# ProbeCost fields that add up across nodes (the rest are per-node latencies or flags).
+_SUMMED_COST = ("bpf_run_time_ns", "bpf_run_count", "programs", "sample_cpu_ns", "samples")
+
+
 @dataclass
 class ProbeResult:
     """One probe over one window. Counters are totals over ``window_s`` seconds."""
@@ -262,9 +298,11 @@ class ProbeResult:
     error: str | None = None
     cost: ProbeCost = field(default_factory=ProbeCost)
 
-    def merged_with(self, other: "ProbeResult") -> "ProbeResult":
-        """This result and ``other`` (the same probe over an adjacent window) as one window:
-        counters, histograms and top lists add up; gauges, notes and cost stay this result's."""
+    def merged_with(self, other: "ProbeResult", *, concurrent: bool = False) -> "ProbeResult":
+        """This result and ``other`` as one: counters, histograms, top lists, events and losses
+        add up. ``other`` is either the same probe over an adjacent window (the windows add;
+        gauges, notes and cost stay this result's) or, with ``concurrent``, over the same window
+        on another node (the window stays; gauges take the larger value, notes and costs add)."""
         counters = dict(self.counters)
         for k, v in other.counters.items():
             counters[k] = counters.get(k, 0.0) + v
@@ -281,9 +319,23 @@ class ProbeResult:
                 entry = counts.setdefault(ident, {**item, "count": 0})
                 entry["count"] += item.get("count", 0)
             top[k] = sorted(counts.values(), key=lambda e: -e["count"])
-        return ProbeResult(self.probe, self.window_s + other.window_s, counters, histograms, top,
-                           dict(self.gauges), list(self.notes), self.events + other.events, self.lost + other.lost,
-                           self.truncated, self.error, self.cost)
+        gauges, notes, cost = dict(self.gauges), list(self.notes), self.cost
+        window = self.window_s + other.window_s
+        if concurrent:
+            window = max(self.window_s, other.window_s)
+            for k, v in other.gauges.items():
+                gauges[k] = max(gauges.get(k, v), v)
+            notes += [n for n in other.notes if n not in notes]
+            cost = ProbeCost(**{f: getattr(self.cost, f) + getattr(other.cost, f) for f in _SUMMED_COST},
+                             compile_ms=max(self.cost.compile_ms, other.cost.compile_ms),
+                             attach_ms=max(self.cost.attach_ms, other.cost.attach_ms),
+                             preloaded=self.cost.preloaded and other.cost.preloaded)
+        error = self.error
+        if concurrent and other.error and other.error != error:
+            error = f"{error}; {other.error}" if error else other.error
+        return ProbeResult(self.probe, window, counters, histograms, top, gauges, notes,
+                           self.events + other.events, self.lost + other.lost,
+                           self.truncated or (other.truncated if concurrent else None), error, cost)
 
     def rate(self, counter: str) -> float:
         return self.counters.get(counter, 0.0) / self.window_s if self.window_s > 0 else 0.0
@@ -346,6 +398,53 @@ class CaptureResult:
     new_peers: list[dict[str, Any]] = field(default_factory=list)
     new_processes: list[dict[str, Any]] = field(default_factory=list)
     novelty_note: str = ""
+    # A capture fanned out over several nodes (``combine``): each node's outcome
+    # ({"node", "agent", "status": ok | failed | no agent, "error", "capture_id", "pods", "cost"})
+    # and each target pod ({"namespace", "name", "uid", "node", "workload_kind", "workload",
+    # "containers", "captured"}). Empty for a capture by one agent.
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def combine(cls, results: list["CaptureResult"], nodes: list[dict[str, Any]],
+                pods: list[dict[str, Any]]) -> "CaptureResult":
+        """Several nodes' captures of one incident as one result: the same probe's results over
+        the same window add up (rates become the workload's total over its pods), costs add
+        up, workloads, processes and errors are kept with the node they came from."""
+        if not results:
+            raise ValueError("combine: no results")
+        out = cls(id="+".join(r.id for r in results), node=", ".join(r.node for r in results),
+                  target=CaptureTarget(), started_at=min(r.started_at for r in results),
+                  ended_at=max(r.ended_at for r in results), nodes=nodes, pods=pods,
+                  baseline_note="; ".join(dict.fromkeys(r.baseline_note for r in results if r.baseline_note)),
+                  novelty_note="; ".join(dict.fromkeys(r.novelty_note for r in results if r.novelty_note)))
+        for field_name in ("pids", "cgroups", "ports", "pods", "containers"):
+            merged = [v for r in results for v in getattr(r.target, field_name)]
+            setattr(out.target, field_name, list(dict.fromkeys(merged)))
+        for r in results:
+            for window, mine in ((r.incident, out.incident), (r.baseline, out.baseline)):
+                for name, pr in window.items():
+                    mine[name] = mine[name].merged_with(pr, concurrent=True) if name in mine else pr
+            out.cgroup_ids += r.cgroup_ids
+            out.workloads += [dict(w, node=w.get("node") or r.node) for w in r.workloads]
+            out.processes += [dict(p, node=r.node) for p in r.processes]
+            out.errors += [f"{r.node}: {e}" for e in r.errors]
+            for c in ("bpf_run_time_ns", "bpf_run_count", "events", "lost", "agent_cpu_s"):
+                setattr(out.cost, c, getattr(out.cost, c) + getattr(r.cost, c))
+            out.cost.startup_ms = max(out.cost.startup_ms, r.cost.startup_ms)
+            out.cost.wall_s = max(out.cost.wall_s, r.cost.wall_s)
+        for attr in ("new_peers", "new_processes"):
+            seen: dict[str, dict[str, Any]] = {}
+            for r in results:
+                for item in getattr(r, attr):
+                    if item["name"] in seen:
+                        prev = seen[item["name"]]
+                        prev["count"] = prev.get("count", 0) + item.get("count", 0)
+                        prev["first_seen"] = min(prev["first_seen"], item["first_seen"])
+                    else:
+                        seen[item["name"]] = dict(item)
+            setattr(out, attr, sorted(seen.values(), key=lambda i: i["first_seen"]))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -357,7 +456,7 @@ class CaptureResult:
             "workloads": list(self.workloads), "processes": list(self.processes),
             "cost": asdict(self.cost), "errors": list(self.errors),
             "new_peers": list(self.new_peers), "new_processes": list(self.new_processes),
-            "novelty_note": self.novelty_note,
+            "novelty_note": self.novelty_note, "nodes": list(self.nodes), "pods": list(self.pods),
         }
 
     @classmethod
@@ -371,7 +470,8 @@ class CaptureResult:
             workloads=list(data.get("workloads", [])), processes=list(data.get("processes", [])),
             cost=CaptureCost(**data.get("cost", {})), errors=list(data.get("errors", [])),
             new_peers=list(data.get("new_peers", [])), new_processes=list(data.get("new_processes", [])),
-            novelty_note=data.get("novelty_note", ""))
+            novelty_note=data.get("novelty_note", ""), nodes=list(data.get("nodes", [])),
+            pods=list(data.get("pods", [])))
 
 
 @dataclass

@@ -383,6 +383,18 @@ def _capture_section(inc: dict[str, Any], capture: dict[str, Any] | None) -> str
         facts.append(("Window", _e(f"{_utc(start)} → {_utc(end)} UTC ({_duration(end - start)})")))
     if capture.get("baseline_note"):
         facts.append(("Baseline", _e(capture["baseline_note"])))
+    pods = _items(capture.get("pods"))
+    if pods:
+        facts.append(("Pods", "<br>".join(
+            f"<code>{_e(pod.get('namespace') or '?')}/{_e(pod.get('name') or '?')}</code>"
+            + (f" ({_e(pod.get('workload_kind') or '')} {_e(pod['workload'])})" if pod.get("workload") else "")
+            + f" on <code>{_e(pod.get('node') or '?')}</code>" + ("" if pod.get("captured") else " — not captured")
+            for pod in pods)))
+    nodes = _items(capture.get("nodes"))
+    if nodes:
+        facts.append(("Nodes", "<br>".join(
+            f"<code>{_e(n.get('node') or '?')}</code>: {_e(n.get('status') or '?')}"
+            + (f" ({_e(n['error'])})" if n.get("error") else "") for n in nodes)))
     workloads = _items(capture.get("workloads"))
     if workloads:
         facts.append(("Workloads", "<br>".join(f"<code>{_e(w.get('path') or '?')}</code>"

@@ -22,6 +22,7 @@ from responder import adhoc, calibration, links, page, report
 from responder.alertmanager import parse_timestamp
 from responder.attribution import attribute
 from responder.config import Settings
+from responder.kube import KubeCluster, KubeUnavailable, ScopeError, names_workload
 from responder.model import Verdict
 from responder.playbooks import Playbook, ScopeSpec, select_playbook
 from responder.prometheus import burn_onset, prometheus_evidence
@@ -36,10 +37,6 @@ class AgentClient(Protocol):
     async def capture(self, req: CaptureRequest) -> CaptureResult: ...
 
 
-class ScopeError(ValueError):
-    """The alert's labels do not name a workload this responder can capture."""
-
-
 def alert_labels(incident: Incident) -> dict[str, str]:
     """The labels a playbook matches on: the group's common labels, then the first firing alert's."""
     labels = dict(incident.labels or {})
@@ -49,8 +46,19 @@ def alert_labels(incident: Incident) -> dict[str, str]:
     return labels
 
 
-def scope_from_labels(spec: ScopeSpec, labels: dict[str, str]) -> CaptureTarget:
-    """Stage *scope* on a plain host: the pid / cgroup / port labels the playbook names."""
+def scope_from_labels(spec: ScopeSpec, labels: dict[str, str],
+                      kube: KubeCluster | None = None) -> tuple[CaptureTarget, list[str]]:
+    """Stage *scope*: (target, notes). On Kubernetes, the pods the alert's workload labels name
+    (their UIDs and, when a container is named, its ids); on a plain host, the pid / cgroup /
+    port labels the playbook names."""
+    if kube is not None:
+        if not names_workload(spec, labels):
+            wanted = [getattr(spec, a) for a in ("pod_label", "deployment_label", "statefulset_label",
+                                                 "daemonset_label", "job_label", "service_label") if getattr(spec, a)]
+            raise ScopeError("no workload label on the alert: expected a namespace and one of "
+                             + (", ".join(wanted) or "(the playbook names no Kubernetes labels)"))
+        scope = kube.resolve(spec, labels)
+        return scope.target, [scope.description, *scope.notes]
     target = CaptureTarget()
     pid = spec.first_present(spec.pid_labels, labels)
     if pid is not None:
@@ -72,7 +80,7 @@ def scope_from_labels(spec: ScopeSpec, labels: dict[str, str]) -> CaptureTarget:
                              "responder; add a pid, cgroup or port label, or configure Kubernetes")
         wanted = [*spec.pid_labels, *spec.cgroup_labels, *spec.port_labels]
         raise ScopeError(f"no scope label on the alert: expected one of {', '.join(wanted)}")
-    return target
+    return target, []
 
 
 def baseline_end(incident: Incident) -> float | None:
@@ -128,8 +136,9 @@ class Outcome:
 class Pipeline:
     def __init__(self, store: IncidentStore, playbooks: list[Playbook], agent: AgentClient,
                  sinks: list[str], settings: Settings, traces: TraceBackend | None = None,
-                 on_enqueued: Callable[[], None] = lambda: None):
+                 on_enqueued: Callable[[], None] = lambda: None, kube: KubeCluster | None = None):
         self.store = store
+        self.kube = kube
         self.playbooks = playbooks
         self.agent = agent
         self.sinks = sinks
@@ -295,12 +304,16 @@ class Pipeline:
         """Stages scope and kernel capture (the playbook's probes unless ``probes``); (result,
         None) or (None, why there is none)."""
         try:
-            target = scope_from_labels(playbook.scope, labels)
+            target, notes = await asyncio.to_thread(scope_from_labels, playbook.scope, labels, self.kube)
             req = CaptureRequest(target=target, probes=list(probes or playbook.capture.probes),
                                  duration_s=duration_s, baseline_s=playbook.capture.baseline_s,
                                  baseline_end=onset, incident_id=inc.id)
-            return await self.agent.capture(req), None
-        except (ScopeError, RequestError) as e:
+            if notes:
+                log.info("incident=%s event=scope %s", inc.id, "; ".join(notes))
+            result = await self.agent.capture(req)
+            result.errors += notes[1:]  # pods left out, and why
+            return result, None
+        except (ScopeError, RequestError, KubeUnavailable) as e:
             return None, f"could not scope the capture: {e}"
         except Exception as e:  # agent unreachable or failed: say so in the thread
             log.exception("incident=%s event=capture_failed", inc.id)

@@ -95,13 +95,24 @@ class CaptureSpec:
 
 @dataclass(frozen=True)
 class ScopeSpec:
-    """Which alert labels name the capture target; per kind, the first label present wins."""
+    """Which alert labels name the capture target; per kind, the first label present wins.
+
+    On a plain host: pid, cgroup or port labels. On Kubernetes: a namespace plus a pod, a
+    workload (deployment, statefulset, daemonset, job) or a service, optionally narrowed to one
+    container; each is read only when the playbook names its label. (The shipped playbooks read
+    a Job from ``job_name``: Prometheus's own ``job`` label names a scrape job.)"""
 
     pid_labels: tuple[str, ...] = ("pid",)
     cgroup_labels: tuple[str, ...] = ("cgroup",)
     port_labels: tuple[str, ...] = ("port",)
     namespace_label: str | None = None
     pod_label: str | None = None
+    service_label: str | None = None
+    deployment_label: str | None = None
+    statefulset_label: str | None = None
+    daemonset_label: str | None = None
+    job_label: str | None = None
+    container_label: str | None = None
 
     def first_present(self, names: Iterable[str], labels: Mapping[str, str]) -> str | None:
         """The value of the first of ``names`` the alert carries with a non-empty value."""
@@ -109,6 +120,10 @@ class ScopeSpec:
             if labels.get(name):
                 return labels[name]
         return None
+
+
+KUBE_LABEL_KEYS = ("namespace_label", "pod_label", "service_label", "deployment_label", "statefulset_label",
+                   "daemonset_label", "job_label", "container_label")
 
 
 @dataclass(frozen=True)
@@ -405,7 +420,7 @@ class _PlaybookReader:
     TRACES_KEYS = {"service_labels": False}
     CAPTURE_KEYS = {"probes": True, "duration": False, "baseline": False}
     SCOPE_KEYS = {"pid_labels": False, "cgroup_labels": False, "port_labels": False,
-                  "namespace_label": False, "pod_label": False}
+                  **{k: False for k in KUBE_LABEL_KEYS}}
     RUNBOOK_KEYS = {"title": True, "url": True}
 
     def __init__(self, file: str, known_probes: set[str]) -> None:
@@ -571,7 +586,7 @@ class _PlaybookReader:
         for key in ("pid_labels", "cgroup_labels", "port_labels"):
             values[key] = self.optional(keys, key, self.label_names, getattr(default, key),
                                         prefix="scope.")
-        for key in ("namespace_label", "pod_label"):
+        for key in KUBE_LABEL_KEYS:
             values[key] = self.optional(keys, key, self.label_name_or_none, None, prefix="scope.")
         if any(v is _INVALID for v in values.values()):
             return None

@@ -36,6 +36,7 @@ MAX_TEXT_CHARS = 40000
 # How much evidence one hypothesis shows before "N more on the incident page".
 MAX_SUPPORTING_SHOWN = 5
 MAX_CONTRADICTING_SHOWN = 3
+MAX_PODS_LISTED = 8
 # Hypotheses whose evidence is shown when the toolkit abstained: the two it could not separate.
 ABSTAIN_HYPOTHESES_SHOWN = 2
 
@@ -364,6 +365,20 @@ def _capture_blocks(capture: CaptureResult | None) -> list[dict[str, Any]]:
         return [{"type": "section", "text": _mrkdwn(
             "*Kernel capture:* none for this incident; the verdict rests on traces and metrics only.")}]
     window = max(0.0, capture.ended_at - capture.started_at)
+    if capture.pods:  # fanned out over the nodes a workload's pods run on
+        ok = [n["node"] for n in capture.nodes if n.get("status") == "ok"]
+        scope = (f"*Kernel capture* of {len(capture.pods)} pod(s) on {len(ok)} of {len(capture.nodes)} node(s), "
+                 f"{_duration(window)} window")
+        for pod in capture.pods[:MAX_PODS_LISTED]:
+            owner = f" ({pod['workload_kind']} {pod['workload']})" if pod.get("workload") else ""
+            scope += (f"\nPod `{_esc(pod['namespace'])}/{_esc(pod['name'])}`{_esc(owner)} on node "
+                      f"`{_esc(pod.get('node') or '?')}`" + ("" if pod.get("captured") else ": *not captured*"))
+        if len(capture.pods) > MAX_PODS_LISTED:
+            scope += f"\n… and {len(capture.pods) - MAX_PODS_LISTED} more pod(s)"
+        for n in capture.nodes:
+            if n.get("status") != "ok":
+                scope += f"\nNode `{_esc(n['node'])}`: {_esc(n['status'])}: {_esc(n.get('error') or '')}"
+        return _capture_tail(capture, scope)
     scope = (f"*Kernel capture* `{_esc(capture.id)}` on node `{_esc(capture.node)}`, "
              f"scope {_esc(capture.target.describe())}, {_duration(window)} window")
     for w in capture.workloads:
@@ -372,6 +387,11 @@ def _capture_blocks(capture: CaptureResult | None) -> list[dict[str, Any]]:
         scope += f"\nWorkload: cgroup `{_esc(w['path'])}`" + "".join(f", {_esc(x)}" for x in who if x)
     for proc in capture.processes[:5]:
         scope += f"\nProcess: pid {proc['pid']} `{_esc(proc.get('comm', '?'))}` {_esc(proc.get('exe', ''))}"
+    return _capture_tail(capture, scope)
+
+
+def _capture_tail(capture: CaptureResult, scope: str) -> list[dict[str, Any]]:
+    """The capture's baseline, probe problems and own cost, after its scope."""
     if capture.baseline_note:
         scope += f"\nBaseline: {_esc(capture.baseline_note)}"
     problems = [f"• {_esc(err)}" for err in capture.errors]

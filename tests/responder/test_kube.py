@@ -1,0 +1,195 @@
+"""The responder's Kubernetes side against a stand-in API server over real HTTP, read through the
+official ``kubernetes`` client: alert labels -> pods (owner references, Service selectors,
+containers), the agent pod on each node, and the watch-based cache (one list, then watches; a
+lost watch history lists again)."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from capture.kube import api_client
+from responder.kube import KubeCluster, KubeUnavailable, ScopeError, names_workload, parse_selector
+from responder.playbooks import ScopeSpec
+from tests.standins import kube as K
+
+SPEC = ScopeSpec(namespace_label="namespace", pod_label="pod", service_label="service",
+                 deployment_label="deployment", statefulset_label="statefulset", daemonset_label="daemonset",
+                 job_label="job_name", container_label="container")
+AGENT_LABELS = {"app.kubernetes.io/name": "llmslo-agent"}
+
+
+def cid(n: int) -> str:
+    return f"{n:064x}"
+
+
+def world() -> K.KubeStandin:
+    u = lambda: str(uuid.uuid4())  # noqa: E731
+    pods = [
+        K.pod(u(), "chat-6b7c-a", "llm", "node-a", ip="10.1.0.5", labels={"app": "chat"},
+              owner=("ReplicaSet", "chat-6b7c"), containers={"api": f"containerd://{cid(1)}",
+                                                             "sidecar": f"containerd://{cid(2)}"}),
+        K.pod(u(), "chat-6b7c-b", "llm", "node-b", ip="10.1.0.6", labels={"app": "chat"},
+              owner=("ReplicaSet", "chat-6b7c"), containers={"api": f"cri-o://{cid(3)}"}),
+        K.pod(u(), "chat-6b7c-c", "llm", "", ip="", labels={"app": "chat"}, owner=("ReplicaSet", "chat-6b7c"),
+              phase="Pending"),
+        K.pod(u(), "chat-6b7c-a", "other", "node-a", ip="10.1.0.7", labels={"app": "chat"},
+              owner=("ReplicaSet", "chat-6b7c"), containers={"api": f"containerd://{cid(4)}"}),
+        K.pod(u(), "vec-0", "llm", "node-a", ip="10.1.0.8", labels={"app": "vec"}, owner=("StatefulSet", "vec"),
+              containers={"db": f"containerd://{cid(5)}"}),
+        K.pod(u(), "logs-x1", "llm", "node-b", ip="10.1.0.9", labels={"app": "logs"}, owner=("DaemonSet", "logs"),
+              containers={"fwd": f"containerd://{cid(6)}"}),
+        K.pod(u(), "embed-28f-q", "llm", "node-b", ip="10.1.0.10", owner=("Job", "embed-28f"),
+              containers={"job": f"containerd://{cid(7)}"}),
+        K.pod(u(), "llmslo-agent-a", "llmslo", "node-a", ip="127.0.0.1", labels=AGENT_LABELS,
+              owner=("DaemonSet", "llmslo-agent"), containers={"agent": f"containerd://{cid(8)}"},
+              ports={"api": 18081}),
+        K.pod(u(), "llmslo-agent-b", "llmslo", "node-b", ip="127.0.0.1", labels=AGENT_LABELS,
+              owner=("DaemonSet", "llmslo-agent"), containers={"agent": f"containerd://{cid(9)}"},
+              ports={"api": 18082}),
+        K.pod(u(), "llmslo-agent-c", "llmslo", "node-c", ip="127.0.0.1", labels=AGENT_LABELS,
+              owner=("DaemonSet", "llmslo-agent"), containers={"agent": f"containerd://{cid(10)}"},
+              ports={"api": 18083}, ready=False),
+        K.pod(u(), "impostor", "default", "node-c", ip="127.0.0.9", labels=AGENT_LABELS, ports={"api": 1}),
+    ]
+    rs = K.replica_set("chat-6b7c", "llm", "chat")
+    rs_other = K.replica_set("chat-6b7c", "other", "chat")
+    return K.KubeStandin(pods=pods, services=[K.service("chat", "llm", "10.96.0.10", 80, selector={"app": "chat"}),
+                                              K.service("external", "llm", "10.96.0.11", 443)],
+                         owners={("llm", "ReplicaSet", "chat-6b7c"): rs, ("other", "ReplicaSet", "chat-6b7c"): rs_other})
+
+
+@pytest.fixture
+async def kube():
+    standin = world()
+    url = await standin.start()
+    cluster = KubeCluster(api_client(url, K.TOKEN, None), agent_namespace="llmslo",
+                          agent_selector=parse_selector("app.kubernetes.io/name=llmslo-agent"), watch_timeout_s=5)
+    yield standin, cluster
+    await standin.stop()
+    await asyncio.to_thread(cluster.close)
+
+
+def names(scope) -> list[str]:
+    return [f"{p.namespace}/{p.name}@{p.node}" for p in scope.pods]
+
+
+async def resolve(cluster, **labels):
+    return await asyncio.to_thread(cluster.resolve, SPEC, labels)
+
+
+async def test_a_deployment_is_its_replicasets_pods_in_its_namespace(kube):
+    standin, cluster = kube
+    scope = await resolve(cluster, namespace="llm", deployment="chat")
+    assert names(scope) == ["llm/chat-6b7c-a@node-a", "llm/chat-6b7c-b@node-b"]
+    assert scope.pods[0].workload_kind == "Deployment" and scope.pods[0].workload == "chat"
+    assert scope.target.pods == [p.uid for p in scope.pods] and scope.target.containers == []
+    assert scope.notes == ["pod llm/chat-6b7c-c is Pending, not scheduled: not captured"]
+    assert "2 pod(s) on 2 node(s)" in scope.description
+
+
+@pytest.mark.parametrize("labels, expected", [
+    ({"statefulset": "vec"}, ["llm/vec-0@node-a"]),
+    ({"daemonset": "logs"}, ["llm/logs-x1@node-b"]),
+    ({"job_name": "embed-28f"}, ["llm/embed-28f-q@node-b"]),
+    ({"pod": "chat-6b7c-b"}, ["llm/chat-6b7c-b@node-b"]),
+    ({"service": "chat"}, ["llm/chat-6b7c-a@node-a", "llm/chat-6b7c-b@node-b"]),
+    # The most specific label wins: a pod over its deployment and service.
+    ({"pod": "chat-6b7c-a", "deployment": "chat", "service": "chat"}, ["llm/chat-6b7c-a@node-a"]),
+])
+async def test_workload_kinds_and_services(kube, labels, expected):
+    _, cluster = kube
+    assert names(await resolve(cluster, namespace="llm", **labels)) == expected
+
+
+async def test_a_named_container_narrows_the_target_to_its_ids(kube):
+    _, cluster = kube
+    scope = await resolve(cluster, namespace="llm", deployment="chat", container="api")
+    assert scope.target.containers == [cid(1), cid(3)]  # runtime prefixes gone, the sidecar not named
+    with pytest.raises(ScopeError, match="no running container 'nope'"):
+        await resolve(cluster, namespace="llm", deployment="chat", container="nope")
+
+
+@pytest.mark.parametrize("labels, message", [
+    ({"deployment": "chat"}, "names deployment 'chat' but not its namespace"),
+    ({"namespace": "llm", "deployment": "ghost"}, "deployment llm/ghost: no pods"),
+    ({"namespace": "llm", "service": "external"}, "the Service has no selector"),
+    ({"namespace": "llm", "service": "ghost"}, "no such Service"),
+    ({"namespace": "nowhere", "pod": "chat-6b7c-a"}, "pod nowhere/chat-6b7c-a: no pods"),
+])
+async def test_labels_that_name_nothing_capturable_say_why(kube, labels, message):
+    _, cluster = kube
+    with pytest.raises(ScopeError, match=message):
+        await resolve(cluster, **labels)
+
+
+def test_which_labels_name_a_workload():
+    assert names_workload(SPEC, {"namespace": "llm", "service": "chat"})
+    assert not names_workload(SPEC, {"namespace": "llm", "job": "scrape-job"})  # Prometheus's job label
+    assert not names_workload(ScopeSpec(), {"namespace": "llm", "pod": "x"})  # the playbook reads none
+
+
+async def test_agents_are_the_daemonset_pods_by_node_at_their_api_port(kube):
+    _, cluster = kube
+    await resolve(cluster, namespace="llm", deployment="chat")
+    agents = await asyncio.to_thread(cluster.agents)
+    assert agents["node-a"].url == "http://127.0.0.1:18081" and agents["node-a"].name == "llmslo-agent-a"
+    assert agents["node-b"].url == "http://127.0.0.1:18082"
+    assert agents["node-c"].url is None and "not ready" in agents["node-c"].why_not
+    assert "127.0.0.9" not in {a.url for a in agents.values()}  # the right labels in another namespace
+
+
+async def test_an_alert_storm_reads_the_cache_and_the_watch_keeps_it_current(kube):
+    standin, cluster = kube
+    for _ in range(100):
+        await resolve(cluster, namespace="llm", deployment="chat")
+    assert standin.count("/api/v1/pods", watch=False) == 1
+    assert standin.count("/apis/apps/v1/replicasets", watch=False) == 1
+    # A new pod of the deployment reaches the cache through the watch, without a new list.
+    new_uid = str(uuid.uuid4())
+    standin.upsert("pods", K.pod(new_uid, "chat-6b7c-d", "llm", "node-a", ip="10.1.0.11", labels={"app": "chat"},
+                                 owner=("ReplicaSet", "chat-6b7c"), containers={"api": f"containerd://{cid(11)}"}))
+    await until(lambda: new_uid in cluster.resolve(SPEC, {"namespace": "llm", "deployment": "chat"}).target.pods)
+    standin.delete("pods", "llm", "chat-6b7c-b")
+    await until(lambda: "llm/chat-6b7c-b@node-b" not in names(cluster.resolve(
+        SPEC, {"namespace": "llm", "deployment": "chat"})))
+    assert standin.count("/api/v1/pods", watch=False) == 1 and standin.count("/api/v1/pods", watch=True) >= 1
+    assert cluster.stats()["pods"]["lists"] == 1
+
+
+async def test_a_lost_watch_history_lists_again(kube):
+    standin, cluster = kube
+    await resolve(cluster, namespace="llm", deployment="chat")
+    # A change the open watch never sends (the history is compacted around it), then the watch
+    # breaks: resuming from the informer's version gets 410 Gone, so it lists again.
+    standin.compact()
+    standin.upsert("pods", K.pod(str(uuid.uuid4()), "vec-1", "llm", "node-b", ip="10.1.0.12", labels={"app": "vec"},
+                                 owner=("StatefulSet", "vec"), containers={"db": f"containerd://{cid(12)}"}))
+    standin.compact()
+    standin.drop_watches()
+    await until(lambda: len(cluster.resolve(SPEC, {"namespace": "llm", "statefulset": "vec"}).pods) == 2)
+    assert cluster.stats()["pods"]["lists"] == 2
+
+
+async def test_an_unreachable_or_refusing_api_is_a_clear_error():
+    standin = world()
+    url = await standin.start()
+    bad = KubeCluster(api_client(url, "wrong-token", None), agent_namespace="llmslo",
+                      agent_selector=AGENT_LABELS)
+    try:
+        with pytest.raises(KubeUnavailable, match="could not list pods: 401"):
+            await asyncio.to_thread(lambda: (bad.pods.items(timeout=3)))
+    finally:
+        await standin.stop()
+        await asyncio.to_thread(bad.close)
+
+
+async def until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if await asyncio.to_thread(predicate):
+            return
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.1)
