@@ -39,6 +39,18 @@ class Settings:
     agent_url: str | None = None
     agent_token: str | None = None
     node_name: str | None = None
+    # On Kubernetes ("kubernetes"): the agent DaemonSet's pods, found through the API, one per
+    # node, at the container port named "api" (else agent_port); alerts name pods and workloads.
+    agent_discovery: str = "static"
+    agent_namespace: str = "llmslo"
+    agent_selector: str = "app.kubernetes.io/name=llmslo-agent"
+    agent_port: int = 8081
+    # The Kubernetes API: an explicit URL (+ bearer token, CA file), a kubeconfig file, or, when
+    # none is set, the pod's service account.
+    kube_api_url: str | None = None
+    kube_token: str | None = None
+    kube_ca_file: str | None = None
+    kubeconfig: str | None = None
     recorder_interval_s: float = 5.0
     recorder_history_s: float = 900.0
     # Chat.
@@ -87,6 +99,14 @@ _ENV = {
     "LLMSLO_DATA_DIR": "data_dir",
     "LLMSLO_AGENT_TOKEN": "agent_token",
     "LLMSLO_AGENT_URL": "agent_url",
+    "LLMSLO_AGENT_DISCOVERY": "agent_discovery",
+    "LLMSLO_AGENT_NAMESPACE": "agent_namespace",
+    "LLMSLO_AGENT_SELECTOR": "agent_selector",
+    "LLMSLO_AGENT_PORT": "agent_port",
+    "LLMSLO_KUBE_API_URL": "kube_api_url",
+    "LLMSLO_KUBE_TOKEN": "kube_token",
+    "LLMSLO_KUBE_CA_FILE": "kube_ca_file",
+    "LLMSLO_KUBECONFIG": "kubeconfig",
     "LLMSLO_SLACK_BOT_TOKEN": "slack_bot_token",
     "LLMSLO_SLACK_SIGNING_SECRET": "slack_signing_secret",
     "LLMSLO_SLACK_APP_TOKEN": "slack_app_token",
@@ -178,6 +198,24 @@ def validate(s: Settings) -> None:
             raise ConfigError(f"{key}: {v!r} is not an http(s) URL")
     if s.agent_url and not s.agent_token:
         raise ConfigError("agent_token: required when agent_url names a remote agent")
+    if s.agent_discovery not in ("static", "kubernetes"):
+        raise ConfigError(f"agent_discovery: {s.agent_discovery!r}; expected static or kubernetes")
+    if s.agent_discovery == "kubernetes":
+        if s.agent_url:
+            raise ConfigError("agent_url: not used with agent_discovery kubernetes (agents are found per node)")
+        if not s.agent_token:
+            raise ConfigError("agent_token: required with agent_discovery kubernetes")
+        try:
+            from responder.kube import parse_selector
+
+            if not parse_selector(s.agent_selector):
+                raise ValueError("agent selector: empty")
+        except ValueError as e:
+            raise ConfigError(f"agent_selector: {e}") from None
+    if not 0 < s.agent_port < 65536:
+        raise ConfigError(f"agent_port: {s.agent_port} is not a TCP port")
+    if s.kube_api_url and urlparse(s.kube_api_url).scheme not in ("http", "https"):
+        raise ConfigError(f"kube_api_url: {s.kube_api_url!r} is not an http(s) URL")
     if not s.playbooks_dir.is_dir():
         raise ConfigError(f"playbooks_dir: {s.playbooks_dir} is not a directory")
     if s.recorder_interval_s <= 0:

@@ -23,6 +23,7 @@ from responder import adhoc
 from responder.alertmanager import PayloadError, parse_notification
 from responder.config import Settings
 from responder.delivery import Deliverer
+from responder.kube import KubeAgents, KubeCluster
 from responder.page import render_incident_page
 from responder.pipeline import Pipeline
 from responder.playbooks import load_playbooks
@@ -44,7 +45,7 @@ class Responder:
 
     settings: Settings
     store: IncidentStore
-    agent: LocalAgentClient | HttpAgentClient
+    agent: LocalAgentClient | HttpAgentClient | KubeAgents
     sinks: dict[str, ChatSink]
     pipeline: Pipeline
     deliverer: Deliverer
@@ -59,7 +60,11 @@ class Responder:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = IncidentStore(settings.store_path)
         playbooks = load_playbooks(settings.playbooks_dir, set(CATALOG))
-        if settings.agent_url:
+        cluster = None
+        if settings.agent_discovery == "kubernetes":
+            cluster = KubeCluster.from_settings(settings)
+            agent = KubeAgents(cluster, settings.agent_token or "")
+        elif settings.agent_url:
             agent = HttpAgentClient(settings.agent_url, settings.agent_token or "")
         else:
             agent = LocalAgentClient(CaptureAgent(settings.node_name, recorder_interval_s=settings.recorder_interval_s,
@@ -74,7 +79,8 @@ class Responder:
         # the evidence is read from); it holds spans in memory only, bounded by the settings.
         spans = SpanStore(settings.span_store_max_spans, settings.span_store_max_bytes)
         traces = backend_from_settings(settings, spans)
-        pipeline = Pipeline(store, playbooks, agent, list(sinks), settings, traces, on_enqueued=deliverer.notify)
+        pipeline = Pipeline(store, playbooks, agent, list(sinks), settings, traces, on_enqueued=deliverer.notify,
+                            kube=cluster)
         responder = cls(settings, store, agent, sinks, pipeline, deliverer, spans, traces)
         if settings.slack_bot_token and settings.slack_signing_secret:
             from responder.slack.app import SlackApp
@@ -207,6 +213,8 @@ class Responder:
     async def healthz(self, request: web.Request) -> web.Response:
         counts = await asyncio.to_thread(self.store.counts)
         body = {"status": "ok", "counts": counts, "spans": self.spans.stats()}
+        if isinstance(self.agent, KubeAgents):
+            body["kubernetes"] = self.agent.cluster.stats()
         if isinstance(self.agent, LocalAgentClient):
             body["agent"] = self.agent.agent.status()
         return web.json_response(body)
