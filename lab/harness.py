@@ -121,6 +121,49 @@ class ResponderProcess:
             self._log.close()
 
 
+class AgentProcess:
+    """``llmslo agent`` in a child process on a loopback port, told which node it is (several can
+    stand for several nodes on one machine); it dies with the thread that starts it."""
+
+    def __init__(self, node: str, token: str, extra_env: dict[str, str] | None = None,
+                 log_path: Path | None = None):
+        self.node = node
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "LLMSLO_AGENT_TOKEN": token, **(extra_env or {})}
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self) -> "AgentProcess":
+        self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen([sys.executable, "-m", "responder.cli", "agent", "--port", str(self.port),
+                                      "--node-name", self.node, "--no-recorder"],
+                                     env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=REPO, preexec_fn=die_with_parent)
+        return self
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as s:
+            while time.monotonic() < deadline:
+                if self.proc and self.proc.poll() is not None:
+                    raise RuntimeError(f"llmslo agent exited with {self.proc.returncode}; see {self.log_path}")
+                try:
+                    async with s.get(self.url + "/healthz") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.3)
+        raise TimeoutError(f"agent {self.node} not ready after {timeout}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        process.stop(self.proc, timeout_s=15)
+        if self._log not in (None, subprocess.DEVNULL):
+            self._log.close()
+
+
 class LabService:
     """A service module (``python -m MODULE --port P ...``), started straight into its own cgroup."""
 
