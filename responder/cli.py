@@ -248,6 +248,28 @@ def _write_atomically(path: Path, text: str) -> None:
         raise CliError(f"rules generate: cannot write {path}: {e.strerror}") from None
 
 
+# The Prometheus Operator's object for a rule file (deploy/prometheus/ holds the rendered one).
+PROMETHEUS_RULE_HEAD = """\
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: llm-slo
+  labels:
+    app.kubernetes.io/name: llmslo
+    app.kubernetes.io/component: slo-rules
+spec:
+"""
+
+
+def _prometheus_rule(rule_file: str, header: list[str]) -> str:
+    """A rule file's groups as a PrometheusRule's ``spec``. The dumped text is indented rather
+    than dumped again, so the PromQL keeps its literal blocks. Namespace and the labels a
+    Prometheus's ruleSelector wants are left to kustomize (deploy/prometheus/kustomization.yaml)."""
+    body = "".join(f"  {line}" if line.strip() else line for line in rule_file.splitlines(keepends=True))
+    comments = "".join(f"# {line}\n" if line else "#\n" for line in header)
+    return comments + PROMETHEUS_RULE_HEAD + body
+
+
 def cmd_rules_generate(args: argparse.Namespace) -> int:
     from responder.rules import RulesError, SloRulesSpec, describe, render_rules
 
@@ -268,7 +290,11 @@ def cmd_rules_generate(args: argparse.Namespace) -> int:
             runbook_url=args.runbook_url or None)
     except RulesError as e:
         raise CliError(f"rules generate: {e}") from None
-    text = render_rules(spec, header=describe(spec))
+    if args.format == "prometheus-rule":
+        header = [*describe(spec), "As a PrometheusRule: --format prometheus-rule."]
+        text = _prometheus_rule(render_rules(spec), header=header)
+    else:
+        text = render_rules(spec, header=describe(spec))
     if args.output in (None, "-"):
         sys.stdout.write(text)
         return 0
@@ -346,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ttft-metric", default="llm_time_to_first_token_seconds", help="histogram base name")
     g.add_argument("--latency-metric", default="llm_request_duration_seconds", help="histogram base name")
     g.add_argument("--runbook-url", help="runbook_url annotation; {slo}, {alertname}, {severity} are filled in")
+    g.add_argument("--format", choices=("rules", "prometheus-rule"), default="rules",
+                   help="a Prometheus rule file (default), or a PrometheusRule for the Prometheus Operator")
     g.set_defaults(func=cmd_rules_generate)
 
     r = sub.add_parser("replay", help="send a saved Alertmanager payload to a running responder")
