@@ -1,6 +1,6 @@
 """The incident store: the only place the responder writes state.
 
-It owns, in one SQLite file:
+It owns, in one database:
 
 - ``notifications``: every Alertmanager payload exactly as received (the raw bytes), so what was
   acknowledged with a 200 can always be replayed;
@@ -12,28 +12,47 @@ It owns, in one SQLite file:
 - ``jobs``: the pipeline's work queue (``investigate`` / ``resolve``), so a crash loses no work;
 - ``outbox``: chat messages persisted before they are sent, one per (incident, sink, step).
 
-Durability: WAL journal, ``synchronous=FULL``, and every public method is one transaction, so
-anything a method has returned is on disk. The services are asyncio code and call in through
-``asyncio.to_thread``: one connection (``check_same_thread=False``) serialised by a lock.
+Two back-ends share the logic here (``StoreBase``) and differ only in SQL dialect, transactions
+and leases:
+
+- :class:`IncidentStore`, SQLite in one file under the data directory: one responder process.
+  WAL journal, ``synchronous=FULL``, every public method one transaction, so anything a method
+  has returned is on disk; one connection (``check_same_thread=False``) serialised by a lock. A
+  job or message belongs to the one process there is, so claims take no lease that could expire,
+  and ``requeue_running`` at start takes back every job left running.
+- ``responder.store_pg.PostgresIncidentStore``, for two or more replicas on one PostgreSQL
+  database: claims are row leases (owner, expiry) so each incident's jobs and each chat message
+  are handled by one replica at a time; see that module.
+
+``open_store`` picks one from the settings. The services are asyncio code and call in through
+``asyncio.to_thread``.
 """
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # SQLite's; PostgreSQL counts its own (store_pg.PG_SCHEMA_VERSION)
 # Group keys of incidents that no alert opened (ad hoc captures).
 ADHOC_GROUP_PREFIX = "adhoc:"
 MAX_JOB_ATTEMPTS = 3
+# Leases (PostgreSQL): a running job's lease is renewed every LEASE_RENEW_S by the replica working
+# on it, so it lapses JOB_LEASE_S after that replica stops; a chat message's lease is taken right
+# before each send and covers the longest send (three tries of a 10 s request, with waits).
+JOB_LEASE_S = 60.0
+LEASE_RENEW_S = JOB_LEASE_S / 4
+MESSAGE_LEASE_S = 120.0
 
 INCIDENT_STATUSES = ("firing", "resolved")
 JOB_STATES = ("pending", "running", "done", "failed")
@@ -53,6 +72,17 @@ class NotFound(StoreError, KeyError):
 
 class StoreClosed(StoreError):
     """The store was closed; open a new ``IncidentStore``."""
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be reached, or dropped the transaction; nothing of it was written.
+    Try again later."""
+
+
+def default_owner() -> str:
+    """This replica's name in leases: host name and process id. A Kubernetes pod's host name is
+    its own, and a restarted container (same pod, same pid 1) takes its own jobs back at once."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 # What the store reads from responder.alertmanager's types (duck typed, so this module does not
@@ -125,6 +155,8 @@ class Job:
     created_at: float
     claimed_at: float | None = None
     finished_at: float | None = None
+    lease_owner: str | None = None  # the replica that claimed it last
+    lease_until: float | None = None  # PostgreSQL: running, others may take it over after this
 
 
 @dataclass
@@ -141,6 +173,8 @@ class OutboxMessage:
     sent_at: float | None
     response: dict[str, Any] | None
     next_attempt_at: float = 0.0
+    lease_owner: str | None = None  # the replica that claimed it last
+    lease_until: float | None = None  # PostgreSQL: being sent, others wait until this
 
 
 @dataclass
@@ -236,7 +270,15 @@ _SCHEMA_V3 = """
 ALTER TABLE incidents ADD COLUMN acknowledged TEXT
 """
 
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
+# v4: who claimed a job or message (the lease's expiry stays empty: one process, no takeover).
+_SCHEMA_V4 = """
+ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+ALTER TABLE jobs ADD COLUMN lease_until REAL;
+ALTER TABLE outbox ADD COLUMN lease_owner TEXT;
+ALTER TABLE outbox ADD COLUMN lease_until REAL
+"""
+
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
 
 # Fields update_incident accepts, and whether each is stored as JSON.
 _INCIDENT_FIELDS = {
@@ -262,84 +304,61 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-class IncidentStore:
-    """Incidents, their alerts, the job queue and the chat outbox in one SQLite file.
+class StoreBase:
+    """The store's interface and the logic both back-ends share (see the module docstring).
 
     Every public method is one transaction and blocks; call it from asyncio with
-    ``asyncio.to_thread``. Safe to share between threads.
+    ``asyncio.to_thread``. Safe to share between threads. SQL is written once with ``?``
+    placeholders; a back-end supplies transactions (``_tx``), the clock (``_now``), inserts that
+    return the new id, its locking clauses and its claims.
     """
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are opened explicitly by _tx, never implicitly.
-        conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
-                               timeout=30.0)
-        try:
-            conn.row_factory = sqlite3.Row
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); "
-                                 "put the data directory on a local file system")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._conn: sqlite3.Connection | None = conn
-            self._migrate()
-        except BaseException:
-            conn.close()
-            raise
+    backend = ""
+    # Appended to a SELECT whose row the transaction then changes (SQLite locks the whole file).
+    _for_update = ""
+    # Breaks ties between incidents created in the same instant: insertion order.
+    _insertion_order = "rowid"
+    # What the driver raises when a unique index refuses a row.
+    _unique_errors: tuple[type[BaseException], ...] = ()
 
-    # -- lifecycle -------------------------------------------------------------------------
+    def __init__(self, *, clock: Callable[[], float] | None, owner: str | None,
+                 job_lease_s: float, message_lease_s: float) -> None:
+        self._clock = clock
+        self.owner = owner or default_owner()
+        self.job_lease_s = float(job_lease_s)
+        self.message_lease_s = float(message_lease_s)
+        # How often the server renews the leases of the jobs its workers hold.
+        self.lease_renew_s = self.job_lease_s / 4
+
+    # -- what a back-end provides ----------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, write: bool = True) -> Iterator[Any]:
+        raise NotImplementedError
+        yield
+
+    def _now(self, conn: Any) -> float:
+        return self._clock()  # type: ignore[misc]
+
+    def _insert(self, conn: Any, sql: str, args: Sequence[Any]) -> int | None:
+        """Run an INSERT; the new row's id, or None when ON CONFLICT skipped it."""
+        raise NotImplementedError
+
+    def _lock_group(self, conn: Any, group_key: str) -> None:
+        """Serialise ``accept`` for one alert group (SQLite's write lock already does)."""
+
+    def _held_elsewhere(self, job_row: Any) -> bool:
+        """True when another replica has taken this running job over (its lease lapsed here)."""
+        return False
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        raise NotImplementedError
 
-    def __enter__(self) -> "IncidentStore":
+    def __enter__(self) -> "StoreBase":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @property
-    def schema_version(self) -> int:
-        with self._tx(write=False) as conn:
-            return conn.execute("PRAGMA user_version").fetchone()[0]
-
-    @contextmanager
-    def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise StoreClosed(f"incident store {self.path} is closed")
-            # IMMEDIATE takes the write lock up front, so a read-then-write never has to upgrade.
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                # Also after a failed COMMIT (disk full, I/O error), which can leave it open.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-
-    def _migrate(self) -> None:
-        with self._tx() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(f"{self.path} has schema version {version}, newer than this "
-                                 f"responder's {SCHEMA_VERSION}; upgrade the responder")
-            while version < SCHEMA_VERSION:
-                # executescript() would COMMIT first; run statement by statement instead.
-                for statement in _MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                version += 1
-                conn.execute(f"PRAGMA user_version = {version:d}")
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -352,21 +371,21 @@ class IncidentStore:
         one investigation, not one per alert); a notification whose new alerts are all resolved enqueues a
         ``resolve`` job for the open incident once no alert of it is still firing.
         """
-        now = self._clock()
         group_key = notification.group_key
         alerts = list(notification.alerts)
         with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT INTO notifications (group_key, status, received_at, raw) VALUES (?,?,?,?)",
+            now = self._now(conn)
+            self._lock_group(conn, group_key)
+            notification_id = self._insert(
+                conn, "INSERT INTO notifications (group_key, status, received_at, raw) VALUES (?,?,?,?)",
                 (group_key, notification.status, now, bytes(raw)))
-            notification_id = cur.lastrowid
 
             new: list[_AlertLike] = []
             duplicates = 0
             for alert in alerts:
                 fingerprint, status, starts_at = alert.dedup_key()
                 seen = conn.execute(
-                    "SELECT 1 FROM alert_events WHERE group_key=? AND fingerprint=? AND status=? "
+                    "SELECT 1 AS seen FROM alert_events WHERE group_key=? AND fingerprint=? AND status=? "
                     "AND starts_at=?", (group_key, fingerprint, status, starts_at)).fetchone()
                 # Also dedup within this one payload, should Alertmanager ever repeat an alert.
                 if seen or any(a.dedup_key() == (fingerprint, status, starts_at) for a in new):
@@ -375,8 +394,8 @@ class IncidentStore:
                     new.append(alert)
             new_firing = [a for a in new if a.status == "firing"]
 
-            row = conn.execute("SELECT * FROM incidents WHERE group_key=? AND status='firing'",
-                               (group_key,)).fetchone()
+            row = conn.execute("SELECT * FROM incidents WHERE group_key=? AND status='firing'"
+                               + self._for_update, (group_key,)).fetchone()
             created = False
             if row is None:
                 if not new_firing:
@@ -418,65 +437,63 @@ class IncidentStore:
                 if notification.status == "resolved" or not still_firing:
                     kind = "resolve"
             if kind == "investigate" and conn.execute(
-                    "SELECT 1 FROM jobs WHERE incident_id=? AND kind='investigate' AND state='pending'",
-                    (incident_id,)).fetchone():
+                    "SELECT 1 AS waiting FROM jobs WHERE incident_id=? AND kind='investigate' "
+                    "AND state='pending'", (incident_id,)).fetchone():
                 kind = None  # coalesced: the waiting investigation will read the merged alerts
             job_id = None
             if kind is not None:
-                job_id = conn.execute(
-                    "INSERT INTO jobs (incident_id, kind, payload, state, created_at) "
+                job_id = self._insert(
+                    conn, "INSERT INTO jobs (incident_id, kind, payload, state, created_at) "
                     "VALUES (?, ?, ?, 'pending', ?)",
-                    (incident_id, kind, _dumps(notification.to_dict()), now)).lastrowid
+                    (incident_id, kind, _dumps(notification.to_dict()), now))
             return AcceptResult(incident_id, created, len(new), duplicates, job_id)
 
     # -- jobs ------------------------------------------------------------------------------
 
     def claim_job(self) -> Job | None:
-        """Take the oldest pending job: it becomes running and its attempt count goes up."""
-        now = self._clock()
-        with self._tx() as conn:
-            row = conn.execute(
-                "SELECT id FROM jobs WHERE state='pending' ORDER BY id LIMIT 1").fetchone()
-            if row is None:
-                return None
-            conn.execute("UPDATE jobs SET state='running', attempts=attempts+1, claimed_at=? "
-                         "WHERE id=?", (now, row["id"]))
-            return _job(conn.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
-
-    def finish_job(self, job_id: int) -> None:
-        with self._tx() as conn:
-            self._require(conn, "jobs", job_id)
-            conn.execute("UPDATE jobs SET state='done', finished_at=? WHERE id=?",
-                         (self._clock(), job_id))
-
-    def fail_job(self, job_id: int, error: str, retry: bool) -> None:
-        """Record a failure; with ``retry`` the job is pending again until it has had
-        ``MAX_JOB_ATTEMPTS`` attempts, then (or without ``retry``) it is failed for good."""
-        with self._tx() as conn:
-            row = self._require(conn, "jobs", job_id)
-            if retry and row["attempts"] < MAX_JOB_ATTEMPTS:
-                conn.execute("UPDATE jobs SET state='pending', last_error=? WHERE id=?",
-                             (error, job_id))
-            else:
-                conn.execute("UPDATE jobs SET state='failed', last_error=?, finished_at=? "
-                             "WHERE id=?", (error, self._clock(), job_id))
+        """Take the oldest pending job this replica may run: it becomes running (leased to this
+        replica) and its attempt count goes up. None when there is none."""
+        raise NotImplementedError
 
     def requeue_running(self) -> int:
-        """At start-up: jobs a crashed process left running go back to pending. Returns how many.
+        """At start-up: running jobs that no live process holds go back to pending. Returns how
+        many. The attempt that was interrupted still counts, so a job that kills the process each
+        time ends up failed rather than looping."""
+        raise NotImplementedError
 
-        The attempt that crashed still counts, so a job that kills the process each time ends up
-        failed rather than looping."""
+    def renew_leases(self, job_ids: Collection[int]) -> set[int]:
+        """Extend this replica's leases on these running jobs; returns the ids it still holds."""
+        raise NotImplementedError
+
+    def finish_job(self, job_id: int) -> bool:
+        """The job is done. False (and nothing changed) when another replica has taken it over."""
         with self._tx() as conn:
-            conn.execute(
-                "UPDATE jobs SET state='failed', last_error='interrupted; out of attempts', "
-                "finished_at=? WHERE state='running' AND attempts>=?",
-                (self._clock(), MAX_JOB_ATTEMPTS))
-            return conn.execute("UPDATE jobs SET state='pending', last_error='interrupted' "
-                                "WHERE state='running'").rowcount
+            row = self._require(conn, "jobs", job_id, lock=True)
+            if self._held_elsewhere(row):
+                return False
+            conn.execute("UPDATE jobs SET state='done', finished_at=?, lease_until=NULL WHERE id=?",
+                         (self._now(conn), job_id))
+            return True
+
+    def fail_job(self, job_id: int, error: str, retry: bool) -> bool:
+        """Record a failure; with ``retry`` the job is pending again until it has had
+        ``MAX_JOB_ATTEMPTS`` attempts, then (or without ``retry``) it is failed for good.
+        False (and nothing changed) when another replica has taken the job over."""
+        with self._tx() as conn:
+            row = self._require(conn, "jobs", job_id, lock=True)
+            if self._held_elsewhere(row):
+                return False
+            if retry and row["attempts"] < MAX_JOB_ATTEMPTS:
+                conn.execute("UPDATE jobs SET state='pending', last_error=?, lease_owner=NULL, "
+                             "lease_until=NULL WHERE id=?", (error, job_id))
+            else:
+                conn.execute("UPDATE jobs SET state='failed', last_error=?, finished_at=?, "
+                             "lease_until=NULL WHERE id=?", (error, self._now(conn), job_id))
+            return True
 
     def pending_jobs(self) -> int:
         with self._tx(write=False) as conn:
-            return conn.execute("SELECT COUNT(*) FROM jobs WHERE state='pending'").fetchone()[0]
+            return conn.execute("SELECT COUNT(*) AS n FROM jobs WHERE state='pending'").fetchone()["n"]
 
     def get_job(self, job_id: int) -> Job | None:
         with self._tx(write=False) as conn:
@@ -492,13 +509,7 @@ class IncidentStore:
 
     def incident_by_thread(self, sink: str, channel: str, ts: str) -> Incident | None:
         """The incident whose own thread (not one it borrowed) has this root in ``sink``."""
-        with self._tx(write=False) as conn:
-            row = conn.execute(
-                "SELECT * FROM incidents WHERE json_extract(thread, '$.' || ? || '.channel') = ? "
-                "AND json_extract(thread, '$.' || ? || '.ts') = ? "
-                "AND json_extract(thread, '$.' || ? || '.borrowed_from') IS NULL ORDER BY created_at LIMIT 1",
-                (sink, channel, sink, ts, sink)).fetchone()
-        return _incident(row) if row else None
+        raise NotImplementedError
 
     def list_incidents(self, limit: int = 100, status: str | None = None) -> list[Incident]:
         """Newest first."""
@@ -509,7 +520,7 @@ class IncidentStore:
         if status is not None:
             sql += " WHERE status=?"
             args.append(status)
-        sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        sql += f" ORDER BY created_at DESC, {self._insertion_order} DESC LIMIT ?"
         args.append(int(limit))
         with self._tx(write=False) as conn:
             return [_incident(r) for r in conn.execute(sql, args).fetchall()]
@@ -530,9 +541,9 @@ class IncidentStore:
         if "status" in fields and fields["status"] not in INCIDENT_STATUSES:
             raise ValueError(f"status must be one of {INCIDENT_STATUSES}, "
                              f"not {fields['status']!r}")
-        now = self._clock()
         with self._tx() as conn:
-            row = self._require(conn, "incidents", incident_id)
+            now = self._now(conn)
+            row = self._require(conn, "incidents", incident_id, lock=True)
             if fields.get("status") == "resolved" and "resolved_at" not in fields \
                     and row["resolved_at"] is None:
                 fields["resolved_at"] = now
@@ -549,7 +560,7 @@ class IncidentStore:
                       for k, v in fields.items()] + [now, incident_id]
             try:
                 conn.execute(f"UPDATE incidents SET {', '.join(columns)} WHERE id=?", values)
-            except sqlite3.IntegrityError as exc:
+            except self._unique_errors as exc:
                 raise StoreError(f"cannot reopen {incident_id}: its group already has an open "
                                  f"incident ({exc})") from exc
             return _incident(conn.execute("SELECT * FROM incidents WHERE id=?",
@@ -561,25 +572,33 @@ class IncidentStore:
                         body: dict[str, Any]) -> int | None:
         """Persist a message before sending it. Returns its id, or None when this incident's
         step was already enqueued for this sink (the existing message is left as it is)."""
-        now = self._clock()
         with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO outbox (incident_id, sink, step, body, state, created_at, "
-                "next_attempt_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+            now = self._now(conn)
+            return self._insert(
+                conn, "INSERT INTO outbox (incident_id, sink, step, body, state, created_at, "
+                "next_attempt_at) VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT DO NOTHING",
                 (incident_id, sink, step, _dumps(body), now, now))
-            return cur.lastrowid if cur.rowcount == 1 else None
 
     def pending_messages(self, sink: str | None = None, limit: int = 50) -> list[OutboxMessage]:
-        """Messages due to be sent now, oldest first."""
-        sql = "SELECT * FROM outbox WHERE state='pending' AND next_attempt_at<=?"
-        args: list[Any] = [self._clock()]
-        if sink is not None:
-            sql += " AND sink=?"
-            args.append(sink)
-        sql += " ORDER BY id LIMIT ?"
-        args.append(int(limit))
+        """Messages due to be sent now, oldest first, whoever holds them (a read: no claim)."""
         with self._tx(write=False) as conn:
+            sql = "SELECT * FROM outbox WHERE state='pending' AND next_attempt_at<=?"
+            args: list[Any] = [self._now(conn)]
+            if sink is not None:
+                sql += " AND sink=?"
+                args.append(sink)
+            sql += " ORDER BY id LIMIT ?"
+            args.append(int(limit))
             return [_message(r) for r in conn.execute(sql, args).fetchall()]
+
+    def claim_messages(self, limit: int = 100) -> list[OutboxMessage]:
+        """Messages due now that this replica is to send, oldest first (see ``hold_message``)."""
+        raise NotImplementedError
+
+    def hold_message(self, message_id: int) -> bool:
+        """Right before sending: take or extend this replica's lease on the message. False when
+        it is no longer pending or another replica holds it; then it must not be sent."""
+        raise NotImplementedError
 
     def get_message(self, message_id: int) -> OutboxMessage | None:
         with self._tx(write=False) as conn:
@@ -590,23 +609,25 @@ class IncidentStore:
         """The sink delivered the message; ``response`` is kept (e.g. the chat message ts)."""
         with self._tx() as conn:
             self._require(conn, "outbox", message_id)
-            conn.execute("UPDATE outbox SET state='sent', sent_at=?, response=? WHERE id=?",
-                         (self._clock(), _dumps(response), message_id))
+            conn.execute("UPDATE outbox SET state='sent', sent_at=?, response=?, lease_until=NULL "
+                         "WHERE id=?", (self._now(conn), _dumps(response), message_id))
 
     def mark_retry(self, message_id: int, error: str, delay_s: float) -> None:
-        """A send failed: count the attempt and hold the message back for ``delay_s`` seconds."""
-        now = self._clock()
+        """A send failed: count the attempt and hold the message back for ``delay_s`` seconds
+        (then any replica may send it)."""
         with self._tx() as conn:
+            now = self._now(conn)
             self._require(conn, "outbox", message_id)
-            conn.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, next_attempt_at=? "
-                         "WHERE id=?", (error, now + max(0.0, float(delay_s)), message_id))
+            conn.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, next_attempt_at=?, "
+                         "lease_until=NULL WHERE id=?",
+                         (error, now + max(0.0, float(delay_s)), message_id))
 
     def mark_dead(self, message_id: int, error: str) -> None:
         """Give up on a message (counting this last failed attempt); it is never sent."""
         with self._tx() as conn:
             self._require(conn, "outbox", message_id)
-            conn.execute("UPDATE outbox SET state='dead', attempts=attempts+1, last_error=? "
-                         "WHERE id=?", (error, message_id))
+            conn.execute("UPDATE outbox SET state='dead', attempts=attempts+1, last_error=?, "
+                         "lease_until=NULL WHERE id=?", (error, message_id))
 
     # -- health ----------------------------------------------------------------------------
 
@@ -616,22 +637,172 @@ class IncidentStore:
                "jobs": dict.fromkeys(JOB_STATES, 0),
                "messages": dict.fromkeys(MESSAGE_STATES, 0)}
         with self._tx(write=False) as conn:
-            for key, sql in (("incidents", "SELECT status, COUNT(*) FROM incidents GROUP BY 1"),
-                             ("jobs", "SELECT state, COUNT(*) FROM jobs GROUP BY 1"),
-                             ("messages", "SELECT state, COUNT(*) FROM outbox GROUP BY 1")):
-                for name, n in conn.execute(sql).fetchall():
-                    out[key][name] = n
+            for key, sql in (("incidents", "SELECT status AS k, COUNT(*) AS n FROM incidents GROUP BY status"),
+                             ("jobs", "SELECT state AS k, COUNT(*) AS n FROM jobs GROUP BY state"),
+                             ("messages", "SELECT state AS k, COUNT(*) AS n FROM outbox GROUP BY state")):
+                for row in conn.execute(sql).fetchall():
+                    out[key][row["k"]] = row["n"]
         return out
 
     # -- helpers ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _require(conn: sqlite3.Connection, table: str, key: Any) -> sqlite3.Row:
-        row = conn.execute(f"SELECT * FROM {table} WHERE id=?", (key,)).fetchone()
+    def _require(self, conn: Any, table: str, key: Any, lock: bool = False) -> Any:
+        row = conn.execute(f"SELECT * FROM {table} WHERE id=?" + (self._for_update if lock else ""),
+                           (key,)).fetchone()
         if row is None:
             what = {"jobs": "job", "incidents": "incident", "outbox": "outbox message"}[table]
             raise NotFound(f"no {what} with id {key!r}")
         return row
+
+
+class IncidentStore(StoreBase):
+    """The SQLite store: incidents, their alerts, the job queue and the chat outbox in one file,
+    for one responder process (see the module docstring)."""
+
+    backend = "sqlite"
+    _unique_errors = (sqlite3.IntegrityError,)
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time,
+                 owner: str | None = None, job_lease_s: float = JOB_LEASE_S,
+                 message_lease_s: float = MESSAGE_LEASE_S) -> None:
+        super().__init__(clock=clock, owner=owner, job_lease_s=job_lease_s,
+                         message_lease_s=message_lease_s)
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are opened explicitly by _tx, never implicitly.
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                               timeout=30.0)
+        try:
+            conn.row_factory = sqlite3.Row
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); "
+                                 "put the data directory on a local file system")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._conn: sqlite3.Connection | None = conn
+            self._migrate()
+        except BaseException:
+            conn.close()
+            raise
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> "IncidentStore":
+        return self
+
+    @property
+    def schema_version(self) -> int:
+        with self._tx(write=False) as conn:
+            return conn.execute("PRAGMA user_version").fetchone()[0]
+
+    @contextmanager
+    def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreClosed(f"incident store {self.path} is closed")
+            # IMMEDIATE takes the write lock up front, so a read-then-write never has to upgrade.
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                # Also after a failed COMMIT (disk full, I/O error), which can leave it open.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _insert(self, conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int | None:
+        cur = conn.execute(sql, args)
+        return cur.lastrowid if cur.rowcount == 1 else None
+
+    def _migrate(self) -> None:
+        with self._tx() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path} has schema version {version}, newer than this "
+                                 f"responder's {SCHEMA_VERSION}; upgrade the responder")
+            while version < SCHEMA_VERSION:
+                # executescript() would COMMIT first; run statement by statement instead.
+                for statement in _MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                version += 1
+                conn.execute(f"PRAGMA user_version = {version:d}")
+
+    # -- jobs: one process, so a claim is for good until this process finishes or restarts ---
+
+    def claim_job(self) -> Job | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE state='pending' ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE jobs SET state='running', attempts=attempts+1, claimed_at=?, "
+                         "lease_owner=? WHERE id=?", (self._now(conn), self.owner, row["id"]))
+            return _job(conn.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
+
+    def requeue_running(self) -> int:
+        """At start-up: every job left running was left by a process that is gone (the file
+        belongs to one process), so all go back to pending; see ``StoreBase.requeue_running``."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE jobs SET state='failed', last_error='interrupted; out of attempts', "
+                "finished_at=? WHERE state='running' AND attempts>=?",
+                (self._now(conn), MAX_JOB_ATTEMPTS))
+            return conn.execute("UPDATE jobs SET state='pending', last_error='interrupted', "
+                                "lease_owner=NULL WHERE state='running'").rowcount
+
+    def renew_leases(self, job_ids: Collection[int]) -> set[int]:
+        ids = sorted({int(i) for i in job_ids})
+        if not ids:
+            return set()
+        with self._tx(write=False) as conn:
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(f"SELECT id FROM jobs WHERE state='running' AND id IN ({marks})",
+                                ids).fetchall()
+            return {r["id"] for r in rows}
+
+    # -- outbox: one sender ----------------------------------------------------------------
+
+    def claim_messages(self, limit: int = 100) -> list[OutboxMessage]:
+        return self.pending_messages(None, limit)
+
+    def hold_message(self, message_id: int) -> bool:
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT state FROM outbox WHERE id=?", (message_id,)).fetchone()
+            return row is not None and row["state"] == "pending"
+
+    # -- incidents -------------------------------------------------------------------------
+
+    def incident_by_thread(self, sink: str, channel: str, ts: str) -> Incident | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                "SELECT * FROM incidents WHERE json_extract(thread, '$.' || ? || '.channel') = ? "
+                "AND json_extract(thread, '$.' || ? || '.ts') = ? "
+                "AND json_extract(thread, '$.' || ? || '.borrowed_from') IS NULL ORDER BY created_at LIMIT 1",
+                (sink, channel, sink, ts, sink)).fetchone()
+        return _incident(row) if row else None
+
+
+def open_store(database_url: str | None, sqlite_path: str | Path, **kw: Any) -> StoreBase:
+    """The store the settings ask for: PostgreSQL when ``database_url`` is set (two or more
+    replicas), else SQLite at ``sqlite_path``. StoreError says what is wrong with either."""
+    if database_url:
+        try:
+            from responder.store_pg import PostgresIncidentStore
+        except ImportError as e:  # psycopg is a dependency, but a trimmed install may lack it
+            raise StoreError(f"PostgreSQL needs the psycopg package ({e}); install psycopg[binary]") from None
+        return PostgresIncidentStore(database_url, **kw)
+    return IncidentStore(sqlite_path, **kw)
 
 
 def _merge_alert(merged: dict[str, dict[str, Any]], alert: _AlertLike) -> None:
@@ -648,7 +819,7 @@ def _merge_alert(merged: dict[str, dict[str, Any]], alert: _AlertLike) -> None:
                                  "alert": json.loads(_dumps(alert.to_dict()))}
 
 
-def _incident(row: sqlite3.Row) -> Incident:
+def _incident(row: Any) -> Incident:
     alerts = json.loads(row["alerts"])
     return Incident(
         id=row["id"], group_key=row["group_key"], status=row["status"],
@@ -661,17 +832,19 @@ def _incident(row: sqlite3.Row) -> Incident:
         attributed_at=row["attributed_at"], acknowledged=_loads(row["acknowledged"]))
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: Any) -> Job:
     return Job(id=row["id"], incident_id=row["incident_id"], kind=row["kind"],
                payload=json.loads(row["payload"]), state=row["state"], attempts=row["attempts"],
                last_error=row["last_error"], created_at=row["created_at"],
-               claimed_at=row["claimed_at"], finished_at=row["finished_at"])
+               claimed_at=row["claimed_at"], finished_at=row["finished_at"],
+               lease_owner=row["lease_owner"], lease_until=row["lease_until"])
 
 
-def _message(row: sqlite3.Row) -> OutboxMessage:
+def _message(row: Any) -> OutboxMessage:
     return OutboxMessage(id=row["id"], incident_id=row["incident_id"], sink=row["sink"],
                          step=row["step"], body=json.loads(row["body"]), state=row["state"],
                          attempts=row["attempts"], last_error=row["last_error"],
                          created_at=row["created_at"], sent_at=row["sent_at"],
                          response=_loads(row["response"]),
-                         next_attempt_at=row["next_attempt_at"])
+                         next_attempt_at=row["next_attempt_at"],
+                         lease_owner=row["lease_owner"], lease_until=row["lease_until"])

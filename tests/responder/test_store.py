@@ -1,4 +1,8 @@
-"""Tests for responder.store: dedup, the job queue, durability across crashes, the outbox."""
+"""Tests for responder.store: dedup, the job queue, durability across crashes, the outbox.
+
+The behaviour tests run against both back-ends (``store`` and ``make_store`` are parametrized:
+SQLite in a temporary file, PostgreSQL in a fresh database of a real server); the tests of the
+SQLite file itself use ``db_path``."""
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from responder.store import (MAX_JOB_ATTEMPTS, AcceptResult, IncidentStore, NotFound,
-                             StoreClosed, StoreError)
+                             StoreBase, StoreClosed, StoreError, open_store)
+from tests.responder.pg_fixtures import pg_server, pg_url  # noqa: F401 - fixtures
 
 try:
     from responder.alertmanager import Alert, Notification
@@ -99,11 +104,38 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "incidents.sqlite3"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, db_path: Path) -> tuple[str | None, str]:
+    """Where a store lives: (database URL or None, SQLite path), as ``open_store`` takes them."""
+    if request.param == "sqlite":
+        return None, str(db_path)
+    return request.getfixturevalue("pg_url"), str(db_path)
+
+
 @pytest.fixture
-def store(db_path: Path):
-    s = IncidentStore(db_path)
-    yield s
-    s.close()
+def make_store(location):
+    """Opens stores on one database (another process, or the same one restarted, when given the
+    same ``owner``); all closed after the test."""
+    opened: list[StoreBase] = []
+
+    def make(**kw) -> StoreBase:
+        s = open_store(*location, **kw)
+        opened.append(s)
+        return s
+
+    yield make
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(make_store) -> StoreBase:
+    return make_store()
+
+
+def row_count(store: StoreBase, table: str) -> int:
+    with store._tx(write=False) as conn:
+        return conn.execute(f"SELECT COUNT(*) AS n FROM {table}").fetchone()["n"]
 
 
 # -- intake and dedup ---------------------------------------------------------------------------
@@ -137,8 +169,7 @@ def test_same_alert_again_is_a_duplicate_with_no_job(store: IncidentStore) -> No
     assert store.pending_jobs() == 1
     assert store.counts()["incidents"] == {"firing": 1, "resolved": 0}
     # The raw payload of every call is kept, duplicates included.
-    with sqlite3.connect(store.path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM notifications").fetchone()[0] == 2
+    assert row_count(store, "notifications") == 2
 
 
 def test_new_starts_at_for_same_fingerprint_is_a_new_alert(store: IncidentStore) -> None:
@@ -217,41 +248,39 @@ async def test_concurrent_accepts_from_threads_open_one_incident(store: Incident
 
 # -- jobs and durability ------------------------------------------------------------------------
 
-def test_job_survives_closing_without_finishing(db_path: Path) -> None:
-    s1 = IncidentStore(db_path)
+def test_job_survives_closing_without_finishing(make_store) -> None:
+    s1 = make_store(owner="replica-1")
     result = accept(s1, note(alert("fp1")))
     claimed = s1.claim_job()
     assert claimed.id == result.job_id
     s1.close()  # "crash": running, never finished
 
-    s2 = IncidentStore(db_path)
-    try:
-        assert s2.claim_job() is None  # still marked running until start-up requeues it
-        assert s2.requeue_running() == 1
-        job = s2.claim_job()
-        assert job.id == result.job_id and job.attempts == 2 and job.last_error == "interrupted"
-        assert s2.claim_job() is None  # exactly once
-        s2.finish_job(job.id)
-        assert s2.pending_jobs() == 0 and s2.requeue_running() == 0
-        assert s2.get_job(job.id).state == "done"
-    finally:
-        s2.close()
+    s2 = make_store(owner="replica-1")  # the same replica, restarted
+    assert s2.claim_job() is None  # still marked running until start-up requeues it
+    assert s2.requeue_running() == 1
+    job = s2.claim_job()
+    assert job.id == result.job_id and job.attempts == 2 and job.last_error == "interrupted"
+    assert job.lease_owner == "replica-1"
+    assert s2.claim_job() is None  # exactly once
+    assert s2.finish_job(job.id) is True
+    assert s2.pending_jobs() == 0 and s2.requeue_running() == 0
+    assert s2.get_job(job.id).state == "done"
 
 
-def _accept_then_die(path: str) -> None:
-    s = IncidentStore(path)
+def _accept_then_die(location: tuple[str | None, str]) -> None:
+    s = open_store(*location)
     accept(s, note(alert("fp-crash")))
     os._exit(0)  # no close(), no cleanup: what a kill right after the 200 looks like
 
 
-def test_job_survives_process_killed_after_accept(db_path: Path) -> None:
+def test_job_survives_process_killed_after_accept(location, make_store) -> None:
     ctx = multiprocessing.get_context("spawn")
-    child = ctx.Process(target=_accept_then_die, args=(str(db_path),))
+    child = ctx.Process(target=_accept_then_die, args=(location,))
     child.start()
     child.join(60)
     assert child.exitcode == 0
 
-    with IncidentStore(db_path) as s:
+    with make_store() as s:
         assert s.requeue_running() == 0
         job = s.claim_job()
         assert job is not None and job.kind == "investigate"
@@ -278,13 +307,13 @@ def test_fail_job_retries_until_max_attempts(store: IncidentStore) -> None:
         store.finish_job(9999)
 
 
-def test_requeue_fails_a_job_that_crashed_on_its_last_attempt(db_path: Path) -> None:
-    with IncidentStore(db_path) as s:
+def test_requeue_fails_a_job_that_crashed_on_its_last_attempt(make_store) -> None:
+    with make_store(owner="replica-1") as s:
         accept(s, note(alert("fp1")))
         for _ in range(MAX_JOB_ATTEMPTS - 1):
             s.fail_job(s.claim_job().id, "boom", retry=True)
         s.claim_job()  # last attempt; the process "crashes"
-    with IncidentStore(db_path) as s:
+    with make_store(owner="replica-1") as s:
         assert s.requeue_running() == 0
         assert s.claim_job() is None and s.counts()["jobs"]["failed"] == 1
 
@@ -340,9 +369,9 @@ def test_outbox_step_is_enqueued_once(store: IncidentStore) -> None:
     assert store.pending_messages("slack") == []
 
 
-def test_outbox_retry_schedule_and_dead(db_path: Path) -> None:
+def test_outbox_retry_schedule_and_dead(make_store) -> None:
     clock = Clock()
-    with IncidentStore(db_path, clock=clock) as s:
+    with make_store(clock=clock) as s:
         inc_id = accept(s, note(alert("fp1"))).incident_id
         mid = s.enqueue_message(inc_id, "slack", "verdict", {"text": "v"})
         s.mark_retry(mid, "HTTP 503", delay_s=30)
@@ -364,14 +393,38 @@ def test_outbox_retry_schedule_and_dead(db_path: Path) -> None:
 
 # -- the file itself ----------------------------------------------------------------------------
 
-def test_wal_mode_full_sync_and_schema_version(store: IncidentStore, db_path: Path) -> None:
-    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    conn = sqlite3.connect(db_path)
-    try:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent in the file
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == store.schema_version >= 1
-    finally:
-        conn.close()
+def test_wal_mode_full_sync_and_schema_version(db_path: Path) -> None:
+    with IncidentStore(db_path) as store:
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        conn = sqlite3.connect(db_path)
+        try:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent in the file
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == store.schema_version >= 4
+        finally:
+            conn.close()
+
+
+def test_a_version_3_file_gains_the_lease_columns_and_keeps_its_rows(db_path: Path) -> None:
+    """A file written by the responder before leases (schema 3) opens, migrates, and its waiting
+    job is claimed as before."""
+    from responder import store as store_module
+
+    conn = sqlite3.connect(db_path.parent.mkdir(parents=True, exist_ok=True) or db_path)
+    for version in range(3):
+        for statement in store_module._MIGRATIONS[version].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute("INSERT INTO incidents (id, group_key, status, created_at, updated_at) "
+                 "VALUES ('inc-0000000001', 'g', 'firing', 1, 1)")
+    conn.execute("INSERT INTO jobs (incident_id, kind, payload, state, created_at) "
+                 "VALUES ('inc-0000000001', 'investigate', '{}', 'pending', 1)")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    with IncidentStore(db_path, owner="r1") as s:
+        assert s.schema_version == 4
+        job = s.claim_job()
+        assert (job.incident_id, job.lease_owner, job.lease_until) == ("inc-0000000001", "r1", None)
 
 
 def test_newer_schema_is_refused_and_closed_store_says_so(db_path: Path) -> None:

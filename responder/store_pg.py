@@ -1,0 +1,466 @@
+"""The incident store on PostgreSQL, for two or more responder replicas sharing one database.
+
+Same interface, tables and transaction semantics as the SQLite store (``responder.store``), with
+what several processes need on top:
+
+- ``accept`` serialises per alert group with a transaction-scoped advisory lock, so the same
+  alert sent to two replicas at once is recorded once and opens one incident.
+- One replica per incident: ``claim_job`` locks the job and its incident row (``FOR UPDATE SKIP
+  LOCKED``), re-checks that no other replica holds a live lease on a running job of that incident,
+  and leases the job to this replica (``lease_owner``, ``lease_until``). The server renews the
+  leases of the jobs its workers hold every ``lease_renew_s``; a job whose lease lapsed (its
+  replica died or lost the database for ``JOB_LEASE_S``) goes back to pending at the next claim
+  and is taken over by whoever claims it, counting the attempt. A replica that comes back to a
+  job it lost gets False from ``finish_job``/``fail_job`` and changes nothing.
+- ``requeue_running`` at start takes back only jobs this replica (same owner name) left running
+  and jobs whose lease lapsed, never a live replica's.
+- The outbox: ``claim_messages`` leases due messages to this replica, whole threads at a time
+  (no other replica is then sending that incident's messages for that sink), and
+  ``hold_message`` re-takes the lease right before each send, so a message is posted by one
+  replica; the outbox key (incident, sink, step) still makes each step one message.
+
+Why a row lease in the database and not a Kubernetes Lease object: the lease lives in the same
+row and transaction as the state it guards, so a claim and its lease cannot disagree; the
+responder needs no RBAC on ``coordination.k8s.io``; and it works the same off-cluster.
+
+Times in leases come from the database's clock (one clock for all replicas), unless a ``clock``
+is given (tests). Connections: a small pool, one connection per transaction, autocommit outside
+explicit transactions (READ COMMITTED, row and advisory locks where a read decides a write). A
+dropped connection is discarded; the call raises ``StoreUnavailable`` and the caller retries.
+Give the responder a database (or a ``search_path`` schema) of its own: the table names are plain.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+
+from responder.store import (
+    JOB_LEASE_S,
+    MAX_JOB_ATTEMPTS,
+    MESSAGE_LEASE_S,
+    Incident,
+    Job,
+    OutboxMessage,
+    StoreBase,
+    StoreClosed,
+    StoreError,
+    StoreUnavailable,
+    _incident,
+    _job,
+    _message,
+)
+
+log = logging.getLogger(__name__)
+
+PG_SCHEMA_VERSION = 1
+POOL_SIZE = 8
+CONNECT_TIMEOUT_S = 10
+# A pooled connection idle longer than this is checked before use (the server may have closed it).
+IDLE_CHECK_S = 30.0
+# Advisory lock key held while migrating, so replicas starting together migrate once.
+_MIGRATION_LOCK = 0x6C6C6D736C6F
+# How many candidates claim_job passes over (another replica holds their incident) in one call.
+_CLAIM_SCAN = 50
+
+# The SQLite schema at version 4, in PostgreSQL's types. ``seq`` orders incidents created in the
+# same instant (SQLite uses its rowid).
+_PG_SCHEMA_V1 = """
+CREATE TABLE notifications (
+    id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    group_key    TEXT NOT NULL,
+    incident_id  TEXT,
+    status       TEXT NOT NULL,
+    received_at  DOUBLE PRECISION NOT NULL,
+    raw          BYTEA NOT NULL
+);
+CREATE TABLE incidents (
+    seq            BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    id             TEXT PRIMARY KEY,
+    group_key      TEXT NOT NULL,
+    status         TEXT NOT NULL CHECK (status IN ('firing', 'resolved')),
+    created_at     DOUBLE PRECISION NOT NULL,
+    updated_at     DOUBLE PRECISION NOT NULL,
+    resolved_at    DOUBLE PRECISION,
+    labels         TEXT NOT NULL DEFAULT '{}',
+    alerts         TEXT NOT NULL DEFAULT '{}',
+    playbook       TEXT,
+    verdict        TEXT,
+    capture        TEXT,
+    report         TEXT,
+    thread         TEXT NOT NULL DEFAULT '{}',
+    error          TEXT,
+    evidence       TEXT,
+    links          TEXT,
+    attributed_at  DOUBLE PRECISION,
+    acknowledged   TEXT
+);
+CREATE UNIQUE INDEX incidents_open_group ON incidents (group_key) WHERE status = 'firing';
+CREATE INDEX incidents_created ON incidents (created_at);
+CREATE TABLE alert_events (
+    id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    group_key        TEXT NOT NULL,
+    fingerprint      TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    starts_at        TEXT NOT NULL,
+    incident_id      TEXT REFERENCES incidents (id),
+    notification_id  BIGINT NOT NULL REFERENCES notifications (id),
+    received_at      DOUBLE PRECISION NOT NULL,
+    UNIQUE (group_key, fingerprint, status, starts_at)
+);
+CREATE TABLE jobs (
+    id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    incident_id  TEXT NOT NULL REFERENCES incidents (id),
+    kind         TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT,
+    created_at   DOUBLE PRECISION NOT NULL,
+    claimed_at   DOUBLE PRECISION,
+    finished_at  DOUBLE PRECISION,
+    lease_owner  TEXT,
+    lease_until  DOUBLE PRECISION
+);
+CREATE INDEX jobs_state ON jobs (state, id);
+CREATE INDEX jobs_incident ON jobs (incident_id, state);
+CREATE TABLE outbox (
+    id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    incident_id      TEXT NOT NULL REFERENCES incidents (id),
+    sink             TEXT NOT NULL,
+    step             TEXT NOT NULL,
+    body             TEXT NOT NULL,
+    state            TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'dead')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    created_at       DOUBLE PRECISION NOT NULL,
+    next_attempt_at  DOUBLE PRECISION NOT NULL,
+    sent_at          DOUBLE PRECISION,
+    response         TEXT,
+    lease_owner      TEXT,
+    lease_until      DOUBLE PRECISION,
+    UNIQUE (incident_id, sink, step)
+);
+CREATE INDEX outbox_due ON outbox (state, next_attempt_at, id);
+CREATE INDEX outbox_thread ON outbox (incident_id, sink, state)
+"""
+
+_PG_MIGRATIONS: dict[int, str] = {0: _PG_SCHEMA_V1}
+
+# A running job whose lease has lapsed (NULL: never leased) may be taken back by anyone.
+_LAPSED = "(lease_until IS NULL OR lease_until <= ?)"
+
+
+def describe(url: str) -> str:
+    """``user@host:port/dbname`` for messages: never the password."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "an unparsable database URL"
+    host = info.get("host") or "localhost"
+    if host.startswith("/"):
+        host = "socket " + host
+    return f"{info.get('user') or '(default user)'}@{host}:{info.get('port') or 5432}/{info.get('dbname') or '(default)'}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _Conn:
+    """A psycopg connection that takes the store's ``?`` placeholders."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: psycopg.Connection) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor:
+        return self.raw.execute(sql.replace("?", "%s"), tuple(args) or None)
+
+
+class _Pool:
+    """At most ``size`` connections; idle ones are reused, broken ones dropped."""
+
+    def __init__(self, url: str, size: int, connect_timeout_s: float) -> None:
+        self._url = url
+        self._size = size
+        self._connect_timeout_s = connect_timeout_s
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._idle: list[tuple[psycopg.Connection, float]] = []
+        self.closed = False
+
+    def _open(self) -> psycopg.Connection:
+        return psycopg.connect(self._url, autocommit=True, row_factory=dict_row,
+                               connect_timeout=max(1, int(self._connect_timeout_s)),
+                               application_name="llmslo-responder")
+
+    def _take_idle(self) -> psycopg.Connection | None:
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
+                conn, since = self._idle.pop()
+            if time.monotonic() - since < IDLE_CHECK_S:
+                return conn
+            try:
+                conn.execute("SELECT 1")
+                return conn
+            except psycopg.Error:
+                conn.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        if not self._slots.acquire(timeout=60):
+            raise StoreUnavailable(f"all {self._size} database connections stayed busy for 60 s")
+        conn = None
+        try:
+            conn = self._take_idle() or self._open()
+            yield conn
+        finally:
+            if conn is not None:
+                reusable = (not conn.closed and not conn.broken
+                            and conn.info.transaction_status == pq.TransactionStatus.IDLE)
+                with self._lock:
+                    if reusable and not self.closed:
+                        self._idle.append((conn, time.monotonic()))
+                        conn = None
+                if conn is not None:
+                    conn.close()
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            conn.close()
+
+
+class PostgresIncidentStore(StoreBase):
+    """Incidents, their alerts, the job queue and the chat outbox in one PostgreSQL database,
+    shared by the responder's replicas (see the module docstring).
+
+    ``url``: ``postgresql://user:password@host:port/dbname`` (libpq's URI or key=value forms).
+    ``owner``: this replica's name in leases (default: host name and pid). Raises StoreError
+    (StoreUnavailable when the server cannot be reached) naming the database, never the password.
+    """
+
+    backend = "postgresql"
+    _for_update = " FOR UPDATE"
+    _insertion_order = "seq"
+    _unique_errors = (psycopg.errors.UniqueViolation,)
+
+    def __init__(self, url: str, *, clock: Callable[[], float] | None = None,
+                 owner: str | None = None, job_lease_s: float = JOB_LEASE_S,
+                 message_lease_s: float = MESSAGE_LEASE_S, pool_size: int = POOL_SIZE,
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        super().__init__(clock=clock, owner=owner, job_lease_s=job_lease_s,
+                         message_lease_s=message_lease_s)
+        self.where = describe(url)
+        try:
+            conninfo_to_dict(url)
+        except psycopg.Error as e:
+            raise StoreError(f"not a PostgreSQL URL ({_first_line(e)}); expected "
+                             "postgresql://user:password@host:port/dbname") from None
+        self._pool: _Pool | None = _Pool(url, pool_size, connect_timeout_s)
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def __enter__(self) -> "PostgresIncidentStore":
+        return self
+
+    @property
+    def schema_version(self) -> int:
+        with self._tx(write=False) as conn:
+            return conn.execute("SELECT version FROM llmslo_schema").fetchone()["version"]
+
+    @contextmanager
+    def _tx(self, write: bool = True) -> Iterator[_Conn]:
+        pool = self._pool
+        if pool is None:
+            raise StoreClosed(f"incident store on {self.where} is closed")
+        try:
+            with pool.connection() as raw, raw.transaction():
+                yield _Conn(raw)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            raise StoreUnavailable(f"PostgreSQL at {self.where}: {_first_line(e)}") from e
+
+    def _now(self, conn: _Conn) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now").fetchone()["now"]
+
+    def _insert(self, conn: _Conn, sql: str, args: Sequence[Any]) -> int | None:
+        row = conn.execute(sql + " RETURNING id", args).fetchone()
+        return None if row is None else row["id"]
+
+    def _lock_group(self, conn: _Conn, group_key: str) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (group_key,))
+
+    def _held_elsewhere(self, job_row: Any) -> bool:
+        return job_row["state"] == "running" and job_row["lease_owner"] not in (None, self.owner)
+
+    def _migrate(self) -> None:
+        with self._tx() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(?::bigint)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS llmslo_schema (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM llmslo_schema").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO llmslo_schema (version) VALUES (0)")
+                version = 0
+            else:
+                version = row["version"]
+            if version > PG_SCHEMA_VERSION:
+                raise StoreError(f"the database at {self.where} has schema version {version}, newer "
+                                 f"than this responder's {PG_SCHEMA_VERSION}; upgrade the responder")
+            while version < PG_SCHEMA_VERSION:
+                for statement in _PG_MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                version += 1
+                conn.execute("UPDATE llmslo_schema SET version=?", (version,))
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def claim_job(self) -> Job | None:
+        with self._tx() as conn:
+            now = self._now(conn)
+            self._take_back_lapsed(conn, now)
+            skipped: list[int] = []
+            for _ in range(_CLAIM_SCAN):
+                # Locking the incident row too makes two replicas' claims for one incident take
+                # turns; SKIP LOCKED passes over an incident another claim is deciding right now.
+                row = conn.execute(
+                    "SELECT j.id, j.incident_id FROM jobs j JOIN incidents i ON i.id = j.incident_id "
+                    "WHERE j.state='pending' AND j.id <> ALL(?::bigint[]) "
+                    "ORDER BY j.id LIMIT 1 FOR UPDATE OF j, i SKIP LOCKED", (skipped,)).fetchone()
+                if row is None:
+                    return None
+                # A fresh snapshot, taken with the incident locked: sees a claim by another
+                # replica that committed while this statement waited.
+                if self._foreign_live_job(conn, row["incident_id"], now):
+                    skipped.append(row["id"])
+                    continue
+                conn.execute(
+                    "UPDATE jobs SET state='running', attempts=attempts+1, claimed_at=?, "
+                    "lease_owner=?, lease_until=? WHERE id=?",
+                    (now, self.owner, now + self.job_lease_s, row["id"]))
+                return _job(conn.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
+            return None
+
+    def _foreign_live_job(self, conn: _Conn, incident_id: str, now: float) -> bool:
+        return conn.execute(
+            "SELECT 1 AS busy FROM jobs WHERE incident_id=? AND state='running' "
+            "AND lease_owner IS DISTINCT FROM ? AND lease_until > ? LIMIT 1",
+            (incident_id, self.owner, now)).fetchone() is not None
+
+    def _take_back_lapsed(self, conn: _Conn, now: float) -> int:
+        """Running jobs whose lease lapsed go back to pending (failed when out of attempts)."""
+        conn.execute(
+            "UPDATE jobs SET state='failed', finished_at=?, lease_until=NULL, "
+            "last_error='interrupted: the lease of ' || COALESCE(lease_owner, 'unknown') || "
+            "' lapsed; out of attempts' "
+            f"WHERE state='running' AND {_LAPSED} AND attempts>=?",
+            (now, now, MAX_JOB_ATTEMPTS))
+        n = conn.execute(
+            "UPDATE jobs SET state='pending', lease_until=NULL, "
+            "last_error='interrupted: the lease of ' || COALESCE(lease_owner, 'unknown') || ' lapsed' "
+            f"WHERE state='running' AND {_LAPSED}", (now,)).rowcount
+        if n:
+            log.info("event=jobs_taken_back reason=lease_lapsed count=%s owner=%s", n, self.owner)
+        return n
+
+    def requeue_running(self) -> int:
+        """At start-up: jobs this replica left running (it restarted under the same owner name)
+        go back to pending, and so do jobs whose lease lapsed; a live replica's are left alone."""
+        with self._tx() as conn:
+            now = self._now(conn)
+            mine = f"state='running' AND (lease_owner=? OR {_LAPSED})"
+            conn.execute(
+                "UPDATE jobs SET state='failed', last_error='interrupted; out of attempts', "
+                f"finished_at=?, lease_until=NULL WHERE {mine} AND attempts>=?",
+                (now, self.owner, now, MAX_JOB_ATTEMPTS))
+            return conn.execute(
+                "UPDATE jobs SET state='pending', last_error='interrupted', lease_owner=NULL, "
+                f"lease_until=NULL WHERE {mine}", (self.owner, now)).rowcount
+
+    def renew_leases(self, job_ids: Collection[int]) -> set[int]:
+        ids = sorted({int(i) for i in job_ids})
+        if not ids:
+            return set()
+        with self._tx() as conn:
+            now = self._now(conn)
+            rows = conn.execute(
+                "UPDATE jobs SET lease_until=? WHERE id = ANY(?::bigint[]) AND state='running' "
+                "AND lease_owner=? RETURNING id", (now + self.job_lease_s, ids, self.owner)).fetchall()
+            return {r["id"] for r in rows}
+
+    # -- outbox ----------------------------------------------------------------------------
+
+    def claim_messages(self, limit: int = 100) -> list[OutboxMessage]:
+        """Due messages leased to this replica for ``message_lease_s``, oldest first. A thread
+        (incident, sink) with a message another replica holds is left to that replica, so its
+        order is kept."""
+        with self._tx() as conn:
+            now = self._now(conn)
+            rows = conn.execute(
+                "SELECT o.id, o.incident_id, o.sink FROM outbox o JOIN incidents i ON i.id = o.incident_id "
+                "WHERE o.state='pending' AND o.next_attempt_at<=? "
+                "AND (o.lease_owner=? OR o.lease_until IS NULL OR o.lease_until<=?) "
+                "ORDER BY o.id LIMIT ? FOR UPDATE OF o, i SKIP LOCKED",
+                (now, self.owner, now, int(limit))).fetchall()
+            if not rows:
+                return []
+            # Checked with the incidents locked, in a fresh snapshot (see claim_job).
+            busy = {(r["incident_id"], r["sink"]) for r in conn.execute(
+                "SELECT DISTINCT incident_id, sink FROM outbox WHERE state='pending' "
+                "AND incident_id = ANY(?::text[]) AND lease_owner IS DISTINCT FROM ? AND lease_until>?",
+                (sorted({r["incident_id"] for r in rows}), self.owner, now)).fetchall()}
+            ids = [r["id"] for r in rows if (r["incident_id"], r["sink"]) not in busy]
+            if not ids:
+                return []
+            claimed = conn.execute(
+                "UPDATE outbox SET lease_owner=?, lease_until=? WHERE id = ANY(?::bigint[]) RETURNING *",
+                (self.owner, now + self.message_lease_s, ids)).fetchall()
+            return sorted((_message(r) for r in claimed), key=lambda m: m.id)
+
+    def hold_message(self, message_id: int) -> bool:
+        with self._tx() as conn:
+            now = self._now(conn)
+            row = conn.execute(
+                "UPDATE outbox SET lease_owner=?, lease_until=? WHERE id=? AND state='pending' "
+                "AND (lease_owner=? OR lease_until IS NULL OR lease_until<=?) RETURNING id",
+                (self.owner, now + self.message_lease_s, message_id, self.owner, now)).fetchone()
+            return row is not None
+
+    # -- incidents -------------------------------------------------------------------------
+
+    def incident_by_thread(self, sink: str, channel: str, ts: str) -> Incident | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                "SELECT * FROM incidents WHERE (thread::jsonb -> ?::text ->> 'channel') = ? "
+                "AND (thread::jsonb -> ?::text ->> 'ts') = ? "
+                "AND (thread::jsonb -> ?::text ->> 'borrowed_from') IS NULL "
+                "ORDER BY created_at LIMIT 1", (sink, channel, sink, ts, sink)).fetchone()
+        return _incident(row) if row else None
