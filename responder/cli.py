@@ -39,7 +39,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.generated_token:
         print(f"llmslo: no LLMSLO_WEBHOOK_TOKEN set; generated webhook token for this run: "
               f"{settings.webhook_token}", file=sys.stderr, flush=True)
-    responder = Responder.build(settings)
+    try:
+        responder = Responder.build(settings)
+    except config.ConfigError as e:  # e.g. the database named by LLMSLO_DATABASE_URL cannot be reached
+        raise CliError(f"configuration: {e}") from None
     print(f"llmslo: responder on http://{settings.host}:{settings.port} (data in {settings.data_dir})",
           file=sys.stderr, flush=True)
     web.run_app(responder.app(), host=settings.host, port=settings.port, print=None,

@@ -25,6 +25,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = field(default_factory=lambda: Path("data"))
+    # The incident store: SQLite in data_dir (one replica) unless this names a PostgreSQL
+    # database (postgresql://user:password@host:port/dbname), which two or more replicas share.
+    database_url: str | None = None
     # Alertmanager's http_config: a bearer token, or basic auth. Also guards the read API.
     webhook_token: str | None = None
     webhook_user: str | None = None
@@ -97,6 +100,7 @@ _ENV = {
     "LLMSLO_WEBHOOK_USER": "webhook_user",
     "LLMSLO_WEBHOOK_PASSWORD": "webhook_password",
     "LLMSLO_DATA_DIR": "data_dir",
+    "LLMSLO_DATABASE_URL": "database_url",
     "LLMSLO_AGENT_TOKEN": "agent_token",
     "LLMSLO_AGENT_URL": "agent_url",
     "LLMSLO_AGENT_DISCOVERY": "agent_discovery",
@@ -196,6 +200,10 @@ def validate(s: Settings) -> None:
         v = getattr(s, key)
         if v and urlparse(v).scheme not in ("http", "https"):
             raise ConfigError(f"{key}: {v!r} is not an http(s) URL")
+    if s.database_url and urlparse(s.database_url).scheme not in ("postgresql", "postgres"):
+        # The value may hold a password: name the scheme, not the URL.
+        raise ConfigError(f"database_url: expected postgresql://user:password@host:port/dbname, got a "
+                          f"{urlparse(s.database_url).scheme or 'scheme-less'} URL")
     if s.agent_url and not s.agent_token:
         raise ConfigError("agent_token: required when agent_url names a remote agent")
     if s.agent_discovery not in ("static", "kubernetes"):

@@ -7,7 +7,9 @@ Retry-After, and only while the wait stays short); past that the message is resc
 store with a longer backoff, so an outage of any length neither blocks the loop nor loses it. A
 permanent failure is recorded as dead, never retried in a loop. After a restart, pending
 messages simply go out, into the thread the store remembers; the outbox key (incident, sink,
-step) makes each step one message.
+step) makes each step one message. With several replicas on one database, each sends only the
+messages the store leased to it (``claim_messages``), and re-takes the lease right before each
+send (``hold_message``), so no message is posted by two replicas.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from responder.report import Message
 from responder.sinks.base import ChatSink, SinkPermanentError, SinkRetryableError, ThreadRef
-from responder.store import IncidentStore, OutboxMessage
+from responder.store import OutboxMessage, StoreBase
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ async def with_retries(call):
 
 
 class Deliverer:
-    def __init__(self, store: IncidentStore, sinks: dict[str, ChatSink], poll_s: float = 1.0):
+    def __init__(self, store: StoreBase, sinks: dict[str, ChatSink], poll_s: float = 1.0):
         self.store = store
         self.sinks = sinks
         self.poll_s = poll_s
@@ -95,7 +97,7 @@ class Deliverer:
 
     async def deliver_pending(self) -> int:
         sent = 0
-        messages = await asyncio.to_thread(self.store.pending_messages, None, 100)
+        messages = await asyncio.to_thread(self.store.claim_messages, 100)
         blocked: set[tuple[str, str]] = set()  # (incident, sink) whose earlier message is waiting
         for msg in messages:
             key = (msg.incident_id, msg.sink)
@@ -112,6 +114,8 @@ class Deliverer:
         if sink is None:
             await asyncio.to_thread(self.store.mark_dead, msg.id, f"sink {msg.sink!r} is not configured")
             return False
+        if not await asyncio.to_thread(self.store.hold_message, msg.id):
+            return False  # sent meanwhile, or another replica has it now
         inc = await asyncio.to_thread(self.store.get_incident, msg.incident_id)
         thread = (inc.thread or {}).get(msg.sink) if inc else None
         try:

@@ -21,7 +21,7 @@ from capture.client import HttpAgentClient, LocalAgentClient
 from capture.probes import CATALOG
 from responder import adhoc
 from responder.alertmanager import PayloadError, parse_notification
-from responder.config import Settings
+from responder.config import ConfigError, Settings
 from responder.delivery import Deliverer
 from responder.kube import KubeAgents, KubeCluster
 from responder.page import render_incident_page
@@ -30,7 +30,7 @@ from responder.playbooks import load_playbooks
 from responder.sinks.base import ChatSink
 from responder.sinks.console import ConsoleSink
 from responder.sinks.slack import SlackSink
-from responder.store import AcceptResult, IncidentStore
+from responder.store import AcceptResult, StoreBase, StoreError, open_store
 from responder.traces.backends import TraceBackend, backend_from_settings
 from responder.traces.receiver import OtlpReceiver
 from responder.traces.store import SpanStore
@@ -44,7 +44,7 @@ class Responder:
     """Everything the running service holds, built from settings."""
 
     settings: Settings
-    store: IncidentStore
+    store: StoreBase
     agent: LocalAgentClient | HttpAgentClient | KubeAgents
     sinks: dict[str, ChatSink]
     pipeline: Pipeline
@@ -53,12 +53,17 @@ class Responder:
     traces: TraceBackend
     wake_workers: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    active_jobs: dict[int, str] = field(default_factory=dict)  # job id -> incident id, while a worker runs it
     slack_app: Any = None  # responder.slack.app.SlackApp when Slack's bot token and signing secret are set
 
     @classmethod
     def build(cls, settings: Settings, console_stream=None) -> "Responder":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = IncidentStore(settings.store_path)
+        try:
+            store = open_store(settings.database_url, settings.store_path)
+        except StoreError as e:
+            raise ConfigError(f"{'database_url' if settings.database_url else 'data_dir'}: the incident store "
+                              f"did not open: {e}") from None
         playbooks = load_playbooks(settings.playbooks_dir, set(CATALOG))
         cluster = None
         if settings.agent_discovery == "kubernetes":
@@ -91,7 +96,11 @@ class Responder:
     # --- workers ----------------------------------------------------------------------------
     async def worker(self, n: int) -> None:
         while True:
-            job = await asyncio.to_thread(self.store.claim_job)
+            try:
+                job = await asyncio.to_thread(self.store.claim_job)
+            except StoreError as e:  # the database is away: keep the worker, try again shortly
+                log.warning("event=job_claim_failed worker=%s error=%s", n, e)
+                job = None
             if job is None:
                 try:
                     await asyncio.wait_for(self.wake_workers.wait(), timeout=2.0)
@@ -101,17 +110,49 @@ class Responder:
                 continue
             log.info("incident=%s event=job_start job=%s kind=%s worker=%s attempt=%s", job.incident_id, job.id,
                      job.kind, n, job.attempts)
+            self.active_jobs[job.id] = job.incident_id
             try:
                 await self.pipeline.run(job)
             except asyncio.CancelledError:
                 raise  # shutdown: the job stays 'running' and is requeued at the next start
             except Exception as e:
                 log.exception("incident=%s event=job_failed job=%s", job.incident_id, job.id)
-                await asyncio.to_thread(self.store.fail_job, job.id, repr(e), True)
+                await self.settle(job, self.store.fail_job, repr(e), True)
                 continue
-            await asyncio.to_thread(self.store.finish_job, job.id)
+            else:
+                await self.settle(job, self.store.finish_job)
+            finally:
+                self.active_jobs.pop(job.id, None)
+
+    async def settle(self, job, record, *args) -> None:
+        """Record a job's outcome. If the store is away, or another replica took the job over
+        (this one's lease lapsed), it is only logged: the job's lease lapses and it runs again."""
+        try:
+            kept = await asyncio.to_thread(record, job.id, *args)
+        except StoreError as e:
+            log.warning("incident=%s event=job_outcome_not_stored job=%s error=%s", job.incident_id, job.id, e)
+            return
+        if kept is False:
+            log.warning("incident=%s event=job_lease_lost job=%s", job.incident_id, job.id)
+
+    async def keep_leases(self) -> None:
+        """Renew the leases of the jobs this replica's workers hold, so that no other replica takes
+        them over while they run (PostgreSQL; with SQLite a claim holds until restart)."""
+        while True:
+            await asyncio.sleep(self.store.lease_renew_s)
+            held = dict(self.active_jobs)
+            if not held:
+                continue
+            try:
+                kept = await asyncio.to_thread(self.store.renew_leases, held)
+            except StoreError as e:
+                log.warning("event=lease_renewal_failed jobs=%s error=%s", len(held), e)
+                continue
+            for job_id in held.keys() - kept:
+                log.warning("incident=%s event=job_lease_lost job=%s", held[job_id], job_id)
 
     async def start(self) -> None:
+        log.info("event=store_opened backend=%s owner=%s", self.store.backend, self.store.owner)
         requeued = await asyncio.to_thread(self.store.requeue_running)
         if requeued:
             log.info("event=jobs_requeued count=%s", requeued)
@@ -119,6 +160,7 @@ class Responder:
         for n in range(self.settings.workers):
             self.tasks.append(asyncio.create_task(self.worker(n), name=f"worker-{n}"))
         self.tasks.append(asyncio.create_task(self.deliverer.run(), name="delivery"))
+        self.tasks.append(asyncio.create_task(self.keep_leases(), name="leases"))
         if self.slack_app is not None:
             await self.slack_app.start()
 
@@ -212,7 +254,8 @@ class Responder:
 
     async def healthz(self, request: web.Request) -> web.Response:
         counts = await asyncio.to_thread(self.store.counts)
-        body = {"status": "ok", "counts": counts, "spans": self.spans.stats()}
+        body = {"status": "ok", "counts": counts, "spans": self.spans.stats(),
+                "store": {"backend": self.store.backend, "owner": self.store.owner}}
         if isinstance(self.agent, KubeAgents):
             body["kubernetes"] = self.agent.cluster.stats()
         if isinstance(self.agent, LocalAgentClient):
