@@ -67,7 +67,10 @@ class Responder:
         playbooks = load_playbooks(settings.playbooks_dir, set(CATALOG))
         cluster = None
         if settings.agent_discovery == "kubernetes":
-            cluster = KubeCluster.from_settings(settings)
+            try:
+                cluster = KubeCluster.from_settings(settings)
+            except Exception as e:  # no service account, a broken kubeconfig: say which, do not start
+                raise ConfigError(f"Kubernetes API configuration: {type(e).__name__}: {e}") from None
             agent = KubeAgents(cluster, settings.agent_token or "")
         elif settings.agent_url:
             agent = HttpAgentClient(settings.agent_url, settings.agent_token or "")

@@ -2,7 +2,7 @@
 
 Forms (anything else is answered with :data:`USAGE`)::
 
-    capture <namespace/pod | service | pid:N> [duration] [probe,probe...]
+    capture <namespace/pod | kind/namespace/name | service | pid:N> [duration] [probe,probe...]
     status [incident-id]
     help
 
@@ -27,13 +27,19 @@ _LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
 _SUBDOMAIN = r"[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?"
 _POD_RE = re.compile(rf"({_LABEL})/({_SUBDOMAIN})")
 _SERVICE_RE = re.compile(_LABEL)
+# kubectl's kinds and short names -> the alert label the shipped playbooks read for them.
+_KIND_LABELS = {"deployment": "deployment", "deploy": "deployment", "statefulset": "statefulset",
+                "sts": "statefulset", "daemonset": "daemonset", "ds": "daemonset", "job": "job_name",
+                "service": "service", "svc": "service"}
+_WORKLOAD_RE = re.compile(rf"({'|'.join(_KIND_LABELS)})/({_LABEL})/({_SUBDOMAIN})")
 _PID_RE = re.compile(r"pid:([1-9][0-9]{0,6})")
 _PROBES_RE = re.compile(r"[a-z][a-z0-9_]*(?:,[a-z][a-z0-9_]*)*")
 _INCIDENT_RE = re.compile(r"inc-[0-9a-f]{6,32}")
 _MENTION_RE = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
 
-USAGE = ("Usage: `/llmslo capture <namespace/pod | service | pid:N> [duration] [probes]` "
-         f"(duration {MIN_CAPTURE_SECONDS:g}–{MAX_CAPTURE_SECONDS:g}s, e.g. `30s`; probes comma-separated, "
+USAGE = ("Usage: `/llmslo capture <namespace/pod | deployment/namespace/name | service | pid:N> [duration] "
+         "[probes]` (also statefulset, daemonset, job and service as `kind/namespace/name`; "
+         f"duration {MIN_CAPTURE_SECONDS:g}–{MAX_CAPTURE_SECONDS:g}s, e.g. `30s`; probes comma-separated, "
          "e.g. `tcp_retrans,dns`), `/llmslo status [incident-id]`, `/llmslo help`. In an incident's thread: "
          "`@llmslo capture [duration] [probes]`.")
 
@@ -78,6 +84,8 @@ def strip_mentions(text: str) -> str:
 
 def target_labels(token: str) -> dict[str, str] | None:
     """The alert labels a target token names, or None when it is not a target."""
+    if m := _WORKLOAD_RE.fullmatch(token):
+        return {"namespace": m.group(2), _KIND_LABELS[m.group(1)]: m.group(3)}
     if m := _POD_RE.fullmatch(token):
         return {"namespace": m.group(1), "pod": m.group(2)}
     if m := _PID_RE.fullmatch(token):
@@ -119,7 +127,8 @@ def _capture(args: list[str], known: set[str], target_required: bool) -> Capture
         labels, args = found, args[1:]
     elif target_required:
         shown = f"`{_shown(args[0])}` is not a target" if args else "A target is required"
-        raise CommandError(f"{shown}: use `namespace/pod`, a service name or `pid:N`. {USAGE}")
+        raise CommandError(f"{shown}: use `namespace/pod`, `deployment/namespace/name`, a service name or "
+                           f"`pid:N`. {USAGE}")
     duration: float | None = None
     probes: tuple[str, ...] | None = None
     for token in args:

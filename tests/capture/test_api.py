@@ -39,6 +39,10 @@ async def test_token_required(agent_http):
     (b'{"target": {}, "probes": ["tcp_retrans"]}', "at least one"),
     (b'{"target": {"cgroups": ["/../etc"]}, "probes": ["tcp_retrans"]}', "not a cgroup path"),
     (b'{"target": {"cgroups": ["/nope-llmslo"]}, "probes": ["tcp_retrans"]}', "does not exist"),
+    (b'{"target": {"pods": ["chat-7d9f"]}, "probes": ["tcp_retrans"]}', "is not a pod UID"),
+    (b'{"target": {"containers": ["containerd://abc"]}, "probes": ["tcp_retrans"]}', "is not a container id"),
+    (b'{"target": {"pods": ["00000000-0000-4000-8000-000000000000"]}, "probes": ["tcp_retrans"]}',
+     "has no cgroup on this node"),
 ])
 async def test_bad_requests_get_400_with_a_reason(agent_http, body, needle):
     r = await agent_http.post("/v1/captures", data=body, headers={"Authorization": f"Bearer {TOKEN}"})

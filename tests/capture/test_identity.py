@@ -127,3 +127,32 @@ async def test_pod_name_namespace_workload_and_service_from_the_kubernetes_api(b
         p.kill()
         p.wait()
         await standin.stop()
+
+
+def test_pod_uids_and_container_ids_resolve_to_their_kubepods_cgroups(base_cgroup):
+    """What the responder sends on Kubernetes (pod UIDs, container ids from the API) becomes the
+    cgroups on this node: a pod is its whole pod cgroup, unless containers of it are named; the
+    systemd driver's and the cgroupfs driver's trees alike."""
+    from capture.schemas import RequestError
+
+    systemd_uid, cgroupfs_uid, absent = (str(uuid.uuid4()) for _ in range(3))
+    c1, c2, c3 = ("1" * 64, "2" * 64, "3" * 64)
+    pod1 = base_cgroup.dir / (f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod"
+                              f"{systemd_uid.replace('-', '_')}.slice")
+    pod2 = base_cgroup.dir / f"kubepods/besteffort/pod{cgroupfs_uid}"
+    for d in (pod1 / f"cri-containerd-{c1}.scope", pod1 / f"crio-{c2}.scope", pod2 / c3):
+        d.mkdir(parents=True)
+    ino = lambda p: os.stat(p).st_ino  # noqa: E731
+
+    whole = identity.resolve(CaptureTarget(pods=[systemd_uid]))
+    assert whole.cgroup_ids == {ino(pod1), ino(pod1 / f"cri-containerd-{c1}.scope"), ino(pod1 / f"crio-{c2}.scope")}
+    one = identity.resolve(CaptureTarget(pods=[systemd_uid], containers=[c1]))
+    assert one.cgroup_ids == {ino(pod1 / f"cri-containerd-{c1}.scope")}
+    assert one.workloads[0]["container_id"] == c1 and one.workloads[0]["pod_uid"] == systemd_uid
+    other = identity.resolve(CaptureTarget(pods=[cgroupfs_uid, absent]))
+    assert other.cgroup_ids == {ino(pod2), ino(pod2 / c3)}
+    assert other.notes == [f"pod {absent} has no cgroup on this node"]
+    with pytest.raises(RequestError, match=f"pod {absent} has no cgroup on this node"):
+        identity.resolve(CaptureTarget(pods=[absent]))
+    with pytest.raises(RequestError, match="container 444444444444 has no cgroup"):
+        identity.resolve(CaptureTarget(containers=["4" * 64]))

@@ -307,6 +307,14 @@ def test_empty_file_is_defaults(tmp_path):
     (dict(env={"LLMSLO_RECORDER_INTERVAL_S": "0"}), "recorder_interval_s"),
     (dict(env={"LLMSLO_AGENT_URL": "agent:8081", "LLMSLO_AGENT_TOKEN": "x"}), "agent_url"),
     (dict(env={"LLMSLO_AGENT_URL": "http://agent:8081"}), "agent_token"),
+    (dict(env={"LLMSLO_AGENT_DISCOVERY": "dns"}), "agent_discovery"),
+    (dict(env={"LLMSLO_AGENT_DISCOVERY": "kubernetes"}), "agent_token"),
+    (dict(env={"LLMSLO_AGENT_DISCOVERY": "kubernetes", "LLMSLO_AGENT_TOKEN": "x",
+               "LLMSLO_AGENT_URL": "http://agent:8081"}), "agent_url"),
+    (dict(env={"LLMSLO_AGENT_DISCOVERY": "kubernetes", "LLMSLO_AGENT_TOKEN": "x",
+               "LLMSLO_AGENT_SELECTOR": "app.kubernetes.io/name"}), "agent_selector"),
+    (dict(env={"LLMSLO_AGENT_PORT": "0"}), "agent_port"),
+    (dict(env={"LLMSLO_KUBE_API_URL": "kubernetes.default.svc"}), "kube_api_url"),
     (dict(env={"LLMSLO_SLACK_API_URL": "slack.com/api"}), "slack_api_url"),
     (dict(env={"LLMSLO_PROMETHEUS_URL": "file:///etc/passwd"}), "prometheus_url"),
     (dict(env={"LLMSLO_PUBLIC_URL": "ldap://x"}), "public_url"),
@@ -365,4 +373,11 @@ def test_ensure_webhook_token():
 def test_agent_refuses_a_broken_kubernetes_configuration():
     p = run("agent", "--port", "0", env=clean_env() | {"KUBECONFIG": "/nonexistent/kubeconfig",
                                                        "LLMSLO_AGENT_TOKEN": "t"})
+    assert_usage_error(p, "Kubernetes API configuration")
+
+
+def test_serve_refuses_a_broken_kubernetes_configuration(tmp_path):
+    p = run("serve", "--port", "1", env=clean_env(LLMSLO_AGENT_DISCOVERY="kubernetes", LLMSLO_AGENT_TOKEN="t",
+                                                 LLMSLO_KUBECONFIG="/nonexistent/kubeconfig",
+                                                 LLMSLO_DATA_DIR=str(tmp_path / "data")))
     assert_usage_error(p, "Kubernetes API configuration")

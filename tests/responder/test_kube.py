@@ -5,12 +5,15 @@ lost watch history lists again)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 
 import pytest
 
 from capture.kube import api_client
+from capture.schemas import (CaptureCost, CaptureRequest, CaptureResult, CaptureTarget, ProbeCost, ProbeResult,
+                             RequestError)
 from responder.kube import KubeCluster, KubeUnavailable, ScopeError, names_workload, parse_selector
 from responder.playbooks import ScopeSpec
 from tests.standins import kube as K
@@ -193,3 +196,103 @@ async def until(predicate, timeout: float = 10.0) -> None:
             return
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.1)
+
+
+# --- fan-out ---------------------------------------------------------------------------------
+class AgentStandin:
+    """An agent's HTTP API (``POST /v1/captures``, bearer token) answering with a fixed capture
+    of its node, or with an error status."""
+
+    def __init__(self, node: str, established: int, status: int = 200):
+        self.node, self.established, self.status = node, established, status
+        self.requests: list[dict] = []
+
+    async def capture(self, request):
+        from aiohttp import web
+
+        if request.headers.get("Authorization") != "Bearer agent-token":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        body = await request.json()
+        self.requests.append(body)
+        if self.status != 200:
+            return web.json_response({"error": f"{self.node} is on fire"}, status=self.status)
+        t = CaptureTarget.from_dict(body["target"])
+        pr = ProbeResult("tcp_connect", 10.0, counters={"established": self.established},
+                         top={"peers": [{"peer": "10.96.0.1:443", "count": self.established}]},
+                         cost=ProbeCost(bpf_run_time_ns=1_000_000, bpf_run_count=100))
+        result = CaptureResult(id=f"cap-{self.node}", node=self.node, target=t, started_at=1000.0, ended_at=1010.0,
+                               incident={"tcp_connect": pr}, cgroup_ids=[len(self.node)],
+                               workloads=[{"id": 1, "path": f"/kubepods.slice/{self.node}", "pod_uid": t.pods[0]}],
+                               cost=CaptureCost(bpf_run_time_ns=1_000_000, events=self.established, agent_cpu_s=0.5))
+        return web.json_response(result.to_dict())
+
+    async def start(self) -> int:
+        from aiohttp import web
+        from aiohttp.test_utils import TestServer
+
+        app = web.Application()
+        app.router.add_post("/v1/captures", self.capture)
+        self.server = TestServer(app, host="127.0.0.1")
+        await self.server.start_server()
+        return self.server.port
+
+
+async def test_a_capture_fans_out_to_each_nodes_agent_and_combines_what_they_found():
+    from capture.client import AgentError
+    from responder.kube import KubeAgents
+
+    agents = {"node-a": AgentStandin("node-a", 30), "node-b": AgentStandin("node-b", 12),
+              "node-d": AgentStandin("node-d", 0, status=503)}
+    ports = {n: await a.start() for n, a in agents.items()}
+    uids = {n: str(uuid.uuid4()) for n in ("node-a", "node-b", "node-c", "node-d")}
+    pods = [K.pod(uids[n], f"chat-{n[-1]}", "llm", n, ip="10.1.0.1", labels={"app": "chat"},
+                  owner=("ReplicaSet", "chat-6b7c"), containers={"api": f"containerd://{cid(i)}"})
+            for i, n in enumerate(uids)]
+    pods += [K.pod(str(uuid.uuid4()), f"agent-{n}", "llmslo", n, ip="127.0.0.1", labels=AGENT_LABELS,
+                   ports={"api": port}) for n, port in ports.items()]
+    standin = K.KubeStandin(pods=pods, services=[],
+                            owners={("llm", "ReplicaSet", "chat-6b7c"): K.replica_set("chat-6b7c", "llm", "chat")})
+    url = await standin.start()
+    cluster = KubeCluster(api_client(url, K.TOKEN, None), agent_namespace="llmslo", agent_selector=AGENT_LABELS)
+    fanout = KubeAgents(cluster, "agent-token")
+    try:
+        scope = await resolve(cluster, namespace="llm", deployment="chat", container="api")
+        req = CaptureRequest(target=scope.target, probes=["tcp_connect"], duration_s=10, baseline_s=0,
+                             incident_id="inc-1")
+        result = await fanout.capture(req)
+        nodes = {n["node"]: n for n in result.nodes}
+        assert {n: o["status"] for n, o in nodes.items()} == {
+            "node-a": "ok", "node-b": "ok", "node-c": "no agent", "node-d": "failed"}
+        assert "node-d is on fire" in nodes["node-d"]["error"] and "503" in nodes["node-d"]["error"]
+        assert nodes["node-c"]["error"] == "no capture agent pod on node node-c"
+        # Each agent was asked about its own node's pod and container only.
+        for n in ("node-a", "node-b", "node-d"):
+            (body,) = agents[n].requests
+            assert body["target"] == {"pids": [], "cgroups": [], "ports": [], "pods": [uids[n]],
+                                      "containers": [scope.target.containers[list(uids).index(n)]]}
+            assert body["incident_id"] == "inc-1"
+        # The same window from two nodes: counts add up, the window stays 10 s, costs add up.
+        tc = result.incident["tcp_connect"]
+        assert tc.counters["established"] == 42 and tc.window_s == 10.0 and tc.rate("established") == 4.2
+        assert tc.top["peers"] == [{"peer": "10.96.0.1:443", "count": 42}]
+        assert tc.cost.bpf_run_time_ns == 2_000_000 and result.cost.agent_cpu_s == 1.0
+        assert {w["node"] for w in result.workloads} == {"node-a", "node-b"}
+        assert {p["name"]: p["captured"] for p in result.pods} == {
+            "chat-a": True, "chat-b": True, "chat-c": False, "chat-d": False}
+        # It survives the JSON round trip the store makes.
+        assert CaptureResult.from_dict(result.to_dict()).pods == result.pods
+
+        # No node able to capture: an error naming each node and why.
+        only_broken = dataclasses.replace(req, target=CaptureTarget(pods=[uids["node-c"], uids["node-d"]]))
+        with pytest.raises(AgentError, match="node-c: no capture agent pod on node node-c; node-d: .*503"):
+            await fanout.capture(only_broken)
+        # Host-style targets mean nothing across nodes.
+        with pytest.raises(RequestError, match="on Kubernetes a capture names pods"):
+            await fanout.capture(dataclasses.replace(req, target=CaptureTarget(pids=[1])))
+        with pytest.raises(RequestError, match="not known to the Kubernetes API"):
+            await fanout.capture(dataclasses.replace(req, target=CaptureTarget(pods=[str(uuid.uuid4())])))
+    finally:
+        await fanout.close()
+        await standin.stop()
+        for a in agents.values():
+            await a.server.close()
