@@ -119,11 +119,13 @@ def cmd_capture(args: argparse.Namespace) -> int:
             print(f"{p.name:16} {p.kind:10} cost {p.cost_class:6} budget {p.event_budget_per_s}/s  {p.summary}")
             print(f"{'':16} attach: {', '.join(p.attach)}")
         return 0
-    if args.pid is None and args.cgroup is None:
-        raise CliError("capture: name a target with --pid PID or --cgroup PATH (or use --list-probes)")
+    if args.pid is None and args.cgroup is None and not args.pod and not args.container:
+        raise CliError("capture: name a target with --pid PID, --cgroup PATH, --pod UID or --container ID "
+                       "(or use --list-probes)")
     probes = [p.strip() for p in args.probes.split(",") if p.strip()] if args.probes else list(CATALOG)
     target = {"pids": [args.pid] if args.pid is not None else [],
-              "cgroups": [args.cgroup] if args.cgroup else []}
+              "cgroups": [args.cgroup] if args.cgroup else [], "pods": args.pod or [],
+              "containers": args.container or []}
     try:
         req = CaptureRequest.from_dict({"target": target, "probes": probes, "duration_s": args.duration,
                                         "baseline_s": 0}, known_probes=list(CATALOG))
@@ -339,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("capture", help="an ad hoc capture from this terminal")
     c.add_argument("--pid", type=int)
     c.add_argument("--cgroup", help="cgroup path in the unified hierarchy, e.g. /system.slice/x.service")
+    c.add_argument("--pod", action="append", metavar="UID",
+                   help="a pod on this node by its UID (kubectl get pod -o jsonpath='{.metadata.uid}'); repeatable")
+    c.add_argument("--container", action="append", metavar="ID",
+                   help="a container on this node by its id (containerd://... or the bare id); repeatable")
     c.add_argument("--probes", help="comma-separated probe names (default: all)")
     c.add_argument("--duration", default="10s", help="e.g. 10s, 500ms, 1m (max 120s)")
     c.add_argument("--json", action="store_true", help="print the result as JSON")

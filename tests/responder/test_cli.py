@@ -100,7 +100,12 @@ def test_capture_without_target():
     (["--probes", "tcp_retrans,nope", "--pid", "1"], ["nope"]),
     (["--pid", "0"], ["pids"]),
     (["--cgroup", "/a/../b"], ["cgroup"]),
-], ids=["too-long", "too-short", "not-a-duration", "unknown-probe", "one-unknown-probe", "pid-0", "cgroup-dotdot"])
+    (["--pod", "chat-7d9f-x2k"], ["not a pod UID"]),
+    (["--container", "containerd://xyz"], ["not a container id"]),
+    (["--pod", "00000000-0000-4000-8000-000000000000", "--probes", "tcp_connect", "--duration", "1s"],
+     ["has no cgroup on this node"]),
+], ids=["too-long", "too-short", "not-a-duration", "unknown-probe", "one-unknown-probe", "pid-0", "cgroup-dotdot",
+        "pod-name-not-uid", "bad-container-id", "pod-not-here"])
 def test_capture_bad_arguments(args, words):
     assert_usage_error(run("capture", *args), *words)
 
