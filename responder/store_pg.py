@@ -171,6 +171,19 @@ def describe(url: str) -> str:
     return f"{info.get('user') or '(default user)'}@{host}:{info.get('port') or 5432}/{info.get('dbname') or '(default)'}"
 
 
+def _check_url(url: str) -> None:
+    """StoreError for a URL libpq cannot parse or whose port is not a port (the message never
+    repeats the URL, which may hold a password)."""
+    expected = "expected postgresql://user:password@host:port/dbname"
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.Error as e:
+        raise StoreError(f"not a PostgreSQL URL ({_first_line(e).replace(url, '...')}); {expected}") from None
+    for port in str(info.get("port") or "5432").split(","):
+        if not (port.isdigit() and 0 < int(port) < 65536):
+            raise StoreError(f"not a PostgreSQL URL (port {port!r}); {expected}")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -268,11 +281,7 @@ class PostgresIncidentStore(StoreBase):
         super().__init__(clock=clock, owner=owner, job_lease_s=job_lease_s,
                          message_lease_s=message_lease_s)
         self.where = describe(url)
-        try:
-            conninfo_to_dict(url)
-        except psycopg.Error as e:
-            raise StoreError(f"not a PostgreSQL URL ({_first_line(e)}); expected "
-                             "postgresql://user:password@host:port/dbname") from None
+        _check_url(url)
         self._pool: _Pool | None = _Pool(url, pool_size, connect_timeout_s)
         try:
             self._migrate()
