@@ -98,11 +98,15 @@ class Informer:
                 while not self._stop.is_set():
                     version = self._watch_from(version)
             except ApiException as e:
+                if self._stop.is_set():
+                    return
                 if e.status == 410:  # the watch's history is gone: list again
                     log.info("event=kube_watch_expired resource=%s", self.name)
                     continue
                 self._failed(f"{e.status} {e.reason}")
             except Exception as e:  # connection refused or reset, timeouts
+                if self._stop.is_set():  # closed under a watch: not a failure
+                    return
                 self._failed(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
             if self._stop.wait(backoff):
                 return
