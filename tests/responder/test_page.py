@@ -376,6 +376,9 @@ def test_hostile_values_are_escaped_and_only_http_links_are_links():
     inc["evidence"]["traces"]["exemplars"][0].update(why=evil, trace_id=evil, url="vbscript:x")
     inc["links"].append({"title": evil, "url": " JavaScript:alert(6)", "kind": evil})
     inc["capture"]["node"] = evil
+    inc["capture"]["pods"] = [{"namespace": evil, "name": evil, "uid": "u", "node": evil, "workload_kind": evil,
+                               "workload": evil, "captured": False}]
+    inc["capture"]["nodes"] = [{"node": evil, "status": evil, "error": evil}]
 
     html = render_incident_page(inc)
     assert "<script" not in html.lower() and "<img" not in html.lower() and "<u>" not in html
@@ -387,6 +390,21 @@ def test_hostile_values_are_escaped_and_only_http_links_are_links():
     for a in page.links:
         assert a["href"].startswith(("http://", "https://", "/api/incidents/")), a
     assert not any("alert(" in a["href"] for a in page.links)
+
+
+def test_a_capture_over_several_nodes_lists_its_pods_and_each_nodes_outcome():
+    inc = incident("attributed")
+    inc["capture"]["pods"] = [
+        {"namespace": "llm", "name": "chat-7d9f-a", "uid": "u1", "node": "node-a", "workload_kind": "Deployment",
+         "workload": "chat", "captured": True},
+        {"namespace": "llm", "name": "chat-7d9f-c", "uid": "u2", "node": "node-c", "workload_kind": "Deployment",
+         "workload": "chat", "captured": False}]
+    inc["capture"]["nodes"] = [{"node": "node-a", "status": "ok", "error": None},
+                               {"node": "node-c", "status": "no agent", "error": "no capture agent pod on node node-c"}]
+    text = Page(render_incident_page(inc)).text("capture")
+    assert "llm/chat-7d9f-a (Deployment chat) on node-a" in text
+    assert "llm/chat-7d9f-c (Deployment chat) on node-c — not captured" in text
+    assert "node-c: no agent (no capture agent pod on node node-c)" in text
 
 
 def test_malformed_and_partial_evidence_still_renders():

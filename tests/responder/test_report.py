@@ -274,3 +274,22 @@ def test_attribution_says_when_prometheus_or_traces_could_not_be_reached():
     blocks = _all_text(render_attribution(inc, _verdict(), None, [], URL))
     assert "*Prometheus:* could not be reached: Prometheus at http://p:9090 could not be queried" in blocks
     assert "could not be read: tempo at http://t:3200: could not connect" in blocks
+
+
+def test_a_capture_over_several_nodes_names_its_pods_and_the_nodes_that_could_not_capture():
+    pods = [{"namespace": "llm", "name": f"chat-7d9f-{i}", "uid": f"u{i}", "node": f"node-{i % 3}",
+             "workload_kind": "Deployment", "workload": "chat", "containers": ["api"], "captured": i % 3 != 2}
+            for i in range(11)]
+    nodes = [{"node": "node-0", "status": "ok", "agent": "llmslo-agent-x", "error": None},
+             {"node": "node-1", "status": "ok", "agent": "llmslo-agent-y", "error": None},
+             {"node": "node-2", "status": "failed", "agent": "llmslo-agent-z", "error": "agent answered 503: busy"}]
+    cap = _capture(node="node-0, node-1", target=CaptureTarget(pods=["u0"]), pods=pods, nodes=nodes)
+    msg = render_attribution(_incident(verdict=_verdict().to_dict()), _verdict(), cap, [], URL)
+    _assert_slack_limits(msg)
+    blocks = _all_text(msg)
+    assert "*Kernel capture* of 11 pod(s) on 2 of 3 node(s)" in blocks
+    assert "Pod `llm/chat-7d9f-0` (Deployment chat) on node `node-0`" in blocks
+    assert "Pod `llm/chat-7d9f-2` (Deployment chat) on node `node-2`: *not captured*" in blocks
+    assert "chat-7d9f-8" not in blocks and "… and 3 more pod(s)" in blocks  # eight listed
+    assert "Node `node-2`: failed: agent answered 503: busy" in blocks
+    assert cap.cost.summary() in blocks and "sched:sched_wakeup unavailable" in blocks
