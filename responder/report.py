@@ -382,7 +382,10 @@ def _capture_blocks(capture: CaptureResult | None) -> list[dict[str, Any]]:
     scope = (f"*Kernel capture* `{_esc(capture.id)}` on node `{_esc(capture.node)}`, "
              f"scope {_esc(capture.target.describe())}, {_duration(window)} window")
     for w in capture.workloads:
-        who = [f"pod UID {w['pod_uid']} ({w.get('qos', '?')})" if w.get("pod_uid") else None,
+        who = [f"pod {w['namespace']}/{w['pod']}" if w.get("pod") else None,
+               f"{w['workload_kind']} {w['workload']}" if w.get("workload") else None,
+               f"container {w['container']}" if w.get("container") else None,
+               f"pod UID {w['pod_uid']} ({w.get('qos', '?')})" if w.get("pod_uid") and not w.get("pod") else None,
                f"{w.get('runtime') or 'container'} {w['container_id'][:12]}" if w.get("container_id") else None]
         scope += f"\nWorkload: cgroup `{_esc(w['path'])}`" + "".join(f", {_esc(x)}" for x in who if x)
     for proc in capture.processes[:5]:

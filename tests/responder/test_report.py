@@ -293,3 +293,11 @@ def test_a_capture_over_several_nodes_names_its_pods_and_the_nodes_that_could_no
     assert "chat-7d9f-8" not in blocks and "… and 3 more pod(s)" in blocks  # eight listed
     assert "Node `node-2`: failed: agent answered 503: busy" in blocks
     assert cap.cost.summary() in blocks and "sched:sched_wakeup unavailable" in blocks
+
+
+def test_a_one_node_capture_names_the_pod_the_agent_found_in_the_api():
+    w = {"id": 7, "path": "/kubepods.slice/x/cri-containerd-ab.scope", "container_id": "ab" * 32,
+         "runtime": "containerd", "pod_uid": "u1", "qos": "burstable", "pod": "chat-7d9f-a", "namespace": "llm",
+         "workload_kind": "Deployment", "workload": "chat", "container": "api", "node": "node-a"}
+    msg = render_attribution(_incident(verdict=_verdict().to_dict()), _verdict(), _capture(workloads=[w]), [], URL)
+    assert "pod llm/chat-7d9f-a, Deployment chat, container api, containerd abababababab" in _all_text(msg)
