@@ -296,7 +296,8 @@ def cmd_rules_generate(args: argparse.Namespace) -> int:
     except RulesError as e:
         raise CliError(f"rules generate: {e}") from None
     if args.format == "prometheus-rule":
-        header = [*describe(spec), "As a PrometheusRule: --format prometheus-rule."]
+        header = [*describe(spec), f"As a PrometheusRule (--format prometheus-rule); alerts carry the labels "
+                                   f"{', '.join(spec.group_labels)} (--service-label, --group-by)."]
         text = _prometheus_rule(render_rules(spec), header=header)
     else:
         text = render_rules(spec, header=describe(spec))

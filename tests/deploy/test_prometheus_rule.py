@@ -1,22 +1,28 @@
 """deploy/prometheus/: the SLO rules as a PrometheusRule. The committed file is exactly what
-``llmslo rules generate --format prometheus-rule`` prints today (so it cannot go stale), its
-spec is the rule file's groups, and promtool accepts those rules."""
+``llmslo rules generate --format prometheus-rule --group-by namespace`` prints today (so it
+cannot go stale), its spec is the rule file's groups, its alerts carry the labels the
+playbooks scope a Kubernetes capture by, and promtool accepts the rules."""
 from __future__ import annotations
 
 import subprocess
 
 import yaml
 
-from responder.rules import generate_rules
-from tests.deploy.conftest import DEPLOY, rendered
+from capture.probes import CATALOG
+from responder.playbooks import load_playbooks
+from responder.rules import SloRulesSpec, generate_rules
+from tests.deploy.conftest import DEPLOY, REPO, rendered
 from tests.responder.test_cli import run
 
 RULE_FILE = DEPLOY / "prometheus" / "llm-slo-rules.yaml"
-REGENERATE = "llmslo rules generate --format prometheus-rule -o deploy/prometheus/llm-slo-rules.yaml"
+# In a cluster the alerts must say which namespace their service is in: the playbooks' scope
+# reads namespace plus service (or deployment, pod...) to find the pods to capture.
+OPTIONS = ("--format", "prometheus-rule", "--group-by", "namespace")
+REGENERATE = f"llmslo rules generate {' '.join(OPTIONS)} -o deploy/prometheus/llm-slo-rules.yaml"
 
 
 def test_committed_rules_are_what_the_generator_prints_now():
-    p = run("rules", "generate", "--format", "prometheus-rule")
+    p = run("rules", "generate", *OPTIONS)
     assert p.returncode == 0, p.stderr
     assert RULE_FILE.read_text() == p.stdout, f"deploy/prometheus/llm-slo-rules.yaml is stale: run {REGENERATE}"
 
@@ -26,7 +32,17 @@ def test_prometheus_rule_holds_the_rule_files_groups():
     assert doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["kind"] == "PrometheusRule"
     assert doc["metadata"]["name"] == "llm-slo"
     assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}
-    assert doc["spec"] == generate_rules()
+    assert doc["spec"] == generate_rules(SloRulesSpec(extra_group_labels=("namespace",)))
+
+
+def test_alerts_carry_the_labels_the_playbooks_scope_by():
+    doc = yaml.safe_load(RULE_FILE.read_text())
+    exprs = [r["expr"] for g in doc["spec"]["groups"] for r in g["rules"] if "record" in r and "ratio" in r["record"]]
+    assert exprs and all("sum by (service, namespace)" in e for e in exprs)
+    playbooks = {p.name: p for p in load_playbooks(REPO / "playbooks", set(CATALOG))}
+    for name in ("llm-error-burn", "llm-latency-burn"):
+        scope = playbooks[name].scope
+        assert (scope.namespace_label, scope.service_label) == ("namespace", "service"), name
 
 
 def test_the_output_file_and_stdout_agree(tmp_path):
