@@ -8,7 +8,9 @@ import re
 import kubernetes_validate
 import pytest
 
-from tests.deploy.conftest import KUSTOMIZATIONS, NAMESPACE, WORKLOAD_TREES, container_of, kustomize, rendered
+from tests.deploy.conftest import (
+    KUSTOMIZATIONS, NAMESPACE, REPO, WORKLOAD_TREES, container_of, kustomize, rendered,
+)
 
 # The oldest Kubernetes the manifests are checked against, and the newest the pinned
 # kubernetes-validate range is sure to carry.
@@ -78,3 +80,33 @@ def test_no_secret_value_is_shipped(tree):
 def test_workloads_run_the_images_the_kustomization_names(manifests):
     images = {container_of(w)["image"] for w in manifests.all("Deployment") + manifests.all("DaemonSet")}
     assert images == {"registry.example.com/llmslo/agent:0.1.0", "registry.example.com/llmslo/responder:0.1.0"}
+
+
+def readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_readme_creates_every_secret_the_pods_read():
+    """Secrets are made by hand from the README's commands, so each key a pod reads must have one."""
+    section = readme_section("Install on Kubernetes").replace("\\\n", " ")
+    documented = set()
+    for line in section.splitlines():
+        if m := re.search(r"kubectl -n llmslo create secret generic (\S+)(.*)", line):
+            documented |= {(m.group(1), key) for key in re.findall(r"--from-literal=([\w-]+)=", m.group(2))}
+    referenced = set()
+    for tree in WORKLOAD_TREES:
+        m = rendered(tree)
+        for workload in m.all("Deployment") + m.all("DaemonSet"):
+            referenced |= {s.secret for s in m.env(workload).values() if s.secret}
+    assert referenced and referenced <= documented, referenced - documented
+
+
+def test_readme_deployment_sections_name_files_that_exist():
+    text = (readme_section("Install on Kubernetes")
+            + readme_section("What the agent can see, and what its privileges buy"))
+    paths = set(re.findall(r"`(deploy/[\w./-]+?)`", text)) | set(re.findall(r"-[fk] (deploy/[\w./-]+)", text))
+    assert len(paths) >= 8, paths
+    assert [p for p in sorted(paths) if not (REPO / p).exists()] == []
