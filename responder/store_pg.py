@@ -385,34 +385,38 @@ class PostgresIncidentStore(StoreBase):
             (incident_id, self.owner, now)).fetchone() is not None
 
     def _take_back_lapsed(self, conn: _Conn, now: float) -> int:
-        """Running jobs whose lease lapsed go back to pending (failed when out of attempts)."""
-        conn.execute(
-            "UPDATE jobs SET state='failed', finished_at=?, lease_until=NULL, "
-            "last_error='interrupted: the lease of ' || COALESCE(lease_owner, 'unknown') || "
-            "' lapsed; out of attempts' "
-            f"WHERE state='running' AND {_LAPSED} AND attempts>=?",
-            (now, now, MAX_JOB_ATTEMPTS))
-        n = conn.execute(
-            "UPDATE jobs SET state='pending', lease_until=NULL, "
-            "last_error='interrupted: the lease of ' || COALESCE(lease_owner, 'unknown') || ' lapsed' "
-            f"WHERE state='running' AND {_LAPSED}", (now,)).rowcount
-        if n:
-            log.info("event=jobs_taken_back reason=lease_lapsed count=%s owner=%s", n, self.owner)
-        return n
+        """Running jobs whose lease lapsed go back to pending (failed when out of attempts).
+        Rows another transaction has locked are skipped (never waited for), so claims cannot
+        deadlock with each other or with a renewal; the next claim looks again."""
+        rows = conn.execute(
+            "UPDATE jobs SET lease_until=NULL, "
+            "state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'pending' END, "
+            "finished_at = CASE WHEN attempts >= ? THEN ? ELSE finished_at END, "
+            "last_error = 'interrupted: the lease of ' || COALESCE(lease_owner, 'unknown') || ' lapsed' "
+            "|| CASE WHEN attempts >= ? THEN '; out of attempts' ELSE '' END "
+            "WHERE id IN (SELECT id FROM jobs WHERE state='running' AND " + _LAPSED
+            + " FOR UPDATE SKIP LOCKED) RETURNING id, state",
+            (MAX_JOB_ATTEMPTS, MAX_JOB_ATTEMPTS, now, MAX_JOB_ATTEMPTS, now)).fetchall()
+        if rows:
+            log.info("event=jobs_taken_back reason=lease_lapsed jobs=%s owner=%s",
+                     ",".join(f"{r['id']}:{r['state']}" for r in rows), self.owner)
+        return sum(r["state"] == "pending" for r in rows)
 
     def requeue_running(self) -> int:
         """At start-up: jobs this replica left running (it restarted under the same owner name)
         go back to pending, and so do jobs whose lease lapsed; a live replica's are left alone."""
         with self._tx() as conn:
             now = self._now(conn)
-            mine = f"state='running' AND (lease_owner=? OR {_LAPSED})"
-            conn.execute(
-                "UPDATE jobs SET state='failed', last_error='interrupted; out of attempts', "
-                f"finished_at=?, lease_until=NULL WHERE {mine} AND attempts>=?",
-                (now, self.owner, now, MAX_JOB_ATTEMPTS))
-            return conn.execute(
-                "UPDATE jobs SET state='pending', last_error='interrupted', lease_owner=NULL, "
-                f"lease_until=NULL WHERE {mine}", (self.owner, now)).rowcount
+            rows = conn.execute(
+                "UPDATE jobs SET lease_until=NULL, lease_owner=NULL, "
+                "state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'pending' END, "
+                "finished_at = CASE WHEN attempts >= ? THEN ? ELSE finished_at END, "
+                "last_error = CASE WHEN attempts >= ? THEN 'interrupted; out of attempts' "
+                "ELSE 'interrupted' END "
+                "WHERE id IN (SELECT id FROM jobs WHERE state='running' AND (lease_owner=? OR "
+                + _LAPSED + ") FOR UPDATE SKIP LOCKED) RETURNING state",
+                (MAX_JOB_ATTEMPTS, MAX_JOB_ATTEMPTS, now, MAX_JOB_ATTEMPTS, self.owner, now)).fetchall()
+            return sum(r["state"] == "pending" for r in rows)
 
     def renew_leases(self, job_ids: Collection[int]) -> set[int]:
         ids = sorted({int(i) for i in job_ids})

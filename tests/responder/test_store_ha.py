@@ -8,6 +8,7 @@ the last test two real ``llmslo serve`` processes.
 from __future__ import annotations
 
 import asyncio
+import io
 import secrets
 import threading
 import time
@@ -21,12 +22,13 @@ from lab.harness import ResponderProcess, alert_payload
 from responder import cli, config
 from responder.delivery import Deliverer
 from responder.report import Message
+from responder.server import Responder
 from responder.sinks.slack import SlackSink
 from responder.store import (JOB_LEASE_S, MAX_JOB_ATTEMPTS, MESSAGE_LEASE_S, StoreError, StoreUnavailable,
                              open_store)
 from responder.store_pg import PG_SCHEMA_VERSION, PostgresIncidentStore
 from tests.responder.pg_fixtures import pg_server, pg_url  # noqa: F401 - fixtures
-from tests.responder.test_server import closed_port
+from tests.responder.test_server import closed_port, make_settings
 from tests.responder.test_store import Clock, accept, alert, note
 from tests.standins.slack import DEFAULT_TOKEN, SlackStandin
 
@@ -323,6 +325,32 @@ async def test_two_replicas_delivering_post_each_message_once_in_order(replicas,
     finally:
         for s in sinks:
             await s.close()
+
+
+# -- the server's side ------------------------------------------------------------------------------
+
+async def test_the_server_renews_the_leases_of_the_jobs_its_workers_hold(tmp_path, pg_url):
+    responder = Responder.build(make_settings(tmp_path, database_url=pg_url), console_stream=io.StringIO())
+    other = PostgresIncidentStore(pg_url, owner="replica-other")
+    keeper = None
+    try:
+        store = responder.store
+        assert store.backend == "postgresql" and store.owner != other.owner
+        store.job_lease_s, store.lease_renew_s = 1.0, 0.2
+        accept(store, firing("g1"))
+        job = store.claim_job()
+        responder.active_jobs[job.id] = job.incident_id  # what a worker does while it runs the job
+        keeper = asyncio.create_task(responder.keep_leases())
+        await asyncio.sleep(2.5)  # over twice the lease
+        assert await asyncio.to_thread(other.claim_job) is None
+        responder.active_jobs.clear()  # the worker is stuck or gone: nothing renews the lease
+        await asyncio.sleep(1.5)
+        assert (await asyncio.to_thread(other.claim_job)).id == job.id
+    finally:
+        if keeper:
+            keeper.cancel()
+        other.close()
+        await responder.stop()
 
 
 # -- opening ----------------------------------------------------------------------------------------
