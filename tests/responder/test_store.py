@@ -18,7 +18,6 @@ import pytest
 
 from responder.store import (MAX_JOB_ATTEMPTS, AcceptResult, IncidentStore, NotFound,
                              StoreBase, StoreClosed, StoreError, open_store)
-from tests.responder.pg_fixtures import pg_server, pg_url  # noqa: F401 - fixtures
 
 try:
     from responder.alertmanager import Alert, Notification

@@ -27,7 +27,6 @@ from responder.sinks.slack import SlackSink
 from responder.store import (JOB_LEASE_S, MAX_JOB_ATTEMPTS, MESSAGE_LEASE_S, StoreError, StoreUnavailable,
                              open_store)
 from responder.store_pg import PG_SCHEMA_VERSION, PostgresIncidentStore
-from tests.responder.pg_fixtures import pg_server, pg_url  # noqa: F401 - fixtures
 from tests.responder.test_server import closed_port, make_settings
 from tests.responder.test_store import Clock, accept, alert, note
 from tests.standins.slack import DEFAULT_TOKEN, SlackStandin
