@@ -52,6 +52,26 @@ def alert_payload(status: str, labels: dict[str, str], starts_at: float, ends_at
     }
 
 
+async def wait_healthy(url: str, proc: subprocess.Popen | None, what: str, log_path: Path | None,
+                       timeout: float, ready=lambda body: True) -> dict:
+    """Until ``url``/healthz answers 200 with a body ``ready`` accepts; the body. Fails at once
+    when ``proc`` exits, and after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            if proc and proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with {proc.returncode}; see {log_path}")
+            try:
+                async with s.get(url + "/healthz") as r:
+                    body = await r.json(content_type=None)
+                    if r.status == 200 and ready(body):
+                        return body
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.3)
+    raise TimeoutError(f"{what} not ready after {timeout}s; see {log_path}")
+
+
 class ResponderProcess:
     """``llmslo serve`` in a child process with its own data directory; it dies with the thread
     that starts it (see :func:`die_with_parent`), so a killed test or lab leaves no responder."""
@@ -77,21 +97,11 @@ class ResponderProcess:
 
     async def wait_ready(self, timeout: float = 60.0) -> dict:
         """Until /healthz answers and the in-process agent's recorder is sampling."""
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                if self.proc and self.proc.poll() is not None:
-                    raise RuntimeError(f"llmslo serve exited with {self.proc.returncode}; see {self.log_path}")
-                try:
-                    async with s.get(self.url + "/healthz") as r:
-                        body = await r.json()
-                        rec = (body.get("agent") or {}).get("recorder")
-                        if r.status == 200 and (rec is None or rec.get("probes")):
-                            return body
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.3)
-        raise TimeoutError(f"responder not ready after {timeout}s; see {self.log_path}")
+        def sampling(body: dict) -> bool:
+            rec = (body.get("agent") or {}).get("recorder")
+            return rec is None or bool(rec.get("probes"))
+
+        return await wait_healthy(self.url, self.proc, "llmslo serve", self.log_path, timeout, sampling)
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -143,20 +153,8 @@ class AgentProcess:
                                      stdin=subprocess.DEVNULL, cwd=REPO, preexec_fn=die_with_parent)
         return self
 
-    async def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                if self.proc and self.proc.poll() is not None:
-                    raise RuntimeError(f"llmslo agent exited with {self.proc.returncode}; see {self.log_path}")
-                try:
-                    async with s.get(self.url + "/healthz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.3)
-        raise TimeoutError(f"agent {self.node} not ready after {timeout}s; see {self.log_path}")
+    async def wait_ready(self, timeout: float = 60.0) -> dict:
+        return await wait_healthy(self.url, self.proc, f"llmslo agent {self.node}", self.log_path, timeout)
 
     def stop(self) -> None:
         process.stop(self.proc, timeout_s=15)
