@@ -229,7 +229,7 @@ class CaptureAgent:
             cost = s.cost()
         finally:
             s.close()
-        r = to_result(s.probe, raw, None, window_s)
+        r = to_result(s.probe, raw, None, window_s, per_cgroup=True)
         r.events, r.lost, r.truncated, r.cost = stats.events, stats.lost, truncated, cost
         r.notes = list(s.notes)
         if stats.unattributed:

@@ -297,6 +297,9 @@ class ProbeResult:
     truncated: str | None = None  # why the probe stopped early, e.g. its event budget
     error: str | None = None
     cost: ProbeCost = field(default_factory=ProbeCost)
+    # A capture's counters per owning cgroup id (the id as a string): which pod or container of
+    # the target the events came from.
+    by_cgroup: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def merged_with(self, other: "ProbeResult", *, concurrent: bool = False) -> "ProbeResult":
         """This result and ``other`` as one: counters, histograms, top lists, events and losses
@@ -319,6 +322,11 @@ class ProbeResult:
                 entry = counts.setdefault(ident, {**item, "count": 0})
                 entry["count"] += item.get("count", 0)
             top[k] = sorted(counts.values(), key=lambda e: -e["count"])
+        by_cgroup = {cg: dict(c) for cg, c in self.by_cgroup.items()}
+        for cg, c in other.by_cgroup.items():
+            mine_c = by_cgroup.setdefault(cg, {})
+            for k, v in c.items():
+                mine_c[k] = mine_c.get(k, 0.0) + v
         gauges, notes, cost = dict(self.gauges), list(self.notes), self.cost
         window = self.window_s + other.window_s
         if concurrent:
@@ -335,7 +343,7 @@ class ProbeResult:
             error = f"{error}; {other.error}" if error else other.error
         return ProbeResult(self.probe, window, counters, histograms, top, gauges, notes,
                            self.events + other.events, self.lost + other.lost,
-                           self.truncated or (other.truncated if concurrent else None), error, cost)
+                           self.truncated or (other.truncated if concurrent else None), error, cost, by_cgroup)
 
     def rate(self, counter: str) -> float:
         return self.counters.get(counter, 0.0) / self.window_s if self.window_s > 0 else 0.0
@@ -354,7 +362,8 @@ class ProbeResult:
             gauges={k: float(v) for k, v in data.get("gauges", {}).items()}, notes=list(data.get("notes", [])),
             events=int(data.get("events", 0)),
             lost=int(data.get("lost", 0)), truncated=data.get("truncated"), error=data.get("error"),
-            cost=ProbeCost(**data.get("cost", {})))
+            cost=ProbeCost(**data.get("cost", {})),
+            by_cgroup={str(k): {c: float(v) for c, v in d.items()} for k, d in data.get("by_cgroup", {}).items()})
 
 
 @dataclass

@@ -366,6 +366,24 @@ def _pod_ref(pod: Any, rs_owners: dict[tuple[str, str], tuple[str, str]]) -> Pod
                   workload_kind=kind, workload=name, containers=containers)
 
 
+def _pod_counters(results: list[CaptureResult]) -> dict[str, dict[str, float]]:
+    """pod UID -> {"probe.counter": total} from each node's per-cgroup counters: which pod the
+    events came from. Only non-zero counters are kept."""
+    out: dict[str, dict[str, float]] = {}
+    for r in results:
+        pod_of = {str(w["id"]): w.get("pod_uid") for w in r.workloads if w.get("pod_uid")}
+        for name, pr in r.incident.items():
+            for cg, counters in pr.by_cgroup.items():
+                uid = pod_of.get(cg)
+                if uid is None:
+                    continue
+                mine = out.setdefault(uid, {})
+                for counter, value in counters.items():
+                    if value:
+                        mine[f"{name}.{counter}"] = mine.get(f"{name}.{counter}", 0.0) + value
+    return out
+
+
 def _ready(pod: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
 
@@ -442,7 +460,9 @@ class KubeAgents:
         outcomes = [o for o, _ in done]
         results = [r for _, r in done if r is not None]
         captured = {o["node"] for o in outcomes if o["status"] == "ok"}
-        pod_list = [pods[u].to_dict() | {"captured": pods[u].node in captured} for u in t.pods]
+        per_pod = _pod_counters(results)
+        pod_list = [pods[u].to_dict() | {"captured": pods[u].node in captured, "counters": per_pod.get(u, {})}
+                    for u in t.pods]
         log.info("event=fanout_capture nodes=%s ok=%s wall_s=%.1f", len(nodes), len(results),
                  time.monotonic() - started)
         if not results:

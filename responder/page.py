@@ -368,6 +368,15 @@ def _windows_line(baseline: Any, incident: Any) -> str:
 # kernel capture, alerts, footer
 
 
+def _pod_counters(pod: dict[str, Any]) -> str:
+    """A pod's three largest counters in a fanned-out capture."""
+    counters = pod.get("counters")
+    if not isinstance(counters, dict) or not counters:
+        return ""
+    top = sorted(((k, v) for k, v in counters.items() if isinstance(v, (int, float))), key=lambda kv: -kv[1])[:3]
+    return ": " + ", ".join(f"{_e(k)} {v:,.0f}" for k, v in top)
+
+
 def _capture_section(inc: dict[str, Any], capture: dict[str, Any] | None) -> str:
     if capture is None:
         if inc.get("verdict") is None and inc.get("status") != "resolved" and not inc.get("error"):
@@ -389,7 +398,7 @@ def _capture_section(inc: dict[str, Any], capture: dict[str, Any] | None) -> str
             f"<code>{_e(pod.get('namespace') or '?')}/{_e(pod.get('name') or '?')}</code>"
             + (f" ({_e(pod.get('workload_kind') or '')} {_e(pod['workload'])})" if pod.get("workload") else "")
             + f" on <code>{_e(pod.get('node') or '?')}</code>" + ("" if pod.get("captured") else " — not captured")
-            for pod in pods)))
+            + _pod_counters(pod) for pod in pods)))
     nodes = _items(capture.get("nodes"))
     if nodes:
         facts.append(("Nodes", "<br>".join(

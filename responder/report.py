@@ -378,6 +378,8 @@ def _capture_blocks(capture: CaptureResult | None) -> list[dict[str, Any]]:
         for n in capture.nodes:
             if n.get("status") != "ok":
                 scope += f"\nNode `{_esc(n['node'])}`: {_esc(n['status'])}: {_esc(n.get('error') or '')}"
+        for line in concentrated(capture.pods):
+            scope += f"\nConcentrated: {_esc(line)}"
         return _capture_tail(capture, scope)
     scope = (f"*Kernel capture* `{_esc(capture.id)}` on node `{_esc(capture.node)}`, "
              f"scope {_esc(capture.target.describe())}, {_duration(window)} window")
@@ -391,6 +393,35 @@ def _capture_blocks(capture: CaptureResult | None) -> list[dict[str, Any]]:
     for proc in capture.processes[:5]:
         scope += f"\nProcess: pid {proc['pid']} `{_esc(proc.get('comm', '?'))}` {_esc(proc.get('exe', ''))}"
     return _capture_tail(capture, scope)
+
+
+# A counter counts as concentrated in one pod when that pod holds at least this share of it,
+# over at least this many events, among at least two captured pods.
+CONCENTRATED_SHARE = 0.8
+CONCENTRATED_MIN_EVENTS = 20
+MAX_CONCENTRATED = 3
+
+
+def concentrated(pods: list[dict[str, Any]]) -> list[str]:
+    """Counters of a fanned-out capture that come mostly from one pod (the one bad replica or
+    node), largest first: "92% of tcp_retrans.retransmits (340) in pod llm/chat-a on node-a"."""
+    captured = [p for p in pods if p.get("captured") and isinstance(p.get("counters"), dict)]
+    if len(captured) < 2:
+        return []
+    totals: dict[str, float] = {}
+    for pod in captured:
+        for k, v in pod["counters"].items():
+            totals[k] = totals.get(k, 0.0) + v
+    out = []
+    for k, total in sorted(totals.items(), key=lambda kv: -kv[1]):
+        if total < CONCENTRATED_MIN_EVENTS:
+            continue
+        top = max(captured, key=lambda p: p["counters"].get(k, 0.0))
+        share = top["counters"].get(k, 0.0) / total
+        if share >= CONCENTRATED_SHARE:
+            out.append(f"{share:.0%} of {k} ({total:,.0f}) in pod {top['namespace']}/{top['name']} "
+                       f"on {top.get('node') or '?'}")
+    return out[:MAX_CONCENTRATED]
 
 
 def _capture_tail(capture: CaptureResult, scope: str) -> list[dict[str, Any]]:

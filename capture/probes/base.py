@@ -132,10 +132,13 @@ def diff(before: RawSnapshot, after: RawSnapshot) -> RawSnapshot:
     return out
 
 
-def to_result(probe: Probe, raw: RawSnapshot, cgroup_ids: set[int] | None, window_s: float) -> ProbeResult:
+def to_result(probe: Probe, raw: RawSnapshot, cgroup_ids: set[int] | None, window_s: float,
+              per_cgroup: bool = False) -> ProbeResult:
     """Sum a raw snapshot over ``cgroup_ids`` (None: every cgroup) into a typed result. Gauges
-    are not summed: over several cgroups the result keeps the smallest (the tightest limit)."""
+    are not summed: over several cgroups the result keeps the smallest (the tightest limit).
+    With ``per_cgroup``, the counters are also kept per cgroup (``by_cgroup``)."""
     counters = {name: 0.0 for name in probe.counters}
+    by_cgroup: dict[str, dict[str, float]] = {}
     gauges: dict[str, float] = {}
     hists = {name: Histogram(unit=unit) for name, unit in probe.histograms.items()}
     tops: dict[str, dict[str, int]] = {}
@@ -145,6 +148,9 @@ def to_result(probe: Probe, raw: RawSnapshot, cgroup_ids: set[int] | None, windo
             continue
         if kind == "c":
             counters[key[2]] = counters.get(key[2], 0.0) + value
+            if per_cgroup:
+                mine = by_cgroup.setdefault(str(cgid), {})
+                mine[key[2]] = mine.get(key[2], 0.0) + value
         elif kind == "h":
             h = hists.setdefault(key[2], Histogram(unit="us"))
             h.buckets[key[3]] = h.buckets.get(key[3], 0) + value
@@ -157,7 +163,7 @@ def to_result(probe: Probe, raw: RawSnapshot, cgroup_ids: set[int] | None, windo
                   sorted(entries.items(), key=lambda kv: -kv[1])[:TOP_N]]
            for name, entries in tops.items()}
     return ProbeResult(probe=probe.name, window_s=window_s, counters=counters, histograms=hists, top=top,
-                       gauges=gauges)
+                       gauges=gauges, by_cgroup=by_cgroup)
 
 
 def read_stats(bpf: Any) -> tuple[int, int, int]:

@@ -154,6 +154,10 @@ async def test_an_alert_naming_a_deployment_is_captured_on_both_nodes_of_its_pod
         assert {str(ports[0]), str(ports[2])} <= peers, peers
         assert not peers & {str(ports[1]), str(ports[3])}, peers
         assert connect["counters"]["established"] >= 20  # two pods at ~10/s over a 10 s capture
+        # Per pod, from the kernel's per-cgroup counts: both pods connected, and they add up.
+        per_pod = {p["name"]: p["counters"].get("tcp_connect.established", 0) for p in cap["pods"]}
+        assert per_pod["chat-7d9f-a"] >= 10 and per_pod["chat-7d9f-b"] >= 10 and per_pod["chat-7d9f-c"] == 0
+        assert per_pod["chat-7d9f-a"] + per_pod["chat-7d9f-b"] == connect["counters"]["established"]
 
         # The thread names the pods and the node without an agent.
         text = await thread_text(responder, inc)

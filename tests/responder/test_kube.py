@@ -219,7 +219,8 @@ class AgentStandin:
         t = CaptureTarget.from_dict(body["target"])
         pr = ProbeResult("tcp_connect", 10.0, counters={"established": self.established},
                          top={"peers": [{"peer": "10.96.0.1:443", "count": self.established}]},
-                         cost=ProbeCost(bpf_run_time_ns=1_000_000, bpf_run_count=100))
+                         cost=ProbeCost(bpf_run_time_ns=1_000_000, bpf_run_count=100),
+                         by_cgroup={"1": {"established": self.established}})
         result = CaptureResult(id=f"cap-{self.node}", node=self.node, target=t, started_at=1000.0, ended_at=1010.0,
                                incident={"tcp_connect": pr}, cgroup_ids=[len(self.node)],
                                workloads=[{"id": 1, "path": f"/kubepods.slice/{self.node}", "pod_uid": t.pods[0]}],
@@ -279,6 +280,10 @@ async def test_a_capture_fans_out_to_each_nodes_agent_and_combines_what_they_fou
         assert {w["node"] for w in result.workloads} == {"node-a", "node-b"}
         assert {p["name"]: p["captured"] for p in result.pods} == {
             "chat-a": True, "chat-b": True, "chat-c": False, "chat-d": False}
+        # Per pod: the counters of its cgroups, from each agent's per-cgroup counts.
+        assert {p["name"]: p["counters"] for p in result.pods} == {
+            "chat-a": {"tcp_connect.established": 30}, "chat-b": {"tcp_connect.established": 12},
+            "chat-c": {}, "chat-d": {}}
         # It survives the JSON round trip the store makes.
         assert CaptureResult.from_dict(result.to_dict()).pods == result.pods
 

@@ -283,6 +283,10 @@ def test_a_capture_over_several_nodes_names_its_pods_and_the_nodes_that_could_no
     nodes = [{"node": "node-0", "status": "ok", "agent": "llmslo-agent-x", "error": None},
              {"node": "node-1", "status": "ok", "agent": "llmslo-agent-y", "error": None},
              {"node": "node-2", "status": "failed", "agent": "llmslo-agent-z", "error": "agent answered 503: busy"}]
+    pods[0]["counters"] = {"tcp_retrans.retransmits": 340, "tcp_connect.established": 50}
+    pods[1]["counters"] = {"tcp_retrans.retransmits": 10, "tcp_connect.established": 60}
+    pods[2]["counters"] = {"runq_latency.wakeups": 900}  # not captured: not counted
+    pods[3]["counters"] = {"dns.lookups": 19}  # too few to say anything
     cap = _capture(node="node-0, node-1", target=CaptureTarget(pods=["u0"]), pods=pods, nodes=nodes)
     msg = render_attribution(_incident(verdict=_verdict().to_dict()), _verdict(), cap, [], URL)
     _assert_slack_limits(msg)
@@ -292,6 +296,9 @@ def test_a_capture_over_several_nodes_names_its_pods_and_the_nodes_that_could_no
     assert "Pod `llm/chat-7d9f-2` (Deployment chat) on node `node-2`: *not captured*" in blocks
     assert "chat-7d9f-8" not in blocks and "… and 3 more pod(s)" in blocks  # eight listed
     assert "Node `node-2`: failed: agent answered 503: busy" in blocks
+    # One pod holds almost all of the retransmits: said; connects are spread: not said.
+    assert "Concentrated: 97% of tcp_retrans.retransmits (350) in pod llm/chat-7d9f-0 on node-0" in blocks
+    assert blocks.count("Concentrated:") == 1
     assert cap.cost.summary() in blocks and "sched:sched_wakeup unavailable" in blocks
 
 
