@@ -244,7 +244,10 @@ class KubeCluster:
     # --- scope ---------------------------------------------------------------------------------
     def resolve(self, spec: Any, labels: dict[str, str]) -> Scope:
         """The pods an alert's labels name (ScopeError when there are none to capture)."""
-        attr, kind = next((a, k) for a, k in WORKLOAD_KINDS if getattr(spec, a) and labels.get(getattr(spec, a)))
+        named = [(a, k) for a, k in WORKLOAD_KINDS if getattr(spec, a) and labels.get(getattr(spec, a))]
+        if not named:
+            raise ScopeError("the alert names no pod, workload or service the playbook reads")
+        attr, kind = named[0]
         name = labels[getattr(spec, attr)]
         ns_label = spec.namespace_label
         namespace = labels.get(ns_label) if ns_label else None

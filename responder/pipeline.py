@@ -22,7 +22,7 @@ from responder import adhoc, calibration, links, page, report
 from responder.alertmanager import parse_timestamp
 from responder.attribution import attribute
 from responder.config import Settings
-from responder.kube import KubeCluster, KubeUnavailable, ScopeError, names_workload
+from responder.kube import WORKLOAD_KINDS, KubeCluster, KubeUnavailable, Scope, ScopeError, names_workload
 from responder.model import Verdict
 from responder.playbooks import Playbook, ScopeSpec, select_playbook
 from responder.prometheus import burn_onset, prometheus_evidence
@@ -46,19 +46,16 @@ def alert_labels(incident: Incident) -> dict[str, str]:
     return labels
 
 
-def scope_from_labels(spec: ScopeSpec, labels: dict[str, str],
-                      kube: KubeCluster | None = None) -> tuple[CaptureTarget, list[str]]:
-    """Stage *scope*: (target, notes). On Kubernetes, the pods the alert's workload labels name
-    (their UIDs and, when a container is named, its ids); on a plain host, the pid / cgroup /
-    port labels the playbook names."""
+def scope_from_labels(spec: ScopeSpec, labels: dict[str, str], kube: KubeCluster | None = None) -> Scope:
+    """Stage *scope*. On Kubernetes, the pods the alert's workload labels name (their UIDs and,
+    when a container is named, its ids); on a plain host, the pid / cgroup / port labels the
+    playbook names."""
     if kube is not None:
         if not names_workload(spec, labels):
-            wanted = [getattr(spec, a) for a in ("pod_label", "deployment_label", "statefulset_label",
-                                                 "daemonset_label", "job_label", "service_label") if getattr(spec, a)]
+            wanted = [getattr(spec, attr) for attr, _ in WORKLOAD_KINDS if getattr(spec, attr)]
             raise ScopeError("no workload label on the alert: expected a namespace and one of "
                              + (", ".join(wanted) or "(the playbook names no Kubernetes labels)"))
-        scope = kube.resolve(spec, labels)
-        return scope.target, [scope.description, *scope.notes]
+        return kube.resolve(spec, labels)
     target = CaptureTarget()
     pid = spec.first_present(spec.pid_labels, labels)
     if pid is not None:
@@ -74,13 +71,14 @@ def scope_from_labels(spec: ScopeSpec, labels: dict[str, str],
             raise ScopeError(f"label port={port!r} is not a TCP port")
         target.ports.append(int(port))
     if target.is_empty():
-        pod = labels.get(spec.pod_label or "") if spec.pod_label else None
-        if pod:
-            raise ScopeError(f"the alert names pod {pod!r}, but no Kubernetes API is configured on this "
-                             "responder; add a pid, cgroup or port label, or configure Kubernetes")
+        if names_workload(spec, labels):
+            named = ", ".join(f"{getattr(spec, a)}={labels[getattr(spec, a)]}" for a, _ in WORKLOAD_KINDS
+                              if getattr(spec, a) and labels.get(getattr(spec, a)))
+            raise ScopeError(f"the alert names a Kubernetes workload ({named}), but this responder does not "
+                             "use Kubernetes (LLMSLO_AGENT_DISCOVERY=kubernetes); add a pid, cgroup or port label")
         wanted = [*spec.pid_labels, *spec.cgroup_labels, *spec.port_labels]
         raise ScopeError(f"no scope label on the alert: expected one of {', '.join(wanted)}")
-    return target, []
+    return Scope(target=target, pods=[], description=target.describe())
 
 
 def baseline_end(incident: Incident) -> float | None:
@@ -304,14 +302,13 @@ class Pipeline:
         """Stages scope and kernel capture (the playbook's probes unless ``probes``); (result,
         None) or (None, why there is none)."""
         try:
-            target, notes = await asyncio.to_thread(scope_from_labels, playbook.scope, labels, self.kube)
-            req = CaptureRequest(target=target, probes=list(probes or playbook.capture.probes),
+            scope = await asyncio.to_thread(scope_from_labels, playbook.scope, labels, self.kube)
+            req = CaptureRequest(target=scope.target, probes=list(probes or playbook.capture.probes),
                                  duration_s=duration_s, baseline_s=playbook.capture.baseline_s,
                                  baseline_end=onset, incident_id=inc.id)
-            if notes:
-                log.info("incident=%s event=scope %s", inc.id, "; ".join(notes))
+            log.info("incident=%s event=scope %s", inc.id, "; ".join([scope.description, *scope.notes]))
             result = await self.agent.capture(req)
-            result.errors += notes[1:]  # pods left out, and why
+            result.errors += scope.notes  # pods left out, and why
             return result, None
         except (ScopeError, RequestError, KubeUnavailable) as e:
             return None, f"could not scope the capture: {e}"

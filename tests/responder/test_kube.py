@@ -301,3 +301,19 @@ async def test_a_capture_fans_out_to_each_nodes_agent_and_combines_what_they_fou
         await standin.stop()
         for a in agents.values():
             await a.server.close()
+
+
+async def test_the_scope_stage_on_kubernetes_and_off_it(kube):
+    from responder.pipeline import scope_from_labels
+
+    _, cluster = kube
+    scope = await asyncio.to_thread(scope_from_labels, SPEC, {"namespace": "llm", "deployment": "chat"}, cluster)
+    assert len(scope.target.pods) == 2 and scope.notes
+    with pytest.raises(ScopeError, match="no workload label on the alert: expected a namespace and one of pod, "
+                                         "deployment, statefulset, daemonset, job_name, service"):
+        await asyncio.to_thread(scope_from_labels, SPEC, {"namespace": "llm", "pid": "1"}, cluster)
+    # Without Kubernetes, a workload label alone cannot be captured, and the error says why.
+    with pytest.raises(ScopeError, match=r"names a Kubernetes workload \(deployment=chat\), but this responder"):
+        scope_from_labels(SPEC, {"namespace": "llm", "deployment": "chat"})
+    host = scope_from_labels(SPEC, {"namespace": "llm", "deployment": "chat", "pid": "42"})
+    assert host.target == CaptureTarget(pids=[42]) and host.description == "pid:42" and host.pods == []
