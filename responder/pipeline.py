@@ -74,8 +74,10 @@ def scope_from_labels(spec: ScopeSpec, labels: dict[str, str], kube: KubeCluster
         if names_workload(spec, labels):
             named = ", ".join(f"{getattr(spec, a)}={labels[getattr(spec, a)]}" for a, _ in WORKLOAD_KINDS
                               if getattr(spec, a) and labels.get(getattr(spec, a)))
-            raise ScopeError(f"the alert names a Kubernetes workload ({named}), but this responder does not "
-                             "use Kubernetes (LLMSLO_AGENT_DISCOVERY=kubernetes); add a pid, cgroup or port label")
+            host = ", ".join([*spec.pid_labels, *spec.cgroup_labels, *spec.port_labels])
+            raise ScopeError(f"the alert names {named}, which only Kubernetes resolves to pods, but this responder "
+                             "does not use Kubernetes (LLMSLO_AGENT_DISCOVERY=kubernetes); on a plain host add a "
+                             f"pid, cgroup or port label ({host})")
         wanted = [*spec.pid_labels, *spec.cgroup_labels, *spec.port_labels]
         raise ScopeError(f"no scope label on the alert: expected one of {', '.join(wanted)}")
     return Scope(target=target, pods=[], description=target.describe())

@@ -313,7 +313,8 @@ async def test_the_scope_stage_on_kubernetes_and_off_it(kube):
                                          "deployment, statefulset, daemonset, job_name, service"):
         await asyncio.to_thread(scope_from_labels, SPEC, {"namespace": "llm", "pid": "1"}, cluster)
     # Without Kubernetes, a workload label alone cannot be captured, and the error says why.
-    with pytest.raises(ScopeError, match=r"names a Kubernetes workload \(deployment=chat\), but this responder"):
+    with pytest.raises(ScopeError, match=r"names deployment=chat, which only Kubernetes resolves to pods, .* "
+                                         r"add a pid, cgroup or port label \(pid, cgroup, port\)"):
         scope_from_labels(SPEC, {"namespace": "llm", "deployment": "chat"})
     host = scope_from_labels(SPEC, {"namespace": "llm", "deployment": "chat", "pid": "42"})
     assert host.target == CaptureTarget(pids=[42]) and host.description == "pid:42" and host.pods == []
