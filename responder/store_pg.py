@@ -24,7 +24,7 @@ row and transaction as the state it guards, so a claim and its lease cannot disa
 responder needs no RBAC on ``coordination.k8s.io``; and it works the same off-cluster.
 
 Times in leases come from the database's clock (one clock for all replicas), unless a ``clock``
-is given (tests). Connections: a small pool, one connection per transaction, autocommit outside
+is given (tests). Connections: psycopg_pool's pool, one connection per transaction, autocommit outside
 explicit transactions (READ COMMITTED, row and advisory locks where a read decides a write). A
 dropped connection is discarded; the call raises ``StoreUnavailable`` and the caller retries.
 Give the responder a database (or a ``search_path`` schema) of its own: the table names are plain.
@@ -32,16 +32,14 @@ Give the responder a database (or a ``search_path`` schema) of its own: the tabl
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 
 from responder.store import (
     JOB_LEASE_S,
@@ -64,8 +62,6 @@ log = logging.getLogger(__name__)
 PG_SCHEMA_VERSION = 1
 POOL_SIZE = 8
 CONNECT_TIMEOUT_S = 10
-# A pooled connection idle longer than this is checked before use (the server may have closed it).
-IDLE_CHECK_S = 30.0
 # Advisory lock key held while migrating, so replicas starting together migrate once.
 _MIGRATION_LOCK = 0x6C6C6D736C6F
 # How many candidates claim_job passes over (another replica holds their incident) in one call.
@@ -201,65 +197,6 @@ class _Conn:
         return self.raw.execute(sql.replace("?", "%s"), tuple(args) or None)
 
 
-class _Pool:
-    """At most ``size`` connections; idle ones are reused, broken ones dropped."""
-
-    def __init__(self, url: str, size: int, connect_timeout_s: float) -> None:
-        self._url = url
-        self._size = size
-        self._connect_timeout_s = connect_timeout_s
-        self._slots = threading.BoundedSemaphore(size)
-        self._lock = threading.Lock()
-        self._idle: list[tuple[psycopg.Connection, float]] = []
-        self.closed = False
-
-    def _open(self) -> psycopg.Connection:
-        return psycopg.connect(self._url, autocommit=True, row_factory=dict_row,
-                               connect_timeout=max(1, int(self._connect_timeout_s)),
-                               application_name="llmslo-responder")
-
-    def _take_idle(self) -> psycopg.Connection | None:
-        while True:
-            with self._lock:
-                if not self._idle:
-                    return None
-                conn, since = self._idle.pop()
-            if time.monotonic() - since < IDLE_CHECK_S:
-                return conn
-            try:
-                conn.execute("SELECT 1")
-                return conn
-            except psycopg.Error:
-                conn.close()
-
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
-        if not self._slots.acquire(timeout=60):
-            raise StoreUnavailable(f"all {self._size} database connections stayed busy for 60 s")
-        conn = None
-        try:
-            conn = self._take_idle() or self._open()
-            yield conn
-        finally:
-            if conn is not None:
-                reusable = (not conn.closed and not conn.broken
-                            and conn.info.transaction_status == pq.TransactionStatus.IDLE)
-                with self._lock:
-                    if reusable and not self.closed:
-                        self._idle.append((conn, time.monotonic()))
-                        conn = None
-                if conn is not None:
-                    conn.close()
-            self._slots.release()
-
-    def close(self) -> None:
-        with self._lock:
-            self.closed = True
-            idle, self._idle = self._idle, []
-        for conn, _ in idle:
-            conn.close()
-
-
 class PostgresIncidentStore(StoreBase):
     """Incidents, their alerts, the job queue and the chat outbox in one PostgreSQL database,
     shared by the responder's replicas (see the module docstring).
@@ -282,7 +219,18 @@ class PostgresIncidentStore(StoreBase):
                          message_lease_s=message_lease_s)
         self.where = describe(url)
         _check_url(url)
-        self._pool: _Pool | None = _Pool(url, pool_size, connect_timeout_s)
+        timeout = max(1, int(connect_timeout_s))
+        try:  # one connection first, so that an unreachable server is said as libpq says it
+            psycopg.connect(url, connect_timeout=timeout).close()
+        except psycopg.Error as e:
+            raise StoreUnavailable(f"PostgreSQL at {self.where}: {_first_line(e)}") from None
+        # Connections are checked when taken from the pool (the server may have closed an idle
+        # one); a transaction waits at most ``connect_timeout_s`` for one, then StoreUnavailable.
+        self._pool: ConnectionPool | None = ConnectionPool(
+            url, min_size=1, max_size=pool_size, timeout=connect_timeout_s, open=True, name="llmslo-store",
+            check=ConnectionPool.check_connection,
+            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": timeout,
+                    "application_name": "llmslo-responder"})
         try:
             self._migrate()
         except BaseException:
