@@ -336,34 +336,34 @@ class PostgresIncidentStore(StoreBase):
         """Running jobs whose lease lapsed go back to pending (failed when out of attempts).
         Rows another transaction has locked are skipped (never waited for), so claims cannot
         deadlock with each other or with a renewal; the next claim looks again."""
-        rows = conn.execute(
-            "UPDATE jobs SET lease_until=NULL, "
-            "state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'pending' END, "
-            "finished_at = CASE WHEN attempts >= ? THEN ? ELSE finished_at END, "
-            "last_error = 'interrupted: the lease of ' || COALESCE(lease_owner, 'unknown') || ' lapsed' "
-            "|| CASE WHEN attempts >= ? THEN '; out of attempts' ELSE '' END "
-            "WHERE id IN (SELECT id FROM jobs WHERE state='running' AND " + _LAPSED
-            + " FOR UPDATE SKIP LOCKED) RETURNING id, state",
-            (MAX_JOB_ATTEMPTS, MAX_JOB_ATTEMPTS, now, MAX_JOB_ATTEMPTS, now)).fetchall()
+        rows = self._interrupt(conn, now, _LAPSED, (now,),
+                               "'interrupted: the lease of ' || COALESCE(lease_owner, 'unknown') || ' lapsed'")
         if rows:
             log.info("event=jobs_taken_back reason=lease_lapsed jobs=%s owner=%s",
                      ",".join(f"{r['id']}:{r['state']}" for r in rows), self.owner)
         return sum(r["state"] == "pending" for r in rows)
+
+    @staticmethod
+    def _interrupt(conn: _Conn, now: float, which: str, which_args: tuple, error: str,
+                   clear_owner: bool = False) -> list[Any]:
+        """Running jobs matching ``which`` (SQL over ``jobs``) back to pending, or failed when out
+        of attempts, with ``error`` (an SQL expression) as their last error; locked rows skipped."""
+        return conn.execute(
+            "UPDATE jobs SET lease_until=NULL, " + ("lease_owner=NULL, " if clear_owner else "")
+            + "state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'pending' END, "
+            "finished_at = CASE WHEN attempts >= ? THEN ? ELSE finished_at END, "
+            "last_error = " + error + " || CASE WHEN attempts >= ? THEN '; out of attempts' ELSE '' END "
+            "WHERE id IN (SELECT id FROM jobs WHERE state='running' AND " + which
+            + " FOR UPDATE SKIP LOCKED) RETURNING id, state",
+            (MAX_JOB_ATTEMPTS, MAX_JOB_ATTEMPTS, now, MAX_JOB_ATTEMPTS, *which_args)).fetchall()
 
     def requeue_running(self) -> int:
         """At start-up: jobs this replica left running (it restarted under the same owner name)
         go back to pending, and so do jobs whose lease lapsed; a live replica's are left alone."""
         with self._tx() as conn:
             now = self._now(conn)
-            rows = conn.execute(
-                "UPDATE jobs SET lease_until=NULL, lease_owner=NULL, "
-                "state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'pending' END, "
-                "finished_at = CASE WHEN attempts >= ? THEN ? ELSE finished_at END, "
-                "last_error = CASE WHEN attempts >= ? THEN 'interrupted; out of attempts' "
-                "ELSE 'interrupted' END "
-                "WHERE id IN (SELECT id FROM jobs WHERE state='running' AND (lease_owner=? OR "
-                + _LAPSED + ") FOR UPDATE SKIP LOCKED) RETURNING state",
-                (MAX_JOB_ATTEMPTS, MAX_JOB_ATTEMPTS, now, MAX_JOB_ATTEMPTS, self.owner, now)).fetchall()
+            rows = self._interrupt(conn, now, "(lease_owner=? OR " + _LAPSED + ")", (self.owner, now),
+                                   "'interrupted'", clear_owner=True)
             return sum(r["state"] == "pending" for r in rows)
 
     def renew_leases(self, job_ids: Collection[int]) -> set[int]:
