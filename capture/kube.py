@@ -16,6 +16,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from capture.schemas import container_id
+
 log = logging.getLogger(__name__)
 
 CACHE_TTL_S = 30.0
@@ -80,7 +82,7 @@ class KubeIdentity:
         containers = {}
         for st in (p.status.container_statuses or []) if p.status else []:
             if st.container_id:
-                containers[st.container_id.split("://", 1)[-1]] = st.name
+                containers[container_id(st.container_id)] = st.name
         kind, name = self._workload(p.metadata.namespace, p.metadata.owner_references or [])
         return PodIdentity(uid=p.metadata.uid, name=p.metadata.name, namespace=p.metadata.namespace,
                            node=p.spec.node_name if p.spec else None, workload_kind=kind, workload=name,

@@ -7,7 +7,7 @@ HTTP body format.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # Bounds the agent enforces on every request, from any caller (HTTP, CLI, responder, chat).
@@ -408,7 +408,7 @@ class CaptureResult:
     new_processes: list[dict[str, Any]] = field(default_factory=list)
     novelty_note: str = ""
     # A capture fanned out over several nodes (``combine``): each node's outcome
-    # ({"node", "agent", "status": ok | failed | no agent, "error", "capture_id", "pods", "cost"})
+    # ({"node", "agent", "status": ok | failed | no agent | skipped, "error", "capture_id", "pods", "cost"})
     # and each target pod ({"namespace", "name", "uid", "node", "workload_kind", "workload",
     # "containers", "captured"}). Empty for a capture by one agent.
     nodes: list[dict[str, Any]] = field(default_factory=list)
@@ -427,9 +427,9 @@ class CaptureResult:
                   ended_at=max(r.ended_at for r in results), nodes=nodes, pods=pods,
                   baseline_note="; ".join(dict.fromkeys(r.baseline_note for r in results if r.baseline_note)),
                   novelty_note="; ".join(dict.fromkeys(r.novelty_note for r in results if r.novelty_note)))
-        for field_name in ("pids", "cgroups", "ports", "pods", "containers"):
-            merged = [v for r in results for v in getattr(r.target, field_name)]
-            setattr(out.target, field_name, list(dict.fromkeys(merged)))
+        for f in fields(CaptureTarget):
+            merged = [v for r in results for v in getattr(r.target, f.name)]
+            setattr(out.target, f.name, list(dict.fromkeys(merged)))
         for r in results:
             for window, mine in ((r.incident, out.incident), (r.baseline, out.baseline)):
                 for name, pr in window.items():

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from capture.client import AgentError, HttpAgentClient
-from capture.schemas import CaptureRequest, CaptureResult, CaptureTarget, ProbeInfo, RequestError
+from capture.schemas import CaptureRequest, CaptureResult, CaptureTarget, ProbeInfo, RequestError, container_id
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +187,21 @@ WORKLOAD_KINDS = (("pod_label", "Pod"), ("deployment_label", "Deployment"), ("st
                   ("daemonset_label", "DaemonSet"), ("job_label", "Job"), ("service_label", "Service"))
 
 
+def workload_label_names(spec: Any) -> list[str]:
+    """The workload labels the playbook reads, the most specific first."""
+    return [getattr(spec, attr) for attr, _ in WORKLOAD_KINDS if getattr(spec, attr)]
+
+
+def named_workloads(spec: Any, labels: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(kind, label, value) of each workload label the playbook reads that the alert carries,
+    the most specific first."""
+    return [(kind, getattr(spec, attr), labels[getattr(spec, attr)]) for attr, kind in WORKLOAD_KINDS
+            if getattr(spec, attr) and labels.get(getattr(spec, attr))]
+
+
 def names_workload(spec: Any, labels: dict[str, str]) -> bool:
     """Whether the alert carries one of the workload labels the playbook reads."""
-    return any(getattr(spec, attr) and labels.get(getattr(spec, attr)) for attr, _ in WORKLOAD_KINDS)
+    return bool(named_workloads(spec, labels))
 
 
 def parse_selector(text: str) -> dict[str, str]:
@@ -244,11 +256,10 @@ class KubeCluster:
     # --- scope ---------------------------------------------------------------------------------
     def resolve(self, spec: Any, labels: dict[str, str]) -> Scope:
         """The pods an alert's labels name (ScopeError when there are none to capture)."""
-        named = [(a, k) for a, k in WORKLOAD_KINDS if getattr(spec, a) and labels.get(getattr(spec, a))]
+        named = named_workloads(spec, labels)
         if not named:
             raise ScopeError("the alert names no pod, workload or service the playbook reads")
-        attr, kind = named[0]
-        name = labels[getattr(spec, attr)]
+        kind, _, name = named[0]
         ns_label = spec.namespace_label
         namespace = labels.get(ns_label) if ns_label else None
         if not namespace:
@@ -323,10 +334,11 @@ class KubeCluster:
                 continue
             agent = AgentPod(node=node, name=p.metadata.name, url=None)
             ip = p.status.pod_ip if p.status else None
+            phase = p.status.phase if p.status else None
             if p.metadata.deletion_timestamp is not None:
                 agent.why_not = f"agent pod {p.metadata.name} is terminating"
-            elif not (p.status and p.status.phase == "Running" and ip):
-                agent.why_not = f"agent pod {p.metadata.name} is {(p.status.phase if p.status else None) or 'not running'}"
+            elif not (phase == "Running" and ip):
+                agent.why_not = f"agent pod {p.metadata.name} is {phase or 'not running'}"
             elif not _ready(p):
                 agent.why_not = f"agent pod {p.metadata.name} is not ready"
             else:
@@ -363,7 +375,7 @@ def _pod_ref(pod: Any, rs_owners: dict[tuple[str, str], tuple[str, str]]) -> Pod
     containers = {}
     for st in (pod.status.container_statuses or []) if pod.status else []:
         if st.container_id and st.state is not None and st.state.running is not None:
-            containers[st.name] = st.container_id.split("://", 1)[-1]
+            containers[st.name] = container_id(st.container_id)
     return PodRef(namespace=pod.metadata.namespace, name=pod.metadata.name, uid=pod.metadata.uid,
                   node=pod.spec.node_name if pod.spec else None, phase=pod.status.phase if pod.status else None,
                   workload_kind=kind, workload=name, containers=containers)

@@ -22,7 +22,7 @@ from responder import adhoc, calibration, links, page, report
 from responder.alertmanager import parse_timestamp
 from responder.attribution import attribute
 from responder.config import Settings
-from responder.kube import WORKLOAD_KINDS, KubeCluster, KubeUnavailable, Scope, ScopeError, names_workload
+from responder.kube import KubeCluster, KubeUnavailable, Scope, ScopeError, named_workloads, workload_label_names
 from responder.model import Verdict
 from responder.playbooks import Playbook, ScopeSpec, select_playbook
 from responder.prometheus import burn_onset, prometheus_evidence
@@ -51,10 +51,9 @@ def scope_from_labels(spec: ScopeSpec, labels: dict[str, str], kube: KubeCluster
     when a container is named, its ids); on a plain host, the pid / cgroup / port labels the
     playbook names."""
     if kube is not None:
-        if not names_workload(spec, labels):
-            wanted = [getattr(spec, attr) for attr, _ in WORKLOAD_KINDS if getattr(spec, attr)]
+        if not named_workloads(spec, labels):
             raise ScopeError("no workload label on the alert: expected a namespace and one of "
-                             + (", ".join(wanted) or "(the playbook names no Kubernetes labels)"))
+                             + (", ".join(workload_label_names(spec)) or "(the playbook names no Kubernetes labels)"))
         return kube.resolve(spec, labels)
     target = CaptureTarget()
     pid = spec.first_present(spec.pid_labels, labels)
@@ -71,9 +70,8 @@ def scope_from_labels(spec: ScopeSpec, labels: dict[str, str], kube: KubeCluster
             raise ScopeError(f"label port={port!r} is not a TCP port")
         target.ports.append(int(port))
     if target.is_empty():
-        if names_workload(spec, labels):
-            named = ", ".join(f"{getattr(spec, a)}={labels[getattr(spec, a)]}" for a, _ in WORKLOAD_KINDS
-                              if getattr(spec, a) and labels.get(getattr(spec, a)))
+        if workloads := named_workloads(spec, labels):
+            named = ", ".join(f"{label}={value}" for _, label, value in workloads)
             host = ", ".join([*spec.pid_labels, *spec.cgroup_labels, *spec.port_labels])
             raise ScopeError(f"the alert names {named}, which only Kubernetes resolves to pods, but this responder "
                              "does not use Kubernetes (LLMSLO_AGENT_DISCOVERY=kubernetes); on a plain host add a "
