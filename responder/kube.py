@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from capture.client import AgentError, HttpAgentClient
-from capture.schemas import CaptureRequest, CaptureResult, CaptureTarget, ProbeInfo, RequestError, container_id
+from capture.schemas import CaptureRequest, CaptureResult, CaptureTarget, RequestError, container_id
 
 log = logging.getLogger(__name__)
 
@@ -416,16 +416,6 @@ class KubeAgents:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.cluster.close)
-
-    async def probes(self) -> list[ProbeInfo]:
-        agents = [a for a in (await asyncio.to_thread(self.cluster.agents)).values() if a.url]
-        if not agents:
-            raise AgentError("no ready capture agent in the cluster")
-        client = HttpAgentClient(agents[0].url, self.token)
-        try:
-            return await client.probes()
-        finally:
-            await client.close()
 
     async def capture(self, req: CaptureRequest) -> CaptureResult:
         t = req.target
