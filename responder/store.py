@@ -347,6 +347,18 @@ class StoreBase:
     def _lock_group(self, conn: Any, group_key: str) -> None:
         """Serialise ``accept`` for one alert group (SQLite's write lock already does)."""
 
+    @staticmethod
+    def _apply_migrations(conn: Any, migrations: dict[int, str], version: int, latest: int,
+                          record: Callable[[int], None]) -> None:
+        """Run the migrations from ``version`` up to ``latest`` statement by statement inside the
+        caller's transaction (a script runner could commit first), recording each new version."""
+        while version < latest:
+            for statement in migrations[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            version += 1
+            record(version)
+
     def _held_elsewhere(self, job_row: Any) -> bool:
         """True when another replica has taken this running job over (its lease lapsed here)."""
         return False
@@ -730,13 +742,8 @@ class IncidentStore(StoreBase):
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} has schema version {version}, newer than this "
                                  f"responder's {SCHEMA_VERSION}; upgrade the responder")
-            while version < SCHEMA_VERSION:
-                # executescript() would COMMIT first; run statement by statement instead.
-                for statement in _MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                version += 1
-                conn.execute(f"PRAGMA user_version = {version:d}")
+            self._apply_migrations(conn, _MIGRATIONS, version, SCHEMA_VERSION,
+                                   lambda v: conn.execute(f"PRAGMA user_version = {v:d}"))
 
     # -- jobs: one process, so a claim is for good until this process finishes or restarts ---
 

@@ -291,12 +291,8 @@ class PostgresIncidentStore(StoreBase):
             if version > PG_SCHEMA_VERSION:
                 raise StoreError(f"the database at {self.where} has schema version {version}, newer "
                                  f"than this responder's {PG_SCHEMA_VERSION}; upgrade the responder")
-            while version < PG_SCHEMA_VERSION:
-                for statement in _PG_MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                version += 1
-                conn.execute("UPDATE llmslo_schema SET version=?", (version,))
+            self._apply_migrations(conn, _PG_MIGRATIONS, version, PG_SCHEMA_VERSION,
+                                   lambda v: conn.execute("UPDATE llmslo_schema SET version=?", (v,)))
 
     # -- jobs ------------------------------------------------------------------------------
 
