@@ -37,6 +37,9 @@ class AgentBusy(RuntimeError):
     """Too many captures already run on this node; retry later."""
 
 
+# Resolving a target (cgroup walks, /proc scans, Kubernetes names) may take this long at most.
+RESOLVE_TIMEOUT_S = 15.0
+
 # How far back before a capture its incident window reaches into the recorder's history.
 LEAD_IN_MAX_S = 300.0
 
@@ -137,13 +140,24 @@ class CaptureAgent:
         unknown = [p for p in req.probes if p not in CATALOG]
         if unknown:
             raise RequestError(f"probes: unknown probe(s) {unknown}; known: {sorted(CATALOG)}")
-        scope = await asyncio.to_thread(identity.resolve, req.target)
-        if self.kube is not None:
-            scope.workloads = await asyncio.to_thread(lambda: [self.kube.enrich(w) for w in scope.workloads])
-            if self.kube.error:
-                scope.notes.append(f"workload names unavailable: {self.kube.error}")
+        # The slot first: a node that is already capturing refuses at once, before any /proc or
+        # cgroup walk is spent on a request it cannot run.
         if not self._slots.acquire(blocking=False):
             raise AgentBusy(f"{self.max_concurrent} captures already running on {self.node}")
+        try:
+            scope = await asyncio.wait_for(asyncio.to_thread(identity.resolve, req.target),
+                                           timeout=RESOLVE_TIMEOUT_S)
+            if self.kube is not None:
+                scope.workloads = await asyncio.wait_for(
+                    asyncio.to_thread(lambda: [self.kube.enrich(w) for w in scope.workloads]), timeout=RESOLVE_TIMEOUT_S)
+                if self.kube.error:
+                    scope.notes.append(f"workload names unavailable: {self.kube.error}")
+        except asyncio.TimeoutError:
+            self._slots.release()
+            raise RequestError(f"target: resolving it took longer than {RESOLVE_TIMEOUT_S:g} s") from None
+        except BaseException:
+            self._slots.release()
+            raise
         stop = threading.Event()
         cap_id = "cap-" + uuid.uuid4().hex[:10]
         self.active[cap_id] = req

@@ -6,20 +6,19 @@ GET  /v1/recorder   the flight recorder: a window's per-probe results and per-in
                     ?since=&until= (Unix seconds; default its whole history), ?probes=a,b
 GET  /v1/probes     the probe catalog
 GET  /metrics       Prometheus exposition: the recorder's per-cgroup counters and the agent's own
-GET  /healthz       liveness and the agent's state (no token needed: it reveals no workload data)
+GET  /healthz       liveness (open); with the token, also the agent's state
 The machine-readable description is capture/openapi.yaml (kept true by a test).
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from capture.agent import AgentBusy, CaptureAgent
-from capture.http_server import bearer_ok, json_error, read_body, with_lifecycle
+from capture.http_server import JsonBodyError, bearer_ok, guard, json_error, load_json, read_body, with_lifecycle
 from capture.metrics import agent_registry
 from capture.schemas import RequestError
 
@@ -42,8 +41,8 @@ def make_app(agent: CaptureAgent, token: str) -> web.Application:
         if body is None:
             return json_error(413, f"request body over {MAX_REQUEST_BYTES} bytes")
         try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            data = load_json(body)
+        except JsonBodyError as e:
             return json_error(400, f"body is not valid JSON: {e}")
         try:
             req = agent.validate(data)
@@ -51,9 +50,7 @@ def make_app(agent: CaptureAgent, token: str) -> web.Application:
         except RequestError as e:
             return json_error(400, str(e))
         except AgentBusy as e:
-            busy = json_error(429, str(e))
-            busy.headers["Retry-After"] = "5"
-            return busy
+            return json_error(429, str(e), retry_after=5)
         return web.json_response(result.to_dict())
 
     async def recorder(request: web.Request) -> web.Response:
@@ -74,9 +71,12 @@ def make_app(agent: CaptureAgent, token: str) -> web.Application:
         return web.json_response({"probes": [p.__dict__ for p in agent.probes()]})
 
     async def healthz(request: web.Request) -> web.Response:
+        """Open: ok. With the token: the agent's state too (its recorder, captures, probes)."""
+        if not bearer_ok(request.headers.get("Authorization"), token):
+            return web.json_response({"status": "ok"})
         return web.json_response({"status": "ok"} | agent.status())
 
-    app = web.Application(middlewares=[auth], client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(middlewares=[guard, auth], client_max_size=MAX_REQUEST_BYTES)
     app.router.add_post("/v1/captures", captures)
     app.router.add_get("/v1/probes", probes)
     app.router.add_get("/v1/recorder", recorder)

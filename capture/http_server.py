@@ -1,36 +1,155 @@
 """What the agent's and the responder's HTTP servers share: constant-time credential checks,
-bounded body reads, JSON error answers, and start-up/shut-down hooks."""
+bounded body reads with a deadline, strict JSON parsing, JSON error answers, start-up/shut-down
+hooks, and the server runner (a header deadline and a bound on connections per client)."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
+import json
+import logging
+import re
+from collections import Counter
+from typing import Any
 
 from aiohttp import web
 
+log = logging.getLogger(__name__)
 
-def json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+# A request's body must arrive within this many seconds of its handler asking for it.
+BODY_TIMEOUT_S = 30.0
+# A connection must deliver a request's headers this soon after it opens or after its last
+# response (also how long an idle keep-alive connection is kept).
+HEADER_TIMEOUT_S = 15.0
+# Open connections one client address may hold; more are closed at once.
+MAX_CONNECTIONS_PER_CLIENT = 64
 
 
-async def read_body(request: web.Request, limit: int) -> bytes | None:
-    """The whole body, or None when it is longer than ``limit`` bytes.
+class BodyTimeout(Exception):
+    """The client did not send its whole body within BODY_TIMEOUT_S."""
+
+
+class JsonBodyError(ValueError):
+    """The body is not JSON this service takes; the message says why (and where)."""
+
+
+# A JSON escape that can make a lone surrogate or a NUL: only then are the strings walked.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:[dD][89a-fA-F]|0000)")
+
+
+def _no_constants(name: str) -> Any:
+    raise JsonBodyError(f"{name} is not a JSON number")
+
+
+def load_json(body: bytes) -> Any:
+    """Parse a request body as strict JSON: UTF-8, no NaN/Infinity, nested at most as deep as
+    the parser goes, integers of at most 4,300 digits, and strings that are valid Unicode text
+    without NUL (a lone surrogate such as ``"\\ud800"`` is valid JSON but cannot be stored,
+    printed or sent on). Raises JsonBodyError naming the problem and, for a bad string, its path."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JsonBodyError(f"body is not UTF-8 text (byte {e.start})") from None
+    try:
+        doc = json.loads(text, parse_constant=_no_constants)
+    except json.JSONDecodeError as e:
+        raise JsonBodyError(f"invalid JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg}") from None
+    except RecursionError:
+        raise JsonBodyError("invalid JSON: nested too deeply") from None
+    except ValueError as e:  # an integer of more than 4,300 digits
+        raise JsonBodyError(f"invalid JSON: {str(e).split(';')[0]}") from None
+    if _SUSPECT_ESCAPE.search(body):
+        bad = _bad_string(doc)
+        if bad:
+            raise JsonBodyError(bad)
+    return doc
+
+
+def _bad_string(doc: Any) -> str | None:
+    """The first string (value or key) that is not clean Unicode text, as 'path: why'."""
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, str):
+            why = _string_problem(v)
+            if why:
+                return f"{path or 'body'}: {why}"
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                why = _string_problem(k)
+                sub = f"{path}.{k}" if path else str(k)
+                if why:
+                    return f"{path or 'body'}: a key {why}"
+                stack.append((sub, x))
+        elif isinstance(v, list):
+            stack.extend((f"{path}[{i}]", x) for i, x in enumerate(v))
+    return None
+
+
+def _string_problem(s: str) -> str | None:
+    if "\x00" in s:
+        return "contains a NUL character"
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (\\ud800-\\udfff), which is not Unicode text"
+    return None
+
+
+def json_error(status: int, message: str, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+async def read_body(request: web.Request, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes | None:
+    """The whole body, or None when it is longer than ``limit`` bytes; BodyTimeout when it has
+    not all arrived within ``timeout_s`` (a slow or unfinished body never holds a handler).
 
     ``content.read(n)`` returns whatever is buffered (one TCP segment or HTTP chunk), not n
     bytes: keep reading until the end of the body or one byte past the limit."""
     buf = bytearray()
-    while len(buf) <= limit:
-        chunk = await request.content.read(limit + 1 - len(buf))
-        if not chunk:
-            break
-        buf += chunk
+    try:
+        async with asyncio.timeout(timeout_s):
+            while len(buf) <= limit:
+                chunk = await request.content.read(limit + 1 - len(buf))
+                if not chunk:
+                    break
+                buf += chunk
+    except TimeoutError:
+        raise BodyTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
     return None if len(buf) > limit else bytes(buf)
+
+
+@web.middleware
+async def guard(request: web.Request, handler):
+    """Outermost middleware of both servers: a body that does not arrive in time is a 408, and
+    an unexpected error is a 500 without a traceback in the answer (the log keeps it)."""
+    try:
+        return await handler(request)
+    except BodyTimeout as e:
+        resp = json_error(408, str(e))
+        resp.force_close()
+        return resp
+    except web.HTTPException:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # the boundary of every request: the log has it, the client a sentence
+        log.exception("event=request_failed method=%s path=%s", request.method, request.path)
+        return json_error(500, "internal error; the server's log has the details")
 
 
 def bearer_ok(header: str | None, token: str | None) -> bool:
     if not token or not header:
         return False
     scheme, _, value = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape: a value that is not UTF-8
+    # holds lone surrogates, which cannot be encoded back (and cannot be the token anyway).
+    try:
+        got = value.strip().encode()
+    except UnicodeEncodeError:
+        return False
+    return scheme.lower() == "bearer" and hmac.compare_digest(got, token.encode())
 
 
 def basic_ok(header: str | None, user: str | None, password: str | None) -> bool:
@@ -41,7 +160,7 @@ def basic_ok(header: str | None, user: str | None, password: str | None) -> bool
         return False
     try:
         got_user, _, got_pw = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeError):  # not base64, not UTF-8, or a header that was not UTF-8
         return False
     # Both compared, always, so the time taken does not tell which one was wrong.
     u = hmac.compare_digest(got_user.encode(), user.encode())
@@ -58,3 +177,76 @@ def with_lifecycle(app, start, stop) -> None:
         await stop()
 
     app.cleanup_ctx.append(lifecycle)
+
+
+class ClientLimit:
+    """Counts a server's open connections per client address and closes those over the bound
+    (before any byte of theirs is read). ``install`` hooks it into a running aiohttp server."""
+
+    def __init__(self, per_client: int) -> None:
+        self.per_client = per_client
+        self.open: Counter[str] = Counter()
+        self.refused = 0
+
+    def install(self, server) -> None:
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler, transport):
+            made(handler, transport)
+            peer = transport.get_extra_info("peername")
+            client = peer[0] if isinstance(peer, (tuple, list)) and peer else "?"
+            handler._llmslo_client = client
+            self.open[client] += 1
+            if self.open[client] > self.per_client:
+                self.refused += 1
+                log.warning("event=connection_refused client=%s open=%s limit=%s", client, self.open[client],
+                            self.per_client)
+                transport.close()
+
+        def connection_lost(handler, exc=None):
+            client = getattr(handler, "_llmslo_client", None)
+            if client is not None:
+                self.open[client] -= 1
+                if self.open[client] <= 0:
+                    del self.open[client]
+                handler._llmslo_client = None
+            lost(handler, exc)
+
+        server.connection_made = connection_made
+        server.connection_lost = connection_lost
+
+
+CLIENT_LIMIT = web.AppKey("client_limit", ClientLimit)
+
+
+async def serve(app: web.Application, host: str, port: int, *, header_timeout_s: float = HEADER_TIMEOUT_S,
+                max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+                handle_signals: bool = True) -> web.AppRunner:
+    """Start serving ``app`` (its start-up hooks run first); the runner, to ``cleanup()`` later.
+
+    aiohttp closes a connection whose next request has not been parsed ``keepalive_timeout``
+    after it opened or after its last response; that is the header deadline here. The app's
+    ``CLIENT_LIMIT`` key holds the per-client connection bound."""
+    limit = app[CLIENT_LIMIT] = ClientLimit(max_connections_per_client)
+    runner = web.AppRunner(app, handle_signals=handle_signals, keepalive_timeout=header_timeout_s,
+                           access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    limit.install(runner.server)
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def run(app: web.Application, host: str, port: int, **limits: Any) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, then shut it down (its clean-up hooks run)."""
+
+    async def main() -> None:
+        runner = await serve(app, host, port, **limits)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass

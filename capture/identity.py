@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,9 +67,24 @@ def process_identity(pid: int) -> dict:
     return ident
 
 
+# Resolving ports to processes reads /proc/*/fd: at most this many descriptors per resolution,
+# and for at most RESOLVE_DEADLINE_S (a node with a million open files must not stall a capture).
+MAX_FD_SCAN = 200_000
+RESOLVE_DEADLINE_S = 5.0
+
+
 def listening_port_owners(port: int) -> set[int]:
     """Pids holding a TCP socket bound to ``port`` (what ``ss -ltnp`` shows)."""
-    inodes: set[str] = set()
+    return port_owners([port]).get(port, set())
+
+
+def port_owners(ports: list[int], max_files: int = MAX_FD_SCAN,
+                deadline_s: float = RESOLVE_DEADLINE_S) -> dict[int, set[int]]:
+    """For each port, the pids holding a TCP socket listening on it: one pass over the socket
+    tables and one over /proc/*/fd for all the ports, bounded in descriptors read and in time
+    (RequestError when the bound is hit before every port was found)."""
+    wanted_ports = set(ports)
+    inode_port: dict[str, int] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
@@ -76,27 +92,37 @@ def listening_port_owners(port: int) -> set[int]:
                 for line in f:
                     cols = line.split()
                     local, state, inode = cols[1], cols[3], cols[9]
-                    if int(local.rsplit(":", 1)[1], 16) == port and state == "0A":  # LISTEN
-                        inodes.add(inode)
+                    p = int(local.rsplit(":", 1)[1], 16)
+                    if p in wanted_ports and state == "0A":  # LISTEN
+                        inode_port[f"socket:[{inode}]"] = p
         except FileNotFoundError:
             continue
-    owners: set[int] = set()
-    if not inodes:
+    owners: dict[int, set[int]] = {}
+    if not inode_port:
         return owners
-    wanted = {f"socket:[{i}]" for i in inodes}
+    stop_at = time.monotonic() + deadline_s
+    scanned = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            for fd in os.scandir(f"/proc/{entry.name}/fd"):
-                try:
-                    if os.readlink(fd.path) in wanted:
-                        owners.add(int(entry.name))
-                        break
-                except OSError:
-                    continue
+            with os.scandir(f"/proc/{entry.name}/fd") as fds:
+                for fd in fds:
+                    scanned += 1
+                    try:
+                        port = inode_port.get(os.readlink(fd.path))
+                    except OSError:
+                        continue
+                    if port is not None:
+                        owners.setdefault(port, set()).add(int(entry.name))
         except OSError:
             continue
+        if scanned > max_files or time.monotonic() > stop_at:
+            if set(owners) != set(inode_port.values()):
+                raise RequestError(f"ports: finding the processes behind port(s) {sorted(wanted_ports)} read "
+                                   f"{scanned} file descriptors without finding them all; name the pid or "
+                                   "cgroup instead")
+            break
     return owners
 
 
@@ -212,8 +238,9 @@ def resolve(target: CaptureTarget) -> ResolvedTarget:
             r.baseline_cgroups.add(cid)
             r.workloads.append(parse_cgroup_path(sub, cid).to_dict())
     pids = set(target.pids)
+    found = port_owners(target.ports) if target.ports else {}
     for port in target.ports:
-        owners = listening_port_owners(port)
+        owners = found.get(port, set())
         if owners:
             r.notes.append(f"port {port} is served by pid(s) {sorted(owners)}")
         pids |= owners

@@ -28,10 +28,12 @@ def parse_duration(text: str | float | int, *, name: str = "duration") -> float:
     if isinstance(text, bool):
         raise RequestError(f"{name}: expected a duration like 10s, got {text!r}")
     if isinstance(text, (int, float)):
+        if not -1e12 < text < 1e12:  # also NaN, and an integer too large for a float
+            raise RequestError(f"{name}: expected a number of seconds below 10^12")
         return float(text)
     m = _DURATION_RE.match(str(text))
     if not m:
-        raise RequestError(f"{name}: expected a duration like 10s, 500ms or 2m, got {text!r}")
+        raise RequestError(f"{name}: expected a duration like 10s, 500ms or 2m, got {str(text)[:40]!r}")
     value, unit = float(m.group(1)), m.group(2) or "s"
     return value / 1000.0 if unit == "ms" else value * 60.0 if unit == "m" else value
 
@@ -171,7 +173,8 @@ class CaptureRequest:
         if not 0 <= baseline <= MAX_BASELINE_SECONDS:
             raise RequestError(f"baseline_s: {baseline:g}s is outside [0, {MAX_BASELINE_SECONDS:g}] seconds")
         baseline_end = data.get("baseline_end")
-        if baseline_end is not None and (isinstance(baseline_end, bool) or not isinstance(baseline_end, (int, float))):
+        if baseline_end is not None and (isinstance(baseline_end, bool) or not isinstance(baseline_end, (int, float))
+                                         or not 0 < baseline_end < 1e11):  # NaN, infinity, milliseconds
             raise RequestError("baseline_end: expected a Unix timestamp in seconds")
         incident_id = data.get("incident_id")
         if incident_id is not None and not isinstance(incident_id, str):

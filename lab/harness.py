@@ -53,11 +53,12 @@ def alert_payload(status: str, labels: dict[str, str], starts_at: float, ends_at
 
 
 async def wait_healthy(url: str, proc: subprocess.Popen | None, what: str, log_path: Path | None,
-                       timeout: float, ready=lambda body: True) -> dict:
-    """Until ``url``/healthz answers 200 with a body ``ready`` accepts; the body. Fails at once
-    when ``proc`` exits, and after ``timeout``."""
+                       timeout: float, ready=lambda body: True, headers: dict[str, str] | None = None) -> dict:
+    """Until ``url``/healthz answers 200 with a body ``ready`` accepts; the body (the detailed
+    one when ``headers`` carry credentials). Fails at once when ``proc`` exits, and after
+    ``timeout``."""
     deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=headers) as s:
         while time.monotonic() < deadline:
             if proc and proc.poll() is not None:
                 raise RuntimeError(f"{what} exited with {proc.returncode}; see {log_path}")
@@ -101,10 +102,17 @@ class ResponderProcess:
             rec = (body.get("agent") or {}).get("recorder")
             return rec is None or bool(rec.get("probes"))
 
-        return await wait_healthy(self.url, self.proc, "llmslo serve", self.log_path, timeout, sampling)
+        return await wait_healthy(self.url, self.proc, "llmslo serve", self.log_path, timeout, sampling,
+                                  headers=self.headers())
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
+
+    async def health(self) -> dict:
+        """The detailed /healthz (loops, store, counts, spans), whatever its status."""
+        async with aiohttp.ClientSession(headers=self.headers()) as s:
+            async with s.get(self.url + "/healthz") as r:
+                return await r.json()
 
     async def post_alert(self, payload: dict) -> tuple[int, dict]:
         async with aiohttp.ClientSession(headers=self.headers()) as s:
@@ -141,6 +149,7 @@ class AgentProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "LLMSLO_AGENT_TOKEN": token, **(extra_env or {})}
+        self.token = token
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self._log = None
@@ -154,7 +163,8 @@ class AgentProcess:
         return self
 
     async def wait_ready(self, timeout: float = 60.0) -> dict:
-        return await wait_healthy(self.url, self.proc, f"llmslo agent {self.node}", self.log_path, timeout)
+        return await wait_healthy(self.url, self.proc, f"llmslo agent {self.node}", self.log_path, timeout,
+                                  headers={"Authorization": f"Bearer {self.token}"})
 
     def stop(self) -> None:
         process.stop(self.proc, timeout_s=15)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
+from capture.http_server import load_json
 from capture.schemas import RequestError, check_duration, check_probes
 from responder.playbooks import PIN_LABEL
 from responder.store import ADHOC_GROUP_PREFIX
@@ -76,10 +77,7 @@ class AdhocRequest:
 
 def parse_request(body: bytes, playbooks: Iterable[str], known_probes: Iterable[str]) -> AdhocRequest:
     """The request in a ``POST /api/captures`` body; ValueError says what is wrong."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError("body is not JSON") from None
+    data = load_json(body)  # JsonBodyError (a ValueError) names what is wrong
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object with labels")
     unknown = sorted(set(data) - set(FIELDS))
@@ -94,6 +92,8 @@ def parse_request(body: bytes, playbooks: Iterable[str], known_probes: Iterable[
         raise ValueError("reason: expected a string of at most 500 characters")
     playbook = data.get("playbook")
     known_playbooks = set(playbooks)
+    if playbook is not None and not isinstance(playbook, str):
+        raise ValueError("playbook: expected the name of a loaded playbook (a string)")
     if playbook is not None and playbook not in known_playbooks:
         raise ValueError(f"playbook: {playbook!r} is not loaded; known: {', '.join(sorted(known_playbooks))}")
     started_at = data.get("started_at")
@@ -105,6 +105,8 @@ def parse_request(body: bytes, playbooks: Iterable[str], known_probes: Iterable[
     if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))):
         raise ValueError("duration_s: expected a number of seconds")
     probes = data.get("probes")
+    if duration is not None and not -1e9 < duration < 1e9:  # also a 400-digit integer, before float()
+        raise ValueError("duration_s: expected a number of seconds from 1 to 120")
     try:  # the agent's own bounds
         if duration is not None:
             duration = check_duration(float(duration))

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from capture.http_server import JsonBodyError, load_json
+
 SUPPORTED_VERSION = "4"
 STATUSES = ("firing", "resolved")
 
@@ -141,13 +143,9 @@ def parse_timestamp(text: str) -> datetime:
 def parse_notification(body: bytes) -> Notification:
     """Parse and validate a webhook body; raise ``PayloadError`` naming what is wrong."""
     try:
-        doc = json.loads(body)
-    except UnicodeDecodeError as exc:
-        raise PayloadError(f"body is not UTF-8 text: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise PayloadError(
-            f"invalid JSON at line {exc.lineno} column {exc.colno} (char {exc.pos}): {exc.msg}"
-        ) from None
+        doc = load_json(body)
+    except JsonBodyError as exc:
+        raise PayloadError(str(exc)) from None
     if not isinstance(doc, dict):
         raise PayloadError(f"expected a JSON object at the top level, got {_json_type(doc)}")
 

@@ -25,8 +25,7 @@ def _logging(verbose: bool) -> None:
 
 # --- serve -------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
+    from capture import http_server
     from responder import config
     from responder.server import Responder
 
@@ -45,15 +44,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"configuration: {e}") from None
     print(f"llmslo: responder on http://{settings.host}:{settings.port} (data in {settings.data_dir})",
           file=sys.stderr, flush=True)
-    web.run_app(responder.app(), host=settings.host, port=settings.port, print=None,
-                handle_signals=True, shutdown_timeout=5)
+    http_server.run(responder.app(), settings.host, settings.port)
     return 0
 
 
 # --- agent -------------------------------------------------------------------------------------
 def cmd_agent(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
+    from capture import http_server
     from capture.agent import CaptureAgent
     from capture.api import make_app
 
@@ -71,7 +68,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         raise CliError(f"agent: Kubernetes API configuration: {e}") from None
     agent = CaptureAgent(args.node_name, recorder=not args.no_recorder, recorder_interval_s=args.recorder_interval_s,
                          recorder_history_s=args.recorder_history_s, kube=kube_identity)
-    web.run_app(make_app(agent, token), host=args.host, port=args.port, print=None, shutdown_timeout=5)
+    http_server.run(make_app(agent, token), args.host, args.port)
     return 0
 
 

@@ -139,6 +139,26 @@ _ENV = {
 }
 
 
+# Settings that are credentials. From a file they must be YAML strings: an unquoted 0777 is the
+# octal number 511 to YAML, and a token silently turned into "511" would lock everyone out.
+SECRETS = frozenset({"webhook_token", "webhook_user", "webhook_password", "agent_token", "kube_token",
+                     "slack_bot_token", "slack_signing_secret", "slack_app_token", "database_url"})
+
+
+def _check_file_value(key: str, value: Any, ftype: Any) -> None:
+    """A value from the YAML file has the type its setting takes: scalars only, and strings
+    (quoted when they look like numbers) for text settings and every secret."""
+    if value is None:
+        return
+    if isinstance(value, (list, dict)):
+        raise ConfigError(f"{key}: expected a single value, got a YAML {'list' if isinstance(value, list) else 'mapping'}")
+    t = str(ftype)
+    text_setting = not any(t.startswith(p) for p in ("int", "float", "bool"))
+    if (key in SECRETS or text_setting) and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string; YAML read this as {type(value).__name__} "
+                          f"{repr(value)[:40]}: put it in quotes")
+
+
 def _coerce(key: str, value: Any, default: Any, ftype: Any) -> Any:
     t = str(ftype)
     try:
@@ -170,11 +190,17 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None, **ov
             raise ConfigError(f"config file {path}: {e.strerror}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"config file {path}: not valid YAML: nested too deeply") from None
+        except ValueError as e:  # an integer of more than 4,300 digits
+            raise ConfigError(f"config file {path}: a value cannot be read: {str(e).split(';')[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path}: expected a mapping of settings")
         for k, v in data.items():
-            if k not in known or k == "generated_token":
-                raise ConfigError(f"{k}: unknown setting; known: {', '.join(sorted(set(known) - {'generated_token'}))}")
+            if not isinstance(k, str) or k not in known or k == "generated_token":
+                raise ConfigError(f"{str(k)[:80]}: unknown setting; known: "
+                                  f"{', '.join(sorted(set(known) - {'generated_token'}))}")
+            _check_file_value(k, v, known[k].type)
             values[k] = v
     for var, key in _ENV.items():
         if env.get(var):

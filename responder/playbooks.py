@@ -459,6 +459,9 @@ class _PlaybookReader:
         except yaml.YAMLError as exc:
             self.problems.append(PlaybookProblem(self.file, None, None, f"invalid YAML: {exc}"))
             return None
+        except RecursionError:
+            self.problems.append(PlaybookProblem(self.file, None, None, "invalid YAML: nested too deeply"))
+            return None
         if root is None:
             self.problems.append(PlaybookProblem(
                 self.file, None, None, "the file is empty; expected a playbook mapping with "
@@ -789,7 +792,11 @@ class _PlaybookReader:
         if not (isinstance(node, ScalarNode) and node.tag in tags):
             self.report(node, f"{what} must be {expected}; got {_describe(node)}")
             return None
-        return self._constructor.construct_object(node)
+        try:
+            return self._constructor.construct_object(node)
+        except ValueError as exc:  # an integer of more than 4,300 digits
+            self.report(node, f"{what} must be {expected}; this value cannot be read ({str(exc).split(';')[0]})")
+            return None
 
     def string(self, node: Node, what: str) -> str | None:
         return self.scalar(node, what, (_TAG + "str",), "a string")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ from aiohttp import web
 
 from capture import kube
 from capture.agent import CaptureAgent
-from capture.http_server import basic_ok, bearer_ok, json_error, read_body, with_lifecycle
+from capture.http_server import basic_ok, bearer_ok, guard, json_error, read_body, with_lifecycle
 from capture.client import HttpAgentClient, LocalAgentClient
 from capture.probes import CATALOG
 from responder import adhoc
@@ -26,17 +28,29 @@ from responder.delivery import Deliverer
 from responder.kube import KubeAgents, KubeCluster
 from responder.page import render_incident_page
 from responder.pipeline import Pipeline
-from responder.playbooks import load_playbooks
+from responder.playbooks import PlaybookLoadError, load_playbooks
 from responder.sinks.base import ChatSink
 from responder.sinks.console import ConsoleSink
 from responder.sinks.slack import SlackSink
-from responder.store import AcceptResult, StoreBase, StoreError, open_store
+from responder.health import Health, StoreProbe, supervise
+from responder.intake import IntakeWriter
+from responder.store import (AcceptResult, NotFound, Overloaded, StoreBase, StoreError, StoreUnavailable, job_backoff,
+                             open_store)
 from responder.traces.backends import TraceBackend, backend_from_settings
 from responder.traces.receiver import OtlpReceiver
 from responder.traces.store import SpanStore
 
 log = logging.getLogger(__name__)
 
+# A job that runs longer than this is cancelled (every probe detaches) and retried: a capture is
+# at most 120 s, the evidence and onset reads a few timeouts more.
+JOB_TIMEOUT_S = 600.0
+# Store calls go through the default executor. While the database is locked every one of them
+# waits there up to the busy timeout; enough threads that they never starve the rest (span
+# decoding, the incident page) of a thread.
+EXECUTOR_THREADS = 32
+# Between claims while the store cannot be read.
+CLAIM_RETRY_S = 2.0
 
 
 @dataclass
@@ -55,16 +69,30 @@ class Responder:
     tasks: list[asyncio.Task] = field(default_factory=list)
     active_jobs: dict[int, str] = field(default_factory=dict)  # job id -> incident id, while a worker runs it
     slack_app: Any = None  # responder.slack.app.SlackApp when Slack's bot token and signing secret are set
+    health: Health = field(default_factory=Health)
+    intake: IntakeWriter | None = None
 
     @classmethod
     def build(cls, settings: Settings, console_stream=None) -> "Responder":
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            probe = settings.data_dir / f".write-check-{os.getpid()}"
+            probe.write_bytes(b"")  # the store, reports and files all go here: fail now, not mid-incident
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"data_dir: {settings.data_dir} cannot be written: {e.strerror}") from None
+        try:
+            playbooks = load_playbooks(settings.playbooks_dir, set(CATALOG))
+        except PlaybookLoadError as e:
+            more = len(e.problems) - 1
+            raise ConfigError(f"playbooks_dir: {e.problems[0].format()}"
+                              + (f" (and {more} more; see llmslo playbooks validate {settings.playbooks_dir})"
+                                 if more else "")) from None
         try:
             store = open_store(settings.database_url, settings.store_path)
         except StoreError as e:
             raise ConfigError(f"{'database_url' if settings.database_url else 'data_dir'}: the incident store "
                               f"did not open: {e}") from None
-        playbooks = load_playbooks(settings.playbooks_dir, set(CATALOG))
         cluster = None
         if settings.agent_discovery == "kubernetes":
             try:
@@ -90,6 +118,9 @@ class Responder:
         pipeline = Pipeline(store, playbooks, agent, list(sinks), settings, traces, on_enqueued=deliverer.notify,
                             kube=cluster)
         responder = cls(settings, store, agent, sinks, pipeline, deliverer, spans, traces)
+        deliverer.health = responder.health
+        responder.intake = IntakeWriter(store, responder.health, settings.max_pending_jobs,
+                                        responder.wake_workers.set)
         if settings.slack_bot_token and settings.slack_signing_secret:
             from responder.slack.app import SlackApp
 
@@ -98,12 +129,18 @@ class Responder:
 
     # --- workers ----------------------------------------------------------------------------
     async def worker(self, n: int) -> None:
+        """Claim a job, run it (bounded by JOB_TIMEOUT_S), record its outcome; for ever. Any
+        failure of a job sends it back to the queue with a counted attempt and a backoff (dead
+        after MAX_JOB_ATTEMPTS); a store that cannot be written only delays the loop."""
+        name = f"worker-{n}"
         while True:
+            self.health.busy(name, None)
             try:
                 job = await asyncio.to_thread(self.store.claim_job)
-            except StoreError as e:  # the database is away: keep the worker, try again shortly
-                log.warning("event=job_claim_failed worker=%s error=%s", n, e)
-                job = None
+            except StoreError as e:  # the database is away or locked: keep the worker, try again
+                self._store_trouble(e, "job_claim_failed", worker=n)
+                await asyncio.sleep(CLAIM_RETRY_S)
+                continue
             if job is None:
                 try:
                     await asyncio.wait_for(self.wake_workers.wait(), timeout=2.0)
@@ -113,57 +150,87 @@ class Responder:
                 continue
             log.info("incident=%s event=job_start job=%s kind=%s worker=%s attempt=%s", job.incident_id, job.id,
                      job.kind, n, job.attempts)
+            self.health.busy(name, f"job {job.id} of {job.incident_id}", JOB_TIMEOUT_S + 60)
             self.active_jobs[job.id] = job.incident_id
             try:
-                await self.pipeline.run(job)
+                async with asyncio.timeout(JOB_TIMEOUT_S):
+                    await self.pipeline.run(job)
             except asyncio.CancelledError:
                 raise  # shutdown: the job stays 'running' and is requeued at the next start
-            except Exception as e:
-                log.exception("incident=%s event=job_failed job=%s", job.incident_id, job.id)
-                await self.settle(job, self.store.fail_job, repr(e), True)
-                continue
+            except StoreUnavailable as e:  # not the job's fault: back to the queue, attempt refunded
+                self._store_trouble(e, "job_interrupted", incident=job.incident_id, job=job.id)
+                outcome = (self.store.fail_job, f"store unavailable: {e}", True, CLAIM_RETRY_S, True)
+            except Exception as e:  # the boundary of one job: whatever it was, log it and retry later
+                log.exception("incident=%s event=job_failed job=%s attempt=%s", job.incident_id, job.id,
+                              job.attempts)
+                retry = not isinstance(e, LookupError)  # the incident is gone: nothing to retry
+                what = "timed out" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+                outcome = (self.store.fail_job, what[:2000], retry, job_backoff(job.attempts))
             else:
-                await self.settle(job, self.store.finish_job)
+                outcome = (self.store.finish_job,)
             finally:
                 self.active_jobs.pop(job.id, None)
+            await self.settle(job, *outcome)
+
+    def _store_trouble(self, e: StoreError, event: str, **context) -> None:
+        if isinstance(e, StoreUnavailable):
+            self.health.store_failed(e)
+        log.warning("event=%s %s error=%s", event, " ".join(f"{k}={v}" for k, v in context.items()), e)
 
     async def settle(self, job, record, *args) -> None:
-        """Record a job's outcome. If the store is away, or another replica took the job over
-        (this one's lease lapsed), it is only logged: the job's lease lapses and it runs again."""
-        try:
-            kept = await asyncio.to_thread(record, job.id, *args)
-        except StoreError as e:
-            log.warning("incident=%s event=job_outcome_not_stored job=%s error=%s", job.incident_id, job.id, e)
-            return
+        """Record a job's outcome; while the store cannot be written, keep trying (the outcome
+        must not be lost: a job left running would never run again in this process). If another
+        replica took the job over (this one's lease lapsed), it is only logged."""
+        delay = 0.5
+        while True:
+            try:
+                kept = await asyncio.to_thread(record, job.id, *args)
+                break
+            except StoreUnavailable as e:
+                self._store_trouble(e, "job_outcome_waiting", incident=job.incident_id, job=job.id)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except StoreError as e:  # the job row is gone: nothing left to record
+                log.warning("incident=%s event=job_outcome_not_stored job=%s error=%s", job.incident_id, job.id, e)
+                return
         if kept is False:
             log.warning("incident=%s event=job_lease_lost job=%s", job.incident_id, job.id)
+        elif record == self.store.fail_job and not (len(args) > 1 and args[1]):
+            log.error("incident=%s event=job_dead job=%s error=%s", job.incident_id, job.id, args[0])
 
     async def keep_leases(self) -> None:
         """Renew the leases of the jobs this replica's workers hold, so that no other replica takes
         them over while they run (PostgreSQL; with SQLite a claim holds until restart)."""
         while True:
-            await asyncio.sleep(self.store.lease_renew_s)
+            self.health.progress("leases")
+            await asyncio.sleep(min(self.store.lease_renew_s, 10.0))
             held = dict(self.active_jobs)
             if not held:
                 continue
             try:
                 kept = await asyncio.to_thread(self.store.renew_leases, held)
             except StoreError as e:
-                log.warning("event=lease_renewal_failed jobs=%s error=%s", len(held), e)
+                self._store_trouble(e, "lease_renewal_failed", jobs=len(held))
                 continue
             for job_id in held.keys() - kept:
                 log.warning("incident=%s event=job_lease_lost job=%s", held[job_id], job_id)
 
     async def start(self) -> None:
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(EXECUTOR_THREADS, thread_name_prefix="llmslo"))
         log.info("event=store_opened backend=%s owner=%s", self.store.backend, self.store.owner)
         requeued = await asyncio.to_thread(self.store.requeue_running)
         if requeued:
             log.info("event=jobs_requeued count=%s", requeued)
         await self.agent.start()
-        for n in range(self.settings.workers):
-            self.tasks.append(asyncio.create_task(self.worker(n), name=f"worker-{n}"))
-        self.tasks.append(asyncio.create_task(self.deliverer.run(), name="delivery"))
-        self.tasks.append(asyncio.create_task(self.keep_leases(), name="leases"))
+        loops = {f"worker-{n}": (lambda n=n: self.worker(n)) for n in range(self.settings.workers)}
+        loops["delivery"] = self.deliverer.run
+        loops["leases"] = self.keep_leases
+        loops["intake"] = self.intake.run
+        probe = StoreProbe(self.health, self.store.heartbeat, (StoreError,))
+        loops["store-probe"] = probe.run
+        for name, body in loops.items():
+            self.tasks.append(asyncio.create_task(supervise(self.health, name, body), name=name))
         if self.slack_app is not None:
             await self.slack_app.start()
 
@@ -191,23 +258,28 @@ class Responder:
             return web.json_response({"error": "unauthorized: send the webhook bearer token or basic auth"},
                                      status=401, headers={"WWW-Authenticate": 'Bearer realm="llmslo"'})
         limit = self.settings.max_body_bytes
+        too_big = (f"the limit is {limit} bytes (max_body_bytes, LLMSLO_MAX_BODY_BYTES); raise it, or set "
+                   "max_alerts in Alertmanager's webhook_config so one notification carries fewer alerts")
         if request.content_length is not None and request.content_length > limit:
-            return json_error(413, f"body is {request.content_length} bytes; the limit is {limit} bytes")
+            return json_error(413, f"body is {request.content_length} bytes; {too_big}")
         body = await read_body(request, limit)
         if body is None:
-            return json_error(413, f"body is over the limit of {limit} bytes")
+            return json_error(413, f"body is over the limit: {too_big}")
         try:
             notification = parse_notification(body)
         except PayloadError as e:
             return json_error(400, f"invalid Alertmanager payload: {e}")
-        if await asyncio.to_thread(self.store.pending_jobs) >= self.settings.max_pending_jobs:
-            # Refused before storing: Alertmanager retries 5xx, so nothing is lost.
-            return json_error(503, "too many incidents waiting; retry later")
-        result = await asyncio.to_thread(self.store.accept, notification, body)
-        if result.job_id is not None:
-            self.wake_workers.set()
-        log.info("incident=%s event=alert_accepted group=%s new=%s duplicates=%s job=%s", result.incident_id,
-                 notification.group_key, result.new_alerts, result.duplicates, result.job_id)
+        try:
+            result = await self.intake.accept(notification, body)
+        except (Overloaded, StoreUnavailable) as e:
+            # Refused before anything was stored: Alertmanager retries a 5xx, so nothing is lost.
+            why = "too many incidents waiting" if isinstance(e, Overloaded) else "the incident store cannot be written"
+            return json_error(503, f"{why}; nothing was stored, retry later", retry_after=5)
+        except (ValueError, TypeError, KeyError) as e:  # this notification alone could not be stored
+            return json_error(400, f"the notification cannot be stored: {e}")
+        log.info("incident=%s event=alert_accepted group=%s new=%s duplicates=%s job=%s truncated=%s",
+                 result.incident_id, notification.group_key, result.new_alerts, result.duplicates, result.job_id,
+                 notification.truncated_alerts)
         return web.json_response({"status": "accepted", "incident_id": result.incident_id,
                                   "new_alerts": result.new_alerts, "duplicates": result.duplicates,
                                   "job_id": result.job_id})
@@ -232,18 +304,20 @@ class Responder:
         try:
             result = await self.start_adhoc(req)
         except adhoc.Overloaded as e:
-            return json_error(503, str(e))
+            return json_error(503, str(e), retry_after=5)
         return web.json_response({"status": "accepted", "incident_id": result.incident_id, "job_id": result.job_id},
                                  status=202)
 
     async def start_adhoc(self, req: adhoc.AdhocRequest) -> AcceptResult:
         """Store an ad hoc capture request as an incident and wake a worker; adhoc.Overloaded when too
-        many incidents are waiting (nothing stored then)."""
-        if await asyncio.to_thread(self.store.pending_jobs) >= self.settings.max_pending_jobs:
-            raise adhoc.Overloaded("too many incidents waiting; retry later")
+        many incidents are waiting or the store cannot be written (nothing stored then)."""
         raw = req.notification(self.settings.base_url)
-        result = await asyncio.to_thread(self.store.accept, parse_notification(raw), raw)
-        self.wake_workers.set()
+        try:
+            result = await self.intake.accept(parse_notification(raw), raw)
+        except Overloaded as e:
+            raise adhoc.Overloaded("too many incidents waiting; retry later") from e
+        except StoreUnavailable as e:
+            raise adhoc.Overloaded("the incident store cannot be written right now; retry later") from e
         log.info("incident=%s event=adhoc_capture labels=%s by=%s", result.incident_id, req.labels,
                  req.requested_by)
         return result
@@ -256,14 +330,28 @@ class Responder:
         return await self.slack_app.handle(request)
 
     async def healthz(self, request: web.Request) -> web.Response:
-        counts = await asyncio.to_thread(self.store.counts)
-        body = {"status": "ok", "counts": counts, "spans": self.spans.stats(),
-                "store": {"backend": self.store.backend, "owner": self.store.owner}}
+        """Open: only ``ok`` (200) or ``unhealthy`` (503), from in-memory state, never waiting on
+        the store (a liveness probe must not fail because a transaction is slow). With the
+        webhook's credentials: why, each loop's last progress, the store, the span store, the
+        agent and the Kubernetes informers."""
+        problems = self.health.problems()
+        status = 200 if not problems else 503
+        if not self.authorized(request):
+            return web.json_response({"status": "ok" if not problems else "unhealthy"}, status=status)
+        body = {"status": "ok" if not problems else "unhealthy", "problems": problems, **self.health.details(),
+                "spans": self.spans.stats(),
+                "intake": {"batches": self.intake.batches, "notifications": self.intake.notifications}}
+        body["store"] |= {"backend": self.store.backend, "owner": self.store.owner}
+        if self.health.store_up:
+            try:
+                body["counts"] = await asyncio.wait_for(asyncio.to_thread(self.store.counts), timeout=1.0)
+            except (asyncio.TimeoutError, StoreError) as e:
+                body["counts"] = {"error": f"not read: {type(e).__name__}"}
         if isinstance(self.agent, KubeAgents):
             body["kubernetes"] = self.agent.cluster.stats()
         if isinstance(self.agent, LocalAgentClient):
             body["agent"] = self.agent.agent.status()
-        return web.json_response(body)
+        return web.json_response(body, status=status)
 
     async def list_incidents(self, request: web.Request) -> web.Response:
         if not self.authorized(request):
@@ -298,7 +386,8 @@ class Responder:
         return web.Response(text=body, content_type="text/html")
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=max(self.settings.max_body_bytes, self.settings.otlp_max_body_bytes) + 1)
+        app = web.Application(client_max_size=max(self.settings.max_body_bytes, self.settings.otlp_max_body_bytes) + 1,
+                              middlewares=[guard])
         app.router.add_post("/webhook/alertmanager", self.webhook)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/api/incidents", self.list_incidents)

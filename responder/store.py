@@ -43,10 +43,17 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-SCHEMA_VERSION = 4  # SQLite's; PostgreSQL counts its own (store_pg.PG_SCHEMA_VERSION)
+SCHEMA_VERSION = 5  # SQLite's; PostgreSQL counts its own (store_pg.PG_SCHEMA_VERSION)
 # Group keys of incidents that no alert opened (ad hoc captures).
 ADHOC_GROUP_PREFIX = "adhoc:"
 MAX_JOB_ATTEMPTS = 3
+# A job that failed waits before its next attempt: JOB_BACKOFF_S * 4**(attempts-1), capped.
+JOB_BACKOFF_S = 5.0
+JOB_BACKOFF_MAX_S = 300.0
+# Fingerprints per dedup lookup (SQLite's default limit on bound parameters is 32,766).
+DEDUP_CHUNK = 500
+# SQLite: how long a transaction waits for a write lock another process holds.
+BUSY_TIMEOUT_S = 5.0
 # Leases (PostgreSQL): a running job's lease is renewed every LEASE_RENEW_S by the replica working
 # on it, so it lapses JOB_LEASE_S after that replica stops; a chat message's lease is taken right
 # before each send and covers the longest send (three tries of a 10 s request, with waits).
@@ -75,8 +82,17 @@ class StoreClosed(StoreError):
 
 
 class StoreUnavailable(StoreError):
-    """The database could not be reached, or dropped the transaction; nothing of it was written.
-    Try again later."""
+    """The database could not be reached, is locked by someone else, is full or read-only, or
+    dropped the transaction; nothing of it was written. Try again later."""
+
+
+class Overloaded(StoreError):
+    """Too many jobs are waiting; nothing was stored. Try again later."""
+
+
+def job_backoff(attempts: int) -> float:
+    """How long a job that failed its ``attempts``-th attempt waits before the next one."""
+    return min(JOB_BACKOFF_MAX_S, JOB_BACKOFF_S * 4 ** max(0, attempts - 1))
 
 
 def default_owner() -> str:
@@ -125,6 +141,8 @@ class Incident:
     links: list[dict[str, Any]] = field(default_factory=list)  # [{"title", "url", "kind"}]
     attributed_at: float | None = None
     acknowledged: dict[str, Any] | None = None  # {"by": who, "at": unix s} once someone took it
+    # Alerts of the group Alertmanager left out of its latest notification (its max_alerts).
+    truncated_alerts: int = 0
 
     @property
     def source(self) -> str:
@@ -140,6 +158,7 @@ class Incident:
             "capture": self.capture, "report": self.report, "thread": dict(self.thread),
             "error": self.error, "evidence": dict(self.evidence), "links": list(self.links),
             "attributed_at": self.attributed_at, "acknowledged": self.acknowledged, "source": self.source,
+            "truncated_alerts": self.truncated_alerts,
         }
 
 
@@ -157,6 +176,7 @@ class Job:
     finished_at: float | None = None
     lease_owner: str | None = None  # the replica that claimed it last
     lease_until: float | None = None  # PostgreSQL: running, others may take it over after this
+    next_attempt_at: float = 0.0  # a job retried after a failure waits until then
 
 
 @dataclass
@@ -175,6 +195,9 @@ class OutboxMessage:
     next_attempt_at: float = 0.0
     lease_owner: str | None = None  # the replica that claimed it last
     lease_until: float | None = None  # PostgreSQL: being sent, others wait until this
+    # When an attempt that might have posted it began (recorded before the post; cleared by
+    # mark_retry when the sink said it did not): a later attempt looks for it before posting.
+    sending_at: float | None = None
 
 
 @dataclass
@@ -278,7 +301,17 @@ ALTER TABLE outbox ADD COLUMN lease_owner TEXT;
 ALTER TABLE outbox ADD COLUMN lease_until REAL
 """
 
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
+# v5: a failed job's backoff; a message's in-flight mark (an attempt that may have posted it);
+# how many alerts Alertmanager truncated; a one-row table the health probe writes to.
+_SCHEMA_V5 = """
+ALTER TABLE jobs ADD COLUMN next_attempt_at REAL NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN sending_at REAL;
+ALTER TABLE incidents ADD COLUMN truncated_alerts INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
+INSERT INTO heartbeat (id, at) VALUES (1, 0)
+"""
+
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5}
 
 # Fields update_incident accepts, and whether each is stored as JSON.
 _INCIDENT_FIELDS = {
@@ -383,82 +416,127 @@ class StoreBase:
         one investigation, not one per alert); a notification whose new alerts are all resolved enqueues a
         ``resolve`` job for the open incident once no alert of it is still firing.
         """
+        with self._tx() as conn:
+            return self._accept_in(conn, notification, raw, self._now(conn))
+
+    def accept_batch(self, items: Sequence[tuple[_NotificationLike, bytes]],
+                     max_pending_jobs: int | None = None) -> list[AcceptResult | Exception]:
+        """``accept`` for several notifications in one transaction (one commit, one fsync: the
+        intake's group commit). Each gets its result, or the exception that refused it alone
+        (its part rolled back to a savepoint; the others are kept). When ``max_pending_jobs`` or
+        more jobs wait, every item is refused with ``Overloaded`` and nothing is stored.
+
+        Items are taken in order within each alert group; groups are visited in key order, so
+        two replicas' batches on PostgreSQL lock groups in the same order and cannot deadlock."""
+        order = sorted(range(len(items)), key=lambda i: items[i][0].group_key)
+        out: list[AcceptResult | Exception | None] = [None] * len(items)
+        with self._tx() as conn:
+            if max_pending_jobs is not None and self._pending_jobs(conn) >= max_pending_jobs:
+                return [Overloaded("too many incidents waiting; retry later") for _ in items]
+            now = self._now(conn)
+            for i in order:
+                notification, raw = items[i]
+                conn.execute("SAVEPOINT accept_one")
+                try:
+                    out[i] = self._accept_in(conn, notification, raw, now)
+                except self._item_errors as e:
+                    conn.execute("ROLLBACK TO SAVEPOINT accept_one")
+                    out[i] = e
+                conn.execute("RELEASE SAVEPOINT accept_one")
+        return out  # type: ignore[return-value]
+
+    # What refuses one notification of a batch rather than the whole transaction: a bug in its
+    # data (a value the database will not store), never the database being away.
+    _item_errors: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError)
+
+    def _seen_events(self, conn: Any, group_key: str, fingerprints: Collection[str]) -> set[tuple[str, str, str]]:
+        """The (fingerprint, status, startsAt) already recorded for these fingerprints of the
+        group: one indexed statement per DEDUP_CHUNK fingerprints."""
+        seen: set[tuple[str, str, str]] = set()
+        fps = sorted(fingerprints)
+        for i in range(0, len(fps), DEDUP_CHUNK):
+            chunk = fps[i:i + DEDUP_CHUNK]
+            rows = conn.execute(
+                "SELECT fingerprint, status, starts_at FROM alert_events WHERE group_key=? AND fingerprint IN ("
+                + ",".join("?" * len(chunk)) + ")", (group_key, *chunk)).fetchall()
+            seen.update((r["fingerprint"], r["status"], r["starts_at"]) for r in rows)
+        return seen
+
+    def _accept_in(self, conn: Any, notification: _NotificationLike, raw: bytes, now: float) -> AcceptResult:
         group_key = notification.group_key
         alerts = list(notification.alerts)
-        with self._tx() as conn:
-            now = self._now(conn)
-            self._lock_group(conn, group_key)
-            notification_id = self._insert(
-                conn, "INSERT INTO notifications (group_key, status, received_at, raw) VALUES (?,?,?,?)",
-                (group_key, notification.status, now, bytes(raw)))
+        self._lock_group(conn, group_key)
+        notification_id = self._insert(
+            conn, "INSERT INTO notifications (group_key, status, received_at, raw) VALUES (?,?,?,?)",
+            (group_key, notification.status, now, bytes(raw)))
 
-            new: list[_AlertLike] = []
-            duplicates = 0
-            for alert in alerts:
-                fingerprint, status, starts_at = alert.dedup_key()
-                seen = conn.execute(
-                    "SELECT 1 AS seen FROM alert_events WHERE group_key=? AND fingerprint=? AND status=? "
-                    "AND starts_at=?", (group_key, fingerprint, status, starts_at)).fetchone()
-                # Also dedup within this one payload, should Alertmanager ever repeat an alert.
-                if seen or any(a.dedup_key() == (fingerprint, status, starts_at) for a in new):
-                    duplicates += 1
-                else:
-                    new.append(alert)
-            new_firing = [a for a in new if a.status == "firing"]
-
-            row = conn.execute("SELECT * FROM incidents WHERE group_key=? AND status='firing'"
-                               + self._for_update, (group_key,)).fetchone()
-            created = False
-            if row is None:
-                if not new_firing:
-                    # Resolved (or all duplicate) with nothing open: keep the payload, do no work.
-                    return AcceptResult(None, False, len(new), duplicates, None)
-                incident_id = "inc-" + uuid.uuid4().hex[:10]
-                conn.execute(
-                    "INSERT INTO incidents (id, group_key, status, created_at, updated_at) "
-                    "VALUES (?, ?, 'firing', ?, ?)", (incident_id, group_key, now, now))
-                created = True
-                merged: dict[str, dict[str, Any]] = {}
+        # Linear: one lookup per chunk of fingerprints, then a set for the rest of the payload
+        # (should Alertmanager ever repeat an alert within one notification).
+        keys = [a.dedup_key() for a in alerts]
+        seen = self._seen_events(conn, group_key, {k[0] for k in keys})
+        new: list[tuple[_AlertLike, tuple[str, str, str]]] = []
+        duplicates = 0
+        for alert, key in zip(alerts, keys):
+            if key in seen:
+                duplicates += 1
             else:
-                incident_id = row["id"]
-                merged = json.loads(row["alerts"])
+                seen.add(key)
+                new.append((alert, key))
+        new_firing = any(a.status == "firing" for a, _ in new)
 
-            for alert in new:
-                fingerprint, status, starts_at = alert.dedup_key()
-                conn.execute(
-                    "INSERT INTO alert_events (group_key, fingerprint, status, starts_at, "
-                    "incident_id, notification_id, received_at) VALUES (?,?,?,?,?,?,?)",
-                    (group_key, fingerprint, status, starts_at, incident_id, notification_id, now))
-            # Duplicates take part too (they carry the group's current alerts), but the rank
-            # keeps a late retry of an older state from overwriting a newer one.
-            for alert in alerts:
-                _merge_alert(merged, alert)
+        row = conn.execute("SELECT * FROM incidents WHERE group_key=? AND status='firing'"
+                           + self._for_update, (group_key,)).fetchone()
+        created = False
+        if row is None:
+            if not new_firing:
+                # Resolved (or all duplicate) with nothing open: keep the payload, do no work.
+                return AcceptResult(None, False, len(new), duplicates, None)
+            incident_id = "inc-" + uuid.uuid4().hex[:10]
             conn.execute(
-                "UPDATE incidents SET alerts=?, labels=?, updated_at=? WHERE id=?",
-                (_dumps(merged), _dumps(dict(notification.common_labels or {})), now, incident_id))
-            conn.execute("UPDATE notifications SET incident_id=? WHERE id=?",
-                         (incident_id, notification_id))
+                "INSERT INTO incidents (id, group_key, status, created_at, updated_at) "
+                "VALUES (?, ?, 'firing', ?, ?)", (incident_id, group_key, now, now))
+            created = True
+            merged: dict[str, dict[str, Any]] = {}
+        else:
+            incident_id = row["id"]
+            merged = json.loads(row["alerts"])
 
-            kind = None
-            if new_firing:
-                kind = "investigate"
-            elif new:
-                # Alertmanager marks a group resolved only when every alert in it is; checking our
-                # merged view too covers a firing-status notification that resolves the last alert.
-                still_firing = any(not v["resolved"] for v in merged.values())
-                if notification.status == "resolved" or not still_firing:
-                    kind = "resolve"
-            if kind == "investigate" and conn.execute(
-                    "SELECT 1 AS waiting FROM jobs WHERE incident_id=? AND kind='investigate' "
-                    "AND state='pending'", (incident_id,)).fetchone():
-                kind = None  # coalesced: the waiting investigation will read the merged alerts
-            job_id = None
-            if kind is not None:
-                job_id = self._insert(
-                    conn, "INSERT INTO jobs (incident_id, kind, payload, state, created_at) "
-                    "VALUES (?, ?, ?, 'pending', ?)",
-                    (incident_id, kind, _dumps(notification.to_dict()), now))
-            return AcceptResult(incident_id, created, len(new), duplicates, job_id)
+        if new:
+            conn.executemany(
+                "INSERT INTO alert_events (group_key, fingerprint, status, starts_at, "
+                "incident_id, notification_id, received_at) VALUES (?,?,?,?,?,?,?)",
+                [(group_key, *key, incident_id, notification_id, now) for _, key in new])
+        # Duplicates take part too (they carry the group's current alerts), but the rank
+        # keeps a late retry of an older state from overwriting a newer one.
+        for alert in alerts:
+            _merge_alert(merged, alert)
+        conn.execute(
+            "UPDATE incidents SET alerts=?, labels=?, truncated_alerts=?, updated_at=? WHERE id=?",
+            (_dumps(merged), _dumps(dict(notification.common_labels or {})),
+             int(getattr(notification, "truncated_alerts", 0) or 0), now, incident_id))
+        conn.execute("UPDATE notifications SET incident_id=? WHERE id=?",
+                     (incident_id, notification_id))
+
+        kind = None
+        if new_firing:
+            kind = "investigate"
+        elif new:
+            # Alertmanager marks a group resolved only when every alert in it is; checking our
+            # merged view too covers a firing-status notification that resolves the last alert.
+            still_firing = any(not v["resolved"] for v in merged.values())
+            if notification.status == "resolved" or not still_firing:
+                kind = "resolve"
+        if kind == "investigate" and conn.execute(
+                "SELECT 1 AS waiting FROM jobs WHERE incident_id=? AND kind='investigate' "
+                "AND state='pending'", (incident_id,)).fetchone():
+            kind = None  # coalesced: the waiting investigation will read the merged alerts
+        job_id = None
+        if kind is not None:
+            job_id = self._insert(
+                conn, "INSERT INTO jobs (incident_id, kind, payload, state, created_at) "
+                "VALUES (?, ?, ?, 'pending', ?)",
+                (incident_id, kind, _dumps(notification.to_dict()), now))
+        return AcceptResult(incident_id, created, len(new), duplicates, job_id)
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -487,17 +565,22 @@ class StoreBase:
                          (self._now(conn), job_id))
             return True
 
-    def fail_job(self, job_id: int, error: str, retry: bool) -> bool:
-        """Record a failure; with ``retry`` the job is pending again until it has had
-        ``MAX_JOB_ATTEMPTS`` attempts, then (or without ``retry``) it is failed for good.
-        False (and nothing changed) when another replica has taken the job over."""
+    def fail_job(self, job_id: int, error: str, retry: bool, delay_s: float = 0.0,
+                 refund: bool = False) -> bool:
+        """Record a failure; with ``retry`` the job is pending again (claimable after
+        ``delay_s``) until it has had ``MAX_JOB_ATTEMPTS`` attempts, then (or without ``retry``)
+        it is failed for good: a dead job, listed by ``dead_jobs``, until ``retry_job``.
+        ``refund``: the failure was not the job's (the store went away under it), so the attempt
+        does not count. False (and nothing changed) when another replica has taken the job over."""
         with self._tx() as conn:
             row = self._require(conn, "jobs", job_id, lock=True)
             if self._held_elsewhere(row):
                 return False
-            if retry and row["attempts"] < MAX_JOB_ATTEMPTS:
+            attempts = row["attempts"] - 1 if refund and row["attempts"] > 0 else row["attempts"]
+            if retry and attempts < MAX_JOB_ATTEMPTS:
                 conn.execute("UPDATE jobs SET state='pending', last_error=?, lease_owner=NULL, "
-                             "lease_until=NULL WHERE id=?", (error, job_id))
+                             "lease_until=NULL, next_attempt_at=?, attempts=? WHERE id=?",
+                             (error, self._now(conn) + max(0.0, float(delay_s)), attempts, job_id))
             else:
                 conn.execute("UPDATE jobs SET state='failed', last_error=?, finished_at=?, "
                              "lease_until=NULL WHERE id=?", (error, self._now(conn), job_id))
@@ -505,7 +588,27 @@ class StoreBase:
 
     def pending_jobs(self) -> int:
         with self._tx(write=False) as conn:
-            return conn.execute("SELECT COUNT(*) AS n FROM jobs WHERE state='pending'").fetchone()["n"]
+            return self._pending_jobs(conn)
+
+    @staticmethod
+    def _pending_jobs(conn: Any) -> int:
+        return conn.execute("SELECT COUNT(*) AS n FROM jobs WHERE state='pending'").fetchone()["n"]
+
+    def dead_jobs(self, limit: int = 100) -> list[Job]:
+        """Jobs failed for good (out of attempts, or not retryable), newest first."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute("SELECT * FROM jobs WHERE state='failed' ORDER BY id DESC LIMIT ?",
+                                (int(limit),)).fetchall()
+            return [_job(r) for r in rows]
+
+    def retry_job(self, job_id: int) -> bool:
+        """Give a dead job a fresh set of attempts now; False when it is not dead."""
+        with self._tx() as conn:
+            self._require(conn, "jobs", job_id)
+            n = conn.execute("UPDATE jobs SET state='pending', attempts=0, next_attempt_at=0, finished_at=NULL, "
+                             "lease_owner=NULL, lease_until=NULL WHERE id=? AND state='failed'",
+                             (job_id,)).rowcount
+            return n == 1
 
     def get_job(self, job_id: int) -> Job | None:
         with self._tx(write=False) as conn:
@@ -624,6 +727,46 @@ class StoreBase:
             conn.execute("UPDATE outbox SET state='sent', sent_at=?, response=?, lease_until=NULL "
                          "WHERE id=?", (self._now(conn), _dumps(response), message_id))
 
+    def mark_sending(self, message_id: int) -> None:
+        """Right before an attempt that might post the message: record that one began (kept from
+        the first such attempt on), so that after a crash the next attempt first looks whether
+        the message arrived (a thread root found again in the channel, never posted twice)."""
+        with self._tx() as conn:
+            self._require(conn, "outbox", message_id)
+            conn.execute("UPDATE outbox SET sending_at=COALESCE(sending_at, ?) WHERE id=?",
+                         (self._now(conn), message_id))
+
+    def thread_root_state(self, incident_id: str, sink: str) -> str | None:
+        """The state of the incident's root message for ``sink`` (None: none enqueued)."""
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT state FROM outbox WHERE incident_id=? AND sink=? AND step='root'",
+                               (incident_id, sink)).fetchone()
+            return None if row is None else row["state"]
+
+    def dead_messages(self, limit: int = 100) -> list[OutboxMessage]:
+        """Messages given up on, newest first."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute("SELECT * FROM outbox WHERE state='dead' ORDER BY id DESC LIMIT ?",
+                                (int(limit),)).fetchall()
+            return [_message(r) for r in rows]
+
+    def retry_message(self, message_id: int) -> bool:
+        """Send a dead message again, now, with a fresh count of attempts; False when it is not
+        dead. A dead thread root takes its thread's dead replies with it."""
+        with self._tx() as conn:
+            row = self._require(conn, "outbox", message_id)
+            if row["state"] != "dead":
+                return False
+            now = self._now(conn)
+            which = "id=?"
+            args: tuple = (message_id,)
+            if row["step"] == "root":
+                which = "incident_id=? AND sink=?"
+                args = (row["incident_id"], row["sink"])
+            conn.execute("UPDATE outbox SET state='pending', attempts=0, next_attempt_at=?, lease_owner=NULL, "
+                         f"lease_until=NULL WHERE state='dead' AND {which}", (now, *args))
+            return True
+
     def mark_retry(self, message_id: int, error: str, delay_s: float) -> None:
         """A send failed: count the attempt and hold the message back for ``delay_s`` seconds
         (then any replica may send it)."""
@@ -642,6 +785,12 @@ class StoreBase:
                          "lease_until=NULL WHERE id=?", (error, message_id))
 
     # -- health ----------------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """A small real write (the health probe): raises StoreUnavailable while the database is
+        locked by someone else, full, read-only or away."""
+        with self._tx() as conn:
+            conn.execute("UPDATE heartbeat SET at=? WHERE id=1", (self._now(conn),))
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Incidents by status, jobs by state, messages by state (every known state present)."""
@@ -683,11 +832,16 @@ class IncidentStore(StoreBase):
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are opened explicitly by _tx, never implicitly.
+        # The busy timeout bounds how long a transaction waits for another process's write lock
+        # before it fails as StoreUnavailable (the webhook then answers 503 and is retried).
         conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
-                               timeout=30.0)
+                               timeout=BUSY_TIMEOUT_S)
         try:
             conn.row_factory = sqlite3.Row
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.Error as e:  # read-only directory, not a database, locked
+                raise StoreError(f"{self.path}: {e}") from None
             if str(mode).lower() != "wal":
                 raise StoreError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); "
                                  "put the data directory on a local file system")
@@ -721,16 +875,26 @@ class IncidentStore(StoreBase):
             conn = self._conn
             if conn is None:
                 raise StoreClosed(f"incident store {self.path} is closed")
-            # IMMEDIATE takes the write lock up front, so a read-then-write never has to upgrade.
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                # Also after a failed COMMIT (disk full, I/O error), which can leave it open.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                # IMMEDIATE takes the write lock up front, so a read-then-write never has to upgrade.
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # Also after a failed COMMIT (disk full, I/O error), which can leave it open.
+                    if conn.in_transaction:
+                        try:
+                            conn.execute("ROLLBACK")
+                        except sqlite3.Error:  # the file is gone or broken: the original error says why
+                            pass
+                    raise
+            except sqlite3.IntegrityError:
+                raise  # a constraint: the caller's own data, not the database being away
+            except (sqlite3.OperationalError, sqlite3.DatabaseError) as e:
+                # Locked by another process past the busy timeout, disk full, read-only, I/O
+                # error: nothing of the transaction was written.
+                raise StoreUnavailable(f"SQLite {self.path}: {e}") from e
 
     def _insert(self, conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int | None:
         cur = conn.execute(sql, args)
@@ -750,7 +914,8 @@ class IncidentStore(StoreBase):
     def claim_job(self) -> Job | None:
         with self._tx() as conn:
             row = conn.execute(
-                "SELECT id FROM jobs WHERE state='pending' ORDER BY id LIMIT 1").fetchone()
+                "SELECT id FROM jobs WHERE state='pending' AND next_attempt_at<=? ORDER BY id LIMIT 1",
+                (self._now(conn),)).fetchone()
             if row is None:
                 return None
             conn.execute("UPDATE jobs SET state='running', attempts=attempts+1, claimed_at=?, "
@@ -822,8 +987,7 @@ def _merge_alert(merged: dict[str, dict[str, Any]], alert: _AlertLike) -> None:
     current = merged.get(alert.fingerprint)
     if current is not None and (starts, resolved) < (current["starts"], current["resolved"]):
         return
-    merged[alert.fingerprint] = {"starts": starts, "resolved": resolved,
-                                 "alert": json.loads(_dumps(alert.to_dict()))}
+    merged[alert.fingerprint] = {"starts": starts, "resolved": resolved, "alert": alert.to_dict()}
 
 
 def _incident(row: Any) -> Incident:
@@ -836,7 +1000,8 @@ def _incident(row: Any) -> Incident:
         verdict=_loads(row["verdict"]), capture=_loads(row["capture"]),
         report=_loads(row["report"]), thread=json.loads(row["thread"]), error=row["error"],
         evidence=_loads(row["evidence"]) or {}, links=_loads(row["links"]) or [],
-        attributed_at=row["attributed_at"], acknowledged=_loads(row["acknowledged"]))
+        attributed_at=row["attributed_at"], acknowledged=_loads(row["acknowledged"]),
+        truncated_alerts=row["truncated_alerts"] or 0)
 
 
 def _job(row: Any) -> Job:
@@ -844,7 +1009,8 @@ def _job(row: Any) -> Job:
                payload=json.loads(row["payload"]), state=row["state"], attempts=row["attempts"],
                last_error=row["last_error"], created_at=row["created_at"],
                claimed_at=row["claimed_at"], finished_at=row["finished_at"],
-               lease_owner=row["lease_owner"], lease_until=row["lease_until"])
+               lease_owner=row["lease_owner"], lease_until=row["lease_until"],
+               next_attempt_at=row["next_attempt_at"] or 0.0)
 
 
 def _message(row: Any) -> OutboxMessage:
@@ -854,4 +1020,5 @@ def _message(row: Any) -> OutboxMessage:
                          created_at=row["created_at"], sent_at=row["sent_at"],
                          response=_loads(row["response"]),
                          next_attempt_at=row["next_attempt_at"],
-                         lease_owner=row["lease_owner"], lease_until=row["lease_until"])
+                         lease_owner=row["lease_owner"], lease_until=row["lease_until"],
+                         sending_at=row["sending_at"])

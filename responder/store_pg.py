@@ -59,7 +59,7 @@ from responder.store import (
 
 log = logging.getLogger(__name__)
 
-PG_SCHEMA_VERSION = 1
+PG_SCHEMA_VERSION = 2
 POOL_SIZE = 8
 CONNECT_TIMEOUT_S = 10
 # Advisory lock key held while migrating, so replicas starting together migrate once.
@@ -149,7 +149,17 @@ CREATE INDEX outbox_due ON outbox (state, next_attempt_at, id);
 CREATE INDEX outbox_thread ON outbox (incident_id, sink, state)
 """
 
-_PG_MIGRATIONS: dict[int, str] = {0: _PG_SCHEMA_V1}
+# v2, as SQLite's v5: a failed job's backoff, a message's in-flight mark, the alerts
+# Alertmanager truncated, the health probe's row.
+_PG_SCHEMA_V2 = """
+ALTER TABLE jobs ADD COLUMN next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN sending_at DOUBLE PRECISION;
+ALTER TABLE incidents ADD COLUMN truncated_alerts INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at DOUBLE PRECISION NOT NULL);
+INSERT INTO heartbeat (id, at) VALUES (1, 0)
+"""
+
+_PG_MIGRATIONS: dict[int, str] = {0: _PG_SCHEMA_V1, 1: _PG_SCHEMA_V2}
 
 # A running job whose lease has lapsed (NULL: never leased) may be taken back by anyone.
 _LAPSED = "(lease_until IS NULL OR lease_until <= ?)"
@@ -196,6 +206,10 @@ class _Conn:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor:
         return self.raw.execute(sql.replace("?", "%s"), tuple(args) or None)
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self.raw.cursor() as cur:
+            cur.executemany(sql.replace("?", "%s"), [tuple(r) for r in rows])
+
 
 class PostgresIncidentStore(StoreBase):
     """Incidents, their alerts, the job queue and the chat outbox in one PostgreSQL database,
@@ -210,6 +224,8 @@ class PostgresIncidentStore(StoreBase):
     _for_update = " FOR UPDATE"
     _insertion_order = "seq"
     _unique_errors = (psycopg.errors.UniqueViolation,)
+    # A value PostgreSQL will not store (a NUL in text) refuses one notification of a batch.
+    _item_errors = (ValueError, TypeError, KeyError, psycopg.errors.DataError)
 
     def __init__(self, url: str, *, clock: Callable[[], float] | None = None,
                  owner: str | None = None, job_lease_s: float = JOB_LEASE_S,
@@ -306,8 +322,8 @@ class PostgresIncidentStore(StoreBase):
                 # turns; SKIP LOCKED passes over an incident another claim is deciding right now.
                 row = conn.execute(
                     "SELECT j.id, j.incident_id FROM jobs j JOIN incidents i ON i.id = j.incident_id "
-                    "WHERE j.state='pending' AND j.id <> ALL(?::bigint[]) "
-                    "ORDER BY j.id LIMIT 1 FOR UPDATE OF j, i SKIP LOCKED", (skipped,)).fetchone()
+                    "WHERE j.state='pending' AND j.next_attempt_at<=? AND j.id <> ALL(?::bigint[]) "
+                    "ORDER BY j.id LIMIT 1 FOR UPDATE OF j, i SKIP LOCKED", (now, skipped)).fetchone()
                 if row is None:
                     return None
                 # A fresh snapshot, taken with the incident locked: sees a claim by another

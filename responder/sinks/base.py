@@ -58,16 +58,27 @@ class ChatSink(Protocol):
 
     name: str
 
-    async def post_root(self, channel: str | None, message: Message) -> ThreadRef:
-        """Post a thread's root message to ``channel`` (None: the sink's default channel)."""
+    async def post_root(self, channel: str | None, message: Message, key: str | None = None) -> ThreadRef:
+        """Post a thread's root message to ``channel`` (None: the sink's default channel).
+        ``key`` (the outbox's incident/step) is kept with the message where the platform
+        allows, so ``find_root`` can find it again."""
+        ...
+
+    async def find_root(self, channel: str | None, key: str, since: float) -> ThreadRef | None:
+        """The root posted with ``key`` to ``channel`` at or after Unix time ``since``, if any
+        (asked after a crash interrupted a post). SinkPermanentError when the sink cannot look."""
         ...
 
     async def update_root(self, thread: ThreadRef, message: Message) -> None:
         """Replace the root message of ``thread`` in place."""
         ...
 
-    async def reply(self, thread: ThreadRef, message: Message) -> str:
-        """Post ``message`` in ``thread``; returns the reply's ``ts``."""
+    async def reply(self, thread: ThreadRef, message: Message, key: str | None = None) -> str:
+        """Post ``message`` in ``thread``; returns the reply's ``ts``. ``key`` as for post_root."""
+        ...
+
+    async def find_reply(self, thread: ThreadRef, key: str, since: float) -> str | None:
+        """The ``ts`` of the reply posted with ``key`` in ``thread`` at or after ``since``, if any."""
         ...
 
     async def upload_file(self, thread: ThreadRef, filename: str, content: bytes, title: str,

@@ -30,17 +30,53 @@ class ConsoleSink:
         self._last_ts = 0.0
         self._lock = asyncio.Lock()  # keeps the printed and the file order the same
 
-    async def post_root(self, channel: str | None, message: Message) -> ThreadRef:
+    async def post_root(self, channel: str | None, message: Message, key: str | None = None) -> ThreadRef:
         thread = ThreadRef(channel=CONSOLE_CHANNEL, ts=self._next_ts())
-        await self._emit("root", thread, thread.ts, message, requested_channel=channel)
+        await self._emit("root", thread, thread.ts, message, requested_channel=channel, key=key)
         return thread
+
+    async def find_root(self, channel: str | None, key: str, since: float) -> ThreadRef | None:
+        record = await self._find("root", key, since)
+        return None if record is None else ThreadRef(channel=record["channel"], ts=record["ts"])
+
+    async def find_reply(self, thread: ThreadRef, key: str, since: float) -> str | None:
+        record = await self._find("reply", key, since)
+        return None if record is None else record["ts"]
+
+    async def _find(self, op: str, key: str, since: float) -> dict[str, Any] | None:
+        """The last record of ``op`` written with ``key`` at or after ``since`` (the JSON lines
+        file is the sink's memory; without one there is nothing to find)."""
+        if self.path is None:
+            raise SinkPermanentError("console sink: no file to look in")
+
+        def scan() -> dict[str, Any] | None:
+            found = None
+            try:
+                with self.path.open(encoding="utf-8", errors="replace") as f:
+                    for line in f:
+                        if key not in line:
+                            continue
+                        try:
+                            record = json.loads(line)
+                        except ValueError:  # a line torn by a crash mid-write
+                            continue
+                        if record.get("op") == op and record.get("key") == key and record.get("at", 0) >= since:
+                            found = record
+            except FileNotFoundError:
+                return None
+            return found
+
+        try:
+            return await asyncio.to_thread(scan)
+        except OSError as e:
+            raise SinkRetryableError(f"console sink: cannot read {self.path}: {e}") from e
 
     async def update_root(self, thread: ThreadRef, message: Message) -> None:
         await self._emit("update", thread, thread.ts, message)
 
-    async def reply(self, thread: ThreadRef, message: Message) -> str:
+    async def reply(self, thread: ThreadRef, message: Message, key: str | None = None) -> str:
         ts = self._next_ts()
-        await self._emit("reply", thread, ts, message)
+        await self._emit("reply", thread, ts, message, key=key)
         return ts
 
     async def upload_file(self, thread: ThreadRef, filename: str, content: bytes, title: str,
@@ -70,11 +106,13 @@ class ConsoleSink:
         return f"{self._last_ts:.6f}"
 
     async def _emit(self, op: str, thread: ThreadRef, ts: str, message: Message,
-                    requested_channel: str | None = None) -> None:
+                    requested_channel: str | None = None, key: str | None = None) -> None:
         record: dict[str, Any] = {"op": op, "channel": thread.channel, "thread_ts": thread.ts, "ts": ts,
                                   "at": time.time(), "message": message.to_dict()}
         if requested_channel is not None:
             record["requested_channel"] = requested_channel
+        if key is not None:
+            record["key"] = key
         line = json.dumps(record, ensure_ascii=False)
         async with self._lock:
             self._stream.write(f"--- thread {thread.channel}:{thread.ts} · {op} · ts {ts} ---\n{message.text}\n")

@@ -8,6 +8,7 @@ owns retrying, so one call here is one HTTP request, and a failure comes back as
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import aiohttp
@@ -32,7 +33,8 @@ _HINTS = {
     "channel_not_found": "check LLMSLO_SLACK_CHANNEL or the playbook's channel, and that the bot can see it",
     "not_in_channel": "invite the bot to the channel (/invite @bot)",
     "is_archived": "the channel is archived; choose another channel",
-    "missing_scope": "add the chat:write and files:write scopes to the Slack app and reinstall it",
+    "missing_scope": "add the chat:write, files:write and channels:history (groups:history for a private "
+                     "channel) scopes to the Slack app and reinstall it",
     "invalid_blocks": "the message's Block Kit blocks were rejected; this is a rendering bug",
     "msg_too_long": "the message text is too long; this is a rendering bug",
     "message_not_found": "the thread's root message is gone (deleted?)",
@@ -51,29 +53,86 @@ class SlackSink:
         self.timeout = timeout
         self._client = AsyncWebClient(token=token, base_url=base_url, timeout=timeout, retry_handlers=[])
         self._session: aiohttp.ClientSession | None = None
+        self._channel_ids: dict[str, str] = {}
 
     async def check(self) -> dict[str, Any]:
         """Verify the token with ``auth.test``; returns Slack's answer (team, user, bot_id)."""
         resp = await self._call("auth.test", self._client.auth_test)
         return dict(resp.data)
 
-    async def post_root(self, channel: str | None, message: Message) -> ThreadRef:
+    def _channel(self, channel: str | None) -> str:
         channel = channel or self.default_channel
         if not channel:
             raise SinkPermanentError("Slack: no channel given and no default; set LLMSLO_SLACK_CHANNEL",
                                      code="channel_not_found")
+        return channel
+
+    async def post_root(self, channel: str | None, message: Message, key: str | None = None) -> ThreadRef:
         resp = await self._call("chat.postMessage", self._client.chat_postMessage,
-                                channel=channel, text=message.text, blocks=message.blocks or None)
+                                channel=self._channel(channel), text=message.text, blocks=message.blocks or None,
+                                metadata=_metadata(key))
         return ThreadRef(channel=resp["channel"], ts=resp["ts"])
+
+    async def find_root(self, channel: str | None, key: str, since: float) -> ThreadRef | None:
+        channel_id = await self._channel_id(self._channel(channel))
+        cursor = None
+        for _ in range(LOOKUP_PAGES):
+            resp = await self._call("conversations.history", self._client.conversations_history, channel=channel_id,
+                                    oldest=f"{max(0.0, since):.6f}", include_all_metadata=True, limit=200,
+                                    cursor=cursor)
+            for m in resp.get("messages") or []:
+                if _has_key(m, key) and m.get("thread_ts") in (None, m.get("ts")):
+                    return ThreadRef(channel=channel_id, ts=str(m["ts"]))
+            cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return None
+        return None
+
+    async def find_reply(self, thread: ThreadRef, key: str, since: float) -> str | None:
+        cursor = None
+        for _ in range(LOOKUP_PAGES):
+            resp = await self._call("conversations.replies", self._client.conversations_replies,
+                                    channel=thread.channel, ts=thread.ts, oldest=f"{max(0.0, since):.6f}",
+                                    include_all_metadata=True, limit=200, cursor=cursor)
+            for m in resp.get("messages") or []:
+                if _has_key(m, key) and m.get("ts") != thread.ts:
+                    return str(m["ts"])
+            cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return None
+        return None
+
+    async def _channel_id(self, channel: str) -> str:
+        """conversations.history wants a channel id; a configured ``#name`` is looked up once."""
+        if _CHANNEL_ID.fullmatch(channel):
+            return channel
+        name = channel.lstrip("#")
+        if name in self._channel_ids:
+            return self._channel_ids[name]
+        cursor = None
+        for _ in range(LOOKUP_PAGES):
+            resp = await self._call("conversations.list", self._client.conversations_list,
+                                    types="public_channel,private_channel", exclude_archived=True, limit=200,
+                                    cursor=cursor)
+            for c in resp.get("channels") or []:
+                if c.get("name") == name:
+                    self._channel_ids[name] = str(c["id"])
+                    return self._channel_ids[name]
+            cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                break
+        raise SinkPermanentError(f"Slack conversations.list: no channel named {channel!r} the bot can see",
+                                 code="channel_not_found")
 
     async def update_root(self, thread: ThreadRef, message: Message) -> None:
         # An empty list clears the old blocks; None would leave them in place.
         await self._call("chat.update", self._client.chat_update, channel=thread.channel, ts=thread.ts,
                          text=message.text, blocks=message.blocks)
 
-    async def reply(self, thread: ThreadRef, message: Message) -> str:
+    async def reply(self, thread: ThreadRef, message: Message, key: str | None = None) -> str:
         resp = await self._call("chat.postMessage", self._client.chat_postMessage, channel=thread.channel,
-                                thread_ts=thread.ts, text=message.text, blocks=message.blocks or None)
+                                thread_ts=thread.ts, text=message.text, blocks=message.blocks or None,
+                                metadata=_metadata(key))
         return resp["ts"]
 
     async def upload_file(self, thread: ThreadRef, filename: str, content: bytes, title: str,
@@ -107,6 +166,23 @@ class SlackSink:
                                      "Slack could not be reached, will retry") from e
         except SlackClientError as e:  # e.g. a malformed request the SDK refused to send
             raise SinkPermanentError(f"Slack {method}: {e}") from e
+
+
+# Message metadata (Slack keeps it with the message; conversations.history and .replies return it
+# with include_all_metadata) carries the outbox key, so an interrupted post can be found again.
+METADATA_EVENT = "llmslo_outbox"
+# Pages of 200 messages a lookup reads at most.
+LOOKUP_PAGES = 5
+_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{6,}")
+
+
+def _metadata(key: str | None) -> dict | None:
+    return None if key is None else {"event_type": METADATA_EVENT, "event_payload": {"key": key}}
+
+
+def _has_key(message: dict, key: str) -> bool:
+    meta = message.get("metadata") or {}
+    return meta.get("event_type") == METADATA_EVENT and (meta.get("event_payload") or {}).get("key") == key
 
 
 def _from_api_error(method: str, e: SlackApiError) -> SinkRetryableError | SinkPermanentError:

@@ -63,7 +63,12 @@ def test_the_request_schema_accepts_what_the_client_sends():
 
 async def test_responses_match_the_spec(client):
     r = await client.get("/healthz")
+    assert await r.json() == {"status": "ok"}  # open: no node name, pid or state
     check("/healthz", "get", 200, await r.json())
+    r = await client.get("/healthz", headers=AUTH)
+    body = await r.json()
+    assert {"node", "pid", "active_captures", "recorder"} <= set(body)
+    check("/healthz", "get", 200, body)
 
     r = await client.get("/v1/probes", headers=AUTH)
     check("/v1/probes", "get", 200, await r.json())

@@ -64,9 +64,7 @@ async def test_alert_accepted_before_a_crash_is_processed_once_after_restart(tmp
         await asyncio.sleep(3)  # let delivery finish
         roots = [t for t in r.slack.threads().values() if body["incident_id"] in t["root"]["text"]]
         assert len(roots) == 1
-        async with aiohttp.ClientSession() as s:
-            async with s.get(second.url + "/healthz") as resp:
-                counts = (await resp.json())["counts"]
+        counts = (await second.health())["counts"]
         assert counts["jobs"]["done"] == 1 and counts["jobs"]["pending"] == 0
         # The same alert re-sent by Alertmanager after the restart is a duplicate.
         status, again = await second.post_alert(payload)

@@ -56,9 +56,7 @@ async def test_the_stack_starts_healthy_is_scraped_and_traced(tmp_path):
         assert await stack.alerts_firing() == []
 
         # The responder received the service's spans over OTLP.
-        async with aiohttp.ClientSession() as http:
-            async with http.get(stack.responder.url + "/healthz") as r:
-                health = await r.json()
+        health = await stack.responder.health()
         assert health["spans"]["received_total"] >= summary["requests"] * 3, health["spans"]
 
         # The paths went where the topology says: through both proxy routes, resolving the

@@ -427,14 +427,16 @@ async def test_incident_page_escapes_labels(svc):
     assert "&lt;script&gt;" in text
 
 
-async def test_healthz_needs_no_auth(svc):
+async def test_healthz_answers_ok_openly_and_details_only_with_credentials(svc):
     resp = await svc.client.get("/healthz")
     assert resp.status == 200
-    body = await resp.json()
-    assert body["status"] == "ok"
+    assert await resp.json() == {"status": "ok"}  # no host, pid, counts or workloads for anyone
+    body = await (await svc.client.get("/healthz", headers=BEARER)).json()
+    assert body["status"] == "ok" and body["problems"] == []
     assert body["counts"]["incidents"] == {"firing": 0, "resolved": 0}
+    assert {"worker-0", "worker-1", "delivery", "intake", "leases", "store-probe"} <= set(body["loops"])
     await svc.client.post(WEBHOOK, json=payload(), headers=BEARER)
-    body = await (await svc.client.get("/healthz")).json()
+    body = await (await svc.client.get("/healthz", headers=BEARER)).json()
     assert body["counts"]["incidents"]["firing"] == 1
 
 

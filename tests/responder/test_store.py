@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from responder.store import (MAX_JOB_ATTEMPTS, AcceptResult, IncidentStore, NotFound,
-                             StoreBase, StoreClosed, StoreError, open_store)
+                             SCHEMA_VERSION, StoreBase, StoreClosed, StoreError, open_store)
 
 try:
     from responder.alertmanager import Alert, Notification
@@ -421,7 +421,7 @@ def test_a_version_3_file_gains_the_lease_columns_and_keeps_its_rows(db_path: Pa
     conn.commit()
     conn.close()
     with IncidentStore(db_path, owner="r1") as s:
-        assert s.schema_version == 4
+        assert s.schema_version == SCHEMA_VERSION
         job = s.claim_job()
         assert (job.incident_id, job.lease_owner, job.lease_until) == ("inc-0000000001", "r1", None)
 

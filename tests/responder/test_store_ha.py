@@ -436,7 +436,7 @@ async def test_two_serve_processes_on_one_database_make_one_incident_and_one_thr
         inc = await procs[1].wait_verdict(incident_id)
         assert inc["verdict"] is not None
         deadline = time.monotonic() + 30
-        async with aiohttp.ClientSession() as s:
+        async with aiohttp.ClientSession(headers=procs[0].headers()) as s:
             while time.monotonic() < deadline:
                 async with s.get(procs[0].url + "/healthz") as r:
                     counts = (await r.json())["counts"]

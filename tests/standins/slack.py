@@ -1,6 +1,8 @@
 """A local stand-in for the Slack Web API, served over a real socket.
 
-Implements ``chat.postMessage``, ``chat.update``, ``auth.test``, the file upload flow
+Implements ``chat.postMessage`` (with message ``metadata``), ``chat.update``, ``auth.test``,
+``conversations.history``, ``conversations.replies`` and ``conversations.list`` (ids only, cursor
+pagination, ``include_all_metadata``), the file upload flow
 (``files.getUploadURLExternal``, a POST of the bytes to the URL it hands out,
 ``files.completeUploadExternal``) and Socket Mode (``apps.connections.open`` with an app-level
 token, then a WebSocket that says ``hello`` and carries envelopes the client must acknowledge
@@ -14,7 +16,8 @@ headers, 25 buttons of at most 75 characters) so a rendering bug fails here as
 
 Tests read back what landed (:meth:`SlackStandin.threads`, :attr:`SlackStandin.calls`,
 :attr:`SlackStandin.files`), build signed requests like Slack's (:func:`signed_headers`) and
-inject faults (:meth:`SlackStandin.fail_next`, :meth:`SlackStandin.stall_next`).
+inject faults (:meth:`SlackStandin.fail_next`, :meth:`SlackStandin.stall_next`,
+:meth:`SlackStandin.hang_after_next`: the call is carried out, then its answer never comes).
 """
 from __future__ import annotations
 
@@ -72,7 +75,8 @@ class SlackStandin(LoopbackServer):
     def app(self) -> web.Application:
         app = web.Application()
         for method in ("chat.postMessage", "chat.update", "auth.test", "files.getUploadURLExternal",
-                       "files.completeUploadExternal", "apps.connections.open"):
+                       "files.completeUploadExternal", "apps.connections.open", "conversations.history",
+                       "conversations.replies", "conversations.list"):
             app.router.add_post(f"/api/{method}", self._handler(method))
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_post("/respond/{ref}", self._respond)
@@ -159,6 +163,11 @@ class SlackStandin(LoopbackServer):
         for _ in range(n):
             self._faults.append({"stall": seconds})
 
+    def hang_after_next(self, method: str, seconds: float = 3600.0) -> None:
+        """Carry out the next call of ``method``, then hold its answer for ``seconds`` (the
+        client sees a post that may or may not have happened: a crash or timeout right there)."""
+        self._faults.append({"hang_after": method, "seconds": seconds})
+
     # -- read-back helpers
 
     def threads(self) -> dict[str, dict[str, Any]]:
@@ -185,7 +194,11 @@ class SlackStandin(LoopbackServer):
             call: dict[str, Any] = {"method": method, "body": body, "at": time.monotonic(),
                                     "content_type": request.headers.get("Content-Type", "")}
             self.calls.append(call)
-            if self._faults:
+            hang = None
+            if self._faults and "hang_after" in self._faults[0]:
+                if self._faults[0]["hang_after"] == method:
+                    hang = self._faults.pop(0)["seconds"]
+            elif self._faults:
                 fault = self._faults.pop(0)
                 if "stall" in fault:
                     await asyncio.sleep(fault["stall"])
@@ -204,6 +217,9 @@ class SlackStandin(LoopbackServer):
                 result = self._authorize(request, body) or getattr(self, "_" + method.replace(".", "_"))(body)
             call["status"] = 200
             call["response"] = result
+            if hang is not None:
+                call["hung"] = True
+                await asyncio.sleep(hang)
             return web.json_response(result)  # Slack answers API errors with HTTP 200 too
 
         return handle
@@ -261,6 +277,11 @@ class SlackStandin(LoopbackServer):
                                "blocks": list(body.get("blocks") or [])}
         if thread_ts:
             msg["thread_ts"] = str(thread_ts)
+        if isinstance(body.get("metadata"), dict):
+            meta = body["metadata"]
+            if not isinstance(meta.get("event_type"), str) or not isinstance(meta.get("event_payload"), dict):
+                return {"ok": False, "error": "invalid_metadata_format"}
+            msg["metadata"] = {"event_type": meta["event_type"], "event_payload": meta["event_payload"]}
         self._messages[(channel, ts)] = msg
         self._order.append((channel, ts))
         return {"ok": True, "channel": channel, "ts": ts, "message": _public(msg)}
@@ -318,6 +339,41 @@ class SlackStandin(LoopbackServer):
         msg["edited"] = {"user": BOT_USER, "ts": self._new_ts()}
         return {"ok": True, "channel": channel, "ts": ts, "text": msg["text"], "message": _public(msg)}
 
+    def _conversations_list(self, body: dict[str, Any]) -> dict[str, Any]:
+        ids = sorted({cid for cid in self.channels.values()})
+        names = {cid: next((n.lstrip("#") for n in self.channels if n != cid and self.channels[n] == cid), cid.lower())
+                 for cid in ids}
+        return self._page([{"id": cid, "name": names[cid], "is_channel": True} for cid in ids], body, "channels")
+
+    def _conversations_history(self, body: dict[str, Any]) -> dict[str, Any]:
+        channel = str(body.get("channel") or "")
+        if channel not in self.channels.values():  # Slack wants the id here, never a #name
+            return {"ok": False, "error": "channel_not_found"}
+        oldest = float(body.get("oldest") or 0)
+        msgs = [self._messages[k] for k in reversed(self._order)
+                if k[0] == channel and "thread_ts" not in self._messages[k] and float(k[1]) >= oldest]
+        return self._page([_public(m, _truthy(body.get("include_all_metadata"))) for m in msgs], body, "messages")
+
+    def _conversations_replies(self, body: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = str(body.get("channel") or ""), str(body.get("ts") or "")
+        root = self._messages.get((channel, ts))
+        if root is None:
+            return {"ok": False, "error": "thread_not_found"}
+        oldest = float(body.get("oldest") or 0)
+        msgs = [root] + [self._messages[k] for k in self._order
+                         if k[0] == channel and self._messages[k].get("thread_ts") == ts and float(k[1]) >= oldest]
+        return self._page([_public(m, _truthy(body.get("include_all_metadata"))) for m in msgs], body, "messages")
+
+    @staticmethod
+    def _page(items: list[dict[str, Any]], body: dict[str, Any], key: str) -> dict[str, Any]:
+        """Cursor pagination as Slack does it: ``limit`` items, then ``next_cursor`` (empty: done)."""
+        limit = max(1, min(int(body.get("limit") or 100), 1000))
+        start = int(body.get("cursor") or 0)
+        page = items[start:start + limit]
+        more = start + limit < len(items)
+        return {"ok": True, key: page, "has_more": more,
+                "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
+
     # -- helpers
 
     def _resolve(self, channel: Any) -> str | None:
@@ -358,8 +414,13 @@ class SlackStandin(LoopbackServer):
         return out
 
 
-def _public(msg: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in msg.items() if k != "channel"}
+def _truthy(v: Any) -> bool:
+    return v is True or str(v).lower() in ("1", "true")
+
+
+def _public(msg: dict[str, Any], with_metadata: bool = False) -> dict[str, Any]:
+    """A message as the API returns it; its metadata only when asked for (include_all_metadata)."""
+    return {k: v for k, v in msg.items() if k != "channel" and (with_metadata or k != "metadata")}
 
 
 def _block_errors(blocks: Any) -> list[str]:
