@@ -190,12 +190,13 @@ class ClientLimit:
 
     def install(self, server) -> None:
         made, lost = server.connection_made, server.connection_lost
+        clients: dict[object, str] = {}  # handler -> client address (handlers have __slots__)
 
         def connection_made(handler, transport):
             made(handler, transport)
             peer = transport.get_extra_info("peername")
             client = peer[0] if isinstance(peer, (tuple, list)) and peer else "?"
-            handler._llmslo_client = client
+            clients[handler] = client
             self.open[client] += 1
             if self.open[client] > self.per_client:
                 self.refused += 1
@@ -204,12 +205,11 @@ class ClientLimit:
                 transport.close()
 
         def connection_lost(handler, exc=None):
-            client = getattr(handler, "_llmslo_client", None)
+            client = clients.pop(handler, None)
             if client is not None:
                 self.open[client] -= 1
                 if self.open[client] <= 0:
                     del self.open[client]
-                handler._llmslo_client = None
             lost(handler, exc)
 
         server.connection_made = connection_made

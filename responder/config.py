@@ -32,7 +32,8 @@ class Settings:
     webhook_token: str | None = None
     webhook_user: str | None = None
     webhook_password: str | None = None
-    max_body_bytes: int = 1024 * 1024
+    # A 10,000-alert notification is about 4 MB; Alertmanager drops a notification refused with a 4xx.
+    max_body_bytes: int = 16 * 1024 * 1024
     workers: int = 2
     max_pending_jobs: int = 1000
     # Where the incident page lives as seen by people following a chat link.

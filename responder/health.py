@@ -64,11 +64,10 @@ class Health:
         return state
 
     def progress(self, name: str) -> None:
-        state = self.loops[name]
-        state.last_progress = self._clock()
+        self.loop(name).last_progress = self._clock()
 
     def busy(self, name: str, what: str | None, limit_s: float | None = None) -> None:
-        state = self.loops[name]
+        state = self.loop(name)
         now = self._clock()
         state.last_progress = now
         state.busy_with = what

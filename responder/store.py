@@ -302,13 +302,29 @@ ALTER TABLE outbox ADD COLUMN lease_until REAL
 """
 
 # v5: a failed job's backoff; a message's in-flight mark (an attempt that may have posted it);
-# how many alerts Alertmanager truncated; a one-row table the health probe writes to.
+# how many alerts Alertmanager truncated; a one-row table the health probe writes to; an
+# incident's alerts as rows (latest state per fingerprint) instead of one JSON document that each
+# notification had to read and rewrite whole (quadratic in a storm).
 _SCHEMA_V5 = """
 ALTER TABLE jobs ADD COLUMN next_attempt_at REAL NOT NULL DEFAULT 0;
 ALTER TABLE outbox ADD COLUMN sending_at REAL;
 ALTER TABLE incidents ADD COLUMN truncated_alerts INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
-INSERT INTO heartbeat (id, at) VALUES (1, 0)
+INSERT INTO heartbeat (id, at) VALUES (1, 0);
+CREATE TABLE incident_alerts (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident_id  TEXT NOT NULL REFERENCES incidents (id),
+    fingerprint  TEXT NOT NULL,
+    starts       REAL NOT NULL,
+    resolved     INTEGER NOT NULL,
+    alert        TEXT NOT NULL,
+    UNIQUE (incident_id, fingerprint)
+);
+INSERT INTO incident_alerts (incident_id, fingerprint, starts, resolved, alert)
+    SELECT i.id, j.key, json_extract(j.value, '$.starts'), json_extract(j.value, '$.resolved'),
+           json_extract(j.value, '$.alert')
+    FROM incidents i, json_each(i.alerts) j;
+UPDATE incidents SET alerts = '{}'
 """
 
 _MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5}
@@ -484,7 +500,7 @@ class StoreBase:
                 new.append((alert, key))
         new_firing = any(a.status == "firing" for a, _ in new)
 
-        row = conn.execute("SELECT * FROM incidents WHERE group_key=? AND status='firing'"
+        row = conn.execute("SELECT id FROM incidents WHERE group_key=? AND status='firing'"
                            + self._for_update, (group_key,)).fetchone()
         created = False
         if row is None:
@@ -496,23 +512,28 @@ class StoreBase:
                 "INSERT INTO incidents (id, group_key, status, created_at, updated_at) "
                 "VALUES (?, ?, 'firing', ?, ?)", (incident_id, group_key, now, now))
             created = True
-            merged: dict[str, dict[str, Any]] = {}
         else:
             incident_id = row["id"]
-            merged = json.loads(row["alerts"])
 
         if new:
             conn.executemany(
                 "INSERT INTO alert_events (group_key, fingerprint, status, starts_at, "
                 "incident_id, notification_id, received_at) VALUES (?,?,?,?,?,?,?)",
                 [(group_key, *key, incident_id, notification_id, now) for _, key in new])
-        # Duplicates take part too (they carry the group's current alerts), but the rank
-        # keeps a late retry of an older state from overwriting a newer one.
-        for alert in alerts:
-            _merge_alert(merged, alert)
+        # The latest state of each alert by fingerprint: a later startsAt, or for the same
+        # startsAt resolved over firing; ties take the newer payload (a resend refreshes endsAt).
+        # Duplicates take part too (they carry the group's current alerts), but the rank keeps a
+        # late retry of an older state from overwriting a newer one.
+        conn.executemany(
+            "INSERT INTO incident_alerts (incident_id, fingerprint, starts, resolved, alert) VALUES (?,?,?,?,?) "
+            "ON CONFLICT (incident_id, fingerprint) DO UPDATE SET starts=excluded.starts, "
+            "resolved=excluded.resolved, alert=excluded.alert WHERE excluded.starts > incident_alerts.starts "
+            "OR (excluded.starts = incident_alerts.starts AND excluded.resolved >= incident_alerts.resolved)",
+            [(incident_id, a.fingerprint, a.starts_at.timestamp(), int(a.status == "resolved"),
+              json.dumps(a.to_dict(), separators=(",", ":"))) for a in alerts])
         conn.execute(
-            "UPDATE incidents SET alerts=?, labels=?, truncated_alerts=?, updated_at=? WHERE id=?",
-            (_dumps(merged), _dumps(dict(notification.common_labels or {})),
+            "UPDATE incidents SET labels=?, truncated_alerts=?, updated_at=? WHERE id=?",
+            (_dumps(dict(notification.common_labels or {})),
              int(getattr(notification, "truncated_alerts", 0) or 0), now, incident_id))
         conn.execute("UPDATE notifications SET incident_id=? WHERE id=?",
                      (incident_id, notification_id))
@@ -523,7 +544,8 @@ class StoreBase:
         elif new:
             # Alertmanager marks a group resolved only when every alert in it is; checking our
             # merged view too covers a firing-status notification that resolves the last alert.
-            still_firing = any(not v["resolved"] for v in merged.values())
+            still_firing = conn.execute("SELECT 1 AS firing FROM incident_alerts WHERE incident_id=? AND resolved=0 "
+                                        "LIMIT 1", (incident_id,)).fetchone() is not None
             if notification.status == "resolved" or not still_firing:
                 kind = "resolve"
         if kind == "investigate" and conn.execute(
@@ -620,7 +642,7 @@ class StoreBase:
     def get_incident(self, incident_id: str) -> Incident | None:
         with self._tx(write=False) as conn:
             row = conn.execute("SELECT * FROM incidents WHERE id=?", (incident_id,)).fetchone()
-            return None if row is None else _incident(row)
+            return None if row is None else self._incidents(conn, [row])[0]
 
     def incident_by_thread(self, sink: str, channel: str, ts: str) -> Incident | None:
         """The incident whose own thread (not one it borrowed) has this root in ``sink``."""
@@ -638,7 +660,7 @@ class StoreBase:
         sql += f" ORDER BY created_at DESC, {self._insertion_order} DESC LIMIT ?"
         args.append(int(limit))
         with self._tx(write=False) as conn:
-            return [_incident(r) for r in conn.execute(sql, args).fetchall()]
+            return self._incidents(conn, conn.execute(sql, args).fetchall())
 
     def update_incident(self, incident_id: str, **fields: Any) -> Incident:
         """Set the pipeline's results on an incident and return it as stored.
@@ -678,8 +700,8 @@ class StoreBase:
             except self._unique_errors as exc:
                 raise StoreError(f"cannot reopen {incident_id}: its group already has an open "
                                  f"incident ({exc})") from exc
-            return _incident(conn.execute("SELECT * FROM incidents WHERE id=?",
-                                          (incident_id,)).fetchone())
+            return self._incidents(conn, [conn.execute("SELECT * FROM incidents WHERE id=?",
+                                                       (incident_id,)).fetchone()])[0]
 
     # -- outbox ----------------------------------------------------------------------------
 
@@ -806,6 +828,19 @@ class StoreBase:
         return out
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _incidents(self, conn: Any, rows: Sequence[Any]) -> list[Incident]:
+        """Incident rows with their alerts (latest state per fingerprint, first seen first)."""
+        if not rows:
+            return []
+        ids = [r["id"] for r in rows]
+        alerts: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        for i in range(0, len(ids), DEDUP_CHUNK):
+            chunk = ids[i:i + DEDUP_CHUNK]
+            for a in conn.execute("SELECT incident_id, alert FROM incident_alerts WHERE incident_id IN ("
+                                  + ",".join("?" * len(chunk)) + ") ORDER BY seq", chunk).fetchall():
+                alerts[a["incident_id"]].append(json.loads(a["alert"]))
+        return [_incident(r, alerts[r["id"]]) for r in rows]
 
     def _require(self, conn: Any, table: str, key: Any, lock: bool = False) -> Any:
         row = conn.execute(f"SELECT * FROM {table} WHERE id=?" + (self._for_update if lock else ""),
@@ -962,7 +997,7 @@ class IncidentStore(StoreBase):
                 "AND json_extract(thread, '$.' || ? || '.ts') = ? "
                 "AND json_extract(thread, '$.' || ? || '.borrowed_from') IS NULL ORDER BY created_at LIMIT 1",
                 (sink, channel, sink, ts, sink)).fetchone()
-        return _incident(row) if row else None
+            return self._incidents(conn, [row])[0] if row else None
 
 
 def open_store(database_url: str | None, sqlite_path: str | Path, **kw: Any) -> StoreBase:
@@ -977,26 +1012,12 @@ def open_store(database_url: str | None, sqlite_path: str | Path, **kw: Any) -> 
     return IncidentStore(sqlite_path, **kw)
 
 
-def _merge_alert(merged: dict[str, dict[str, Any]], alert: _AlertLike) -> None:
-    """Keep the latest state of each alert by fingerprint.
-
-    Latest means a later startsAt, or for the same startsAt resolved over firing; ties take the
-    newer payload (a resend refreshes endsAt)."""
-    resolved = alert.status == "resolved"
-    starts = alert.starts_at.timestamp()
-    current = merged.get(alert.fingerprint)
-    if current is not None and (starts, resolved) < (current["starts"], current["resolved"]):
-        return
-    merged[alert.fingerprint] = {"starts": starts, "resolved": resolved, "alert": alert.to_dict()}
-
-
-def _incident(row: Any) -> Incident:
-    alerts = json.loads(row["alerts"])
+def _incident(row: Any, alerts: list[dict[str, Any]]) -> Incident:
     return Incident(
         id=row["id"], group_key=row["group_key"], status=row["status"],
         created_at=row["created_at"], updated_at=row["updated_at"],
         resolved_at=row["resolved_at"], labels=json.loads(row["labels"]),
-        alerts=[entry["alert"] for entry in alerts.values()], playbook=row["playbook"],
+        alerts=alerts, playbook=row["playbook"],
         verdict=_loads(row["verdict"]), capture=_loads(row["capture"]),
         report=_loads(row["report"]), thread=json.loads(row["thread"]), error=row["error"],
         evidence=_loads(row["evidence"]) or {}, links=_loads(row["links"]) or [],

@@ -490,7 +490,7 @@ async def _attributed(svc, incident_id):
 
 
 @pytest.mark.parametrize("body, why", [
-    (b"not json", "not JSON"),
+    (b"not json", "invalid JSON"),
     (b"[]", "JSON object"),
     (b'{"labels": {}}', "labels"),
     (b'{"labels": {"bad-name": "x"}}', "labels.bad-name"),
