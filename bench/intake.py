@@ -2,8 +2,9 @@
 second, how fast it answers, whether anything it acknowledged is lost or doubled, and whether
 ``/healthz`` keeps answering meanwhile.
 
-    .venv/bin/python -m bench.intake [--seconds 20] [--senders 32] [--groups 50] [--group-size 1]
-                                     [--big 10000] [--no-postgres] [--out bench/results/intake.json]
+    .venv/bin/python -m bench.intake [--seconds 15] [--senders 4,8,16,32] [--groups 50] [--group-size 1]
+                                     [--big 10000] [--backends sqlite,postgresql]
+                                     [--out bench/results/intake.json]
 
 In one run, on one machine (the load generator shares it with the server):
 
@@ -11,7 +12,8 @@ In one run, on one machine (the load generator shares it with the server):
    the body, parses it as JSON and answers 200 (what HTTP and JSON alone cost here);
 2. ``llmslo serve`` on SQLite (its default), then on PostgreSQL when the distribution's server
    can be started (the lab's throwaway cluster), each in a fresh data directory:
-   - the storm: ``--senders`` concurrent senders for ``--seconds``, each notification one new
+   - the storm, once per concurrency in ``--senders`` (the same server, fresh alerts each time):
+     that many concurrent senders for ``--seconds``, each notification one new
      firing alert of one of ``--groups`` groups (with ``--group-size`` > 1 it also carries up to
      that many of the group's earlier alerts, as Alertmanager resends a group). Reported: accepted
      new alerts/s, ack latency p50/p99, and, polled every 50 ms throughout, ``/healthz``'s latency;
@@ -60,12 +62,12 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 """
 
 
-def alert(group: int, n: int, starts: str) -> dict:
+def alert(group: int, n: int, starts: str, run: int = 0) -> dict:
     return {"status": "firing", "labels": {"alertname": "LLMTTFTBurnFast", "severity": "page", "service": f"svc-{group}",
                                            "namespace": "bench", "slo": "ttft", "replica": str(n)},
             "annotations": {"summary": "TTFT SLO burning 14x", "runbook_url": "https://runbooks.example/ttft"},
             "startsAt": starts, "endsAt": "0001-01-01T00:00:00Z",
-            "generatorURL": "http://prometheus:9090/graph?g0.expr=x", "fingerprint": f"{group:04x}{n:012x}"}
+            "generatorURL": "http://prometheus:9090/graph?g0.expr=x", "fingerprint": f"{run:02x}{group:04x}{n:010x}"}
 
 
 def notification(group: int, alerts: list[dict]) -> dict:
@@ -82,10 +84,11 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def storm(url: str, seconds: float, senders: int, groups: int, group_size: int) -> dict:
-    """The storm; returns rates, latencies, and the fingerprints acknowledged and refused."""
+async def storm(url: str, seconds: float, senders: int, groups: int, group_size: int, run: int = 0) -> dict:
+    """The storm; returns rates, latencies, and the fingerprints acknowledged and refused. ``run``
+    makes the alerts of one storm differ from another's on the same server."""
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    starts = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+    starts = time.strftime(f"%Y-%m-%dT%H:%M:%S.{run:09d}Z", time.gmtime())
     counters = [0] * groups
     history: list[list[dict]] = [[] for _ in range(groups)]
     acked: set[str] = set()
@@ -101,7 +104,7 @@ async def storm(url: str, seconds: float, senders: int, groups: int, group_size:
             while time.monotonic() < stop_at:
                 g = i % groups
                 i += senders
-                a = alert(g, counters[g], starts)
+                a = alert(g, counters[g], starts, run)
                 counters[g] += 1
                 body = json.dumps(notification(g, [a, *history[g][-(group_size - 1):]] if group_size > 1 else [a]))
                 history[g].append(a)
@@ -174,20 +177,25 @@ async def run_responder(label: str, work: Path, args, database_url: str | None) 
         env["LLMSLO_DATABASE_URL"] = database_url
     proc = ResponderProcess(work / label, TOKEN, extra_env=env)
     proc.start()
+    storms = {}
+    acked: set[str] = set()
     try:
         await proc.wait_ready(60)
-        s = await storm(proc.url, args.seconds, args.senders, args.groups, args.group_size)
+        for run, senders in enumerate(args.senders, start=1):
+            s = await storm(proc.url, args.seconds, senders, args.groups, args.group_size, run)
+            acked |= s.pop("_acked")
+            storms[senders] = s
         big = await big_notification(proc.url, args.big)
         await asyncio.sleep(1)
     finally:
         proc.stop()
-    acked = s.pop("_acked") | big.pop("_acked")
+    acked |= big.pop("_acked")
     stored = (stored_fingerprints_pg(database_url) if database_url
               else stored_fingerprints_sqlite(proc.data_dir / "incidents.sqlite3"))
     stored_set = set(stored)
     check = {"acknowledged": len(acked), "stored": len(stored), "lost": len(acked - stored_set),
              "duplicated": len(stored) - len(stored_set)}
-    return {"storm": s, "big_notification": big, "check": check}
+    return {"storms": storms, "big_notification": big, "check": check}
 
 
 async def run_echo(args) -> dict:
@@ -203,21 +211,24 @@ async def run_echo(args) -> dict:
                         break
             except aiohttp.ClientError:
                 await asyncio.sleep(0.1)
-        s = await storm(url, args.seconds, args.senders, args.groups, args.group_size)
-        s.pop("_acked")
-        return {"storm": s}
+        storms = {}
+        for senders in args.senders:
+            s = await storm(url, args.seconds, senders, args.groups, args.group_size)
+            s.pop("_acked")
+            storms[senders] = s
+        return {"storms": storms}
     finally:
         proc.kill()
         proc.wait()
 
 
 def report(name: str, r: dict, base: dict) -> None:
-    s, b = r["storm"], base["storm"]
-    print(f"{name:11} {s['alerts_per_s']:8.1f} alerts/s ({s['alerts_per_s'] / b['alerts_per_s']:.2f}x the bare "
-          f"server)  ack p50 {s['ack_p50_ms']:.1f} ms  p99 {s['ack_p99_ms']:.1f} ms  max {s['ack_max_ms']:.0f} ms  "
-          f"refused {s['refused'] or 0}")
-    print(f"{'':11} /healthz p99 {s['healthz_p99_ms']:.1f} ms  max {s['healthz_max_ms']:.1f} ms  "
-          f"not 200: {s['healthz_not_200']}")
+    for senders, s in r["storms"].items():
+        b = base["storms"][senders]
+        print(f"{name:11} {senders:3} senders: {s['alerts_per_s']:7.1f} alerts/s ({s['alerts_per_s'] / b['alerts_per_s']:.2f}x "
+              f"the bare server's {b['alerts_per_s']:.0f})  ack p50 {s['ack_p50_ms']:5.1f} ms  p99 {s['ack_p99_ms']:5.1f} ms "
+              f"(bare {b['ack_p99_ms']:.1f})  max {s['ack_max_ms']:4.0f} ms  refused {s['refused'] or 0}  "
+              f"/healthz p99 {s['healthz_p99_ms']:.1f} ms max {s['healthz_max_ms']:.1f} ms, not 200: {s['healthz_not_200']}")
     big = r["big_notification"]
     print(f"{'':11} one {big['alerts']}-alert notification ({big['body_bytes'] / 1e6:.1f} MB): HTTP {big['status']} "
           f"in {big['seconds']:.2f} s")
@@ -230,14 +241,13 @@ async def main_async(args) -> dict:
     results: dict = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "machine": {
         "cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     work = Path(tempfile.mkdtemp(prefix="llmslo-bench-intake-"))
-    print(f"baseline: bare aiohttp server, {args.senders} senders, {args.seconds:g} s")
+    print(f"baseline: a bare aiohttp server (read, parse JSON, answer), {args.seconds:g} s per concurrency")
     results["baseline"] = await run_echo(args)
-    b = results["baseline"]["storm"]
-    print(f"{'bare':11} {b['alerts_per_s']:8.1f} alerts/s  ack p50 {b['ack_p50_ms']:.1f} ms  p99 {b['ack_p99_ms']:.1f} ms")
-    print("llmslo serve on SQLite")
-    results["sqlite"] = await run_responder("sqlite", work, args, None)
-    report("sqlite", results["sqlite"], results["baseline"])
-    if not args.no_postgres:
+    if "sqlite" in args.backends:
+        print("llmslo serve on SQLite")
+        results["sqlite"] = await run_responder("sqlite", work, args, None)
+        report("sqlite", results["sqlite"], results["baseline"])
+    if "postgresql" in args.backends:
         try:
             from lab.postgres import LabPostgres
 
@@ -261,12 +271,14 @@ async def main_async(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.intake", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--senders", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--senders", type=lambda t: [int(x) for x in t.split(",")], default=[4, 8, 16, 32],
+                   help="comma-separated concurrencies, one storm each")
     p.add_argument("--groups", type=int, default=50)
     p.add_argument("--group-size", type=int, default=1)
     p.add_argument("--big", type=int, default=10_000)
-    p.add_argument("--no-postgres", action="store_true")
+    p.add_argument("--backends", type=lambda t: t.split(","), default=["sqlite", "postgresql"],
+                   help="sqlite, postgresql (where the distribution's server can be started), or both")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "intake.json"))
     args = p.parse_args(argv)
     results = asyncio.run(main_async(args))

@@ -12,7 +12,12 @@ from capture.schemas import MAX_CAPTURE_SECONDS, CaptureRequest, CaptureResult, 
 
 
 class AgentError(RuntimeError):
-    """The agent could not run the capture (unreachable, busy, refused); says which."""
+    """The agent could not run the capture (unreachable, busy, refused). ``str()`` is a sentence
+    fit for a chat thread (no URL, address or exception repr); ``detail`` is for the log."""
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail or message
 
 
 class LocalAgentClient:
@@ -34,7 +39,7 @@ class LocalAgentClient:
         except RequestError:
             raise
         except Exception as e:
-            raise AgentError(f"local agent: {e}") from e
+            raise AgentError(f"the capture agent failed ({type(e).__name__})", f"local agent: {e!r}") from e
 
 
 class HttpAgentClient:
@@ -59,7 +64,8 @@ class HttpAgentClient:
         async with self._client().get(f"{self.base_url}/v1/probes") as resp:
             data = await resp.json()
             if resp.status != 200:
-                raise AgentError(f"agent {self.base_url}: {resp.status} {data.get('error')}")
+                raise AgentError(f"the capture agent answered HTTP {resp.status}",
+                                 f"agent {self.base_url}: {resp.status} {data.get('error')}")
             return [ProbeInfo(**p) for p in data["probes"]]
 
     async def capture(self, req: CaptureRequest) -> CaptureResult:
@@ -68,10 +74,19 @@ class HttpAgentClient:
             async with self._client().post(f"{self.base_url}/v1/captures", json=req.to_dict(),
                                            timeout=timeout) as resp:
                 data = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise AgentError(f"agent {self.base_url} unreachable: {e!r}") from e
+        except TimeoutError as e:
+            raise AgentError("the capture agent did not answer in time", f"agent {self.base_url}: {e!r}") from e
+        except aiohttp.ContentTypeError as e:
+            raise AgentError("the capture agent's answer was not JSON", f"agent {self.base_url}: {e!r}") from e
+        except aiohttp.ClientError as e:
+            raise AgentError("the capture agent could not be reached", f"agent {self.base_url}: {e!r}") from e
         if resp.status == 400:
-            raise RequestError(data.get("error", "bad request"))
+            raise RequestError(str(data.get("error", "bad request"))[:500])
+        if resp.status == 429:
+            raise AgentError("the capture agent was busy with other captures (429)",
+                             f"agent {self.base_url}: 429 {data.get('error')}")
         if resp.status != 200:
-            raise AgentError(f"agent {self.base_url} answered {resp.status}: {data.get('error')}")
+            said = str(data.get("error") or "")[:200] if isinstance(data, dict) else ""
+            raise AgentError(f"the capture agent answered HTTP {resp.status}" + (f": {said}" if said else ""),
+                             f"agent {self.base_url} answered {resp.status}: {data.get('error')}")
         return CaptureResult.from_dict(data)

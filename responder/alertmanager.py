@@ -7,6 +7,7 @@ notification can be replayed (``llmslo replay``) exactly as Alertmanager sent it
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ class Notification:
         }
 
 
+@functools.lru_cache(maxsize=4096)  # alerts of one group mostly share their start and end times
 def format_timestamp(value: datetime | None) -> str:
     """RFC 3339 in UTC with a ``Z``; ``None`` becomes Go's zero time, as Alertmanager sends it."""
     m = _GO_ZERO_TIME if value is None else value.astimezone(timezone.utc)
@@ -113,6 +115,7 @@ def format_timestamp(value: datetime | None) -> str:
     return text + "Z"
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_timestamp(text: str) -> datetime:
     """Parse an RFC 3339 timestamp into a tz-aware UTC datetime.
 

@@ -82,6 +82,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or not 0 < len(text) <= 12 or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text[:40]!r}")
+    return int(text)
+
+
+def _dead_retry(args: argparse.Namespace) -> int:
+    if args.all == (args.what is not None):
+        raise CliError("dead retry: name one (message ID or job ID), or --all")
+    if args.what is not None and args.id is None:
+        raise CliError(f"dead retry: {args.what} needs an id (see llmslo dead list)")
+    return cmd_dead(args)
+
+
 # --- capture -----------------------------------------------------------------------------------
 def _format_capture(result) -> str:
     lines = [f"capture {result.id} on {result.node}: {result.target.describe()} "
@@ -306,6 +320,78 @@ def cmd_rules_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- dead -------------------------------------------------------------------------------------
+def _open_store(args: argparse.Namespace):
+    """The store ``llmslo serve`` with the same settings uses (config file and LLMSLO_* variables)."""
+    from responder import config
+    from responder.store import StoreError, open_store
+
+    try:
+        settings = config.load(args.config)
+    except config.ConfigError as e:
+        raise CliError(f"configuration: {e}") from None
+    if not settings.database_url and not settings.store_path.is_file():
+        raise CliError(f"no incident store at {settings.store_path}; set LLMSLO_DATA_DIR (or --config) as for "
+                       "llmslo serve")
+    try:
+        return open_store(settings.database_url, settings.store_path)
+    except StoreError as e:
+        raise CliError(f"the incident store did not open: {e}") from None
+
+
+def cmd_dead(args: argparse.Namespace) -> int:
+    """List or retry what the responder gave up on: chat messages (dead) and jobs (failed for good)."""
+    from responder.store import NotFound, StoreError
+
+    store = _open_store(args)
+    try:
+        if args.dead_command == "list":
+            messages, jobs = store.dead_messages(args.limit), store.dead_jobs(args.limit)
+            if args.json:
+                print(json.dumps({"messages": [{"id": m.id, "incident_id": m.incident_id, "sink": m.sink,
+                                                "step": m.step, "attempts": m.attempts, "error": m.last_error}
+                                               for m in messages],
+                                  "jobs": [{"id": j.id, "incident_id": j.incident_id, "kind": j.kind,
+                                            "attempts": j.attempts, "error": j.last_error} for j in jobs]}, indent=2))
+                return 0
+            print(f"dead messages: {len(messages)}")
+            for m in messages:
+                print(f"  message {m.id}  {m.incident_id}  {m.sink}/{m.step}  after {m.attempts} attempt(s): "
+                      f"{(m.last_error or '')[:200]}")
+            print(f"dead jobs: {len(jobs)}")
+            for j in jobs:
+                print(f"  job {j.id}  {j.incident_id}  {j.kind}  after {j.attempts} attempt(s): "
+                      f"{(j.last_error or '')[:200]}")
+            return 0
+        # retry
+        if args.all:
+            ms = [m.id for m in store.dead_messages(10_000)]
+            js = [j.id for j in store.dead_jobs(10_000)]
+        elif args.what == "message":
+            ms, js = [args.id], []
+        else:
+            ms, js = [], [args.id]
+        done = 0
+        for mid in ms:
+            if store.retry_message(mid):
+                done += 1
+            elif not args.all:
+                raise CliError(f"dead retry: message {mid} is not dead")
+        for jid in js:
+            if store.retry_job(jid):
+                done += 1
+            elif not args.all:
+                raise CliError(f"dead retry: job {jid} is not dead")
+        print(f"llmslo: {done} queued again; a running responder picks them up within seconds")
+        return 0
+    except NotFound as e:
+        raise CliError(f"dead retry: {e}") from None
+    except StoreError as e:
+        raise CliError(f"the incident store: {e}") from None
+    finally:
+        store.close()
+
+
 # --- lab --------------------------------------------------------------------------------------
 def cmd_lab(args: argparse.Namespace) -> int:
     # The lab has its own parser (lab/cli.py); imported only here, so the responder never loads it.
@@ -314,8 +400,19 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return lab_main(list(args.lab_args))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (``llmslo: ...``) and exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        text = " ".join(message.split())
+        if len(text) > 300:
+            text = text[:300] + "…"
+        where = self.prog.removeprefix('llmslo').strip()
+        self.exit(EXIT_USAGE, f"llmslo: {where + ': ' if where else ''}{text} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmslo", description="LLM SLO incident responder with eBPF evidence")
+    p = _Parser(prog="llmslo", description="LLM SLO incident responder with eBPF evidence")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -382,6 +479,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--format", choices=("rules", "prometheus-rule"), default="rules",
                    help="a Prometheus rule file (default), or a PrometheusRule for the Prometheus Operator")
     g.set_defaults(func=cmd_rules_generate)
+
+    d = sub.add_parser("dead", help="list or retry chat messages and jobs the responder gave up on")
+    d.add_argument("--config", help="the YAML settings file llmslo serve uses (LLMSLO_* variables override it)")
+    ds = d.add_subparsers(dest="dead_command", required=True)
+    dl = ds.add_parser("list", help="dead messages and dead jobs, newest first, with why")
+    dl.add_argument("--limit", type=_positive_int, default=100)
+    dl.add_argument("--json", action="store_true")
+    dl.set_defaults(func=cmd_dead)
+    dr = ds.add_parser("retry", help="queue a dead message or job again (a dead root takes its thread's replies)")
+    dr.add_argument("what", nargs="?", choices=("message", "job"))
+    dr.add_argument("id", nargs="?", type=_positive_int)
+    dr.add_argument("--all", action="store_true", help="every dead message and job")
+    dr.set_defaults(func=_dead_retry)
 
     r = sub.add_parser("replay", help="send a saved Alertmanager payload to a running responder")
     r.add_argument("file")

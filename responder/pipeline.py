@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from capture.client import AgentError
 from capture.schemas import CaptureRequest, CaptureResult, CaptureTarget, RequestError
 from responder import adhoc, calibration, links, page, report
 from responder.alertmanager import parse_timestamp
@@ -26,7 +27,7 @@ from responder.kube import KubeCluster, KubeUnavailable, Scope, ScopeError, name
 from responder.model import Verdict
 from responder.playbooks import Playbook, ScopeSpec, select_playbook
 from responder.prometheus import burn_onset, prometheus_evidence
-from responder.store import Incident, IncidentStore, Job
+from responder.store import Incident, IncidentStore, Job, StoreUnavailable
 from responder.traces.backends import TraceBackend
 from responder.traces.gather import gather_trace_evidence
 
@@ -312,9 +313,14 @@ class Pipeline:
             return result, None
         except (ScopeError, RequestError, KubeUnavailable) as e:
             return None, f"could not scope the capture: {e}"
-        except Exception as e:  # agent unreachable or failed: say so in the thread
-            log.exception("incident=%s event=capture_failed", inc.id)
+        except AgentError as e:  # the thread gets the sentence, the log the address and the cause
+            log.warning("incident=%s event=capture_failed error=%s", inc.id, e.detail)
             return None, f"the capture failed: {e}"
+        except StoreUnavailable:
+            raise
+        except Exception as e:  # a bug: the log has the traceback, the thread a sentence
+            log.exception("incident=%s event=capture_failed", inc.id)
+            return None, f"the capture failed ({type(e).__name__}; the responder's log has the details)"
 
     async def application_evidence(self, inc: Incident, playbook: Playbook, labels: dict[str, str],
                                    end: float, onset: float | None, duration_s: float) -> dict[str, Any]:
@@ -341,7 +347,8 @@ class Pipeline:
         for key, value in (("traces", t), ("prometheus", p)):
             if isinstance(value, BaseException):  # a bug, not an outage (those are reported inside)
                 log.error("incident=%s event=%s_evidence_failed error=%r", inc.id, key, value)
-                value = {"reachable": False, "error": f"{type(value).__name__}: {value}"}
+                value = {"reachable": False, "error": f"reading it failed ({type(value).__name__}; the responder's "
+                                                      "log has the details)"}
             out[key] = value
         log.info("incident=%s event=application_evidence traces=%s prometheus=%s", inc.id,
                  None if t is None else (t.get("reachable") if isinstance(t, dict) else "error"),

@@ -277,9 +277,12 @@ class Responder:
             return json_error(503, f"{why}; nothing was stored, retry later", retry_after=5)
         except (ValueError, TypeError, KeyError) as e:  # this notification alone could not be stored
             return json_error(400, f"the notification cannot be stored: {e}")
-        log.info("incident=%s event=alert_accepted group=%s new=%s duplicates=%s job=%s truncated=%s",
-                 result.incident_id, notification.group_key, result.new_alerts, result.duplicates, result.job_id,
-                 notification.truncated_alerts)
+        # A line per notification that opened an incident or queued work; the rest of a storm
+        # (repeats joining a waiting investigation) only at debug, so logging does not set its pace.
+        log.log(logging.INFO if result.created or result.job_id else logging.DEBUG,
+                "incident=%s event=alert_accepted group=%s new=%s duplicates=%s job=%s truncated=%s",
+                result.incident_id, notification.group_key, result.new_alerts, result.duplicates, result.job_id,
+                notification.truncated_alerts)
         return web.json_response({"status": "accepted", "incident_id": result.incident_id,
                                   "new_alerts": result.new_alerts, "duplicates": result.duplicates,
                                   "job_id": result.job_id})

@@ -33,6 +33,7 @@ import json
 import os
 import socket
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -446,15 +447,25 @@ class StoreBase:
         two replicas' batches on PostgreSQL lock groups in the same order and cannot deadlock."""
         order = sorted(range(len(items)), key=lambda i: items[i][0].group_key)
         out: list[AcceptResult | Exception | None] = [None] * len(items)
+        try:
+            with self._tx() as conn:
+                if max_pending_jobs is not None and self._pending_jobs(conn) >= max_pending_jobs:
+                    return [Overloaded("too many incidents waiting; retry later") for _ in items]
+                now = self._now(conn)
+                for i in order:
+                    out[i] = self._accept_in(conn, items[i][0], items[i][1], now)
+            return out  # type: ignore[return-value]
+        except self._item_errors:
+            if len(items) == 1:
+                return [sys.exc_info()[1]]  # type: ignore[list-item]
+        # One item could not be stored (the whole transaction rolled back): again, each item behind
+        # a savepoint, so only that one is refused. Rare, so the common path pays no savepoints.
         with self._tx() as conn:
-            if max_pending_jobs is not None and self._pending_jobs(conn) >= max_pending_jobs:
-                return [Overloaded("too many incidents waiting; retry later") for _ in items]
             now = self._now(conn)
             for i in order:
-                notification, raw = items[i]
                 conn.execute("SAVEPOINT accept_one")
                 try:
-                    out[i] = self._accept_in(conn, notification, raw, now)
+                    out[i] = self._accept_in(conn, items[i][0], items[i][1], now)
                 except self._item_errors as e:
                     conn.execute("ROLLBACK TO SAVEPOINT accept_one")
                     out[i] = e
@@ -482,9 +493,6 @@ class StoreBase:
         group_key = notification.group_key
         alerts = list(notification.alerts)
         self._lock_group(conn, group_key)
-        notification_id = self._insert(
-            conn, "INSERT INTO notifications (group_key, status, received_at, raw) VALUES (?,?,?,?)",
-            (group_key, notification.status, now, bytes(raw)))
 
         # Linear: one lookup per chunk of fingerprints, then a set for the rest of the payload
         # (should Alertmanager ever repeat an alert within one notification).
@@ -506,6 +514,8 @@ class StoreBase:
         if row is None:
             if not new_firing:
                 # Resolved (or all duplicate) with nothing open: keep the payload, do no work.
+                self._insert(conn, "INSERT INTO notifications (group_key, status, received_at, raw) VALUES (?,?,?,?)",
+                             (group_key, notification.status, now, bytes(raw)))
                 return AcceptResult(None, False, len(new), duplicates, None)
             incident_id = "inc-" + uuid.uuid4().hex[:10]
             conn.execute(
@@ -514,6 +524,9 @@ class StoreBase:
             created = True
         else:
             incident_id = row["id"]
+        notification_id = self._insert(
+            conn, "INSERT INTO notifications (group_key, incident_id, status, received_at, raw) VALUES (?,?,?,?,?)",
+            (group_key, incident_id, notification.status, now, bytes(raw)))
 
         if new:
             conn.executemany(
@@ -535,8 +548,6 @@ class StoreBase:
             "UPDATE incidents SET labels=?, truncated_alerts=?, updated_at=? WHERE id=?",
             (_dumps(dict(notification.common_labels or {})),
              int(getattr(notification, "truncated_alerts", 0) or 0), now, incident_id))
-        conn.execute("UPDATE notifications SET incident_id=? WHERE id=?",
-                     (incident_id, notification_id))
 
         kind = None
         if new_firing:
@@ -548,7 +559,7 @@ class StoreBase:
                                         "LIMIT 1", (incident_id,)).fetchone() is not None
             if notification.status == "resolved" or not still_firing:
                 kind = "resolve"
-        if kind == "investigate" and conn.execute(
+        if kind == "investigate" and not created and conn.execute(
                 "SELECT 1 AS waiting FROM jobs WHERE incident_id=? AND kind='investigate' "
                 "AND state='pending'", (incident_id,)).fetchone():
             kind = None  # coalesced: the waiting investigation will read the merged alerts
@@ -557,7 +568,7 @@ class StoreBase:
             job_id = self._insert(
                 conn, "INSERT INTO jobs (incident_id, kind, payload, state, created_at) "
                 "VALUES (?, ?, ?, 'pending', ?)",
-                (incident_id, kind, _dumps(notification.to_dict()), now))
+                (incident_id, kind, json.dumps(notification.to_dict(), separators=(",", ":")), now))
         return AcceptResult(incident_id, created, len(new), duplicates, job_id)
 
     # -- jobs ------------------------------------------------------------------------------

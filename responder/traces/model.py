@@ -51,12 +51,23 @@ class Span:
     def is_error(self) -> bool:
         return self.status == "error" or "error.type" in self.attributes
 
-    def approx_bytes(self) -> int:
-        """What holding this span costs, roughly: its strings and values plus fixed overhead."""
+    def approx_bytes(self, shared: dict[int, int] | None = None) -> int:
+        """What holding this span costs, roughly: every string and value it holds (attributes
+        of every kind, events, its resource and scope) plus fixed overhead.
+
+        The resource dict and scope name are shared by the spans of one export; ``shared``
+        (object id -> spans in this batch sharing it) spreads their size over those spans, so
+        a batch is charged for each once, and a span alone for all of it."""
         n = SPAN_OVERHEAD_BYTES + len(self.name) + len(self.service) + len(self.status_message) + 64
-        n += _attrs_bytes(self.attributes)
+        n += len(self.trace_id) + len(self.span_id) + len(self.parent_span_id or "")
+        n += _value_bytes(self.attributes)
         for e in self.events:
-            n += 120 + len(e.name) + _attrs_bytes(e.attributes)
+            n += 120 + len(e.name) + _value_bytes(e.attributes)
+        for obj, size in ((self.resource, None), (self.scope, len(self.scope))):
+            if size is None:
+                size = _value_bytes(obj)
+            sharers = shared.get(id(obj), 1) if shared else 1
+            n += -(-size // sharers)  # ceiling: the shares add up to at least the whole
         return n
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,12 +79,26 @@ class Span:
                 "scope": self.scope}
 
 
-def _attrs_bytes(attrs: dict[str, AttrValue]) -> int:
+def _value_bytes(value: Any) -> int:
+    """The accounted size of an attribute value of any shape: strings by length, numbers and
+    booleans at a flat 24, lists and dicts (OTLP arrays and kvlists, nested to any depth) by
+    their members plus per-entry overhead. Iterative, so a deeply nested value cannot recurse."""
     n = 0
-    for k, v in attrs.items():
-        n += 90 + len(k)
+    stack = [value]
+    while stack:
+        v = stack.pop()
         if isinstance(v, str):
-            n += len(v)
+            n += 49 + len(v)
+        elif isinstance(v, dict):
+            n += 64 + 90 * len(v)
+            for k, x in v.items():
+                n += len(k)
+                stack.append(x)
         elif isinstance(v, list):
-            n += 60 + sum(len(x) if isinstance(x, str) else 24 for x in v)
+            n += 60 + 8 * len(v)
+            stack.extend(v)
+        elif isinstance(v, (bytes, bytearray)):
+            n += 33 + len(v)
+        else:
+            n += 24
     return n

@@ -10,7 +10,8 @@ oldest leave:
   inside the rest; eviction advances the oldest bucket's ``dead`` mark and drops the bucket when
   it is empty, so it is O(1).
 
-Sizes come from :meth:`Span.approx_bytes`, computed outside the lock. One lock guards the rest:
+Sizes come from :meth:`Span.approx_bytes` (every value a span holds, its share of the resource
+and scope it came with included), computed outside the lock. One lock guards the rest:
 the receiver adds from worker threads while queries run from others.
 """
 from __future__ import annotations
@@ -62,7 +63,12 @@ class SpanStore:
         to make room, counting any of this batch that did not fit at all."""
         if not spans:
             return 0
-        sizes = [s.approx_bytes() for s in spans]
+        # The resource and scope objects a batch's spans share, and how many share each.
+        shared: dict[int, int] = {}
+        for s in spans:
+            for obj in (s.resource, s.scope):
+                shared[id(obj)] = shared.get(id(obj), 0) + 1
+        sizes = [s.approx_bytes(shared) for s in spans]
         # A batch larger than the bounds keeps its newest part: drop from the front until it fits.
         first = max(0, len(spans) - self.max_spans)
         kept_bytes = sum(sizes[first:])

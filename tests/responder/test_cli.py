@@ -267,7 +267,7 @@ def test_serve_bad_env_value_is_named(tmp_path):
 def test_defaults():
     s = config.load(env={})
     assert s.host == "127.0.0.1" and s.port == 8080
-    assert s.max_body_bytes == 1024 * 1024
+    assert s.max_body_bytes == 16 * 1024 * 1024  # a 10,000-alert notification (about 4 MB) fits
     assert s.webhook_token is None and s.agent_url is None
     assert s.playbooks_dir == config.REPO_ROOT / "playbooks"
     assert s.base_url == "http://127.0.0.1:8080"
