@@ -101,13 +101,14 @@ def json_error(status: int, message: str, retry_after: int | None = None) -> web
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-async def read_body(request: web.Request, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes | None:
+async def read_body(request: web.Request, limit: int, timeout_s: float | None = None) -> bytes | None:
     """The whole body, or None when it is longer than ``limit`` bytes; BodyTimeout when it has
     not all arrived within ``timeout_s`` (a slow or unfinished body never holds a handler).
 
     ``content.read(n)`` returns whatever is buffered (one TCP segment or HTTP chunk), not n
     bytes: keep reading until the end of the body or one byte past the limit."""
     buf = bytearray()
+    timeout_s = BODY_TIMEOUT_S if timeout_s is None else timeout_s
     try:
         async with asyncio.timeout(timeout_s):
             while len(buf) <= limit:

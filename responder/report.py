@@ -222,6 +222,10 @@ def render_attribution(incident: dict[str, Any], verdict: Verdict, capture: Capt
     else:
         intro = (f"*Abstained:* {_esc(verdict.abstain_reason or 'no reason given')}. "
                  "No fault domain is named; the hypotheses below are what was weighed. " + intro)
+    truncated = int(incident.get("truncated_alerts") or 0)
+    if truncated:
+        intro += (f" · Alertmanager left {truncated} alert(s) of this group out of its last notification "
+                  "(its max_alerts); the alerts listed here are the ones it sent")
     head.append({"type": "section", "text": _mrkdwn(_clip(intro, MAX_SECTION_CHARS))})
 
     hyp_lines: list[str] = []

@@ -101,3 +101,35 @@ async def test_a_message_decided_but_not_yet_posted_is_posted_once_after_a_kill(
         texts = [reply["text"] for reply in threads[0]["replies"]]
         assert sum("Kernel capture" in t for t in texts) == 1, texts
         assert len(texts) == len(set(texts))
+
+
+async def test_a_root_posted_but_not_recorded_before_a_kill_is_found_again_not_posted_twice(tmp_path):
+    """Slack has carried out the root's chat.postMessage, but its answer never reaches the
+    responder (held by the stand-in) when the responder is SIGKILLed: the outbox recorded that
+    an attempt began, so the restarted responder finds the root in the channel's history by its
+    outbox key and records it instead of posting a second root."""
+    async with Restartable(tmp_path) as r:
+        slack = r.slack
+        first = await r.start()
+        slack.hang_after_next("chat.postMessage", seconds=60)
+        status, body = await first.post_alert(alert_payload("firing", {"alertname": "LLMErrorBurn", "pid": "1"},
+                                                            time.time()))
+        assert status == 200
+        deadline = time.monotonic() + 30
+        while not any(c.get("hung") for c in slack.calls_to("chat.postMessage")) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(slack.threads()) == 1, "the root was never posted"
+        r.kill(first)  # posted in Slack, not recorded in the store
+        second = await r.start()
+        await second.wait_verdict(body["incident_id"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            threads = list(slack.threads().values())
+            if threads and any("Kernel capture" in reply["text"] for reply in threads[0]["replies"]):
+                break
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(2)  # anything that would be sent twice has had its chance
+        assert len(slack.threads()) == 1, "a second root was posted"
+        assert slack.calls_to("conversations.history"), "the restarted responder did not look before posting"
+        texts = [reply["text"] for reply in next(iter(slack.threads().values()))["replies"]]
+        assert sum("Kernel capture" in t for t in texts) == 1, texts

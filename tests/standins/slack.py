@@ -78,6 +78,7 @@ class SlackStandin(LoopbackServer):
                        "files.completeUploadExternal", "apps.connections.open", "conversations.history",
                        "conversations.replies", "conversations.list"):
             app.router.add_post(f"/api/{method}", self._handler(method))
+            app.router.add_get(f"/api/{method}", self._handler(method))  # Slack takes GET with a query too
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_post("/respond/{ref}", self._respond)
         app.router.add_get("/socket", self._socket)
@@ -380,7 +381,8 @@ class SlackStandin(LoopbackServer):
         return self.channels.get(str(channel)) if channel else None
 
     def _new_ts(self) -> str:
-        self._next_ts += 100
+        # Unix time in microseconds, as Slack's ts is, and strictly increasing.
+        self._next_ts = max(self._next_ts + 100, int(time.time() * 1_000_000))
         return f"{self._next_ts // 1_000_000}.{self._next_ts % 1_000_000:06d}"
 
     @staticmethod
