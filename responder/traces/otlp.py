@@ -30,6 +30,7 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
+from capture.http_server import JsonBodyError, load_json
 from responder.traces.model import KINDS, STATUSES, Span, SpanEvent
 
 PROTOBUF = "application/x-protobuf"
@@ -242,13 +243,9 @@ _AT_MESSAGE = re.compile(r" at [\w.\[\]]+\.?$")
 
 def _load_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except json.JSONDecodeError as e:
-        raise OtlpDecodeError(f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except UnicodeDecodeError:
-        raise OtlpDecodeError("body is not valid JSON: it is not UTF-8 text") from None
-    except RecursionError:
-        raise OtlpDecodeError("body is not valid JSON: nested too deeply") from None
+        return load_json(body)
+    except JsonBodyError as e:
+        raise OtlpDecodeError(f"body is not valid JSON: {e}") from None
 
 
 def _from_json(d: Any, allow_base64: bool, allow_tempo: bool) -> DecodedExport:
