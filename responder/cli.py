@@ -35,13 +35,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"configuration: {e}") from None
     config.ensure_webhook_token(settings)
     _logging(args.verbose)
-    if settings.generated_token:
-        print(f"llmslo: no LLMSLO_WEBHOOK_TOKEN set; generated webhook token for this run: "
-              f"{settings.webhook_token}", file=sys.stderr, flush=True)
     try:
         responder = Responder.build(settings)
     except config.ConfigError as e:  # e.g. the database named by LLMSLO_DATABASE_URL cannot be reached
         raise CliError(f"configuration: {e}") from None
+    if settings.generated_token:
+        print(f"llmslo: no LLMSLO_WEBHOOK_TOKEN set; generated webhook token for this run: "
+              f"{settings.webhook_token}", file=sys.stderr, flush=True)
     print(f"llmslo: responder on http://{settings.host}:{settings.port} (data in {settings.data_dir})",
           file=sys.stderr, flush=True)
     http_server.run(responder.app(), settings.host, settings.port)
