@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,29 @@ HEADER_TIMEOUT_S = 15.0
 MAX_CONNECTIONS_PER_CLIENT = 64
 
 
+class _ClientMistakes(logging.Filter):
+    """aiohttp logs a request it cannot parse (a control character in a header, a broken request
+    line) at ERROR with a traceback, though the client is at fault and got its 400. Keep one
+    warning line for those; leave every other record as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and (getattr(exc, "code", 0) or 0) < 500:
+            record.msg, record.args = "event=bad_http_request error=%s", (" ".join(str(exc).split())[:200],)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_ClientMistakes())
+
+
 class BodyTimeout(Exception):
     """The client did not send its whole body within BODY_TIMEOUT_S."""
+
+
+class BodyUnreadable(Exception):
+    """The body could not be read as sent (e.g. Content-Encoding gzip over bytes that are not)."""
 
 
 class JsonBodyError(ValueError):
@@ -118,6 +140,11 @@ async def read_body(request: web.Request, limit: int, timeout_s: float | None = 
                 buf += chunk
     except TimeoutError:
         raise BodyTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
+    except web.RequestPayloadError as e:  # aiohttp's own decoding (gzip, chunks) failed
+        # Nothing more can be read: mark the stream ended, or aiohttp's lingering read after the
+        # answer meets the same error again and logs it as unhandled.
+        request.content.feed_eof()
+        raise BodyUnreadable(f"body could not be read: {str(e).splitlines()[-1].strip()}") from None
     return None if len(buf) > limit else bytes(buf)
 
 
@@ -127,8 +154,9 @@ async def guard(request: web.Request, handler):
     an unexpected error is a 500 without a traceback in the answer (the log keeps it)."""
     try:
         return await handler(request)
-    except BodyTimeout as e:
-        resp = json_error(408, str(e))
+    except (BodyTimeout, BodyUnreadable) as e:
+        # The rest of the body is not read: the connection closes after the answer.
+        resp = json_error(408 if isinstance(e, BodyTimeout) else 400, str(e))
         resp.force_close()
         return resp
     except web.HTTPException:
@@ -203,7 +231,9 @@ class ClientLimit:
                 self.refused += 1
                 log.warning("event=connection_refused client=%s open=%s limit=%s", client, self.open[client],
                             self.per_client)
-                transport.close()
+                # Once aiohttp has set the connection up (closing it inside connection_made would
+                # leave aiohttp's own request task to find it half torn down).
+                asyncio.get_running_loop().call_soon(transport.close)
 
         def connection_lost(handler, exc=None):
             client = clients.pop(handler, None)

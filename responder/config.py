@@ -190,7 +190,7 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None, **ov
         except OSError as e:
             raise ConfigError(f"config file {path}: {e.strerror}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
+            raise ConfigError(f"config file {path}: not valid YAML: {' '.join(str(e).split())}") from None
         except RecursionError:
             raise ConfigError(f"config file {path}: not valid YAML: nested too deeply") from None
         except ValueError as e:  # an integer of more than 4,300 digits

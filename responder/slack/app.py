@@ -19,6 +19,7 @@ import asyncio
 import logging
 import re
 import time
+from urllib.parse import parse_qsl
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -28,7 +29,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from capture.http_server import read_body
+from capture.http_server import JsonBodyError, load_json, read_body
 
 from capture.probes import CATALOG
 from responder import report
@@ -45,6 +46,25 @@ MAX_BODY_BYTES = 1 << 20
 _INCIDENT_ID_RE = re.compile(r"inc-[0-9a-f]{6,32}")
 # Labels of an incident that are not the workload's: not copied into a follow-up capture.
 _NOT_SCOPE = ("alertname", "severity", "slo", "long_window", "short_window")
+
+
+def _form_problem(text: str, content_type: str) -> str | None:
+    """What bolt could not parse in a signed body, said before it tries (it would raise). Bolt
+    reads a body as JSON when it is sent as JSON or starts with "{", else as a form whose
+    ``payload`` field (interactivity) is JSON: each must then be a JSON object."""
+    try:
+        if content_type == "application/json" or text.startswith("{"):
+            doc = load_json(text.encode())
+            return None if isinstance(doc, dict) else "body: expected a JSON object"
+        if "payload" in text:
+            payload = dict(parse_qsl(text, keep_blank_values=True)).get("payload")
+            if payload is not None and not isinstance(load_json(payload.encode("utf-8", "surrogatepass")), dict):
+                return "payload: expected a JSON object"
+    except JsonBodyError as e:
+        return f"body: {e}"
+    except ValueError as e:  # a malformed form
+        return f"body: {e}"
+    return None
 
 
 class Responder(Protocol):
@@ -91,14 +111,17 @@ class SlackApp:
             return web.json_response({"error": "body too large"}, status=413)
         timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
         signature = request.headers.get("X-Slack-Signature", "")
-        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12 and signature.isascii()
-                and self.verifier.is_valid(body, timestamp, signature)):
+        try:
+            text = body.decode("utf-8")  # Slack signs UTF-8 text; other bytes cannot carry a valid signature
+        except UnicodeDecodeError:
+            text = None
+        if not (text is not None and timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12
+                and signature.isascii() and self.verifier.is_valid(text, timestamp, signature)):
             log.warning("event=slack_request_refused reason=signature peer=%s", request.remote)
             return web.json_response({"error": "invalid or missing Slack signature"}, status=401)
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return web.json_response({"error": "body is not UTF-8 text"}, status=400)
+        problem = _form_problem(text, request.content_type)
+        if problem:
+            return web.json_response({"error": problem}, status=400)
         bolt_request = AsyncBoltRequest(body=text, query=request.query_string, headers=request.headers)
         return await to_aiohttp_response(await self.app.async_dispatch(bolt_request))
 

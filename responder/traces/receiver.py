@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from capture.http_server import json_error, read_body
+from capture.http_server import BodyUnreadable, json_error, read_body
 from responder.traces import otlp
 from responder.traces.store import SpanStore
 
@@ -71,8 +71,10 @@ class OtlpReceiver:
                            as_json)
         try:
             body = await read_body(request, limit)
-        except web.RequestPayloadError as e:  # aiohttp's own inflation failed: not gzip after all
-            return _refuse(request, 400, f"body could not be read: {str(e).splitlines()[-1].strip()}", as_json)
+        except BodyUnreadable as e:  # aiohttp's own inflation failed: not gzip after all
+            refused = _refuse(request, 400, str(e), as_json)
+            refused.force_close()  # the rest of the body cannot be read either
+            return refused
         if body is None:
             inflated = " once inflated" if encoding == "gzip" else ""
             return _refuse(request, 413, f"body is over the limit of {limit} bytes{inflated}", as_json)
