@@ -7,10 +7,10 @@ stores the *difference* from the previous read, so a quiet node stores almost no
 is the sum of the intervals inside it, restricted to the target's cgroups.
 
 Memory bound: ``history_s / interval_s`` intervals of at most ``MAX_KEYS_PER_INTERVAL`` entries
-each (the defaults: 180 x 2,048 = 368,640 entries, about ``ENTRY_BYTES`` each, so under 60 MiB
-in the worst case; a node's real use is served by ``status()`` and /metrics). An interval with
-more entries keeps every counter and gauge and the largest histogram buckets and peers, and
-says how many it dropped. Cumulative per-cgroup counter totals for /metrics are bounded by
+each, all probes together (the defaults: 180 x 2,048 = 368,640 entries, about ``ENTRY_BYTES``
+each, so under 60 MiB in the worst case; a node's real use is served by ``status()`` and
+/metrics). An interval with more entries keeps counters and gauges first, then histogram buckets
+and peers, the largest first, and says how many it dropped. Cumulative per-cgroup counter totals for /metrics are bounded by
 ``MAX_SERIES`` (the least recently changed are dropped first).
 """
 from __future__ import annotations
@@ -50,13 +50,20 @@ class Interval:
         return sum(len(r) for r in self.raw.values())
 
 
-def _bounded(delta: RawSnapshot, limit: int) -> tuple[RawSnapshot, int]:
-    if len(delta) <= limit:
-        return delta, 0
-    keep = {k: v for k, v in delta.items() if k[0] in ("c", "g")}
-    rest = sorted(((k, v) for k, v in delta.items() if k[0] not in ("c", "g")), key=lambda kv: -kv[1])
-    keep.update(rest[:max(0, limit - len(keep))])
-    return keep, len(delta) - len(keep)
+def _bounded(deltas: dict[str, RawSnapshot], limit: int) -> tuple[dict[str, RawSnapshot], int]:
+    """The interval's entries of every probe, at most ``limit`` in all: counters and gauges
+    before histogram buckets and peers, the largest values first within each; and how many were
+    left out. (Before, each probe had its own limit and every counter was kept whatever the
+    count: a node with thousands of busy cgroups could outgrow the stated bound many times.)"""
+    total = sum(len(d) for d in deltas.values())
+    if total <= limit:
+        return deltas, 0
+    ranked = sorted(((k[0] not in ("c", "g"), -abs(v), name, k) for name, d in deltas.items() for k, v in d.items()),
+                    key=lambda t: t[:2])
+    kept: dict[str, RawSnapshot] = {name: {} for name in deltas}
+    for _, _, name, k in ranked[:limit]:
+        kept[name][k] = deltas[name][k]
+    return kept, total - limit
 
 
 class Recorder:
@@ -112,10 +119,9 @@ class Recorder:
                 self.errors[name] = f"read failed: {e}"
         with self._lock:
             if self._last_at:
-                raw, dropped = {}, 0
-                for name, cur in current.items():
-                    delta, n = _bounded(diff(self._last.get(name, {}), cur), MAX_KEYS_PER_INTERVAL)
-                    raw[name], dropped = delta, dropped + n
+                raw, dropped = _bounded({name: diff(self._last.get(name, {}), cur) for name, cur in current.items()},
+                                        MAX_KEYS_PER_INTERVAL)
+                for name, delta in raw.items():
                     self._add_totals(name, delta, now)
                 self.ring.append(Interval(start=self._last_at, end=now, raw=raw, dropped=dropped))
             self._last, self._last_at = current, now

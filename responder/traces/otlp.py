@@ -245,7 +245,10 @@ def _load_json(body: bytes) -> Any:
     try:
         return load_json(body)
     except JsonBodyError as e:
-        raise OtlpDecodeError(f"body is not valid JSON: {e}") from None
+        msg = str(e)
+        if msg.startswith("invalid JSON"):
+            msg = "body is not valid JSON" + msg[len("invalid JSON"):]
+        raise OtlpDecodeError(msg) from None
 
 
 def _from_json(d: Any, allow_base64: bool, allow_tempo: bool) -> DecodedExport:

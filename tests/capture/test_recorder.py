@@ -163,12 +163,21 @@ async def test_preloaded_probes_cost_nothing_until_a_capture_attaches_them():
 def test_an_interval_over_its_entry_bound_keeps_counters_and_the_largest_entries():
     delta = {("c", 1, "failed"): 3, ("g", 1, "quota"): 2}
     delta |= {("p", 1, "peers", f"10.0.0.{i}:80"): i for i in range(MAX_KEYS_PER_INTERVAL + 10)}
-    kept, dropped = _bounded(delta, MAX_KEYS_PER_INTERVAL)
-    assert len(kept) == MAX_KEYS_PER_INTERVAL and dropped == 12
-    assert ("c", 1, "failed") in kept and ("g", 1, "quota") in kept
-    assert ("p", 1, "peers", "10.0.0.0:80") not in kept
+    kept, dropped = _bounded({"tcp_connect": delta}, MAX_KEYS_PER_INTERVAL)
+    assert len(kept["tcp_connect"]) == MAX_KEYS_PER_INTERVAL and dropped == 12
+    assert ("c", 1, "failed") in kept["tcp_connect"] and ("g", 1, "quota") in kept["tcp_connect"]
+    assert ("p", 1, "peers", "10.0.0.0:80") not in kept["tcp_connect"]
     rec = Recorder(probes=[], interval_s=5, history_s=900)
     assert rec.ring.maxlen == 180
+
+
+def test_the_entry_bound_is_for_all_probes_and_counters_together():
+    """Thousands of busy cgroups: counters alone, over several probes, exceed the bound; the
+    interval still holds MAX_KEYS_PER_INTERVAL entries, the largest counters first."""
+    deltas = {p: {("c", cg, "events"): cg for cg in range(1, 3001)} for p in ("tcp_retrans", "runq_latency", "dns")}
+    kept, dropped = _bounded(deltas, MAX_KEYS_PER_INTERVAL)
+    assert sum(map(len, kept.values())) == MAX_KEYS_PER_INTERVAL and dropped == 9000 - MAX_KEYS_PER_INTERVAL
+    assert all(k[1] > 3000 - MAX_KEYS_PER_INTERVAL // 3 - 1 for d in kept.values() for k in d)
 
 
 RESOLVE_AND_CONNECT = r"""

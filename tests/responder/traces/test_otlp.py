@@ -329,8 +329,8 @@ def test_bad_resource_rejects_its_spans():
 
 
 @pytest.mark.parametrize("body, expect", [
-    (b'{"resourceSpans": [', "body is not valid JSON: Expecting value at line 1 column 20"),
-    (b'{"a": "\xff"}', "body is not valid JSON: it is not UTF-8 text"),
+    (b'{"resourceSpans": [', "body is not valid JSON at line 1 column 20 (char 19): Expecting value"),
+    (b'{"a": "\xff"}', "body is not UTF-8 text (byte 7)"),
     (b"[" * 200_000 + b"]" * 200_000, "body is not valid JSON: nested too deeply"),
 ])
 def test_malformed_json(body, expect):

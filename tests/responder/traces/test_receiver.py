@@ -317,7 +317,7 @@ async def test_malformed_protobuf_is_400(recv, http, body):
 
 
 @pytest.mark.parametrize("body, reason", [
-    (b'{"resourceSpans": [{"scopeSpans": [', "body is not valid JSON: Expecting value at line 1 column 36"),
+    (b'{"resourceSpans": [{"scopeSpans": [', "body is not valid JSON at line 1 column 36 (char 35): Expecting value"),
     (b"[1, 2]", "expected a JSON object, got a list"),
     (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "' + TRACE.encode() + b'", "spanId": "'
      + ROOT.encode() + b'", "startTimeUnixNano": "tomorrow"}]}]}]}',
