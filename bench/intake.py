@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile

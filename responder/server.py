@@ -34,7 +34,7 @@ from responder.sinks.console import ConsoleSink
 from responder.sinks.slack import SlackSink
 from responder.health import Health, StoreProbe, supervise
 from responder.intake import IntakeWriter
-from responder.store import (AcceptResult, NotFound, Overloaded, StoreBase, StoreError, StoreUnavailable, job_backoff,
+from responder.store import (AcceptResult, Overloaded, StoreBase, StoreError, StoreUnavailable, job_backoff,
                              open_store)
 from responder.traces.backends import TraceBackend, backend_from_settings
 from responder.traces.receiver import OtlpReceiver

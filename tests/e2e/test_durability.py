@@ -7,7 +7,6 @@ import secrets
 import signal
 import time
 
-import aiohttp
 import pytest
 
 from lab.harness import ResponderProcess, alert_payload

@@ -22,6 +22,7 @@ import pytest
 from lab.harness import ResponderProcess, alert_payload, free_port
 from tests.responder.test_store_hardening import LOCKER
 from tests.standins.slack import DEFAULT_TOKEN, SlackStandin
+from tests.tmpfs import tmpfs
 
 pytestmark = pytest.mark.e2e
 
@@ -30,13 +31,8 @@ LOCK_S = 60
 
 @pytest.fixture
 def small_disk(tmp_path):
-    d = tmp_path / "disk"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(d)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "size=24m") as d:
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
 
 
 class Drill:

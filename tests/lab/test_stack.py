@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from lab import faults

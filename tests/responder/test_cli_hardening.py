@@ -4,13 +4,13 @@ directory that cannot be written, oversized and overdeep YAML, and ``llmslo dead
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
 from responder import config
-from tests.responder.test_cli import REPO, assert_usage_error, clean_env, closed_port, run
+from tests.responder.test_cli import assert_usage_error, clean_env, closed_port, run
 from tests.responder.test_store import accept, alert, note
+from tests.tmpfs import tmpfs
 
 
 @pytest.mark.parametrize("content, key", [
@@ -58,14 +58,8 @@ def test_serve_with_a_broken_playbook_directory_is_one_line(tmp_path):
 
 @pytest.fixture
 def read_only_dir(tmp_path):
-    """A directory on a read-only mount (root ignores file modes, so a mode alone proves nothing)."""
-    d = tmp_path / "ro"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d)], check=True)
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as d:
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
 
 
 def test_serve_with_a_read_only_data_directory_is_one_line(read_only_dir):
