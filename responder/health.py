@@ -152,11 +152,10 @@ class StoreProbe:
         while True:
             try:
                 # Bounded by the store itself (SQLite's busy timeout, PostgreSQL's pool and
-                # connect timeouts), so no second probe piles up behind a hung one.
+                # connect timeouts), so no second probe piles up behind a hung one. The store
+                # reports the outcome to the health state itself (StoreBase.watch).
                 await asyncio.to_thread(self.write)
-            except self.unavailable as e:
-                self.health.store_failed(e)
-            else:
-                self.health.store_ok()
+            except self.unavailable:
+                pass
             self.health.progress("store-probe")
             await asyncio.sleep(PROBE_INTERVAL_S if not self.health.store_up else PROBE_IDLE_INTERVAL_S)

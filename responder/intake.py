@@ -83,9 +83,7 @@ class IntakeWriter:
         try:
             results = await asyncio.to_thread(self.store.accept_batch, [(i.notification, i.raw) for i in live],
                                               self.max_pending_jobs)
-        except StoreError as e:
-            if isinstance(e, StoreUnavailable):
-                self.health.store_failed(e)
+        except StoreError as e:  # the store told the health state itself (StoreBase.watch)
             for i in live:
                 _settle(i.done, exc=e)
             return
@@ -94,7 +92,6 @@ class IntakeWriter:
             for i in live:
                 _settle(i.done, exc=StoreError(f"internal error storing the notification ({type(e).__name__})"))
             return
-        self.health.store_ok()
         self.batches += 1
         self.notifications += len(live)
         woke = False

@@ -119,6 +119,7 @@ class Responder:
                             kube=cluster)
         responder = cls(settings, store, agent, sinks, pipeline, deliverer, spans, traces)
         deliverer.health = responder.health
+        store.watch(responder.health.store_failed, responder.health.store_ok)
         responder.intake = IntakeWriter(store, responder.health, settings.max_pending_jobs,
                                         responder.wake_workers.set)
         if settings.slack_bot_token and settings.slack_signing_secret:
@@ -173,8 +174,6 @@ class Responder:
             await self.settle(job, *outcome)
 
     def _store_trouble(self, e: StoreError, event: str, **context) -> None:
-        if isinstance(e, StoreUnavailable):
-            self.health.store_failed(e)
         log.warning("event=%s %s error=%s", event, " ".join(f"{k}={v}" for k, v in context.items()), e)
 
     async def settle(self, job, record, *args) -> None:

@@ -379,6 +379,24 @@ class StoreBase:
         self.message_lease_s = float(message_lease_s)
         # How often the server renews the leases of the jobs its workers hold.
         self.lease_renew_s = self.job_lease_s / 4
+        self._on_unavailable: Callable[[StoreUnavailable], None] | None = None
+        self._on_written: Callable[[], None] | None = None
+
+    def watch(self, on_unavailable: Callable[["StoreUnavailable"], None], on_written: Callable[[], None]) -> None:
+        """Be told, from the thread that ran it, of every transaction that could not reach the
+        database and of every write that committed: whichever operation meets a locked, full or
+        vanished database first (intake, a worker, the deliverer, the probe), its owner knows at
+        once. Callbacks must be quick and must not touch the store."""
+        self._on_unavailable = on_unavailable
+        self._on_written = on_written
+
+    def _observed(self, e: "StoreUnavailable | None") -> None:
+        callback = self._on_written if e is None else self._on_unavailable
+        if callback is not None:
+            if e is None:
+                callback()
+            else:
+                callback(e)
 
     # -- what a back-end provides ----------------------------------------------------------
 
@@ -927,6 +945,8 @@ class IncidentStore(StoreBase):
                 try:
                     yield conn
                     conn.execute("COMMIT")
+                    if write:
+                        self._observed(None)
                 except BaseException:
                     # Also after a failed COMMIT (disk full, I/O error), which can leave it open.
                     if conn.in_transaction:
@@ -940,7 +960,9 @@ class IncidentStore(StoreBase):
             except (sqlite3.OperationalError, sqlite3.DatabaseError) as e:
                 # Locked by another process past the busy timeout, disk full, read-only, I/O
                 # error: nothing of the transaction was written.
-                raise StoreUnavailable(f"SQLite {self.path}: {e}") from e
+                unavailable = StoreUnavailable(f"SQLite {self.path}: {e}")
+                self._observed(unavailable)
+                raise unavailable from e
 
     def _insert(self, conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int | None:
         cur = conn.execute(sql, args)

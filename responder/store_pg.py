@@ -290,7 +290,11 @@ class PostgresIncidentStore(StoreBase):
             with pool.connection() as raw, raw.transaction():
                 yield _Conn(raw)
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            raise StoreUnavailable(f"PostgreSQL at {self.where}: {_first_line(e)}") from e
+            unavailable = StoreUnavailable(f"PostgreSQL at {self.where}: {_first_line(e)}")
+            self._observed(unavailable)
+            raise unavailable from e
+        if write:
+            self._observed(None)
 
     def _now(self, conn: _Conn) -> float:
         if self._clock is not None:

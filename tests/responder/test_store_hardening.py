@@ -107,6 +107,8 @@ def test_a_write_lock_held_by_another_process_is_store_unavailable_and_then_pass
     """Before, the raw sqlite3.OperationalError escaped and ended the workers that met it."""
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.5)
     s = IncidentStore(tmp_path / "s.sqlite3")
+    seen: list[str] = []  # whatever operation meets the lock tells the watcher (the health state)
+    s.watch(lambda e: seen.append(f"unavailable: {e}"), lambda: seen.append("written"))
     locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(s.path), "3"], stdout=subprocess.PIPE, text=True)
     try:
         assert locker.stdout.readline().strip() == "locked"
@@ -116,9 +118,13 @@ def test_a_write_lock_held_by_another_process_is_store_unavailable_and_then_pass
             s.claim_job()
         with pytest.raises(StoreUnavailable):
             s.heartbeat()
+        assert len(seen) == 3 and all("locked" in x for x in seen), seen
+        assert s.counts()["jobs"]["pending"] == 0  # a read passes in WAL mode and tells nothing
+        assert len(seen) == 3
     finally:
         locker.wait(timeout=30)
     assert accept(s, note(alert("a"))).created  # nothing of the failed attempt was kept
+    assert seen[-1] == "written"
     s.close()
 
 
