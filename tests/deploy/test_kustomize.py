@@ -9,7 +9,13 @@ import kubernetes_validate
 import pytest
 
 from tests.deploy.conftest import (
-    KUSTOMIZATIONS, NAMESPACE, REPO, WORKLOAD_TREES, container_of, kustomize, rendered,
+    KUSTOMIZATIONS,
+    NAMESPACE,
+    REPO,
+    WORKLOAD_TREES,
+    container_of,
+    kustomize,
+    rendered,
 )
 
 # The oldest Kubernetes the manifests are checked against, and the newest the pinned
@@ -64,7 +70,7 @@ def test_every_namespaced_object_is_in_the_toolkits_namespace(tree):
 
 @pytest.mark.parametrize("tree", KUSTOMIZATIONS)
 def test_no_secret_value_is_shipped(tree):
-    """Secrets are created by the operator (README), never rendered from placeholders, and
+    """Secrets are created by the operator (docs/kubernetes.md), never rendered from placeholders, and
     credentials reach containers only through secretKeyRef."""
     m = rendered(tree)
     assert not m.all("Secret")
@@ -82,16 +88,16 @@ def test_workloads_run_the_images_the_kustomization_names(manifests):
     assert images == {"registry.example.com/llmslo/agent:0.1.0", "registry.example.com/llmslo/responder:0.1.0"}
 
 
-def readme_section(title: str) -> str:
-    text = (REPO / "README.md").read_text()
+def doc_section(doc: str, title: str) -> str:
+    text = (REPO / "docs" / doc).read_text()
     start = text.index(f"\n## {title}\n")
     end = text.find("\n## ", start + 1)
     return text[start:end if end > 0 else None]
 
 
-def test_readme_creates_every_secret_the_pods_read():
-    """Secrets are made by hand from the README's commands, so each key a pod reads must have one."""
-    section = readme_section("Install on Kubernetes").replace("\\\n", " ")
+def test_docs_create_every_secret_the_pods_read():
+    """Secrets are made by hand from the documented commands, so each key a pod reads must have one."""
+    section = doc_section("kubernetes.md", "Install on Kubernetes").replace("\\\n", " ")
     documented = set()
     for line in section.splitlines():
         if m := re.search(r"kubectl -n llmslo create secret generic (\S+)(.*)", line):
@@ -104,9 +110,9 @@ def test_readme_creates_every_secret_the_pods_read():
     assert referenced and referenced <= documented, referenced - documented
 
 
-def test_readme_deployment_sections_name_files_that_exist():
-    text = (readme_section("Install on Kubernetes")
-            + readme_section("What the agent can see, and what its privileges buy"))
+def test_deployment_docs_name_files_that_exist():
+    text = (doc_section("kubernetes.md", "Install on Kubernetes")
+            + doc_section("probes.md", "What the agent can see, and what its privileges buy"))
     paths = set(re.findall(r"`(deploy/[\w./-]+?)`", text)) | set(re.findall(r"-[fk] (deploy/[\w./-]+)", text))
     assert len(paths) >= 8, paths
     assert [p for p in sorted(paths) if not (REPO / p).exists()] == []
