@@ -212,9 +212,9 @@ async def run_echo(args) -> dict:
                 await asyncio.sleep(0.1)
         storms = {}
         for senders in args.senders:
-            s = await storm(url, args.seconds, senders, args.groups, args.group_size)
-            s.pop("_acked")
-            storms[senders] = s
+            result = await storm(url, args.seconds, senders, args.groups, args.group_size)
+            result.pop("_acked")
+            storms[senders] = result
         return {"storms": storms}
     finally:
         proc.kill()

@@ -26,7 +26,7 @@ import uuid
 
 from bench import write_results
 from capture.kube import api_client
-from responder.kube import KubeCluster
+from responder.kube import Informer, KubeCluster
 from responder.playbooks import ScopeSpec
 from tests.standins import kube as K
 
@@ -65,11 +65,9 @@ class Served:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-class DirectReads:
-    """The baseline's ``items()``: a fresh list from the API on every call."""
-
-    def __init__(self, list_fn):
-        self.list_fn = list_fn
+class DirectReads(Informer):
+    """The baseline's ``items()``: a fresh list from the API on every call (an Informer that
+    never lists ahead nor watches)."""
 
     def items(self, timeout: float = 10.0):
         return self.list_fn(_request_timeout=timeout).items
@@ -99,8 +97,8 @@ def measure(served: Served, direct: bool, alerts: int, deployments: int) -> dict
     api = api_client(served.url, K.TOKEN, None)
     cluster = KubeCluster(api, agent_namespace="llmslo", agent_selector=AGENTS)
     if direct:
-        cluster.pods = DirectReads(client.CoreV1Api(api).list_pod_for_all_namespaces)
-        cluster.replicasets = DirectReads(client.AppsV1Api(api).list_replica_set_for_all_namespaces)
+        cluster.pods = DirectReads("pods", client.CoreV1Api(api).list_pod_for_all_namespaces)
+        cluster.replicasets = DirectReads("replicasets", client.AppsV1Api(api).list_replica_set_for_all_namespaces)
     before = len(served.standin.requests)
     lat = storm(cluster, alerts, deployments)
     requests = served.standin.requests[before:]

@@ -71,11 +71,13 @@ async def run(rate: float, phase_s: float, probes: list[str]) -> dict:
         recorder_agent = CaptureAgent(recorder=True, preload=False)
         await recorder_agent.start()  # compiles outside the measured phase
         try:
-            before = recorder_agent.recorder.cost()
+            recorder = recorder_agent.recorder
+            assert recorder is not None  # recorder=True
+            before = recorder.cost()
 
             async def recorder_cost() -> dict:
                 await asyncio.sleep(phase_s)
-                after = recorder_agent.recorder.cost()
+                after = recorder.cost()
                 ns = sum(after[p]["bpf_run_time_ns"] - before.get(p, {}).get("bpf_run_time_ns", 0) for p in after)
                 return {"bpf_ms": ns / 1e6, "probes": sorted(after)}
 

@@ -3,7 +3,7 @@
  * Attach: tracepoints sched:sched_wakeup and sched:sched_wakeup_new (a thread becomes
  * runnable), sched:sched_switch (a thread gets the CPU; a preempted thread goes back to the
  * run queue). Why the identity map: the woken thread is not the current one, and its cgroup
- * cannot be read without walking kernel structs (unsafe here, see KERNEL.md); so each thread's
+ * cannot be read without walking kernel structs (unsafe here, see docs/probes.md); so each thread's
  * cgroup and process are learned at sched_switch while it is the one switching out (then it IS
  * current). A thread that has not run since the probe loaded is not yet known and is skipped.
  * Rate: every context switch on the node (thousands to tens of thousands per second per CPU),

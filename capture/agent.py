@@ -20,8 +20,7 @@ from capture.probes import CATALOG
 from capture.probes import dns as dns_probe
 from capture.probes.base import RawSnapshot, to_result
 from capture.recorder import DEFAULT_HISTORY_S, Recorder
-from capture.schemas import (CaptureRequest, CaptureResult, ProbeInfo, ProbeResult,
-                             RecorderQuery, RequestError)
+from capture.schemas import CaptureRequest, CaptureResult, ProbeInfo, ProbeResult, RecorderQuery, RequestError
 from capture.session import ProbeLoadError, ProbeSession
 
 log = logging.getLogger(__name__)
@@ -152,7 +151,7 @@ class CaptureAgent:
                     asyncio.to_thread(lambda: [self.kube.enrich(w) for w in scope.workloads]), timeout=RESOLVE_TIMEOUT_S)
                 if self.kube.error:
                     scope.notes.append(f"workload names unavailable: {self.kube.error}")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._slots.release()
             raise RequestError(f"target: resolving it took longer than {RESOLVE_TIMEOUT_S:g} s") from None
         except BaseException:
@@ -291,9 +290,9 @@ class CaptureAgent:
                 result.incident[name] = live.merged_with(lead)
                 folded.append(name)
         if folded:
-            lead = (f"incident window includes {result.started_at - start:.0f}s of flight-recorder history before "
+            note = (f"incident window includes {result.started_at - start:.0f}s of flight-recorder history before "
                     f"the capture (since the burn began) for {', '.join(folded)}")
-            result.baseline_note = "; ".join(n for n in (result.baseline_note, lead) if n)
+            result.baseline_note = "; ".join(n for n in (result.baseline_note, note) if n)
 
     def _add_novelty(self, result: CaptureResult, req: CaptureRequest, scope: identity.ResolvedTarget,
                      raws: dict[str, RawSnapshot]) -> None:
@@ -320,7 +319,7 @@ class CaptureAgent:
             counts: dict[str, int] = {}
             for key, n in raws.get(probe, {}).items():
                 if key[0] == "p" and key[2] == top_list:
-                    counts[key[3]] = counts.get(key[3], 0) + n
+                    counts[key[3]] = counts.get(key[3], 0) + int(n)  # a count: only gauges are fractional
                     after.setdefault(key[3], result.started_at)
             new = [{"name": item, "first_seen": round(at, 3), "count": counts.get(item, 0)}
                    for item, at in sorted(after.items(), key=lambda kv: kv[1]) if item not in before]
@@ -337,9 +336,10 @@ class CaptureAgent:
     def _dns_names(self, result: CaptureResult, cgids: set[int]) -> dict[str, str]:
         """ip -> the host name the target's own lookups resolved to it (recorder, then capture)."""
         names: dict[str, str] = {}
-        cov = self.recorder.coverage() if self.recorder else None
-        if cov and "dns" in self.recorder.sessions:
-            r, _ = self.recorder.window("dns", cgids, cov[0], cov[1], min_window_s=0.0)
+        rec = self.recorder
+        cov = rec.coverage() if rec else None
+        if rec is not None and cov and "dns" in rec.sessions:
+            r, _ = rec.window("dns", cgids, cov[0], cov[1], min_window_s=0.0)
             if r is not None:
                 names |= dns_probe.names_by_address(r)
         if (r := result.incident.get("dns")) is not None and r.error is None:
@@ -363,22 +363,24 @@ class CaptureAgent:
         return await asyncio.to_thread(self._recorder_window, cgids, target_desc, q)
 
     def _recorder_window(self, cgids: set[int] | None, target_desc: str, q: RecorderQuery) -> dict:
+        rec = self.recorder
+        assert rec is not None  # recorder_window refused the query otherwise
         now = time.time()
-        cov = self.recorder.coverage()
+        cov = rec.coverage()
         since = q.since if q.since is not None else (cov[0] if cov else now)
         until = q.until if q.until is not None else now
-        probes = q.probes or list(self.recorder.sessions)
+        probes = q.probes or list(rec.sessions)
         window, notes = {}, {}
         for name in probes:
-            r, note = self.recorder.window(name, cgids, since, until, min_window_s=0.0)
+            r, note = rec.window(name, cgids, since, until, min_window_s=0.0)
             notes[name] = note
             if r is not None:
                 window[name] = r.to_dict()
         return {"node": self.node, "target": target_desc,
                 "cgroup_ids": sorted(cgids) if cgids is not None else None,
-                "since": since, "until": until, "recorder": self.recorder.status(),
+                "since": since, "until": until, "recorder": rec.status(),
                 "window": window, "notes": notes,
-                "series": self.recorder.series(cgids, since, until, probes)}
+                "series": rec.series(cgids, since, until, probes)}
 
     def status(self) -> dict:
         return {"node": self.node, "pid": os.getpid(), "active_captures": len(self.active),

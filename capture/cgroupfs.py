@@ -20,9 +20,9 @@ import functools
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from capture.identity import cgroup_dir, cgroup_path_of, walk_cgroups
 
@@ -111,7 +111,7 @@ def read_psi(path: Path) -> dict[str, int] | None:
     return out
 
 
-def pressure(cg: "Cgroup", resource: str) -> dict[str, int]:
+def pressure(cg: Cgroup, resource: str) -> dict[str, int]:
     """``<resource>_pressure_some_us`` / ``_full_us`` from the unified directory's PSI file, for
     leaf cgroups only (a parent's stall time repeats its children's, and results are summed over
     the cgroups in scope); {} where the kernel has no such file."""
@@ -175,8 +175,7 @@ def _v1_dir(cg: Cgroup, controller: str) -> Path | None:
         return mount
     key = (cg.id, cg.path, controller)
     # Where the member processes are charged, when they all are in one place.
-    where = {proc_v1_path(pid, controller) for pid in member_pids(cg.dir)}
-    where.discard(None)
+    where = {w for w in (proc_v1_path(pid, controller) for pid in member_pids(cg.dir)) if w is not None}
     if len(where) == 1:
         d = mount / where.pop().lstrip("/")
         if d.is_dir():
@@ -235,13 +234,13 @@ def snapshot(cgroup_ids: set[int] | None, read: Callable[[Cgroup], Figures]) -> 
     the walked hierarchy), keyed ("c", id, name) and ("g", id, name). A cgroup that is gone or
     has no such files contributes nothing; missing files never raise."""
     node_wide = cgroup_ids is None
-    cgroups = walk() if node_wide else [c for c in (locate(i) for i in sorted(cgroup_ids)) if c]
+    cgroups = walk() if cgroup_ids is None else [c for c in (locate(i) for i in sorted(cgroup_ids)) if c]
     raw: dict[tuple, float] = {}
     for cg in cgroups:
         fig = read(cg)
-        for name, value in fig.counters.items():
-            if value or not node_wide:
-                raw[("c", cg.id, name)] = value
+        for name, count in fig.counters.items():
+            if count or not node_wide:
+                raw[("c", cg.id, name)] = count
         if fig.limited or not node_wide:
             for name, value in fig.gauges.items():
                 raw[("g", cg.id, name)] = value

@@ -238,9 +238,9 @@ def resolve(target: CaptureTarget) -> ResolvedTarget:
             r.baseline_cgroups.add(cid)
             r.workloads.append(parse_cgroup_path(sub, cid).to_dict())
     pids = set(target.pids)
-    found = port_owners(target.ports) if target.ports else {}
+    owners_by_port = port_owners(target.ports) if target.ports else {}
     for port in target.ports:
-        owners = found.get(port, set())
+        owners = owners_by_port.get(port, set())
         if owners:
             r.notes.append(f"port {port} is served by pid(s) {sorted(owners)}")
         pids |= owners

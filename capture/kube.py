@@ -58,7 +58,7 @@ class KubeIdentity:
 
     @classmethod
     def from_settings(cls, url: str | None, token: str | None, kubeconfig: str | None,
-                      node_name: str | None, ca_file: str | None = None) -> "KubeIdentity":
+                      node_name: str | None, ca_file: str | None = None) -> KubeIdentity:
         return cls(api_client(url, token, kubeconfig, ca_file), node_name)
 
     def refresh(self, force: bool = False) -> None:
@@ -74,7 +74,8 @@ class KubeIdentity:
                 self.error = f"Kubernetes API: {e.__class__.__name__}: {str(e).splitlines()[0][:200]}"
                 log.warning("event=kube_refresh_failed error=%s", self.error)
                 return
-            self._pods = {p.metadata.uid: self._pod(p) for p in pods}
+            # the API server sets every pod's uid; the client's types leave it optional
+            self._pods = {p.metadata.uid: self._pod(p) for p in pods if p.metadata and p.metadata.uid}
             self._services = self._service_map(services, slices)
             self._at, self.error = time.monotonic(), None
 

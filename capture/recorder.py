@@ -133,7 +133,7 @@ class Recorder:
                 self.totals[k] = self.totals.get(k, 0.0) + value
                 self._changed[k] = now
         if len(self.totals) > MAX_SERIES:
-            for k in sorted(self._changed, key=self._changed.get)[:len(self.totals) - MAX_SERIES]:
+            for k in sorted(self._changed, key=self._changed.__getitem__)[:len(self.totals) - MAX_SERIES]:
                 self.totals.pop(k, None)
                 self._changed.pop(k, None)
 

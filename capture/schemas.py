@@ -93,7 +93,7 @@ class CaptureTarget:
         return ", ".join(parts) or "(whole node)"
 
     @classmethod
-    def from_dict(cls, data: Any) -> "CaptureTarget":
+    def from_dict(cls, data: Any) -> CaptureTarget:
         if not isinstance(data, dict):
             raise RequestError("target: expected an object with pids, cgroups, ports, pods and/or containers")
         unknown = set(data) - {"pids", "cgroups", "ports", "pods", "containers"}
@@ -158,7 +158,7 @@ class CaptureRequest:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Any, *, known_probes: list[str] | None = None) -> "CaptureRequest":
+    def from_dict(cls, data: Any, *, known_probes: list[str] | None = None) -> CaptureRequest:
         if not isinstance(data, dict):
             raise RequestError("body: expected a JSON object")
         unknown = set(data) - {"target", "probes", "duration_s", "baseline_s", "baseline_end", "incident_id"}
@@ -193,7 +193,7 @@ class RecorderQuery:
     probes: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_query(cls, query: Any, *, known_probes: list[str]) -> "RecorderQuery":
+    def from_query(cls, query: Any, *, known_probes: list[str]) -> RecorderQuery:
         """From a query string's multidict: cgroup=PATH and pid=N (repeatable), since/until
         (Unix seconds), probes=a,b."""
         unknown = set(query.keys()) - {"cgroup", "pid", "since", "until", "probes"}
@@ -206,18 +206,19 @@ class RecorderQuery:
             pids.append(int(v))
         target = {"pids": pids, "cgroups": list(query.getall("cgroup", []))}
         tgt = CaptureTarget.from_dict(target) if pids or target["cgroups"] else CaptureTarget()
-        bounds = {}
+        bounds: dict[str, float | None] = {}
         for name in ("since", "until"):
             v = query.get(name)
             if v is None:
                 bounds[name] = None
                 continue
             try:
-                bounds[name] = float(v)
+                t = float(v)
             except ValueError:
                 raise RequestError(f"{name}: expected Unix seconds, got {v!r}") from None
-            if not 0 <= bounds[name] < 1e11:
+            if not 0 <= t < 1e11:
                 raise RequestError(f"{name}: {v!r} is not a Unix time in seconds")
+            bounds[name] = t
         if bounds["since"] is not None and bounds["until"] is not None and bounds["since"] >= bounds["until"]:
             raise RequestError("since: must be before until")
         probes = [p for p in (query.get("probes") or "").split(",") if p]
@@ -261,7 +262,7 @@ class Histogram:
         return {"unit": self.unit, "buckets": {str(k): v for k, v in sorted(self.buckets.items())}}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Histogram":
+    def from_dict(cls, data: dict[str, Any]) -> Histogram:
         return cls(unit=data["unit"], buckets={int(k): int(v) for k, v in data.get("buckets", {}).items()})
 
 
@@ -304,7 +305,7 @@ class ProbeResult:
     # the target the events came from.
     by_cgroup: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    def merged_with(self, other: "ProbeResult", *, concurrent: bool = False) -> "ProbeResult":
+    def merged_with(self, other: ProbeResult, *, concurrent: bool = False) -> ProbeResult:
         """This result and ``other`` as one: counters, histograms, top lists, events and losses
         add up. ``other`` is either the same probe over an adjacent window (the windows add;
         gauges, notes and cost stay this result's) or, with ``concurrent``, over the same window
@@ -357,7 +358,7 @@ class ProbeResult:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ProbeResult":
+    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
         return cls(
             probe=data["probe"], window_s=float(data["window_s"]), counters=dict(data.get("counters", {})),
             histograms={k: Histogram.from_dict(h) for k, h in data.get("histograms", {}).items()},
@@ -418,8 +419,8 @@ class CaptureResult:
     pods: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def combine(cls, results: list["CaptureResult"], nodes: list[dict[str, Any]],
-                pods: list[dict[str, Any]]) -> "CaptureResult":
+    def combine(cls, results: list[CaptureResult], nodes: list[dict[str, Any]],
+                pods: list[dict[str, Any]]) -> CaptureResult:
         """Several nodes' captures of one incident as one result: the same probe's results over
         the same window add up (rates become the workload's total over its pods), costs add
         up, workloads, processes and errors are kept with the node they came from."""
@@ -472,7 +473,7 @@ class CaptureResult:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CaptureResult":
+    def from_dict(cls, data: dict[str, Any]) -> CaptureResult:
         return cls(
             id=data["id"], node=data["node"], target=CaptureTarget(**data["target"]),
             started_at=data["started_at"], ended_at=data["ended_at"],

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from capture import bpfstats
 from capture.identity import ResolvedTarget
@@ -63,7 +64,7 @@ class ProbeSession:
     def __init__(self, probe: Probe, scope: ResolvedTarget | None):
         self.probe = probe
         self.scope = scope  # None: everything, keyed by cgroup (the recorder)
-        self.bpf = None
+        self.bpf: Any = None  # bcc's BPF (no type information); None until prepare(), and after close()
         self.compile_ms = 0.0
         self.attach_ms = 0.0
         self.preloaded = False
@@ -73,7 +74,7 @@ class ProbeSession:
         self._sample_cpu_ns = 0
         self._samples = 0
 
-    def __enter__(self) -> "ProbeSession":
+    def __enter__(self) -> ProbeSession:
         self.load()
         return self
 
@@ -86,9 +87,11 @@ class ProbeSession:
         return None if self.scope is None else set(self.scope.cgroup_ids) | set(self.scope.baseline_cgroups)
 
     def _sample(self) -> RawSnapshot:
+        sample = self.probe.sample
+        assert sample is not None  # only cgroupfs probes are sampled
         t0 = time.thread_time_ns()
         try:
-            return self.probe.sample(self._cgroup_ids())
+            return sample(self._cgroup_ids())
         finally:
             self._sample_cpu_ns += time.thread_time_ns() - t0
             self._samples += 1
@@ -161,6 +164,7 @@ class ProbeSession:
         """Cumulative counts since the session loaded."""
         if self.probe.sample is not None:
             return diff(self._sample0 or {}, self._sample())
+        assert self.probe.read_raw is not None  # every BPF probe has a decoder for its maps
         return self.probe.read_raw(self.bpf)
 
     def stats(self) -> SessionStats:

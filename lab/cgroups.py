@@ -59,7 +59,7 @@ class WorkloadCgroup:
         # The path as alert labels and capture targets name it: relative to the unified root.
         self.path = "/" + str(self.dir.relative_to(unified_root()))
 
-    def create(self) -> "WorkloadCgroup":
+    def create(self) -> WorkloadCgroup:
         self.dir.mkdir(exist_ok=True)
         return self
 
@@ -77,7 +77,7 @@ class WorkloadCgroup:
         nested ones (tests build kubepods-style trees below it)."""
         remove_tree(self.dir, move_to=None if kill else self.parent)
 
-    def __enter__(self) -> "WorkloadCgroup":
+    def __enter__(self) -> WorkloadCgroup:
         return self.create()
 
     def __exit__(self, *exc) -> None:
@@ -124,7 +124,7 @@ class MemoryLimit:
             self.dir = unified_root() / pid_cgroup_path(os.getpid()).lstrip("/") / f"{PREFIX}{name}-mem-{os.getpid()}"
             self.limit_file = "memory.max"
 
-    def __enter__(self) -> "MemoryLimit":
+    def __enter__(self) -> MemoryLimit:
         self.dir.mkdir(exist_ok=True)
         (self.dir / self.limit_file).write_text(str(self.limit_bytes))
         return self
@@ -163,7 +163,7 @@ class CpuQuota:
             self.dir = unified_root() / pid_cgroup_path(os.getpid()).lstrip("/") / leaf
             self.path = "/" + str(self.dir.relative_to(unified_root()))
 
-    def __enter__(self) -> "CpuQuota":
+    def __enter__(self) -> CpuQuota:
         self.dir.mkdir(exist_ok=True)
         try:
             if self.version == 1:
@@ -215,16 +215,16 @@ class ServiceCgroups:
         self.cpu_v1 = cpu_mount is not None and (cpu_mount / "cpu.cfs_quota_us").exists()
         self.memory_v1 = mem_mount is not None and (mem_mount / "memory.limit_in_bytes").exists()
         self.cpu_dir = (cpu_mount / _v1_path("cpu").lstrip("/") / f"{PREFIX}{name}-cpu-{os.getpid()}"
-                        if self.cpu_v1 else self.dir)
+                        if cpu_mount is not None and self.cpu_v1 else self.dir)
         self.memory_dir = (mem_mount / _v1_path("memory").lstrip("/") / f"{PREFIX}{name}-mem-{os.getpid()}"
-                           if self.memory_v1 else self.dir)
+                           if mem_mount is not None and self.memory_v1 else self.dir)
         self.memory_target: int | None = None  # the limit asked for (a restart applies it in full)
 
     @property
     def dirs(self) -> list[Path]:
         return list(dict.fromkeys([self.dir, self.cpu_dir, self.memory_dir]))
 
-    def create(self) -> "ServiceCgroups":
+    def create(self) -> ServiceCgroups:
         try:
             for d in self.dirs:
                 d.mkdir(exist_ok=True)
@@ -361,7 +361,7 @@ class ServiceCgroups:
         for d in self.dirs:
             remove_tree(d)
 
-    def __enter__(self) -> "ServiceCgroups":
+    def __enter__(self) -> ServiceCgroups:
         return self.create()
 
     def __exit__(self, *exc) -> None:

@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not any(cases_dir.glob("*.json")):
         return status or 1
     cards = scorecard.report(out, modes)
-    for mode, card in zip(modes, cards):
+    for mode in modes:
         print(f"llmslo lab: {mode}: {scorecard.mode_dir(out, mode, modes) / 'scorecard.md'}", file=sys.stderr)
     print(scorecard.compare_table([(str(out), c) for c in cards]), end="")
     return status

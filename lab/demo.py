@@ -76,6 +76,7 @@ async def main() -> int:
         responder.start()
         await responder.wait_ready()
         await service.start()
+        assert service.proc is not None  # start() spawned it
         print(f"service pid {service.proc.pid} on port {service.port}, cgroup {service.cgroup.path}")
         load = asyncio.create_task(run_load(service.url, 20, stop, stats))
         say(f"healthy traffic for {HEALTHY_S}s (the recorder keeps the baseline)")

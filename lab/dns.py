@@ -57,11 +57,15 @@ class _UDPServer(socketserver.ThreadingMixIn, socketserver.UDPServer):
     # queries between two servers.
     allow_reuse_address = False
     daemon_threads = True
+    resolver: _ZoneResolver  # set after binding; dnslib's handler reads both from its server
+    logger: DNSLogger
 
 
 class _TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     allow_reuse_address = False
     daemon_threads = True
+    resolver: _ZoneResolver
+    logger: DNSLogger
 
 
 class _TCPHandler(DNSHandler):
@@ -93,7 +97,7 @@ class _TCPHandler(DNSHandler):
 
 
 class _ZoneResolver:
-    def __init__(self, standin: "DnsStandin") -> None:
+    def __init__(self, standin: DnsStandin) -> None:
         self.standin = standin
 
     def resolve(self, request: DNSRecord, handler) -> DNSRecord:
@@ -147,7 +151,7 @@ class DnsStandin:
         self._rng = random.Random(seed)
         self._verdicts: dict[tuple, tuple[float, bool, set[str]]] = {}
         self._lock = threading.Lock()
-        self._servers: list[socketserver.BaseServer] = []
+        self._servers: list[_UDPServer | _TCPServer] = []
         self._dir: Path | None = None
 
     # -- faults
@@ -194,7 +198,7 @@ class DnsStandin:
 
     # -- lifecycle
 
-    def start(self) -> "DnsStandin":
+    def start(self) -> DnsStandin:
         self._bind()
         self._dir = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
         opts = f"options timeout:{self.resolver_timeout_s} attempts:1"
@@ -208,10 +212,10 @@ class DnsStandin:
         last: OSError | None = None
         for _ in range(50):
             address = f"127.53.{rng.randrange(1, 255)}.{rng.randrange(1, 255)}"
-            servers: list[socketserver.BaseServer] = []
+            servers: list[_UDPServer | _TCPServer] = []
             try:
                 for cls, handler in ((_UDPServer, DNSHandler), (_TCPServer, _TCPHandler)):
-                    srv = cls((address, 53), handler)
+                    srv: _UDPServer | _TCPServer = cls((address, 53), handler)
                     srv.resolver = _ZoneResolver(self)
                     srv.logger = DNSLogger(logf=lambda *_: None)
                     servers.append(srv)
@@ -239,7 +243,7 @@ class DnsStandin:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    def __enter__(self) -> "DnsStandin":
+    def __enter__(self) -> DnsStandin:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -51,7 +51,7 @@ def _nft(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 class PacketLoss:
     """Drop ``percent`` % of TCP packets to and from ``port`` (loopback included), at random.
 
-    nftables ``numgen random`` rather than netem: this kernel has no netem (KERNEL.md)."""
+    nftables ``numgen random`` rather than netem: this kernel has no netem (docs/probes.md)."""
 
     def __init__(self, port: int, percent: int):
         if not 0 < percent <= 100:
@@ -59,7 +59,7 @@ class PacketLoss:
         self.port, self.percent = int(port), int(percent)
         self.table = f"{TABLE_PREFIX}{os.getpid()}_{self.port}"
 
-    def __enter__(self) -> "PacketLoss":
+    def __enter__(self) -> PacketLoss:
         ruleset = f"""
 table inet {self.table} {{
     chain output {{
@@ -110,7 +110,7 @@ class CpuContention:
         self.preexec_fn = preexec_fn
         self.procs: list[subprocess.Popen] = []
 
-    def __enter__(self) -> "CpuContention":
+    def __enter__(self) -> CpuContention:
         try:
             for _ in range(self.workers):
                 p = subprocess.Popen([sys.executable, "-c", BUSY_LOOP], stdin=subprocess.DEVNULL,
@@ -175,9 +175,9 @@ class Param:
 @dataclass(frozen=True)
 class FaultKind:
     kind: str
-    domain: str | None  # the ground-truth fault domain (DESIGN.md's table); None: no fault
+    domain: str | None  # the ground-truth fault domain (docs/lab.md, "Faults"); None: no fault
     params: dict[str, Param]
-    factory: Callable[[dict], "Fault"]
+    factory: Callable[[dict], Fault]
     help: str = ""
 
 
@@ -199,7 +199,7 @@ class Fault:
     stop_s: float | None = None
     applied: bool = field(default=False, init=False)
 
-    async def apply(self, stack: "LabStack") -> None:
+    async def apply(self, stack: LabStack) -> None:
         if self.applied:
             return
         try:
@@ -209,7 +209,7 @@ class Fault:
             raise
         self.applied = True
 
-    async def clear(self, stack: "LabStack") -> None:
+    async def clear(self, stack: LabStack) -> None:
         if not self.applied:
             return
         await self._clear(stack)
@@ -224,10 +224,10 @@ class Fault:
             d["stop_s"] = self.stop_s
         return d
 
-    async def _apply(self, stack: "LabStack") -> None:
+    async def _apply(self, stack: LabStack) -> None:
         raise NotImplementedError
 
-    async def _clear(self, stack: "LabStack") -> None:
+    async def _clear(self, stack: LabStack) -> None:
         raise NotImplementedError
 
 

@@ -11,8 +11,9 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import aiohttp
 
@@ -29,14 +30,14 @@ def free_port() -> int:
 
 
 def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
 
 
 def alert_payload(status: str, labels: dict[str, str], starts_at: float, ends_at: float | None = None,
                   group_key: str | None = None) -> dict:
     """A version 4 webhook body as Alertmanager 0.25 sends it (nanosecond timestamps)."""
     fp = hashlib.sha256(repr(sorted(labels.items())).encode()).hexdigest()[:16]
-    group_key = group_key or '{}:{alertname="%s"}' % labels.get("alertname", "")
+    group_key = group_key or '{}:{alertname="' + labels.get("alertname", "") + '"}'
     return {
         "receiver": "llmslo", "status": status, "version": "4", "groupKey": group_key, "truncatedAlerts": 0,
         "groupLabels": {"alertname": labels.get("alertname", "")}, "commonLabels": labels,
@@ -88,7 +89,7 @@ class ResponderProcess:
         self.log_path = log_path or data_dir / "responder.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "ResponderProcess":
+    def start(self) -> ResponderProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "responder.cli", "serve", "--port", str(self.port)],
@@ -152,14 +153,15 @@ class AgentProcess:
         self.token = token
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
 
-    def start(self) -> "AgentProcess":
-        self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+    def start(self) -> AgentProcess:
+        self._log = open(self.log_path, "ab") if self.log_path else None
         self.proc = subprocess.Popen([sys.executable, "-m", "responder.cli", "agent", "--port", str(self.port),
                                       "--node-name", self.node, "--no-recorder"],
-                                     env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=REPO, preexec_fn=die_with_parent)
+                                     env=self.env, stdout=subprocess.DEVNULL if self._log is None else self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+                                     preexec_fn=die_with_parent)
         return self
 
     async def wait_ready(self, timeout: float = 60.0) -> dict:
@@ -168,7 +170,7 @@ class AgentProcess:
 
     def stop(self) -> None:
         process.stop(self.proc, timeout_s=15)
-        if self._log not in (None, subprocess.DEVNULL):
+        if self._log is not None:
             self._log.close()
 
 
@@ -186,7 +188,7 @@ class LabService:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1/complete"
 
-    async def start(self) -> "LabService":
+    async def start(self) -> LabService:
         self.cgroup.create()
         procs_file = self.cgroup.dir / "cgroup.procs"
 

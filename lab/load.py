@@ -34,7 +34,7 @@ async def run_load(url: str, rate_per_s: float, stop: asyncio.Event, stats: Load
                         stats.ok += 1
                     else:
                         stats.errors += 1
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 stats.errors += 1
             stats.latencies_ms.append((time.monotonic() - t0) * 1000)
             if not keep_latencies and len(stats.latencies_ms) > 10_000:

@@ -35,6 +35,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class LabPostgres:
         self.base: Path | None = None  # temp dir: data/ and sock/
         self.proc: subprocess.Popen | None = None
         self.log_path = self.work_dir / "postgres.log"
-        self._log = None
+        self._log: BinaryIO | None = None
         self._bindir: Path | None = None
         self._user: tuple[int, int] | None = None  # (uid, gid) to run the server as; None: as we are
 
@@ -114,7 +115,7 @@ class LabPostgres:
         assert self.base is not None, "not started"
         return self.base / "data"
 
-    def start(self) -> "LabPostgres":
+    def start(self) -> LabPostgres:
         sweep_stale()
         self._bindir = server_bindir()
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,7 @@ class LabPostgres:
             # Superuser only over the socket; the service's role only over loopback TCP.
             hba = f"local all all trust\nhost {DATABASE} {ROLE} 127.0.0.1/32 trust\n"
             self._as_server_user(["sh", "-c", 'cat > "$1"', "sh", str(self.data_dir / "pg_hba.conf")], stdin=hba)
-            for attempt in range(3):  # the free port may be taken between probing and binding
+            for _ in range(3):  # the free port may be taken between probing and binding
                 self.port = _free_port()
                 if self._launch():
                     break
@@ -150,7 +151,7 @@ class LabPostgres:
         return self
 
     def _as_server_user(self, argv: list[str], stdin: str | None = None, timeout: float = 60) -> None:
-        kw = {}
+        kw: dict[str, Any] = {}
         if self._user is not None:
             kw = {"user": self._user[0], "group": self._user[1], "extra_groups": []}
         r = subprocess.run(argv, input=stdin, text=True, capture_output=True, timeout=timeout, check=False,
@@ -169,7 +170,8 @@ class LabPostgres:
     def _launch(self) -> bool:
         """Start the postmaster on ``self.port``; True once it accepts connections, False if it
         exited (the port was taken)."""
-        kw = {}
+        assert self._bindir is not None, "not started"
+        kw: dict[str, Any] = {}
         if self._user is not None:
             kw = {"user": self._user[0], "group": self._user[1], "extra_groups": []}
         settings = {
@@ -244,7 +246,7 @@ class LabPostgres:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "LabPostgres":
+    def __enter__(self) -> LabPostgres:
         return self.start()
 
     def __exit__(self, *exc) -> None:

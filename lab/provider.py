@@ -116,8 +116,8 @@ class FaultsError(ValueError):
 
 def _number(value: object, param: str, lo: float, hi: float, integer: bool = False,
             lo_open: bool = False) -> float:
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or (isinstance(value, float) and not math.isfinite(value)):
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int))
+            or (isinstance(value, float) and not math.isfinite(value))):
         kind = "an integer" if integer else "a number"
         raise FaultsError(param, f"{param} must be {kind}, not {json.dumps(value)}")
     if value < lo or value > hi or (lo_open and value == lo):
@@ -176,7 +176,7 @@ def parse_faults(body: object, current: Faults) -> tuple[Faults, tuple[bool, int
         v = body["tokens_per_s"]
         new.tokens_per_s = None if v is None else float(_number(v, "tokens_per_s", 0, MAX_TOKENS_PER_S,
                                                                  lo_open=True))
-    reseed = (False, None)
+    reseed: tuple[bool, int | None] = (False, None)
     if "seed" in body:
         v = body["seed"]
         if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
@@ -575,7 +575,7 @@ class ProviderProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def start(self, timeout: float = 30.0) -> "ProviderProcess":
+    def start(self, timeout: float = 30.0) -> ProviderProcess:
         from lab.harness import REPO, free_port
 
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -600,6 +600,7 @@ class ProviderProcess:
                 self.stop()
                 raise TimeoutError(f"the provider did not answer in {timeout}s; see {self.log_path}")
         tail = self.log_path.read_text(errors="replace")[-2000:]
+        assert self.proc is not None  # started in each attempt
         raise RuntimeError(f"the provider exited with {self.proc.returncode}:\n{tail}")
 
     def _request(self, method: str, path: str, body: dict | None = None, auth: bool = True,
@@ -639,7 +640,7 @@ class ProviderProcess:
     def stop(self) -> None:
         process.stop(self.proc)
 
-    def __enter__(self) -> "ProviderProcess":
+    def __enter__(self) -> ProviderProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

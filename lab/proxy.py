@@ -1,4 +1,5 @@
-"""The lab's delaying TCP proxy: a user-space stand-in for netem (this kernel has none, KERNEL.md).
+"""The lab's delaying TCP proxy: a user-space stand-in for netem (the kernel it was
+built on has none: docs/probes.md).
 
 The RAG service reaches each dependency (the provider, PostgreSQL) through one proxy *route*, a
 listening port that forwards every connection to its target. The route is always in the path;
@@ -101,7 +102,7 @@ class DelayProxy:
             return self.delay_s
         return max(0.0, self.delay_s + self._rng.uniform(-self.jitter_s, self.jitter_s))
 
-    async def start(self) -> "DelayProxy":
+    async def start(self) -> DelayProxy:
         self._server = await asyncio.start_server(self._accept, *self.listen, reuse_address=True)
         return self
 
@@ -278,7 +279,7 @@ class ProxyRoute:
     name: str
     port: int
     target: tuple[str, int]
-    process: "ProxyProcess" = field(repr=False)
+    process: ProxyProcess = field(repr=False)
 
     async def set_delay(self, delay_ms: float, jitter_ms: float = 0.0) -> None:
         await self.process._put(f"/routes/{self.name}/delay", {"delay_ms": delay_ms, "jitter_ms": jitter_ms})
@@ -302,7 +303,7 @@ class ProxyProcess:
         self.control_url = ""
         self.log_path = self.work_dir / "proxy.log"
 
-    async def start(self, timeout_s: float = 20.0) -> "ProxyProcess":
+    async def start(self, timeout_s: float = 20.0) -> ProxyProcess:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         ready_file = self.work_dir / f"proxy-ready-{secrets.token_hex(4)}.json"
         argv = [sys.executable, "-m", "lab.proxy", f"--token={self.token}", f"--ready-file={ready_file}"]

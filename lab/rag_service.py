@@ -59,6 +59,7 @@ import asyncpg
 import httpx2
 import openai
 from aiohttp import web
+from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -241,14 +242,16 @@ class RagService:
         self.http: httpx2.AsyncClient | None = None
         self.llm: openai.AsyncOpenAI | None = None
         db = urlsplit(settings.pg_dsn)
-        self.db_attrs = {"db.system.name": "postgresql", "db.namespace": db.path.lstrip("/") or "postgres",
-                         "db.operation.name": "SELECT", "db.query.summary": "SELECT lab_retrieve",
-                         "db.query.text": RETRIEVE_SQL, "server.address": db.hostname or "localhost",
-                         "server.port": db.port or 5432}
+        self.db_attrs: dict[str, str | int] = {
+            "db.system.name": "postgresql", "db.namespace": db.path.lstrip("/") or "postgres",
+            "db.operation.name": "SELECT", "db.query.summary": "SELECT lab_retrieve",
+            "db.query.text": RETRIEVE_SQL, "server.address": db.hostname or "localhost",
+            "server.port": db.port or 5432}
         prov = urlsplit(settings.provider_base_url)
-        self.llm_attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
-                          "gen_ai.request.model": settings.model, "server.address": prov.hostname or "",
-                          "server.port": prov.port or (443 if prov.scheme == "https" else 80)}
+        self.llm_attrs: dict[str, str | int] = {
+            "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": settings.model, "server.address": prov.hostname or "",
+            "server.port": prov.port or (443 if prov.scheme == "https" else 80)}
         self.registry = CollectorRegistry()
         self.requests = Counter("llm_requests", "Answer requests by HTTP status answered", ["service", "code"],
                                 registry=self.registry)
@@ -273,7 +276,7 @@ class RagService:
         try:
             async with self.pool.acquire(timeout=5):
                 pass
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             log.warning("event=db_warmup_failed error=%s", type(e).__name__)
         log.info("event=started service=%s provider=%s db=%s:%s", self.s.service, self.s.provider_base_url,
                  self.db_attrs["server.address"], self.db_attrs["server.port"])
@@ -282,7 +285,7 @@ class RagService:
         if self.pool is not None:
             try:
                 await asyncio.wait_for(self.pool.close(), 5)
-            except (asyncio.TimeoutError, OSError):
+            except (TimeoutError, OSError):
                 self.pool.terminate()
         if self.llm is not None:
             await self.llm.close()
@@ -381,7 +384,7 @@ class RagService:
                 if isinstance(e, asyncpg.PostgresConnectionError):  # SQLSTATE class 08: the connection broke
                     raise Failure(503, f"retrieval backend connection failed: {str(e)[:200]}", code) from None
                 raise Failure(500, f"retrieval failed: {str(e)[:200]}", code) from None
-            except asyncio.TimeoutError as e:
+            except TimeoutError as e:
                 _fail(span, "TimeoutError", e)
                 raise Failure(504, "retrieval timed out", "TimeoutError") from None
             except (OSError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as e:
@@ -390,13 +393,13 @@ class RagService:
             span.set_attribute("db.response.returned_rows", len(rows))
             return [dict(r) for r in rows]
 
-    def _prompt(self, question: str, chunks: list[dict]) -> list[dict]:
+    def _prompt(self, question: str, chunks: list[dict]) -> list[ChatCompletionMessageParam]:
         context = "\n\n".join(f"[{c['chunk_id']}] {c['doc']}: {c['body']}" for c in chunks) or "(no context found)"
         _burn(context + question, PROMPT_WORK_ROUNDS)  # templating and token counting
         return [{"role": "system", "content": f"{SYSTEM_PROMPT}\n\nContext:\n{context}"},
                 {"role": "user", "content": question}]
 
-    async def _chat(self, messages: list[dict], first_chunk_at: list[float]) -> tuple[str, str, dict]:
+    async def _chat(self, messages: list[ChatCompletionMessageParam], first_chunk_at: list[float]) -> tuple[str, str, dict]:
         assert self.llm is not None
         model = self.s.model
         with self.tracer.start_as_current_span(f"chat {model}", kind=SpanKind.CLIENT, record_exception=False,

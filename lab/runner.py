@@ -126,7 +126,7 @@ class Progress:
             await asyncio.sleep(1.0)
             self.render()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self._task = asyncio.get_running_loop().create_task(self._tick())
         return self
 
@@ -148,7 +148,7 @@ class LabApi:
         self.headers = dict(headers)
         self.session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> "LabApi":
+    async def __aenter__(self) -> LabApi:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         return self
 
@@ -202,10 +202,11 @@ def opened_after(inc: dict[str, Any], onset: float) -> bool:
     an alert that went pending before the onset belongs to what came before."""
     if not is_alert_incident(inc):
         return False
-    starts = [(a, _starts(a)) for a in inc.get("alerts", []) if a.get("status") == "firing"]
-    if any(t is None for _, t in starts):  # unreadable startsAt: fall back on when the incident opened
+    starts = [_starts(a) for a in inc.get("alerts", []) if a.get("status") == "firing"]
+    known = [t for t in starts if t is not None]
+    if len(known) < len(starts):  # unreadable startsAt: fall back on when the incident opened
         return inc.get("created_at", 0) >= onset
-    return any(t >= onset for _, t in starts)
+    return any(t >= onset for t in known)
 
 
 def first_incident(incidents: list[dict[str, Any]], onset: float) -> dict[str, Any] | None:
@@ -347,7 +348,7 @@ async def _fault_phase(stack, api: LabApi, scenario: Scenario, run: CaseRun, ind
     progress.set(index, "faults", scenario.fault_s)
     events: list[tuple[float, int, str, Any, dict]] = []  # (when, order, action, spec or Fault, its record)
     for spec in scenario.faults:
-        fr = {"kind": spec.kind, "params": dict(spec.params), "applied_at": None, "cleared_at": None}
+        fr: dict[str, Any] = {"kind": spec.kind, "params": dict(spec.params), "applied_at": None, "cleared_at": None}
         rec["faults"].append(fr)
         events.append((phase_start + spec.start_s, 0, "apply", spec, fr))
     deadline = phase_start + scenario.fault_s
@@ -443,6 +444,7 @@ async def run_suite(scenarios: list[Scenario], out: Path, scenario_file: str | N
         # Components that draw random numbers (DNS, provider, proxy) are seeded once per stack,
         # with the first scenario's seed; each scenario's seed then reseeds the load's questions.
         async with LabStack(out / "stack", load_rps=scenarios[0].load_rps, seed=scenarios[0].seed) as stack:
+            assert stack.responder is not None  # started on entering
             async with LabApi(stack.responder.url, stack.responder.headers()) as api:
                 for i, scenario in enumerate(scenarios):
                     case = await run_case(stack, api, scenario, i, progress, scenario_file)

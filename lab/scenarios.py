@@ -1,6 +1,6 @@
 """Scenario files: the YAML a lab run is made of, loaded and checked before anything starts.
 
-The shape (issue 5)::
+The shape::
 
     scenarios:
       - name: provider-429-30pct

@@ -46,9 +46,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from responder.model import DOMAINS
 
@@ -235,7 +236,7 @@ def confusion(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def calibration(rows: list[dict[str, Any]], bins: int = CALIBRATION_BINS) -> dict[str, Any]:
     answered = [r for r in rows if r["predicted"]]
-    table = []
+    table: list[dict[str, Any]] = []  # a bin with n > 0 has a precision and a mean confidence
     for b in range(bins):
         lo, hi = b / bins, (b + 1) / bins
         inside = [r for r in answered if lo <= r["confidence"] < hi or (b == bins - 1 and r["confidence"] >= hi)]

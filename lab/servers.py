@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import json
 import os
 import shutil
@@ -231,7 +232,7 @@ def _start(launch: _Launch) -> ServerProcess:
     for attempt in range(_START_ATTEMPTS):
         server = launch.spawn(attempt)
         try:
-            wait_for(lambda: launch.ready(server), launch.ready_timeout_s, interval_s=0.1,
+            wait_for(functools.partial(launch.ready, server), launch.ready_timeout_s, interval_s=0.1,
                      what=f"{launch.name} ready on {server.url}", fatal=(ServerStartError,))
             return server
         except (TimeoutError, ServerStartError) as e:

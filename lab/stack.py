@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypedDict
 
 import aiohttp
 import yaml
@@ -55,8 +55,7 @@ from lab.harness import OWNER_ENV, REPO, ResponderProcess, die_with_parent, free
 from lab.postgres import DATABASE, ROLE, LabPostgres
 from lab.provider import ProviderProcess
 from lab.proxy import ProxyProcess, ProxyRoute
-from lab.servers import (AlertmanagerProcess, PrometheusProcess, start_alertmanager_async,
-                         start_prometheus_async)
+from lab.servers import AlertmanagerProcess, PrometheusProcess, start_alertmanager_async, start_prometheus_async
 
 log = logging.getLogger("lab.stack")
 
@@ -183,7 +182,7 @@ class LoadGenerator:
             async with session.post(self.url, json={"question": self.rng.choice(self.questions)}) as r:
                 await r.read()
                 status, trace_id = r.status, r.headers.get("x-trace-id", "")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             pass
         self.stats.codes[status] += 1
         self.stats.samples.append(Sample(at, time.monotonic() - t0, status, trace_id))
@@ -209,7 +208,7 @@ class LabRagService:
         self.restarts = 0
         self.exits: list[dict[str, Any]] = []  # {"at", "returncode", "oom_kill"} per death seen
         self._supervisor: asyncio.Task | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
 
     @property
     def cgroup_path(self) -> str:
@@ -238,7 +237,7 @@ class LabRagService:
         self.proc = subprocess.Popen(self.dns.client_argv(self.argv), cwd=REPO, preexec_fn=self._preexec,
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
 
-    async def start(self, timeout_s: float = 30.0) -> "LabRagService":
+    async def start(self, timeout_s: float = 30.0) -> LabRagService:
         self.cgroups.create()
         self._spawn()
         await self.wait_healthy(timeout_s)
@@ -256,7 +255,7 @@ class LabRagService:
                     async with s.get(self.url + "/health") as r:
                         if r.status == 200:
                             return
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     pass
                 await asyncio.sleep(0.1)
         raise StackError(f"the RAG service did not answer /health within {timeout_s:g}s; see {self.log_path}")
@@ -347,6 +346,12 @@ async def _in_thread(fn: Callable[[], Any]) -> Any:
 
 # --- the stack -----------------------------------------------------------------------------------------
 
+class _ProviderArgs(TypedDict):
+    ttft_ms: int
+    tokens_per_s: float
+    tokens: int
+
+
 class LabStack:
     """Every process of the lab, for one suite run::
 
@@ -370,7 +375,7 @@ class LabStack:
         self.load_rps = float(load_rps)
         self.ttft_threshold, self.latency_threshold = ttft_threshold, latency_threshold
         self.service_name, self.model, self.seed = service_name, model, seed
-        self.provider_args = {"ttft_ms": provider_ttft_ms, "tokens_per_s": provider_tokens_per_s,
+        self.provider_args: _ProviderArgs = {"ttft_ms": provider_ttft_ms, "tokens_per_s": provider_tokens_per_s,
                               "tokens": provider_tokens}
         self.start_load = start_load
         self.responder_env = dict(responder_env or {})
@@ -414,14 +419,14 @@ class LabStack:
 
     # -- lifecycle
 
-    async def __aenter__(self) -> "LabStack":
+    async def __aenter__(self) -> LabStack:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def start(self) -> "LabStack":
+    async def start(self) -> LabStack:
         t0 = time.monotonic()
         self._stopped = False
         lab_faults.sweep_stale()
@@ -438,7 +443,7 @@ class LabStack:
                                         log_path=self.logs / "responder.log",
                                         extra_env=self.responder_env)
             self.responder.env["LLMSLO_PUBLIC_URL"] = self.responder.url
-            service_port_holder: dict[str, int] = {}
+            service_port_holder: dict[str, Any] = {}  # the service's port and cgroup, for the alerting side
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._start_backends(service_port_holder))
                 tg.create_task(self._start_alerting(service_port_holder))
@@ -451,11 +456,12 @@ class LabStack:
             raise
         self.start_s = time.monotonic() - t0
         self.started_at = time.time()
+        assert self.service is not None  # _start_backends started it
         log.info("event=stack_started seconds=%.1f service_port=%s cgroup=%s", self.start_s, self.service.port,
                  self.service.cgroup_path)
         return self
 
-    async def _start_backends(self, holder: dict[str, int]) -> None:
+    async def _start_backends(self, holder: dict[str, Any]) -> None:
         assert self.scratch is not None and self.dns is not None and self.responder is not None
         # A hex token: one starting with "-" would read as an option on the provider's command line.
         self.provider = ProviderProcess(self.scratch / "provider", PROVIDER_HOST, seed=self.seed,
@@ -479,7 +485,7 @@ class LabStack:
         self.service = LabRagService(self.service_name, argv, self.dns, self.logs / "rag_service.log",
                                      on_restart=self._after_service_restart)
         holder["port"] = self.service.port
-        holder["cgroup"] = self.service.cgroup_path  # type: ignore[assignment]
+        holder["cgroup"] = self.service.cgroup_path
         await self.service.start()
 
     async def _start_alerting(self, holder: dict[str, Any]) -> None:
@@ -730,6 +736,7 @@ async def _ttft_from_traces(stack: LabStack, samples: list[Sample], limit: int =
 async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="llmslo-lab-measure-"))
     async with LabStack(work, window_scale=args.window_scale, load_rps=args.rps) as stack:
+        assert stack.service is not None and stack.start_s is not None  # started on entering
         print(f"stack started in {stack.start_s:.1f}s; service {stack.service.url} cgroup {stack.service.cgroup_path}",
               file=sys.stderr, flush=True)
         await asyncio.sleep(args.warmup)

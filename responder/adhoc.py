@@ -13,9 +13,10 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from capture.http_server import load_json
 from capture.schemas import RequestError, check_duration, check_probes
@@ -64,8 +65,8 @@ class AdhocRequest:
             annotations[REQUESTED_BY_KEY] = self.requested_by
         if self.reply_to:
             annotations[REPLY_TO_KEY] = json.dumps(self.reply_to, sort_keys=True)
-        since = (datetime.fromtimestamp(self.started_at, timezone.utc) if self.started_at
-                 else datetime.now(timezone.utc))
+        since = (datetime.fromtimestamp(self.started_at, UTC) if self.started_at
+                 else datetime.now(UTC))
         alert = {"status": "firing", "labels": labels, "annotations": annotations,
                  "startsAt": since.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                  "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": key[:16]}

@@ -11,7 +11,7 @@ import functools
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from capture.http_server import JsonBodyError, load_json
@@ -20,7 +20,7 @@ SUPPORTED_VERSION = "4"
 STATUSES = ("firing", "resolved")
 
 # Go's zero time.Time, which Alertmanager serialises for an alert that has no end yet.
-_GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)
+_GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
 
 # RFC 3339 as Go's time.RFC3339Nano writes it. Written out rather than using
 # datetime.fromisoformat, which also accepts ISO 8601 forms (dates only, week dates) that are
@@ -107,7 +107,7 @@ class Notification:
 @functools.lru_cache(maxsize=4096)  # alerts of one group mostly share their start and end times
 def format_timestamp(value: datetime | None) -> str:
     """RFC 3339 in UTC with a ``Z``; ``None`` becomes Go's zero time, as Alertmanager sends it."""
-    m = _GO_ZERO_TIME if value is None else value.astimezone(timezone.utc)
+    m = _GO_ZERO_TIME if value is None else value.astimezone(UTC)
     # Written by hand: strftime("%Y") does not pad year 1 (the Go zero time) on glibc.
     text = f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
     if m.microsecond:
@@ -128,7 +128,7 @@ def parse_timestamp(text: str) -> datetime:
     fraction = (m["fraction"] or "")[:6].ljust(6, "0")
     offset_text = m["offset"]
     if offset_text in ("Z", "z"):
-        tz = timezone.utc
+        tz = UTC
     else:
         sign = -1 if offset_text[0] == "-" else 1
         hours, minutes = int(offset_text[1:3]), int(offset_text[4:6])
@@ -138,7 +138,7 @@ def parse_timestamp(text: str) -> datetime:
     try:
         local = datetime(int(m["year"]), int(m["month"]), int(m["day"]), int(m["hour"]),
                          int(m["minute"]), int(m["second"]), int(fraction), tzinfo=tz)
-        return local.astimezone(timezone.utc)
+        return local.astimezone(UTC)
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"{text!r} is not a valid date and time: {exc}") from None
 

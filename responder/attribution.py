@@ -20,9 +20,9 @@ probability: the report pairs it with the precision the lab observed at that sco
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from typing import Any, Callable
+from typing import Any
 
 from capture.probes.tls_http import UNKNOWN_PEER
 from capture.schemas import CaptureResult, ProbeResult
@@ -151,6 +151,8 @@ def _p90_signal(domain: str, name: str, what: str, inc: ProbeResult, base: Probe
     if not hi or not hb or hi.count < min_samples or hb.count < min_samples:
         return None
     pi, pb = hi.quantile(0.9), hb.quantile(0.9)
+    if pi is None or pb is None:  # empty: only when min_samples is 0
+        return None
     moved = pi >= MIN_RATIO * pb and pi >= floor_us
     strength = _ratio_strength(pi, pb) if moved else 0.0
     ev = Evidence(signal=name, summary=f"{what} p90 {'rose' if moved else 'unchanged'}: ≤{pb:.0f} → ≤{pi:.0f} µs "
@@ -315,7 +317,7 @@ def trace_signals_for(traces: dict[str, Any] | None,
     # Latency: every outbound dependency slower at once is the path (network), not one of them.
     outbound = [k for k in latency if k[0] in ("llm", "retrieval", "http") and k not in throttled]
     all_slow = len(outbound) >= 2 and all(latency[k][0] for k in outbound)
-    for key, (moved, sig) in latency.items():
+    for key, (_moved, sig) in latency.items():
         kind = key[0]
         if all_slow and kind in ("llm", "retrieval", "http") and key not in throttled:
             sig.domain = "network"

@@ -9,7 +9,9 @@ import logging
 import os
 import secrets
 import sys
+from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 EXIT_USAGE = 2
 
@@ -392,18 +394,26 @@ def cmd_dead(args: argparse.Namespace) -> int:
         store.close()
 
 
-# --- lab --------------------------------------------------------------------------------------
-def cmd_lab(args: argparse.Namespace) -> int:
-    # The lab has its own parser (lab/cli.py); imported only here, so the responder never loads it.
-    from lab.cli import main as lab_main
+# --- commands of other installed packages ----------------------------------------------------
+PLUGIN_GROUP = "llmslo.commands"
 
-    return lab_main(list(args.lab_args))
+
+def plugin_commands() -> dict[str, metadata.EntryPoint]:
+    """``llmslo NAME ...`` for every command an installed package registers under the
+    ``llmslo.commands`` entry-point group (the lab registers ``lab``). The product names none of
+    them: they are found, and loaded only when asked for."""
+    return {ep.name: ep for ep in metadata.entry_points(group=PLUGIN_GROUP)}
+
+
+def run_plugin(ep: metadata.EntryPoint, argv: list[str]) -> int:
+    # The command has its own parser; everything after its name is its own, options included.
+    return ep.load()(argv)
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (``llmslo: ...``) and exit 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         text = " ".join(message.split())
         if len(text) > 300:
             text = text[:300] + "…"
@@ -499,19 +509,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--token", help="webhook bearer token (default: LLMSLO_WEBHOOK_TOKEN)")
     r.set_defaults(func=cmd_replay)
 
-    lab = sub.add_parser("lab", add_help=False, help="the attribution lab: run|report|compare (llmslo lab --help)")
-    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
-    lab.set_defaults(func=cmd_lab)
+    for name, ep in sorted(plugin_commands().items()):
+        extra = sub.add_parser(name, add_help=False, help=f"from {ep.value.split(':')[0]} (llmslo {name} --help)")
+        extra.add_argument("plugin_args", nargs=argparse.REMAINDER)
+        extra.set_defaults(func=lambda args, ep=ep: run_plugin(ep, list(args.plugin_args)))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # `llmslo [-v] lab ...`: everything after "lab" belongs to the lab's own parser, options
+    # `llmslo [-v] lab ...`: everything after a plugin's name belongs to its own parser, options
     # included (argparse's REMAINDER would refuse a leading option such as --help).
     command = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
-    if command is not None and argv[command] == "lab":
-        return cmd_lab(argparse.Namespace(lab_args=argv[command + 1:]))
+    plugins = plugin_commands()
+    if command is not None and argv[command] in plugins:
+        return run_plugin(plugins[argv[command]], argv[command + 1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -179,8 +180,8 @@ def _coerce(key: str, value: Any, default: Any, ftype: Any) -> Any:
         raise ConfigError(f"{key}: expected {t.split(' ')[0]}, got {value!r}") from None
 
 
-def load(path: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
-    env = os.environ if env is None else env
+def load(path: str | Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    environ = os.environ if env is None else env
     s = Settings()
     known = {f.name: f for f in fields(Settings)}
     values: dict[str, Any] = {}
@@ -204,8 +205,8 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None, **ov
             _check_file_value(k, v, known[k].type)
             values[k] = v
     for var, key in _ENV.items():
-        if env.get(var):
-            values[key] = env[var]
+        if environ.get(var):
+            values[key] = environ[var]
     values.update({k: v for k, v in overrides.items() if v is not None})
     for k, v in values.items():
         setattr(s, k, _coerce(k, v, getattr(s, k), known[k].type))

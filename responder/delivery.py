@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity.stop import stop_base
 
 from responder.report import Message
 from responder.sinks.base import ChatSink, SinkPermanentError, SinkRetryableError, ThreadRef
@@ -75,14 +76,15 @@ def _retry_in_place(e: BaseException) -> bool:
     return isinstance(e, SinkRetryableError) and not isinstance(e, NoThreadYet)
 
 
-def _server_wants_long_wait(state: RetryCallState) -> bool:
-    return _retry_after(state) > IN_PLACE_MAX_WAIT_S
+class _ServerWantsLongWait(stop_base):  # a stop_base, not a bare function, so that it combines with |
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return _retry_after(retry_state) > IN_PLACE_MAX_WAIT_S
 
 
 async def with_retries(call):
     """``await call()``, retried in place on SinkRetryableError (see the module's docstring)."""
     async for attempt in AsyncRetrying(retry=retry_if_exception(_retry_in_place), wait=_in_place_wait,
-                                       stop=stop_after_attempt(IN_PLACE_ATTEMPTS) | _server_wants_long_wait,
+                                       stop=stop_after_attempt(IN_PLACE_ATTEMPTS) | _ServerWantsLongWait(),
                                        reraise=True):
         with attempt:
             return await call()
@@ -109,7 +111,7 @@ class Deliverer:
                 log.warning("event=delivery_store_error error=%s", e)
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=self.poll_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self.wake.clear()
 
@@ -208,12 +210,12 @@ class Deliverer:
         if body["op"] == "root":
             if thread:  # already posted (e.g. a crash after posting): never post a second root
                 return {"already": True, **thread}
-            ref = None
+            ref: ThreadRef | None = None
             if msg.sending_at is not None:
                 ref = await self._already_posted(
                     lambda: sink.find_root(body.get("channel"), key, msg.sending_at - LOOKUP_SLACK_S))
             found = ref is not None
-            if not found:
+            if ref is None:
                 await self._began(msg)
                 ref = await sink.post_root(body.get("channel"), message, key)
             await asyncio.to_thread(self.store.update_incident, msg.incident_id, thread={msg.sink: ref.to_dict()})

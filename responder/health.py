@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class Health:
         }
 
 
-async def supervise(health: Health, name: str, body: Callable[[], "asyncio.Future | object"],
+async def supervise(health: Health, name: str, body: Callable[[], Awaitable[object]],
                     stall_s: float = DEFAULT_STALL_S) -> None:
     """Run ``await body()`` for ever. If it ever returns or raises anything but cancellation,
     log it with the loop's name, count a restart and start it again after a short pause: a loop
@@ -126,7 +126,7 @@ async def supervise(health: Health, name: str, body: Callable[[], "asyncio.Futur
     pause = 0.5
     while True:
         try:
-            await body()  # type: ignore[misc]
+            await body()
             state.last_error = "returned"
         except asyncio.CancelledError:
             raise

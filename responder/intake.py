@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from responder.health import Health
-from responder.store import AcceptResult, StoreBase, StoreError, StoreUnavailable
+from responder.store import AcceptResult, StoreBase, StoreError, StoreUnavailable, _NotificationLike
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,14 @@ MAX_QUEUED = 4_096
 
 @dataclass
 class _Item:
-    notification: object
+    notification: _NotificationLike
     raw: bytes
     alerts: int
     done: asyncio.Future
 
 
 class IntakeWriter:
-    def __init__(self, store: StoreBase, health: Health, max_pending_jobs: int, on_job: callable) -> None:
+    def __init__(self, store: StoreBase, health: Health, max_pending_jobs: int, on_job: Callable[[], None]) -> None:
         self.store = store
         self.health = health
         self.max_pending_jobs = max_pending_jobs
@@ -49,7 +50,7 @@ class IntakeWriter:
         self.batches = 0
         self.notifications = 0
 
-    async def accept(self, notification, raw: bytes) -> AcceptResult:
+    async def accept(self, notification: _NotificationLike, raw: bytes) -> AcceptResult:
         """Store one notification; its AcceptResult once committed. Raises StoreUnavailable
         (the store cannot be written, or the queue is full) or another StoreError (Overloaded)."""
         if not self.health.store_up:
@@ -65,7 +66,7 @@ class IntakeWriter:
             self.health.progress("intake")
             try:
                 first = await asyncio.wait_for(self._queue.get(), timeout=5.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue  # idle: still alive
             batch = [first]
             alerts = first.alerts

@@ -24,11 +24,15 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from capture.client import AgentError, HttpAgentClient
 from capture.schemas import CaptureRequest, CaptureResult, CaptureTarget, RequestError, container_id
+
+if TYPE_CHECKING:  # kubernetes is imported late, where it is used
+    from kubernetes.watch import Watch
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ class Informer:
         self._lock = threading.Lock()
         self._synced = threading.Event()
         self._stop = threading.Event()
-        self._watch = None
+        self._watch: Watch | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -233,7 +237,7 @@ class KubeCluster:
         self.agent_port = agent_port
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "KubeCluster":
+    def from_settings(cls, settings: Any) -> KubeCluster:
         from capture.kube import api_client
 
         api = api_client(settings.kube_api_url, settings.kube_token, settings.kubeconfig, settings.kube_ca_file)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -32,7 +32,7 @@ def prometheus_graph_url(settings: Settings, expr: str, start: float, end: float
         "g0.expr": expr,
         "g0.tab": "0",  # the graph tab, not the table
         "g0.range_input": f"{range_s}s",
-        "g0.end_input": datetime.fromtimestamp(end_s, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "g0.end_input": datetime.fromtimestamp(end_s, tz=UTC).strftime("%Y-%m-%d %H:%M:%S"),
     }
     # %20 rather than '+': the UI decodes with decodeURIComponent, which leaves '+' alone.
     return f"{base}/graph?{urlencode(params, quote_via=quote)}"
@@ -110,8 +110,8 @@ def incident_links(settings: Settings, incident: Mapping[str, Any], prom: Mappin
         why = f": {ex['why']}" if ex.get("why") else ""
         add(f"Trace {ex.get('trace_id', '')[:16]}{why}", ex.get("url"), "trace")
     for rb in runbooks:
-        title, url = (rb.get("title"), rb.get("url")) if isinstance(rb, Mapping) else (rb.title, rb.url)
-        add(f"Runbook: {title}", url, "runbook")
+        rb_title, rb_url = (rb.get("title"), rb.get("url")) if isinstance(rb, Mapping) else (rb.title, rb.url)
+        add(f"Runbook: {rb_title}", rb_url, "runbook")
     if incident.get("id"):
         add("Incident page", incident_url(settings, incident["id"]), "incident")
     return links

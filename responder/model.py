@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# The classes of the confusion matrix (DESIGN.md, "Fault domains").
+# The classes of the confusion matrix (docs/attribution.md, "Fault domains").
 DOMAINS = (
     "provider_throttling",
     "provider_latency",
@@ -37,7 +37,7 @@ class Evidence:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Evidence":
+    def from_dict(cls, d: dict[str, Any]) -> Evidence:
         return cls(**d)
 
 
@@ -54,7 +54,7 @@ class Hypothesis:
                 "contradicting": [e.to_dict() for e in self.contradicting]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Hypothesis":
+    def from_dict(cls, d: dict[str, Any]) -> Hypothesis:
         return cls(domain=d["domain"], confidence=float(d["confidence"]),
                    supporting=[Evidence.from_dict(e) for e in d.get("supporting", [])],
                    contradicting=[Evidence.from_dict(e) for e in d.get("contradicting", [])])
@@ -81,7 +81,7 @@ class Verdict:
                 "calibration": self.calibration}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Verdict":
+    def from_dict(cls, d: dict[str, Any]) -> Verdict:
         return cls(domains=list(d["domains"]), confidence=float(d["confidence"]),
                    hypotheses=[Hypothesis.from_dict(h) for h in d.get("hypotheses", [])],
                    abstain_reason=d.get("abstain_reason"), calibration=d.get("calibration"))

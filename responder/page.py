@@ -26,13 +26,12 @@ import textwrap
 import threading
 import time
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlparse
 
 from capture.schemas import CaptureCost, CaptureTarget
-from responder.report import (_alertname, _burn_start, _clock, _duration, _num, _parse_time, _pct, _unit,
-                              root_state)
+from responder.report import _alertname, _burn_start, _clock, _duration, _num, _parse_time, _pct, _unit, root_state
 
 log = logging.getLogger(__name__)
 
@@ -500,7 +499,8 @@ class _Bar:
 def _chart_inputs(verdict: dict[str, Any] | None, prom: dict[str, Any] | None,
                   traces: dict[str, Any] | None) -> tuple[list[_Line], list[_Bar], str, str]:
     """(series, bars, why Prometheus is missing, top domain): what both chart panels draw."""
-    top = (_hypotheses(verdict) or [None])[0]
+    hypotheses = _hypotheses(verdict)
+    top = hypotheses[0] if hypotheses else None
     return (_chart_lines(prom), _chart_bars(top, traces), _prometheus_absence(prom),
             str((top or {}).get("domain") or ""))
 
@@ -657,7 +657,7 @@ def _draw_series(ax: Any, lines: list[_Line], prom: dict[str, Any] | None, absen
             ax.axvspan(_dt(start), _dt(end), color=color, alpha=0.16, lw=0)
             ax.text(_dt((start + end) / 2), 0.97, f"{key} window", transform=ax.get_xaxis_transform(),
                     ha="center", va="top", fontsize=9, color=WINDOW_LABEL_COLORS[key], fontweight="bold")
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=timezone.utc))
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=UTC))
     ax.set_xlabel("time (UTC)", fontsize=9)
     ax.grid(True, alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
@@ -722,7 +722,7 @@ def _utc(ts: float) -> str:
 
 
 def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, timezone.utc)
+    return datetime.fromtimestamp(ts, UTC)
 
 
 def _mpl(text: str) -> str:

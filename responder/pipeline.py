@@ -14,8 +14,9 @@ import asyncio
 import base64
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from capture.client import AgentError
 from capture.schemas import CaptureRequest, CaptureResult, CaptureTarget, RequestError
@@ -27,7 +28,7 @@ from responder.kube import KubeCluster, KubeUnavailable, Scope, ScopeError, name
 from responder.model import Verdict
 from responder.playbooks import Playbook, ScopeSpec, select_playbook
 from responder.prometheus import burn_onset, prometheus_evidence
-from responder.store import Incident, IncidentStore, Job, StoreUnavailable
+from responder.store import Incident, Job, StoreBase, StoreUnavailable
 from responder.traces.backends import TraceBackend
 from responder.traces.gather import gather_trace_evidence
 
@@ -133,7 +134,7 @@ class Outcome:
 
 
 class Pipeline:
-    def __init__(self, store: IncidentStore, playbooks: list[Playbook], agent: AgentClient,
+    def __init__(self, store: StoreBase, playbooks: list[Playbook], agent: AgentClient,
                  sinks: list[str], settings: Settings, traces: TraceBackend | None = None,
                  on_enqueued: Callable[[], None] = lambda: None, kube: KubeCluster | None = None):
         self.store = store
@@ -185,7 +186,7 @@ class Pipeline:
         its sink, so the replies land there; the sinks whose thread is borrowed."""
         borrowed = self.borrowed(inc)
         r = adhoc.options(inc.alerts).reply_to
-        if borrowed and (inc.thread or {}).get(r["sink"]) is None:
+        if borrowed and r is not None and (inc.thread or {}).get(r["sink"]) is None:
             await asyncio.to_thread(self.store.update_incident, inc.id, thread={
                 r["sink"]: {"channel": r["channel"], "ts": r["ts"], "borrowed_from": r.get("incident_id") or "?"}})
         return borrowed
@@ -288,7 +289,7 @@ class Pipeline:
             # Bounded: a Prometheus that is down must not hold the kernel capture back.
             onset = await asyncio.wait_for(
                 burn_onset(self.settings, list(playbook.prometheus.queries), labels, alert_start), ONSET_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("incident=%s event=burn_onset_timeout after_s=%s", inc.id, ONSET_TIMEOUT_S)
             onset = None
         if onset is not None and onset < alert_start:
@@ -342,6 +343,8 @@ class Pipeline:
             return await prometheus_evidence(self.settings, list(playbook.prometheus.queries), labels, longer,
                                              incident, step=playbook.prometheus.step_s)
 
+        t: dict[str, Any] | BaseException | None
+        p: dict[str, Any] | BaseException | None
         t, p = await asyncio.gather(traces(), metrics(), return_exceptions=True)
         out: dict[str, Any] = {}
         for key, value in (("traces", t), ("prometheus", p)):

@@ -683,7 +683,7 @@ class _PlaybookReader:
             expr = self.expr(keys["expr"], f"{what}.expr") if "expr" in keys else None
             kind = self.kind(keys["kind"], f"{what}.kind") if "kind" in keys else None
             unit = self.optional(keys, "unit", self.string, "", prefix=f"{what}.")
-            if None not in (name, title, expr, kind, unit):
+            if name is not None and title is not None and expr is not None and kind is not None and unit is not None:
                 found.append(PromQuery(name=name, title=title, expr=expr, unit=unit, kind=kind))
         return tuple(found) if len(found) == len(items) else None
 

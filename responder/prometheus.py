@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from statistics import fmean
 from typing import Any
 
@@ -82,9 +82,10 @@ async def prometheus_evidence(settings: Settings, queries: Sequence[PromQuery], 
     pending: list[tuple[dict[str, Any], str]] = []
     for q in queries:
         expr = render_query(q, labels)
-        entry = {"name": q.name, "title": q.title, "expr": expr if expr is not None else q.expr,
-                 "unit": q.unit, "kind": q.kind, "baseline": _stats([]), "incident": _stats([]),
-                 "series": [], "link": None, "grafana_link": None, "error": None, "note": None}
+        entry: dict[str, Any] = {
+            "name": q.name, "title": q.title, "expr": expr if expr is not None else q.expr,
+            "unit": q.unit, "kind": q.kind, "baseline": _stats([]), "incident": _stats([]),
+            "series": [], "link": None, "grafana_link": None, "error": None, "note": None}
         entries.append(entry)
         if expr is None:
             entry["note"] = skip_reason(q, labels)
@@ -159,8 +160,8 @@ def _query_range(settings: Settings, expr: str, start: float, end: float, step_s
         retry=Retry(0, read=False))
     try:
         return prom.custom_query_range(
-            expr, start_time=datetime.fromtimestamp(start, tz=timezone.utc),
-            end_time=datetime.fromtimestamp(end, tz=timezone.utc), step=f"{step_s:g}")
+            expr, start_time=datetime.fromtimestamp(start, tz=UTC),
+            end_time=datetime.fromtimestamp(end, tz=UTC), step=f"{step_s:g}")
     except PrometheusApiClientException as exc:
         if not responses:
             raise _RetryableAnswer(str(exc)) from None
@@ -273,12 +274,13 @@ ONSET_STEP_S = 1.0
 
 async def burn_onset(settings: Settings, queries: Sequence[PromQuery], labels: Mapping[str, str],
                      alert_start: float) -> float | None:
-    """When the burn behind an alert began: the last moment before ``alert_start`` at which a
-    burn-rate query of the playbook was below 1 (the budget spent no faster than the objective
-    allows). "A" rather than "every": the short window recovers within minutes of an earlier
-    burn while the long one may still carry it, so the short window dates this burn. An alert's startsAt is when its condition first held, which with multi-window
-    burn-rate rules is well after the burn began; a baseline ending at startsAt would hold part of
-    the fault. None when Prometheus, the queries or the data cannot say (the caller keeps startsAt).
+    """When the burn behind an alert began: the last moment before ``alert_start`` at which a burn-rate
+    query of the playbook was below 1 (the budget spent no faster than the objective allows). "A"
+    rather than "every": the short window recovers within minutes of an earlier burn while the long
+    one may still carry it, so the short window dates this burn. An alert's startsAt is when its
+    condition first held, which with multi-window burn-rate rules is well after the burn began; a
+    baseline ending at startsAt would hold part of the fault. None when Prometheus, the queries or
+    the data cannot say (the caller keeps startsAt).
     """
     if not settings.prometheus_url:
         return None

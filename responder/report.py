@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from capture.schemas import CaptureResult, ProbeResult
@@ -70,7 +70,7 @@ class Message:
         return {"text": self.text, "blocks": [dict(b) for b in self.blocks]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Message":
+    def from_dict(cls, d: dict[str, Any]) -> Message:
         return cls(text=str(d.get("text", "")), blocks=list(d.get("blocks") or []))
 
 
@@ -486,8 +486,7 @@ def render_resolved(incident: dict[str, Any]) -> Message:
     start = _burn_start(incident)
     end = _parse_time(incident.get("resolved_at"))
     if end is None:
-        ends = [_parse_time(a.get("endsAt")) for a in incident.get("alerts") or []]
-        ends = [e for e in ends if e is not None]
+        ends = [e for e in (_parse_time(a.get("endsAt")) for a in incident.get("alerts") or []) if e is not None]
         end = max(ends) if ends else None
     if start is not None and end is not None and end >= start:
         burned = f"the error budget burned for {_duration(end - start)} ({_clock(start)} → {_clock(end)} UTC)"
@@ -576,7 +575,7 @@ def _duration(seconds: float) -> str:
     if seconds < 10 and seconds != int(seconds):
         return f"{seconds:.1f}s"
     s = int(round(seconds))
-    parts = []
+    parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if s >= size or (unit == "s" and not parts):
             parts.append(f"{s // size}{unit}")
@@ -585,7 +584,7 @@ def _duration(seconds: float) -> str:
 
 
 def _clock(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _burn_start(incident: dict[str, Any]) -> float | None:
@@ -621,7 +620,7 @@ def _parse_time(value: Any) -> float | None:
     except ValueError:
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     if dt.year <= 1:  # Go's zero time: Alertmanager's "not ended"
         return None
     return dt.timestamp()

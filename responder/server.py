@@ -7,9 +7,11 @@ durable, and nothing is stored for a request that is refused.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,13 +20,15 @@ from aiohttp import web
 
 from capture import kube
 from capture.agent import CaptureAgent
-from capture.http_server import basic_ok, bearer_ok, guard, json_error, read_body, with_lifecycle
 from capture.client import HttpAgentClient, LocalAgentClient
+from capture.http_server import basic_ok, bearer_ok, guard, json_error, read_body, with_lifecycle
 from capture.probes import CATALOG
 from responder import adhoc
 from responder.alertmanager import PayloadError, parse_notification
 from responder.config import ConfigError, Settings
 from responder.delivery import Deliverer
+from responder.health import Health, StoreProbe, supervise
+from responder.intake import IntakeWriter
 from responder.kube import KubeAgents, KubeCluster
 from responder.page import render_incident_page
 from responder.pipeline import Pipeline
@@ -32,10 +36,7 @@ from responder.playbooks import PlaybookLoadError, load_playbooks
 from responder.sinks.base import ChatSink
 from responder.sinks.console import ConsoleSink
 from responder.sinks.slack import SlackSink
-from responder.health import Health, StoreProbe, supervise
-from responder.intake import IntakeWriter
-from responder.store import (AcceptResult, Overloaded, StoreBase, StoreError, StoreUnavailable, job_backoff,
-                             open_store)
+from responder.store import AcceptResult, Overloaded, StoreBase, StoreError, StoreUnavailable, job_backoff, open_store
 from responder.traces.backends import TraceBackend, backend_from_settings
 from responder.traces.receiver import OtlpReceiver
 from responder.traces.store import SpanStore
@@ -65,15 +66,15 @@ class Responder:
     deliverer: Deliverer
     spans: SpanStore
     traces: TraceBackend
+    intake: IntakeWriter
     wake_workers: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
     active_jobs: dict[int, str] = field(default_factory=dict)  # job id -> incident id, while a worker runs it
     slack_app: Any = None  # responder.slack.app.SlackApp when Slack's bot token and signing secret are set
     health: Health = field(default_factory=Health)
-    intake: IntakeWriter | None = None
 
     @classmethod
-    def build(cls, settings: Settings, console_stream=None) -> "Responder":
+    def build(cls, settings: Settings, console_stream=None) -> Responder:
         try:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             probe = settings.data_dir / f".write-check-{os.getpid()}"
@@ -94,6 +95,7 @@ class Responder:
             raise ConfigError(f"{'database_url' if settings.database_url else 'data_dir'}: the incident store "
                               f"did not open: {e}") from None
         cluster = None
+        agent: LocalAgentClient | HttpAgentClient | KubeAgents
         if settings.agent_discovery == "kubernetes":
             try:
                 cluster = KubeCluster.from_settings(settings)
@@ -117,11 +119,12 @@ class Responder:
         traces = backend_from_settings(settings, spans)
         pipeline = Pipeline(store, playbooks, agent, list(sinks), settings, traces, on_enqueued=deliverer.notify,
                             kube=cluster)
-        responder = cls(settings, store, agent, sinks, pipeline, deliverer, spans, traces)
+        health, wake_workers = Health(), asyncio.Event()
+        intake = IntakeWriter(store, health, settings.max_pending_jobs, wake_workers.set)
+        responder = cls(settings, store, agent, sinks, pipeline, deliverer, spans, traces, intake,
+                        wake_workers=wake_workers, health=health)
         deliverer.health = responder.health
         store.watch(responder.health.store_failed, responder.health.store_ok)
-        responder.intake = IntakeWriter(store, responder.health, settings.max_pending_jobs,
-                                        responder.wake_workers.set)
         if settings.slack_bot_token and settings.slack_signing_secret:
             from responder.slack.app import SlackApp
 
@@ -145,7 +148,7 @@ class Responder:
             if job is None:
                 try:
                     await asyncio.wait_for(self.wake_workers.wait(), timeout=2.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 self.wake_workers.clear()
                 continue
@@ -160,7 +163,7 @@ class Responder:
                 raise  # shutdown: the job stays 'running' and is requeued at the next start
             except StoreUnavailable as e:  # not the job's fault: back to the queue, attempt refunded
                 self._store_trouble(e, "job_interrupted", incident=job.incident_id, job=job.id)
-                outcome = (self.store.fail_job, f"store unavailable: {e}", True, CLAIM_RETRY_S, True)
+                outcome: tuple[Any, ...] = (self.store.fail_job, f"store unavailable: {e}", True, CLAIM_RETRY_S, True)
             except Exception as e:  # the boundary of one job: whatever it was, log it and retry later
                 log.exception("incident=%s event=job_failed job=%s attempt=%s", job.incident_id, job.id,
                               job.attempts)
@@ -222,7 +225,8 @@ class Responder:
         if requeued:
             log.info("event=jobs_requeued count=%s", requeued)
         await self.agent.start()
-        loops = {f"worker-{n}": (lambda n=n: self.worker(n)) for n in range(self.settings.workers)}
+        loops: dict[str, Callable[[], Awaitable[None]]] = {
+            f"worker-{n}": functools.partial(self.worker, n) for n in range(self.settings.workers)}
         loops["delivery"] = self.deliverer.run
         loops["leases"] = self.keep_leases
         loops["intake"] = self.intake.run
@@ -347,7 +351,7 @@ class Responder:
         if self.health.store_up:
             try:
                 body["counts"] = await asyncio.wait_for(asyncio.to_thread(self.store.counts), timeout=1.0)
-            except (asyncio.TimeoutError, StoreError) as e:
+            except (TimeoutError, StoreError) as e:
                 body["counts"] = {"error": f"not read: {type(e).__name__}"}
         if isinstance(self.agent, KubeAgents):
             body["kubernetes"] = self.agent.cluster.stats()

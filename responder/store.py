@@ -115,9 +115,11 @@ class _AlertLike(Protocol):
 
 class _NotificationLike(Protocol):
     status: str
-    alerts: Sequence[_AlertLike]
     common_labels: dict[str, str]
     group_key: str
+
+    @property  # read-only, so that a list of a concrete alert type matches
+    def alerts(self) -> Sequence[_AlertLike]: ...
 
     def to_dict(self) -> dict: ...
 
@@ -382,7 +384,7 @@ class StoreBase:
         self._on_unavailable: Callable[[StoreUnavailable], None] | None = None
         self._on_written: Callable[[], None] | None = None
 
-    def watch(self, on_unavailable: Callable[["StoreUnavailable"], None], on_written: Callable[[], None]) -> None:
+    def watch(self, on_unavailable: Callable[[StoreUnavailable], None], on_written: Callable[[], None]) -> None:
         """Be told, from the thread that ran it, of every transaction that could not reach the
         database and of every write that committed: whichever operation meets a locked, full or
         vanished database first (intake, a worker, the deliverer, the probe), its owner knows at
@@ -390,13 +392,12 @@ class StoreBase:
         self._on_unavailable = on_unavailable
         self._on_written = on_written
 
-    def _observed(self, e: "StoreUnavailable | None") -> None:
-        callback = self._on_written if e is None else self._on_unavailable
-        if callback is not None:
-            if e is None:
-                callback()
-            else:
-                callback(e)
+    def _observed(self, e: StoreUnavailable | None) -> None:
+        if e is None:
+            if self._on_written is not None:
+                self._on_written()
+        elif self._on_unavailable is not None:
+            self._on_unavailable(e)
 
     # -- what a back-end provides ----------------------------------------------------------
 
@@ -417,7 +418,7 @@ class StoreBase:
 
     @staticmethod
     def _apply_migrations(conn: Any, migrations: dict[int, str], version: int, latest: int,
-                          record: Callable[[int], None]) -> None:
+                          record: Callable[[int], object]) -> None:
         """Run the migrations from ``version`` up to ``latest`` statement by statement inside the
         caller's transaction (a script runner could commit first), recording each new version."""
         while version < latest:
@@ -434,7 +435,7 @@ class StoreBase:
     def close(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> "StoreBase":
+    def __enter__(self) -> StoreBase:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -492,7 +493,7 @@ class StoreBase:
 
     # What refuses one notification of a batch rather than the whole transaction: a bug in its
     # data (a value the database will not store), never the database being away.
-    _item_errors: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError)
+    _item_errors: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError)
 
     def _seen_events(self, conn: Any, group_key: str, fingerprints: Collection[str]) -> set[tuple[str, str, str]]:
         """The (fingerprint, status, startsAt) already recorded for these fingerprints of the
@@ -925,7 +926,7 @@ class IncidentStore(StoreBase):
                 self._conn.close()
                 self._conn = None
 
-    def __enter__(self) -> "IncidentStore":
+    def __enter__(self) -> IncidentStore:
         return self
 
     @property

@@ -38,7 +38,7 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from responder.store import (
@@ -184,7 +184,7 @@ def describe(url: str) -> str:
         info = conninfo_to_dict(url)
     except psycopg.Error:
         return "an unparsable database URL"
-    host = info.get("host") or "localhost"
+    host = str(info.get("host") or "localhost")  # libpq values are strings; psycopg types them str | int
     if host.startswith("/"):
         host = "socket " + host
     return f"{info.get('user') or '(default user)'}@{host}:{info.get('port') or 5432}/{info.get('dbname') or '(default)'}"
@@ -213,10 +213,10 @@ class _Conn:
 
     __slots__ = ("raw",)
 
-    def __init__(self, raw: psycopg.Connection) -> None:
+    def __init__(self, raw: psycopg.Connection[DictRow]) -> None:
         self.raw = raw
 
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor:
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[DictRow]:
         return self.raw.execute(sql.replace("?", "%s"), tuple(args) or None)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -255,7 +255,8 @@ class PostgresIncidentStore(StoreBase):
             raise StoreUnavailable(f"PostgreSQL at {self.where}: {_first_line(e)}") from None
         # Connections are checked when taken from the pool (the server may have closed an idle
         # one); a transaction waits at most ``connect_timeout_s`` for one, then StoreUnavailable.
-        self._pool: ConnectionPool | None = ConnectionPool(
+        # row_factory=dict_row below: every row is a dict
+        self._pool: ConnectionPool[psycopg.Connection[DictRow]] | None = ConnectionPool(
             url, min_size=1, max_size=pool_size, timeout=connect_timeout_s, open=True, name="llmslo-store",
             check=ConnectionPool.check_connection,
             kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": timeout,
@@ -273,13 +274,15 @@ class PostgresIncidentStore(StoreBase):
         if pool is not None:
             pool.close()
 
-    def __enter__(self) -> "PostgresIncidentStore":
+    def __enter__(self) -> PostgresIncidentStore:
         return self
 
     @property
     def schema_version(self) -> int:
         with self._tx(write=False) as conn:
-            return conn.execute("SELECT version FROM llmslo_schema").fetchone()["version"]
+            row = conn.execute("SELECT version FROM llmslo_schema").fetchone()
+            assert row is not None  # _migrate wrote it
+            return row["version"]
 
     @contextmanager
     def _tx(self, write: bool = True) -> Iterator[_Conn]:
@@ -299,7 +302,9 @@ class PostgresIncidentStore(StoreBase):
     def _now(self, conn: _Conn) -> float:
         if self._clock is not None:
             return self._clock()
-        return conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now").fetchone()["now"]
+        row = conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now").fetchone()
+        assert row is not None  # a SELECT without FROM returns one row
+        return row["now"]
 
     def _insert(self, conn: _Conn, sql: str, args: Sequence[Any]) -> int | None:
         row = conn.execute(sql + " RETURNING id", args).fetchone()

@@ -93,7 +93,7 @@ HASH=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ ! -f "$STAMP" ]] || [[ $(cat "$STAMP") != "$HASH" ]]; then
     log "installing the project into $VENV"
     if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
-           "$VENV/bin/python" -m pip install -q -e ".[test]"; } >"$VENV/pip.log" 2>&1; then
+           "$VENV/bin/python" -m pip install -q -e ".[test,lab]"; } >"$VENV/pip.log" 2>&1; then
         cat "$VENV/pip.log" >&2
         echo "setup: pip install failed (log above, also in $VENV/pip.log)" >&2
         exit 1

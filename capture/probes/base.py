@@ -16,9 +16,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from capture.schemas import Histogram, ProbeInfo, ProbeResult
 
@@ -61,6 +62,8 @@ class Probe:
     def bpf_text(self) -> str:
         # bcc rewrites map calls (filter_cfg.lookup ...) only in the main source text, not in
         # #included files, so the shared header is spliced in rather than included.
+        if self.source is None:
+            raise ValueError(f"probe {self.name} samples cgroupfs: it has no BPF program")
         return splice_includes((BPF_DIR / self.source).read_text())
 
     def info(self) -> ProbeInfo:
@@ -152,11 +155,12 @@ def to_result(probe: Probe, raw: RawSnapshot, cgroup_ids: set[int] | None, windo
                 mine = by_cgroup.setdefault(str(cgid), {})
                 mine[key[2]] = mine.get(key[2], 0.0) + value
         elif kind == "h":
+            # counts are integers: only a gauge can be fractional
             h = hists.setdefault(key[2], Histogram(unit="us"))
-            h.buckets[key[3]] = h.buckets.get(key[3], 0) + value
+            h.buckets[key[3]] = h.buckets.get(key[3], 0) + int(value)
         elif kind == "p":
             t = tops.setdefault(key[2], {})
-            t[key[3]] = t.get(key[3], 0) + value
+            t[key[3]] = t.get(key[3], 0) + int(value)
         elif kind == "g":
             gauges[key[2]] = min(gauges.get(key[2], value), value)
     top = {name: [{"peer": peer, "count": n} for peer, n in

@@ -28,7 +28,7 @@ class ThreadRef:
         return {"channel": self.channel, "ts": self.ts}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ThreadRef":
+    def from_dict(cls, d: dict[str, Any]) -> ThreadRef:
         return cls(channel=str(d["channel"]), ts=str(d["ts"]))
 
 

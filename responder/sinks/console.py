@@ -48,11 +48,12 @@ class ConsoleSink:
         file is the sink's memory; without one there is nothing to find)."""
         if self.path is None:
             raise SinkPermanentError("console sink: no file to look in")
+        path = self.path
 
         def scan() -> dict[str, Any] | None:
             found = None
             try:
-                with self.path.open(encoding="utf-8", errors="replace") as f:
+                with path.open(encoding="utf-8", errors="replace") as f:
                     for line in f:
                         if key not in line:
                             continue
@@ -128,6 +129,7 @@ class ConsoleSink:
                     ) from e
 
     def _append(self, line: str) -> None:
+        assert self.path is not None  # _emit appends only when there is a file
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(line + "\n")

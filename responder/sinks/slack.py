@@ -7,7 +7,6 @@ owns retrying, so one call here is one HTTP request, and a failure comes back as
 """
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
@@ -51,7 +50,9 @@ class SlackSink:
             raise ValueError("SlackSink: token is empty; set LLMSLO_SLACK_BOT_TOKEN")
         self.default_channel = default_channel
         self.timeout = timeout
-        self._client = AsyncWebClient(token=token, base_url=base_url, timeout=timeout, retry_handlers=[])
+        # slack_sdk hints timeout as int, but only hands it to aiohttp.ClientTimeout, which takes seconds as float
+        self._client = AsyncWebClient(token=token, base_url=base_url, timeout=timeout,  # type: ignore[arg-type]
+                                      retry_handlers=[])
         self._session: aiohttp.ClientSession | None = None
         self._channel_ids: dict[str, str] = {}
 
@@ -161,7 +162,7 @@ class SlackSink:
             return await fn(**kwargs)
         except SlackApiError as e:
             raise _from_api_error(method, e) from e
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise SinkRetryableError(f"Slack {method}: {type(e).__name__}: {e or 'timed out'}; "
                                      "Slack could not be reached, will retry") from e
         except SlackClientError as e:  # e.g. a malformed request the SDK refused to send

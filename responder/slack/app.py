@@ -19,8 +19,8 @@ import asyncio
 import logging
 import re
 import time
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl
-from typing import Any, Protocol
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
@@ -30,14 +30,16 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from capture.http_server import JsonBodyError, load_json, read_body
-
 from capture.probes import CATALOG
 from responder import report
 from responder.adhoc import AdhocRequest, Overloaded
 from responder.config import Settings
 from responder.pipeline import Pipeline, alert_labels, baseline_end
 from responder.slack import commands
-from responder.store import AcceptResult, Incident, IncidentStore
+from responder.store import AcceptResult, Incident, StoreBase
+
+if TYPE_CHECKING:  # imported when Socket Mode starts: only then is it needed
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ def _form_problem(text: str, content_type: str) -> str | None:
 
 
 class Responder(Protocol):
-    store: IncidentStore
+    store: StoreBase
     pipeline: Pipeline
     settings: Settings
 
@@ -90,7 +92,7 @@ class SlackApp:
                             client=self.client, request_verification_enabled=True,
                             raise_error_for_unhandled_request=False)
         self.verifier = SignatureVerifier(settings.slack_signing_secret)
-        self.socket_mode = None
+        self.socket_mode: AsyncSocketModeHandler | None = None
         self.app.command("/llmslo")(self.on_command)
         self.app.action(report.ACTION_CAPTURE_AGAIN)(self.on_capture_button)
         self.app.action(report.ACTION_DEEP_CAPTURE)(self.on_capture_button)
@@ -122,7 +124,8 @@ class SlackApp:
         problem = _form_problem(text, request.content_type)
         if problem:
             return web.json_response({"error": problem}, status=400)
-        bolt_request = AsyncBoltRequest(body=text, query=request.query_string, headers=request.headers)
+        # bolt wants a dict; built from the pairs as bolt reads them (a repeated header: the last)
+        bolt_request = AsyncBoltRequest(body=text, query=request.query_string, headers=dict(request.headers.items()))
         return await to_aiohttp_response(await self.app.async_dispatch(bolt_request))
 
     async def start(self) -> None:

@@ -14,8 +14,8 @@ a query or a file path; durations are bounded like the agent's (``capture.schema
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from capture.schemas import MAX_CAPTURE_SECONDS, MIN_CAPTURE_SECONDS, RequestError, parse_duration
 

@@ -85,7 +85,8 @@ from __future__ import annotations
 import heapq
 import math
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from responder.traces.model import Span
@@ -204,8 +205,8 @@ def _classify(s: Span) -> tuple[str, str, bool] | None:
         return None
     # Only in-process spans get the key scan: it is the costly rule, and client spans are
     # covered by the protocol rules above.
-    for key in a:
-        if key.startswith(_POLICY_KEY_PREFIXES):
+    for attr in a:
+        if attr.startswith(_POLICY_KEY_PREFIXES):
             return ("policy", name, False)
     return None
 
@@ -630,14 +631,16 @@ class _Change:
         if base is None or inc is None or not base.count or not inc.count:
             new = inc is not None and inc.count > 0
             self.components["new" if new else "gone"] = NEW_DEPENDENCY_CHANGE
-            if new:
+            if inc is not None and new:
                 self.components["errors"] = ERROR_RATE_WEIGHT * inc.problem_rate()
             self.magnitude = sum(self.components.values())
             self.worsening = self.magnitude if new else 0.0
             self.reason = max(self.components, key=self.components.__getitem__) if new else "gone"
             return
         c = self.components
-        c["latency"] = math.log2((inc.p(0.9) + LATENCY_SMOOTHING_MS) / (base.p(0.9) + LATENCY_SMOOTHING_MS))
+        bp, ip = base.p(0.9), inc.p(0.9)
+        assert bp is not None and ip is not None  # both windows have calls
+        c["latency"] = math.log2((ip + LATENCY_SMOOTHING_MS) / (bp + LATENCY_SMOOTHING_MS))
         bt, it = base.ttft_p(0.9), inc.ttft_p(0.9)
         if bt is not None and it is not None:
             c["ttft"] = math.log2((it + LATENCY_SMOOTHING_MS) / (bt + LATENCY_SMOOTHING_MS))
@@ -704,7 +707,7 @@ def trace_evidence(baseline: list[Span], incident: list[Span], service: str) -> 
 
     exemplars: list[dict[str, Any]] = []
     used: set[str] = set()
-    worse = [r for r in rows if r[3] is not None and r[0].worsening >= MIN_WORSENING]
+    worse = [(c, key, b, i) for c, key, b, i in rows if i is not None and c.worsening >= MIN_WORSENING]
     worse.sort(key=lambda r: (r[1][0] == "server", -r[0].worsening, r[1]))
     for change, (kind, name), b, i in worse:
         for tid, why in _why(kind, name, change, b, i):

@@ -305,7 +305,7 @@ def _json_span(sp: Any, where: str, service: str, resource: dict, scope: str, tr
                allow_base64: bool) -> Span:
     if not isinstance(sp, dict):
         raise OtlpDecodeError(f"expected an object, got {_json_type(sp)}", where)
-    ids = {"traceId": None, "spanId": None, "parentSpanId": None}
+    ids: dict[str, tuple[str, Any] | None] = {"traceId": None, "spanId": None, "parentSpanId": None}  # -> (key, value)
     rest = {}
     for k, v in sp.items():
         if k in _ID_KEYS:
@@ -324,7 +324,8 @@ def _json_span(sp: Any, where: str, service: str, resource: dict, scope: str, tr
     try:
         return _span(msg, service, resource, scope, trace_ids)
     except _Invalid as e:
-        raise OtlpDecodeError(e.reason, f"{where}.{ids[e.field][0] if ids[e.field] else e.field}") from None
+        given = ids.get(e.field)
+        raise OtlpDecodeError(e.reason, f"{where}.{given[0] if given else e.field}") from None
 
 
 _PB_ID = {"traceId": "trace_id", "spanId": "span_id", "parentSpanId": "parent_span_id"}

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterator
 from itertools import islice
+from typing import cast
 
 from responder.traces.model import Span
 
@@ -148,7 +150,8 @@ class SpanStore:
                 for bucket in reversed(buckets):
                     if bucket.min_start > end_ns or bucket.max_end < start_ns:
                         continue
-                    live = islice(reversed(bucket.spans), len(bucket.spans) - bucket.dead)
+                    # only spans[:dead] are None
+                    live = cast(Iterator[Span], islice(reversed(bucket.spans), len(bucket.spans) - bucket.dead))
                     out += [s for s in live if s.start_ns <= end_ns and max(s.end_ns, s.start_ns) >= start_ns]
                     if len(out) >= limit:
                         return out[:limit]

@@ -14,13 +14,21 @@ import pytest
 from lab import cgroups, faults
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def _root_and_clean():
     assert os.geteuid() == 0, "the capture tests load eBPF programs and must run as root"
     cgroups.sweep_stale()
     faults.sweep_stale_tables()
     yield
     assert faults.lab_tables(os.getpid()) == [], "a test left an nftables table behind"
+
+
+@pytest.fixture(autouse=True)
+def _kernel_tests_need_root(request):
+    """The kernel tier checks root and sweeps leftovers once per session; the rest of this
+    folder (parsers, bounds, the API's refusals) runs as anyone."""
+    if request.node.get_closest_marker("kernel") is not None:
+        request.getfixturevalue("_root_and_clean")
 
 
 @pytest.fixture

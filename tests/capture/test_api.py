@@ -9,7 +9,7 @@ from capture.api import make_app
 from capture.client import HttpAgentClient
 from capture.schemas import CaptureRequest, CaptureTarget, RequestError
 
-pytestmark = pytest.mark.bpf
+pytestmark = pytest.mark.kernel
 
 TOKEN = "agent-secret"
 

@@ -27,7 +27,7 @@ from capture.probes.base import to_result
 from capture.schemas import CaptureTarget, ProbeResult
 from capture.session import ProbeSession
 
-pytestmark = pytest.mark.bpf
+pytestmark = pytest.mark.kernel
 
 PROBE = CATALOG["backend_latency"]
 
@@ -268,7 +268,7 @@ class ThrowawayPostgres:
         self.proc: subprocess.Popen | None = None
         self.log = None
 
-    def __enter__(self) -> "ThrowawayPostgres":
+    def __enter__(self) -> ThrowawayPostgres:
         try:
             shutil.chown(self.dir, "postgres", "postgres")
             data = self.dir / "data"

@@ -22,7 +22,7 @@ from capture.probes import CATALOG
 from capture.schemas import CaptureRequest, CaptureTarget
 from lab.cgroups import CpuQuota, MemoryLimit, WorkloadCgroup
 
-pytestmark = pytest.mark.bpf
+pytestmark = pytest.mark.kernel
 
 BUSY = "while True: pass\n"
 SLEEPER = "import time\nwhile True: time.sleep(1)\n"

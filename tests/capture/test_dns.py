@@ -26,10 +26,10 @@ from capture.probes.base import to_result
 from capture.schemas import CaptureTarget
 from capture.session import ProbeLoadError, ProbeSession
 from lab.cgroups import WorkloadCgroup
-from tests.capture.conftest import interruptible
 from lab.dns import DnsStandin
+from tests.capture.conftest import interruptible
 
-pytestmark = pytest.mark.bpf
+pytestmark = pytest.mark.kernel
 
 SLOW_BUCKET_US = 131072  # lower bound of the log2 bucket that holds 150 ms
 

@@ -16,7 +16,7 @@ from capture.agent import CaptureAgent
 from capture.schemas import CaptureRequest, CaptureTarget
 from lab.cgroups import WorkloadCgroup
 
-pytestmark = pytest.mark.bpf
+pytestmark = pytest.mark.kernel
 
 CID = "0123456789abcdef" * 4
 

@@ -14,7 +14,7 @@ from capture.agent import CaptureAgent
 from capture.schemas import CaptureRequest, CaptureTarget
 from lab.cgroups import MemoryLimit
 
-pytestmark = pytest.mark.bpf
+pytestmark = pytest.mark.kernel
 
 HOG = r"""
 import sys

@@ -14,7 +14,7 @@ from capture.agent import CaptureAgent
 from capture.api import make_app
 from capture.schemas import CaptureRequest, CaptureTarget
 
-pytestmark = pytest.mark.bpf
+pytestmark = pytest.mark.kernel
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "capture" / "openapi.yaml").read_text())
 TOKEN = "openapi-test-token"

@@ -19,7 +19,7 @@ from lab.harness import LabService
 from lab.load import LoadStats, run_load
 from tests.capture.conftest import interruptible
 
-pytestmark = pytest.mark.bpf
+pytestmark = pytest.mark.kernel
 
 CONNECTOR = r"""
 import socket, sys

@@ -12,7 +12,7 @@ from capture.schemas import CaptureRequest, CaptureTarget
 from lab.cgroups import WorkloadCgroup
 from tests.capture.test_probes import capture_while_released
 
-pytestmark = pytest.mark.bpf
+pytestmark = pytest.mark.kernel
 
 # `true` and `echo` are shell builtins: the full paths make the shell exec the programs.
 SCRIPT = ("read go; i=0; while [ $i -lt {t} ]; do /bin/true; i=$((i+1)); done; "

@@ -20,7 +20,7 @@ from capture.schemas import CaptureRequest, CaptureTarget
 from capture.session import ProbeSession
 from tests.capture.test_probes import closed_port, spawn_in
 
-pytestmark = pytest.mark.bpf
+pytestmark = pytest.mark.kernel
 
 TOKEN = "recorder-test-token"
 

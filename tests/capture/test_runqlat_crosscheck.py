@@ -2,7 +2,7 @@
 
 The brief asked for bcc's runqlat as the oracle. It cannot serve here: runqlat reads the woken
 task's pid, tgid and ``__state`` from ``struct task_struct`` (raw tracepoint arguments), at the
-offsets of the 6.1 headers bcc compiles against, while the kernel is 6.18 (KERNEL.md). It loads
+offsets of the 6.1 headers bcc compiles against, while the kernel is 6.18 (docs/probes.md). It loads
 and prints a histogram, but the fields are other fields: ``runqlat-bpfcc -L`` prints thread ids
 such as 12132464 and 178129264 (pid_max is 32768), ``-P`` prints pid 4294936705, so its per-task
 start times collide, its preemption test reads the wrong word, and ``-p PID`` can never match;
@@ -30,10 +30,10 @@ from capture.probes import CATALOG
 from capture.probes.base import diff, to_result
 from capture.schemas import Histogram
 from capture.session import ProbeSession
-from tests.capture.test_probes import PERIODIC
 from lab import faults
+from tests.capture.test_probes import PERIODIC
 
-pytestmark = pytest.mark.bpf
+pytestmark = pytest.mark.kernel
 
 
 

@@ -13,7 +13,7 @@ from capture.agent import AgentBusy, CaptureAgent
 from capture.schemas import CaptureRequest, CaptureTarget, RequestError
 from tests.capture.conftest import held_prog_ids, loaded_prog_ids
 
-pytestmark = pytest.mark.bpf
+pytestmark = pytest.mark.kernel
 
 
 def req(duration: float = 2, **target) -> CaptureRequest:

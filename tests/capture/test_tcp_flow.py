@@ -28,7 +28,7 @@ from capture.probes.tcp_flow import mean_rtt_us
 from capture.schemas import CaptureTarget, ProbeResult
 from capture.session import ProbeSession
 
-pytestmark = pytest.mark.bpf
+pytestmark = pytest.mark.kernel
 
 PROBE = CATALOG["tcp_flow"]
 

@@ -21,7 +21,7 @@ from capture.schemas import CaptureRequest, CaptureTarget, ProbeResult
 from capture.session import ProbeLoadError, ProbeSession
 from tests.standins.tls_server import Reply, TLSServer
 
-pytestmark = pytest.mark.bpf
+pytestmark = pytest.mark.kernel
 
 # A keep-alive HTTPS client: loads libssl (import ssl) and optionally connects, says "ready",
 # waits for "go", then makes n requests on one TLS connection and prints the statuses it got.

@@ -58,7 +58,7 @@ class Manifests:
     def responder(self) -> dict[str, Any]:
         return self.one("Deployment", RESPONDER_NAME)
 
-    def env(self, workload: dict[str, Any], container: str | None = None) -> dict[str, "EnvSource"]:
+    def env(self, workload: dict[str, Any], container: str | None = None) -> dict[str, EnvSource]:
         """A container's environment as the kubelet would build it: envFrom ConfigMaps first,
         then env entries, which win."""
         c = container_of(workload, container)

@@ -8,11 +8,18 @@ import re
 import pytest
 
 from tests.deploy.conftest import (
-    DEPLOY, REPO, Manifests, container_of, pod_labels, pod_spec, registered_routes, rendered,
+    DEPLOY,
+    REPO,
+    Manifests,
+    container_of,
+    pod_labels,
+    pod_spec,
+    registered_routes,
+    rendered,
 )
 
 SOURCE = DEPLOY / "base" / "agent-daemonset.yaml"
-# mountPath -> host path; all read-only (KERNEL.md, "Production nodes").
+# mountPath -> host path; all read-only (docs/probes.md, "Production nodes").
 HOST_MOUNTS = {
     "/sys/kernel/tracing": "/sys/kernel/tracing",
     "/sys/kernel/debug": "/sys/kernel/debug",

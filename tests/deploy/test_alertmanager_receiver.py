@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 import yaml
 
 from responder.matchers import matches, parse_matcher
@@ -52,6 +53,7 @@ def test_route_sends_every_burn_alert_and_nothing_else():
     assert not matches(found, {"alertname": "KubePodCrashLooping"})
 
 
+@pytest.mark.needs_prometheus
 def test_amtool_accepts_the_receiver_in_a_whole_configuration(tmp_path):
     s = snippet()
     whole = {"route": {"receiver": "default", **s["route"]}, "receivers": [{"name": "default"}, *s["receivers"]]}

@@ -1,6 +1,6 @@
-"""The image build files (deploy/images/). They are not built here (no container engine on the
-development machine or CI); these checks keep them consistent with the tree they copy, the
-project's packaging and the manifests that run them."""
+"""The image build files (deploy/images/). `make test` installs no container engine and builds
+no image; these checks keep the files consistent with the tree they copy, the project's
+packaging and the manifests that run them."""
 from __future__ import annotations
 
 import json
@@ -16,13 +16,13 @@ IMAGES = {"agent": DEPLOY / "images" / "agent.Dockerfile", "responder": DEPLOY /
 
 def instructions(path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(l for l in path.read_text().splitlines() if not l.lstrip().startswith("#")))
+    text = re.sub(r"\\\n", " ", "\n".join(x for x in path.read_text().splitlines() if not x.lstrip().startswith("#")))
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in text.splitlines() if line.strip()]
 
 
 def apt_packages(path) -> set[str]:
     found = set()
-    for op, args in instructions(path):
+    for _op, args in instructions(path):
         for m in re.finditer(r"apt-get install ((?:\S+\s*)+?)(?:&&|$)", args):
             found |= {w for w in m.group(1).split() if not w.startswith("-")}
     return found
@@ -34,7 +34,7 @@ def copied(path) -> set[str]:
 
 
 def dockerignore() -> set[str]:
-    return {l.strip() for l in (REPO / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")}
+    return {x.strip() for x in (REPO / ".dockerignore").read_text().splitlines() if x.strip() and not x.startswith("#")}
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))

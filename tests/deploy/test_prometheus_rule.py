@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 import yaml
 
 from capture.probes import CATALOG
@@ -56,6 +57,7 @@ def test_the_output_file_and_stdout_agree(tmp_path):
     assert "[5s]" in printed and "As a PrometheusRule" in printed
 
 
+@pytest.mark.needs_prometheus
 def test_promtool_accepts_the_rules_the_kustomization_renders(tmp_path):
     [rule] = rendered("prometheus").objects
     assert rule["kind"] == "PrometheusRule" and rule["metadata"]["namespace"] == "llmslo"

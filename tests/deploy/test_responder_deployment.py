@@ -8,7 +8,15 @@ from pathlib import Path
 from responder import config
 from responder.kube import parse_selector
 from tests.deploy.conftest import (
-    NAMESPACE, REPO, Manifests, container_of, pod_labels, pod_spec, registered_routes, rendered, selects,
+    NAMESPACE,
+    REPO,
+    Manifests,
+    container_of,
+    pod_labels,
+    pod_spec,
+    registered_routes,
+    rendered,
+    selects,
 )
 
 RESPONDER_PORT = 8080

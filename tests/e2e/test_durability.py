@@ -12,7 +12,7 @@ import pytest
 from lab.harness import ResponderProcess, alert_payload
 from tests.standins.slack import DEFAULT_TOKEN, SlackStandin
 
-pytestmark = [pytest.mark.e2e, pytest.mark.bpf]
+pytestmark = [pytest.mark.e2e, pytest.mark.kernel]
 
 
 class Restartable:
@@ -25,7 +25,7 @@ class Restartable:
         self.slack = SlackStandin()
         self.procs: list[ResponderProcess] = []
 
-    async def __aenter__(self) -> "Restartable":
+    async def __aenter__(self) -> Restartable:
         self.env = {"LLMSLO_SLACK_BOT_TOKEN": DEFAULT_TOKEN, "LLMSLO_SLACK_API_URL": await self.slack.start()}
         return self
 

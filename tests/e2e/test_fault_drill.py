@@ -148,7 +148,7 @@ async def test_the_responder_lives_through_the_drill_and_loses_nothing(tmp_path,
         assert counts["messages"]["dead"] == 0 and counts["jobs"]["failed"] == 0, counts
         threads = drill.slack.threads()
         roots = {}
-        for ts, t in threads.items():
+        for t in threads.values():
             for name, incident_id in drill.accepted.items():
                 if incident_id in t["root"]["text"]:
                     roots.setdefault(name, []).append(t)

@@ -11,7 +11,7 @@ import pytest
 from lab import faults
 from lab.harness import alert_payload
 
-pytestmark = [pytest.mark.e2e, pytest.mark.bpf, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.e2e, pytest.mark.kernel, pytest.mark.asyncio(loop_scope="module")]
 
 SETTLE_S = 3
 
@@ -19,7 +19,7 @@ SETTLE_S = 3
 async def fire(stack, name: str, fault) -> tuple[dict, dict]:
     labels = {"alertname": "LLMTTFTBurn", "severity": "page", "slo": "ttft", "scenario_run": name,
               "cgroup": stack.service.cgroup.path}
-    group = '{}:{alertname="LLMTTFTBurn", scenario_run="%s"}' % name
+    group = '{}:{alertname="LLMTTFTBurn", scenario_run="' + name + '"}'
     with fault:
         t0 = time.time()
         await asyncio.sleep(SETTLE_S)

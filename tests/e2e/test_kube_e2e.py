@@ -27,7 +27,7 @@ from lab.cgroups import WorkloadCgroup
 from lab.harness import AgentProcess, ResponderProcess, alert_payload
 from tests.standins import kube as K
 
-pytestmark = [pytest.mark.e2e, pytest.mark.bpf]
+pytestmark = [pytest.mark.e2e, pytest.mark.kernel]
 
 CONNECTOR = """
 import socket, sys, time
@@ -53,7 +53,7 @@ class Container:
         self.port = port
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Container":
+    def start(self) -> Container:
         self.dir.mkdir(parents=True)
         procs = self.dir / "cgroup.procs"
         self.proc = subprocess.Popen([sys.executable, "-c", CONNECTOR, str(self.port)],

@@ -17,7 +17,7 @@ from tests.e2e.test_incident_e2e import SETTLE_S, thread_text
 from tests.responder.test_server import poll
 from tests.standins.slack import signed_headers
 
-pytestmark = [pytest.mark.e2e, pytest.mark.bpf, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.e2e, pytest.mark.kernel, pytest.mark.asyncio(loop_scope="module")]
 
 
 async def test_slack_thread_lives_through_an_incident_and_chat_starts_captures(stack):

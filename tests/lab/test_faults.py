@@ -13,14 +13,16 @@ import os
 import ssl
 import time
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
-import aiohttp
 from lab import cgroups, faults
 from lab.faults import FAULT_KINDS, FaultError, make_fault, validate_fault
 from lab.harness import lab_processes
 from lab.stack import PROVIDER_HOST, LabStack
+
+pytestmark = pytest.mark.lab
 
 async_test = pytest.mark.asyncio(loop_scope="module")
 
@@ -124,7 +126,7 @@ async def try_answer(stack: LabStack) -> int | None:
     """The status of one POST /v1/answer, or None when the service does not answer."""
     try:
         return (await answer(stack, timeout_s=5))[0]
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return None
 
 

@@ -2,18 +2,21 @@
 scenario per fault domain, short phases) with every ablation mode. It must produce a scorecard
 with one case per scenario in each mode, and leave no nft table, cgroup, process or temporary
 directory behind. Accuracy is not asserted here (the phases are too short for the targets); the
-full suite and its figures are in the README."""
+full suite and its figures are in docs/lab.md."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from lab import faults
 from lab.harness import REPO, lab_processes
 from tests.lab.leftovers import lab_cgroups, lab_dirs
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 MODES = ("combined", "traces-only", "kernel-only")
 SUITE = REPO / "lab" / "scenarios" / "ci.yaml"

@@ -12,7 +12,6 @@ from lab import cli, scorecard
 from tests.lab.test_scorecard import stored_incident
 from tests.responder.test_cli import REPO, run
 
-
 VALID = """\
 scenarios:
   - name: loss
@@ -38,6 +37,7 @@ def llmslo(*args: str) -> subprocess.CompletedProcess:
      "scenario 'loss': faults[0] (packet_loss): percent: expected a value in 0.01..100"),
     (("expect: [network]", "expect: [dns]"), "scenario 'loss': expect: the faults inject network"),
 ])
+@pytest.mark.slow
 def test_run_refuses_a_bad_scenario_file_in_one_line_before_starting(tmp_path, change, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text(VALID.replace(*change))
@@ -93,6 +93,7 @@ def row_of(table: str, *cells: str) -> str:
     return rows[0]
 
 
+@pytest.mark.slow
 def test_report_scores_stored_cases_in_every_mode(tmp_path):
     run = tmp_path / "run"
     cases = write_cases(run)
@@ -127,6 +128,7 @@ def test_report_scores_stored_cases_in_every_mode(tmp_path):
     assert (run / "kernel-only" / "scorecard.md").read_text().startswith("# Attribution lab scorecard: kernel-only")
 
 
+@pytest.mark.slow
 def test_compare_puts_runs_and_modes_side_by_side(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     write_cases(a)
@@ -175,8 +177,8 @@ def alert(status: str, starts: str, severity: str = "page") -> dict:
 
 
 def test_the_case_incident_is_the_first_with_an_alert_that_started_after_the_onset():
-    from responder.alertmanager import parse_timestamp
     from lab.runner import attributed_since, first_incident, opened_after
+    from responder.alertmanager import parse_timestamp
 
     onset = parse_timestamp("2026-01-01T10:00:00Z").timestamp()
     fresh = {"id": "new", "source": "alert", "created_at": onset + 30,

@@ -19,6 +19,8 @@ import pytest
 from lab.harness import REPO
 from lab.postgres import INJECTED_SQLSTATE, LabPostgres, PostgresError, sweep_stale
 
+pytestmark = pytest.mark.needs_postgres
+
 QUESTION = "How should retries handle 429 responses and the retry-after header?"
 
 

@@ -94,6 +94,7 @@ async def stream_timed(client: openai.AsyncOpenAI, **kw) -> dict:
     return out
 
 
+@pytest.mark.slow
 async def test_streaming_chunks_carry_content_and_usage(provider):
     """Streaming as the SDK parses it: ``chat.completion.chunk`` objects, a first delta with
     the role, one chunk per token, a finish chunk, and with ``include_usage`` a last chunk with
@@ -130,6 +131,7 @@ async def test_streaming_chunks_carry_content_and_usage(provider):
         u.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"})
 
 
+@pytest.mark.slow
 async def test_non_streaming_headers_limits_and_bad_requests(provider):
     """A non-streamed answer with the rate-limit headers the SDK exposes, ``max_tokens``
     honoured with ``finish_reason="length"``, the model list, and a request the API refuses
@@ -176,6 +178,7 @@ async def test_throttle_without_retries_raises_rate_limit_error_with_headers(pro
     assert by_status == {"429": 2} and by_retry == {"0": 2}
 
 
+@pytest.mark.slow
 async def test_throttle_with_retries_is_retried_after_retry_after(provider):
     """max_retries=2 against a provider that always throttles with ``retry-after: 1``: the
     provider sees exactly three attempts, the SDK numbering them 0, 1, 2, each at least 1.0 s
@@ -243,6 +246,7 @@ async def test_overload_answers_529_or_503(provider):
     assert by_status == {"503": 2} and by_retry == {"0": 1, "1": 1}
 
 
+@pytest.mark.slow
 async def test_time_to_first_token_and_token_rate_change_at_runtime(provider):
     """The first content chunk (and the response headers: the first byte) arrive no earlier
     than the time to first token, healthy (60 ms) and after ``ttft_ms`` 700; ``tokens_per_s``
@@ -257,8 +261,8 @@ async def test_time_to_first_token_and_token_rate_change_at_runtime(provider):
         paced = await stream_timed(client)
         provider.clear_faults()
         back = await stream_timed(client)
-    print("first chunk after (s): healthy %.3f, ttft_ms=700 %.3f, restored %.3f; 24 tokens at 50/s over %.3f s"
-          % (healthy["first_s"], slow["first_s"], back["first_s"], paced["last_s"] - paced["first_s"]))
+    print(f"first chunk after (s): healthy {healthy['first_s']:.3f}, ttft_ms=700 {slow['first_s']:.3f}, "
+          f"restored {back['first_s']:.3f}; 24 tokens at 50/s over {paced['last_s'] - paced['first_s']:.3f} s")
     assert slow_state["effective"] == {"ttft_ms": 700, "tokens_per_s": RATE}
     assert TTFT_S <= healthy["headers_s"] <= healthy["first_s"] <= TTFT_S + SLACK_S
     assert 0.700 <= slow["headers_s"] <= slow["first_s"] <= 0.700 + SLACK_S
@@ -315,6 +319,7 @@ async def test_control_endpoint_needs_the_token_and_refuses_bad_bodies(provider)
                                "ttft_ms": 80, "tokens_per_s": None}
 
 
+@pytest.mark.slow
 async def test_seed_fixes_the_sequence_of_fault_verdicts(provider):
     """Throttle 30% and overload 20% (529): 30 requests after reseeding with 7 get a mix of
     200, 429 and 529; the same 30 after reseeding with 7 again get the same sequence."""
@@ -355,6 +360,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_certificate_names_and_cleanup(provider):
     """The certificate is valid for api.provider.lab and 127.0.0.1 and nothing else; stop()
     ends the process and frees the port; a provider whose owner is SIGKILLed exits by itself

@@ -35,7 +35,7 @@ from responder.traces.model import Span
 from responder.traces.receiver import OtlpReceiver
 from responder.traces.store import SpanStore
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.needs_postgres, pytest.mark.asyncio(loop_scope="module")]
 
 SERVICE = "rag-api"
 OTLP_TOKEN = "otlp-" + secrets.token_hex(8)
@@ -52,7 +52,7 @@ class Lab:
     work: Path
     services: list
 
-    def start_service(self, name: str, provider_base_url: str) -> "ServiceProcess":
+    def start_service(self, name: str, provider_base_url: str) -> ServiceProcess:
         svc = ServiceProcess(self, name, provider_base_url)
         self.services.append(svc)
         return svc

@@ -149,6 +149,7 @@ def test_targets_report_what_is_met_and_what_is_missed():
     assert next(t for t in card["targets"] if "traces-only" in t["name"])["met"] is None
 
 
+@pytest.mark.slow
 def test_write_produces_json_markdown_and_png_charts(tmp_path):
     card = S.aggregate(suite_rows(), "combined", traces_only_f1=0.3)
     paths = S.write(card, tmp_path / "out")

@@ -19,7 +19,10 @@ import pytest
 from lab import faults
 from lab.harness import REPO, lab_processes
 from lab.stack import PROVIDER_HOST, LabStack
-from tests.lab.leftovers import lab_cgroups as _lab_cgroups, lab_dirs as _lab_dirs
+from tests.lab.leftovers import lab_cgroups as _lab_cgroups
+from tests.lab.leftovers import lab_dirs as _lab_dirs
+
+pytestmark = pytest.mark.lab
 
 HEALTHY_S = 12
 LOAD_RPS = 10

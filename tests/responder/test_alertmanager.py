@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -84,14 +84,14 @@ def test_real_payload_parses() -> None:
     first, second = n.alerts
     assert isinstance(first, Alert)
     # Nanoseconds are truncated, never rounded up.
-    assert first.starts_at == datetime(2026, 11, 27, 10, 54, 49, 471208, tzinfo=timezone.utc)
+    assert first.starts_at == datetime(2026, 11, 27, 10, 54, 49, 471208, tzinfo=UTC)
     assert first.starts_at.utcoffset().total_seconds() == 0
     assert first.ends_at is None
     assert first.generator_url == ""
     assert first.labels["pod"] == "rag-api-7c9f6d8b5-xk2lq"
     # +01:00 is converted to UTC.
-    assert second.starts_at == datetime(2026, 11, 27, 10, 40, 1, 500000, tzinfo=timezone.utc)
-    assert second.ends_at == datetime(2026, 11, 27, 10, 59, 49, tzinfo=timezone.utc)
+    assert second.starts_at == datetime(2026, 11, 27, 10, 40, 1, 500000, tzinfo=UTC)
+    assert second.ends_at == datetime(2026, 11, 27, 10, 59, 49, tzinfo=UTC)
 
 
 def test_unknown_fields_are_ignored_and_optionals_default() -> None:
@@ -131,7 +131,7 @@ def test_dedup_key_distinguishes_state_and_restart() -> None:
 def test_timestamp_helpers() -> None:
     assert parse_timestamp("2026-11-27T10:54:49Z").microsecond == 0
     assert parse_timestamp("2026-11-27T23:30:00-02:30") == datetime(
-        2026, 11, 28, 2, 0, tzinfo=timezone.utc)
+        2026, 11, 28, 2, 0, tzinfo=UTC)
     assert format_timestamp(None) == "0001-01-01T00:00:00Z"
     with pytest.raises(ValueError):
         parse_timestamp("2026-11-27")  # ISO 8601 date, not RFC 3339

@@ -136,7 +136,7 @@ def test_baseline_ends_where_the_burn_under_investigation_began():
 
 
 def test_a_slower_provider_call_is_explained_away_by_kernel_packet_loss():
-    from tests.responder.test_attribution import INC_S, BASE_S, capture, retrans
+    from tests.responder.test_attribution import BASE_S, INC_S, capture, retrans
 
     traces = evidence({"llm_ms": 1500})
     assert attribute(None, traces=traces).domains == ["provider_latency"]
@@ -161,7 +161,7 @@ def test_a_throttling_provider_is_slow_because_of_the_throttling_not_a_second_ca
 
 
 def test_cpu_starvation_explains_away_slower_and_timed_out_calls_in_traces_and_kernel():
-    from tests.responder.test_attribution import INC_S, BASE_S, capture, hyp, runq, tls
+    from tests.responder.test_attribution import BASE_S, INC_S, capture, hyp, runq, tls
 
     tr = Traffic()
     inc = []
@@ -184,7 +184,7 @@ def test_cpu_starvation_explains_away_slower_and_timed_out_calls_in_traces_and_k
 
 
 def test_non_timeout_retrieval_errors_are_a_cause_not_explained_away():
-    from tests.responder.test_attribution import INC_S, BASE_S, capture, hyp, runq
+    from tests.responder.test_attribution import BASE_S, INC_S, capture, hyp, runq
 
     ev = evidence({"db_error": True})
     starved = capture([runq(400, 600, INC_S)], [runq(6000, 60, BASE_S)])
@@ -196,7 +196,7 @@ def test_non_timeout_retrieval_errors_are_a_cause_not_explained_away():
 
 def test_a_slow_lookup_is_a_symptom_of_starvation_but_explains_slower_calls_on_its_own():
     from capture.schemas import Histogram, ProbeResult
-    from tests.responder.test_attribution import INC_S, BASE_S, capture, hyp, runq
+    from tests.responder.test_attribution import BASE_S, INC_S, capture, hyp, runq
 
     def lookups(slow_us: int, window: float, n: int) -> ProbeResult:
         return ProbeResult("dns", window, counters={"lookups": n, "failures": 0},

@@ -106,6 +106,7 @@ def test_capture_without_target():
      ["has no cgroup on this node"]),
 ], ids=["too-long", "too-short", "not-a-duration", "unknown-probe", "one-unknown-probe", "pid-0", "cgroup-dotdot",
         "pod-name-not-uid", "bad-container-id", "pod-not-here"])
+@pytest.mark.slow
 def test_capture_bad_arguments(args, words):
     assert_usage_error(run("capture", *args), *words)
 
@@ -146,6 +147,7 @@ def test_replay_missing_file(tmp_path):
     (json.dumps({k: v for k, v in alert_payload("firing", LABELS, 1.7e9).items() if k != "groupKey"}),
      ["groupKey"]),
 ], ids=["version-3", "not-json", "no-groupKey"])
+@pytest.mark.slow
 def test_replay_invalid_payload(tmp_path, content, words):
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -185,6 +187,7 @@ async def responder_server(tmp_path):
     await server.close()
 
 
+@pytest.mark.slow
 async def test_replay_to_a_running_responder(tmp_path, responder_server):
     responder, url = responder_server
     path = write_payload(tmp_path)
@@ -211,6 +214,7 @@ async def test_replay_to_a_running_responder(tmp_path, responder_server):
     assert again["incident_id"] == answer["incident_id"] and again["duplicates"] == 1
 
 
+@pytest.mark.slow
 async def test_replay_with_basic_auth(tmp_path):
     settings = config.load(env={}, data_dir=tmp_path / "data", webhook_user="am", webhook_password="pw",
                            agent_url=f"http://127.0.0.1:{closed_port()}", agent_token="x",
@@ -233,6 +237,7 @@ async def test_replay_with_basic_auth(tmp_path):
 
 # --- serve: configuration errors before anything starts --------------------------------------
 
+@pytest.mark.slow
 def test_serve_config_unknown_key(tmp_path):
     cfg = tmp_path / "llmslo.yaml"
     cfg.write_text("port: 9090\nwebhok_token: oops\n")
@@ -247,16 +252,19 @@ def test_serve_config_unknown_key(tmp_path):
     ("port: [\n", ["not valid YAML"]),
     ("- a\n- b\n", ["mapping"]),
 ], ids=["port-range", "not-an-int", "not-http", "bad-yaml", "not-a-mapping"])
+@pytest.mark.slow
 def test_serve_config_bad_values(tmp_path, content, words):
     cfg = tmp_path / "llmslo.yaml"
     cfg.write_text(content)
     assert_usage_error(run("serve", "--config", str(cfg)), "configuration", *words)
 
 
+@pytest.mark.slow
 def test_serve_config_missing_file(tmp_path):
     assert_usage_error(run("serve", "--config", str(tmp_path / "nope.yaml")), "configuration", "nope.yaml")
 
 
+@pytest.mark.slow
 def test_serve_bad_env_value_is_named(tmp_path):
     p = run("serve", "--port", str(closed_port()), env=clean_env(LLMSLO_MAX_BODY_BYTES="big"))
     assert_usage_error(p, "max_body_bytes")
@@ -375,12 +383,14 @@ def test_ensure_webhook_token():
     assert s.webhook_token is None and not s.generated_token
 
 
+@pytest.mark.slow
 def test_agent_refuses_a_broken_kubernetes_configuration():
     p = run("agent", "--port", "0", env=clean_env() | {"KUBECONFIG": "/nonexistent/kubeconfig",
                                                        "LLMSLO_AGENT_TOKEN": "t"})
     assert_usage_error(p, "Kubernetes API configuration")
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_broken_kubernetes_configuration(tmp_path):
     p = run("serve", "--port", "1", env=clean_env(LLMSLO_AGENT_DISCOVERY="kubernetes", LLMSLO_AGENT_TOKEN="t",
                                                  LLMSLO_KUBECONFIG="/nonexistent/kubeconfig",

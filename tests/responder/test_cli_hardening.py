@@ -21,6 +21,7 @@ from tests.tmpfs import tmpfs
     ("slack_channel: {a: 1}\n", "slack_channel"),
     ("database_url: 5\n", "database_url"),
 ])
+@pytest.mark.slow
 def test_a_setting_of_the_wrong_yaml_type_is_refused_naming_its_key(tmp_path, content, key):
     cfg = tmp_path / "llmslo.yaml"
     cfg.write_text(content)
@@ -39,6 +40,7 @@ def test_a_quoted_secret_is_taken_as_written(tmp_path):
     ("port: " + "9" * 5000 + "\n", ["cannot be read", "digits"]),
     ("port: " + "[" * 20000 + "]" * 20000 + "\n", ["nested too deeply"]),
 ])
+@pytest.mark.slow
 def test_yaml_the_parser_cannot_hold_is_one_line(tmp_path, content, words):
     cfg = tmp_path / "llmslo.yaml"
     cfg.write_text(content)
@@ -47,6 +49,7 @@ def test_yaml_the_parser_cannot_hold_is_one_line(tmp_path, content, words):
     assert len(p.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_serve_with_a_broken_playbook_directory_is_one_line(tmp_path):
     (tmp_path / "pb").mkdir()
     (tmp_path / "pb" / "x.yaml").write_text("name: x\nmatch: [\n")
@@ -67,6 +70,7 @@ def test_serve_with_a_read_only_data_directory_is_one_line(read_only_dir):
     assert_usage_error(p, "data_dir", "cannot be written")
 
 
+@pytest.mark.slow
 def test_playbooks_validate_with_values_the_parser_cannot_hold(tmp_path):
     (tmp_path / "a.yaml").write_text("name: a\npriority: " + "9" * 5000 + "\nmatch: []\n"
                                      "capture:\n  probes: [tcp_retrans]\n")
@@ -85,6 +89,7 @@ def test_argument_mistakes_are_one_line():
         assert len(p.stderr) < 500
 
 
+@pytest.mark.slow
 def test_dead_lists_and_retries(tmp_path):
     from responder.store import IncidentStore
 

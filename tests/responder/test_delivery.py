@@ -32,6 +32,7 @@ def enqueue(store: IncidentStore, incident_id: str, step: str, op: str, text: st
                                                                "channel": None, **extra})
 
 
+@pytest.mark.slow
 async def test_429_retry_after_is_honoured_in_place(env, standin):
     store, d, iid = env
     mid = enqueue(store, iid, "root", "root", "root")
@@ -58,6 +59,7 @@ async def test_a_long_retry_after_waits_in_the_store_not_in_the_loop(env, standi
     assert store.pending_messages() == []  # not due yet
 
 
+@pytest.mark.slow
 async def test_server_errors_and_timeouts_are_retried_with_backoff(env, standin):
     store, d, iid = env
     enqueue(store, iid, "root", "root", "root")
@@ -72,6 +74,7 @@ async def test_server_errors_and_timeouts_are_retried_with_backoff(env, standin)
     assert len(standin.threads()) == 1  # posted once
 
 
+@pytest.mark.slow
 async def test_an_outage_is_ridden_out_in_the_store_and_each_step_lands_once_in_order(env, standin, monkeypatch):
     store, d, iid = env
     monkeypatch.setattr(delivery, "backoff", lambda attempts, retry_after: 0.0)  # due again at once

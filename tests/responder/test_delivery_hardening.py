@@ -101,6 +101,7 @@ async def slack_env(tmp_path, standin):
     store.close()
 
 
+@pytest.mark.slow
 async def test_a_root_whose_answer_was_lost_is_found_in_the_channel_not_posted_again(slack_env, standin):
     store, sink = slack_env
     iid = accept(store, note(alert("a"))).incident_id
@@ -114,6 +115,7 @@ async def test_a_root_whose_answer_was_lost_is_found_in_the_channel_not_posted_a
     assert store.get_incident(iid).thread["slack"]["ts"] == next(iter(standin.threads()))
 
 
+@pytest.mark.slow
 async def test_a_reply_posted_before_a_crash_is_not_posted_twice(slack_env, standin):
     store, sink = slack_env
     iid = accept(store, note(alert("a"))).incident_id

@@ -12,8 +12,15 @@ import uuid
 import pytest
 
 from capture.kube import api_client
-from capture.schemas import (CaptureCost, CaptureRequest, CaptureResult, CaptureTarget, ProbeCost, ProbeResult,
-                             RequestError)
+from capture.schemas import (
+    CaptureCost,
+    CaptureRequest,
+    CaptureResult,
+    CaptureTarget,
+    ProbeCost,
+    ProbeResult,
+    RequestError,
+)
 from responder.kube import KubeCluster, KubeUnavailable, ScopeError, names_workload, parse_selector
 from responder.playbooks import ScopeSpec
 from tests.standins import kube as K
@@ -83,6 +90,7 @@ async def resolve(cluster, **labels):
     return await asyncio.to_thread(cluster.resolve, SPEC, labels)
 
 
+@pytest.mark.slow
 async def test_a_deployment_is_its_replicasets_pods_in_its_namespace(kube):
     standin, cluster = kube
     scope = await resolve(cluster, namespace="llm", deployment="chat")
@@ -102,6 +110,7 @@ async def test_a_deployment_is_its_replicasets_pods_in_its_namespace(kube):
     # The most specific label wins: a pod over its deployment and service.
     ({"pod": "chat-6b7c-a", "deployment": "chat", "service": "chat"}, ["llm/chat-6b7c-a@node-a"]),
 ])
+@pytest.mark.slow
 async def test_workload_kinds_and_services(kube, labels, expected):
     _, cluster = kube
     assert names(await resolve(cluster, namespace="llm", **labels)) == expected
@@ -176,6 +185,7 @@ async def test_a_lost_watch_history_lists_again(kube):
     assert cluster.stats()["pods"]["lists"] == 2
 
 
+@pytest.mark.slow
 async def test_an_unreachable_or_refusing_api_is_a_clear_error():
     standin = world()
     url = await standin.start()

@@ -6,7 +6,7 @@ run by that Prometheus's query API: what a person clicks is what the evidence qu
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -21,7 +21,7 @@ from tests.responder.prom_fixtures import start_prometheus
 # Everything that must be encoded: quotes, braces, '+', '&', '#', '/', '=', spaces and non-ASCII.
 EXPR = ('sum by (code) (rate(prometheus_http_requests_total{handler=~"/api/.+", code!="200", '
         'x!="a&b=c#d é"}[1m])) + 0 * vector(1)')
-START = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
+START = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
 END = START + 600.25
 
 
@@ -36,6 +36,7 @@ def prom(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
+@pytest.mark.needs_prometheus
 async def test_graph_link_opens_on_a_real_prometheus_and_runs_the_same_expression(prom) -> None:
     url = prometheus_graph_url(settings(prometheus_url=prom.url), EXPR, START, END)
     async with aiohttp.ClientSession() as http:

@@ -245,6 +245,7 @@ def incident(state: str = "attributed", *, evidence: bool = True) -> dict:
 
 # --- unit tests over the states ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_attributed_incident_shows_verdict_evidence_and_chart():
     inc = incident("attributed")
     html = render_incident_page(inc)
@@ -426,6 +427,7 @@ def test_malformed_and_partial_evidence_still_renders():
         assert "id=verdict" in render_incident_page(bad)
 
 
+@pytest.mark.slow
 def test_chart_stays_small_with_many_points():
     inc = incident("attributed")
     q = inc["evidence"]["prometheus"]["queries"][0]
@@ -514,6 +516,7 @@ def png_size_and_pixels(path: Path):
     return (width, height), image.imread(str(path))
 
 
+@pytest.mark.needs_browser
 async def test_browser_renders_the_page_with_basic_auth(served, tmp_path, caplog):
     host, incident_id = served
     url = f"http://{USER}:{PASSWORD}@{host}/incidents/{incident_id}"
@@ -548,6 +551,7 @@ async def test_browser_renders_the_page_with_basic_auth(served, tmp_path, caplog
     assert red.sum() > 500, red.sum()
 
 
+@pytest.mark.needs_browser
 @pytest.mark.parametrize("userinfo", ["", f"{USER}:wrong@"], ids=["no-credentials", "wrong-password"])
 async def test_browser_without_valid_credentials_gets_401(served, tmp_path, caplog, userinfo):
     host, incident_id = served

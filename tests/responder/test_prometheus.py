@@ -28,6 +28,8 @@ from responder.prometheus import MAX_POINTS, MAX_SERIES, prometheus_evidence
 from tests.responder.prom_fixtures import free_port, serve_metrics, start_prometheus, wait_for
 from tests.standins.loopback import LoopbackServer
 
+pytestmark = pytest.mark.needs_prometheus
+
 SERVICE = "chat"
 TICK_S = 0.05
 PHASE_S = 10.0

@@ -7,8 +7,17 @@ import pytest
 
 from capture.schemas import CaptureCost, CaptureResult, CaptureTarget, ProbeResult
 from responder.model import DOMAINS, Evidence, Hypothesis, Verdict
-from responder.report import (MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, Message, render_attribution,
-                              render_error, render_resolved, render_root, root_state)
+from responder.report import (
+    MAX_BLOCKS,
+    MAX_HEADER_CHARS,
+    MAX_SECTION_CHARS,
+    Message,
+    render_attribution,
+    render_error,
+    render_resolved,
+    render_root,
+    root_state,
+)
 
 URL = "http://responder.example/incidents/inc-42"
 

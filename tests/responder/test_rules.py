@@ -22,12 +22,18 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from responder.rules import (
-    ALERT_NAMES, RECOMMENDED_LATENCY_BUCKETS, RECOMMENDED_TTFT_BUCKETS, SloRulesSpec, WINDOWS, format_duration,
-    recording_rule_name, render_rules,
+    ALERT_NAMES,
+    RECOMMENDED_LATENCY_BUCKETS,
+    RECOMMENDED_TTFT_BUCKETS,
+    WINDOWS,
+    SloRulesSpec,
+    format_duration,
+    recording_rule_name,
+    render_rules,
 )
 from tests.responder.prom_fixtures import serve_metrics, start_prometheus, wait_for
-from tests.responder.test_cli import run
 from tests.responder.test_cli import assert_usage_error as usage_error
+from tests.responder.test_cli import run
 
 NOMINAL_S = dict(WINDOWS)
 
@@ -49,6 +55,7 @@ def assert_rules_valid(path: Path) -> None:
 
 # --- 1. promtool check rules ------------------------------------------------------------------
 
+@pytest.mark.needs_prometheus
 @pytest.mark.parametrize("extra", [[], ["--window-scale", "1/240", "--scrape-interval", "250ms"],
                                    ["--service-label", "app", "--group-by", "region,model", "--runbook-url",
                                     "https://runbooks.example.com/llm/{slo}?alert={alertname}&sev={severity}",
@@ -188,6 +195,7 @@ def spec_for(scale: float) -> SloRulesSpec:
     return SloRulesSpec(window_scale=scale, scrape_interval_s=15 if scale == 1 else 1)
 
 
+@pytest.mark.needs_prometheus
 @SCALES
 def test_error_burn_pages_in_time_counts_429_not_404_and_ignores_idle(tmp_path, scale):
     """6h healthy, then 20% bad (burn 40x): the 1h/5m page fires at the first evaluation 2m (for:)
@@ -229,6 +237,7 @@ def test_error_burn_pages_in_time_counts_429_not_404_and_ignores_idle(tmp_path, 
     run_promtool_test(tmp_path, spec, [sc.test_group(alerts, exprs)])
 
 
+@pytest.mark.needs_prometheus
 @SCALES
 def test_error_burn_below_page_factors_only_tickets(tmp_path, scale):
     """2.5% errors (burn 5x) stays under both page factors (14.4x and 6x) for hours; the ticket
@@ -253,6 +262,7 @@ def test_error_burn_below_page_factors_only_tickets(tmp_path, scale):
     run_promtool_test(tmp_path, spec, [sc.test_group(alerts, exprs)])
 
 
+@pytest.mark.needs_prometheus
 @SCALES
 def test_slow_steady_burn_raises_a_ticket_after_enough_time(tmp_path, scale):
     """After 12h healthy, a steady 2x burn (1% errors): the 6h window passes 1x after 3h, the 3d
@@ -287,6 +297,7 @@ def histogram(sc: Scenario, metric: str, service: str, bounds: list[str], phases
     return created, count
 
 
+@pytest.mark.needs_prometheus
 @SCALES
 def test_ttft_and_latency_shift_above_threshold_pages(tmp_path, scale):
     """TTFT: half the requests move from under 0.5s to under 5s (threshold 2s, objective 99%: burn
@@ -338,6 +349,7 @@ def test_ttft_and_latency_shift_above_threshold_pages(tmp_path, scale):
     run_promtool_test(tmp_path, spec, [sc.test_group(alerts, exprs)])
 
 
+@pytest.mark.needs_prometheus
 @SCALES
 def test_no_traffic_no_series_no_alerts(tmp_path, scale):
     """Counters and histograms that exist but never move: every ratio would be 0/0. Nothing is
@@ -398,6 +410,7 @@ class LabTraffic:
         self._thread.join(timeout=5)
 
 
+@pytest.mark.needs_prometheus
 def test_rules_load_in_prometheus_and_error_burn_pages(tmp_path):
     """Scale 1/60 (5m is 5s, 1h is 60s), scrape and evaluate every second. All 39 rules load and
     evaluate healthy; the healthy service records an error ratio of 0 (present, not absent); once
@@ -510,6 +523,7 @@ def test_cli_prints_to_stdout_with_options():
     (["--service-label", "bad-label"], ["'bad-label' is not a valid Prometheus label name"]),
     (["--ttft-metric", "ttft seconds"], ["TTFT metric 'ttft seconds' is not a valid Prometheus metric name"]),
 ])
+@pytest.mark.slow
 def test_cli_rejects_bad_options_without_writing(tmp_path, args, words):
     out = tmp_path / "rules.yml"
     out.write_text("previous\n")

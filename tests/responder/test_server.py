@@ -258,6 +258,7 @@ async def test_refusals_leave_later_valid_payload_as_the_only_one(svc):
 
 # --- the incident's life ---------------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_valid_alert_investigates_abstains_dedups_and_resolves(svc):
     starts = time.time() - 120
     first = payload(starts_at=starts)
@@ -342,6 +343,7 @@ async def test_valid_alert_investigates_abstains_dedups_and_resolves(svc):
     assert kinds == ["investigate", "resolve"]
 
 
+@pytest.mark.slow
 async def test_alert_without_scope_label_abstains_naming_the_labels(svc):
     labels = {k: v for k, v in LABELS.items() if k != "pid"}
     resp = await svc.client.post(WEBHOOK, json=payload(labels=labels), headers=BEARER)
@@ -467,6 +469,7 @@ async def test_large_valid_body_with_content_length_is_read_whole(tmp_path):
 
 # --- ad hoc captures (POST /api/captures) ----------------------------------------------------
 
+@pytest.mark.slow
 async def test_adhoc_capture_opens_an_incident_and_runs_the_pipeline(svc):
     began = time.time() - 120
     resp = await svc.client.post("/api/captures", headers=BEARER, json={

@@ -68,6 +68,7 @@ async def raw_http(port: int, data: bytes, read_timeout: float = 10.0) -> bytes:
 
 # --- the store, locked by someone else --------------------------------------------------------
 
+@pytest.mark.slow
 async def test_a_locked_store_is_a_quick_503_and_unhealthy_then_both_recover(tmp_path, monkeypatch):
     """Before, the raw sqlite3 error ended both workers silently: alerts were still answered 200,
     their jobs stayed pending for ever, and /healthz said ok."""
@@ -109,6 +110,7 @@ async def test_a_locked_store_is_a_quick_503_and_unhealthy_then_both_recover(tmp
         await svc.client.close()
 
 
+@pytest.mark.slow
 async def test_a_job_that_raises_is_retried_then_dead_and_the_worker_goes_on(svc, monkeypatch):
     monkeypatch.setattr("responder.server.job_backoff", lambda attempts: 0.0)
     real_run = svc.responder.pipeline.run
@@ -204,6 +206,7 @@ def many_alerts(n: int) -> dict:
     return p
 
 
+@pytest.mark.slow
 async def test_a_10000_alert_notification_is_accepted_under_the_default_limit(big):
     """Before, the default 1 MiB limit answered 413 to a 4 MB group, and Alertmanager drops a
     notification refused with a 4xx."""
@@ -238,6 +241,7 @@ async def test_concurrent_notifications_share_commits(svc):
 
 # --- slow clients -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_a_body_that_never_finishes_is_a_408(svc, monkeypatch):
     """Before, an unfinished body held a handler for 130 s and more."""
     monkeypatch.setattr(http_server, "BODY_TIMEOUT_S", 1.0)
@@ -268,6 +272,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 async def test_headers_that_never_finish_are_cut_off():
     runner, port = await serve_hello(header_timeout_s=1.0)
     try:

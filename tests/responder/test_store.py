@@ -11,13 +11,22 @@ import multiprocessing
 import os
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from responder.store import (MAX_JOB_ATTEMPTS, AcceptResult, IncidentStore, NotFound,
-                             SCHEMA_VERSION, StoreBase, StoreClosed, StoreError, open_store)
+from responder.store import (
+    MAX_JOB_ATTEMPTS,
+    SCHEMA_VERSION,
+    AcceptResult,
+    IncidentStore,
+    NotFound,
+    StoreBase,
+    StoreClosed,
+    StoreError,
+    open_store,
+)
 
 try:
     from responder.alertmanager import Alert, Notification
@@ -61,7 +70,7 @@ except ImportError:  # the intake is written separately; the store only duck-typ
                     "commonLabels": dict(self.common_labels), "groupKey": self.group_key}
 
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 GROUP = '{}:{alertname="LLMErrorBudgetBurn"}'
 LABELS = {"alertname": "LLMErrorBudgetBurn", "service": "rag-api", "severity": "page"}
 
@@ -103,7 +112,7 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "incidents.sqlite3"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.needs_postgres)])
 def location(request, db_path: Path) -> tuple[str | None, str]:
     """Where a store lives: (database URL or None, SQLite path), as ``open_store`` takes them."""
     if request.param == "sqlite":

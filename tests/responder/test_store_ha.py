@@ -24,8 +24,7 @@ from responder.delivery import Deliverer
 from responder.report import Message
 from responder.server import Responder
 from responder.sinks.slack import SlackSink
-from responder.store import (JOB_LEASE_S, MAX_JOB_ATTEMPTS, MESSAGE_LEASE_S, StoreError, StoreUnavailable,
-                             open_store)
+from responder.store import JOB_LEASE_S, MAX_JOB_ATTEMPTS, MESSAGE_LEASE_S, StoreError, StoreUnavailable, open_store
 from responder.store_pg import PG_SCHEMA_VERSION, PostgresIncidentStore
 from tests.responder.test_server import closed_port, make_settings
 from tests.responder.test_store import Clock, accept, alert, note

@@ -15,8 +15,7 @@ from datetime import timedelta
 import pytest
 
 from responder import store as store_module
-from responder.store import (DEDUP_CHUNK, MAX_JOB_ATTEMPTS, IncidentStore, Overloaded, StoreUnavailable,
-                             job_backoff)
+from responder.store import DEDUP_CHUNK, MAX_JOB_ATTEMPTS, IncidentStore, Overloaded, StoreUnavailable, job_backoff
 from tests.responder.test_store import GROUP, T0, Clock, accept, alert, note, raw
 
 
@@ -32,6 +31,7 @@ def statements(store: IncidentStore, fn) -> list[str]:
 
 
 @pytest.mark.parametrize("n", [2000, 6000])
+@pytest.mark.slow
 def test_dedup_of_one_notification_takes_a_bounded_number_of_statements(tmp_path, n):
     """Before, each alert was one lookup plus a scan of the alerts already taken (2,000 alerts took
     6 s, 10,000 took 165 s); now lookups go DEDUP_CHUNK fingerprints at a time and the inserts are
@@ -103,6 +103,7 @@ LOCKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_write_lock_held_by_another_process_is_store_unavailable_and_then_passes(tmp_path, monkeypatch):
     """Before, the raw sqlite3.OperationalError escaped and ended the workers that met it."""
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.5)

@@ -29,9 +29,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.standins.loopback import FaultyServer
-
 from responder.traces.model import Span
+from tests.standins.loopback import FaultyServer
 
 _JS_MAX_SAFE_INT = (1 << 53) - 1
 _DEFAULT_LOOKBACK_US = 2 * 24 * 3600 * 1_000_000  # jaeger-query's default search lookback

@@ -35,7 +35,7 @@ def pod(uid: str, name: str, namespace: str, node: str, *, ip: str, labels: dict
     if owner:
         meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1],
                                     "uid": f"owner-{owner[1]}", "controller": True}]
-    specs = [{"name": n, "image": "img"} for n in (containers or {"main": ""})]
+    specs: list[dict[str, object]] = [{"name": n, "image": "img"} for n in (containers or {"main": ""})]
     if ports:
         specs[0]["ports"] = [{"name": k, "containerPort": v, "protocol": "TCP"} for k, v in ports.items()]
     running = phase == "Running"
@@ -194,7 +194,7 @@ class KubeStandin:
                 break
             try:
                 await asyncio.wait_for(self._changed.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         return resp
 

@@ -77,7 +77,7 @@ class FaultyServer(LoopbackServer):
             if "stall" in fault:
                 try:
                     await asyncio.wait_for(self._release.wait(), fault["stall"])
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             elif "status" in fault:
                 return self.error_response(fault["status"], fault["message"])

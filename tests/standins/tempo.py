@@ -27,9 +27,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.standins.loopback import FaultyServer
-
 from responder.traces.model import KINDS, STATUSES, Span
+from tests.standins.loopback import FaultyServer
 
 _SELECTOR = re.compile(r'\{\s*(?:resource)?\.service\.name\s*=\s*("(?:[^"\\]|\\.)*")\s*\}')
 _KIND_NAMES = ["SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT",

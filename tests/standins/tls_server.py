@@ -76,7 +76,7 @@ class TLSServer:
             reply = self._script.pop(0) if self._script else Reply(self.then)
             return reply
 
-    def start(self) -> "TLSServer":
+    def start(self) -> TLSServer:
         self._dir = Path(tempfile.mkdtemp(prefix="llmslo-tls-"))
         try:
             cert, key = self_signed(self._dir, ["127.0.0.1", "localhost"])
@@ -104,7 +104,7 @@ class TLSServer:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    def __enter__(self) -> "TLSServer":
+    def __enter__(self) -> TLSServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

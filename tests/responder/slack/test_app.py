@@ -85,6 +85,7 @@ async def alert_incident(svc, slack: SlackStandin, labels: dict | None = None) -
 # --- signatures -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("tamper", ["unsigned", "stale", "wrong secret", "body changed"])
+@pytest.mark.slow
 async def test_requests_not_signed_by_slack_get_401_and_run_nothing(svc, slack, tamper):
     body = command_body(slack, "capture pid:4242 2s")
     headers = signed_headers(body, timestamp=time.time() - 301 if tamper == "stale" else None,
@@ -113,6 +114,7 @@ async def test_slack_events_without_slack_configured_is_404(tmp_path):
 
 # --- the slash command ------------------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_slash_command_capture_is_stored_acked_fast_and_answered_in_a_new_thread(svc, slack):
     status, text, seconds = await post_signed(svc, command_body(slack, "capture pid:4242 2s tcp_retrans,dns"))
     assert status == 200 and seconds < 3.0
@@ -136,6 +138,7 @@ async def test_slash_command_capture_is_stored_acked_fast_and_answered_in_a_new_
     ("capture pid:7 bogus_probe", "Unknown probe"),
     ("deploy everything", "Unknown command"),
 ])
+@pytest.mark.slow
 async def test_bad_commands_are_answered_with_usage_and_store_nothing(svc, slack, text, says):
     status, body, _ = await post_signed(svc, command_body(slack, text))
     assert status == 200
@@ -144,6 +147,7 @@ async def test_bad_commands_are_answered_with_usage_and_store_nothing(svc, slack
     assert_nothing_stored(svc)
 
 
+@pytest.mark.slow
 async def test_help_and_status(svc, slack):
     status, body, _ = await post_signed(svc, command_body(slack, "help"))
     assert status == 200 and "/llmslo capture" in json.loads(body)["text"]
@@ -159,6 +163,7 @@ async def test_help_and_status(svc, slack):
 
 # --- buttons and mentions in an incident's thread ---------------------------------------------
 
+@pytest.mark.slow
 async def test_root_carries_buttons_and_capture_again_answers_in_the_same_thread(svc, slack):
     inc, thread = await alert_incident(svc, slack)
     buttons = [b for block in thread["root"]["blocks"] if block["type"] == "actions" for b in block["elements"]]
@@ -178,6 +183,7 @@ async def test_root_carries_buttons_and_capture_again_answers_in_the_same_thread
     assert slack.threads()[thread["root"]["ts"]]["root"]["text"] == thread["root"]["text"]
 
 
+@pytest.mark.slow
 async def test_deep_capture_asks_for_sixty_seconds(svc, slack):
     inc, _ = await alert_incident(svc, slack)
     status, _, _ = await post_signed(svc, action_body(slack, "llmslo_deep_capture", inc.id))
@@ -186,6 +192,7 @@ async def test_deep_capture_asks_for_sixty_seconds(svc, slack):
     assert follow[0].alerts[0]["annotations"]["llmslo_duration_s"] == "60"
 
 
+@pytest.mark.slow
 async def test_acknowledge_updates_the_root_once(svc, slack):
     inc, thread = await alert_incident(svc, slack)
     for _ in range(2):
@@ -215,6 +222,7 @@ async def test_buttons_for_unknown_incidents_say_so_and_store_nothing(svc, slack
     assert_nothing_stored(svc)
 
 
+@pytest.mark.slow
 async def test_mention_in_a_thread_captures_for_that_incident(svc, slack):
     inc, thread = await alert_incident(svc, slack)
     status, _, _ = await post_signed(svc, mention_body("<@U0LLMSLOBOT> capture 2s", thread["root"]["ts"]),
@@ -237,6 +245,7 @@ async def test_mention_in_a_thread_captures_for_that_incident(svc, slack):
 
 # --- routing ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_a_channel_label_routes_the_thread_and_a_mention_label_pings_the_owners(tmp_path):
     slack = SlackStandin(channels={"#llm-incidents": "C0LLMSLO", "#rag-team": "C0RAGTEAM"})
     await slack.start()
@@ -258,6 +267,7 @@ async def test_a_channel_label_routes_the_thread_and_a_mention_label_pings_the_o
 
 # --- Socket Mode ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_socket_mode_carries_commands_with_the_same_listeners(tmp_path, slack):
     svc = await start(make_settings(tmp_path, slack_bot_token=DEFAULT_TOKEN, slack_signing_secret=SIGNING_SECRET,
                                     slack_app_token=APP_TOKEN, slack_api_url=slack.base_url))
@@ -279,6 +289,7 @@ async def _adhoc_incidents(svc):
 
 # --- a storm of alerts --------------------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_a_hundred_alerts_for_one_group_make_one_thread_within_slack_rate_limits(svc, slack):
     from lab.harness import alert_payload
 

@@ -9,8 +9,15 @@ import socket
 import pytest
 
 from responder.config import ConfigError, Settings
-from responder.traces.backends import (BuiltinBackend, JaegerBackend, TempoBackend, TraceBackend,
-                                       TraceBackendError, backend_from_settings, traceql_service_selector)
+from responder.traces.backends import (
+    BuiltinBackend,
+    JaegerBackend,
+    TempoBackend,
+    TraceBackend,
+    TraceBackendError,
+    backend_from_settings,
+    traceql_service_selector,
+)
 from responder.traces.model import Span, SpanEvent
 from responder.traces.store import SpanStore
 from tests.standins.jaeger import JaegerStandin

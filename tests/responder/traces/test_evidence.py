@@ -500,6 +500,7 @@ def test_spans_from_the_real_sdk():
 
 
 # --- cost --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_200k_spans_are_fast():
     base = window(16_700, incident=False)
     inc = window(16_700, incident=True, first=100_000)

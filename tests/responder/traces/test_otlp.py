@@ -386,6 +386,7 @@ def bomb(inflated: int) -> bytes:
 
 
 @pytest.mark.parametrize("multi_member", [False, True])
+@pytest.mark.slow
 def test_gzip_bomb_is_refused_without_inflating_it(multi_member):
     # 1 GiB inflated, from a body of about a megabyte (multi-member: a thousand small members).
     body = gzip.compress(bytes(MiB)) * 1024 if multi_member else bomb(1 << 30)

@@ -376,6 +376,7 @@ def gzip_bomb(inflated: int) -> bytes:
 
 
 @both_inflaters
+@pytest.mark.slow
 async def test_gzip_bomb_is_413(recv, http):
     bomb = gzip_bomb(48 * MiB)
     assert len(bomb) < LIMIT  # passes the Content-Length check: only inflating finds it

@@ -106,6 +106,7 @@ def test_indexes_forget_what_left():
     assert (st["spans"], st["traces"], st["services"]) == (3, 1, 1)
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_when_spans_keep_arriving():
     """What left is really gone: no index keeps a reference to an evicted span."""
     store = SpanStore(max_spans=1_000, max_bytes=1 << 30)
@@ -170,6 +171,7 @@ def test_trace_is_sorted_by_start():
     assert store.trace("0" * 32) == []
 
 
+@pytest.mark.slow
 def test_concurrent_adds_and_queries():
     store = SpanStore(max_spans=5_000, max_bytes=1 << 30)
     threads, batches, per_batch = 8, 100, 50

@@ -96,6 +96,7 @@ CHILD = textwrap.dedent(r'''
 
 
 @pytest.mark.parametrize("shape", ["kvlist", "arrays", "resource", "scope", "events", "plain"])
+@pytest.mark.slow
 def test_real_memory_stays_within_the_byte_bound(shape):
     bound = BOUND_MIB << 20
     out = subprocess.run([sys.executable, "-c", CHILD, shape, str(bound)], capture_output=True, text=True,
