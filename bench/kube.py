@@ -26,7 +26,7 @@ import uuid
 
 from bench import write_results
 from capture.kube import api_client
-from responder.kube import Informer, KubeCluster
+from responder.kube.cluster import Informer, KubeCluster
 from responder.playbooks import ScopeSpec
 from tests.standins import kube as K
 

@@ -18,7 +18,7 @@ In one run, on one machine:
    window; the process's CPU time (every thread) over the window is the receiver's cost. On a
    small machine the senders take CPU from the receiver: the store-only rate shows the ceiling.
 4. queries over the full store: ``store.query(service, last 5 minutes)``, and
-   ``responder.traces.evidence.trace_evidence`` over its result split in two halves.
+   ``responder.evidence.traces.evidence.trace_evidence`` over its result split in two halves.
 """
 from __future__ import annotations
 
@@ -162,8 +162,8 @@ def send(url: str, token: str, service: str, seed: int, start_at: float, seconds
 # --- the phases -------------------------------------------------------------------------------
 
 def store_only(bodies: list[bytes], max_spans: int, max_bytes: int, min_seconds: float = 4.0) -> dict:
-    from responder.traces import otlp
-    from responder.traces.store import SpanStore
+    from responder.evidence.traces import otlp
+    from responder.evidence.traces.store import SpanStore
 
     store = SpanStore(max_spans, max_bytes)
     add_s = decode_s = 0.0
@@ -185,9 +185,9 @@ def store_only(bodies: list[bytes], max_spans: int, max_bytes: int, min_seconds:
 
 def memory_at_bound(bodies: list[bytes], max_spans: int, max_bytes: int) -> dict:
     """Fill a fresh store to its bound with tracemalloc on; what is still traced is the store."""
-    from responder.traces import otlp
-    from responder.traces.model import SPAN_OVERHEAD_BYTES
-    from responder.traces.store import SpanStore
+    from responder.evidence.traces import otlp
+    from responder.evidence.traces.model import SPAN_OVERHEAD_BYTES
+    from responder.evidence.traces.store import SpanStore
 
     gc.collect()
     tracemalloc.start()
@@ -228,8 +228,8 @@ async def end_to_end(args, max_spans: int, max_bytes: int) -> tuple[dict, object
     from aiohttp import web
 
     from capture.http_server import bearer_ok
-    from responder.traces.receiver import OtlpReceiver
-    from responder.traces.store import SpanStore
+    from responder.evidence.traces.receiver import OtlpReceiver
+    from responder.evidence.traces.store import SpanStore
 
     token = secrets.token_urlsafe(16)
     store = SpanStore(max_spans, max_bytes)
@@ -302,7 +302,7 @@ def queries(store, repeat: int = 5) -> dict:
     out["query_all_services"] = {"spans": len(every), "median_ms": statistics.median(times_all)}
     del every
     try:
-        from responder.traces.evidence import trace_evidence
+        from responder.evidence.traces.evidence import trace_evidence
     except ImportError:
         out["trace_evidence"] = None
         return out
@@ -358,7 +358,7 @@ def run(args) -> dict:
         print(f"  trace_evidence over {ev['spans']:,} spans: {ev['median_ms']:.0f} ms (median of 3), "
               f"{ev['dependencies']} dependencies", flush=True)
     else:
-        print("  trace_evidence: not available (responder.traces.evidence not importable)", flush=True)
+        print("  trace_evidence: not available (responder.evidence.traces.evidence not importable)", flush=True)
     return {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
             "python": sys.version.split()[0], "max_spans": max_spans, "max_bytes": max_bytes,
             "store_only": base, "memory_at_bound": mem, "end_to_end": e2e, "queries": q}

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "confidence) from a run's combined-mode verdicts")
     cal.add_argument("dir", help="run directory with cases/")
     cal.add_argument("-o", "--output", required=True,
-                     help="file to write, e.g. responder/calibration.json (read through LLMSLO_CALIBRATION_FILE)")
+                     help="file to write, e.g. responder/attribution/calibration.json (read through LLMSLO_CALIBRATION_FILE)")
     cal.set_defaults(func=cmd_calibrate)
     return p
 

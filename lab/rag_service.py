@@ -70,7 +70,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from responder.rules import RECOMMENDED_LATENCY_BUCKETS, RECOMMENDED_TTFT_BUCKETS
+from responder.slo.rules import RECOMMENDED_LATENCY_BUCKETS, RECOMMENDED_TTFT_BUCKETS
 
 log = logging.getLogger("lab.rag_service")
 

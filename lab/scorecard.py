@@ -3,7 +3,7 @@
 
 Modes are an ablation over the *same* evidence. Every case keeps the incident exactly as the
 responder stored it (its kernel capture and its trace evidence); the scorecard re-attributes it
-with ``responder.attribution.attribute``: ``combined`` passes both, ``kernel-only`` the capture
+with ``responder.attribution.engine.attribute``: ``combined`` passes both, ``kernel-only`` the capture
 alone, ``traces-only`` the traces alone. So one lab run scores every mode, and a re-tuned engine
 can be re-scored on a stored run without re-running the faults (``llmslo lab report DIR``).
 
@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from responder.model import DOMAINS
+from responder.model.verdict import DOMAINS
 
 MODES = ("combined", "traces-only", "kernel-only")
 NO_FAULT = "no_fault"
@@ -93,10 +93,10 @@ def load_cases(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def reattribute(incident: dict[str, Any] | None, mode: str):
-    """The verdict of ``mode`` over a stored incident's evidence (a ``responder.model.Verdict``)."""
+    """The verdict of ``mode`` over a stored incident's evidence (a ``responder.model.verdict.Verdict``)."""
     from capture.schemas import CaptureResult
-    from responder.attribution import attribute
-    from responder.model import Verdict
+    from responder.attribution.engine import attribute
+    from responder.model.verdict import Verdict
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -549,7 +549,7 @@ def report(run_dir: Path, modes: list[str]) -> list[dict[str, Any]]:
 
 def calibration_table(run_dir: Path) -> dict[str, Any]:
     """The reliability table of ``run_dir``'s verdicts, re-attributed in combined mode with the
-    current engine, with what it was measured on (``responder.calibration`` reads it)."""
+    current engine, with what it was measured on (``responder.attribution.calibration`` reads it)."""
     cases = load_cases(run_dir)
     card = score(cases, "combined")
     cal = card["calibration"]

@@ -62,7 +62,7 @@ log = logging.getLogger("lab.stack")
 PROVIDER_HOST = "api.provider.lab"
 SERVICE_NAME = "rag-api"
 # SLO thresholds of the generated rules: bucket bounds of the service's histograms
-# (responder.rules.RECOMMENDED_*_BUCKETS) that the healthy service stays well under at lab load,
+# (responder.slo.rules.RECOMMENDED_*_BUCKETS) that the healthy service stays well under at lab load,
 # so a fault that slows requests pushes them over. Measured with `python -m lab.stack` on a
 # 2-CPU machine at 10-20 req/s: TTFT p50 0.17-0.18 s, p99 0.2-0.48 s; latency p50 0.29-0.32 s,
 # p99 0.44-0.86 s (the high ends when other work shares the CPUs). 0.5 s would sit inside the

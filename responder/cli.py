@@ -29,7 +29,7 @@ def _logging(verbose: bool) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from capture import http_server
     from responder import config
-    from responder.server import Responder
+    from responder.app import Responder
 
     try:
         settings = config.load(args.config, host=args.host, port=args.port)
@@ -184,7 +184,7 @@ def cmd_playbooks_validate(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     import aiohttp
 
-    from responder.alertmanager import PayloadError, parse_notification
+    from responder.http.alertmanager import PayloadError, parse_notification
 
     try:
         body = Path(args.file).read_bytes()
@@ -289,7 +289,7 @@ def _prometheus_rule(rule_file: str, header: list[str]) -> str:
 
 
 def cmd_rules_generate(args: argparse.Namespace) -> int:
-    from responder.rules import RulesError, SloRulesSpec, describe, render_rules
+    from responder.slo.rules import RulesError, SloRulesSpec, describe, render_rules
 
     group_by = tuple(label.strip() for label in (args.group_by or "").split(",") if label.strip())
     try:
@@ -326,7 +326,8 @@ def cmd_rules_generate(args: argparse.Namespace) -> int:
 def _open_store(args: argparse.Namespace):
     """The store ``llmslo serve`` with the same settings uses (config file and LLMSLO_* variables)."""
     from responder import config
-    from responder.store import StoreError, open_store
+    from responder.store import open_store
+    from responder.store.base import StoreError
 
     try:
         settings = config.load(args.config)
@@ -343,7 +344,7 @@ def _open_store(args: argparse.Namespace):
 
 def cmd_dead(args: argparse.Namespace) -> int:
     """List or retry what the responder gave up on: chat messages (dead) and jobs (failed for good)."""
-    from responder.store import NotFound, StoreError
+    from responder.store.base import NotFound, StoreError
 
     store = _open_store(args)
     try:

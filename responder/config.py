@@ -85,7 +85,8 @@ class Settings:
     span_store_max_bytes: int = 256 * 1024 * 1024
     otlp_max_body_bytes: int = 8 * 1024 * 1024
     # The lab's reliability table (a scorecard.json): the precision observed at each confidence.
-    calibration_file: Path | None = field(default_factory=lambda: REPO_ROOT / "responder" / "calibration.json")
+    calibration_file: Path | None = field(
+        default_factory=lambda: Path(__file__).resolve().parent / "attribution" / "calibration.json")
     generated_token: bool = False  # True when webhook_token was generated at start
 
     @property
@@ -242,7 +243,7 @@ def validate(s: Settings) -> None:
         if not s.agent_token:
             raise ConfigError("agent_token: required with agent_discovery kubernetes")
         try:
-            from responder.kube import parse_selector
+            from responder.kube.cluster import parse_selector
 
             if not parse_selector(s.agent_selector):
                 raise ValueError("agent selector: empty")

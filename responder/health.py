@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 
 # A loop that has not reported progress for this long is stuck. Workers report while idle
-# (every poll), and a job is cut off at JOB_TIMEOUT_S (responder.server), so only a loop that
+# (every poll), and a job is cut off at JOB_TIMEOUT_S (responder.app), so only a loop that
 # hangs outside any bound goes quiet this long.
 DEFAULT_STALL_S = 60.0
 # While the store is down, the probe tries a write this often.

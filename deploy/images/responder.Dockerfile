@@ -31,7 +31,7 @@ COPY lab/ lab/
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -e /opt/llmslo \
  && /opt/venv/bin/python -m compileall -q /opt/llmslo/capture /opt/llmslo/responder /opt/llmslo/lab \
- && /opt/venv/bin/python -c 'import responder.server'
+ && /opt/venv/bin/python -c 'import responder.app'
 ENV PATH=/opt/venv/bin:$PATH
 
 # An ordinary user; the Deployment's securityContext names the same uid and group. Its data

@@ -31,12 +31,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from capture.http_server import JsonBodyError, load_json, read_body
 from capture.probes import CATALOG
-from responder import report
-from responder.adhoc import AdhocRequest, Overloaded
 from responder.config import Settings
+from responder.model.adhoc import AdhocRequest, Overloaded
 from responder.pipeline import Pipeline, alert_labels, baseline_end
+from responder.render import thread as report
 from responder.slack import commands
-from responder.store import AcceptResult, Incident, StoreBase
+from responder.store.base import AcceptResult, Incident, StoreBase
 
 if TYPE_CHECKING:  # imported when Socket Mode starts: only then is it needed
     from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -85,7 +85,7 @@ class SlackApp:
             raise ValueError("the Slack app needs LLMSLO_SLACK_BOT_TOKEN and LLMSLO_SLACK_SIGNING_SECRET")
         self.responder = responder
         self.settings = settings
-        # Retries belong to the outbox (responder.delivery); this client only answers users.
+        # Retries belong to the outbox (responder.delivery.outbox); this client only answers users.
         self.client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url,
                                      retry_handlers=[])
         self.app = AsyncApp(token=settings.slack_bot_token, signing_secret=settings.slack_signing_secret,

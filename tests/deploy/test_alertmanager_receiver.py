@@ -8,8 +8,8 @@ import subprocess
 import pytest
 import yaml
 
-from responder.matchers import matches, parse_matcher
-from responder.rules import ALERT_NAMES
+from responder.playbooks.matchers import matches, parse_matcher
+from responder.slo.rules import ALERT_NAMES
 from tests.deploy.conftest import DEPLOY, REPO, registered_routes, rendered
 
 RECEIVER = DEPLOY / "alertmanager-receiver.yaml"

@@ -11,7 +11,7 @@ import yaml
 
 from capture.probes import CATALOG
 from responder.playbooks import load_playbooks
-from responder.rules import SloRulesSpec, generate_rules
+from responder.slo.rules import SloRulesSpec, generate_rules
 from tests.deploy.conftest import DEPLOY, REPO, rendered
 from tests.responder.test_cli import run
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from responder import config
-from responder.kube import parse_selector
+from responder.kube.cluster import parse_selector
 from tests.deploy.conftest import (
     NAMESPACE,
     REPO,

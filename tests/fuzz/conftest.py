@@ -88,7 +88,7 @@ def trouble():
 @pytest.fixture(scope="session")
 def responder(tmp_path_factory, trouble):
     from responder import config
-    from responder.server import Responder
+    from responder.app import Responder
     from tests.standins.slack import DEFAULT_TOKEN, SIGNING_SECRET, SlackStandin
 
     data = tmp_path_factory.mktemp("fuzz-responder")

@@ -178,7 +178,7 @@ def alert(status: str, starts: str, severity: str = "page") -> dict:
 
 def test_the_case_incident_is_the_first_with_an_alert_that_started_after_the_onset():
     from lab.runner import attributed_since, first_incident, opened_after
-    from responder.alertmanager import parse_timestamp
+    from responder.http.alertmanager import parse_timestamp
 
     onset = parse_timestamp("2026-01-01T10:00:00Z").timestamp()
     fresh = {"id": "new", "source": "alert", "created_at": onset + 30,
@@ -220,7 +220,7 @@ def test_progress_names_scenario_phase_and_time_left():
 
 
 def test_calibrate_writes_the_table_the_responder_reads(tmp_path, capsys):
-    from responder import calibration
+    from responder.attribution import calibration
 
     run, out = tmp_path / "run", tmp_path / "calibration.json"
     cases = write_cases(run)

@@ -2,7 +2,7 @@
 provider (``python -m lab.provider``, TLS), and a real OTLP/HTTP receiver (the responder's own
 receiver and span store on a loopback port). Each test sends requests, then checks what a user of
 the toolkit would see: HTTP statuses, the Prometheus metrics, the spans received, and how
-``responder.traces.evidence`` reads them (server / policy / retrieval postgresql / llm openai,
+``responder.evidence.traces.evidence`` reads them (server / policy / retrieval postgresql / llm openai,
 with the provider's HTTP attempts folded into the llm calls, never a dependency of their own).
 
 Faults come from where the lab injects them: inside the database (``LabPostgres.set_faults``),
@@ -30,10 +30,10 @@ from lab.postgres import INJECTED_SQLSTATE, LabPostgres
 from lab.provider import ProviderProcess
 from lab.rag_service import SAMPLE_QUESTIONS
 from lab.tls import self_signed, server_context
-from responder.traces.evidence import trace_evidence
-from responder.traces.model import Span
-from responder.traces.receiver import OtlpReceiver
-from responder.traces.store import SpanStore
+from responder.evidence.traces.evidence import trace_evidence
+from responder.evidence.traces.model import Span
+from responder.evidence.traces.receiver import OtlpReceiver
+from responder.evidence.traces.store import SpanStore
 
 pytestmark = [pytest.mark.needs_postgres, pytest.mark.asyncio(loop_scope="module")]
 

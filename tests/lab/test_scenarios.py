@@ -10,7 +10,7 @@ import pytest
 
 from lab.faults import FAULT_KINDS, make_fault
 from lab.scenarios import ScenarioError, estimate_s, load_scenarios, parse_scenarios
-from responder.model import DOMAINS
+from responder.model.verdict import DOMAINS
 
 REPO = Path(__file__).resolve().parents[2]
 STANDARD = REPO / "lab" / "scenarios" / "standard.yaml"

@@ -10,9 +10,9 @@ import pytest
 
 from capture.schemas import CaptureCost, CaptureResult, CaptureTarget, Histogram, ProbeResult
 from lab import scorecard as S
-from responder.attribution import attribute
-from responder.traces.evidence import trace_evidence
-from responder.traces.model import Span
+from responder.attribution.engine import attribute
+from responder.evidence.traces.evidence import trace_evidence
+from responder.evidence.traces.model import Span
 
 
 def row(name, expect, predicted, confidence, detected=True, detection_s=None, error=None) -> dict:

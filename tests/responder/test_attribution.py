@@ -6,9 +6,9 @@ import json
 import pytest
 
 from capture.schemas import CaptureResult, CaptureTarget, Histogram, ProbeResult
-from responder import attribution as A
-from responder.attribution import attribute
-from responder.model import DOMAINS, Verdict
+from responder.attribution import engine as A
+from responder.attribution.engine import attribute
+from responder.model.verdict import DOMAINS, Verdict
 
 INC_S = 10.0  # incident window
 BASE_S = 60.0  # baseline window

@@ -1,12 +1,12 @@
-"""Attribution from trace evidence: spans in, per-dependency evidence (responder.traces.evidence),
+"""Attribution from trace evidence: spans in, per-dependency evidence (responder.evidence.traces.evidence),
 then the verdict, alone or beside a kernel capture."""
 from __future__ import annotations
 
 import random
 
-from responder.attribution import attribute
-from responder.traces.evidence import trace_evidence
-from responder.traces.model import Span
+from responder.attribution.engine import attribute
+from responder.evidence.traces.evidence import trace_evidence
+from responder.evidence.traces.model import Span
 
 SERVICE = "rag-api"
 
@@ -120,7 +120,7 @@ def test_evidence_windows_start_at_the_burn_and_stay_bounded():
 
 def test_baseline_ends_where_the_burn_under_investigation_began():
     from responder.pipeline import baseline_end
-    from responder.store import Incident
+    from responder.store.base import Incident
 
     def alert(start: str, status: str = "firing") -> dict:
         return {"status": status, "startsAt": start, "labels": {}}

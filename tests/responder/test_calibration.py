@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from responder import calibration
+from responder.attribution import calibration
 
 
 def table(tmp_path, **extra):

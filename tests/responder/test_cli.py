@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from lab.harness import alert_payload
 from responder import config
-from responder.server import Responder
+from responder.app import Responder
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable

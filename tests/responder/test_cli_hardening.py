@@ -91,7 +91,7 @@ def test_argument_mistakes_are_one_line():
 
 @pytest.mark.slow
 def test_dead_lists_and_retries(tmp_path):
-    from responder.store import IncidentStore
+    from responder.store.sqlite import IncidentStore
 
     data = tmp_path / "data"
     store = IncidentStore(data / "incidents.sqlite3")

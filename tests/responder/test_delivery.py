@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from responder import delivery
-from responder.delivery import Deliverer
-from responder.report import Message
-from responder.sinks.slack import SlackSink
-from responder.store import IncidentStore
+from responder.delivery import outbox as delivery
+from responder.delivery.outbox import Deliverer
+from responder.delivery.sinks.slack import SlackSink
+from responder.render.thread import Message
+from responder.store.sqlite import IncidentStore
 from tests.responder.test_store import accept, alert, note
 from tests.standins.slack import DEFAULT_TOKEN
 

@@ -9,12 +9,12 @@ import json
 
 import pytest
 
-from responder import delivery
-from responder.delivery import MAX_UNEXPECTED_FAILURES, Deliverer
-from responder.report import Message
-from responder.sinks.console import ConsoleSink
-from responder.sinks.slack import SlackSink
-from responder.store import IncidentStore
+from responder.delivery import outbox as delivery
+from responder.delivery.outbox import MAX_UNEXPECTED_FAILURES, Deliverer
+from responder.delivery.sinks.console import ConsoleSink
+from responder.delivery.sinks.slack import SlackSink
+from responder.render.thread import Message
+from responder.store.sqlite import IncidentStore
 from tests.responder.test_store import accept, alert, note
 from tests.standins.slack import DEFAULT_TOKEN
 

@@ -21,7 +21,7 @@ from capture.schemas import (
     ProbeResult,
     RequestError,
 )
-from responder.kube import KubeCluster, KubeUnavailable, ScopeError, names_workload, parse_selector
+from responder.kube.cluster import KubeCluster, KubeUnavailable, ScopeError, names_workload, parse_selector
 from responder.playbooks import ScopeSpec
 from tests.standins import kube as K
 
@@ -250,7 +250,7 @@ class AgentStandin:
 
 async def test_a_capture_fans_out_to_each_nodes_agent_and_combines_what_they_found():
     from capture.client import AgentError
-    from responder.kube import KubeAgents
+    from responder.kube.cluster import KubeAgents
 
     agents = {"node-a": AgentStandin("node-a", 30), "node-b": AgentStandin("node-b", 12),
               "node-d": AgentStandin("node-d", 0, status=503)}

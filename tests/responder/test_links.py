@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from responder import config
-from responder.links import grafana_explore_url, incident_links, prometheus_graph_url, trace_url
 from responder.playbooks import Runbook
+from responder.render.links import grafana_explore_url, incident_links, prometheus_graph_url, trace_url
 from tests.responder.prom_fixtures import start_prometheus
 
 # Everything that must be encoded: quotes, braces, '+', '&', '#', '/', '=', spaces and non-ASCII.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from responder.matchers import Matcher, MatcherError, matches, parse_matcher, parse_matchers
+from responder.playbooks.matchers import Matcher, MatcherError, matches, parse_matcher, parse_matchers
 
 LABELS = {"alertname": "LLMTTFTBurn", "severity": "page", "team": "llm", "empty": ""}
 

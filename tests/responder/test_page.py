@@ -27,10 +27,10 @@ from aiohttp.test_utils import TestServer
 from capture.schemas import CaptureCost, CaptureResult, CaptureTarget, ProbeResult
 from lab.harness import alert_payload
 from responder import config
-from responder.alertmanager import parse_notification
-from responder.model import Evidence, Hypothesis, Verdict
-from responder.page import render_incident_page
-from responder.server import Responder
+from responder.app import Responder
+from responder.http.alertmanager import parse_notification
+from responder.model.verdict import Evidence, Hypothesis, Verdict
+from responder.render.page import render_incident_page
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACT = REPO / "test-artifacts" / "incident-page.png"

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from responder.matchers import parse_matcher
 from responder.playbooks import (
     DEFAULT_SERVICE_LABELS,
     CaptureSpec,
@@ -24,6 +23,7 @@ from responder.playbooks import (
     skip_reason,
     validate_directory,
 )
+from responder.playbooks.matchers import parse_matcher
 
 # The probe names the shipped playbooks use; the real catalog lives in capture/.
 PROBES = {"tcp_retrans", "tcp_reset", "tcp_connect", "runq_latency", "oom_kill"}

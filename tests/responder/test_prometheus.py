@@ -23,8 +23,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from responder import config
+from responder.evidence.prometheus import MAX_POINTS, MAX_SERIES, prometheus_evidence
 from responder.playbooks import PromQuery, load_playbooks, select_playbook
-from responder.prometheus import MAX_POINTS, MAX_SERIES, prometheus_evidence
 from tests.responder.prom_fixtures import free_port, serve_metrics, start_prometheus, wait_for
 from tests.standins.loopback import LoopbackServer
 

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from capture.schemas import CaptureCost, CaptureResult, CaptureTarget, ProbeResult
-from responder.model import DOMAINS, Evidence, Hypothesis, Verdict
-from responder.report import (
+from responder.model.verdict import DOMAINS, Evidence, Hypothesis, Verdict
+from responder.render.thread import (
     MAX_BLOCKS,
     MAX_HEADER_CHARS,
     MAX_SECTION_CHARS,

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from responder.rules import (
+from responder.slo.rules import (
     ALERT_NAMES,
     RECOMMENDED_LATENCY_BUCKETS,
     RECOMMENDED_TTFT_BUCKETS,

@@ -19,8 +19,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from lab.harness import alert_payload
-from responder import config, report
-from responder.server import Responder
+from responder import config
+from responder.app import Responder
+from responder.render import thread as report
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "t0ken"

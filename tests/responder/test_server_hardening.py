@@ -20,9 +20,9 @@ import pytest
 from aiohttp import web
 
 from capture import http_server
-from responder import store as store_module
 from responder.health import Health
-from responder.store import MAX_JOB_ATTEMPTS
+from responder.store import sqlite as store_module
+from responder.store.base import MAX_JOB_ATTEMPTS
 from tests.responder.test_server import BEARER, LABELS, WEBHOOK, db_rows, make_settings, payload, poll, start
 from tests.responder.test_store_hardening import LOCKER
 
@@ -112,7 +112,7 @@ async def test_a_locked_store_is_a_quick_503_and_unhealthy_then_both_recover(tmp
 
 @pytest.mark.slow
 async def test_a_job_that_raises_is_retried_then_dead_and_the_worker_goes_on(svc, monkeypatch):
-    monkeypatch.setattr("responder.server.job_backoff", lambda attempts: 0.0)
+    monkeypatch.setattr("responder.app.job_backoff", lambda attempts: 0.0)
     real_run = svc.responder.pipeline.run
 
     async def run(job):

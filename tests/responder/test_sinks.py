@@ -7,11 +7,11 @@ import socket
 
 import pytest
 
-from responder.model import Evidence, Hypothesis, Verdict
-from responder.report import Message, render_attribution, render_resolved, render_root
-from responder.sinks.base import ChatSink, SinkPermanentError, SinkRetryableError, ThreadRef
-from responder.sinks.console import ConsoleSink
-from responder.sinks.slack import SlackSink
+from responder.delivery.sinks.base import ChatSink, SinkPermanentError, SinkRetryableError, ThreadRef
+from responder.delivery.sinks.console import ConsoleSink
+from responder.delivery.sinks.slack import SlackSink
+from responder.model.verdict import Evidence, Hypothesis, Verdict
+from responder.render.thread import Message, render_attribution, render_resolved, render_root
 from tests.standins.slack import DEFAULT_TOKEN
 
 URL = "http://responder.example/incidents/inc-7"

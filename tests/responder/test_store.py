@@ -16,20 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from responder.store import (
-    MAX_JOB_ATTEMPTS,
-    SCHEMA_VERSION,
-    AcceptResult,
-    IncidentStore,
-    NotFound,
-    StoreBase,
-    StoreClosed,
-    StoreError,
-    open_store,
-)
+from responder.store import open_store
+from responder.store.base import MAX_JOB_ATTEMPTS, AcceptResult, NotFound, StoreBase, StoreClosed, StoreError
+from responder.store.sqlite import SCHEMA_VERSION, IncidentStore
 
 try:
-    from responder.alertmanager import Alert, Notification
+    from responder.http.alertmanager import Alert, Notification
 except ImportError:  # the intake is written separately; the store only duck-types these
     @dataclass
     class Alert:  # type: ignore[no-redef]
@@ -415,7 +407,7 @@ def test_wal_mode_full_sync_and_schema_version(db_path: Path) -> None:
 def test_a_version_3_file_gains_the_lease_columns_and_keeps_its_rows(db_path: Path) -> None:
     """A file written by the responder before leases (schema 3) opens, migrates, and its waiting
     job is claimed as before."""
-    from responder import store as store_module
+    from responder.store import sqlite as store_module
 
     conn = sqlite3.connect(db_path.parent.mkdir(parents=True, exist_ok=True) or db_path)
     for version in range(3):

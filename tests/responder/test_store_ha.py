@@ -20,12 +20,13 @@ import pytest
 
 from lab.harness import ResponderProcess, alert_payload
 from responder import cli, config
-from responder.delivery import Deliverer
-from responder.report import Message
-from responder.server import Responder
-from responder.sinks.slack import SlackSink
-from responder.store import JOB_LEASE_S, MAX_JOB_ATTEMPTS, MESSAGE_LEASE_S, StoreError, StoreUnavailable, open_store
-from responder.store_pg import PG_SCHEMA_VERSION, PostgresIncidentStore
+from responder.app import Responder
+from responder.delivery.outbox import Deliverer
+from responder.delivery.sinks.slack import SlackSink
+from responder.render.thread import Message
+from responder.store import open_store
+from responder.store.base import JOB_LEASE_S, MAX_JOB_ATTEMPTS, MESSAGE_LEASE_S, StoreError, StoreUnavailable
+from responder.store.postgres import PG_SCHEMA_VERSION, PostgresIncidentStore
 from tests.responder.test_server import closed_port, make_settings
 from tests.responder.test_store import Clock, accept, alert, note
 from tests.standins.slack import DEFAULT_TOKEN, SlackStandin

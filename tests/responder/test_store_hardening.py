@@ -14,8 +14,9 @@ from datetime import timedelta
 
 import pytest
 
-from responder import store as store_module
-from responder.store import DEDUP_CHUNK, MAX_JOB_ATTEMPTS, IncidentStore, Overloaded, StoreUnavailable, job_backoff
+from responder.store import sqlite as store_module
+from responder.store.base import DEDUP_CHUNK, MAX_JOB_ATTEMPTS, Overloaded, StoreUnavailable, job_backoff
+from responder.store.sqlite import IncidentStore
 from tests.responder.test_store import GROUP, T0, Clock, accept, alert, note, raw
 
 

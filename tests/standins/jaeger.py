@@ -13,7 +13,7 @@ Every answer is Jaeger's envelope ``{"data", "total", "limit", "offset", "errors
 "processes": {"p1": {"serviceName", "tags"}}, "warnings"}``. Ids are printed as Jaeger prints them: a
 trace id whose high 64 bits are zero has 16 hex digits.
 
-Spans go in as :class:`~responder.traces.model.Span` objects (:meth:`JaegerStandin.add_spans`, mapped
+Spans go in as :class:`~responder.evidence.traces.model.Span` objects (:meth:`JaegerStandin.add_spans`, mapped
 the way the OpenTelemetry Collector's Jaeger translation maps them: ``span.kind``, ``otel.status_code``,
 ``error``, ``otel.status_description``, ``otel.scope.name``, events as logs with an ``event`` field) or
 as Jaeger JSON traces (:meth:`JaegerStandin.add_jaeger_trace`). Tests read :attr:`requests` and inject
@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from responder.traces.model import Span
+from responder.evidence.traces.model import Span
 from tests.standins.loopback import FaultyServer
 
 _JS_MAX_SAFE_INT = (1 << 53) - 1

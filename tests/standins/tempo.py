@@ -11,7 +11,7 @@
   64-bit integers as strings, empty ``status: {}``. With ``start``/``end`` a trace outside them is 404.
 - ``GET /api/echo``.
 
-Spans go in as :class:`~responder.traces.model.Span` objects (:meth:`TempoStandin.add_spans`) or as
+Spans go in as :class:`~responder.evidence.traces.model.Span` objects (:meth:`TempoStandin.add_spans`) or as
 an OTLP/JSON export request with hex ids (:meth:`TempoStandin.add_otlp`). ``v2=False`` imitates a
 Tempo from before the v2 trace endpoint. Tests read :attr:`TempoStandin.requests` and inject faults
 (:meth:`fail_next`, :meth:`stall_next`, :meth:`garble_next`, :meth:`reshape_next`).
@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from responder.traces.model import KINDS, STATUSES, Span
+from responder.evidence.traces.model import KINDS, STATUSES, Span
 from tests.standins.loopback import FaultyServer
 
 _SELECTOR = re.compile(r'\{\s*(?:resource)?\.service\.name\s*=\s*("(?:[^"\\]|\\.)*")\s*\}')

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from responder.config import ConfigError, Settings
-from responder.traces.backends import (
+from responder.evidence.traces.backends import (
     BuiltinBackend,
     JaegerBackend,
     TempoBackend,
@@ -18,8 +18,8 @@ from responder.traces.backends import (
     backend_from_settings,
     traceql_service_selector,
 )
-from responder.traces.model import Span, SpanEvent
-from responder.traces.store import SpanStore
+from responder.evidence.traces.model import Span, SpanEvent
+from responder.evidence.traces.store import SpanStore
 from tests.standins.jaeger import JaegerStandin
 from tests.standins.tempo import TempoStandin
 
@@ -316,7 +316,7 @@ async def test_window_and_service_select_spans(kind, tempo, jaeger, backends):
 @pytest.mark.parametrize("kind", ["tempo", "jaeger"])
 async def test_trace_limit_truncates_and_says_so(kind, tempo, jaeger, backends, caplog):
     backend = await _loaded(kind, tempo, jaeger, backends, fixture_spans(), max_traces=2)
-    with caplog.at_level(logging.WARNING, logger="responder.traces.backends"):
+    with caplog.at_level(logging.WARNING, logger="responder.evidence.traces.backends"):
         got = await backend.find_spans(SERVICE, *WINDOW)
     assert len({s.trace_id for s in got}) == 2
     assert any("event=trace_search_truncated" in r.getMessage() and f"backend={kind}" in r.getMessage()
@@ -326,7 +326,7 @@ async def test_trace_limit_truncates_and_says_so(kind, tempo, jaeger, backends, 
 @pytest.mark.parametrize("kind", ["builtin", "tempo", "jaeger"])
 async def test_span_limit_bounds_the_answer(kind, tempo, jaeger, backends, caplog):
     backend = await _loaded(kind, tempo, jaeger, backends, fixture_spans())
-    with caplog.at_level(logging.WARNING, logger="responder.traces.backends"):
+    with caplog.at_level(logging.WARNING, logger="responder.evidence.traces.backends"):
         got = await backend.find_spans(SERVICE, *WINDOW, limit=3)
     assert len(got) == 3
     if kind != "builtin":  # the store bounds its own answer

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from responder.traces.evidence import classify, is_throttle, trace_evidence, trace_signals
-from responder.traces.model import Span, SpanEvent
+from responder.evidence.traces.evidence import classify, is_throttle, trace_evidence, trace_signals
+from responder.evidence.traces.model import Span, SpanEvent
 
 SVC = "rag-api"
 T0 = 1_700_000_000 * 10**9

@@ -15,9 +15,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from responder.traces import otlp
-from responder.traces.model import Span, SpanEvent
-from responder.traces.otlp import OtlpDecodeError, OtlpTooLarge, OtlpUnsupported
+from responder.evidence.traces import otlp
+from responder.evidence.traces.model import Span, SpanEvent
+from responder.evidence.traces.otlp import OtlpDecodeError, OtlpTooLarge, OtlpUnsupported
 from tests.standins.tempo import otlp_value
 
 PB = "application/x-protobuf"

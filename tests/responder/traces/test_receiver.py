@@ -29,9 +29,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from capture.http_server import bearer_ok
-from responder.traces.model import Span, SpanEvent
-from responder.traces.receiver import OtlpReceiver
-from responder.traces.store import SpanStore
+from responder.evidence.traces.model import Span, SpanEvent
+from responder.evidence.traces.receiver import OtlpReceiver
+from responder.evidence.traces.store import SpanStore
 
 TOKEN = "otlp-t0ken"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

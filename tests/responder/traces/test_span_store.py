@@ -8,8 +8,8 @@ import tracemalloc
 
 import pytest
 
-from responder.traces.model import Span, SpanEvent
-from responder.traces.store import BUCKET_SPANS, SpanStore
+from responder.evidence.traces.model import Span, SpanEvent
+from responder.evidence.traces.store import BUCKET_SPANS, SpanStore
 
 S = 1_000_000_000
 

@@ -26,8 +26,8 @@ CHILD = textwrap.dedent(r'''
     import gc, json, os, sys
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
-    from responder.traces import otlp
-    from responder.traces.store import SpanStore
+    from responder.evidence.traces import otlp
+    from responder.evidence.traces.store import SpanStore
 
     shape, bound = sys.argv[1], int(sys.argv[2])
 

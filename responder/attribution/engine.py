@@ -1,0 +1,405 @@
+"""Attribution v0: from a capture's incident and baseline windows, and the service's traces, to a
+ranked verdict.
+
+Kernel evidence: ``network`` from retransmits, resets and connects; ``dns`` from
+getaddrinfo failures and latency; ``provider_throttling`` from HTTP 429 and 5xx responses seen in
+the TLS plaintext; ``provider_latency`` from time to first response byte; ``retrieval_backend``
+from request/reply latency on plain TCP; ``app_cpu`` from run-queue wait and CFS throttling;
+``app_memory`` from OOM kills and memory-limit hits. Trace evidence (per dependency, see
+``responder.evidence.traces.evidence``): ``provider_throttling`` from GenAI calls failing with 429/529/503,
+``provider_latency`` from GenAI time to first token (or duration) when the other outbound
+dependencies stayed as they were, ``network`` when every outbound dependency slowed at once,
+``retrieval_backend`` from slower or failing retrieval calls, and ``policy_layer`` (which the
+kernel cannot see) from slower or rejecting guardrail spans. Each signal compares the incident
+window with the baseline window; a domain's strength adds up its signals that moved, and the
+confidence is ``strength / (strength + STRENGTH_HALF)``; slower and timed-out calls are symptoms that
+a cause in another domain explains away (``explain_away``). The confidence is a score, not a
+probability: the report pairs it with the precision the lab observed at that score
+(``responder.attribution.calibration``). The thresholds below are the reasons a reader can check.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from capture.probes.tls_http import UNKNOWN_PEER
+from capture.schemas import CaptureResult, ProbeResult
+from responder.evidence.traces.evidence import trace_signals
+from responder.model.verdict import Evidence, Hypothesis, Verdict
+
+# --- thresholds (why each value) -------------------------------------------------------------
+# A healthy loopback or datacenter path retransmits well under 0.2 segments/s per workload; one
+# retransmit every two seconds sustained over a capture is already a lossy path for an LLM client
+# making a few requests per second.
+MIN_EXCESS_RETRANS_PER_S = 0.5
+# A rate must also be clearly above the baseline's, not a busy service doing more of the same.
+MIN_RATIO = 3.0
+# A ratio this large counts as a full-strength signal (strength 1.0); smaller ratios count less.
+STRONG_RATIO = 20.0
+# Failed connects: two per ten-second capture are worth a look; none is normal.
+MIN_EXCESS_CONNECT_FAILURES_PER_S = 0.2
+# Resets received: a peer or a middlebox aborting connections. Two in a ten-second capture
+# above a baseline of none is already unusual for an HTTP client with keep-alive.
+MIN_EXCESS_RESETS_PER_S = 0.2
+# OOM kills: one kill in a twenty-second window above a baseline of none. Any OOM kill of the
+# service is worth naming; the rate form keeps windows of different lengths comparable.
+MIN_EXCESS_OOM_KILLS_PER_S = 0.05
+# Connect latency: needs some connects in both windows before a percentile means anything.
+MIN_CONNECTS = 5
+# Latency histograms (DNS lookups, time to first response byte, backend replies): a p90 that
+# is MIN_RATIO times the baseline's and above a floor that matters to an LLM request.
+MIN_SAMPLES = 5
+DNS_SLOW_US = 20_000  # a cached or local answer takes well under a millisecond
+TTFB_SLOW_US = 100_000  # a provider's first byte normally takes hundreds of ms; the ratio decides
+BACKEND_SLOW_US = 10_000  # a retrieval query of a few ms is normal
+# DNS failures, throttled or failed responses: two in a ten-second capture above none.
+MIN_EXCESS_FAILURES_PER_S = 0.2
+# CFS throttling: a tenth of the capture's periods throttled (100 ms periods: one per second).
+MIN_EXCESS_THROTTLED_PERIODS_PER_S = 1.0
+# Memory limit hits: the kernel reclaimed at the limit, sustained (one hit per second).
+MIN_EXCESS_LIMIT_HITS_PER_S = 1.0
+# Run-queue wait: share of waits of 1 ms or more. An unstarved service waits tens of
+# microseconds; CFS hands out slices of a few ms, so contention shows up as waits >= 1 ms.
+# In the lab on 2 vCPUs a busy but unstarved node (a capture running, the load generator, the
+# databases) reached 7% of waits >= 1 ms; starving the service (busy workers in its cgroup, a
+# 0.1-core quota) gave 20% and more. 12% sits between.
+RUNQ_SLOW_US = 1024
+MIN_RUNQ_SLOW_SHARE = 0.12
+MIN_RUNQ_SAMPLES = 50
+# The strength at which a domain's confidence is 50%: one full-strength signal (1.0) gives
+# 67%, two give 80%.
+STRENGTH_HALF = 0.5
+# A domain is named when its confidence reaches this...
+MIN_CONFIDENCE = 0.5
+# ...and leads the next domain by this much; closer than that, the evidence points two ways.
+MIN_MARGIN = 0.15
+# Two domains that are both at least this strong are named together (overlapping faults), however
+# far apart: the confidence of one full-strength signal (67%). Higher would be out of reach for a
+# domain with a single signal (app_cpu has only the run-queue one), so overlapping faults could
+# never be named together.
+BOTH_CONFIDENCE = 1.0 / (1.0 + STRENGTH_HALF)
+# Below that, two domains that both reach MIN_CONFIDENCE are named together when each rests on a
+# cause of its own (a signal that is not a symptom): two causes are two faults, not one fault
+# seen two ways. Closeness through symptoms alone still abstains.
+
+# Traces. A dependency needs this many calls in each window before its quantiles or rates say
+# anything (a few seconds of an LLM service's traffic).
+MIN_TRACE_CALLS = 10
+# Span latency is measured per call, not sampled into log2 buckets, so a smaller ratio than the
+# kernel histograms' is already a clear move; the floor keeps a 2 ms -> 5 ms query from counting.
+TRACE_MIN_RATIO = 2.0
+# Retrieval's floor: on the lab's 2 vCPUs a healthy database call's p90 moved from 5 to 16 ms
+# under load alone; retrieval faults worth an alert cost hundreds of ms.
+TRACE_SLOW_MS = {"llm": 100.0, "retrieval": 25.0, "policy": 10.0, "http": 20.0}
+# Errors: a tenth of a dependency's calls failing above its baseline's rate. Throttling: a
+# twentieth of the provider calls answered 429/529/503 (the SDK's retries hide the rest).
+MIN_EXCESS_ERROR_RATE = 0.10
+MIN_THROTTLE_RATE = 0.05
+# A symptom (a slower call, a timed-out call) explained by a cause in another domain keeps this
+# much of its strength: still visible in the report, no longer enough to compete with the cause.
+EXPLAINED_FACTOR = 0.25
+
+
+@dataclass
+class Signal:
+    domain: str
+    evidence: Evidence
+    strength: float  # 0: did not move (contradicts), > 0: supports the domain
+    # A slower or timed-out call, seen in a trace or in the kernel: a symptom that many causes
+    # share (see explain_away), as opposed to a cause signal (a retransmit, a run-queue wait, a 429).
+    symptom: bool = False
+    # A symptom on the way to every outbound call (a slow DNS lookup): left unexplained, it in
+    # turn explains the slower calls after it.
+    upstream: bool = False
+    explained: bool = False  # discounted: another cause accounts for it
+
+    def discount(self, why: str) -> None:
+        """Keep EXPLAINED_FACTOR of the strength: the signal is explained by ``why``."""
+        self.strength *= EXPLAINED_FACTOR
+        self.explained = True
+        self.evidence.summary += f" ({why})"
+
+
+def _ratio_strength(incident: float, baseline: float) -> float:
+    ratio = (incident + 1e-9) / (baseline + 1e-9) if baseline > 0 else STRONG_RATIO
+    return min(1.0, math.log(max(ratio, 1.0)) / math.log(STRONG_RATIO))
+
+
+def _rate_signal(domain: str, name: str, what: str, unit: str, inc: ProbeResult, base: ProbeResult,
+                 counter: str, min_excess: float) -> Signal:
+    i, b = inc.rate(counter), base.rate(counter)
+    moved = i - b >= min_excess and (b == 0 or i / b >= MIN_RATIO)
+    strength = _ratio_strength(i, b) if moved else 0.0
+    verb = "rose" if moved else "did not rise enough"
+    ev = Evidence(signal=name, summary=f"{what} {verb}: {b:.2f} → {i:.2f} {unit}", baseline=round(b, 3),
+                  incident=round(i, 3), unit=unit)
+    top = next((inc.top[k] for k in ("peers", "failed_peers", "received_from", "victims", "failed_hosts",
+                                      "throttled_peers", "error_peers") if inc.top.get(k)), None)
+    known = [t for t in top or [] if t.get("peer") and t["peer"] != UNKNOWN_PEER]
+    if moved and known:
+        ev.summary += " (top peer " + ", ".join(f"{t['peer']} ×{t['count']}" for t in known[:3]) + ")"
+    return Signal(domain, ev, strength)
+
+
+def _p90_signal(domain: str, name: str, what: str, inc: ProbeResult, base: ProbeResult, histogram: str,
+                floor_us: float, min_samples: int = MIN_SAMPLES, symptom: bool = False,
+                upstream: bool = False) -> Signal | None:
+    """The p90 of a latency histogram, incident vs baseline; None without enough samples."""
+    hi, hb = inc.histograms.get(histogram), base.histograms.get(histogram)
+    if not hi or not hb or hi.count < min_samples or hb.count < min_samples:
+        return None
+    pi, pb = hi.quantile(0.9), hb.quantile(0.9)
+    if pi is None or pb is None:  # empty: only when min_samples is 0
+        return None
+    moved = pi >= MIN_RATIO * pb and pi >= floor_us
+    strength = _ratio_strength(pi, pb) if moved else 0.0
+    ev = Evidence(signal=name, summary=f"{what} p90 {'rose' if moved else 'unchanged'}: ≤{pb:.0f} → ≤{pi:.0f} µs "
+                  f"({hi.count} samples)", baseline=pb, incident=pi, unit="us")
+    return Signal(domain, ev, strength, symptom=symptom, upstream=upstream)
+
+
+def _runq_signal(inc: ProbeResult, base: ProbeResult) -> Signal | None:
+    hi, hb = inc.histograms.get("runq_wait"), base.histograms.get("runq_wait")
+    if not hi or not hb or hi.count < MIN_RUNQ_SAMPLES or hb.count < MIN_RUNQ_SAMPLES:
+        return None
+    si, sb = hi.fraction_above(RUNQ_SLOW_US), hb.fraction_above(RUNQ_SLOW_US)
+    moved = si >= MIN_RUNQ_SLOW_SHARE and si >= MIN_RATIO * max(sb, 0.005)
+    strength = _ratio_strength(si, max(sb, 0.005)) if moved else 0.0
+    p99i, p99b = hi.quantile(0.99), hb.quantile(0.99)
+    ev = Evidence(signal="runq_latency.share_waits_over_1ms",
+                  summary=(f"run-queue waits ≥1 ms {'rose' if moved else 'unchanged'}: {sb:.1%} → {si:.1%} "
+                           f"of {hi.count} waits (p99 ≤{p99b:.0f} → ≤{p99i:.0f} µs)"),
+                  baseline=round(sb, 4), incident=round(si, 4), unit="share")
+    return Signal("app_cpu", ev, strength)
+
+
+def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
+    """Every signal the capture supports, and the reasons some could not be computed."""
+    out: list[Signal] = []
+    gaps: list[str] = []
+    inc, base = capture.incident, capture.baseline
+
+    def pair(name: str) -> tuple[ProbeResult, ProbeResult] | None:
+        i, b = inc.get(name), base.get(name)
+        if i is None:
+            return None
+        if i.error:
+            gaps.append(f"{name} failed: {i.error}")
+            return None
+        if b is None:
+            gaps.append(f"{name} has no baseline ({capture.baseline_note or 'none recorded'})")
+            return None
+        if i.truncated:
+            gaps.append(f"{name} was cut short: {i.truncated}")
+        return i, b
+
+    if p := pair("tcp_retrans"):
+        out.append(_rate_signal("network", "tcp_retrans.retransmits_per_s", "TCP retransmits", "/s", *p,
+                                counter="retransmits", min_excess=MIN_EXCESS_RETRANS_PER_S))
+    if p := pair("tcp_reset"):
+        out.append(_rate_signal("network", "tcp_reset.received_per_s", "TCP resets received", "/s", *p,
+                                counter="received", min_excess=MIN_EXCESS_RESETS_PER_S))
+    if p := pair("tcp_connect"):
+        out.append(_rate_signal("network", "tcp_connect.failures_per_s", "failed TCP connects", "/s", *p,
+                                counter="failed", min_excess=MIN_EXCESS_CONNECT_FAILURES_PER_S))
+        # >= 1 ms on top of the ratio: a SYN was lost or the peer's accept queue is full.
+        if s := _p90_signal("network", "tcp_connect.latency_p90_us", "connect latency", *p,
+                            histogram="connect_latency", floor_us=1000, min_samples=MIN_CONNECTS):
+            out.append(s)
+    if p := pair("dns"):
+        out.append(_rate_signal("dns", "dns.failures_per_s", "failed DNS lookups", "/s", *p,
+                                counter="failures", min_excess=MIN_EXCESS_FAILURES_PER_S))
+        # Timed in the process (getaddrinfo entry to return): a starved process is slow to finish
+        # its lookups too, so this is a symptom a CPU cause can explain; failures are a cause.
+        # Unexplained, a slow lookup explains the slower calls that waited for it (upstream).
+        if s := _p90_signal("dns", "dns.latency_p90_us", "DNS lookup latency", *p, histogram="latency",
+                            floor_us=DNS_SLOW_US, symptom=True, upstream=True):
+            out.append(s)
+    if p := pair("tls_http"):
+        out.append(_rate_signal("provider_throttling", "tls_http.status_429_per_s", "HTTP 429 responses", "/s", *p,
+                                counter="status_429", min_excess=MIN_EXCESS_FAILURES_PER_S))
+        out.append(_rate_signal("provider_throttling", "tls_http.status_5xx_per_s", "HTTP 5xx responses", "/s", *p,
+                                counter="status_5xx", min_excess=MIN_EXCESS_FAILURES_PER_S))
+        if s := _p90_signal("provider_latency", "tls_http.ttfb_p90_us", "time to first response byte", *p,
+                            histogram="ttfb", floor_us=TTFB_SLOW_US, symptom=True):
+            out.append(s)
+    if p := pair("backend_latency"):
+        if s := _p90_signal("retrieval_backend", "backend_latency.p90_us", "backend reply latency", *p,
+                            histogram="latency", floor_us=BACKEND_SLOW_US, symptom=True):
+            out.append(s)
+    if p := pair("cpu_throttle"):
+        out.append(_rate_signal("app_cpu", "cpu_throttle.throttled_periods_per_s", "CFS throttled periods", "/s",
+                                *p, counter="nr_throttled", min_excess=MIN_EXCESS_THROTTLED_PERIODS_PER_S))
+    if p := pair("memory_pressure"):
+        out.append(_rate_signal("app_memory", "memory_pressure.limit_hits_per_s", "memory limit hits", "/s", *p,
+                                counter="limit_hits", min_excess=MIN_EXCESS_LIMIT_HITS_PER_S))
+    if p := pair("oom_kill"):
+        out.append(_rate_signal("app_memory", "oom_kill.kills_per_s", "OOM kills", "/s", *p,
+                                counter="oom_kills", min_excess=MIN_EXCESS_OOM_KILLS_PER_S))
+    if p := pair("runq_latency"):
+        if s := _runq_signal(*p):
+            out.append(s)
+        else:
+            gaps.append(f"runq_latency saw fewer than {MIN_RUNQ_SAMPLES} waits in a window")
+    return out, gaps
+
+
+def _trace_latency_moved(d: dict[str, Any]) -> tuple[bool, float, float, str] | None:
+    """Whether a dependency's p90 (TTFT p90 for GenAI calls that stream) rose; None without data."""
+    if min(d["count_baseline"], d["count_incident"]) < MIN_TRACE_CALLS:
+        return None
+    key = "ttft_p90_ms" if d.get("ttft_p90_ms_incident") is not None and d.get("ttft_p90_ms_baseline") else "p90_ms"
+    b, i = d.get(f"{key}_baseline"), d.get(f"{key}_incident")
+    if b is None or i is None:
+        return None
+    moved = i >= TRACE_MIN_RATIO * b and i - b >= TRACE_SLOW_MS.get(d["kind"], 20.0)
+    return moved, b, i, ("time to first token p90" if key == "ttft_p90_ms" else "p90")
+
+
+def trace_signals_for(traces: dict[str, Any] | None,
+                      trace_link: Callable[[str], str | None]) -> tuple[list[Signal], list[str]]:
+    """Signals from trace evidence (per dependency, incident vs baseline), and why some are missing."""
+    if not traces:
+        return [], []
+    if not traces.get("reachable", True):
+        return [], [f"traces unavailable: {traces.get('error')}"]
+    deps = {(d["kind"], d["name"]): d for d in trace_signals(traces)}
+    exemplars = {(d["kind"], d["name"]): (d.get("incident") or {}).get("exemplar_trace_ids") or []
+                 for d in traces.get("dependencies", [])}
+
+    def ev(d: dict[str, Any], name: str, summary: str, b: float | None, i: float | None, unit: str) -> Evidence:
+        ids = exemplars.get((d["kind"], d["name"])) or []
+        return Evidence(signal=f"trace.{d['kind']}.{name}", summary=f"{d['kind']} {d['name']}: {summary}",
+                        baseline=None if b is None else round(b, 3), incident=None if i is None else round(i, 3),
+                        unit=unit, source="trace", link=trace_link(ids[0]) if ids else None)
+
+    out: list[Signal] = []
+    latency: dict[tuple[str, str], tuple[bool, Signal]] = {}
+    for key, d in deps.items():
+        kind = d["kind"]
+        if kind not in ("llm", "retrieval", "policy", "http"):
+            continue
+        if d["count_incident"] >= MIN_TRACE_CALLS:
+            eb, ei = d.get("error_rate_baseline") or 0.0, d.get("error_rate_incident") or 0.0
+            if kind == "llm":
+                t = d.get("throttle_rate_incident") or 0.0
+                moved = t >= MIN_THROTTLE_RATE
+                out.append(Signal("provider_throttling", ev(
+                    d, "throttled_share", f"calls answered 429/529/503 {'rose to' if moved else 'stayed at'} {t:.0%}"
+                    f" ({d.get('retries_incident', 0)} retries)", None, t, "share"),
+                    _ratio_strength(t, max(eb, 0.01)) if moved else 0.0))
+            elif kind in ("retrieval", "policy"):
+                domain = "retrieval_backend" if kind == "retrieval" else "policy_layer"
+                moved = ei - eb >= MIN_EXCESS_ERROR_RATE
+                timeouts = d.get("timeout_share_of_errors") or 0.0
+                out.append(Signal(domain, ev(d, "error_share", f"failing calls {'rose' if moved else 'unchanged'}: "
+                                             f"{eb:.0%} → {ei:.0%}" + (f" ({timeouts:.0%} timeouts)" if moved and timeouts
+                                                                     else ""), eb, ei, "share"),
+                                  _ratio_strength(ei, max(eb, 0.01)) if moved else 0.0,
+                                  # mostly timeouts: the calls were slow, for whatever reason
+                                  symptom=timeouts >= 0.5))
+        lat = _trace_latency_moved(d)
+        if lat is not None:
+            moved, b, i, what = lat
+            latency[key] = (moved, Signal("", ev(d, what.replace(" ", "_"), f"{what} {'rose' if moved else 'unchanged'}:"
+                                                 f" {b:.0f} → {i:.0f} ms", b, i, "ms"),
+                                          _ratio_strength(i, b) if moved else 0.0, symptom=True))
+    # A provider that throttles is slow because the client waits out retry-after and retries:
+    # that latency is the throttling's, not a second cause.
+    throttled = {k for k, d in deps.items() if d["kind"] == "llm"
+                 and (d.get("throttle_rate_incident") or 0.0) >= MIN_THROTTLE_RATE}
+    for key in throttled & set(latency):
+        sig = latency[key][1]
+        if sig.strength > 0:
+            sig.discount("the provider throttled: retries and retry-after waits")
+    # Latency: every outbound dependency slower at once is the path (network), not one of them.
+    outbound = [k for k in latency if k[0] in ("llm", "retrieval", "http") and k not in throttled]
+    all_slow = len(outbound) >= 2 and all(latency[k][0] for k in outbound)
+    for key, (_moved, sig) in latency.items():
+        kind = key[0]
+        if all_slow and kind in ("llm", "retrieval", "http") and key not in throttled:
+            sig.domain = "network"
+        else:
+            sig.domain = {"llm": "provider_latency", "retrieval": "retrieval_backend", "policy": "policy_layer",
+                          "http": "network"}[kind]
+        out.append(sig)
+    return out, []
+
+
+def explain_away(sigs: list[Signal]) -> list[Signal]:
+    """Discount symptoms when a cause in another domain explains them.
+
+    A provider or database call gets slower (or times out) when the provider or database is
+    slow, but just as much when packets are lost on the way (network), the lookup before it
+    stalls (dns) or the caller itself waits for a CPU (app_cpu). Latency cannot tell these apart,
+    in a trace or in the kernel's time to first byte; cause signals can: retransmits, resets,
+    failed connects and lookups, run-queue waits, CFS throttling, memory-limit hits, 429/5xx
+    answers, non-timeout errors. When a cause supports some domain and none supports the
+    symptom's own, the symptom keeps only EXPLAINED_FACTOR of its strength, and says why. A slow
+    DNS lookup is itself such a symptom (a starved process finishes lookups late), but one no
+    cause explains is on the way to every call: it explains the slower calls in turn.
+    """
+    causes = {s.domain for s in sigs if s.strength > 0 and not s.symptom}
+    for s in sigs:
+        if s.symptom and s.strength > 0 and causes and s.domain not in causes:
+            s.discount(f"likely a symptom of {', '.join(sorted(causes))}")
+    # Then an upstream symptom left standing (a slow lookup) explains the slower calls after it.
+    upstream = {s.domain for s in sigs if s.upstream and s.strength > 0 and not s.explained}
+    for s in sigs:
+        if s.symptom and not s.upstream and not s.explained and s.strength > 0 and upstream \
+                and s.domain not in upstream:
+            s.discount(f"likely a symptom of {', '.join(sorted(upstream))}")
+    return sigs
+
+
+def attribute(capture: CaptureResult | None, traces: dict[str, Any] | None = None,
+              trace_link: Callable[[str], str | None] = lambda _trace_id: None,
+              gaps: list[str] | None = None) -> Verdict:
+    """The verdict from the kernel capture and the trace evidence; either may be missing."""
+    gaps = list(gaps or [])
+    tsigs, tgaps = trace_signals_for(traces, trace_link)
+    gaps += tgaps
+    if capture is None and not tsigs:
+        return Verdict(domains=[], confidence=0.0,
+                       abstain_reason="; ".join(gaps) or "no capture: the probes did not run")
+    if capture is not None:
+        ksigs, kgaps = signals(capture)
+        gaps += kgaps
+    else:
+        ksigs = []
+    sigs = explain_away(ksigs + tsigs)
+    if not sigs:
+        return Verdict(domains=[], confidence=0.0,
+                       abstain_reason="no usable evidence: " + ("; ".join(gaps) or "the capture saw nothing"))
+    hyps: list[Hypothesis] = []
+    caused = {s.domain for s in sigs if s.strength > 0 and not s.symptom}
+    for domain in dict.fromkeys(s.domain for s in sigs):
+        mine = [s for s in sigs if s.domain == domain]
+        # Explained symptoms corroborate but do not add up: one cause slows every call it touches,
+        # so three slower dependencies are not three times the evidence for their own domain.
+        strength = (sum(s.strength for s in mine if not s.explained)
+                    + max((s.strength for s in mine if s.explained), default=0.0))
+        others = [s for s in sigs if s.domain != domain and s.strength > 0]
+        hyps.append(Hypothesis(
+            domain=domain, confidence=strength / (strength + STRENGTH_HALF),
+            supporting=[s.evidence for s in sorted(mine, key=lambda s: -s.strength) if s.strength > 0],
+            # what argues against it: its own signals that stayed flat, other domains' that moved
+            contradicting=[s.evidence for s in mine if s.strength == 0] + [s.evidence for s in others]))
+    hyps.sort(key=lambda h: -h.confidence)
+    top = hyps[0]
+    second = hyps[1] if len(hyps) > 1 else None
+    if top.confidence < MIN_CONFIDENCE:
+        reason = f"evidence too weak: the strongest domain, {top.domain}, reaches only {top.confidence:.0%}"
+        if gaps:
+            reason += " (" + "; ".join(gaps) + ")"
+        return Verdict(domains=[], confidence=top.confidence, hypotheses=hyps, abstain_reason=reason)
+    if second and (second.confidence >= BOTH_CONFIDENCE
+                   or (second.confidence >= MIN_CONFIDENCE and {top.domain, second.domain} <= caused)):
+        return Verdict(domains=[top.domain, second.domain], confidence=second.confidence, hypotheses=hyps)
+    if second and top.confidence - second.confidence < MIN_MARGIN:
+        return Verdict(domains=[], confidence=top.confidence, hypotheses=hyps,
+                       abstain_reason=(f"evidence points two ways: {top.domain} {top.confidence:.0%} vs "
+                                       f"{second.domain} {second.confidence:.0%}"))
+    return Verdict(domains=[top.domain], confidence=top.confidence, hypotheses=hyps)

@@ -1,0 +1,1 @@
+"""Delivery: the outbox's messages sent to their chat sinks, exactly once, in thread order."""

@@ -1,0 +1,1 @@
+"""Chat sinks: the Slack Web API and the console / file sink, behind one interface."""

@@ -1,0 +1,1 @@
+"""Evidence the gather stage reads besides the kernel capture: Prometheus and traces."""

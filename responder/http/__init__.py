@@ -1,0 +1,1 @@
+"""The responder's HTTP front: the Alertmanager webhook's wire format and its group-commit writer."""

@@ -1,0 +1,834 @@
+"""The incident page (``GET /incidents/{id}``): everything the responder knows about one incident.
+
+One self-contained HTML page, whatever state the incident is in (capturing, attributed, abstained,
+failed, resolved; incidents stored before evidence and links existed too):
+
+- a header with the state, alert, service and the verdict at a glance (``#verdict``), then links;
+- a chart (``#chart``): the Prometheus burn-rate and SLI series over the baseline and incident
+  windows, and below it the key signals, baseline vs incident, as grouped bars;
+- the hypotheses with their supporting and contradicting evidence (``#evidence``);
+- the Prometheus queries, the trace dependencies and exemplar traces, the kernel capture and its
+  own cost, and the alerts.
+
+No external assets and no JavaScript: the CSS is inline and the chart is inline SVG drawn with
+matplotlib's object API (never pyplot, whose global figure registry is not thread-safe; the server
+renders pages in worker threads). Every value taken from the incident is HTML-escaped and only
+http(s) URLs become links. Numbers are worded as in the chat report (``responder.render.thread``).
+"""
+from __future__ import annotations
+
+import html
+import io
+import logging
+import math
+import re
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlparse
+
+from capture.schemas import CaptureCost, CaptureTarget
+from responder.render.thread import _alertname, _burn_start, _clock, _duration, _num, _parse_time, _pct, _unit, root_state
+
+log = logging.getLogger(__name__)
+
+# The chart's budget: enough to read the shape of a burn, small enough to inline (tens of KB).
+CHART_KINDS = ("burn_rate", "sli")
+MAX_CHART_QUERIES = 6
+MAX_CHART_SERIES_PER_QUERY = 5
+MAX_CHART_POINTS = 240
+MAX_SIGNAL_BARS = 6  # the top hypothesis' supporting evidence
+MAX_TRACE_BARS = 2  # plus the trace dependencies whose p90 moved most
+
+BASELINE_COLOR = "#7b8794"
+INCIDENT_COLOR = "#d64545"
+WINDOW_LABEL_COLORS = {"baseline": "#3e4c59", "incident": "#a61b1b"}  # darker than the shading, to read on it
+LINE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+# matplotlib does not promise thread safety and the server renders pages in worker threads: one
+# chart at a time (a chart takes well under a second).
+_CHART_LOCK = threading.Lock()
+
+# Links are listed in this order; kinds the contract does not name come last.
+LINK_KINDS = ("alert", "runbook", "incident", "prometheus", "grafana", "trace")
+
+_STATE_WORDS = {"capturing": "CAPTURING", "attributed": "ATTRIBUTED", "abstained": "ABSTAINED",
+                "failed": "FAILED", "resolved": "RESOLVED"}
+
+CSS = """
+:root{--fg:#1f2933;--muted:#616e7c;--line:#d9e2ec;--bg:#f5f7fa;--ok:#2f7d32;--bad:#c62828;--warn:#9a5b00}
+*{box-sizing:border-box}
+body{margin:0;color:var(--fg);background:#fff;
+ font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif}
+main{max-width:1240px;margin:0 auto;padding:16px 24px 48px}
+header{border-left:6px solid var(--muted);background:var(--bg);padding:10px 16px;margin-bottom:8px}
+header.state-attributed{border-color:#1565c0}header.state-abstained{border-color:#a07800}
+header.state-failed{border-color:var(--bad)}header.state-resolved{border-color:var(--ok)}
+.badge{display:inline-block;margin:0;padding:2px 8px;border-radius:3px;color:#fff;background:var(--muted);
+ font-size:12px;font-weight:700;letter-spacing:.06em}
+.state-attributed .badge{background:#1565c0}.state-abstained .badge{background:#a07800}
+.state-failed .badge{background:var(--bad)}.state-resolved .badge{background:var(--ok)}
+h1{font-size:24px;margin:6px 0 2px;word-break:break-word}
+h2{font-size:17px;margin:28px 0 8px;padding-bottom:4px;border-bottom:1px solid var(--line)}
+h3{font-size:14px;margin:16px 0 6px}
+.meta{color:var(--muted);margin:2px 0 10px}
+.verdict{font-size:17px;padding:8px 12px;background:#fff;border:1px solid var(--line);border-radius:4px}
+.verdict .label{color:var(--muted);font-size:13px;text-transform:uppercase;letter-spacing:.05em;margin-right:6px}
+.verdict.attributed strong{color:#1565c0}.verdict.abstained strong{color:#a07800}
+.verdict.failed strong{color:var(--bad)}
+.conf{font-weight:600;white-space:nowrap}
+table{border-collapse:collapse;width:100%;font-size:13px;margin:4px 0}
+th,td{border-bottom:1px solid var(--line);padding:4px 6px;text-align:left;vertical-align:top}
+thead th{color:var(--muted);font-weight:600;white-space:nowrap}
+.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.hyp th{background:var(--bg);font-size:14px}
+tr.supports td.role{color:var(--ok);white-space:nowrap}tr.contradicts td.role{color:var(--bad);white-space:nowrap}
+.up{color:var(--bad);font-weight:600}
+.warn{color:var(--warn);background:#fff8e6;border:1px solid #f0d9a8;border-radius:4px;padding:6px 10px}
+.empty,.note{color:var(--muted)}.empty{font-style:italic}
+code{font:12px/1.35 ui-monospace,"DejaVu Sans Mono",monospace;background:var(--bg);padding:0 3px;
+ border-radius:2px;word-break:break-all}
+pre{white-space:pre-wrap;word-break:break-word;background:var(--bg);padding:8px;border-radius:4px;font-size:12px}
+.kind{display:inline-block;min-width:5.5em;color:var(--muted);font-size:12px}
+.chip{display:inline-block;margin:1px 2px}
+ul.links,ul.plain{margin:4px 0;padding-left:18px}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:4px 0}
+dl.facts dt{color:var(--muted)}dl.facts dd{margin:0}
+#chart{margin:0}#chart svg{display:block;max-width:100%;height:auto}
+footer{margin-top:32px;color:var(--muted);font-size:12px}
+"""
+
+
+def render_incident_page(incident: dict[str, Any]) -> str:
+    """The incident as an HTML page. Never raises for missing or odd keys: it says what is missing."""
+    inc = dict(incident) if isinstance(incident, dict) else {}
+    # The report's helpers used below expect these shapes; a malformed stored value is treated as absent.
+    inc.update(alerts=_items(inc.get("alerts")), labels=_dict(inc.get("labels")) or {},
+               verdict=_dict(inc.get("verdict")))
+    evidence = _dict(inc.get("evidence")) or {}
+    prom = _dict(evidence.get("prometheus"))
+    traces = _dict(evidence.get("traces"))
+    verdict = _dict(inc.get("verdict"))
+    state = root_state(inc)
+    title = f"{_alertname(inc)} · {state} · {inc.get('id', '?')}"
+    parts = [
+        _header(inc, state, verdict),
+        _links_section(inc),
+        _chart_section(inc, verdict, prom, traces),
+        _evidence_section(verdict),
+        _prometheus_section(prom),
+        _traces_section(traces),
+        _capture_section(inc, _dict(inc.get("capture"))),
+        _alerts_section(inc),
+        _footer(inc),
+    ]
+    return ("<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
+            '<meta name=viewport content="width=device-width, initial-scale=1">'
+            f"<title>{_e(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
+            + "\n".join(parts) + "\n</main></body></html>\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# header, verdict, links
+
+
+def _header(inc: dict[str, Any], state: str, verdict: dict[str, Any] | None) -> str:
+    meta = []
+    service = _service(inc)
+    if service:
+        meta.append(f"service <b>{_e(service)}</b>")
+    meta.append(f"incident <code>{_e(inc.get('id', '?'))}</code>")
+    meta.append(f"status <b>{_e(inc.get('status', '?'))}</b>")
+    if inc.get("playbook"):
+        meta.append(f"playbook <code>{_e(inc['playbook'])}</code>")
+    meta.append(_e(_burn_line(inc)))
+    error = ""
+    if inc.get("error"):
+        error = f"<p class=warn>Pipeline error:</p><pre>{_e(inc['error'])}</pre>"
+    return (f'<header class="state-{_e(state)}"><p class=badge>{_e(_STATE_WORDS.get(state, state.upper()))}</p>'
+            f"<h1>{_e(_alertname(inc))}</h1><p class=meta>{' · '.join(meta)}</p>"
+            f"{_verdict_box(inc, verdict)}{error}</header>")
+
+
+def _burn_line(inc: dict[str, Any]) -> str:
+    start = _burn_start(inc)
+    if start is None:
+        return "start time unknown"
+    if inc.get("status") == "resolved":
+        end = _parse_time(inc.get("resolved_at"))
+        if end is not None and end >= start:
+            return f"burned for {_duration(end - start)} ({_utc(start)} → {_utc(end)} UTC)"
+        return f"resolved; burning since {_utc(start)} UTC"
+    return f"firing since {_utc(start)} UTC ({_duration(max(0.0, time.time() - start))} ago)"
+
+
+def _verdict_box(inc: dict[str, Any], verdict: dict[str, Any] | None) -> str:
+    if verdict is not None:
+        domains = _domains(verdict)
+        if domains:
+            cls = "attributed"
+            inner = (f"<span class=label>Fault domain</span><strong>{_e(' + '.join(domains))}</strong> "
+                     f"<span class=conf>{_e(_confidence(verdict.get('confidence')))} confidence</span>")
+            if verdict.get("calibration"):
+                inner += f" <span class=conf>({_e(str(verdict['calibration']))})</span>"
+        else:
+            cls = "abstained"
+            inner = (f"<span class=label>Verdict</span><strong>abstained</strong>: "
+                     f"{_e(verdict.get('abstain_reason') or 'no reason given')}")
+    elif inc.get("error"):
+        cls = "failed"
+        first = str(inc["error"]).strip().splitlines()[0] if str(inc["error"]).strip() else "unknown error"
+        inner = f"<span class=label>Verdict</span><strong>none</strong>: the capture or pipeline failed: {_e(first)}"
+    elif inc.get("status") == "resolved":
+        cls = "none"
+        inner = "<span class=label>Verdict</span><strong>none</strong>: resolved before an attribution was made"
+    else:
+        cls = "capturing"
+        inner = ("<span class=label>Verdict</span><strong>not yet</strong>: capturing and attributing; "
+                 "this page shows the result when it is in")
+    return f'<div id=verdict class="verdict {cls}">{inner}</div>'
+
+
+def _links_section(inc: dict[str, Any]) -> str:
+    links = _collect_links(inc)
+    if not links:
+        return _section("Links", "links", "<p class=empty>No links recorded for this incident.</p>")
+    items = "".join(f"<li><span class=kind>{_e(kind)}</span> {_a(url, title)}</li>" for kind, title, url in links)
+    return _section("Links", "links", f"<ul class=links>{items}</ul>")
+
+
+def _collect_links(inc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(kind, title, url): the incident's links, then alert sources and runbook annotations not already there."""
+    out: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+
+    def add(kind: str, title: str, url: Any) -> None:
+        url = str(url or "").strip()
+        if url and url not in seen:
+            seen.add(url)
+            out.append((kind, title or url, url))
+
+    for link in inc.get("links") or []:
+        if isinstance(link, dict):
+            add(str(link.get("kind") or "other"), str(link.get("title") or ""), link.get("url"))
+    for alert in _alerts(inc):
+        name = str((_dict(alert.get("labels")) or {}).get("alertname") or "alert")
+        add("alert", f"{name}: alert rule in Prometheus", alert.get("generatorURL"))
+        annotations = _dict(alert.get("annotations")) or {}
+        add("runbook", f"{name}: runbook", annotations.get("runbook_url"))
+    order = {k: i for i, k in enumerate(LINK_KINDS)}
+    return sorted(out, key=lambda link: order.get(link[0], len(order)))  # stable: keeps each kind's order
+
+
+# ---------------------------------------------------------------------------------------------
+# hypotheses and evidence
+
+
+def _evidence_section(verdict: dict[str, Any] | None) -> str:
+    hyps = _hypotheses(verdict)
+    if not hyps:
+        why = ("No hypotheses yet: the verdict is not in." if verdict is None
+               else "The verdict weighed no hypotheses (nothing was measured to weigh).")
+        return _section("Hypotheses and evidence", "hypotheses", f"<p id=evidence class=empty>{why}</p>")
+    named = set(_domains(verdict))
+    rows = []
+    for rank, h in enumerate(hyps, 1):
+        sup, con = _items(h.get("supporting")), _items(h.get("contradicting"))
+        domain = str(h.get("domain") or "?")
+        tag = " · <b>named in the verdict</b>" if domain in named else ""
+        rows.append(f"<tr class=hyp><th colspan=8>{rank}. {_e(domain)} "
+                    f"<span class=conf>{_e(_confidence(h.get('confidence')))}</span>{tag} · "
+                    f"{len(sup)} supporting, {len(con)} contradicting</th></tr>")
+        for role, evs in (("supports", sup), ("contradicts", con)):
+            rows += [_evidence_row(role, ev) for ev in evs]
+        if not sup and not con:
+            rows.append("<tr><td colspan=8 class=empty>no evidence recorded</td></tr>")
+    head = ("<thead><tr><th></th><th>Signal</th><th>Source</th><th class=num>Baseline</th>"
+            "<th class=num>Incident</th><th>Unit</th><th>Summary</th><th>Link</th></tr></thead>")
+    return _section("Hypotheses and evidence", "hypotheses",
+                    f"<table id=evidence>{head}<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _evidence_row(role: str, ev: dict[str, Any]) -> str:
+    b, i = _float(ev.get("baseline")), _float(ev.get("incident"))
+    moved = " up" if role == "supports" and _rose(b, i) else ""
+    link = _a(ev["link"], "evidence") if ev.get("link") else ""
+    return (f"<tr class={role}><td class=role>{'✔' if role == 'supports' else '✘'} {role}</td>"
+            f"<td><code>{_e(ev.get('signal') or '?')}</code></td><td>{_e(ev.get('source') or '?')}</td>"
+            f"<td class=num>{_e(_fmt(ev.get('baseline')))}</td><td class='num{moved}'>{_e(_fmt(ev.get('incident')))}</td>"
+            f"<td>{_e(ev.get('unit') or '')}</td><td>{_e(ev.get('summary') or '')}</td><td>{link}</td></tr>")
+
+
+# ---------------------------------------------------------------------------------------------
+# Prometheus and traces
+
+
+def _prometheus_section(prom: dict[str, Any] | None) -> str:
+    if prom is None:
+        return _section("Prometheus", "prometheus",
+                        "<p class=empty>No Prometheus evidence was gathered for this incident.</p>")
+    parts = []
+    if not prom.get("reachable", True):
+        attempts = f" (after {_e(prom['attempts'])} attempts)" if prom.get("attempts") else ""
+        parts.append(f"<p class=warn>Prometheus could not be reached: {_e(prom.get('error') or 'no error given')}"
+                     f"{attempts}</p>")
+    parts.append(_windows_line(prom.get("baseline"), prom.get("incident")))
+    queries = _items(prom.get("queries"))
+    if queries:
+        rows = "".join(_query_row(q) for q in queries)
+        parts.append("<table id=prometheus-queries><thead><tr><th>Query</th><th class=num>Baseline mean</th>"
+                     "<th class=num>Baseline max</th><th class=num>Incident mean</th><th class=num>Incident max</th>"
+                     f"<th>Unit</th><th>Links</th></tr></thead><tbody>{rows}</tbody></table>")
+    elif prom.get("reachable", True):
+        parts.append("<p class=empty>No queries were run.</p>")
+    return _section("Prometheus", "prometheus", "".join(parts))
+
+
+def _query_row(q: dict[str, Any]) -> str:
+    base, cur = _dict(q.get("baseline")) or {}, _dict(q.get("incident")) or {}
+    title = q.get("title") or q.get("name") or "query"
+    err = f"<br><span class=warn>{_e(q['error'])}</span>" if q.get("error") else ""
+    links = " · ".join(_a(url, label) for label, url in (("Prometheus graph", q.get("link")),
+                                                          ("Grafana", q.get("grafana_link"))) if url)
+    moved = " up" if q.get("kind") in CHART_KINDS and _rose(_float(base.get("mean")), _float(cur.get("mean"))) else ""
+    return (f"<tr><td><b>{_e(title)}</b> <span class=kind>{_e(q.get('kind') or '')}</span><br>"
+            f"<code>{_e(q.get('expr') or '')}</code>{err}</td>"
+            f"<td class=num>{_e(_fmt(base.get('mean')))}</td><td class=num>{_e(_fmt(base.get('max')))}</td>"
+            f"<td class='num{moved}'>{_e(_fmt(cur.get('mean')))}</td><td class=num>{_e(_fmt(cur.get('max')))}</td>"
+            f"<td>{_e(q.get('unit') or '')}</td><td>{links}</td></tr>")
+
+
+def _traces_section(traces: dict[str, Any] | None) -> str:
+    if traces is None:
+        return _section("Traces", "traces", "<p class=empty>No trace evidence was gathered for this incident.</p>")
+    backend = traces.get("backend") or "trace"
+    parts = []
+    if not traces.get("reachable", True):
+        parts.append(f"<p class=warn>The {_e(backend)} backend could not be reached: "
+                     f"{_e(traces.get('error') or 'no error given')}</p>")
+    base, cur = _dict(traces.get("baseline")) or {}, _dict(traces.get("incident")) or {}
+    parts.append(f"<p>Backend <b>{_e(backend)}</b>, service <b>{_e(traces.get('service') or '?')}</b>: "
+                 f"{_e(_fmt(base.get('spans')))} spans in the baseline, {_e(_fmt(cur.get('spans')))} in the incident.</p>")
+    parts.append(_windows_line(base, cur))
+    deps = _items(traces.get("dependencies"))
+    if deps:
+        head = ("<thead><tr><th>Kind</th><th>Dependency</th><th class=num>Calls</th><th class=num>Errors</th>"
+                "<th>Error types</th><th class=num>p50 ms</th><th class=num>p90 ms</th><th class=num>p99 ms</th>"
+                "<th class=num>TTFT p90 ms</th><th class=num>Retries</th></tr></thead>")
+        parts.append(f"<p class=note>Each cell is baseline → incident; — means not seen in that window.</p>"
+                     f"<table id=trace-dependencies>{head}<tbody>{''.join(_dep_row(d) for d in deps)}</tbody></table>")
+    elif traces.get("reachable", True):
+        parts.append("<p class=empty>No dependency spans in either window.</p>")
+    exemplars = _items(traces.get("exemplars"))
+    if exemplars:
+        items = "".join(f"<li><code>{_e(x.get('trace_id') or '?')}</code> {_e(x.get('why') or '')}"
+                        + (f" · {_a(x['url'], 'open trace')}" if x.get("url") else "") + "</li>" for x in exemplars)
+        parts.append(f"<h3>Exemplar traces</h3><ul class=plain id=exemplars>{items}</ul>")
+    return _section("Traces", "traces", "".join(parts))
+
+
+def _dep_row(dep: dict[str, Any]) -> str:
+    b, i = _dict(dep.get("baseline")), _dict(dep.get("incident"))
+
+    def cell(key: str, flag: bool = True) -> str:
+        bv = None if b is None else b.get(key)
+        iv = None if i is None else i.get(key)
+        up = " up" if flag and _rose(_float(bv), _float(iv)) else ""
+        return f"<td class='num{up}'>{_side(b, bv)} → {_side(i, iv)}</td>"
+
+    types = []
+    for label, side in (("", i), ("baseline: ", b)):
+        et = (side or {}).get("error_types") or {}
+        if isinstance(et, dict) and et:
+            ranked = sorted(et.items(), key=lambda kv: -(_float(kv[1]) or 0))
+            types.append(_e(label + ", ".join(f"{k} ×{_fmt(v)}" for k, v in ranked)))
+    return (f"<tr><td>{_e(dep.get('kind') or '?')}</td><td><code>{_e(dep.get('name') or '?')}</code></td>"
+            f"{cell('count', False)}{cell('errors')}<td>{'<br>'.join(types)}</td>{cell('p50_ms')}{cell('p90_ms')}"
+            f"{cell('p99_ms')}{cell('ttft_p90_ms')}{cell('retries')}</tr>")
+
+
+def _side(dep: dict[str, Any] | None, value: Any) -> str:
+    return "—" if dep is None else _e(_fmt(value))
+
+
+def _windows_line(baseline: Any, incident: Any) -> str:
+    parts = []
+    for name, w in (("baseline", _dict(baseline)), ("incident", _dict(incident))):
+        start, end = (_float(w.get("start")), _float(w.get("end"))) if w else (None, None)
+        if start is not None and end is not None and end >= start > 0:
+            parts.append(f"{name} {_utc(start)} → {_utc(end)} UTC ({_duration(end - start)})")
+    return f"<p class=note>Windows: {_e('; '.join(parts))}.</p>" if parts else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel capture, alerts, footer
+
+
+def _pod_counters(pod: dict[str, Any]) -> str:
+    """A pod's three largest counters in a fanned-out capture."""
+    counters = pod.get("counters")
+    if not isinstance(counters, dict) or not counters:
+        return ""
+    top = sorted(((k, v) for k, v in counters.items() if isinstance(v, (int, float))), key=lambda kv: -kv[1])[:3]
+    return ": " + ", ".join(f"{_e(k)} {v:,.0f}" for k, v in top)
+
+
+def _capture_section(inc: dict[str, Any], capture: dict[str, Any] | None) -> str:
+    if capture is None:
+        if inc.get("verdict") is None and inc.get("status") != "resolved" and not inc.get("error"):
+            text = "No kernel capture recorded yet."
+        else:
+            text = "No kernel capture for this incident; the verdict rests on traces and metrics only."
+        return _section("Kernel capture", "capture", f"<p class=empty>{text}</p>")
+    facts = [("Capture", f"<code>{_e(capture.get('id') or '?')}</code> on node <code>{_e(capture.get('node') or '?')}</code>")]
+    target = _build(CaptureTarget, capture.get("target"))
+    facts.append(("Scope", _e(target.describe() if target else "?")))
+    start, end = _float(capture.get("started_at")), _float(capture.get("ended_at"))
+    if start and end and end >= start:
+        facts.append(("Window", _e(f"{_utc(start)} → {_utc(end)} UTC ({_duration(end - start)})")))
+    if capture.get("baseline_note"):
+        facts.append(("Baseline", _e(capture["baseline_note"])))
+    pods = _items(capture.get("pods"))
+    if pods:
+        facts.append(("Pods", "<br>".join(
+            f"<code>{_e(pod.get('namespace') or '?')}/{_e(pod.get('name') or '?')}</code>"
+            + (f" ({_e(pod.get('workload_kind') or '')} {_e(pod['workload'])})" if pod.get("workload") else "")
+            + f" on <code>{_e(pod.get('node') or '?')}</code>" + ("" if pod.get("captured") else " — not captured")
+            + _pod_counters(pod) for pod in pods)))
+    nodes = _items(capture.get("nodes"))
+    if nodes:
+        facts.append(("Nodes", "<br>".join(
+            f"<code>{_e(n.get('node') or '?')}</code>: {_e(n.get('status') or '?')}"
+            + (f" ({_e(n['error'])})" if n.get("error") else "") for n in nodes)))
+    workloads = _items(capture.get("workloads"))
+    if workloads:
+        facts.append(("Workloads", "<br>".join(f"<code>{_e(w.get('path') or '?')}</code>"
+                                                + (f" pod {_e(w['pod_uid'])}" if w.get("pod_uid") else "")
+                                                for w in workloads)))
+    procs = _items(capture.get("processes"))
+    if procs:
+        facts.append(("Processes", "<br>".join(f"pid {_e(p.get('pid', '?'))} <code>{_e(p.get('comm') or '?')}</code> "
+                                                f"{_e(p.get('exe') or '')}" for p in procs[:10])))
+    errors = capture.get("errors")
+    problems = [str(e) for e in errors] if isinstance(errors, list) else []
+    for label, results in (("", capture.get("incident")), (" (baseline)", capture.get("baseline"))):
+        for name, pr in (results or {}).items() if isinstance(results, dict) else ():
+            pr = _dict(pr) or {}
+            problems += [f"{name}{label}: {what}" for what in (
+                f"error: {pr['error']}" if pr.get("error") else None,
+                f"truncated: {pr['truncated']}" if pr.get("truncated") else None,
+                f"{_fmt(pr['lost'])} events lost" if _float(pr.get("lost")) else None) if what]
+    body = "<dl class=facts>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
+    if problems:
+        body += "<h3>Probe problems</h3><ul class=plain>" + "".join(f"<li>{_e(p)}</li>" for p in problems) + "</ul>"
+    body += _cost_table(_dict(capture.get("cost")))
+    return _section("Kernel capture", "capture", body)
+
+
+def _cost_table(cost: dict[str, Any] | None) -> str:
+    if cost is not None:
+        # Coerced so that a malformed stored value shows as 0 rather than breaking the page.
+        kinds = {f.name: f.type for f in fields(CaptureCost)}
+        cost = {k: (int if kinds[k] == "int" else float)(_float(v) or 0) for k, v in cost.items() if k in kinds}
+    c = _build(CaptureCost, cost)
+    if c is None:
+        return "<p class=empty>The capture recorded no cost.</p>"
+    rows = [("BPF CPU time", f"{_num(c.bpf_run_time_ns / 1e6)} ms"),
+            ("BPF program runs", _num(c.bpf_run_count)),
+            ("Events aggregated", _num(c.events)),
+            ("Events lost", _num(c.lost)),
+            ("Agent CPU", f"{_num(c.agent_cpu_s)} s"),
+            ("Start-up (compile, load, attach)", f"{_num(c.startup_ms)} ms"),
+            ("Wall time", f"{_num(c.wall_s)} s")]
+    if c.wall_s > 0:
+        # As a share of one CPU: the number an operator compares with the workload's own budget.
+        share = (c.bpf_run_time_ns / 1e9 + c.agent_cpu_s) / c.wall_s * 100
+        rows.append(("BPF + agent CPU, share of one core", f"{_num(share)}%"))
+    table = "".join(f"<tr><th>{_e(k)}</th><td class=num>{_e(v)}</td></tr>" for k, v in rows)
+    return (f"<h3>The capture's own cost</h3><p>{_e(c.summary())}.</p>"
+            f"<table id=capture-cost style='width:auto'><tbody>{table}</tbody></table>")
+
+
+def _alerts_section(inc: dict[str, Any]) -> str:
+    alerts = _alerts(inc)
+    if not alerts:
+        return _section("Alerts", "alerts", "<p class=empty>No alerts recorded.</p>")
+    rows = []
+    for a in alerts:
+        labels = _dict(a.get("labels")) or {}
+        chips = " ".join(f"<code class=chip>{_e(k)}={_e(v)}</code>" for k, v in sorted(labels.items()))
+        ann = _dict(a.get("annotations")) or {}
+        started = _parse_time(a.get("startsAt"))
+        rows.append(f"<tr><td>{_e(a.get('status') or '?')}</td><td>{_e(labels.get('alertname') or '?')}</td>"
+                    f"<td>{chips}</td><td>{_e(ann.get('summary') or ann.get('description') or '')}</td>"
+                    f"<td class=num>{_e(_utc(started) + ' UTC' if started else '?')}</td></tr>")
+    return _section("Alerts", "alerts", "<table><thead><tr><th>Status</th><th>Alert</th><th>Labels</th>"
+                    f"<th>Summary</th><th class=num>Started</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _footer(inc: dict[str, Any]) -> str:
+    iid = str(inc.get("id") or "")
+    api = f' · as JSON: <a href="/api/incidents/{_e(quote(iid, safe=""))}">/api/incidents/{_e(iid)}</a>' if iid else ""
+    updated = _float(inc.get("updated_at"))
+    when = f"updated {_utc(updated)} UTC · " if updated else ""
+    return f"<footer>{_e(when)}rendered {_e(_utc(time.time()))} UTC{api}</footer>"
+
+
+# ---------------------------------------------------------------------------------------------
+# the chart
+
+
+@dataclass
+class _Line:
+    label: str
+    kind: str  # burn_rate | sli
+    points: list[tuple[float, float]]
+
+
+@dataclass
+class _Bar:
+    label: str
+    baseline: float | None
+    incident: float | None
+    unit: str
+
+
+def _chart_inputs(verdict: dict[str, Any] | None, prom: dict[str, Any] | None,
+                  traces: dict[str, Any] | None) -> tuple[list[_Line], list[_Bar], str, str]:
+    """(series, bars, why Prometheus is missing, top domain): what both chart panels draw."""
+    hypotheses = _hypotheses(verdict)
+    top = hypotheses[0] if hypotheses else None
+    return (_chart_lines(prom), _chart_bars(top, traces), _prometheus_absence(prom),
+            str((top or {}).get("domain") or ""))
+
+
+def _chart_section(inc: dict[str, Any], verdict: dict[str, Any] | None, prom: dict[str, Any] | None,
+                   traces: dict[str, Any] | None) -> str:
+    lines, bars, absent, domain = _chart_inputs(verdict, prom, traces)
+    if not lines and not bars:
+        inner = f"<p class=empty>no evidence yet</p><p class=note>{_e(absent)}</p>"
+    else:
+        try:
+            with _CHART_LOCK:
+                inner = _draw_chart(lines, bars, prom, absent, domain)
+        except Exception as e:  # a chart bug must not take the rest of the page down with it
+            log.exception("incident=%s event=chart_failed", inc.get("id"))
+            inner = f"<p class=warn>The chart could not be drawn: {_e(repr(e))}</p>"
+    caption = ("Top: Prometheus burn-rate and SLI series; the shaded spans are the baseline and incident windows. "
+               "Bottom: the top hypothesis' supporting signals and the trace dependencies whose p90 moved most, "
+               "baseline vs incident, each scaled to its larger value and labelled with the real one.")
+    return _section("Chart", "chart-section", f"<figure id=chart>{inner}<figcaption class=note>{_e(caption)}"
+                                              "</figcaption></figure>")
+
+
+def _prometheus_absence(prom: dict[str, Any] | None) -> str:
+    if prom is None:
+        return "No Prometheus evidence was gathered."
+    if not prom.get("reachable", True):
+        return f"Prometheus could not be reached: {prom.get('error') or 'no error given'}"
+    return "Prometheus returned no burn-rate or SLI series for the windows."
+
+
+def _chart_lines(prom: dict[str, Any] | None) -> list[_Line]:
+    if prom is None or not prom.get("reachable", True):
+        return []
+    out = []
+    queries = [q for q in _items(prom.get("queries")) if q.get("kind") in CHART_KINDS][:MAX_CHART_QUERIES]
+    for q in queries:
+        series = _items(q.get("series"))[:MAX_CHART_SERIES_PER_QUERY]
+        varying = _varying_labels(series)
+        for s in series:
+            points = _points(s.get("points"))
+            if not points:
+                continue
+            name = str(q.get("title") or q.get("name") or q.get("expr") or "query")
+            labels = _dict(s.get("labels")) or {}
+            extra = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k in varying)
+            out.append(_Line(f"{name} {{{extra}}}" if extra else name, str(q["kind"]), points))
+    return out
+
+
+def _varying_labels(series: list[dict[str, Any]]) -> set[str]:
+    """Label names whose values differ between the series: what tells the lines apart in the legend."""
+    label_sets = [_dict(s.get("labels")) or {} for s in series]
+    keys = {k for labels in label_sets for k in labels}
+    return {k for k in keys if len({str(labels.get(k)) for labels in label_sets}) > 1}
+
+
+def _points(raw: Any) -> list[tuple[float, float]]:
+    pts = []
+    for p in raw if isinstance(raw, list) else []:
+        if isinstance(p, (list, tuple)) and len(p) == 2:
+            t, v = _float(p[0]), _float(p[1])  # Prometheus sends values as strings; NaN gaps are dropped
+            if t is not None and v is not None:
+                pts.append((t, v))
+    pts.sort()
+    stride = math.ceil(len(pts) / MAX_CHART_POINTS) if pts else 1
+    return pts[::stride]
+
+
+def _chart_bars(top: dict[str, Any] | None, traces: dict[str, Any] | None) -> list[_Bar]:
+    bars = []
+    for ev in _items((top or {}).get("supporting"))[:MAX_SIGNAL_BARS]:
+        b, i = _float(ev.get("baseline")), _float(ev.get("incident"))
+        if b is not None or i is not None:
+            bars.append(_Bar(str(ev.get("signal") or ev.get("summary") or "?"), b, i, str(ev.get("unit") or "")))
+    moved = []
+    for dep in _items((traces or {}).get("dependencies")):
+        b = _float((_dict(dep.get("baseline")) or {}).get("p90_ms"))
+        i = _float((_dict(dep.get("incident")) or {}).get("p90_ms"))
+        if b is not None and i is not None and max(abs(b), abs(i)) > 0:
+            change = abs(i - b) / max(abs(b), abs(i))
+            if change > 0:
+                moved.append((change, _Bar(f"{dep.get('kind') or '?'} {dep.get('name') or '?'} p90", b, i, "ms")))
+    moved.sort(key=lambda cb: -cb[0])
+    return bars + [bar for _, bar in moved[:MAX_TRACE_BARS]]
+
+
+def chart_png(incident: dict[str, Any]) -> bytes | None:
+    """The incident page's chart as a PNG (for a chat thread); None when there is no evidence to draw."""
+    evidence = _dict(incident.get("evidence")) or {}
+    prom = _dict(evidence.get("prometheus"))
+    lines, bars, absent, domain = _chart_inputs(_dict(incident.get("verdict")), prom, _dict(evidence.get("traces")))
+    if not lines and not bars:
+        return None
+    with _CHART_LOCK:
+        return _render(lines, bars, prom, absent, domain, "png")
+
+
+def _render(lines: list[_Line], bars: list[_Bar], prom: dict[str, Any] | None, absent: str, domain: str,
+            fmt: str) -> bytes:
+    """Both panels, burn rate / SLI over the windows above and the key signals below, as ``fmt``."""
+    # Imported here: matplotlib costs most of a second to import, and only pages with evidence need it.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 7.2), layout="constrained")
+    FigureCanvasAgg(fig)  # this figure's own canvas: no pyplot, no process-wide backend switch
+    top, bottom = fig.subplots(2, 1, height_ratios=[1.15, 1])
+    _draw_series(top, lines, prom, absent)
+    _draw_bars(bottom, bars, domain)
+    buf = io.BytesIO()
+    # no date: the same incident gives the same file
+    fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else {}, dpi=100)
+    return buf.getvalue()
+
+
+def _draw_chart(lines: list[_Line], bars: list[_Bar], prom: dict[str, Any] | None, absent: str, domain: str) -> str:
+    """Both panels as an inline ``<svg>`` element (no XML prolog)."""
+    svg = _render(lines, bars, prom, absent, domain, "svg").decode("utf-8")
+    svg = svg[svg.index("<svg"):]
+    return svg.replace("<svg ", '<svg role="img" aria-label="incident chart" ', 1)
+
+
+def _draw_series(ax: Any, lines: list[_Line], prom: dict[str, Any] | None, absent: str) -> None:
+    from matplotlib import dates as mdates
+
+    ax.set_title("Prometheus: burn rate and SLI", loc="left", fontsize=11)
+    if not lines:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, _mpl(textwrap.fill(absent, 90)), ha="center", va="center", transform=ax.transAxes,
+                color="#616e7c", fontsize=11)
+        return
+    burn = [line for line in lines if line.kind == "burn_rate"]
+    sli = [line for line in lines if line.kind == "sli"]
+    # Burn rates (multiples) and SLI ratios (0..1) differ in scale: SLIs get their own axis when both show.
+    sli_ax = ax.twinx() if burn and sli else ax
+    for n, line in enumerate(burn + sli):
+        target = ax if line.kind == "burn_rate" else sli_ax
+        target.plot([_dt(t) for t, _ in line.points], [v for _, v in line.points], lw=1.6,
+                    color=LINE_COLORS[n % len(LINE_COLORS)], ls="-" if line.kind == "burn_rate" else "--",
+                    label=_legend_label(line.label + (" (right axis)" if target is not ax else "")))
+    if burn:
+        ax.axhline(1.0, color="#52606d", lw=0.8, ls=":", label="burn rate 1: budget spent in exactly the SLO period")
+        ax.set_ylabel("burn rate (×)")
+    if sli:
+        sli_ax.set_ylabel("SLI ratio")
+    for a in {ax, sli_ax}:  # headroom at the top for the window labels
+        low, high = a.get_ylim()
+        a.set_ylim(low, high + (high - low) * 0.12)
+    for key, color in (("baseline", BASELINE_COLOR), ("incident", INCIDENT_COLOR)):
+        w = _dict((prom or {}).get(key)) or {}
+        start, end = _float(w.get("start")), _float(w.get("end"))
+        if start is not None and end is not None and end > start:
+            ax.axvspan(_dt(start), _dt(end), color=color, alpha=0.16, lw=0)
+            ax.text(_dt((start + end) / 2), 0.97, f"{key} window", transform=ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize=9, color=WINDOW_LABEL_COLORS[key], fontweight="bold")
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=UTC))
+    ax.set_xlabel("time (UTC)", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if sli_ax is not ax:
+        more = sli_ax.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    # Below the plot, so it hides neither the lines nor the window labels.
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
+
+
+def _draw_bars(ax: Any, bars: list[_Bar], domain: str) -> None:
+    title = "Key signals, baseline vs incident" + (f": evidence for {domain}" if domain else "")
+    ax.set_title(_mpl(title), loc="left", fontsize=11)
+    if not bars:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "No baseline-vs-incident signals yet", ha="center", va="center", transform=ax.transAxes,
+                color="#616e7c", fontsize=11)
+        return
+    width = 0.38
+    xs = list(range(len(bars)))
+    # Each signal scaled to the larger of its two values, so milliseconds and rates share one axis.
+    scales = [max(abs(bar.baseline or 0.0), abs(bar.incident or 0.0)) or 1.0 for bar in bars]
+    low = 0.0
+    for offset, side, color in ((-width / 2, "baseline", BASELINE_COLOR), (width / 2, "incident", INCIDENT_COLOR)):
+        values = [getattr(bar, side) for bar in bars]
+        heights = [0.0 if v is None else v / scale for v, scale in zip(values, scales)]
+        low = min([low, *heights])
+        drawn = ax.bar([x + offset for x in xs], heights, width, color=color, label=side)
+        ax.bar_label(drawn, labels=[_mpl("n/a" if v is None else _num(v) + _unit(bar.unit))
+                                    for bar, v in zip(bars, values)], fontsize=7, padding=2)
+    ax.set_xticks(xs, labels=[_mpl(_wrap(bar.label, 22)) for bar in bars], fontsize=8)
+    ax.set_yticks([])
+    ax.set_ylim(low * 1.2 - 0.02, 1.25)
+    ax.set_ylabel("scaled to the larger value", fontsize=9)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8, frameon=False)  # beside the title
+
+
+def _wrap(text: str, width: int) -> str:
+    """Lines of at most ``width`` characters, broken after ``.``, ``_``, ``/`` or a space where possible:
+    signal names (``tcp_retrans.retransmits_per_s``) have no spaces for textwrap to break at."""
+    lines = [""]
+    for token in re.split(r"(?<=[._/ ])", text):
+        if lines[-1] and len(lines[-1]) + len(token) > width:
+            lines.append("")
+        while len(lines[-1]) + len(token) > width:  # longer than a line: cut where it must be
+            room = width - len(lines[-1])
+            lines[-1] += token[:room]
+            token = token[room:]
+            lines.append("")
+        lines[-1] += token
+    return "\n".join(line.strip() for line in lines if line.strip())
+
+
+def _utc(ts: float) -> str:
+    """The report's clock time, or "?" for a stored time no calendar can show."""
+    try:
+        return _clock(ts)
+    except (OverflowError, ValueError, OSError):
+        return "?"
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _mpl(text: str) -> str:
+    """Text for matplotlib as it is: a ``$`` would otherwise start mathtext (and can fail to parse)."""
+    return str(text).replace("$", r"\$")
+
+
+def _legend_label(text: str) -> str:
+    # matplotlib hides legend entries whose label starts with "_".
+    return _mpl(textwrap.shorten(text, 70, placeholder="…")).lstrip("_") or "series"
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _a(url: Any, label: Any) -> str:
+    """A link that opens apart from this page; anything but http(s) (javascript:, data:) stays text."""
+    url = str(url or "").strip()
+    try:
+        scheme = urlparse(url).scheme.lower()
+    except ValueError:
+        scheme = ""
+    if scheme in ("http", "https"):
+        return f'<a href="{_e(url)}" rel="noopener noreferrer" target="_blank">{_e(label)}</a>'
+    return f"{_e(label)} <code>{_e(url)}</code>"
+
+
+def _section(title: str, section_id: str, body: str) -> str:
+    return f"<section id={section_id}><h2>{_e(title)}</h2>{body}</section>"
+
+
+def _dict(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
+
+
+def _items(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _fmt(value: Any) -> str:
+    """A number as the chat report words it; anything else as text, and None as n/a."""
+    if value is None:
+        return "n/a"
+    f = _float(value)
+    if f is None:
+        return str(value) if not isinstance(value, float) else "n/a"
+    return _num(f)
+
+
+def _rose(baseline: float | None, incident: float | None) -> bool:
+    """A change worth drawing the eye: at least 1.5x the baseline (or from zero to something)."""
+    if baseline is None or incident is None:
+        return False
+    return incident > baseline * 1.5 if baseline > 0 else incident > 0 and baseline == 0
+
+
+def _confidence(value: Any) -> str:
+    f = _float(value)
+    return "?" if f is None else _pct(f)
+
+
+def _domains(verdict: dict[str, Any] | None) -> list[str]:
+    domains = (verdict or {}).get("domains")
+    if isinstance(domains, str):
+        return [domains] if domains else []
+    return [str(d) for d in domains] if isinstance(domains, list) else []
+
+
+def _hypotheses(verdict: dict[str, Any] | None) -> list[dict[str, Any]]:
+    hyps = _items((verdict or {}).get("hypotheses"))
+    return sorted(hyps, key=lambda h: -(_float(h.get("confidence")) or 0.0))
+
+
+def _alerts(inc: dict[str, Any]) -> list[dict[str, Any]]:
+    return _items(inc.get("alerts"))
+
+
+def _service(inc: dict[str, Any]) -> str:
+    service = inc["labels"].get("service")
+    for alert in _alerts(inc):
+        service = service or (_dict(alert.get("labels")) or {}).get("service")
+    traces = _dict((_dict(inc.get("evidence")) or {}).get("traces")) or {}
+    return str(service or traces.get("service") or "")
+
+
+def _build(cls: type, data: Any) -> Any:
+    """``cls(**data)`` keeping only the fields ``cls`` knows, or None when ``data`` is not a mapping."""
+    if not isinstance(data, dict):
+        return None
+    known = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in data.items() if k in known})
+    except TypeError:
+        return None

@@ -1,1 +1,0 @@
-"""responder/sinks"""

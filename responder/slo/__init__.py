@@ -1,0 +1,1 @@
+"""The SLOs' Prometheus rules (``llmslo rules generate``)."""
