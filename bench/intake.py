@@ -41,7 +41,8 @@ from pathlib import Path
 import aiohttp
 
 from bench import write_results
-from lab.harness import ResponderProcess, die_with_parent, free_port
+from common.net import free_port
+from lab.harness import ResponderProcess, die_with_parent
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-intake-token"

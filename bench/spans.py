@@ -227,7 +227,7 @@ def _limited_by(st: dict) -> str:
 async def end_to_end(args, max_spans: int, max_bytes: int) -> tuple[dict, object]:
     from aiohttp import web
 
-    from capture.http_server import bearer_ok
+    from common.http import bearer_ok
     from responder.evidence.traces.receiver import OtlpReceiver
     from responder.evidence.traces.store import SpanStore
 

@@ -18,9 +18,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from capture.agent import AgentBusy, CaptureAgent
-from capture.http_server import JsonBodyError, bearer_ok, guard, json_error, load_json, read_body, with_lifecycle
 from capture.metrics import agent_registry
 from capture.schemas import RequestError
+from common.http import JsonBodyError, bearer_ok, guard, json_error, load_json, read_body, with_lifecycle
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,13 @@ from typing import BinaryIO
 
 import aiohttp
 
+from common.net import free_port
 from lab import process
 from lab.cgroups import WorkloadCgroup
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rfc3339(ts: float) -> str:

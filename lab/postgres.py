@@ -30,12 +30,13 @@ import pwd
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from common.net import free_port
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,6 @@ def server_bindir() -> Path:
                         "postgresql package (scripts/setup.sh does)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _alive(pid: int) -> bool:
@@ -135,7 +132,7 @@ class LabPostgres:
             hba = f"local all all trust\nhost {DATABASE} {ROLE} 127.0.0.1/32 trust\n"
             self._as_server_user(["sh", "-c", 'cat > "$1"', "sh", str(self.data_dir / "pg_hba.conf")], stdin=hba)
             for _ in range(3):  # the free port may be taken between probing and binding
-                self.port = _free_port()
+                self.port = free_port()
                 if self._launch():
                     break
             else:

@@ -576,7 +576,8 @@ class ProviderProcess:
         return self.proc.pid if self.proc else None
 
     def start(self, timeout: float = 30.0) -> ProviderProcess:
-        from lab.harness import REPO, free_port
+        from common.net import free_port
+        from lab.harness import REPO
 
         self.work_dir.mkdir(parents=True, exist_ok=True)
         cert, key = self_signed(self.work_dir / "provider-tls", [self.hostname, "127.0.0.1", "localhost"])

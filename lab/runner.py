@@ -187,7 +187,7 @@ def is_alert_incident(inc: dict[str, Any]) -> bool:
 
 
 def _starts(alert: dict[str, Any]) -> float | None:
-    from responder.http.alertmanager import parse_timestamp
+    from common.timefmt import parse_timestamp
 
     try:
         return parse_timestamp(alert["startsAt"]).timestamp()

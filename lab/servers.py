@@ -28,7 +28,6 @@ import functools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -42,6 +41,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from common.net import free_port
 from lab import process
 
 PROMETHEUS_BIN = os.environ.get("LLMSLO_TEST_PROMETHEUS", "prometheus")
@@ -62,11 +62,6 @@ class ServerStartError(RuntimeError):
     """The server exited or never became ready; the message includes its log tail."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check: Callable[[], T], timeout_s: float, interval_s: float = 0.25, what: str = "condition",

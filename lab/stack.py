@@ -47,11 +47,12 @@ from typing import Any, BinaryIO, TypedDict
 import aiohttp
 import yaml
 
+from common.net import free_port
 from lab import faults as lab_faults
 from lab.cgroups import ServiceCgroups
 from lab.dns import DnsStandin
 from lab.faults import Fault, make_fault
-from lab.harness import OWNER_ENV, REPO, ResponderProcess, die_with_parent, free_port
+from lab.harness import OWNER_ENV, REPO, ResponderProcess, die_with_parent
 from lab.postgres import DATABASE, ROLE, LabPostgres
 from lab.provider import ProviderProcess
 from lab.proxy import ProxyProcess, ProxyRoute

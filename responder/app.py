@@ -21,8 +21,8 @@ from aiohttp import web
 from capture import kube
 from capture.agent import CaptureAgent
 from capture.client import HttpAgentClient, LocalAgentClient
-from capture.http_server import basic_ok, bearer_ok, guard, json_error, read_body, with_lifecycle
 from capture.probes import CATALOG
+from common.http import basic_ok, bearer_ok, guard, json_error, read_body, with_lifecycle
 from responder.config import ConfigError, Settings
 from responder.delivery.outbox import Deliverer
 from responder.delivery.sinks.base import ChatSink

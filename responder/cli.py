@@ -27,7 +27,7 @@ def _logging(verbose: bool) -> None:
 
 # --- serve -------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from capture import http_server
+    from common import http as http_server
     from responder import config
     from responder.app import Responder
 
@@ -52,9 +52,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # --- agent -------------------------------------------------------------------------------------
 def cmd_agent(args: argparse.Namespace) -> int:
-    from capture import http_server
     from capture.agent import CaptureAgent
     from capture.api import make_app
+    from common import http as http_server
 
     token = os.environ.get("LLMSLO_AGENT_TOKEN")
     if not token:

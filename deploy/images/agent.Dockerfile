@@ -29,6 +29,7 @@ RUN apt-get update \
 WORKDIR /opt/llmslo
 COPY pyproject.toml README.md ./
 COPY bpf/ bpf/
+COPY common/ common/
 COPY capture/ capture/
 COPY responder/ responder/
 COPY playbooks/ playbooks/

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from capture.http_server import load_json
 from capture.schemas import RequestError, check_duration, check_probes
+from common.http import load_json
 from responder.playbooks import PIN_LABEL
 from responder.store.base import ADHOC_GROUP_PREFIX
 

@@ -20,13 +20,13 @@ from typing import Any, Protocol
 
 from capture.client import AgentError
 from capture.schemas import CaptureRequest, CaptureResult, CaptureTarget, RequestError
+from common.timefmt import parse_timestamp
 from responder.attribution import calibration
 from responder.attribution.engine import attribute
 from responder.config import Settings
 from responder.evidence.prometheus import burn_onset, prometheus_evidence
 from responder.evidence.traces.backends import TraceBackend
 from responder.evidence.traces.gather import gather_trace_evidence
-from responder.http.alertmanager import parse_timestamp
 from responder.kube.cluster import KubeCluster, KubeUnavailable, Scope, ScopeError, named_workloads, workload_label_names
 from responder.model import adhoc
 from responder.model.verdict import Verdict

@@ -31,7 +31,8 @@ from typing import Any
 from urllib.parse import quote, urlparse
 
 from capture.schemas import CaptureCost, CaptureTarget
-from responder.render.thread import _alertname, _burn_start, _clock, _duration, _num, _parse_time, _pct, _unit, root_state
+from common.timefmt import unix_seconds
+from responder.render.thread import _alertname, _burn_start, _clock, _duration, _num, _pct, _unit, root_state
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def _burn_line(inc: dict[str, Any]) -> str:
     if start is None:
         return "start time unknown"
     if inc.get("status") == "resolved":
-        end = _parse_time(inc.get("resolved_at"))
+        end = unix_seconds(inc.get("resolved_at"))
         if end is not None and end >= start:
             return f"burned for {_duration(end - start)} ({_utc(start)} → {_utc(end)} UTC)"
         return f"resolved; burning since {_utc(start)} UTC"
@@ -461,7 +462,7 @@ def _alerts_section(inc: dict[str, Any]) -> str:
         labels = _dict(a.get("labels")) or {}
         chips = " ".join(f"<code class=chip>{_e(k)}={_e(v)}</code>" for k, v in sorted(labels.items()))
         ann = _dict(a.get("annotations")) or {}
-        started = _parse_time(a.get("startsAt"))
+        started = unix_seconds(a.get("startsAt"))
         rows.append(f"<tr><td>{_e(a.get('status') or '?')}</td><td>{_e(labels.get('alertname') or '?')}</td>"
                     f"<td>{chips}</td><td>{_e(ann.get('summary') or ann.get('description') or '')}</td>"
                     f"<td class=num>{_e(_utc(started) + ' UTC' if started else '?')}</td></tr>")

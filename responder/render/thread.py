@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from capture.schemas import CaptureResult, ProbeResult
+from common.timefmt import unix_seconds
 from responder.model import adhoc
 from responder.model.verdict import Evidence, Hypothesis, Verdict
 from responder.playbooks import PIN_LABEL
@@ -484,9 +485,9 @@ def render_resolved(incident: dict[str, Any]) -> Message:
     """The reply when the incident resolves: how long the error budget burned, final verdict."""
     alert = _alertname(incident)
     start = _burn_start(incident)
-    end = _parse_time(incident.get("resolved_at"))
+    end = unix_seconds(incident.get("resolved_at"))
     if end is None:
-        ends = [e for e in (_parse_time(a.get("endsAt")) for a in incident.get("alerts") or []) if e is not None]
+        ends = [e for e in (unix_seconds(a.get("endsAt")) for a in incident.get("alerts") or []) if e is not None]
         end = max(ends) if ends else None
     if start is not None and end is not None and end >= start:
         burned = f"the error budget burned for {_duration(end - start)} ({_clock(start)} → {_clock(end)} UTC)"
@@ -589,41 +590,10 @@ def _clock(ts: float) -> str:
 
 def _burn_start(incident: dict[str, Any]) -> float | None:
     """The earliest of the incident's creation and its alerts' ``startsAt``."""
-    times = [_parse_time(incident.get("created_at"))]
-    times += [_parse_time(a.get("startsAt")) for a in incident.get("alerts") or []]
+    times = [unix_seconds(incident.get("created_at"))]
+    times += [unix_seconds(a.get("startsAt")) for a in incident.get("alerts") or []]
     known = [t for t in times if t is not None]
     return min(known) if known else None
-
-
-def _parse_time(value: Any) -> float | None:
-    """Unix seconds from a number or an RFC 3339 string (Alertmanager sends nanoseconds)."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value) if value > 0 else None
-    text = str(value).strip()
-    if not text:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    # Python parses at most 6 fractional digits; Go's RFC 3339 has up to 9.
-    if "." in text:
-        head, _, rest = text.partition(".")
-        digits = len(rest) - len(rest.lstrip("0123456789"))
-        text = head + "." + rest[:min(digits, 6)] + rest[digits:]
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    if dt.year <= 1:  # Go's zero time: Alertmanager's "not ended"
-        return None
-    return dt.timestamp()
 
 
 def _esc(text: str) -> str:

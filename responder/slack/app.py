@@ -29,8 +29,8 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from capture.http_server import JsonBodyError, load_json, read_body
 from capture.probes import CATALOG
+from common.http import JsonBodyError, load_json, read_body
 from responder.config import Settings
 from responder.model.adhoc import AdhocRequest, Overloaded
 from responder.pipeline import Pipeline, alert_labels, baseline_end

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from capture.probes import CATALOG
 from capture.probes.base import to_result
 from capture.schemas import CaptureTarget, ProbeResult
 from capture.session import ProbeSession
+from common.net import free_port
 
 pytestmark = pytest.mark.kernel
 
@@ -251,10 +251,6 @@ def postgres_bin() -> Path:
     return Path(found[-1]).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ThrowawayPostgres:

@@ -49,7 +49,7 @@ def test_images_copy_what_the_install_and_the_run_need(image):
     assert all((REPO / s).exists() for s in sources), [s for s in sources if not (REPO / s).exists()]
     assert not sources & dockerignore(), "COPY of a path the build context leaves out"
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    packages = {p.split(".")[0] for p in project["tool"]["setuptools"]["packages"]}
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
     # pip install -e needs every listed package and the readme; the probes' C and the playbooks
     # are read from beside the packages at run time.
     assert packages | {"pyproject.toml", project["project"]["readme"], "bpf", "playbooks"} <= sources

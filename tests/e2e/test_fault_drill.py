@@ -19,7 +19,8 @@ import time
 import aiohttp
 import pytest
 
-from lab.harness import ResponderProcess, alert_payload, free_port
+from common.net import free_port
+from lab.harness import ResponderProcess, alert_payload
 from tests.responder.test_store_hardening import LOCKER
 from tests.standins.slack import DEFAULT_TOKEN, SlackStandin
 from tests.tmpfs import tmpfs

@@ -7,24 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
-from capture import http_server
+from common import http as http_server
+from common.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "fuzz-token"
 AGENT_TOKEN = "fuzz-agent-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Trouble(logging.Handler):

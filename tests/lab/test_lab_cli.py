@@ -177,8 +177,8 @@ def alert(status: str, starts: str, severity: str = "page") -> dict:
 
 
 def test_the_case_incident_is_the_first_with_an_alert_that_started_after_the_onset():
+    from common.timefmt import parse_timestamp
     from lab.runner import attributed_since, first_incident, opened_after
-    from responder.http.alertmanager import parse_timestamp
 
     onset = parse_timestamp("2026-01-01T10:00:00Z").timestamp()
     fresh = {"id": "new", "source": "alert", "created_at": onset + 30,

@@ -24,8 +24,9 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from capture.http_server import bearer_ok
-from lab.harness import REPO, free_port
+from common.http import bearer_ok
+from common.net import free_port
+from lab.harness import REPO
 from lab.postgres import INJECTED_SQLSTATE, LabPostgres
 from lab.provider import ProviderProcess
 from lab.rag_service import SAMPLE_QUESTIONS

@@ -9,7 +9,6 @@ from lab.servers import (  # noqa: F401 - re-exported
     PrometheusProcess,
     ServerProcess,
     ServerStartError,
-    free_port,
     http_get_json,
     serve_metrics,
     start_alertmanager,

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from responder.http.alertmanager import Alert, Notification, PayloadError, format_timestamp, parse_notification, parse_timestamp
+from common.timefmt import format_timestamp, parse_timestamp
+from responder.http.alertmanager import Alert, Notification, PayloadError, parse_notification
 
 # Shaped like what Alertmanager 0.25 POSTs: nanosecond timestamps, the Go zero time for an
 # unset endsAt, an empty generatorURL (the rule came from a file without an external URL).

@@ -22,10 +22,11 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from common.net import free_port
 from responder import config
 from responder.evidence.prometheus import MAX_POINTS, MAX_SERIES, prometheus_evidence
 from responder.playbooks import PromQuery, load_playbooks, select_playbook
-from tests.responder.prom_fixtures import free_port, serve_metrics, start_prometheus, wait_for
+from tests.responder.prom_fixtures import serve_metrics, start_prometheus, wait_for
 from tests.standins.loopback import LoopbackServer
 
 pytestmark = pytest.mark.needs_prometheus

@@ -18,10 +18,10 @@ from types import SimpleNamespace
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from common.timefmt import unix_seconds
 from lab.harness import alert_payload
 from responder import config
 from responder.app import Responder
-from responder.render import thread as report
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "t0ken"
@@ -485,7 +485,7 @@ async def test_adhoc_capture_opens_an_incident_and_runs_the_pipeline(svc):
     assert inc["alerts"][0]["annotations"]["summary"] == "checking by hand"
     assert inc["playbook"] == "llm-error-burn"  # pinned, although no matcher of it fits
     assert inc["attributed_at"] >= inc["created_at"]
-    assert abs(report._parse_time(inc["alerts"][0]["startsAt"]) - began) < 0.01  # the baselines end there
+    assert abs(unix_seconds(inc["alerts"][0]["startsAt"]) - began) < 0.01  # the baselines end there
     # this responder's agent URL is a closed port: the verdict says the capture failed
     assert "capture failed" in inc["verdict"]["abstain_reason"]
 

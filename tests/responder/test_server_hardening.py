@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,8 @@ import time
 import pytest
 from aiohttp import web
 
-from capture import http_server
+from common import http as http_server
+from common.net import free_port
 from responder.health import Health
 from responder.store import sqlite as store_module
 from responder.store.base import MAX_JOB_ATTEMPTS
@@ -266,10 +266,6 @@ async def serve_hello(**limits) -> tuple[web.AppRunner, int]:
     return runner, port
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
-from capture.http_server import JsonBodyError, load_json
+from common.http import JsonBodyError, load_json
 from responder.evidence.traces.model import KINDS, STATUSES, Span, SpanEvent
 
 PROTOBUF = "application/x-protobuf"

@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from capture.http_server import BodyUnreadable, json_error, read_body
+from common.http import BodyUnreadable, json_error, read_body
 from responder.evidence.traces import otlp
 from responder.evidence.traces.store import SpanStore
 

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from capture.http_server import bearer_ok
+from common.http import bearer_ok
 from responder.evidence.traces.model import Span, SpanEvent
 from responder.evidence.traces.receiver import OtlpReceiver
 from responder.evidence.traces.store import SpanStore

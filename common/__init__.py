@@ -1,0 +1,1 @@
+"""What the capture agent and the responder both serve or parse: HTTP helpers, timestamps, ports."""
