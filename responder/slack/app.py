@@ -33,7 +33,9 @@ from capture.probes import CATALOG
 from common.http import JsonBodyError, load_json, read_body
 from responder.config import Settings
 from responder.model.adhoc import AdhocRequest, Overloaded
-from responder.pipeline import Pipeline, alert_labels, baseline_end
+from responder.pipeline import Pipeline
+from responder.pipeline.gather import baseline_end
+from responder.pipeline.stage import alert_labels
 from responder.render import thread as report
 from responder.slack import commands
 from responder.store.base import AcceptResult, Incident, StoreBase

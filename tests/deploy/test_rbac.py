@@ -52,7 +52,7 @@ def calls(code: Path) -> dict[tuple[str, str], set[str]]:
     """(group, resource) -> verbs the modules under ``code`` use through the kubernetes client:
     read_namespaced_X is get; list_* is list, and also watch in a module that streams watches."""
     needed: dict[tuple[str, str], set[str]] = {}
-    for source in code.glob("*.py"):
+    for source in code.rglob("*.py"):
         text = source.read_text()
         watches = "watch.Watch" in text
         for verb, namespaced, all_ns in _CALL.findall(text):

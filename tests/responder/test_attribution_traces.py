@@ -104,7 +104,7 @@ def test_too_few_calls_give_no_trace_signal():
 
 
 def test_evidence_windows_start_at_the_burn_and_stay_bounded():
-    from responder.pipeline import MAX_INCIDENT_WINDOW_S, evidence_windows
+    from responder.pipeline.gather import MAX_INCIDENT_WINDOW_S, evidence_windows
 
     base, inc = evidence_windows(burn_start=900.0, end=1000.0, duration_s=10, baseline_s=60)
     assert inc == (900.0, 1000.0) and base == (840.0, 900.0)
@@ -119,7 +119,7 @@ def test_evidence_windows_start_at_the_burn_and_stay_bounded():
 
 
 def test_baseline_ends_where_the_burn_under_investigation_began():
-    from responder.pipeline import baseline_end
+    from responder.pipeline.gather import baseline_end
     from responder.store.base import Incident
 
     def alert(start: str, status: str = "firing") -> dict:

@@ -314,7 +314,7 @@ async def test_a_capture_fans_out_to_each_nodes_agent_and_combines_what_they_fou
 
 
 async def test_the_scope_stage_on_kubernetes_and_off_it(kube):
-    from responder.pipeline import scope_from_labels
+    from responder.pipeline.scope import scope_from_labels
 
     _, cluster = kube
     scope = await asyncio.to_thread(scope_from_labels, SPEC, {"namespace": "llm", "deployment": "chat"}, cluster)

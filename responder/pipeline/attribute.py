@@ -1,0 +1,44 @@
+"""Stage *attribute*: the verdict from the gathered evidence (kernel capture, traces), with what
+its confidence has meant in the lab, recorded on the incident with the evidence and the links."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from responder.attribution.calibration import Calibration
+from responder.attribution.engine import attribute
+from responder.config import Settings
+from responder.model.verdict import Verdict
+from responder.pipeline.stage import Context
+from responder.render import links
+from responder.store.base import StoreBase
+
+log = logging.getLogger(__name__)
+
+
+class Attribute:
+    name = "attribute"
+
+    def __init__(self, store: StoreBase, settings: Settings, calibration: Calibration | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.calibration = calibration
+
+    async def run(self, ctx: Context) -> None:
+        if ctx.playbook is None:
+            verdict = Verdict(domains=[], confidence=0.0, abstain_reason="no playbook matches the alert's labels")
+        else:
+            verdict = attribute(ctx.capture, traces=ctx.evidence["traces"],
+                                trace_link=lambda tid: links.trace_url(self.settings, tid), gaps=ctx.gaps)
+            if self.calibration and verdict.domains:
+                verdict.calibration = self.calibration.describe(verdict.confidence)
+        ctx.verdict = verdict
+        incident_links = links.incident_links(self.settings, ctx.incident.to_dict(), ctx.evidence["prometheus"],
+                                              ctx.evidence["traces"], ctx.runbooks)
+        ctx.incident = await asyncio.to_thread(
+            self.store.update_incident, ctx.incident.id, verdict=verdict.to_dict(),
+            capture=ctx.capture.to_dict() if ctx.capture else None, evidence=ctx.evidence,
+            links=incident_links, attributed_at=time.time())
+        log.info("incident=%s event=attributed domains=%s confidence=%.2f abstain=%r", ctx.incident.id,
+                 ",".join(verdict.domains), verdict.confidence, verdict.abstain_reason)

@@ -1,0 +1,192 @@
+"""Each stage of the investigate pipeline alone, over one Context: a real SQLite store, the
+shipped playbooks, and (for gather) an agent client of our own that answers in-process."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from capture.client import AgentError
+from capture.probes import CATALOG
+from capture.schemas import CaptureRequest, CaptureResult, ProbeResult, RequestError
+from lab.harness import alert_payload
+from responder import config
+from responder.http.alertmanager import parse_notification
+from responder.model import adhoc
+from responder.pipeline.attribute import Attribute
+from responder.pipeline.gather import Gather
+from responder.pipeline.playbook import SelectPlaybook
+from responder.pipeline.report import OpenThread, Report
+from responder.pipeline.scope import ScopeStage
+from responder.pipeline.stage import Context, alert_labels
+from responder.pipeline.thread import ThreadWriter
+from responder.playbooks import load_playbooks
+from responder.store.sqlite import IncidentStore
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def world(tmp_path):
+    settings = config.load(env={}, data_dir=tmp_path / "data", webhook_token="t", slack_channel="#default",
+                           playbooks_dir=REPO / "playbooks", calibration_file=None)
+    store = IncidentStore(tmp_path / "s.sqlite3")
+    playbooks = load_playbooks(REPO / "playbooks", set(CATALOG))
+    yield settings, store, playbooks
+    store.close()
+
+
+def context(store, labels: dict[str, str]) -> Context:
+    raw = json.dumps(alert_payload("firing", labels, time.time() - 30)).encode()
+    accepted = store.accept(parse_notification(raw), raw)
+    job = store.claim_job()
+    inc = store.get_incident(accepted.incident_id)
+    return Context(job=job, incident=inc, labels=alert_labels(inc), options=adhoc.options(inc.alerts))
+
+
+def with_duration(playbook, seconds: float):
+    return dataclasses.replace(playbook, capture=dataclasses.replace(playbook.capture, duration_s=seconds))
+
+
+async def test_playbook_stage_chooses_by_labels_and_records_it(world):
+    settings, store, playbooks = world
+    ctx = context(store, {"alertname": "LLMErrorBurn", "severity": "page", "pid": "1"})
+    await SelectPlaybook(store, playbooks).run(ctx)
+    assert ctx.playbook is not None and ctx.playbook.name == "llm-error-burn"
+    assert store.get_incident(ctx.incident.id).playbook == "llm-error-burn"
+
+
+async def test_open_thread_posts_the_root_to_the_routed_channel_of_every_sink(world):
+    settings, store, playbooks = world
+    ctx = context(store, {"alertname": "X", "pid": "1", "slack_channel": "#team"})
+    await OpenThread(ThreadWriter(store, ["console", "slack"], settings)).run(ctx)
+    pending = store.pending_messages()
+    assert {(m.sink, m.step, m.body["op"], m.body["channel"]) for m in pending} == {
+        ("console", "root", "root", "#team"), ("slack", "root", "root", "#team")}
+
+
+async def test_open_thread_in_a_borrowed_thread_only_replies(world):
+    settings, store, playbooks = world
+    ctx = context(store, {"alertname": "X", "pid": "1"})
+    ctx.borrowed = frozenset({"slack"})
+    await OpenThread(ThreadWriter(store, ["console", "slack"], settings)).run(ctx)
+    ops = {(m.sink, m.body["op"]) for m in store.pending_messages()}
+    assert ops == {("console", "root"), ("console", "reply"), ("slack", "reply")}  # no root of its own there
+
+
+@pytest.mark.parametrize("labels, pids, gap", [
+    ({"alertname": "X", "pid": "4242"}, [4242], None),
+    ({"alertname": "X"}, [], "no scope label on the alert"),
+    ({"alertname": "X", "pid": "12ab"}, [], "is not a process id"),
+    ({"alertname": "X", "namespace": "llm", "pod": "chat-0"}, [], "only Kubernetes resolves"),
+])
+async def test_scope_stage_makes_a_target_or_says_why_not(world, labels, pids, gap):
+    settings, store, playbooks = world
+    ctx = context(store, labels)
+    ctx.playbook = next(p for p in playbooks if p.is_fallback)
+    await ScopeStage().run(ctx)
+    if gap is None:
+        assert ctx.scope is not None and ctx.scope.target.pids == pids and not ctx.gaps
+    else:
+        assert ctx.scope is None and len(ctx.gaps) == 1 and gap in ctx.gaps[0], ctx.gaps
+
+
+async def test_scope_stage_without_a_playbook_does_nothing(world):
+    settings, store, playbooks = world
+    ctx = context(store, {"alertname": "X", "pid": "1"})
+    await ScopeStage().run(ctx)
+    assert ctx.scope is None and not ctx.gaps
+
+
+class Agent:
+    """An agent client answering in-process: records the request, returns or raises."""
+
+    def __init__(self, answer: CaptureResult | Exception) -> None:
+        self.answer = answer
+        self.requests: list[CaptureRequest] = []
+
+    async def capture(self, req: CaptureRequest) -> CaptureResult:
+        self.requests.append(req)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def result(target) -> CaptureResult:
+    return CaptureResult(id="cap-1", node="n", target=target, started_at=1.0, ended_at=2.0,
+                         incident={"tcp_retrans": ProbeResult("tcp_retrans", 1.0, counters={"retransmits": 5})})
+
+
+async def scoped(world, labels=None):
+    settings, store, playbooks = world
+    ctx = context(store, labels or {"alertname": "X", "pid": "4242"})
+    ctx.playbook = with_duration(next(p for p in playbooks if p.is_fallback), 1.0)
+    await ScopeStage().run(ctx)
+    return ctx
+
+
+async def test_gather_asks_the_agent_for_the_playbooks_probes_over_the_scope(world):
+    settings = world[0]
+    ctx = await scoped(world)
+    ctx.scope.notes.append("one pod left out")
+    agent = Agent(result(ctx.scope.target))
+    await Gather(agent, settings).run(ctx)
+    [req] = agent.requests
+    assert req.target.pids == [4242] and req.probes == list(ctx.playbook.capture.probes)
+    assert req.duration_s == 1.0 and req.incident_id == ctx.incident.id
+    assert req.baseline_end is not None and req.baseline_end <= time.time() - 29  # the alert's startsAt
+    assert ctx.capture is not None and "one pod left out" in ctx.capture.errors and not ctx.gaps
+    assert ctx.evidence == {"traces": None, "prometheus": None}  # no back-end, no queries
+
+
+@pytest.mark.parametrize("failure, words", [
+    (AgentError("the agent did not answer", "http://10.0.0.1:9443: ConnectionRefused"), "the capture failed: the agent"),
+    (RequestError("duration_s: must be at most 300"), "could not scope the capture"),
+    (ZeroDivisionError("bug"), "ZeroDivisionError; the responder's log has the details"),
+])
+async def test_gather_turns_a_failed_capture_into_a_gap_in_words(world, failure, words):
+    ctx = await scoped(world)
+    await Gather(Agent(failure), world[0]).run(ctx)
+    assert ctx.capture is None and len(ctx.gaps) == 1 and words in ctx.gaps[0], ctx.gaps
+    assert "10.0.0.1" not in ctx.gaps[0]  # the agent's address stays in the log
+
+
+async def test_gather_without_a_scope_asks_no_agent(world):
+    ctx = await scoped(world, {"alertname": "X"})
+    agent = Agent(RuntimeError("must not be called"))
+    await Gather(agent, world[0]).run(ctx)
+    assert agent.requests == [] and ctx.capture is None and len(ctx.gaps) == 1  # the scope's gap
+
+
+async def test_attribute_without_a_playbook_abstains_and_records_it(world):
+    settings, store, playbooks = world
+    ctx = context(store, {"alertname": "X"})
+    await Attribute(store, settings).run(ctx)
+    assert ctx.verdict is not None and ctx.verdict.domains == []
+    assert ctx.verdict.abstain_reason == "no playbook matches the alert's labels"
+    assert store.get_incident(ctx.incident.id).verdict["abstain_reason"] == ctx.verdict.abstain_reason
+
+
+async def test_attribute_names_the_gaps_when_there_is_no_evidence(world):
+    settings, store, playbooks = world
+    ctx = context(store, {"alertname": "X"})
+    ctx.playbook = playbooks[0]
+    ctx.gaps.append("the capture failed: the agent did not answer")
+    await Attribute(store, settings).run(ctx)
+    assert ctx.verdict.domains == [] and "the agent did not answer" in ctx.verdict.abstain_reason
+    stored = store.get_incident(ctx.incident.id)
+    assert stored.attributed_at is not None and stored.evidence == {"prometheus": None, "traces": None}
+
+
+async def test_report_updates_the_root_and_replies_once_per_job(world):
+    settings, store, playbooks = world
+    ctx = context(store, {"alertname": "X"})
+    await Attribute(store, settings).run(ctx)
+    await Report(ThreadWriter(store, ["console"], settings)).run(ctx)
+    steps = [m.step for m in store.pending_messages()]
+    assert steps == [f"root:attributed:{ctx.job.id}", f"attribution:{ctx.job.id}"]  # no evidence: no chart
+    await Report(ThreadWriter(store, ["console"], settings)).run(ctx)  # a retried job
+    assert [m.step for m in store.pending_messages()] == steps
