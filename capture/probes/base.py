@@ -25,7 +25,10 @@ from capture.schemas import Histogram, ProbeInfo, ProbeResult
 
 RawSnapshot = dict[tuple, float]  # counts are integers; a gauge (e.g. a CPU quota) can be fractional
 
-BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+# Each probe is a folder of this package: its module (metadata, decoder) and, for a BPF probe,
+# its program (program.bpf.c); headers the programs share are in include/.
+PROBES_DIR = Path(__file__).resolve().parent
+INCLUDE_DIR = PROBES_DIR / "include"
 
 TOP_N = 10
 
@@ -34,7 +37,7 @@ TOP_N = 10
 class Probe:
     name: str
     summary: str
-    source: str | None  # file name in bpf/; None for a probe that samples cgroupfs
+    source: str | None  # the program's file in the probe's folder; None for a probe that samples cgroupfs
     attach: tuple[str, ...]
     cost_class: str
     # Events per second above which a capture stops the probe: far above a real incident's rate,
@@ -64,7 +67,7 @@ class Probe:
         # #included files, so the shared header is spliced in rather than included.
         if self.source is None:
             raise ValueError(f"probe {self.name} samples cgroupfs: it has no BPF program")
-        return splice_includes((BPF_DIR / self.source).read_text())
+        return splice_includes((PROBES_DIR / self.name / self.source).read_text())
 
     def info(self) -> ProbeInfo:
         return ProbeInfo(name=self.name, summary=self.summary, kind=self.kind, attach=list(self.attach),
@@ -80,7 +83,7 @@ _LOCAL_INCLUDE = re.compile(r'^#include "([a-z_]+\.h)"$', re.M)
 
 
 def splice_includes(text: str, seen: set[str] | None = None) -> str:
-    """Replace each ``#include "x.h"`` of bpf/ with the header's text, once per header."""
+    """Replace each ``#include "x.h"`` of include/ with the header's text, once per header."""
     seen = set() if seen is None else seen
 
     def one(m: re.Match) -> str:
@@ -88,7 +91,7 @@ def splice_includes(text: str, seen: set[str] | None = None) -> str:
         if name in seen:
             return ""
         seen.add(name)
-        return splice_includes((BPF_DIR / name).read_text(), seen)
+        return splice_includes((INCLUDE_DIR / name).read_text(), seen)
 
     return _LOCAL_INCLUDE.sub(one, text)
 

@@ -23,12 +23,10 @@ RUN apt-get update \
         python3 python3-venv python3-bpfcc libbpfcc bpfcc-tools kmod ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
-# The source tree stays where it is and is installed editable: the probes' C programs (bpf/)
-# and the playbooks are read from beside the packages (capture/probes/base.py,
-# responder/config.py), and a wheel would carry neither.
+# The source tree stays where it is and is installed editable: the shipped playbooks are read
+# from beside the packages (responder/config.py). The probes' programs are package data.
 WORKDIR /opt/llmslo
 COPY pyproject.toml README.md ./
-COPY bpf/ bpf/
 COPY common/ common/
 COPY capture/ capture/
 COPY responder/ responder/

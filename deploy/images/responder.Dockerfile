@@ -21,7 +21,6 @@ RUN apt-get update \
 # playbooks (and the calibration table) are read from beside the packages.
 WORKDIR /opt/llmslo
 COPY pyproject.toml README.md ./
-COPY bpf/ bpf/
 COPY common/ common/
 COPY capture/ capture/
 COPY responder/ responder/

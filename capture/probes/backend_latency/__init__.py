@@ -1,4 +1,4 @@
-"""backend_latency probe: decoder and metadata for bpf/backend_latency.bpf.c.
+"""backend_latency probe: decoder and metadata for program.bpf.c beside it.
 
 Results, per window:
 - counters ``requests`` (requests that got a reply), ``slow_requests`` (those at or above
@@ -34,7 +34,7 @@ def read_raw(bpf) -> RawSnapshot:
 PROBE = Probe(
     name="backend_latency",
     summary="Request/reply latency of plain-TCP backends (e.g. PostgreSQL) by workload and peer",
-    source="backend_latency.bpf.c",
+    source="program.bpf.c",
     attach=tuple(f"tracepoint:syscalls:sys_{edge}_{call}"
                  for call in ("write", "sendto", "writev", "sendmsg", "read", "recvfrom", "readv", "recvmsg")
                  for edge in ("enter", "exit"))

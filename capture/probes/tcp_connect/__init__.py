@@ -1,4 +1,4 @@
-"""tcp_connect probe: decoder and metadata for bpf/tcp_connect.bpf.c."""
+"""tcp_connect probe: decoder and metadata for program.bpf.c beside it."""
 from capture.probes.base import Probe, RawSnapshot, bump, peer_str, slot_upper
 
 _OUTCOMES = {0: "attempts", 1: "established", 2: "failed"}
@@ -21,7 +21,7 @@ def read_raw(bpf) -> RawSnapshot:
 PROBE = Probe(
     name="tcp_connect",
     summary="TCP connect latency and failures by workload and peer",
-    source="tcp_connect.bpf.c",
+    source="program.bpf.c",
     attach=("tracepoint:syscalls:sys_enter_connect", "tracepoint:sock:inet_sock_set_state"),
     cost_class="low",
     event_budget_per_s=50_000,

@@ -1,4 +1,4 @@
-"""tcp_retrans probe: decoder and metadata for bpf/tcp_retrans.bpf.c."""
+"""tcp_retrans probe: decoder and metadata for program.bpf.c beside it."""
 from capture.probes.base import Probe, RawSnapshot, bump, peer_str
 
 
@@ -14,7 +14,7 @@ def read_raw(bpf) -> RawSnapshot:
 PROBE = Probe(
     name="tcp_retrans",
     summary="TCP retransmits (data and SYN-ACK) by owning workload and peer",
-    source="tcp_retrans.bpf.c",
+    source="program.bpf.c",
     attach=("tracepoint:tcp:tcp_retransmit_skb", "tracepoint:tcp:tcp_retransmit_synack",
             "tracepoint:sock:inet_sock_set_state",
             "tracepoint:tcp:tcp_rcv_space_adjust"),

@@ -1,4 +1,4 @@
-"""tcp_flow probe: decoder and metadata for bpf/tcp_flow.bpf.c.
+"""tcp_flow probe: decoder and metadata for program.bpf.c beside it.
 
 Counts received bytes from sock:sock_recv_length (what the workload read) where the kernel has
 it (6.3+), else from tcp_probe's data_len, which under-counts coalesced segments over 64 KiB.
@@ -49,7 +49,7 @@ def mean_rtt_us(result: ProbeResult) -> dict[str, float]:
 PROBE = Probe(
     name="tcp_flow",
     summary="TCP bytes received and acknowledged, and smoothed RTT, by owning workload and peer",
-    source="tcp_flow.bpf.c",
+    source="program.bpf.c",
     attach=("tracepoint:tcp:tcp_probe", "tracepoint:sock:sock_recv_length", "tracepoint:sock:inet_sock_set_state",
             "tracepoint:tcp:tcp_rcv_space_adjust"),
     # One event per received segment (data or ACK): busier than connects or retransmits.

@@ -1,4 +1,4 @@
-"""process_exec probe: decoder and metadata for bpf/process_exec.bpf.c.
+"""process_exec probe: decoder and metadata for program.bpf.c beside it.
 
 Counter ``execs``; top lists ``executables`` (execs per path as given to execve, cut at 127
 bytes) and ``commands`` (execs per command name, the kernel's 15-byte comm). The agent compares
@@ -25,7 +25,7 @@ def read_raw(bpf) -> RawSnapshot:
 PROBE = Probe(
     name="process_exec",
     summary="Programs executed (execve) by workload, by executable path and command name",
-    source="process_exec.bpf.c",
+    source="program.bpf.c",
     attach=("tracepoint:sched:sched_process_exec",),
     cost_class="low",
     event_budget_per_s=20_000,

@@ -1,4 +1,4 @@
-"""runq_latency probe: decoder and metadata for bpf/runq_latency.bpf.c."""
+"""runq_latency probe: decoder and metadata for program.bpf.c beside it."""
 from capture.probes.base import Probe, RawSnapshot, slot_upper
 
 
@@ -12,7 +12,7 @@ def read_raw(bpf) -> RawSnapshot:
 PROBE = Probe(
     name="runq_latency",
     summary="Run-queue wait (CPU starvation) per cgroup, log2 histogram",
-    source="runq_latency.bpf.c",
+    source="program.bpf.c",
     attach=("tracepoint:sched:sched_wakeup", "tracepoint:sched:sched_wakeup_new",
             "tracepoint:sched:sched_switch"),
     cost_class="medium",

@@ -1,4 +1,4 @@
-"""tcp_reset probe: decoder and metadata for bpf/tcp_reset.bpf.c."""
+"""tcp_reset probe: decoder and metadata for program.bpf.c beside it."""
 from capture.probes.base import Probe, RawSnapshot, bump, peer_str, tracepoint_format
 
 
@@ -23,7 +23,7 @@ def cflags() -> list[str]:
 PROBE = Probe(
     name="tcp_reset",
     summary="TCP resets sent and received by owning workload and peer",
-    source="tcp_reset.bpf.c",
+    source="program.bpf.c",
     attach=("tracepoint:tcp:tcp_send_reset", "tracepoint:tcp:tcp_receive_reset",
             "tracepoint:sock:inet_sock_set_state", "tracepoint:tcp:tcp_rcv_space_adjust"),
     cost_class="low",

@@ -1,4 +1,4 @@
-"""dns probe: decoder, metadata and libc discovery for bpf/dns.bpf.c.
+"""dns probe: decoder, metadata and libc discovery for program.bpf.c beside it.
 
 getaddrinfo is probed in the libc each target process actually maps (``/proc/PID/maps``), so a
 container's own libc is covered; one uprobe per library file serves every process mapping it,
@@ -128,7 +128,7 @@ def attach_dynamic(bpf, scope: identity.ResolvedTarget | None) -> list[str]:
 PROBE = Probe(
     name="dns",
     summary="getaddrinfo latency, failures and answers by workload and host name",
-    source="dns.bpf.c",
+    source="program.bpf.c",
     attach=("uprobe:libc:getaddrinfo", "uretprobe:libc:getaddrinfo"),
     cost_class="low",
     # A workload resolving without a cache makes at most a few hundred lookups a second; 5000

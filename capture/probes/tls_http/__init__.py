@@ -1,4 +1,4 @@
-"""tls_http probe: decoder, metadata and uprobe attachment for bpf/tls_http.bpf.c.
+"""tls_http probe: decoder, metadata and uprobe attachment for program.bpf.c beside it.
 
 The uprobes go on the libssl file(s) the target's processes map (found in /proc/PID/maps, so a
 container's own libssl is probed, not the host's). The peer of a TLS connection is the peer of
@@ -195,7 +195,7 @@ def seed_fd_peers(bpf, pids: list[int] | None) -> int:
 PROBE = Probe(
     name="tls_http",
     summary="HTTP/1.x response statuses (429, 5xx) and time to first byte per peer, from the target's libssl",
-    source="tls_http.bpf.c",
+    source="program.bpf.c",
     attach=("uprobe:libssl:SSL_write", "uprobe:libssl:SSL_write_ex", "uprobe:libssl:SSL_read",
             "uprobe:libssl:SSL_read_ex", "uretprobe:libssl:SSL_write", "uretprobe:libssl:SSL_write_ex",
             "uretprobe:libssl:SSL_read", "uretprobe:libssl:SSL_read_ex",

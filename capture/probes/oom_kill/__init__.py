@@ -1,4 +1,4 @@
-"""oom_kill probe: decoder and metadata for bpf/oom_kill.bpf.c."""
+"""oom_kill probe: decoder and metadata for program.bpf.c beside it."""
 from capture.probes.base import Probe, RawSnapshot, bump
 
 
@@ -14,7 +14,7 @@ def read_raw(bpf) -> RawSnapshot:
 PROBE = Probe(
     name="oom_kill",
     summary="OOM kills by cgroup and process name",
-    source="oom_kill.bpf.c",
+    source="program.bpf.c",
     attach=("tracepoint:oom:mark_victim", "tracepoint:sched:sched_process_exit"),
     cost_class="low",
     event_budget_per_s=10_000,
