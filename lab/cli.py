@@ -4,6 +4,7 @@
     llmslo lab report DIR [--mode M]...
     llmslo lab compare DIR... [-o FILE]
     llmslo lab calibrate DIR -o FILE
+    llmslo lab pack DIR
 
 Every mode comes from one run: the evidence of each case is stored, and each mode re-attributes
 it (``lab.scorecard``). One mode writes ``DIR/scorecard.*``; several write ``DIR/<mode>/scorecard.*``
@@ -139,6 +140,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    """A finished run's cases in one gzip JSON Lines file (what the repository keeps)."""
+    from lab import scorecard
+
+    try:
+        target = scorecard.pack_cases(Path(args.dir))
+    except scorecard.ScorecardError as e:
+        raise LabCliError(f"pack: {e}") from None
+    print(f"llmslo lab: cases packed into {target} ({target.stat().st_size / 1e6:.2f} MB)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="llmslo lab", description="The attribution lab: real faults, a scorecard, the ablation.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -165,10 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     cal = sub.add_parser("calibrate", help="write the responder's calibration table (precision observed per "
                          "confidence) from a run's combined-mode verdicts")
-    cal.add_argument("dir", help="run directory with cases/")
+    cal.add_argument("dir", help="run directory (cases/ or cases.jsonl.gz)")
     cal.add_argument("-o", "--output", required=True,
                      help="file to write, e.g. responder/attribution/calibration.json (read through LLMSLO_CALIBRATION_FILE)")
     cal.set_defaults(func=cmd_calibrate)
+
+    pk = sub.add_parser("pack", help="pack a finished run's cases/ into cases.jsonl.gz (report and calibrate "
+                        "read either)")
+    pk.add_argument("dir", help="run directory with cases/")
+    pk.set_defaults(func=cmd_pack)
     return p
 
 

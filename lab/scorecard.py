@@ -43,8 +43,10 @@ abstained).
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -74,22 +76,58 @@ class ScorecardError(Exception):
 
 # --- reading cases -----------------------------------------------------------------------------
 
+PACKED = "cases.jsonl.gz"
+
+
 def load_cases(run_dir: Path) -> list[dict[str, Any]]:
-    """Every ``cases/*.json`` of a run, in the order the runner finished them."""
-    case_dir = Path(run_dir) / "cases"
-    if not case_dir.is_dir():
-        raise ScorecardError(f"{run_dir}: no cases/ directory (not a lab run?)")
+    """Every case of a run, in the order the runner finished them: from ``cases/*.json`` (a run
+    that is going on or can be resumed) or else from ``cases.jsonl.gz`` (a packed run)."""
+    case_dir, packed = Path(run_dir) / "cases", Path(run_dir) / PACKED
     cases = []
-    for path in sorted(case_dir.glob("*.json")):
+    if case_dir.is_dir():
+        for path in sorted(case_dir.glob("*.json")):
+            try:
+                cases.append(_case(json.loads(path.read_text()), path))
+            except (OSError, ValueError) as e:
+                raise ScorecardError(f"{path}: cannot read the case: {e}") from None
+    elif packed.is_file():
         try:
-            case = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise ScorecardError(f"{path}: cannot read the case: {e}") from None
-        if not (isinstance(case, dict) and isinstance(case.get("name"), str) and isinstance(case.get("expect"), list)):
-            raise ScorecardError(f"{path}: not a lab case (expected an object with name and expect)")
-        cases.append(case)
+            with gzip.open(packed, "rt") as f:
+                for n, line in enumerate(f, 1):
+                    cases.append(_case(json.loads(line), f"{packed}:{n}"))
+        except (OSError, EOFError, ValueError) as e:
+            raise ScorecardError(f"{packed}: cannot read the cases: {e}") from None
+    else:
+        raise ScorecardError(f"{run_dir}: no cases/ directory or {PACKED} (not a lab run?)")
     cases.sort(key=lambda c: (c.get("finished_at") or 0, c["name"]))
     return cases
+
+
+def _case(case: Any, where: Any) -> dict[str, Any]:
+    if not (isinstance(case, dict) and isinstance(case.get("name"), str) and isinstance(case.get("expect"), list)):
+        raise ScorecardError(f"{where}: not a lab case (expected an object with name and expect)")
+    return case
+
+
+def pack_cases(run_dir: Path) -> Path:
+    """A finished run's ``cases/`` as one ``cases.jsonl.gz`` (a case per line, in the order they
+    finished), checked by reading it back; then ``cases/`` is removed."""
+    run_dir = Path(run_dir)
+    case_dir = run_dir / "cases"
+    if not case_dir.is_dir():
+        raise ScorecardError(f"{run_dir}: no cases/ directory to pack")
+    cases = load_cases(run_dir)
+    target, tmp = run_dir / PACKED, run_dir / (PACKED + ".tmp")
+    with gzip.open(tmp, "wt", compresslevel=9) as f:
+        for case in cases:
+            f.write(json.dumps(case, sort_keys=True, separators=(",", ":")) + "\n")
+    with gzip.open(tmp, "rt") as f:
+        if [json.loads(line) for line in f] != cases:
+            tmp.unlink()
+            raise ScorecardError(f"{tmp}: the packed cases do not read back the same")
+    tmp.replace(target)
+    shutil.rmtree(case_dir)
+    return target
 
 
 def reattribute(incident: dict[str, Any] | None, mode: str):

@@ -154,7 +154,7 @@ def test_report_and_compare_refuse_what_is_not_a_run(tmp_path, capsys):
     empty.mkdir()
     assert cli.main(["report", str(empty)]) == 2
     err = capsys.readouterr().err
-    assert err == f"llmslo lab: report: {empty}: no cases/ directory (not a lab run?)\n"
+    assert err == f"llmslo lab: report: {empty}: no cases/ directory or cases.jsonl.gz (not a lab run?)\n"
     assert cli.main(["compare", str(empty)]) == 2
     assert "no scorecard.json here" in capsys.readouterr().err
     (empty / "cases").mkdir()
@@ -165,7 +165,7 @@ def test_report_and_compare_refuse_what_is_not_a_run(tmp_path, capsys):
 
 def test_lab_help_goes_through_llmslo():
     r = llmslo("lab", "--help")
-    assert r.returncode == 0 and "{run,report,compare,calibrate}" in r.stdout
+    assert r.returncode == 0 and "{run,report,compare,calibrate,pack}" in r.stdout
     r = llmslo("-v", "lab", "compare")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "required: DIR" in r.stderr
 
