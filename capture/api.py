@@ -35,11 +35,7 @@ def make_app(agent: CaptureAgent, token: str) -> web.Application:
         return await handler(request)
 
     async def captures(request: web.Request) -> web.Response:
-        if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
-            return json_error(413, f"request body over {MAX_REQUEST_BYTES} bytes")
         body = await read_body(request, MAX_REQUEST_BYTES)
-        if body is None:
-            return json_error(413, f"request body over {MAX_REQUEST_BYTES} bytes")
         try:
             data = load_json(body)
         except JsonBodyError as e:

@@ -47,6 +47,11 @@ class BodyTimeout(Exception):
     """The client did not send its whole body within BODY_TIMEOUT_S."""
 
 
+class BodyTooLarge(Exception):
+    """A request body longer than its endpoint allows (declared or as it arrived): a 413 whose
+    message names the limit and, where the endpoint gives one, what to do about it."""
+
+
 class BodyUnreadable(Exception):
     """The body could not be read as sent (e.g. Content-Encoding gzip over bytes that are not)."""
 
@@ -123,12 +128,16 @@ def json_error(status: int, message: str, retry_after: int | None = None) -> web
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-async def read_body(request: web.Request, limit: int, timeout_s: float | None = None) -> bytes | None:
-    """The whole body, or None when it is longer than ``limit`` bytes; BodyTimeout when it has
-    not all arrived within ``timeout_s`` (a slow or unfinished body never holds a handler).
+async def read_body(request: web.Request, limit: int, timeout_s: float | None = None, advice: str = "") -> bytes:
+    """The whole body. BodyTooLarge when it says (Content-Length) or turns out to be longer than
+    ``limit`` bytes, with ``advice`` after the limit; BodyTimeout when it has not all arrived
+    within ``timeout_s`` (a slow or unfinished body never holds a handler).
 
     ``content.read(n)`` returns whatever is buffered (one TCP segment or HTTP chunk), not n
     bytes: keep reading until the end of the body or one byte past the limit."""
+    then = f"; {advice}" if advice else ""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"body is {request.content_length} bytes; the limit is {limit} bytes{then}")
     buf = bytearray()
     timeout_s = BODY_TIMEOUT_S if timeout_s is None else timeout_s
     try:
@@ -145,15 +154,22 @@ async def read_body(request: web.Request, limit: int, timeout_s: float | None = 
         # answer meets the same error again and logs it as unhandled.
         request.content.feed_eof()
         raise BodyUnreadable(f"body could not be read: {str(e).splitlines()[-1].strip()}") from None
-    return None if len(buf) > limit else bytes(buf)
+    if len(buf) > limit:
+        raise BodyTooLarge(f"body is over the limit of {limit} bytes{then}")
+    return bytes(buf)
 
 
 @web.middleware
 async def guard(request: web.Request, handler):
-    """Outermost middleware of both servers: a body that does not arrive in time is a 408, and
-    an unexpected error is a 500 without a traceback in the answer (the log keeps it)."""
+    """Outermost middleware of both servers: a body over its endpoint's limit is a 413, one that
+    does not arrive in time a 408, one that cannot be decoded a 400, and an unexpected error a
+    500 without a traceback in the answer (the log keeps it)."""
     try:
         return await handler(request)
+    except BodyTooLarge as e:
+        resp = json_error(413, str(e))
+        resp.force_close()  # the rest of the body is not read
+        return resp
     except (BodyTimeout, BodyUnreadable) as e:
         # The rest of the body is not read: the connection closes after the answer.
         resp = json_error(408 if isinstance(e, BodyTimeout) else 400, str(e))

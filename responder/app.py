@@ -262,13 +262,8 @@ class Responder:
             return web.json_response({"error": "unauthorized: send the webhook bearer token or basic auth"},
                                      status=401, headers={"WWW-Authenticate": 'Bearer realm="llmslo"'})
         limit = self.settings.max_body_bytes
-        too_big = (f"the limit is {limit} bytes (max_body_bytes, LLMSLO_MAX_BODY_BYTES); raise it, or set "
-                   "max_alerts in Alertmanager's webhook_config so one notification carries fewer alerts")
-        if request.content_length is not None and request.content_length > limit:
-            return json_error(413, f"body is {request.content_length} bytes; {too_big}")
-        body = await read_body(request, limit)
-        if body is None:
-            return json_error(413, f"body is over the limit: {too_big}")
+        body = await read_body(request, limit, advice="raise it (max_body_bytes, LLMSLO_MAX_BODY_BYTES), or set "
+                               "max_alerts in Alertmanager's webhook_config so one notification carries fewer alerts")
         try:
             notification = parse_notification(body)
         except PayloadError as e:
@@ -302,8 +297,6 @@ class Responder:
         if not self.authorized(request):
             return json_error(401, "unauthorized")
         body = await read_body(request, adhoc.MAX_BODY_BYTES)
-        if body is None:
-            return json_error(413, f"body is over the limit of {adhoc.MAX_BODY_BYTES} bytes")
         try:
             req = adhoc.parse_request(body, (p.name for p in self.pipeline.playbooks), CATALOG)
         except ValueError as e:

@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from common.http import BodyUnreadable, json_error, read_body
+from common.http import BodyTooLarge, BodyUnreadable, json_error, read_body
 from responder.evidence.traces import otlp
 from responder.evidence.traces.store import SpanStore
 
@@ -66,18 +66,14 @@ class OtlpReceiver:
             return _refuse(request, 415, f"content encoding {encoding!r} is not supported; send gzip or none",
                            as_json)
         limit = self.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return _refuse(request, 413, f"body is {request.content_length} bytes; the limit is {limit} bytes",
-                           as_json)
         try:
             body = await read_body(request, limit)
-        except BodyUnreadable as e:  # aiohttp's own inflation failed: not gzip after all
-            refused = _refuse(request, 400, str(e), as_json)
-            refused.force_close()  # the rest of the body cannot be read either
+        except (BodyUnreadable, BodyTooLarge) as e:  # answered in the exporter's own encoding
+            status = 400 if isinstance(e, BodyUnreadable) else 413  # 400: not gzip after all
+            inflated = " once inflated" if status == 413 and encoding == "gzip" and "over the limit" in str(e) else ""
+            refused = _refuse(request, status, f"{e}{inflated}", as_json)
+            refused.force_close()  # the rest of the body is not read
             return refused
-        if body is None:
-            inflated = " once inflated" if encoding == "gzip" else ""
-            return _refuse(request, 413, f"body is over the limit of {limit} bytes{inflated}", as_json)
         still_gzip = encoding == "gzip" and not _inflated_by_server(request, body)
         try:
             decoded = await asyncio.to_thread(self._decode_and_store, body, media, "gzip" if still_gzip else None)
