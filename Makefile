@@ -3,10 +3,10 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -q -ra
-# Everything that needs root, the kernel, a server, a browser, kubectl, or takes long.
 # Compiled modules and pytest's rewritten test modules are cached between runs (an environment
 # that turns bytecode off would make every run recompile some 300 modules: 10 s of collection).
 export PYTHONDONTWRITEBYTECODE :=
+# Everything that needs root, the kernel, a server, a browser, kubectl, or takes long.
 NOT_FAST := kernel or e2e or lab or slow or fuzz or needs_root or needs_postgres or needs_prometheus or needs_browser or needs_kubectl
 
 .PHONY: setup demo test test-fast test-kernel test-e2e lab-ci lint venv-ready
