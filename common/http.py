@@ -51,6 +51,10 @@ class BodyTooLarge(Exception):
     """A request body longer than its endpoint allows (declared or as it arrived): a 413 whose
     message names the limit and, where the endpoint gives one, what to do about it."""
 
+    def __init__(self, message: str, declared: bool) -> None:
+        super().__init__(message)
+        self.declared = declared  # Content-Length said so, before any byte was read
+
 
 class BodyUnreadable(Exception):
     """The body could not be read as sent (e.g. Content-Encoding gzip over bytes that are not)."""
@@ -137,7 +141,7 @@ async def read_body(request: web.Request, limit: int, timeout_s: float | None = 
     bytes: keep reading until the end of the body or one byte past the limit."""
     then = f"; {advice}" if advice else ""
     if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"body is {request.content_length} bytes; the limit is {limit} bytes{then}")
+        raise BodyTooLarge(f"body is {request.content_length} bytes; the limit is {limit} bytes{then}", declared=True)
     buf = bytearray()
     timeout_s = BODY_TIMEOUT_S if timeout_s is None else timeout_s
     try:
@@ -155,7 +159,7 @@ async def read_body(request: web.Request, limit: int, timeout_s: float | None = 
         request.content.feed_eof()
         raise BodyUnreadable(f"body could not be read: {str(e).splitlines()[-1].strip()}") from None
     if len(buf) > limit:
-        raise BodyTooLarge(f"body is over the limit of {limit} bytes{then}")
+        raise BodyTooLarge(f"body is over the limit of {limit} bytes{then}", declared=False)
     return bytes(buf)
 
 

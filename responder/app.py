@@ -113,19 +113,18 @@ class Responder:
         sinks["console"] = ConsoleSink(settings.data_dir / "reports.jsonl", stream=console_stream or sys.stdout)
         if settings.slack_bot_token:
             sinks["slack"] = SlackSink(settings.slack_bot_token, settings.slack_channel, base_url=settings.slack_api_url)
-        deliverer = Deliverer(store, sinks)
+        health, wake_workers = Health(), asyncio.Event()
+        store.watch(health.store_failed, health.store_ok)
+        deliverer = Deliverer(store, sinks, health=health)
         # The built-in receiver always listens (an OTLP exporter can point here whatever back-end
         # the evidence is read from); it holds spans in memory only, bounded by the settings.
         spans = SpanStore(settings.span_store_max_spans, settings.span_store_max_bytes)
         traces = backend_from_settings(settings, spans)
         pipeline = Pipeline(store, playbooks, agent, list(sinks), settings, traces, on_enqueued=deliverer.notify,
                             kube=cluster)
-        health, wake_workers = Health(), asyncio.Event()
         intake = IntakeWriter(store, health, settings.max_pending_jobs, wake_workers.set)
         responder = cls(settings, store, agent, sinks, pipeline, deliverer, spans, traces, intake,
                         wake_workers=wake_workers, health=health)
-        deliverer.health = responder.health
-        store.watch(responder.health.store_failed, responder.health.store_ok)
         if settings.slack_bot_token and settings.slack_signing_secret:
             from responder.slack.app import SlackApp
 

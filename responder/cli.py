@@ -422,7 +422,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"llmslo: {where + ': ' if where else ''}{text} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: dict[str, metadata.EntryPoint] | None = None) -> argparse.ArgumentParser:
     p = _Parser(prog="llmslo", description="LLM SLO incident responder with eBPF evidence")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--token", help="webhook bearer token (default: LLMSLO_WEBHOOK_TOKEN)")
     r.set_defaults(func=cmd_replay)
 
-    for name, ep in sorted(plugin_commands().items()):
+    for name, ep in sorted((plugin_commands() if plugins is None else plugins).items()):
         extra = sub.add_parser(name, add_help=False, help=f"from {ep.value.split(':')[0]} (llmslo {name} --help)")
         extra.add_argument("plugin_args", nargs=argparse.REMAINDER)
         extra.set_defaults(func=lambda args, ep=ep: run_plugin(ep, list(args.plugin_args)))
@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     plugins = plugin_commands()
     if command is not None and argv[command] in plugins:
         return run_plugin(plugins[argv[command]], argv[command + 1:])
-    parser = build_parser()
+    parser = build_parser(plugins)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from responder.health import Health
-from responder.store.base import AcceptResult, StoreBase, StoreError, StoreUnavailable, _NotificationLike
+from responder.store.base import AcceptResult, NotificationLike, StoreBase, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ MAX_QUEUED = 4_096
 
 @dataclass
 class _Item:
-    notification: _NotificationLike
+    notification: NotificationLike
     raw: bytes
     alerts: int
     done: asyncio.Future
@@ -50,7 +50,7 @@ class IntakeWriter:
         self.batches = 0
         self.notifications = 0
 
-    async def accept(self, notification: _NotificationLike, raw: bytes) -> AcceptResult:
+    async def accept(self, notification: NotificationLike, raw: bytes) -> AcceptResult:
         """Store one notification; its AcceptResult once committed. Raises StoreUnavailable
         (the store cannot be written, or the queue is full) or another StoreError (Overloaded)."""
         if not self.health.store_up:

@@ -97,7 +97,7 @@ def default_owner() -> str:
 
 # What the store reads from responder.http.alertmanager's types (duck typed, so this module does not
 # import the intake).
-class _AlertLike(Protocol):
+class AlertLike(Protocol):
     status: str
     starts_at: datetime
     fingerprint: str
@@ -106,13 +106,13 @@ class _AlertLike(Protocol):
     def to_dict(self) -> dict: ...
 
 
-class _NotificationLike(Protocol):
+class NotificationLike(Protocol):
     status: str
     common_labels: dict[str, str]
     group_key: str
 
     @property  # read-only, so that a list of a concrete alert type matches
-    def alerts(self) -> Sequence[_AlertLike]: ...
+    def alerts(self) -> Sequence[AlertLike]: ...
 
     def to_dict(self) -> dict: ...
 
@@ -255,8 +255,8 @@ class StoreBase:
         self.message_lease_s = float(message_lease_s)
         # How often the server renews the leases of the jobs its workers hold.
         self.lease_renew_s = self.job_lease_s / 4
-        self._on_unavailable: Callable[[StoreUnavailable], None] | None = None
-        self._on_written: Callable[[], None] | None = None
+        self._on_unavailable: Callable[[StoreUnavailable], None] = lambda e: None
+        self._on_written: Callable[[], None] = lambda: None
 
     def watch(self, on_unavailable: Callable[[StoreUnavailable], None], on_written: Callable[[], None]) -> None:
         """Be told, from the thread that ran it, of every transaction that could not reach the
@@ -265,13 +265,6 @@ class StoreBase:
         once. Callbacks must be quick and must not touch the store."""
         self._on_unavailable = on_unavailable
         self._on_written = on_written
-
-    def _observed(self, e: StoreUnavailable | None) -> None:
-        if e is None:
-            if self._on_written is not None:
-                self._on_written()
-        elif self._on_unavailable is not None:
-            self._on_unavailable(e)
 
     # -- what a back-end provides ----------------------------------------------------------
 
@@ -317,7 +310,7 @@ class StoreBase:
 
     # -- intake ----------------------------------------------------------------------------
 
-    def accept(self, notification: _NotificationLike, raw: bytes) -> AcceptResult:
+    def accept(self, notification: NotificationLike, raw: bytes) -> AcceptResult:
         """Record one Alertmanager notification; open an incident and enqueue work as needed.
 
         Alerts already recorded for this group (same fingerprint, status and startsAt) are
@@ -329,7 +322,7 @@ class StoreBase:
         with self._tx() as conn:
             return self._accept_in(conn, notification, raw, self._now(conn))
 
-    def accept_batch(self, items: Sequence[tuple[_NotificationLike, bytes]],
+    def accept_batch(self, items: Sequence[tuple[NotificationLike, bytes]],
                      max_pending_jobs: int | None = None) -> list[AcceptResult | Exception]:
         """``accept`` for several notifications in one transaction (one commit, one fsync: the
         intake's group commit). Each gets its result, or the exception that refused it alone
@@ -382,7 +375,7 @@ class StoreBase:
             seen.update((r["fingerprint"], r["status"], r["starts_at"]) for r in rows)
         return seen
 
-    def _accept_in(self, conn: Any, notification: _NotificationLike, raw: bytes, now: float) -> AcceptResult:
+    def _accept_in(self, conn: Any, notification: NotificationLike, raw: bytes, now: float) -> AcceptResult:
         group_key = notification.group_key
         alerts = list(notification.alerts)
         self._lock_group(conn, group_key)
@@ -391,7 +384,7 @@ class StoreBase:
         # (should Alertmanager ever repeat an alert within one notification).
         keys = [a.dedup_key() for a in alerts]
         seen = self._seen_events(conn, group_key, {k[0] for k in keys})
-        new: list[tuple[_AlertLike, tuple[str, str, str]]] = []
+        new: list[tuple[AlertLike, tuple[str, str, str]]] = []
         duplicates = 0
         for alert, key in zip(alerts, keys):
             if key in seen:

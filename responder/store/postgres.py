@@ -294,10 +294,10 @@ class PostgresIncidentStore(StoreBase):
                 yield _Conn(raw)
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             unavailable = StoreUnavailable(f"PostgreSQL at {self.where}: {_first_line(e)}")
-            self._observed(unavailable)
+            self._on_unavailable(unavailable)
             raise unavailable from e
         if write:
-            self._observed(None)
+            self._on_written()
 
     def _now(self, conn: _Conn) -> float:
         if self._clock is not None:

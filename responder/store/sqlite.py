@@ -221,7 +221,7 @@ class IncidentStore(StoreBase):
                     yield conn
                     conn.execute("COMMIT")
                     if write:
-                        self._observed(None)
+                        self._on_written()
                 except BaseException:
                     # Also after a failed COMMIT (disk full, I/O error), which can leave it open.
                     if conn.in_transaction:
@@ -236,7 +236,7 @@ class IncidentStore(StoreBase):
                 # Locked by another process past the busy timeout, disk full, read-only, I/O
                 # error: nothing of the transaction was written.
                 unavailable = StoreUnavailable(f"SQLite {self.path}: {e}")
-                self._observed(unavailable)
+                self._on_unavailable(unavailable)
                 raise unavailable from e
 
     def _insert(self, conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int | None:

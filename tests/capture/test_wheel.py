@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,7 +18,11 @@ pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 
 def test_a_wheel_built_from_the_tree_runs_a_capture(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(REPO)],
+    # Built from a copy: setuptools leaves a build/ folder beside the sources it builds.
+    tree = tmp_path / "tree"
+    shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(".git", ".venv", "build", "data", "tests", "results",
+                                                               "__pycache__", "*.egg-info", ".*_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(tree)],
                    check=True, timeout=900, capture_output=True)
     [wheel] = list((tmp_path / "dist").glob("*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -70,7 +70,7 @@ class OtlpReceiver:
             body = await read_body(request, limit)
         except (BodyUnreadable, BodyTooLarge) as e:  # answered in the exporter's own encoding
             status = 400 if isinstance(e, BodyUnreadable) else 413  # 400: not gzip after all
-            inflated = " once inflated" if status == 413 and encoding == "gzip" and "over the limit" in str(e) else ""
+            inflated = " once inflated" if isinstance(e, BodyTooLarge) and not e.declared and encoding == "gzip" else ""
             refused = _refuse(request, status, f"{e}{inflated}", as_json)
             refused.force_close()  # the rest of the body is not read
             return refused
