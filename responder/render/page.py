@@ -13,7 +13,8 @@ failed, resolved; incidents stored before evidence and links existed too):
 No external assets and no JavaScript: the CSS is inline and the chart is inline SVG drawn with
 matplotlib's object API (never pyplot, whose global figure registry is not thread-safe; the server
 renders pages in worker threads). Every value taken from the incident is HTML-escaped and only
-http(s) URLs become links. Numbers are worded as in the chat report (``responder.render.thread``).
+http(s) URLs become links. It renders an ``IncidentView`` (``responder.render.view``), which also
+words the numbers, so they read as in the chat thread.
 """
 from __future__ import annotations
 
@@ -32,7 +33,20 @@ from urllib.parse import quote, urlparse
 
 from capture.schemas import CaptureCost, CaptureTarget
 from common.timefmt import unix_seconds
-from responder.render.thread import _alertname, _burn_start, _clock, _duration, _num, _pct, _unit, root_state
+from responder.model.evidence import (
+    Dependency,
+    DependencyWindow,
+    PrometheusEvidence,
+    QueryResult,
+    Series,
+    TraceEvidence,
+    Window,
+    as_dict,
+    as_dicts,
+    as_float,
+)
+from responder.model.verdict import Evidence, Hypothesis
+from responder.render.view import IncidentView, clock, duration, num, pct, rose, unit
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +66,6 @@ LINE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
 # matplotlib does not promise thread safety and the server renders pages in worker threads: one
 # chart at a time (a chart takes well under a second).
 _CHART_LOCK = threading.Lock()
-
-# Links are listed in this order; kinds the contract does not name come last.
-LINK_KINDS = ("alert", "runbook", "incident", "prometheus", "grafana", "trace")
-
-_STATE_WORDS = {"capturing": "CAPTURING", "attributed": "ATTRIBUTED", "abstained": "ABSTAINED",
-                "failed": "FAILED", "resolved": "RESOLVED"}
 
 CSS = """
 :root{--fg:#1f2933;--muted:#616e7c;--line:#d9e2ec;--bg:#f5f7fa;--ok:#2f7d32;--bad:#c62828;--warn:#9a5b00}
@@ -105,26 +113,18 @@ footer{margin-top:32px;color:var(--muted);font-size:12px}
 
 def render_incident_page(incident: dict[str, Any]) -> str:
     """The incident as an HTML page. Never raises for missing or odd keys: it says what is missing."""
-    inc = dict(incident) if isinstance(incident, dict) else {}
-    # The report's helpers used below expect these shapes; a malformed stored value is treated as absent.
-    inc.update(alerts=_items(inc.get("alerts")), labels=_dict(inc.get("labels")) or {},
-               verdict=_dict(inc.get("verdict")))
-    evidence = _dict(inc.get("evidence")) or {}
-    prom = _dict(evidence.get("prometheus"))
-    traces = _dict(evidence.get("traces"))
-    verdict = _dict(inc.get("verdict"))
-    state = root_state(inc)
-    title = f"{_alertname(inc)} · {state} · {inc.get('id', '?')}"
+    view = IncidentView.of(incident)
+    title = f"{view.alertname} · {view.state} · {view.id or '?'}"
     parts = [
-        _header(inc, state, verdict),
-        _links_section(inc),
-        _chart_section(inc, verdict, prom, traces),
-        _evidence_section(verdict),
-        _prometheus_section(prom),
-        _traces_section(traces),
-        _capture_section(inc, _dict(inc.get("capture"))),
-        _alerts_section(inc),
-        _footer(inc),
+        _header(view),
+        _links_section(view),
+        _chart_section(view),
+        _evidence_section(view),
+        _prometheus_section(view.prometheus),
+        _traces_section(view.traces),
+        _capture_section(view),
+        _alerts_section(view),
+        _footer(view),
     ]
     return ("<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
             '<meta name=viewport content="width=device-width, initial-scale=1">'
@@ -136,54 +136,51 @@ def render_incident_page(incident: dict[str, Any]) -> str:
 # header, verdict, links
 
 
-def _header(inc: dict[str, Any], state: str, verdict: dict[str, Any] | None) -> str:
+def _header(view: IncidentView) -> str:
     meta = []
-    service = _service(inc)
-    if service:
-        meta.append(f"service <b>{_e(service)}</b>")
-    meta.append(f"incident <code>{_e(inc.get('id', '?'))}</code>")
-    meta.append(f"status <b>{_e(inc.get('status', '?'))}</b>")
-    if inc.get("playbook"):
-        meta.append(f"playbook <code>{_e(inc['playbook'])}</code>")
-    meta.append(_e(_burn_line(inc)))
-    error = ""
-    if inc.get("error"):
-        error = f"<p class=warn>Pipeline error:</p><pre>{_e(inc['error'])}</pre>"
-    return (f'<header class="state-{_e(state)}"><p class=badge>{_e(_STATE_WORDS.get(state, state.upper()))}</p>'
-            f"<h1>{_e(_alertname(inc))}</h1><p class=meta>{' · '.join(meta)}</p>"
-            f"{_verdict_box(inc, verdict)}{error}</header>")
+    if view.service:
+        meta.append(f"service <b>{_e(view.service)}</b>")
+    meta.append(f"incident <code>{_e(view.id or '?')}</code>")
+    meta.append(f"status <b>{_e(view.status)}</b>")
+    if view.playbook:
+        meta.append(f"playbook <code>{_e(view.playbook)}</code>")
+    meta.append(_e(_burn_line(view)))
+    error = f"<p class=warn>Pipeline error:</p><pre>{_e(view.error)}</pre>" if view.error else ""
+    return (f'<header class="state-{_e(view.state)}"><p class=badge>{_e(view.state.upper())}</p>'
+            f"<h1>{_e(view.alertname)}</h1><p class=meta>{' · '.join(meta)}</p>"
+            f"{_verdict_box(view)}{error}</header>")
 
 
-def _burn_line(inc: dict[str, Any]) -> str:
-    start = _burn_start(inc)
+def _burn_line(view: IncidentView) -> str:
+    start = view.burn_start
     if start is None:
         return "start time unknown"
-    if inc.get("status") == "resolved":
-        end = unix_seconds(inc.get("resolved_at"))
+    if view.status == "resolved":
+        end = view.burn_end
         if end is not None and end >= start:
-            return f"burned for {_duration(end - start)} ({_utc(start)} → {_utc(end)} UTC)"
-        return f"resolved; burning since {_utc(start)} UTC"
-    return f"firing since {_utc(start)} UTC ({_duration(max(0.0, time.time() - start))} ago)"
+            return f"burned for {duration(end - start)} ({clock(start)} → {clock(end)} UTC)"
+        return f"resolved; burning since {clock(start)} UTC"
+    return f"firing since {clock(start)} UTC ({duration(max(0.0, time.time() - start))} ago)"
 
 
-def _verdict_box(inc: dict[str, Any], verdict: dict[str, Any] | None) -> str:
+def _verdict_box(view: IncidentView) -> str:
+    verdict = view.verdict
     if verdict is not None:
-        domains = _domains(verdict)
-        if domains:
+        if verdict.domains:
             cls = "attributed"
-            inner = (f"<span class=label>Fault domain</span><strong>{_e(' + '.join(domains))}</strong> "
-                     f"<span class=conf>{_e(_confidence(verdict.get('confidence')))} confidence</span>")
-            if verdict.get("calibration"):
-                inner += f" <span class=conf>({_e(str(verdict['calibration']))})</span>"
+            inner = (f"<span class=label>Fault domain</span><strong>{_e(' + '.join(verdict.domains))}</strong> "
+                     f"<span class=conf>{_e(pct(verdict.confidence))} confidence</span>")
+            if verdict.calibration:
+                inner += f" <span class=conf>({_e(verdict.calibration)})</span>"
         else:
             cls = "abstained"
             inner = (f"<span class=label>Verdict</span><strong>abstained</strong>: "
-                     f"{_e(verdict.get('abstain_reason') or 'no reason given')}")
-    elif inc.get("error"):
+                     f"{_e(verdict.abstain_reason or 'no reason given')}")
+    elif view.error:
         cls = "failed"
-        first = str(inc["error"]).strip().splitlines()[0] if str(inc["error"]).strip() else "unknown error"
+        first = view.error.strip().splitlines()[0] if view.error.strip() else "unknown error"
         inner = f"<span class=label>Verdict</span><strong>none</strong>: the capture or pipeline failed: {_e(first)}"
-    elif inc.get("status") == "resolved":
+    elif view.status == "resolved":
         cls = "none"
         inner = "<span class=label>Verdict</span><strong>none</strong>: resolved before an attribution was made"
     else:
@@ -193,59 +190,32 @@ def _verdict_box(inc: dict[str, Any], verdict: dict[str, Any] | None) -> str:
     return f'<div id=verdict class="verdict {cls}">{inner}</div>'
 
 
-def _links_section(inc: dict[str, Any]) -> str:
-    links = _collect_links(inc)
-    if not links:
+def _links_section(view: IncidentView) -> str:
+    if not view.links:
         return _section("Links", "links", "<p class=empty>No links recorded for this incident.</p>")
-    items = "".join(f"<li><span class=kind>{_e(kind)}</span> {_a(url, title)}</li>" for kind, title, url in links)
+    items = "".join(f"<li><span class=kind>{_e(link.kind)}</span> {_a(link.url, link.title)}</li>"
+                    for link in view.links)
     return _section("Links", "links", f"<ul class=links>{items}</ul>")
-
-
-def _collect_links(inc: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(kind, title, url): the incident's links, then alert sources and runbook annotations not already there."""
-    out: list[tuple[str, str, str]] = []
-    seen: set[str] = set()
-
-    def add(kind: str, title: str, url: Any) -> None:
-        url = str(url or "").strip()
-        if url and url not in seen:
-            seen.add(url)
-            out.append((kind, title or url, url))
-
-    for link in inc.get("links") or []:
-        if isinstance(link, dict):
-            add(str(link.get("kind") or "other"), str(link.get("title") or ""), link.get("url"))
-    for alert in _alerts(inc):
-        name = str((_dict(alert.get("labels")) or {}).get("alertname") or "alert")
-        add("alert", f"{name}: alert rule in Prometheus", alert.get("generatorURL"))
-        annotations = _dict(alert.get("annotations")) or {}
-        add("runbook", f"{name}: runbook", annotations.get("runbook_url"))
-    order = {k: i for i, k in enumerate(LINK_KINDS)}
-    return sorted(out, key=lambda link: order.get(link[0], len(order)))  # stable: keeps each kind's order
 
 
 # ---------------------------------------------------------------------------------------------
 # hypotheses and evidence
 
 
-def _evidence_section(verdict: dict[str, Any] | None) -> str:
-    hyps = _hypotheses(verdict)
-    if not hyps:
-        why = ("No hypotheses yet: the verdict is not in." if verdict is None
+def _evidence_section(view: IncidentView) -> str:
+    if not view.hypotheses:
+        why = ("No hypotheses yet: the verdict is not in." if view.verdict is None
                else "The verdict weighed no hypotheses (nothing was measured to weigh).")
         return _section("Hypotheses and evidence", "hypotheses", f"<p id=evidence class=empty>{why}</p>")
-    named = set(_domains(verdict))
     rows = []
-    for rank, h in enumerate(hyps, 1):
-        sup, con = _items(h.get("supporting")), _items(h.get("contradicting"))
-        domain = str(h.get("domain") or "?")
-        tag = " · <b>named in the verdict</b>" if domain in named else ""
-        rows.append(f"<tr class=hyp><th colspan=8>{rank}. {_e(domain)} "
-                    f"<span class=conf>{_e(_confidence(h.get('confidence')))}</span>{tag} · "
-                    f"{len(sup)} supporting, {len(con)} contradicting</th></tr>")
-        for role, evs in (("supports", sup), ("contradicts", con)):
+    for rank, h in enumerate(view.hypotheses, 1):
+        tag = " · <b>named in the verdict</b>" if h.domain in view.domains else ""
+        rows.append(f"<tr class=hyp><th colspan=8>{rank}. {_e(h.domain)} "
+                    f"<span class=conf>{_e(pct(h.confidence))}</span>{tag} · "
+                    f"{len(h.supporting)} supporting, {len(h.contradicting)} contradicting</th></tr>")
+        for role, evs in (("supports", h.supporting), ("contradicts", h.contradicting)):
             rows += [_evidence_row(role, ev) for ev in evs]
-        if not sup and not con:
+        if not h.supporting and not h.contradicting:
             rows.append("<tr><td colspan=8 class=empty>no evidence recorded</td></tr>")
     head = ("<thead><tr><th></th><th>Signal</th><th>Source</th><th class=num>Baseline</th>"
             "<th class=num>Incident</th><th>Unit</th><th>Summary</th><th>Link</th></tr></thead>")
@@ -253,114 +223,103 @@ def _evidence_section(verdict: dict[str, Any] | None) -> str:
                     f"<table id=evidence>{head}<tbody>{''.join(rows)}</tbody></table>")
 
 
-def _evidence_row(role: str, ev: dict[str, Any]) -> str:
-    b, i = _float(ev.get("baseline")), _float(ev.get("incident"))
-    moved = " up" if role == "supports" and _rose(b, i) else ""
-    link = _a(ev["link"], "evidence") if ev.get("link") else ""
+def _evidence_row(role: str, ev: Evidence) -> str:
+    moved = " up" if role == "supports" and rose(ev.baseline, ev.incident) else ""
+    link = _a(ev.link, "evidence") if ev.link else ""
     return (f"<tr class={role}><td class=role>{'✔' if role == 'supports' else '✘'} {role}</td>"
-            f"<td><code>{_e(ev.get('signal') or '?')}</code></td><td>{_e(ev.get('source') or '?')}</td>"
-            f"<td class=num>{_e(_fmt(ev.get('baseline')))}</td><td class='num{moved}'>{_e(_fmt(ev.get('incident')))}</td>"
-            f"<td>{_e(ev.get('unit') or '')}</td><td>{_e(ev.get('summary') or '')}</td><td>{link}</td></tr>")
+            f"<td><code>{_e(ev.signal)}</code></td><td>{_e(ev.source)}</td>"
+            f"<td class=num>{_e(num(ev.baseline))}</td><td class='num{moved}'>{_e(num(ev.incident))}</td>"
+            f"<td>{_e(ev.unit)}</td><td>{_e(ev.summary)}</td><td>{link}</td></tr>")
 
 
 # ---------------------------------------------------------------------------------------------
 # Prometheus and traces
 
 
-def _prometheus_section(prom: dict[str, Any] | None) -> str:
+def _prometheus_section(prom: PrometheusEvidence | None) -> str:
     if prom is None:
         return _section("Prometheus", "prometheus",
                         "<p class=empty>No Prometheus evidence was gathered for this incident.</p>")
     parts = []
-    if not prom.get("reachable", True):
-        attempts = f" (after {_e(prom['attempts'])} attempts)" if prom.get("attempts") else ""
-        parts.append(f"<p class=warn>Prometheus could not be reached: {_e(prom.get('error') or 'no error given')}"
+    if not prom.reachable:
+        attempts = f" (after {prom.attempts} attempts)" if prom.attempts else ""
+        parts.append(f"<p class=warn>Prometheus could not be reached: {_e(prom.error or 'no error given')}"
                      f"{attempts}</p>")
-    parts.append(_windows_line(prom.get("baseline"), prom.get("incident")))
-    queries = _items(prom.get("queries"))
-    if queries:
-        rows = "".join(_query_row(q) for q in queries)
+    parts.append(_windows_line(prom.baseline, prom.incident))
+    if prom.queries:
+        rows = "".join(_query_row(q) for q in prom.queries)
         parts.append("<table id=prometheus-queries><thead><tr><th>Query</th><th class=num>Baseline mean</th>"
                      "<th class=num>Baseline max</th><th class=num>Incident mean</th><th class=num>Incident max</th>"
                      f"<th>Unit</th><th>Links</th></tr></thead><tbody>{rows}</tbody></table>")
-    elif prom.get("reachable", True):
+    elif prom.reachable:
         parts.append("<p class=empty>No queries were run.</p>")
     return _section("Prometheus", "prometheus", "".join(parts))
 
 
-def _query_row(q: dict[str, Any]) -> str:
-    base, cur = _dict(q.get("baseline")) or {}, _dict(q.get("incident")) or {}
-    title = q.get("title") or q.get("name") or "query"
-    err = f"<br><span class=warn>{_e(q['error'])}</span>" if q.get("error") else ""
-    links = " · ".join(_a(url, label) for label, url in (("Prometheus graph", q.get("link")),
-                                                          ("Grafana", q.get("grafana_link"))) if url)
-    moved = " up" if q.get("kind") in CHART_KINDS and _rose(_float(base.get("mean")), _float(cur.get("mean"))) else ""
-    return (f"<tr><td><b>{_e(title)}</b> <span class=kind>{_e(q.get('kind') or '')}</span><br>"
-            f"<code>{_e(q.get('expr') or '')}</code>{err}</td>"
-            f"<td class=num>{_e(_fmt(base.get('mean')))}</td><td class=num>{_e(_fmt(base.get('max')))}</td>"
-            f"<td class='num{moved}'>{_e(_fmt(cur.get('mean')))}</td><td class=num>{_e(_fmt(cur.get('max')))}</td>"
-            f"<td>{_e(q.get('unit') or '')}</td><td>{links}</td></tr>")
+def _query_row(q: QueryResult) -> str:
+    err = f"<br><span class=warn>{_e(q.error)}</span>" if q.error else ""
+    links = " · ".join(_a(url, label) for label, url in (("Prometheus graph", q.link),
+                                                          ("Grafana", q.grafana_link)) if url)
+    moved = " up" if q.kind in CHART_KINDS and rose(q.baseline.mean, q.incident.mean) else ""
+    return (f"<tr><td><b>{_e(q.title or q.name or 'query')}</b> <span class=kind>{_e(q.kind)}</span><br>"
+            f"<code>{_e(q.expr)}</code>{err}</td>"
+            f"<td class=num>{_e(num(q.baseline.mean))}</td><td class=num>{_e(num(q.baseline.max))}</td>"
+            f"<td class='num{moved}'>{_e(num(q.incident.mean))}</td><td class=num>{_e(num(q.incident.max))}</td>"
+            f"<td>{_e(q.unit)}</td><td>{links}</td></tr>")
 
 
-def _traces_section(traces: dict[str, Any] | None) -> str:
+def _traces_section(traces: TraceEvidence | None) -> str:
     if traces is None:
         return _section("Traces", "traces", "<p class=empty>No trace evidence was gathered for this incident.</p>")
-    backend = traces.get("backend") or "trace"
     parts = []
-    if not traces.get("reachable", True):
-        parts.append(f"<p class=warn>The {_e(backend)} backend could not be reached: "
-                     f"{_e(traces.get('error') or 'no error given')}</p>")
-    base, cur = _dict(traces.get("baseline")) or {}, _dict(traces.get("incident")) or {}
-    parts.append(f"<p>Backend <b>{_e(backend)}</b>, service <b>{_e(traces.get('service') or '?')}</b>: "
-                 f"{_e(_fmt(base.get('spans')))} spans in the baseline, {_e(_fmt(cur.get('spans')))} in the incident.</p>")
-    parts.append(_windows_line(base, cur))
-    deps = _items(traces.get("dependencies"))
-    if deps:
+    if not traces.reachable:
+        parts.append(f"<p class=warn>The {_e(traces.backend)} backend could not be reached: "
+                     f"{_e(traces.error or 'no error given')}</p>")
+    spans = [num(w.spans if w else None) for w in (traces.baseline, traces.incident)]
+    parts.append(f"<p>Backend <b>{_e(traces.backend)}</b>, service <b>{_e(traces.service or '?')}</b>: "
+                 f"{_e(spans[0])} spans in the baseline, {_e(spans[1])} in the incident.</p>")
+    parts.append(_windows_line(traces.baseline, traces.incident))
+    if traces.dependencies:
         head = ("<thead><tr><th>Kind</th><th>Dependency</th><th class=num>Calls</th><th class=num>Errors</th>"
                 "<th>Error types</th><th class=num>p50 ms</th><th class=num>p90 ms</th><th class=num>p99 ms</th>"
                 "<th class=num>TTFT p90 ms</th><th class=num>Retries</th></tr></thead>")
+        rows = "".join(_dep_row(d) for d in traces.dependencies)
         parts.append(f"<p class=note>Each cell is baseline → incident; — means not seen in that window.</p>"
-                     f"<table id=trace-dependencies>{head}<tbody>{''.join(_dep_row(d) for d in deps)}</tbody></table>")
-    elif traces.get("reachable", True):
+                     f"<table id=trace-dependencies>{head}<tbody>{rows}</tbody></table>")
+    elif traces.reachable:
         parts.append("<p class=empty>No dependency spans in either window.</p>")
-    exemplars = _items(traces.get("exemplars"))
-    if exemplars:
-        items = "".join(f"<li><code>{_e(x.get('trace_id') or '?')}</code> {_e(x.get('why') or '')}"
-                        + (f" · {_a(x['url'], 'open trace')}" if x.get("url") else "") + "</li>" for x in exemplars)
+    if traces.exemplars:
+        items = "".join(f"<li><code>{_e(x.trace_id)}</code> {_e(x.why)}"
+                        + (f" · {_a(x.url, 'open trace')}" if x.url else "") + "</li>" for x in traces.exemplars)
         parts.append(f"<h3>Exemplar traces</h3><ul class=plain id=exemplars>{items}</ul>")
     return _section("Traces", "traces", "".join(parts))
 
 
-def _dep_row(dep: dict[str, Any]) -> str:
-    b, i = _dict(dep.get("baseline")), _dict(dep.get("incident"))
+def _dep_row(dep: Dependency) -> str:
+    b, i = dep.baseline, dep.incident
 
     def cell(key: str, flag: bool = True) -> str:
-        bv = None if b is None else b.get(key)
-        iv = None if i is None else i.get(key)
-        up = " up" if flag and _rose(_float(bv), _float(iv)) else ""
+        bv = None if b is None else getattr(b, key)
+        iv = None if i is None else getattr(i, key)
+        up = " up" if flag and rose(bv, iv) else ""
         return f"<td class='num{up}'>{_side(b, bv)} → {_side(i, iv)}</td>"
 
-    types = []
-    for label, side in (("", i), ("baseline: ", b)):
-        et = (side or {}).get("error_types") or {}
-        if isinstance(et, dict) and et:
-            ranked = sorted(et.items(), key=lambda kv: -(_float(kv[1]) or 0))
-            types.append(_e(label + ", ".join(f"{k} ×{_fmt(v)}" for k, v in ranked)))
-    return (f"<tr><td>{_e(dep.get('kind') or '?')}</td><td><code>{_e(dep.get('name') or '?')}</code></td>"
+    types = [_e(label + ", ".join(f"{k} ×{num(v)}" for k, v in side.error_types.items()))
+             for label, side in (("", i), ("baseline: ", b)) if side is not None and side.error_types]
+    return (f"<tr><td>{_e(dep.kind)}</td><td><code>{_e(dep.name)}</code></td>"
             f"{cell('count', False)}{cell('errors')}<td>{'<br>'.join(types)}</td>{cell('p50_ms')}{cell('p90_ms')}"
             f"{cell('p99_ms')}{cell('ttft_p90_ms')}{cell('retries')}</tr>")
 
 
-def _side(dep: dict[str, Any] | None, value: Any) -> str:
-    return "—" if dep is None else _e(_fmt(value))
+def _side(window: DependencyWindow | None, value: float | None) -> str:
+    return "—" if window is None else _e(num(value))
 
 
-def _windows_line(baseline: Any, incident: Any) -> str:
+def _windows_line(baseline: Window | None, incident: Window | None) -> str:
     parts = []
-    for name, w in (("baseline", _dict(baseline)), ("incident", _dict(incident))):
-        start, end = (_float(w.get("start")), _float(w.get("end"))) if w else (None, None)
-        if start is not None and end is not None and end >= start > 0:
-            parts.append(f"{name} {_utc(start)} → {_utc(end)} UTC ({_duration(end - start)})")
+    for name, w in (("baseline", baseline), ("incident", incident)):
+        if w is not None and w.seconds is not None and w.start is not None and w.end is not None:
+            parts.append(f"{name} {clock(w.start)} → {clock(w.end)} UTC ({duration(w.seconds)})")
     return f"<p class=note>Windows: {_e('; '.join(parts))}.</p>" if parts else ""
 
 
@@ -377,9 +336,10 @@ def _pod_counters(pod: dict[str, Any]) -> str:
     return ": " + ", ".join(f"{_e(k)} {v:,.0f}" for k, v in top)
 
 
-def _capture_section(inc: dict[str, Any], capture: dict[str, Any] | None) -> str:
+def _capture_section(view: IncidentView) -> str:
+    capture = view.capture_dict  # read leniently: a capture stored in part still shows what it has
     if capture is None:
-        if inc.get("verdict") is None and inc.get("status") != "resolved" and not inc.get("error"):
+        if view.verdict is None and view.status != "resolved" and not view.error:
             text = "No kernel capture recorded yet."
         else:
             text = "No kernel capture for this incident; the verdict rests on traces and metrics only."
@@ -387,29 +347,29 @@ def _capture_section(inc: dict[str, Any], capture: dict[str, Any] | None) -> str
     facts = [("Capture", f"<code>{_e(capture.get('id') or '?')}</code> on node <code>{_e(capture.get('node') or '?')}</code>")]
     target = _build(CaptureTarget, capture.get("target"))
     facts.append(("Scope", _e(target.describe() if target else "?")))
-    start, end = _float(capture.get("started_at")), _float(capture.get("ended_at"))
+    start, end = as_float(capture.get("started_at")), as_float(capture.get("ended_at"))
     if start and end and end >= start:
-        facts.append(("Window", _e(f"{_utc(start)} → {_utc(end)} UTC ({_duration(end - start)})")))
+        facts.append(("Window", _e(f"{clock(start)} → {clock(end)} UTC ({duration(end - start)})")))
     if capture.get("baseline_note"):
         facts.append(("Baseline", _e(capture["baseline_note"])))
-    pods = _items(capture.get("pods"))
+    pods = as_dicts(capture.get("pods"))
     if pods:
         facts.append(("Pods", "<br>".join(
             f"<code>{_e(pod.get('namespace') or '?')}/{_e(pod.get('name') or '?')}</code>"
             + (f" ({_e(pod.get('workload_kind') or '')} {_e(pod['workload'])})" if pod.get("workload") else "")
             + f" on <code>{_e(pod.get('node') or '?')}</code>" + ("" if pod.get("captured") else " — not captured")
             + _pod_counters(pod) for pod in pods)))
-    nodes = _items(capture.get("nodes"))
+    nodes = as_dicts(capture.get("nodes"))
     if nodes:
         facts.append(("Nodes", "<br>".join(
             f"<code>{_e(n.get('node') or '?')}</code>: {_e(n.get('status') or '?')}"
             + (f" ({_e(n['error'])})" if n.get("error") else "") for n in nodes)))
-    workloads = _items(capture.get("workloads"))
+    workloads = as_dicts(capture.get("workloads"))
     if workloads:
         facts.append(("Workloads", "<br>".join(f"<code>{_e(w.get('path') or '?')}</code>"
                                                 + (f" pod {_e(w['pod_uid'])}" if w.get("pod_uid") else "")
                                                 for w in workloads)))
-    procs = _items(capture.get("processes"))
+    procs = as_dicts(capture.get("processes"))
     if procs:
         facts.append(("Processes", "<br>".join(f"pid {_e(p.get('pid', '?'))} <code>{_e(p.get('comm') or '?')}</code> "
                                                 f"{_e(p.get('exe') or '')}" for p in procs[:10])))
@@ -417,15 +377,15 @@ def _capture_section(inc: dict[str, Any], capture: dict[str, Any] | None) -> str
     problems = [str(e) for e in errors] if isinstance(errors, list) else []
     for label, results in (("", capture.get("incident")), (" (baseline)", capture.get("baseline"))):
         for name, pr in (results or {}).items() if isinstance(results, dict) else ():
-            pr = _dict(pr) or {}
+            pr = as_dict(pr) or {}
             problems += [f"{name}{label}: {what}" for what in (
                 f"error: {pr['error']}" if pr.get("error") else None,
                 f"truncated: {pr['truncated']}" if pr.get("truncated") else None,
-                f"{_fmt(pr['lost'])} events lost" if _float(pr.get("lost")) else None) if what]
+                f"{_fmt(pr['lost'])} events lost" if as_float(pr.get("lost")) else None) if what]
     body = "<dl class=facts>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
     if problems:
         body += "<h3>Probe problems</h3><ul class=plain>" + "".join(f"<li>{_e(p)}</li>" for p in problems) + "</ul>"
-    body += _cost_table(_dict(capture.get("cost")))
+    body += _cost_table(as_dict(capture.get("cost")))
     return _section("Kernel capture", "capture", body)
 
 
@@ -433,49 +393,48 @@ def _cost_table(cost: dict[str, Any] | None) -> str:
     if cost is not None:
         # Coerced so that a malformed stored value shows as 0 rather than breaking the page.
         kinds = {f.name: f.type for f in fields(CaptureCost)}
-        cost = {k: (int if kinds[k] == "int" else float)(_float(v) or 0) for k, v in cost.items() if k in kinds}
+        cost = {k: (int if kinds[k] == "int" else float)(as_float(v) or 0) for k, v in cost.items() if k in kinds}
     c = _build(CaptureCost, cost)
     if c is None:
         return "<p class=empty>The capture recorded no cost.</p>"
-    rows = [("BPF CPU time", f"{_num(c.bpf_run_time_ns / 1e6)} ms"),
-            ("BPF program runs", _num(c.bpf_run_count)),
-            ("Events aggregated", _num(c.events)),
-            ("Events lost", _num(c.lost)),
-            ("Agent CPU", f"{_num(c.agent_cpu_s)} s"),
-            ("Start-up (compile, load, attach)", f"{_num(c.startup_ms)} ms"),
-            ("Wall time", f"{_num(c.wall_s)} s")]
+    rows = [("BPF CPU time", f"{num(c.bpf_run_time_ns / 1e6)} ms"),
+            ("BPF program runs", num(c.bpf_run_count)),
+            ("Events aggregated", num(c.events)),
+            ("Events lost", num(c.lost)),
+            ("Agent CPU", f"{num(c.agent_cpu_s)} s"),
+            ("Start-up (compile, load, attach)", f"{num(c.startup_ms)} ms"),
+            ("Wall time", f"{num(c.wall_s)} s")]
     if c.wall_s > 0:
         # As a share of one CPU: the number an operator compares with the workload's own budget.
         share = (c.bpf_run_time_ns / 1e9 + c.agent_cpu_s) / c.wall_s * 100
-        rows.append(("BPF + agent CPU, share of one core", f"{_num(share)}%"))
+        rows.append(("BPF + agent CPU, share of one core", f"{num(share)}%"))
     table = "".join(f"<tr><th>{_e(k)}</th><td class=num>{_e(v)}</td></tr>" for k, v in rows)
     return (f"<h3>The capture's own cost</h3><p>{_e(c.summary())}.</p>"
             f"<table id=capture-cost style='width:auto'><tbody>{table}</tbody></table>")
 
 
-def _alerts_section(inc: dict[str, Any]) -> str:
-    alerts = _alerts(inc)
+def _alerts_section(view: IncidentView) -> str:
+    alerts = view.alerts
     if not alerts:
         return _section("Alerts", "alerts", "<p class=empty>No alerts recorded.</p>")
     rows = []
     for a in alerts:
-        labels = _dict(a.get("labels")) or {}
+        labels = as_dict(a.get("labels")) or {}
         chips = " ".join(f"<code class=chip>{_e(k)}={_e(v)}</code>" for k, v in sorted(labels.items()))
-        ann = _dict(a.get("annotations")) or {}
+        ann = as_dict(a.get("annotations")) or {}
         started = unix_seconds(a.get("startsAt"))
         rows.append(f"<tr><td>{_e(a.get('status') or '?')}</td><td>{_e(labels.get('alertname') or '?')}</td>"
                     f"<td>{chips}</td><td>{_e(ann.get('summary') or ann.get('description') or '')}</td>"
-                    f"<td class=num>{_e(_utc(started) + ' UTC' if started else '?')}</td></tr>")
+                    f"<td class=num>{_e(clock(started) + ' UTC' if started else '?')}</td></tr>")
     return _section("Alerts", "alerts", "<table><thead><tr><th>Status</th><th>Alert</th><th>Labels</th>"
                     f"<th>Summary</th><th class=num>Started</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
-def _footer(inc: dict[str, Any]) -> str:
-    iid = str(inc.get("id") or "")
+def _footer(view: IncidentView) -> str:
+    iid = view.id
     api = f' · as JSON: <a href="/api/incidents/{_e(quote(iid, safe=""))}">/api/incidents/{_e(iid)}</a>' if iid else ""
-    updated = _float(inc.get("updated_at"))
-    when = f"updated {_utc(updated)} UTC · " if updated else ""
-    return f"<footer>{_e(when)}rendered {_e(_utc(time.time()))} UTC{api}</footer>"
+    when = f"updated {clock(view.updated_at)} UTC · " if view.updated_at else ""
+    return f"<footer>{_e(when)}rendered {_e(clock(time.time()))} UTC{api}</footer>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,26 +456,23 @@ class _Bar:
     unit: str
 
 
-def _chart_inputs(verdict: dict[str, Any] | None, prom: dict[str, Any] | None,
-                  traces: dict[str, Any] | None) -> tuple[list[_Line], list[_Bar], str, str]:
+def _chart_inputs(view: IncidentView) -> tuple[list[_Line], list[_Bar], str, str]:
     """(series, bars, why Prometheus is missing, top domain): what both chart panels draw."""
-    hypotheses = _hypotheses(verdict)
-    top = hypotheses[0] if hypotheses else None
-    return (_chart_lines(prom), _chart_bars(top, traces), _prometheus_absence(prom),
-            str((top or {}).get("domain") or ""))
+    top = view.hypotheses[0] if view.hypotheses else None
+    return (_chart_lines(view.prometheus), _chart_bars(top, view.traces), _prometheus_absence(view.prometheus),
+            top.domain if top else "")
 
 
-def _chart_section(inc: dict[str, Any], verdict: dict[str, Any] | None, prom: dict[str, Any] | None,
-                   traces: dict[str, Any] | None) -> str:
-    lines, bars, absent, domain = _chart_inputs(verdict, prom, traces)
+def _chart_section(view: IncidentView) -> str:
+    lines, bars, absent, domain = _chart_inputs(view)
     if not lines and not bars:
         inner = f"<p class=empty>no evidence yet</p><p class=note>{_e(absent)}</p>"
     else:
         try:
             with _CHART_LOCK:
-                inner = _draw_chart(lines, bars, prom, absent, domain)
+                inner = _draw_chart(lines, bars, view.prometheus, absent, domain)
         except Exception as e:  # a chart bug must not take the rest of the page down with it
-            log.exception("incident=%s event=chart_failed", inc.get("id"))
+            log.exception("incident=%s event=chart_failed", view.id)
             inner = f"<p class=warn>The chart could not be drawn: {_e(repr(e))}</p>"
     caption = ("Top: Prometheus burn-rate and SLI series; the shaded spans are the baseline and incident windows. "
                "Bottom: the top hypothesis' supporting signals and the trace dependencies whose p90 moved most, "
@@ -525,82 +481,57 @@ def _chart_section(inc: dict[str, Any], verdict: dict[str, Any] | None, prom: di
                                               "</figcaption></figure>")
 
 
-def _prometheus_absence(prom: dict[str, Any] | None) -> str:
+def _prometheus_absence(prom: PrometheusEvidence | None) -> str:
     if prom is None:
         return "No Prometheus evidence was gathered."
-    if not prom.get("reachable", True):
-        return f"Prometheus could not be reached: {prom.get('error') or 'no error given'}"
+    if not prom.reachable:
+        return f"Prometheus could not be reached: {prom.error or 'no error given'}"
     return "Prometheus returned no burn-rate or SLI series for the windows."
 
 
-def _chart_lines(prom: dict[str, Any] | None) -> list[_Line]:
-    if prom is None or not prom.get("reachable", True):
+def _chart_lines(prom: PrometheusEvidence | None) -> list[_Line]:
+    if prom is None or not prom.reachable:
         return []
     out = []
-    queries = [q for q in _items(prom.get("queries")) if q.get("kind") in CHART_KINDS][:MAX_CHART_QUERIES]
-    for q in queries:
-        series = _items(q.get("series"))[:MAX_CHART_SERIES_PER_QUERY]
+    for q in [q for q in prom.queries if q.kind in CHART_KINDS][:MAX_CHART_QUERIES]:
+        series = q.series[:MAX_CHART_SERIES_PER_QUERY]
         varying = _varying_labels(series)
         for s in series:
-            points = _points(s.get("points"))
-            if not points:
+            if not s.points:
                 continue
-            name = str(q.get("title") or q.get("name") or q.get("expr") or "query")
-            labels = _dict(s.get("labels")) or {}
-            extra = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k in varying)
-            out.append(_Line(f"{name} {{{extra}}}" if extra else name, str(q["kind"]), points))
+            stride = math.ceil(len(s.points) / MAX_CHART_POINTS)
+            extra = ", ".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k in varying)
+            out.append(_Line(f"{q.label} {{{extra}}}" if extra else q.label, q.kind, s.points[::stride]))
     return out
 
 
-def _varying_labels(series: list[dict[str, Any]]) -> set[str]:
+def _varying_labels(series: list[Series]) -> set[str]:
     """Label names whose values differ between the series: what tells the lines apart in the legend."""
-    label_sets = [_dict(s.get("labels")) or {} for s in series]
-    keys = {k for labels in label_sets for k in labels}
-    return {k for k in keys if len({str(labels.get(k)) for labels in label_sets}) > 1}
+    keys = {k for s in series for k in s.labels}
+    return {k for k in keys if len({s.labels.get(k) for s in series}) > 1}
 
 
-def _points(raw: Any) -> list[tuple[float, float]]:
-    pts = []
-    for p in raw if isinstance(raw, list) else []:
-        if isinstance(p, (list, tuple)) and len(p) == 2:
-            t, v = _float(p[0]), _float(p[1])  # Prometheus sends values as strings; NaN gaps are dropped
-            if t is not None and v is not None:
-                pts.append((t, v))
-    pts.sort()
-    stride = math.ceil(len(pts) / MAX_CHART_POINTS) if pts else 1
-    return pts[::stride]
-
-
-def _chart_bars(top: dict[str, Any] | None, traces: dict[str, Any] | None) -> list[_Bar]:
-    bars = []
-    for ev in _items((top or {}).get("supporting"))[:MAX_SIGNAL_BARS]:
-        b, i = _float(ev.get("baseline")), _float(ev.get("incident"))
-        if b is not None or i is not None:
-            bars.append(_Bar(str(ev.get("signal") or ev.get("summary") or "?"), b, i, str(ev.get("unit") or "")))
-    moved = []
-    for dep in _items((traces or {}).get("dependencies")):
-        b = _float((_dict(dep.get("baseline")) or {}).get("p90_ms"))
-        i = _float((_dict(dep.get("incident")) or {}).get("p90_ms"))
-        if b is not None and i is not None and max(abs(b), abs(i)) > 0:
-            change = abs(i - b) / max(abs(b), abs(i))
-            if change > 0:
-                moved.append((change, _Bar(f"{dep.get('kind') or '?'} {dep.get('name') or '?'} p90", b, i, "ms")))
-    moved.sort(key=lambda cb: -cb[0])
-    return bars + [bar for _, bar in moved[:MAX_TRACE_BARS]]
+def _chart_bars(top: Hypothesis | None, traces: TraceEvidence | None) -> list[_Bar]:
+    bars = [_Bar(ev.signal or ev.summary or "?", ev.baseline, ev.incident, ev.unit)
+            for ev in (top.supporting if top else [])[:MAX_SIGNAL_BARS]
+            if ev.baseline is not None or ev.incident is not None]
+    moved = sorted((d for d in (traces.dependencies if traces else []) if d.p90_change > 0),
+                   key=lambda d: -d.p90_change)[:MAX_TRACE_BARS]
+    return bars + [_Bar(f"{d.kind} {d.name} p90", d.baseline.p90_ms if d.baseline else None,
+                        d.incident.p90_ms if d.incident else None, "ms") for d in moved]
 
 
 def chart_png(incident: dict[str, Any]) -> bytes | None:
     """The incident page's chart as a PNG (for a chat thread); None when there is no evidence to draw."""
-    evidence = _dict(incident.get("evidence")) or {}
-    prom = _dict(evidence.get("prometheus"))
-    lines, bars, absent, domain = _chart_inputs(_dict(incident.get("verdict")), prom, _dict(evidence.get("traces")))
+    view = IncidentView.of(incident)
+    lines, bars, absent, domain = _chart_inputs(view)
     if not lines and not bars:
         return None
     with _CHART_LOCK:
-        return _render(lines, bars, prom, absent, domain, "png")
+        return _render(lines, bars, view.prometheus, absent, domain, "png")
 
 
-def _render(lines: list[_Line], bars: list[_Bar], prom: dict[str, Any] | None, absent: str, domain: str,
+def _render(lines: list[_Line], bars: list[_Bar], prom: PrometheusEvidence | None, absent: str, domain: str,
             fmt: str) -> bytes:
     """Both panels, burn rate / SLI over the windows above and the key signals below, as ``fmt``."""
     # Imported here: matplotlib costs most of a second to import, and only pages with evidence need it.
@@ -618,14 +549,15 @@ def _render(lines: list[_Line], bars: list[_Bar], prom: dict[str, Any] | None, a
     return buf.getvalue()
 
 
-def _draw_chart(lines: list[_Line], bars: list[_Bar], prom: dict[str, Any] | None, absent: str, domain: str) -> str:
+def _draw_chart(lines: list[_Line], bars: list[_Bar], prom: PrometheusEvidence | None, absent: str,
+                domain: str) -> str:
     """Both panels as an inline ``<svg>`` element (no XML prolog)."""
     svg = _render(lines, bars, prom, absent, domain, "svg").decode("utf-8")
     svg = svg[svg.index("<svg"):]
     return svg.replace("<svg ", '<svg role="img" aria-label="incident chart" ', 1)
 
 
-def _draw_series(ax: Any, lines: list[_Line], prom: dict[str, Any] | None, absent: str) -> None:
+def _draw_series(ax: Any, lines: list[_Line], prom: PrometheusEvidence | None, absent: str) -> None:
     from matplotlib import dates as mdates
 
     ax.set_title("Prometheus: burn rate and SLI", loc="left", fontsize=11)
@@ -652,8 +584,8 @@ def _draw_series(ax: Any, lines: list[_Line], prom: dict[str, Any] | None, absen
         low, high = a.get_ylim()
         a.set_ylim(low, high + (high - low) * 0.12)
     for key, color in (("baseline", BASELINE_COLOR), ("incident", INCIDENT_COLOR)):
-        w = _dict((prom or {}).get(key)) or {}
-        start, end = _float(w.get("start")), _float(w.get("end"))
+        w = getattr(prom, key) if prom is not None else None
+        start, end = (w.start, w.end) if w is not None else (None, None)
         if start is not None and end is not None and end > start:
             ax.axvspan(_dt(start), _dt(end), color=color, alpha=0.16, lw=0)
             ax.text(_dt((start + end) / 2), 0.97, f"{key} window", transform=ax.get_xaxis_transform(),
@@ -687,7 +619,7 @@ def _draw_bars(ax: Any, bars: list[_Bar], domain: str) -> None:
         heights = [0.0 if v is None else v / scale for v, scale in zip(values, scales)]
         low = min([low, *heights])
         drawn = ax.bar([x + offset for x in xs], heights, width, color=color, label=side)
-        ax.bar_label(drawn, labels=[_mpl("n/a" if v is None else _num(v) + _unit(bar.unit))
+        ax.bar_label(drawn, labels=[_mpl("n/a" if v is None else num(v) + unit(bar.unit))
                                     for bar, v in zip(bars, values)], fontsize=7, padding=2)
     ax.set_xticks(xs, labels=[_mpl(_wrap(bar.label, 22)) for bar in bars], fontsize=8)
     ax.set_yticks([])
@@ -712,14 +644,6 @@ def _wrap(text: str, width: int) -> str:
             lines.append("")
         lines[-1] += token
     return "\n".join(line.strip() for line in lines if line.strip())
-
-
-def _utc(ts: float) -> str:
-    """The report's clock time, or "?" for a stored time no calendar can show."""
-    try:
-        return _clock(ts)
-    except (OverflowError, ValueError, OSError):
-        return "?"
 
 
 def _dt(ts: float) -> datetime:
@@ -760,68 +684,14 @@ def _section(title: str, section_id: str, body: str) -> str:
     return f"<section id={section_id}><h2>{_e(title)}</h2>{body}</section>"
 
 
-def _dict(value: Any) -> dict[str, Any] | None:
-    return value if isinstance(value, dict) else None
-
-
-def _items(value: Any) -> list[dict[str, Any]]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
-def _float(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _fmt(value: Any) -> str:
     """A number as the chat report words it; anything else as text, and None as n/a."""
     if value is None:
         return "n/a"
-    f = _float(value)
+    f = as_float(value)
     if f is None:
         return str(value) if not isinstance(value, float) else "n/a"
-    return _num(f)
-
-
-def _rose(baseline: float | None, incident: float | None) -> bool:
-    """A change worth drawing the eye: at least 1.5x the baseline (or from zero to something)."""
-    if baseline is None or incident is None:
-        return False
-    return incident > baseline * 1.5 if baseline > 0 else incident > 0 and baseline == 0
-
-
-def _confidence(value: Any) -> str:
-    f = _float(value)
-    return "?" if f is None else _pct(f)
-
-
-def _domains(verdict: dict[str, Any] | None) -> list[str]:
-    domains = (verdict or {}).get("domains")
-    if isinstance(domains, str):
-        return [domains] if domains else []
-    return [str(d) for d in domains] if isinstance(domains, list) else []
-
-
-def _hypotheses(verdict: dict[str, Any] | None) -> list[dict[str, Any]]:
-    hyps = _items((verdict or {}).get("hypotheses"))
-    return sorted(hyps, key=lambda h: -(_float(h.get("confidence")) or 0.0))
-
-
-def _alerts(inc: dict[str, Any]) -> list[dict[str, Any]]:
-    return _items(inc.get("alerts"))
-
-
-def _service(inc: dict[str, Any]) -> str:
-    service = inc["labels"].get("service")
-    for alert in _alerts(inc):
-        service = service or (_dict(alert.get("labels")) or {}).get("service")
-    traces = _dict((_dict(inc.get("evidence")) or {}).get("traces")) or {}
-    return str(service or traces.get("service") or "")
+    return num(f)
 
 
 def _build(cls: type, data: Any) -> Any:

@@ -5,27 +5,39 @@ and the console sink show) and Slack Block Kit blocks. The thread is:
 
 - the root message, one line of status at a glance, edited in place as the incident moves
   (capturing -> attributed / abstained -> resolved): :func:`render_root`;
-- the attribution reply with the evidence: :func:`render_attribution`;
+- the attribution reply, written for the person on call: the verdict, the signals that decided it,
+  what it is not, the capture's scope and cost and the links; the full table of hypotheses and
+  evidence is on the incident page it links to: :func:`render_attribution`;
 - a reply when the incident resolves: :func:`render_resolved`;
 - a reply when the capture or the pipeline failed: :func:`render_error`.
 
-Slack's Block Kit limits are enforced here, not left to the API to reject: at most 50 blocks per
-message (the lowest-ranked evidence is dropped first), section text at most 3000 characters and
-header text at most 150, both cut with "…".
+Every renderer reads an :class:`~responder.render.view.IncidentView`. Slack's Block Kit limits are
+enforced here, not left to the API to reject: at most 50 blocks per message, section text at most
+3000 characters and header text at most 150, both cut with "…".
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from capture.schemas import CaptureResult, ProbeResult
-from common.timefmt import unix_seconds
 from responder.model import adhoc
-from responder.model.verdict import Evidence, Hypothesis, Verdict
+from responder.model.verdict import Evidence, Verdict
 from responder.playbooks import PIN_LABEL
+from responder.render.view import (
+    STATE_ABSTAINED,
+    STATE_ATTRIBUTED,
+    STATE_CAPTURING,
+    STATE_FAILED,
+    STATE_RESOLVED,
+    IncidentView,
+    change,
+    clock,
+    duration,
+    num,
+    pct,
+)
 
 # Slack limits (Block Kit reference): blocks per message, section / header text, message text.
 MAX_BLOCKS = 50
@@ -34,23 +46,13 @@ MAX_HEADER_CHARS = 150
 MAX_CONTEXT_CHARS = 3000
 MAX_TEXT_CHARS = 40000
 
-# How much evidence one hypothesis shows before "N more on the incident page".
-MAX_SUPPORTING_SHOWN = 5
-MAX_CONTRADICTING_SHOWN = 3
-MAX_PODS_LISTED = 8
 # Hypotheses whose evidence is shown when the toolkit abstained: the two it could not separate.
 ABSTAIN_HYPOTHESES_SHOWN = 2
 
 ELLIPSIS = "…"
 _SLACK_ID_RE = re.compile(r"[SUW][A-Z0-9]{2,20}")
 
-# Root message states, in the order an incident usually moves through them.
-STATE_CAPTURING = "capturing"
-STATE_ATTRIBUTED = "attributed"
-STATE_ABSTAINED = "abstained"
-STATE_FAILED = "failed"
-STATE_RESOLVED = "resolved"
-
+# How the root shows each state.
 _STATE_LOOK = {
     STATE_CAPTURING: (":hourglass_flowing_sand:", "CAPTURING"),
     STATE_ATTRIBUTED: (":dart:", "ATTRIBUTED"),
@@ -79,18 +81,6 @@ class Message:
 # the root message
 
 
-def root_state(incident: dict[str, Any]) -> str:
-    """The state the root message shows: capturing, attributed, abstained, failed or resolved."""
-    if incident.get("status") == "resolved":
-        return STATE_RESOLVED
-    verdict = incident.get("verdict")
-    if verdict:
-        return STATE_ATTRIBUTED if verdict.get("domains") else STATE_ABSTAINED
-    if incident.get("error"):
-        return STATE_FAILED
-    return STATE_CAPTURING
-
-
 # The root's buttons (slash commands cannot be used in threads); each carries the incident id.
 ACTION_CAPTURE_AGAIN = "llmslo_capture_again"
 ACTION_DEEP_CAPTURE = "llmslo_deep_capture"
@@ -117,16 +107,17 @@ def _user(who: str) -> str:
 def render_root(incident: dict[str, Any], incident_url: str, mention_label: str | None = None) -> Message:
     """The thread's root: state, alert name, top domain and confidence, incident id and link;
     who was mentioned (``mention_label``'s value), who acknowledged it, and the buttons."""
-    state = root_state(incident)
+    view = IncidentView.of(incident)
+    state = view.state
     emoji, word = _STATE_LOOK[state]
-    alert = _alertname(incident)
-    iid = str(incident.get("id", "?"))
-    verdict = _verdict_of(incident)
+    alert = view.alertname
+    iid = view.id or "?"
+    verdict = view.verdict
 
     finding_md = finding_txt = ""
     if verdict is not None and verdict.domains:
-        finding_txt = f"{' + '.join(verdict.domains)} {_pct(verdict.confidence)}"
-        finding_md = f"*{_esc(' + '.join(verdict.domains))}* {_pct(verdict.confidence)}"
+        finding_txt = f"{' + '.join(verdict.domains)} {pct(verdict.confidence)}"
+        finding_md = f"*{_esc(' + '.join(verdict.domains))}* {pct(verdict.confidence)}"
     elif verdict is not None:
         finding_txt = finding_md = "no fault domain named"
     elif state == STATE_FAILED:
@@ -140,20 +131,20 @@ def render_root(incident: dict[str, Any], incident_url: str, mention_label: str 
     parts_md.append(f"incident {_link(incident_url, iid) if incident_url else f'`{_esc(iid)}`'}")
     parts_txt.append(f"incident {iid}" + (f" {incident_url}" if incident_url else ""))
 
-    mention = mention_markup((incident.get("labels") or {}).get(mention_label)) if mention_label else None
+    mention = mention_markup(view.labels.get(mention_label)) if mention_label else None
     if mention is None and mention_label:
-        for alert in incident.get("alerts") or []:
-            mention = mention or mention_markup((alert.get("labels") or {}).get(mention_label))
+        for a in view.alerts:
+            mention = mention or mention_markup((a.get("labels") or {}).get(mention_label))
     if mention:
         parts_md.insert(0, mention)
         parts_txt.insert(0, mention)
     line = " · ".join(parts_md)
     blocks: list[dict[str, Any]] = [{"type": "section", "text": _mrkdwn(_clip(line, MAX_SECTION_CHARS))}]
-    ack = incident.get("acknowledged")
+    ack = view.acknowledged
     if ack:
         who = str(ack.get("by") or "someone")
         blocks.append({"type": "context", "elements": [
-            _mrkdwn(f":eyes: acknowledged by {_user(who)} at {_clock(float(ack.get('at') or 0))} UTC")]})
+            _mrkdwn(f":eyes: acknowledged by {_user(who)} at {clock(float(ack.get('at') or 0))} UTC")]})
         parts_txt.append(f"acknowledged by {who}")
     buttons = [_button("Capture again", ACTION_CAPTURE_AGAIN, iid),
                _button(f"Deep capture ({DEEP_CAPTURE_S:g} s)", ACTION_DEEP_CAPTURE, iid)]
@@ -194,210 +185,154 @@ def render_requested(incident: dict[str, Any], incident_url: str) -> Message:
 # ---------------------------------------------------------------------------------------------
 # the attribution reply
 
-
-@dataclass
-class _EvidenceItem:
-    rank: tuple[int, int, int]  # (position in its list, supporting=0/contradicting=1, hypothesis rank)
-    group: tuple[int, int]  # (hypothesis rank, kind)
-    evidence: Evidence
+# What the reply shows; everything else (every hypothesis with all its evidence, every query and
+# dependency, every pod and process) is on the incident page it links to.
+MAX_DECIDING = 2  # deciding signals per named domain
+MAX_OTHERS = 3  # other domains named in the "less likely" line
+MAX_QUERIES_SHOWN = 2  # burn-rate and SLI queries
+MAX_PROBLEMS_SHOWN = 3  # capture problems listed before "and N more"
 
 
 def render_attribution(incident: dict[str, Any], verdict: Verdict, capture: CaptureResult | None,
                        runbooks: list[dict[str, Any]], incident_url: str) -> Message:
-    """The detail reply: verdict, ranked hypotheses, evidence, capture scope and cost, links."""
-    alert = _alertname(incident)
-    iid = str(incident.get("id", "?"))
-    hyps = sorted(verdict.hypotheses, key=lambda h: h.confidence, reverse=True)
-
-    # -- headline
+    """The reply for the person on call: the verdict and its confidence, the one or two signals
+    that decided it, what it is not, the service's own symptoms in one line each, the capture's
+    scope and cost, and the links (the incident page, runbooks, the alert's source)."""
+    view = IncidentView.of(incident, verdict=verdict, capture=capture)
+    page = _link(incident_url, "incident page") if incident_url else f"incident `{_esc(view.id or '?')}`"
     if verdict.domains:
-        headline = f"{alert}: {' + '.join(verdict.domains)} ({_pct(verdict.confidence)} confidence)"
+        headline = f"{view.alertname}: {' + '.join(verdict.domains)} ({pct(verdict.confidence)} confidence)"
     else:
-        headline = f"{alert}: Abstained: {verdict.abstain_reason or 'no reason given'}"
-    head: list[dict[str, Any]] = [{"type": "header", "text": _plain(_clip(headline, MAX_HEADER_CHARS))}]
-    intro = (f"Incident {_link(incident_url, iid) if incident_url else f'`{_esc(iid)}`'} · "
-             f"status *{_esc(str(incident.get('status', '?')))}*")
-    if verdict.domains:
-        calibrated = f" ({_esc(verdict.calibration)})" if verdict.calibration else ""
-        intro = f"Fault domain: *{_esc(' + '.join(verdict.domains))}* at {_pct(verdict.confidence)}{calibrated}. " + intro
-    else:
-        intro = (f"*Abstained:* {_esc(verdict.abstain_reason or 'no reason given')}. "
-                 "No fault domain is named; the hypotheses below are what was weighed. " + intro)
-    truncated = int(incident.get("truncated_alerts") or 0)
-    if truncated:
-        intro += (f" · Alertmanager left {truncated} alert(s) of this group out of its last notification "
-                  "(its max_alerts); the alerts listed here are the ones it sent")
-    head.append({"type": "section", "text": _mrkdwn(_clip(intro, MAX_SECTION_CHARS))})
-
-    hyp_lines: list[str] = []
-    if hyps:
-        lines = [f"{i}. *{_esc(h.domain)}* {_pct(h.confidence)} · {len(h.supporting)} supporting, "
-                 f"{len(h.contradicting)} contradicting" for i, h in enumerate(hyps, 1)]
-        head.append({"type": "section", "text": _mrkdwn(_clip("*Hypotheses*\n" + "\n".join(lines),
-                                                             MAX_SECTION_CHARS))})
-        hyp_lines = ["Hypotheses:"] + [_strip_md("  " + line) for line in lines]
-
-    # -- evidence, ranked so the least important goes first when the block budget is short
-    featured = _featured(verdict, hyps)
-    items: list[_EvidenceItem] = []
-    over_cap = 0
-    for hrank, h in featured:
-        for kind, evs, cap in ((0, h.supporting, MAX_SUPPORTING_SHOWN), (1, h.contradicting, MAX_CONTRADICTING_SHOWN)):
-            over_cap += max(0, len(evs) - cap)
-            items += [_EvidenceItem((pos, kind, hrank), (hrank, kind), e) for pos, e in enumerate(evs[:cap])]
-    items.sort(key=lambda it: it.rank)
-
-    # -- the tail: metrics and traces, capture scope and cost, runbooks, alert source
-    tail = _application_blocks(incident) + _capture_blocks(capture) + _link_blocks(incident, runbooks)
-
-    # -- fit the evidence into the block budget (head + divider + tail are fixed)
-    fixed = len(head) + 1 + len(tail)
-    keep = len(items)
-    while keep > 0 and fixed + _evidence_block_count(items[:keep], len(items) - keep + over_cap) > MAX_BLOCKS:
-        keep -= 1
-    ev_blocks, ev_text = _evidence_blocks(items[:keep], dict(featured), len(items) - keep + over_cap,
-                                          incident_url)
-
-    # Degenerate inputs (e.g. hundreds of runbooks) could still overflow: cut the tail, keep the head.
-    blocks = (head + [{"type": "divider"}] + ev_blocks + tail)[:MAX_BLOCKS]
-    text = "\n".join([headline, _strip_md(intro)] + hyp_lines + ev_text + [_block_text(b) for b in tail])
+        headline = f"{view.alertname}: Abstained: {verdict.abstain_reason or 'no reason given'}"
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": _plain(_clip(headline, MAX_HEADER_CHARS))}]
+    sections = [_verdict_md(view, verdict), *_symptom_md(view), _capture_md(capture)]
+    blocks += [{"type": "section", "text": _mrkdwn(_clip(md, MAX_SECTION_CHARS))} for md in sections if md]
+    if capture is not None:
+        blocks.append({"type": "context", "elements": [_mrkdwn(_clip(
+            f"Capture's own cost: {_esc(capture.cost.summary())}", MAX_CONTEXT_CHARS))]})
+    blocks.append({"type": "context", "elements": [_mrkdwn(_clip(_links_md(view, runbooks, page),
+                                                                MAX_CONTEXT_CHARS))]})
+    blocks = blocks[:MAX_BLOCKS]
+    text = "\n".join([headline] + [_block_text(b) for b in blocks[1:]])
     return Message(text=_clip(text, MAX_TEXT_CHARS), blocks=blocks)
 
 
-def _featured(verdict: Verdict, hyps: list[Hypothesis]) -> list[tuple[int, Hypothesis]]:
-    """Hypotheses whose evidence the reply shows: the named domains, or the top ones on abstain."""
-    if verdict.domains:
-        named = [(i, h) for i, h in enumerate(hyps) if h.domain in verdict.domains]
-        return named or list(enumerate(hyps[:1]))
-    return list(enumerate(hyps[:ABSTAIN_HYPOTHESES_SHOWN]))
-
-
-def _evidence_block_count(items: list[_EvidenceItem], dropped: int) -> int:
-    groups = {it.group for it in items}
-    return len(items) + len(groups) + (1 if dropped else 0)
-
-
-def _evidence_blocks(items: list[_EvidenceItem], hyp_by_rank: dict[int, Hypothesis], dropped: int,
-                     incident_url: str) -> tuple[list[dict[str, Any]], list[str]]:
-    blocks: list[dict[str, Any]] = []
-    text: list[str] = []
-    by_group: dict[tuple[int, int], list[_EvidenceItem]] = {}
-    for it in items:
-        by_group.setdefault(it.group, []).append(it)
-    for group in sorted(by_group):
-        hrank, kind = group
-        h = hyp_by_rank[hrank]
-        title = (f"Supporting evidence for {h.domain}" if kind == 0
-                 else f"Contradicting evidence for {h.domain}")
-        icon = ":white_check_mark:" if kind == 0 else ":x:"
-        blocks.append({"type": "section", "text": _mrkdwn(_clip(f"{icon} *{_esc(title)}*", MAX_SECTION_CHARS))})
-        text.append(f"{title}:")
-        for it in sorted(by_group[group], key=lambda i: i.rank[0]):
-            md, plain = _evidence_line(it.evidence)
-            blocks.append({"type": "section", "text": _mrkdwn(_clip(md, MAX_SECTION_CHARS))})
-            text.append(f"  - {plain}")
-    if dropped:
-        more = f"{dropped} more evidence item{'s' if dropped != 1 else ''} not shown"
-        more_md = f"{more}; all of it is on {_link(incident_url, 'the incident page')}" if incident_url else more
-        blocks.append({"type": "context", "elements": [_mrkdwn(_clip(more_md, MAX_CONTEXT_CHARS))]})
-        text.append(more + (f": {incident_url}" if incident_url else ""))
-    return blocks, text
-
-
-def _evidence_line(e: Evidence) -> tuple[str, str]:
-    """One evidence item: what it says, baseline -> incident with unit, source and link."""
-    change = f"baseline {_num(e.baseline)} → incident {_num(e.incident)}{_unit(e.unit)}"
-    md = f"• {_esc(e.summary)}\n{_esc(change)} · _{_esc(e.source)}_ · `{_esc(e.signal)}`"
-    plain = f"{e.summary} ({change}; {e.source}; {e.signal})"
-    if e.link:
-        md += f" · {_link(e.link, 'evidence')}"
-        plain += f" {e.link}"
-    return md, plain
-
-
-# How many Prometheus queries and trace dependencies the chat reply lists; the page has them all.
-MAX_QUERIES_SHOWN = 4
-MAX_DEPENDENCIES_SHOWN = 4
-
-
-def _application_blocks(incident: dict[str, Any]) -> list[dict[str, Any]]:
-    """The service's own view: its SLO series from Prometheus and its dependencies from traces."""
-    evidence = incident.get("evidence") or {}
-    blocks: list[dict[str, Any]] = []
-    prom = evidence.get("prometheus")
-    if prom:
-        if not prom.get("reachable"):
-            lines = [f"*Prometheus:* could not be reached: {_esc(str(prom.get('error')))}"]
+def _verdict_md(view: IncidentView, verdict: Verdict) -> str:
+    """The verdict in words: the named domains and their deciding signals, then what it is not;
+    on abstain, why, and the two hypotheses it could not separate with their strongest signal."""
+    if not verdict.domains:
+        lines = [f"*Abstained:* {_esc(verdict.abstain_reason or 'no reason given')}. No fault domain is named."]
+        weighed = [h for h in view.hypotheses[:ABSTAIN_HYPOTHESES_SHOWN] if h.confidence > 0]
+        if weighed:
+            lines.append("It weighed:")
+            lines += [f"• *{_esc(h.domain)}* {pct(h.confidence)}"
+                      + (f": {_signal_md(h.supporting[0])}" if h.supporting else ": nothing in favour") for h in weighed]
+        return "\n".join(lines)
+    calibrated = f" ({_esc(verdict.calibration)})" if verdict.calibration else ""
+    lines = [f"Fault domain *{_esc(' + '.join(verdict.domains))}* at {pct(verdict.confidence)} confidence{calibrated}."]
+    if view.truncated_alerts:
+        lines.append(f"Alertmanager left {view.truncated_alerts} alert(s) of this group out of its last notification "
+                     "(its max_alerts); this rests on the alerts it sent.")
+    for h in view.named:
+        deciding = h.supporting[:MAX_DECIDING]
+        prefix = f"*{_esc(h.domain)}*: " if len(view.named) > 1 else "Because: "
+        if not deciding:
+            lines.append(f"{prefix}no single signal; see the page.")
+        elif len(deciding) == 1:
+            lines.append(prefix + _signal_md(deciding[0]))
         else:
-            lines = ["*Prometheus* (baseline mean → incident mean):"]
-            for q in (prom.get("queries") or [])[:MAX_QUERIES_SHOWN]:
-                if q.get("error"):
-                    lines.append(f"• {_esc(q.get('title') or q['name'])}: {_esc(q['error'])}")
-                    continue
-                b, i = (q.get("baseline") or {}).get("mean"), (q.get("incident") or {}).get("mean")
-                line = f"• {_esc(q.get('title') or q['name'])}: {_num(b)} → {_num(i)}{_unit(q.get('unit') or '')}"
-                if q.get("link"):
-                    line += f" · {_link(q['link'], 'graph')}"
-                lines.append(line)
-        blocks.append({"type": "section", "text": _mrkdwn(_clip("\n".join(lines), MAX_SECTION_CHARS))})
-    traces = evidence.get("traces")
-    if traces:
-        if not traces.get("reachable"):
-            lines = [f"*Traces* ({_esc(str(traces.get('backend')))}): could not be read: "
-                     f"{_esc(str(traces.get('error')))}"]
-        else:
-            inc_n = (traces.get("incident") or {}).get("spans", 0)
-            base_n = (traces.get("baseline") or {}).get("spans", 0)
-            lines = [f"*Traces* of `{_esc(str(traces.get('service')))}` ({base_n:,} baseline / {inc_n:,} incident "
-                     "spans), p90 and errors per dependency:"]
-            for d in (traces.get("dependencies") or [])[:MAX_DEPENDENCIES_SHOWN]:
-                b, i = d.get("baseline") or {}, d.get("incident") or {}
-                line = (f"• {_esc(d['kind'])} `{_esc(d['name'])}`: p90 {_num(b.get('p90_ms'))} → "
-                        f"{_num(i.get('p90_ms'))} ms, errors {b.get('errors', 0)} → {i.get('errors', 0)}")
-                if i.get("error_types"):
-                    line += " (" + ", ".join(f"{_esc(str(k))} ×{v}" for k, v in list(i["error_types"].items())[:3]) + ")"
-                lines.append(line)
-            exemplars = [e for e in traces.get("exemplars") or [] if e.get("url")][:3]
-            if exemplars:
-                lines.append("Example traces: " + " · ".join(_link(e["url"], e.get("why") or e["trace_id"][:8])
-                                                             for e in exemplars))
-        blocks.append({"type": "section", "text": _mrkdwn(_clip("\n".join(lines), MAX_SECTION_CHARS))})
-    return blocks
+            lines.append(prefix.rstrip() + "\n" + "\n".join(f"• {_signal_md(e)}" for e in deciding))
+    others = [h for h in view.others if round(h.confidence * 100) >= 1][:MAX_OTHERS]
+    if others:
+        lines.append("Less likely: " + ", ".join(f"{_esc(h.domain)} {pct(h.confidence)}" for h in others) + ".")
+    else:
+        lines.append("No other fault domain scored above 0%.")
+    return "\n".join(lines)
 
 
-def _capture_blocks(capture: CaptureResult | None) -> list[dict[str, Any]]:
+def _signal_md(e: Evidence) -> str:
+    """One deciding signal in words, its move once, and where it came from."""
+    md = f"{_esc(e.summary or e.signal)} ({_esc(change(e.baseline, e.incident, e.unit))}, {_esc(e.source)})"
+    return md + (f" · {_link(e.link, 'evidence')}" if e.link else "")
+
+
+def _symptom_md(view: IncidentView) -> list[str]:
+    """The service's own symptoms: its burn rate from Prometheus, its most changed dependency from
+    traces; one line each, and none when there is nothing to say (no spans, no queries)."""
+    out = []
+    prom = view.prometheus
+    if prom is not None and not prom.reachable:
+        out.append(f"*Prometheus* could not be reached: {_esc(prom.error or 'no error given')}")
+    elif prom is not None:
+        shown = [q for q in prom.queries if q.kind in ("burn_rate", "sli") and q.error is None
+                 and q.incident.mean is not None][:MAX_QUERIES_SHOWN]
+        parts = [f"{_esc(q.label)} {_esc(change(q.baseline.mean, q.incident.mean, q.unit))}"
+                 + (f" ({_link(q.link, 'graph')})" if q.link else "") for q in shown]
+        failed = [q for q in prom.queries if q.error]
+        if failed:
+            parts.append(f"{len(failed)} quer{'ies' if len(failed) != 1 else 'y'} failed (on the incident page)")
+        if parts:
+            out.append("*Prometheus* (baseline → incident mean): " + " · ".join(parts))
+    traces = view.traces
+    if traces is not None and not traces.reachable:
+        out.append(f"*Traces* ({_esc(traces.backend)}) could not be read: {_esc(traces.error or 'no error given')}")
+    elif traces is not None and traces.spans > 0:
+        moved = [d for d in traces.dependencies if d.kind != "server" and d.incident is not None]
+        if moved:
+            d = moved[0]  # most changed first
+            b, i = d.baseline, d.incident
+            assert i is not None
+            line = (f"*Traces* of `{_esc(traces.service)}`: {_esc(d.kind)} `{_esc(d.name)}` p90 "
+                    f"{_esc(change(b.p90_ms if b else None, i.p90_ms, 'ms'))}, errors {num(b.errors if b else 0)} → "
+                    f"{num(i.errors)}")
+            if i.error_types:
+                line += " (" + ", ".join(f"{_esc(k)} ×{num(v)}" for k, v in list(i.error_types.items())[:3]) + ")"
+            example = next((x for x in traces.exemplars if x.url), None)
+            if example is not None and example.url:
+                line += f" · {_link(example.url, example.why or 'example trace')}"
+            out.append(line)
+    return out
+
+
+def _capture_md(capture: CaptureResult | None) -> str:
+    """Where the kernel evidence came from, and what went wrong capturing it."""
     if capture is None:
-        return [{"type": "section", "text": _mrkdwn(
-            "*Kernel capture:* none for this incident; the verdict rests on traces and metrics only.")}]
-    window = max(0.0, capture.ended_at - capture.started_at)
+        return "*Kernel capture:* none for this incident; the verdict rests on traces and metrics only."
+    window = duration(max(0.0, capture.ended_at - capture.started_at))
     if capture.pods:  # fanned out over the nodes a workload's pods run on
-        ok = [n["node"] for n in capture.nodes if n.get("status") == "ok"]
-        scope = (f"*Kernel capture* of {len(capture.pods)} pod(s) on {len(ok)} of {len(capture.nodes)} node(s), "
-                 f"{_duration(window)} window")
-        for pod in capture.pods[:MAX_PODS_LISTED]:
-            owner = f" ({pod['workload_kind']} {pod['workload']})" if pod.get("workload") else ""
-            scope += (f"\nPod `{_esc(pod['namespace'])}/{_esc(pod['name'])}`{_esc(owner)} on node "
-                      f"`{_esc(pod.get('node') or '?')}`" + ("" if pod.get("captured") else ": *not captured*"))
-        if len(capture.pods) > MAX_PODS_LISTED:
-            scope += f"\n… and {len(capture.pods) - MAX_PODS_LISTED} more pod(s)"
+        ok = [n for n in capture.nodes if n.get("status") == "ok"]
+        md = (f"*Kernel capture* of {len(capture.pods)} pod(s) on {len(ok)} of {len(capture.nodes)} node(s), "
+              f"{window} window")
+        missed = sum(1 for p in capture.pods if not p.get("captured"))
+        if missed:
+            md += f"; {missed} pod(s) not captured"
         for n in capture.nodes:
             if n.get("status") != "ok":
-                scope += f"\nNode `{_esc(n['node'])}`: {_esc(n['status'])}: {_esc(n.get('error') or '')}"
+                md += f"\nNode `{_esc(str(n.get('node')))}`: {_esc(str(n.get('status')))}: {_esc(n.get('error') or '')}"
         for line in concentrated(capture.pods):
-            scope += f"\nConcentrated: {_esc(line)}"
-        return _capture_tail(capture, scope)
-    scope = (f"*Kernel capture* `{_esc(capture.id)}` on node `{_esc(capture.node)}`, "
-             f"scope {_esc(capture.target.describe())}, {_duration(window)} window")
-    for w in capture.workloads:
-        who = [f"pod {w['namespace']}/{w['pod']}" if w.get("pod") else None,
-               f"{w['workload_kind']} {w['workload']}" if w.get("workload") else None,
-               f"container {w['container']}" if w.get("container") else None,
-               f"pod UID {w['pod_uid']} ({w.get('qos', '?')})" if w.get("pod_uid") and not w.get("pod") else None,
-               f"{w.get('runtime') or 'container'} {w['container_id'][:12]}" if w.get("container_id") else None]
-        scope += f"\nWorkload: cgroup `{_esc(w['path'])}`" + "".join(f", {_esc(x)}" for x in who if x)
-    for proc in capture.processes[:5]:
-        scope += f"\nProcess: pid {proc['pid']} `{_esc(proc.get('comm', '?'))}` {_esc(proc.get('exe', ''))}"
-    return _capture_tail(capture, scope)
+            md += f"\nConcentrated: {_esc(line)}"
+    else:
+        md = (f"*Kernel capture* `{_esc(capture.id)}` on node `{_esc(capture.node)}`, "
+              f"scope {_esc(capture.target.describe())}, {window} window")
+        for w in capture.workloads[:1]:
+            who = [f"pod {w['namespace']}/{w['pod']}" if w.get("pod") else None,
+                   f"{w['workload_kind']} {w['workload']}" if w.get("workload") else None,
+                   f"container {w['container']}" if w.get("container") else None,
+                   f"{w.get('runtime') or 'container'} {w['container_id'][:12]}" if w.get("container_id") else None]
+            named = [x for x in who if x]
+            if named:
+                md += f"\nWorkload: {_esc(', '.join(named))}"
+    if capture.baseline_note:
+        md += f"\nBaseline: {_esc(capture.baseline_note)}"
+    problems = list(capture.errors)
+    for label, results in (("", capture.incident), (" (baseline)", capture.baseline)):
+        for name, pr in results.items():
+            problems += [f"{name}{label}: {p}" for p in _probe_problems(pr)]
+    if problems:
+        listed = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
+        more = f"; and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
+        md += f"\nProbe problems: {_esc(listed)}{more}"
+    return md
 
 
 # A counter counts as concentrated in one pod when that pod holds at least this share of it,
@@ -429,23 +364,6 @@ def concentrated(pods: list[dict[str, Any]]) -> list[str]:
     return out[:MAX_CONCENTRATED]
 
 
-def _capture_tail(capture: CaptureResult, scope: str) -> list[dict[str, Any]]:
-    """The capture's baseline, probe problems and own cost, after its scope."""
-    if capture.baseline_note:
-        scope += f"\nBaseline: {_esc(capture.baseline_note)}"
-    problems = [f"• {_esc(err)}" for err in capture.errors]
-    for label, results in (("", capture.incident), (" (baseline)", capture.baseline)):
-        for name, pr in results.items():
-            problems += [f"• `{_esc(name)}`{label}: {_esc(p)}" for p in _probe_problems(pr)]
-    if problems:
-        scope += "\n*Probe problems:*\n" + "\n".join(problems)
-    return [
-        {"type": "section", "text": _mrkdwn(_clip(scope, MAX_SECTION_CHARS))},
-        {"type": "context", "elements": [_mrkdwn(_clip(
-            f"Capture's own cost: {_esc(capture.cost.summary())}", MAX_CONTEXT_CHARS))]},
-    ]
-
-
 def _probe_problems(pr: ProbeResult) -> list[str]:
     out = []
     if pr.error:
@@ -457,24 +375,13 @@ def _probe_problems(pr: ProbeResult) -> list[str]:
     return out
 
 
-def _link_blocks(incident: dict[str, Any], runbooks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    books = [_link(str(r["url"]), str(r.get("title") or r["url"])) for r in runbooks if r.get("url")]
-    if books:
-        blocks.append({"type": "section", "text": _mrkdwn(_clip("*Runbooks:* " + " · ".join(books),
-                                                               MAX_SECTION_CHARS))})
-    sources = []
-    for alert in incident.get("alerts") or []:
-        url = (alert.get("generatorURL") or "").strip()
-        if url and url not in sources:
-            sources.append(url)
-    if sources:
-        label = "alert source" if len(sources) == 1 else "alert sources"
-        links = " · ".join(_link(u, f"rule {i}" if len(sources) > 1 else "Prometheus")
-                           for i, u in enumerate(sources, 1))
-        blocks.append({"type": "context", "elements": [_mrkdwn(_clip(f"{label.capitalize()}: {links}",
-                                                                    MAX_CONTEXT_CHARS))]})
-    return blocks
+def _links_md(view: IncidentView, runbooks: list[dict[str, Any]], page: str) -> str:
+    """The incident page, the playbook's runbooks, then the alert's source(s) in Prometheus."""
+    parts = [page]
+    parts += [f"runbook {_link(str(r['url']), str(r.get('title') or r['url']))}" for r in runbooks if r.get("url")]
+    sources = [link.url for link in view.links if link.kind == "alert"]
+    parts += [_link(u, "alert source" if len(sources) == 1 else f"alert source {n}") for n, u in enumerate(sources, 1)]
+    return " · ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,23 +390,19 @@ def _link_blocks(incident: dict[str, Any], runbooks: list[dict[str, Any]]) -> li
 
 def render_resolved(incident: dict[str, Any]) -> Message:
     """The reply when the incident resolves: how long the error budget burned, final verdict."""
-    alert = _alertname(incident)
-    start = _burn_start(incident)
-    end = unix_seconds(incident.get("resolved_at"))
-    if end is None:
-        ends = [e for e in (unix_seconds(a.get("endsAt")) for a in incident.get("alerts") or []) if e is not None]
-        end = max(ends) if ends else None
+    view = IncidentView.of({**incident, "status": "resolved"})
+    alert, start, end = view.alertname, view.burn_start, view.burn_end
     if start is not None and end is not None and end >= start:
-        burned = f"the error budget burned for {_duration(end - start)} ({_clock(start)} → {_clock(end)} UTC)"
+        burned = f"the error budget burned for {duration(end - start)} ({clock(start)} → {clock(end)} UTC)"
     elif start is not None:
-        burned = f"the error budget burned from {_clock(start)} UTC; the end time is unknown"
+        burned = f"the error budget burned from {clock(start)} UTC; the end time is unknown"
     else:
         burned = "how long the error budget burned is unknown (no start time)"
-    verdict = _verdict_of(incident)
+    verdict = view.verdict
     if verdict is None:
         final = "No attribution was made before it resolved."
     elif verdict.domains:
-        final = f"Final attribution: {' + '.join(verdict.domains)} ({_pct(verdict.confidence)})."
+        final = f"Final attribution: {' + '.join(verdict.domains)} ({pct(verdict.confidence)})."
     else:
         final = f"The toolkit abstained: {verdict.abstain_reason or 'no reason given'}."
     plain = f"Resolved: {alert}: {burned}. {final}"
@@ -509,9 +412,9 @@ def render_resolved(incident: dict[str, Any]) -> Message:
 
 def render_error(incident: dict[str, Any], error: str) -> Message:
     """A reply for a capture or pipeline failure: what failed, and that the incident is open."""
-    alert = _alertname(incident)
-    iid = str(incident.get("id", "?"))
-    if incident.get("status") == "resolved":
+    view = IncidentView.of(incident)
+    alert, iid = view.alertname, view.id or "?"
+    if view.status == "resolved":
         state = "The incident has since resolved."
     else:
         state = ("The incident is still open (firing): no attribution will come from this run; "
@@ -529,71 +432,6 @@ def render_error(incident: dict[str, Any], error: str) -> Message:
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
-
-
-def _alertname(incident: dict[str, Any]) -> str:
-    name = (incident.get("labels") or {}).get("alertname")
-    if not name:
-        for alert in incident.get("alerts") or []:
-            name = (alert.get("labels") or {}).get("alertname")
-            if name:
-                break
-    return str(name or "(unnamed alert)")
-
-
-def _verdict_of(incident: dict[str, Any]) -> Verdict | None:
-    v = incident.get("verdict")
-    return Verdict.from_dict(v) if v else None
-
-
-def _pct(confidence: float) -> str:
-    return f"{round(max(0.0, min(1.0, confidence)) * 100)}%"
-
-
-def _unit(unit: str) -> str:
-    if not unit:
-        return ""
-    return unit if unit.startswith(("%", "/")) else f" {unit}"
-
-
-def _num(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    a = abs(value)
-    if a >= 1000:
-        s = f"{value:,.0f}"
-    elif a >= 100 or value == int(value):
-        s = f"{value:.0f}"
-    elif a >= 10:
-        s = f"{value:.1f}"
-    else:
-        s = f"{value:.3g}"
-    return s
-
-
-def _duration(seconds: float) -> str:
-    """``4m 12s``, ``1h 3m``, ``2d 4h``, ``45s``, ``0.4s``: the two largest units."""
-    if seconds < 10 and seconds != int(seconds):
-        return f"{seconds:.1f}s"
-    s = int(round(seconds))
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if s >= size or (unit == "s" and not parts):
-            parts.append(f"{s // size}{unit}")
-            s %= size
-    return " ".join(parts[:2])
-
-
-def _clock(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _burn_start(incident: dict[str, Any]) -> float | None:
-    """The earliest of the incident's creation and its alerts' ``startsAt``."""
-    times = [unix_seconds(incident.get("created_at"))]
-    times += [unix_seconds(a.get("startsAt")) for a in incident.get("alerts") or []]
-    known = [t for t in times if t is not None]
-    return min(known) if known else None
 
 
 def _esc(text: str) -> str:

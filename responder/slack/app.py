@@ -37,6 +37,7 @@ from responder.pipeline import Pipeline
 from responder.pipeline.gather import baseline_end
 from responder.pipeline.stage import alert_labels
 from responder.render import thread as report
+from responder.render.view import IncidentView, pct
 from responder.slack import commands
 from responder.store.base import AcceptResult, Incident, StoreBase
 
@@ -265,9 +266,7 @@ class SlackApp:
 
 
 def _status_line(inc: Incident, url: str) -> str:
-    d = inc.to_dict()
-    v = d["verdict"] or {}
-    finding = (f"{' + '.join(v['domains'])} {report._pct(float(v.get('confidence') or 0))}" if v.get("domains")
-               else report.root_state(d))
+    view = IncidentView.of(inc.to_dict())
+    finding = f"{' + '.join(view.domains)} {pct(view.verdict.confidence)}" if view.verdict and view.domains else view.state
     age = time.time() - inc.created_at
-    return f"<{url}|{inc.id}> · {inc.status} · {report._alertname(d)} · {finding} · opened {int(age // 60)} min ago"
+    return f"<{url}|{inc.id}> · {inc.status} · {view.alertname} · {finding} · opened {int(age // 60)} min ago"

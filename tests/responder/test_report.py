@@ -16,8 +16,8 @@ from responder.render.thread import (
     render_error,
     render_resolved,
     render_root,
-    root_state,
 )
+from responder.render.view import root_state
 
 URL = "http://responder.example/incidents/inc-42"
 
@@ -123,33 +123,42 @@ def test_root_escapes_mrkdwn_control_characters():
 # -- attribution
 
 
-def test_attribution_shows_verdict_hypotheses_evidence_capture_and_links():
+def test_attribution_reply_is_the_verdict_its_deciding_signals_what_it_is_not_the_capture_and_links():
     inc = _incident(verdict=_verdict().to_dict())
     msg = render_attribution(inc, _verdict(), _capture(), [{"title": "Provider 429s", "url": "http://wiki/429"}],
                              URL)
     _assert_slack_limits(msg)
     blocks = _all_text(msg)
     assert msg.blocks[0]["type"] == "header"
-    assert "provider_throttling" in msg.blocks[0]["text"]["text"] and "82%" in msg.blocks[0]["text"]["text"]
-    assert "1. *provider_throttling* 82%" in blocks and "2. *network* 11%" in blocks
-    assert "HTTP 429 from the provider #1" in blocks
-    assert "baseline 0 → incident 14.5/s" in blocks
-    assert "<http://responder.example/e/1|evidence>" in blocks
-    assert "Contradicting evidence for provider_throttling" in blocks
-    assert "baseline 0.2 → incident 0.21 retransmits/s" in blocks
-    # the runner-up's evidence stays on the incident page, not in the reply
-    assert "provider #4" not in blocks
+    assert msg.blocks[0]["text"]["text"] == "LLMTTFTBurnRate: provider_throttling (82% confidence)"
+    assert "Fault domain *provider_throttling* at 82% confidence" in blocks
+    # the deciding signals in words, each move written once, with its source and link
+    assert "HTTP 429 from the provider #1 (0 → 14.5/s, kernel) · <http://responder.example/e/1|evidence>" in blocks
+    assert "HTTP 429 from the provider #2 (0 → 14.5/s, trace)" in blocks
+    assert "baseline 0" not in blocks and "tls_http.status_429_per_s" not in blocks
+    # what it is not, in one line; the full table (contradicting evidence, the runner-up's) is on the page
+    assert "Less likely: network 11%." in blocks
+    assert "TCP retransmits flat" not in blocks and "provider #4" not in blocks
     assert "pid:4242, port:443" in blocks and "node-a" in blocks
     assert _capture().cost.summary() in blocks
-    assert "libssl not found in pid 4242" in blocks and "event budget reached" in blocks
-    assert "12 events lost" in blocks and "sched:sched_wakeup unavailable" in blocks
+    assert ("Probe problems: runq_latency: tracepoint sched:sched_wakeup unavailable; tls_http: error: libssl not "
+            "found in pid 4242; tcp_retrans: truncated: event budget reached; and 1 more") in blocks
+    assert f"<{URL}|incident page>" in blocks
     assert "<http://wiki/429|Provider 429s>" in blocks
-    assert "http://prometheus.example/graph?g0.expr=burn" in blocks
-    assert any(b["type"] == "divider" for b in msg.blocks)
+    assert "<http://prometheus.example/graph?g0.expr=burn|alert source>" in blocks
+    assert len(msg.blocks) <= 8
     # the plain-text fallback carries the same story
     for needle in ("provider_throttling (82% confidence)", "HTTP 429 from the provider #1", "node-a",
-                   "http://wiki/429", "libssl not found"):
+                   "http://wiki/429", "libssl not found", "Less likely: network 11%"):
         assert needle in msg.text
+
+
+def test_attribution_names_no_domain_that_scored_nothing():
+    verdict = Verdict(["network"], 0.9, [Hypothesis("network", 0.9, supporting=[_ev(1, summary="retransmits up")]),
+                                         Hypothesis("dns", 0.004), Hypothesis("app_cpu", 0.0)])
+    blocks = _all_text(render_attribution(_incident(), verdict, None, [], URL))
+    assert "No other fault domain scored above 0%." in blocks
+    assert "dns" not in blocks and "app_cpu" not in blocks and " 0%" not in blocks.replace("above 0%", "")
 
 
 def test_attribution_without_capture_or_generator_url_says_so():
@@ -158,11 +167,11 @@ def test_attribution_without_capture_or_generator_url_says_so():
     msg = render_attribution(inc, _verdict(), None, [], URL)
     blocks = _all_text(msg)
     assert "Kernel capture:* none" in blocks
-    assert "Runbooks" not in blocks and "Prometheus" not in blocks
+    assert "runbook" not in blocks and "Prometheus" not in blocks and "alert source" not in blocks
     _assert_slack_limits(msg)
 
 
-def test_abstain_renders_reason_and_weighed_hypotheses():
+def test_abstain_renders_reason_and_the_two_it_could_not_separate():
     verdict = Verdict(domains=[], confidence=0.41, abstain_reason="two domains too close (0.41 vs 0.38)",
                       hypotheses=[Hypothesis("network", 0.38, supporting=[_ev(2, summary="retransmits up")]),
                                   Hypothesis("provider_latency", 0.41, supporting=[_ev(1, summary="TTFT up")]),
@@ -171,16 +180,16 @@ def test_abstain_renders_reason_and_weighed_hypotheses():
     header = msg.blocks[0]["text"]["text"]
     assert header == "LLMTTFTBurnRate: Abstained: two domains too close (0.41 vs 0.38)"
     blocks = _all_text(msg)
-    # ranked by confidence, the two it could not separate show their evidence
-    assert blocks.index("1. *provider_latency* 41%") < blocks.index("2. *network* 38%")
-    assert "TTFT up" in blocks and "retransmits up" in blocks and "dns slow" not in blocks
-    assert "Fault domain:" not in blocks
+    # ranked by confidence, the two it could not separate, each with its strongest signal
+    assert blocks.index("*provider_latency* 41%: TTFT up") < blocks.index("*network* 38%: retransmits up")
+    assert "dns slow" not in blocks
+    assert "Fault domain" not in blocks
     assert msg.text.startswith("LLMTTFTBurnRate: Abstained: two domains too close")
     root = render_root(_incident(verdict=verdict.to_dict()), URL)
     assert "ABSTAINED" in root.text and "41%" not in root.text
 
 
-def test_huge_evidence_respects_slack_limits_and_drops_lowest_ranked_first():
+def test_huge_verdicts_respect_slack_limits_and_show_two_signals_a_domain():
     long_summary = "x" * 5000
     hyps = [Hypothesis(d, 0.9 - i * 0.1,
                        supporting=[_ev(j, summary=f"{d} support {j} " + long_summary) for j in range(200)],
@@ -194,10 +203,8 @@ def test_huge_evidence_respects_slack_limits_and_drops_lowest_ranked_first():
     _assert_slack_limits(msg)
     blocks = _all_text(msg)
     assert msg.blocks[0]["text"]["text"].endswith("…")
-    # the first supporting item of the top hypothesis survives; the last-ranked ones do not
     assert f"{DOMAINS[0]} support 0 " in blocks
-    assert f"{DOMAINS[-1]} against 2" not in blocks
-    assert "more evidence items not shown" in blocks
+    assert f"{DOMAINS[0]} support 2 " not in blocks and "against" not in blocks
     assert "<http://wiki/0|runbook 0" in blocks
     assert len(msg.text) <= 40000
 
@@ -265,15 +272,14 @@ def _app_evidence(prom_reachable: bool = True, traces_reachable: bool = True) ->
     return {"prometheus": prom, "traces": traces}
 
 
-def test_attribution_shows_prometheus_and_trace_evidence_with_links():
+def test_attribution_shows_the_burn_rate_and_the_most_changed_dependency_with_links():
     inc = _incident(verdict=_verdict().to_dict(), evidence=_app_evidence())
     msg = render_attribution(inc, _verdict(), _capture(), [], URL)
     _assert_slack_limits(msg)
     blocks = _all_text(msg)
-    assert "Burn rate over 1h: 0.4 → 22.5 x" in blocks and "<http://p:9090/graph?g0.expr=x|graph>" in blocks
-    assert "Broken query: Prometheus rejected the query (HTTP 400)" in blocks
-    assert "4,100 baseline / 900 incident" in blocks
-    assert "llm `openai`: p90 420 → 3,900 ms, errors 0 → 21 (429 ×19, timeout ×2)" in blocks
+    assert "Burn rate over 1h 0.4 → 22.5 x (<http://p:9090/graph?g0.expr=x|graph>)" in blocks
+    assert "1 query failed (on the incident page)" in blocks and "HTTP 400" not in blocks
+    assert "llm `openai` p90 420 → 3,900 ms, errors 0 → 21 (429 ×19, timeout ×2)" in blocks
     assert "<http://t/trace/abab|llm openai: 429>" in blocks
     assert "Burn rate over 1h" in msg.text
 
@@ -281,11 +287,18 @@ def test_attribution_shows_prometheus_and_trace_evidence_with_links():
 def test_attribution_says_when_prometheus_or_traces_could_not_be_reached():
     inc = _incident(verdict=_verdict().to_dict(), evidence=_app_evidence(False, False))
     blocks = _all_text(render_attribution(inc, _verdict(), None, [], URL))
-    assert "*Prometheus:* could not be reached: Prometheus at http://p:9090 could not be queried" in blocks
+    assert "*Prometheus* could not be reached: Prometheus at http://p:9090 could not be queried" in blocks
     assert "could not be read: tempo at http://t:3200: could not connect" in blocks
 
 
-def test_a_capture_over_several_nodes_names_its_pods_and_the_nodes_that_could_not_capture():
+def test_no_traces_line_when_no_spans_were_read():
+    evidence = _app_evidence()
+    evidence["traces"].update(baseline={"spans": 0}, incident={"spans": 0}, dependencies=[], exemplars=[])
+    blocks = _all_text(render_attribution(_incident(evidence=evidence), _verdict(), None, [], URL))
+    assert "Traces" not in blocks and "Burn rate over 1h" in blocks
+
+
+def test_a_capture_over_several_nodes_counts_its_pods_and_names_the_nodes_that_could_not_capture():
     pods = [{"namespace": "llm", "name": f"chat-7d9f-{i}", "uid": f"u{i}", "node": f"node-{i % 3}",
              "workload_kind": "Deployment", "workload": "chat", "containers": ["api"], "captured": i % 3 != 2}
             for i in range(11)]
@@ -300,10 +313,8 @@ def test_a_capture_over_several_nodes_names_its_pods_and_the_nodes_that_could_no
     msg = render_attribution(_incident(verdict=_verdict().to_dict()), _verdict(), cap, [], URL)
     _assert_slack_limits(msg)
     blocks = _all_text(msg)
-    assert "*Kernel capture* of 11 pod(s) on 2 of 3 node(s)" in blocks
-    assert "Pod `llm/chat-7d9f-0` (Deployment chat) on node `node-0`" in blocks
-    assert "Pod `llm/chat-7d9f-2` (Deployment chat) on node `node-2`: *not captured*" in blocks
-    assert "chat-7d9f-8" not in blocks and "… and 3 more pod(s)" in blocks  # eight listed
+    assert "*Kernel capture* of 11 pod(s) on 2 of 3 node(s), 10s window; 3 pod(s) not captured" in blocks
+    assert "chat-7d9f-8" not in blocks  # each pod is listed on the incident page
     assert "Node `node-2`: failed: agent answered 503: busy" in blocks
     # One pod holds almost all of the retransmits: said; connects are spread: not said.
     assert "Concentrated: 97% of tcp_retrans.retransmits (350) in pod llm/chat-7d9f-0 on node-0" in blocks

@@ -1,0 +1,274 @@
+"""One view of an incident, built once from what the store holds, for every renderer.
+
+The chat thread (:mod:`responder.render.thread`) and the incident page
+(:mod:`responder.render.page`) both render an :class:`IncidentView`: its state, alert, service,
+burn window, verdict with ranked hypotheses, links, Prometheus and trace evidence and kernel
+capture, read leniently (a malformed stored value is absent, never an exception). The wording
+of numbers, durations and clock times lives here too, so a number reads the same in chat and on
+the page.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from capture.schemas import CaptureResult
+from common.timefmt import unix_seconds
+from responder.model.evidence import PrometheusEvidence, TraceEvidence, as_dict, as_dicts, as_float
+from responder.model.verdict import Evidence, Hypothesis, Verdict
+
+# Incident states, in the order an incident usually moves through them.
+STATE_CAPTURING = "capturing"
+STATE_ATTRIBUTED = "attributed"
+STATE_ABSTAINED = "abstained"
+STATE_FAILED = "failed"
+STATE_RESOLVED = "resolved"
+
+# Links are listed in this order; kinds the contract does not name come last.
+LINK_KINDS = ("alert", "runbook", "incident", "prometheus", "grafana", "trace")
+
+
+def root_state(incident: dict[str, Any]) -> str:
+    """The state an incident is in: capturing, attributed, abstained, failed or resolved."""
+    if incident.get("status") == "resolved":
+        return STATE_RESOLVED
+    verdict = incident.get("verdict")
+    if verdict:
+        return STATE_ATTRIBUTED if (as_dict(verdict) or {}).get("domains") else STATE_ABSTAINED
+    if incident.get("error"):
+        return STATE_FAILED
+    return STATE_CAPTURING
+
+
+@dataclass(frozen=True)
+class Link:
+    kind: str
+    title: str
+    url: str
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    """What the renderers show of one incident; build it with :meth:`of`."""
+
+    id: str  # "" when the stored incident has none
+    status: str
+    state: str
+    alertname: str
+    service: str
+    labels: dict[str, str]
+    alerts: list[dict[str, Any]]
+    playbook: str | None = None
+    error: str | None = None
+    verdict: Verdict | None = None
+    hypotheses: list[Hypothesis] = field(default_factory=list)  # most likely first
+    burn_start: float | None = None
+    burn_end: float | None = None  # when it resolved, else None
+    updated_at: float | None = None
+    prometheus: PrometheusEvidence | None = None
+    traces: TraceEvidence | None = None
+    capture: CaptureResult | None = None  # None also when the stored capture does not read as one
+    capture_dict: dict[str, Any] | None = None  # the capture as stored (the page reads it leniently)
+    links: list[Link] = field(default_factory=list)
+    acknowledged: dict[str, Any] | None = None
+    truncated_alerts: int = 0
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.verdict.domains) if self.verdict else []
+
+    @property
+    def named(self) -> list[Hypothesis]:
+        """The hypotheses the verdict names, most likely first."""
+        return [h for h in self.hypotheses if h.domain in self.domains]
+
+    @property
+    def others(self) -> list[Hypothesis]:
+        """The hypotheses the verdict does not name, most likely first."""
+        return [h for h in self.hypotheses if h.domain not in self.domains]
+
+    @classmethod
+    def of(cls, incident: Any, *, verdict: Verdict | None = None,
+           capture: CaptureResult | None = None) -> IncidentView:
+        """The view of a stored incident (``to_dict`` form). ``verdict`` and ``capture``, when given,
+        are the typed values the pipeline has in hand and win over the stored ones."""
+        inc = dict(incident) if isinstance(incident, dict) else {}
+        labels = {str(k): str(v) for k, v in (as_dict(inc.get("labels")) or {}).items()}
+        alerts = as_dicts(inc.get("alerts"))
+        inc.update(labels=labels, alerts=alerts)
+        verdict = verdict if verdict is not None else read_verdict(inc.get("verdict"))
+        evidence = as_dict(inc.get("evidence")) or {}
+        traces = TraceEvidence.read(evidence.get("traces"))
+        capture_dict = capture.to_dict() if capture is not None else as_dict(inc.get("capture"))
+        if capture is None and capture_dict is not None:
+            capture = read_capture(capture_dict)
+        hyps = sorted(verdict.hypotheses, key=lambda h: -h.confidence) if verdict else []
+        status = str(inc.get("status") or "?")
+        start = burn_start(inc)
+        end = unix_seconds(inc.get("resolved_at")) if status == "resolved" else None
+        if status == "resolved" and end is None:
+            ends = [e for e in (unix_seconds(a.get("endsAt")) for a in alerts) if e is not None]
+            end = max(ends) if ends else None
+        ack = as_dict(inc.get("acknowledged"))
+        truncated = as_float(inc.get("truncated_alerts"))
+        return cls(
+            id=str(inc.get("id") or ""), status=status,
+            state=root_state({**inc, "verdict": verdict.to_dict() if verdict else None}),
+            alertname=alertname(inc), service=_service(labels, alerts, traces), labels=labels, alerts=alerts,
+            playbook=str(inc["playbook"]) if inc.get("playbook") else None,
+            error=str(inc["error"]) if inc.get("error") else None,
+            verdict=verdict, hypotheses=hyps, burn_start=start, burn_end=end,
+            updated_at=as_float(inc.get("updated_at")),
+            prometheus=PrometheusEvidence.read(evidence.get("prometheus")), traces=traces,
+            capture=capture, capture_dict=capture_dict,
+            links=_links(inc), acknowledged=ack, truncated_alerts=int(truncated or 0))
+
+
+def read_verdict(value: Any) -> Verdict | None:
+    """A stored verdict, keeping what reads (an unreadable hypothesis or evidence item is left out,
+    an unreadable confidence is NaN, which renders as "?")."""
+    d = as_dict(value)
+    if d is None:
+        return None
+    domains = d.get("domains")
+    if isinstance(domains, str):
+        domains = [domains] if domains else []
+    hyps = []
+    for h in as_dicts(d.get("hypotheses")):
+        conf = as_float(h.get("confidence"))
+        hyps.append(Hypothesis(str(h.get("domain") or "?"), conf if conf is not None else 0.0,
+                               supporting=_evidence_list(h.get("supporting")),
+                               contradicting=_evidence_list(h.get("contradicting"))))
+    conf = as_float(d.get("confidence"))
+    reason = d.get("abstain_reason")
+    return Verdict(domains=[str(x) for x in domains] if isinstance(domains, list) else [],
+                   confidence=conf if conf is not None else math.nan, hypotheses=hyps,
+                   abstain_reason=str(reason) if reason else None,
+                   calibration=str(d["calibration"]) if d.get("calibration") else None)
+
+
+def _evidence_list(value: Any) -> list[Evidence]:
+    out = []
+    for e in as_dicts(value):
+        link = e.get("link")
+        out.append(Evidence(signal=str(e.get("signal") or "?"), summary=str(e.get("summary") or ""),
+                            baseline=as_float(e.get("baseline")), incident=as_float(e.get("incident")),
+                            unit=str(e.get("unit") or ""), source=str(e.get("source") or "?"),
+                            link=str(link) if link else None))
+    return out
+
+
+def read_capture(value: dict[str, Any]) -> CaptureResult | None:
+    try:
+        return CaptureResult.from_dict(value)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def alertname(incident: dict[str, Any]) -> str:
+    name = (as_dict(incident.get("labels")) or {}).get("alertname")
+    if not name:
+        for alert in as_dicts(incident.get("alerts")):
+            name = (as_dict(alert.get("labels")) or {}).get("alertname")
+            if name:
+                break
+    return str(name or "(unnamed alert)")
+
+
+def burn_start(incident: dict[str, Any]) -> float | None:
+    """The earliest of the incident's creation and its alerts' ``startsAt``."""
+    times = [unix_seconds(incident.get("created_at"))]
+    times += [unix_seconds(a.get("startsAt")) for a in as_dicts(incident.get("alerts"))]
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
+
+
+def _service(labels: dict[str, str], alerts: list[dict[str, Any]], traces: TraceEvidence | None) -> str:
+    service = labels.get("service")
+    for alert in alerts:
+        service = service or (as_dict(alert.get("labels")) or {}).get("service")
+    return str(service or (traces.service if traces else "") or "")
+
+
+def _links(inc: dict[str, Any]) -> list[Link]:
+    """The incident's links, then alert sources and runbook annotations not already there, by kind."""
+    out: list[Link] = []
+    seen: set[str] = set()
+
+    def add(kind: str, title: str, url: Any) -> None:
+        url = str(url or "").strip()
+        if url and url not in seen:
+            seen.add(url)
+            out.append(Link(kind, title or url, url))
+
+    for link in as_dicts(inc.get("links")):
+        add(str(link.get("kind") or "other"), str(link.get("title") or ""), link.get("url"))
+    for alert in as_dicts(inc.get("alerts")):
+        name = str((as_dict(alert.get("labels")) or {}).get("alertname") or "alert")
+        add("alert", f"{name}: alert rule in Prometheus", alert.get("generatorURL"))
+        add("runbook", f"{name}: runbook", (as_dict(alert.get("annotations")) or {}).get("runbook_url"))
+    order = {k: i for i, k in enumerate(LINK_KINDS)}
+    return sorted(out, key=lambda link: order.get(link.kind, len(order)))  # stable: keeps each kind's order
+
+
+# -- wording shared by every renderer --------------------------------------------------------------
+
+def pct(confidence: float | None) -> str:
+    if confidence is None or math.isnan(confidence):
+        return "?"
+    return f"{round(max(0.0, min(1.0, confidence)) * 100)}%"
+
+
+def unit(u: str) -> str:
+    """A unit as it follows a number: "/s" and "%" attach, others after a space."""
+    if not u:
+        return ""
+    return u if u.startswith(("%", "/")) else f" {u}"
+
+
+def num(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    a = abs(value)
+    if a >= 1000:
+        return f"{value:,.0f}"
+    if a >= 100 or value == int(value):
+        return f"{value:.0f}"
+    if a >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def change(baseline: float | None, incident: float | None, u: str = "") -> str:
+    """``0.05 → 3.8/s``: a signal's move from the baseline to the incident, with its unit once."""
+    return f"{num(baseline)} → {num(incident)}{unit(u)}"
+
+
+def duration(seconds: float) -> str:
+    """``4m 12s``, ``1h 3m``, ``2d 4h``, ``45s``, ``0.4s``: the two largest units."""
+    if seconds < 10 and seconds != int(seconds):
+        return f"{seconds:.1f}s"
+    s = int(round(seconds))
+    parts: list[str] = []
+    for name, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size or (name == "s" and not parts):
+            parts.append(f"{s // size}{name}")
+            s %= size
+    return " ".join(parts[:2])
+
+
+def clock(ts: float) -> str:
+    """A Unix time as ``2024-11-27 10:42:01`` (UTC), or "?" for one no calendar can show."""
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):
+        return "?"
+
+
+def rose(baseline: float | None, incident: float | None) -> bool:
+    """A change worth drawing the eye to: at least 1.5x the baseline, or from zero to something."""
+    if baseline is None or incident is None:
+        return False
+    return incident > baseline * 1.5 if baseline > 0 else incident > 0 and baseline == 0
