@@ -61,6 +61,8 @@ class CaptureAgent:
         self.recorder = Recorder(interval_s=recorder_interval_s, history_s=recorder_history_s) if recorder else None
         self.active: dict[str, CaptureRequest] = {}
         self.completed = 0
+        # Captures whose probes are attached and counting (their window has started).
+        self.armed: set[str] = set()
         # Spare sessions, compiled and verified but not attached, one per BPF probe, so that a
         # capture's start-up is attaching (milliseconds) rather than compiling (about a second
         # per probe). Filled by start() and again after each capture that used them.
@@ -170,6 +172,7 @@ class CaptureAgent:
             raise
         finally:
             self.active.pop(cap_id, None)
+            self.armed.discard(cap_id)
             self._slots.release()
             if self._preloading is not None and not self._stopped:
                 threading.Thread(target=self._refill, name="llmslo-preload", daemon=True).start()
@@ -200,6 +203,7 @@ class CaptureAgent:
             result.cost.startup_ms = (time.monotonic() - wall0) * 1000
             t0 = time.monotonic()
             result.started_at = time.time()
+            self.armed.add(cap_id)
             deadline = t0 + req.duration_s
             while sessions and not stop.is_set():
                 remaining = deadline - time.monotonic()
@@ -384,6 +388,7 @@ class CaptureAgent:
 
     def status(self) -> dict:
         return {"node": self.node, "pid": os.getpid(), "active_captures": len(self.active),
+                "armed_captures": len(self.armed),
                 "max_concurrent": self.max_concurrent, "completed_captures": self.completed,
                 "preloaded": sorted(self._spares),
                 "recorder": None if self.recorder is None else self.recorder.status()}

@@ -1,8 +1,6 @@
-"""The responder's HTTP service: intake, the read API, the incident page, and its workers.
-
-Intake (``POST /webhook/alertmanager``): authenticate, bound the body, validate the v4 payload,
-persist (the store dedups), answer 2xx, wake a worker. Nothing is done before the payload is
-durable, and nothing is stored for a request that is refused.
+"""The responder's wiring: settings in, then the store, agent clients, sinks, pipeline, intake and
+health built and handed to each other; the workers that run investigations; start and stop.
+The HTTP routes over it are in ``responder.http.api``.
 """
 from __future__ import annotations
 
@@ -22,23 +20,21 @@ from capture import kube
 from capture.agent import CaptureAgent
 from capture.client import HttpAgentClient, LocalAgentClient
 from capture.probes import CATALOG
-from common.http import basic_ok, bearer_ok, guard, json_error, read_body, with_lifecycle
 from responder.config import ConfigError, Settings
 from responder.delivery.outbox import Deliverer
 from responder.delivery.sinks.base import ChatSink
 from responder.delivery.sinks.console import ConsoleSink
 from responder.delivery.sinks.slack import SlackSink
 from responder.evidence.traces.backends import TraceBackend, backend_from_settings
-from responder.evidence.traces.receiver import OtlpReceiver
 from responder.evidence.traces.store import SpanStore
 from responder.health import Health, StoreProbe, supervise
-from responder.http.alertmanager import PayloadError, parse_notification
+from responder.http.alertmanager import parse_notification
+from responder.http.api import Api
 from responder.http.intake import IntakeWriter
 from responder.kube.cluster import KubeAgents, KubeCluster
 from responder.model import adhoc
 from responder.pipeline import Pipeline
 from responder.playbooks import PlaybookLoadError, load_playbooks
-from responder.render.page import render_incident_page
 from responder.store import open_store
 from responder.store.base import AcceptResult, Overloaded, StoreBase, StoreError, StoreUnavailable, job_backoff
 
@@ -249,64 +245,7 @@ class Responder:
             await s.close()
         self.store.close()
 
-    # --- auth -------------------------------------------------------------------------------
-    def authorized(self, request: web.Request) -> bool:
-        header = request.headers.get("Authorization")
-        s = self.settings
-        return bearer_ok(header, s.webhook_token) or basic_ok(header, s.webhook_user, s.webhook_password)
-
-    # --- handlers ---------------------------------------------------------------------------
-    async def webhook(self, request: web.Request) -> web.Response:
-        if not self.authorized(request):
-            return web.json_response({"error": "unauthorized: send the webhook bearer token or basic auth"},
-                                     status=401, headers={"WWW-Authenticate": 'Bearer realm="llmslo"'})
-        limit = self.settings.max_body_bytes
-        body = await read_body(request, limit, advice="raise it (max_body_bytes, LLMSLO_MAX_BODY_BYTES), or set "
-                               "max_alerts in Alertmanager's webhook_config so one notification carries fewer alerts")
-        try:
-            notification = parse_notification(body)
-        except PayloadError as e:
-            return json_error(400, f"invalid Alertmanager payload: {e}")
-        try:
-            result = await self.intake.accept(notification, body)
-        except (Overloaded, StoreUnavailable) as e:
-            # Refused before anything was stored: Alertmanager retries a 5xx, so nothing is lost.
-            why = "too many incidents waiting" if isinstance(e, Overloaded) else "the incident store cannot be written"
-            return json_error(503, f"{why}; nothing was stored, retry later", retry_after=5)
-        except (ValueError, TypeError, KeyError) as e:  # this notification alone could not be stored
-            return json_error(400, f"the notification cannot be stored: {e}")
-        # A line per notification that opened an incident or queued work; the rest of a storm
-        # (repeats joining a waiting investigation) only at debug, so logging does not set its pace.
-        log.log(logging.INFO if result.created or result.job_id else logging.DEBUG,
-                "incident=%s event=alert_accepted group=%s new=%s duplicates=%s job=%s truncated=%s",
-                result.incident_id, notification.group_key, result.new_alerts, result.duplicates, result.job_id,
-                notification.truncated_alerts)
-        return web.json_response({"status": "accepted", "incident_id": result.incident_id,
-                                  "new_alerts": result.new_alerts, "duplicates": result.duplicates,
-                                  "job_id": result.job_id})
-
-    async def adhoc_capture(self, request: web.Request) -> web.Response:
-        """``POST /api/captures``: run the investigate pipeline without an alert.
-
-        Body ``{"labels": {...}, "reason": "...", "playbook": "name", "started_at": unix_s,
-        "duration_s": 30, "probes": [...]}``, all but labels optional (``responder.model.adhoc``). The
-        labels scope the capture as an alert's would; started_at is when the problem began, where
-        the baselines end; duration and probes override the playbook's.
-        """
-        if not self.authorized(request):
-            return json_error(401, "unauthorized")
-        body = await read_body(request, adhoc.MAX_BODY_BYTES)
-        try:
-            req = adhoc.parse_request(body, (p.name for p in self.pipeline.playbooks), CATALOG)
-        except ValueError as e:
-            return json_error(400, f"invalid capture request: {e}")
-        try:
-            result = await self.start_adhoc(req)
-        except adhoc.Overloaded as e:
-            return json_error(503, str(e), retry_after=5)
-        return web.json_response({"status": "accepted", "incident_id": result.incident_id, "job_id": result.job_id},
-                                 status=202)
-
+    # --- operations the HTTP routes and the Slack app share -----------------------------------
     async def start_adhoc(self, req: adhoc.AdhocRequest) -> AcceptResult:
         """Store an ad hoc capture request as an incident and wake a worker; adhoc.Overloaded when too
         many incidents are waiting or the store cannot be written (nothing stored then)."""
@@ -321,82 +260,6 @@ class Responder:
                  req.requested_by)
         return result
 
-    async def slack_events(self, request: web.Request) -> web.Response:
-        """``POST /slack/events``: Slack's events, slash commands and interactivity (signed)."""
-        if self.slack_app is None:
-            return json_error(404, "Slack is not configured here: set LLMSLO_SLACK_BOT_TOKEN and "
-                                   "LLMSLO_SLACK_SIGNING_SECRET")
-        return await self.slack_app.handle(request)
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        """Open: only ``ok`` (200) or ``unhealthy`` (503), from in-memory state, never waiting on
-        the store (a liveness probe must not fail because a transaction is slow). With the
-        webhook's credentials: why, each loop's last progress, the store, the span store, the
-        agent and the Kubernetes informers."""
-        problems = self.health.problems()
-        status = 200 if not problems else 503
-        if not self.authorized(request):
-            return web.json_response({"status": "ok" if not problems else "unhealthy"}, status=status)
-        body = {"status": "ok" if not problems else "unhealthy", "problems": problems, **self.health.details(),
-                "spans": self.spans.stats(),
-                "intake": {"batches": self.intake.batches, "notifications": self.intake.notifications}}
-        body["store"] |= {"backend": self.store.backend, "owner": self.store.owner}
-        if self.health.store_up:
-            try:
-                body["counts"] = await asyncio.wait_for(asyncio.to_thread(self.store.counts), timeout=1.0)
-            except (TimeoutError, StoreError) as e:
-                body["counts"] = {"error": f"not read: {type(e).__name__}"}
-        if isinstance(self.agent, KubeAgents):
-            body["kubernetes"] = self.agent.cluster.stats()
-        if isinstance(self.agent, LocalAgentClient):
-            body["agent"] = self.agent.agent.status()
-        return web.json_response(body, status=status)
-
-    async def list_incidents(self, request: web.Request) -> web.Response:
-        if not self.authorized(request):
-            return json_error(401, "unauthorized")
-        status = request.query.get("status")
-        if status not in (None, "firing", "resolved"):
-            return json_error(400, "status: expected firing or resolved")
-        try:
-            limit = int(request.query.get("limit", "100"))
-            if not 1 <= limit <= 1000:
-                raise ValueError
-        except ValueError:
-            return json_error(400, "limit: expected an integer from 1 to 1000")
-        incidents = await asyncio.to_thread(self.store.list_incidents, limit, status)
-        return web.json_response({"incidents": [i.to_dict() for i in incidents]})
-
-    async def get_incident(self, request: web.Request) -> web.Response:
-        if not self.authorized(request):
-            return json_error(401, "unauthorized")
-        inc = await asyncio.to_thread(self.store.get_incident, request.match_info["id"])
-        if inc is None:
-            return json_error(404, f"no incident {request.match_info['id']!r}")
-        return web.json_response(inc.to_dict())
-
-    async def incident_page(self, request: web.Request) -> web.Response:
-        if not self.authorized(request):
-            return web.Response(status=401, text="unauthorized", headers={"WWW-Authenticate": 'Basic realm="llmslo"'})
-        inc = await asyncio.to_thread(self.store.get_incident, request.match_info["id"])
-        if inc is None:
-            return web.Response(status=404, text="no such incident")
-        body = await asyncio.to_thread(render_incident_page, inc.to_dict())  # the chart renders off-loop
-        return web.Response(text=body, content_type="text/html")
-
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=max(self.settings.max_body_bytes, self.settings.otlp_max_body_bytes) + 1,
-                              middlewares=[guard])
-        app.router.add_post("/webhook/alertmanager", self.webhook)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/api/incidents", self.list_incidents)
-        app.router.add_get("/api/incidents/{id}", self.get_incident)
-        app.router.add_post("/api/captures", self.adhoc_capture)
-        app.router.add_post("/slack/events", self.slack_events)
-        app.router.add_get("/incidents/{id}", self.incident_page)
-        receiver = OtlpReceiver(self.spans, self.authorized, self.settings.otlp_max_body_bytes)
-        app.router.add_post("/v1/traces", receiver.handle)
-        app.router.add_get("/api/traces/{trace_id}", receiver.handle_trace)
-
-        with_lifecycle(app, self.start, self.stop)
-        return app
+        """The HTTP application serving this responder (``responder.http.api``)."""
+        return Api(self).app()

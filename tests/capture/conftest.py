@@ -5,9 +5,11 @@ probes fails them, loudly.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -36,6 +38,15 @@ def workload_cgroup():
     cg = cgroups.WorkloadCgroup("test").create()
     yield cg
     cg.remove()
+
+
+async def until_armed(agent, n: int = 1, timeout_s: float = 60.0) -> None:
+    """Wait until ``n`` of the agent's captures have their probes attached and counting. Compiling
+    and attaching takes about a second here and several under load; a fixed sleep races it."""
+    deadline = time.monotonic() + timeout_s
+    while len(agent.armed) < n:
+        assert time.monotonic() < deadline, f"{len(agent.armed)} of {n} captures armed after {timeout_s:g} s"
+        await asyncio.sleep(0.05)
 
 
 def loaded_prog_ids() -> set[int]:

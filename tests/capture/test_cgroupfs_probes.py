@@ -21,6 +21,7 @@ from capture.identity import unified_root
 from capture.probes import CATALOG
 from capture.schemas import CaptureRequest, CaptureTarget
 from lab.cgroups import CpuQuota, MemoryLimit, WorkloadCgroup
+from tests.capture.conftest import until_armed
 
 pytestmark = pytest.mark.kernel
 
@@ -155,7 +156,7 @@ async def test_memory_pressure_counts_limit_hits_and_the_oom_kill(workload_cgrou
             agent = CaptureAgent(recorder=False)
             task = asyncio.create_task(agent.capture(CaptureRequest(
                 target=CaptureTarget(cgroups=[target]), probes=["memory_pressure"], duration_s=5, baseline_s=0)))
-            await asyncio.sleep(1.0)
+            await until_armed(agent)
             hog.stdin.write(b"go\n")
             hog.stdin.flush()
             code = await asyncio.to_thread(hog.wait, 20)

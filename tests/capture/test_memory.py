@@ -13,6 +13,7 @@ import pytest
 from capture.agent import CaptureAgent
 from capture.schemas import CaptureRequest, CaptureTarget
 from lab.cgroups import MemoryLimit
+from tests.capture.conftest import until_armed
 
 pytestmark = pytest.mark.kernel
 
@@ -38,7 +39,7 @@ async def test_oom_kill_is_counted_for_the_victims_cgroup(workload_cgroup):
         task = asyncio.create_task(agent.capture(CaptureRequest(
             target=CaptureTarget(cgroups=[workload_cgroup.path]), probes=["oom_kill"], duration_s=5, baseline_s=0)))
         try:
-            await asyncio.sleep(1.5)
+            await until_armed(agent)
             hog.stdin.write(b"go\n")
             hog.stdin.flush()
             code = await asyncio.to_thread(hog.wait, 20)

@@ -17,7 +17,7 @@ from capture.schemas import CaptureRequest, CaptureTarget
 from lab import faults
 from lab.harness import LabService
 from lab.load import LoadStats, run_load
-from tests.capture.conftest import interruptible
+from tests.capture.conftest import interruptible, until_armed
 
 pytestmark = pytest.mark.kernel
 
@@ -42,12 +42,13 @@ def closed_port() -> int:
         return s.getsockname()[1]  # closed again when the block ends: connects are refused
 
 
-async def capture_while_released(agent: CaptureAgent, req: CaptureRequest, procs, settle_s: float):
-    """Start the capture, let it attach for ``settle_s``, then release the waiting child
-    processes ("go" on stdin), wait for each to say "done", and return the capture's result.
-    The children are killed however this ends."""
+async def capture_while_released(agent: CaptureAgent, req: CaptureRequest, procs, settle_s: float = 0.0):
+    """Start the capture, wait until its probes are attached (then ``settle_s`` more), release the
+    waiting child processes ("go" on stdin), wait for each to say "done", and return the
+    capture's result. The children are killed however this ends."""
     try:
         task = asyncio.create_task(agent.capture(req))
+        await until_armed(agent)
         await asyncio.sleep(settle_s)
         for p in procs:
             p.stdin.write("go\n")
@@ -81,8 +82,7 @@ async def test_tcp_connect_counts_what_the_workload_did(workload_cgroup):
     req = CaptureRequest(target=CaptureTarget(cgroups=[workload_cgroup.path]), probes=["tcp_connect"],
                          duration_s=4, baseline_s=0)
     try:
-        # compiled and attached after 2 s (start-up is about 0.3-1 s per probe)
-        result = await capture_while_released(agent, req, (inside, outside), settle_s=2.0)
+        result = await capture_while_released(agent, req, (inside, outside))
     finally:
         listener.close()
     r = result.incident["tcp_connect"]
@@ -122,7 +122,7 @@ async def test_tcp_retrans_under_real_loss_agrees_with_bcc_tcpretrans():
         assert "TIME" in header or "Tracing" in header
         by_port = asyncio.create_task(agent.capture(port_req))
         by_cgroup = asyncio.create_task(agent.capture(cg_req))
-        await asyncio.sleep(3.0)
+        await until_armed(agent, 2)
         stats = LoadStats()
         with faults.PacketLoss(port, 20):
             load = asyncio.create_task(run_load(service.url, 25, stop, stats))
@@ -187,7 +187,7 @@ async def test_scope_excludes_other_workloads(workload_cgroup):
     req = CaptureRequest(target=CaptureTarget(cgroups=[workload_cgroup.path]),
                          probes=["tcp_connect", "runq_latency", "tcp_retrans"], duration_s=2, baseline_s=0)
     task = asyncio.create_task(agent.capture(req))
-    await asyncio.sleep(1.5)
+    await until_armed(agent)
     for _ in range(5):
         try:
             socket.create_connection(("127.0.0.1", closed_port()), timeout=1)
@@ -243,7 +243,7 @@ async def test_tcp_reset_counts_aborted_connections(workload_cgroup):
     by_port = asyncio.create_task(agent.capture(CaptureRequest(
         target=CaptureTarget(ports=[port]), probes=["tcp_reset"], duration_s=4, baseline_s=0)))
     try:
-        await asyncio.sleep(2.0)
+        await until_armed(agent, 2)
         client.stdin.write("go\n")
         client.stdin.flush()
         assert (await asyncio.to_thread(client.stdout.readline)).strip() == "done"

@@ -11,7 +11,7 @@ import pytest
 
 from capture.agent import AgentBusy, CaptureAgent
 from capture.schemas import CaptureRequest, CaptureTarget, RequestError
-from tests.capture.conftest import held_prog_ids, loaded_prog_ids
+from tests.capture.conftest import held_prog_ids, loaded_prog_ids, until_armed
 
 pytestmark = pytest.mark.kernel
 
@@ -25,7 +25,7 @@ async def test_detached_after_normal_end():
     before = held_prog_ids()
     agent = CaptureAgent(recorder=False)
     task = asyncio.create_task(agent.capture(req(3)))
-    await asyncio.sleep(2.5)
+    await until_armed(agent)
     during = held_prog_ids() - before
     assert len(during) >= 8, "the three probes' programs should be loaded during the capture"
     result = await task
@@ -37,7 +37,7 @@ async def test_detached_after_cancellation():
     before = held_prog_ids()
     agent = CaptureAgent(recorder=False)
     task = asyncio.create_task(agent.capture(req(60)))
-    await asyncio.sleep(3)
+    await until_armed(agent)
     during = held_prog_ids() - before
     assert during
     task.cancel()

@@ -19,6 +19,7 @@ from capture.probes.base import to_result
 from capture.probes.tls_http import PROBE
 from capture.schemas import CaptureRequest, CaptureTarget, ProbeResult
 from capture.session import ProbeLoadError, ProbeSession
+from tests.capture.conftest import until_armed
 from tests.standins.tls_server import Reply, TLSServer
 
 pytestmark = pytest.mark.kernel
@@ -188,7 +189,7 @@ async def test_scope_counts_only_the_target_cgroup(workload_cgroup):
             req = CaptureRequest(target=CaptureTarget(cgroups=[workload_cgroup.path]), probes=["tls_http"],
                                  duration_s=12, baseline_s=0)
             task = asyncio.create_task(agent.capture(req))
-            await asyncio.sleep(5.0)  # compile, attach, arm: about 1 s here, 3 s under load
+            await until_armed(agent)
             assert not task.done(), "the capture ended before the clients ran"
             statuses = await asyncio.to_thread(run_clients, [inside, outside])
             result = await task
