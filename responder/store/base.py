@@ -38,6 +38,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from importlib import resources
 from typing import Any, Protocol
 
 # Group keys of incidents that no alert opened (ad hoc captures).
@@ -82,6 +83,21 @@ class StoreUnavailable(StoreError):
 
 class Overloaded(StoreError):
     """Too many jobs are waiting; nothing was stored. Try again later."""
+
+
+def load_migrations(dialect: str) -> dict[int, str]:
+    """The schema's migrations for ``dialect`` (``sqlite`` or ``postgres``), from the package's
+    ``schema/<dialect>/NNNN.sql`` files: {N - 1: the SQL taking version N - 1 to N}. Comment lines
+    are dropped (statements are split on ``;``, which a comment may contain)."""
+    files = sorted(resources.files("responder.store").joinpath("schema", dialect).iterdir(), key=lambda f: f.name)
+    migrations: dict[int, str] = {}
+    for f in files:
+        if f.name.endswith(".sql"):
+            sql = "\n".join(line for line in f.read_text().splitlines() if not line.lstrip().startswith("--"))
+            migrations[int(f.name.removesuffix(".sql")) - 1] = sql
+    if sorted(migrations) != list(range(len(migrations))):
+        raise RuntimeError(f"schema/{dialect}: the migration files must be numbered 0001, 0002, … without gaps")
+    return migrations
 
 
 def job_backoff(attempts: int) -> float:
@@ -518,7 +534,7 @@ class StoreBase:
         with self._tx(write=False) as conn:
             rows = conn.execute("SELECT * FROM jobs WHERE state='failed' ORDER BY id DESC LIMIT ?",
                                 (int(limit),)).fetchall()
-            return [_job(r) for r in rows]
+            return [job_from_row(r) for r in rows]
 
     def retry_job(self, job_id: int) -> bool:
         """Give a dead job a fresh set of attempts now; False when it is not dead."""
@@ -532,7 +548,7 @@ class StoreBase:
     def get_job(self, job_id: int) -> Job | None:
         with self._tx(write=False) as conn:
             row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-            return None if row is None else _job(row)
+            return None if row is None else job_from_row(row)
 
     # -- incidents -------------------------------------------------------------------------
 
@@ -623,7 +639,7 @@ class StoreBase:
                 args.append(sink)
             sql += " ORDER BY id LIMIT ?"
             args.append(int(limit))
-            return [_message(r) for r in conn.execute(sql, args).fetchall()]
+            return [message_from_row(r) for r in conn.execute(sql, args).fetchall()]
 
     def claim_messages(self, limit: int = 100) -> list[OutboxMessage]:
         """Messages due now that this replica is to send, oldest first (see ``hold_message``)."""
@@ -637,7 +653,7 @@ class StoreBase:
     def get_message(self, message_id: int) -> OutboxMessage | None:
         with self._tx(write=False) as conn:
             row = conn.execute("SELECT * FROM outbox WHERE id=?", (message_id,)).fetchone()
-            return None if row is None else _message(row)
+            return None if row is None else message_from_row(row)
 
     def mark_sent(self, message_id: int, response: dict[str, Any]) -> None:
         """The sink delivered the message; ``response`` is kept (e.g. the chat message ts)."""
@@ -667,7 +683,7 @@ class StoreBase:
         with self._tx(write=False) as conn:
             rows = conn.execute("SELECT * FROM outbox WHERE state='dead' ORDER BY id DESC LIMIT ?",
                                 (int(limit),)).fetchall()
-            return [_message(r) for r in rows]
+            return [message_from_row(r) for r in rows]
 
     def retry_message(self, message_id: int) -> bool:
         """Send a dead message again, now, with a fresh count of attempts; False when it is not
@@ -737,7 +753,7 @@ class StoreBase:
             for a in conn.execute("SELECT incident_id, alert FROM incident_alerts WHERE incident_id IN ("
                                   + ",".join("?" * len(chunk)) + ") ORDER BY seq", chunk).fetchall():
                 alerts[a["incident_id"]].append(json.loads(a["alert"]))
-        return [_incident(r, alerts[r["id"]]) for r in rows]
+        return [incident_from_row(r, alerts[r["id"]]) for r in rows]
 
     def _require(self, conn: Any, table: str, key: Any, lock: bool = False) -> Any:
         row = conn.execute(f"SELECT * FROM {table} WHERE id=?" + (self._for_update if lock else ""),
@@ -748,7 +764,7 @@ class StoreBase:
         return row
 
 
-def _incident(row: Any, alerts: list[dict[str, Any]]) -> Incident:
+def incident_from_row(row: Any, alerts: list[dict[str, Any]]) -> Incident:
     return Incident(
         id=row["id"], group_key=row["group_key"], status=row["status"],
         created_at=row["created_at"], updated_at=row["updated_at"],
@@ -761,7 +777,7 @@ def _incident(row: Any, alerts: list[dict[str, Any]]) -> Incident:
         truncated_alerts=row["truncated_alerts"] or 0)
 
 
-def _job(row: Any) -> Job:
+def job_from_row(row: Any) -> Job:
     return Job(id=row["id"], incident_id=row["incident_id"], kind=row["kind"],
                payload=json.loads(row["payload"]), state=row["state"], attempts=row["attempts"],
                last_error=row["last_error"], created_at=row["created_at"],
@@ -770,7 +786,7 @@ def _job(row: Any) -> Job:
                next_attempt_at=row["next_attempt_at"] or 0.0)
 
 
-def _message(row: Any) -> OutboxMessage:
+def message_from_row(row: Any) -> OutboxMessage:
     return OutboxMessage(id=row["id"], incident_id=row["incident_id"], sink=row["sink"],
                          step=row["step"], body=json.loads(row["body"]), state=row["state"],
                          attempts=row["attempts"], last_error=row["last_error"],

@@ -52,13 +52,13 @@ from responder.store.base import (
     StoreClosed,
     StoreError,
     StoreUnavailable,
-    _job,
-    _message,
+    job_from_row,
+    load_migrations,
+    message_from_row,
 )
 
 log = logging.getLogger(__name__)
 
-PG_SCHEMA_VERSION = 2
 POOL_SIZE = 8
 CONNECT_TIMEOUT_S = 10
 # Advisory lock key held while migrating, so replicas starting together migrate once.
@@ -66,113 +66,9 @@ _MIGRATION_LOCK = 0x6C6C6D736C6F
 # How many candidates claim_job passes over (another replica holds their incident) in one call.
 _CLAIM_SCAN = 50
 
-# The SQLite schema at version 4, in PostgreSQL's types. ``seq`` orders incidents created in the
-# same instant (SQLite uses its rowid).
-_PG_SCHEMA_V1 = """
-CREATE TABLE notifications (
-    id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    group_key    TEXT NOT NULL,
-    incident_id  TEXT,
-    status       TEXT NOT NULL,
-    received_at  DOUBLE PRECISION NOT NULL,
-    raw          BYTEA NOT NULL
-);
-CREATE TABLE incidents (
-    seq            BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
-    id             TEXT PRIMARY KEY,
-    group_key      TEXT NOT NULL,
-    status         TEXT NOT NULL CHECK (status IN ('firing', 'resolved')),
-    created_at     DOUBLE PRECISION NOT NULL,
-    updated_at     DOUBLE PRECISION NOT NULL,
-    resolved_at    DOUBLE PRECISION,
-    labels         TEXT NOT NULL DEFAULT '{}',
-    alerts         TEXT NOT NULL DEFAULT '{}',
-    playbook       TEXT,
-    verdict        TEXT,
-    capture        TEXT,
-    report         TEXT,
-    thread         TEXT NOT NULL DEFAULT '{}',
-    error          TEXT,
-    evidence       TEXT,
-    links          TEXT,
-    attributed_at  DOUBLE PRECISION,
-    acknowledged   TEXT
-);
-CREATE UNIQUE INDEX incidents_open_group ON incidents (group_key) WHERE status = 'firing';
-CREATE INDEX incidents_created ON incidents (created_at);
-CREATE TABLE alert_events (
-    id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    group_key        TEXT NOT NULL,
-    fingerprint      TEXT NOT NULL,
-    status           TEXT NOT NULL,
-    starts_at        TEXT NOT NULL,
-    incident_id      TEXT REFERENCES incidents (id),
-    notification_id  BIGINT NOT NULL REFERENCES notifications (id),
-    received_at      DOUBLE PRECISION NOT NULL,
-    UNIQUE (group_key, fingerprint, status, starts_at)
-);
-CREATE TABLE jobs (
-    id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    incident_id  TEXT NOT NULL REFERENCES incidents (id),
-    kind         TEXT NOT NULL,
-    payload      TEXT NOT NULL,
-    state        TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    last_error   TEXT,
-    created_at   DOUBLE PRECISION NOT NULL,
-    claimed_at   DOUBLE PRECISION,
-    finished_at  DOUBLE PRECISION,
-    lease_owner  TEXT,
-    lease_until  DOUBLE PRECISION
-);
-CREATE INDEX jobs_state ON jobs (state, id);
-CREATE INDEX jobs_incident ON jobs (incident_id, state);
-CREATE TABLE outbox (
-    id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    incident_id      TEXT NOT NULL REFERENCES incidents (id),
-    sink             TEXT NOT NULL,
-    step             TEXT NOT NULL,
-    body             TEXT NOT NULL,
-    state            TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'dead')),
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    last_error       TEXT,
-    created_at       DOUBLE PRECISION NOT NULL,
-    next_attempt_at  DOUBLE PRECISION NOT NULL,
-    sent_at          DOUBLE PRECISION,
-    response         TEXT,
-    lease_owner      TEXT,
-    lease_until      DOUBLE PRECISION,
-    UNIQUE (incident_id, sink, step)
-);
-CREATE INDEX outbox_due ON outbox (state, next_attempt_at, id);
-CREATE INDEX outbox_thread ON outbox (incident_id, sink, state)
-"""
-
-# v2, as SQLite's v5: a failed job's backoff, a message's in-flight mark, the alerts
-# Alertmanager truncated, the health probe's row, an incident's alerts as rows.
-_PG_SCHEMA_V2 = """
-ALTER TABLE jobs ADD COLUMN next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0;
-ALTER TABLE outbox ADD COLUMN sending_at DOUBLE PRECISION;
-ALTER TABLE incidents ADD COLUMN truncated_alerts INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at DOUBLE PRECISION NOT NULL);
-INSERT INTO heartbeat (id, at) VALUES (1, 0);
-CREATE TABLE incident_alerts (
-    seq          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    incident_id  TEXT NOT NULL REFERENCES incidents (id),
-    fingerprint  TEXT NOT NULL,
-    starts       DOUBLE PRECISION NOT NULL,
-    resolved     INTEGER NOT NULL,
-    alert        TEXT NOT NULL,
-    UNIQUE (incident_id, fingerprint)
-);
-INSERT INTO incident_alerts (incident_id, fingerprint, starts, resolved, alert)
-    SELECT i.id, j.key, (j.value ->> 'starts')::float8,
-           CASE WHEN (j.value ->> 'resolved')::boolean THEN 1 ELSE 0 END, (j.value -> 'alert')::text
-    FROM incidents i, jsonb_each(i.alerts::jsonb) j;
-UPDATE incidents SET alerts = '{}'
-"""
-
-_PG_MIGRATIONS: dict[int, str] = {0: _PG_SCHEMA_V1, 1: _PG_SCHEMA_V2}
+# Migrations from version N to N+1, as SQLite's but in PostgreSQL's types and numbered apart.
+_PG_MIGRATIONS = load_migrations("postgres")
+PG_SCHEMA_VERSION = len(_PG_MIGRATIONS)
 
 # A running job whose lease has lapsed (NULL: never leased) may be taken back by anyone.
 _LAPSED = "(lease_until IS NULL OR lease_until <= ?)"
@@ -357,7 +253,7 @@ class PostgresIncidentStore(StoreBase):
                     "UPDATE jobs SET state='running', attempts=attempts+1, claimed_at=?, "
                     "lease_owner=?, lease_until=? WHERE id=?",
                     (now, self.owner, now + self.job_lease_s, row["id"]))
-                return _job(conn.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
+                return job_from_row(conn.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
             return None
 
     def _foreign_live_job(self, conn: _Conn, incident_id: str, now: float) -> bool:
@@ -438,7 +334,7 @@ class PostgresIncidentStore(StoreBase):
             claimed = conn.execute(
                 "UPDATE outbox SET lease_owner=?, lease_until=? WHERE id = ANY(?::bigint[]) RETURNING *",
                 (self.owner, now + self.message_lease_s, ids)).fetchall()
-            return sorted((_message(r) for r in claimed), key=lambda m: m.id)
+            return sorted((message_from_row(r) for r in claimed), key=lambda m: m.id)
 
     def hold_message(self, message_id: int) -> bool:
         with self._tx() as conn:

@@ -27,132 +27,16 @@ from responder.store.base import (
     StoreClosed,
     StoreError,
     StoreUnavailable,
-    _job,
+    job_from_row,
+    load_migrations,
 )
 
-SCHEMA_VERSION = 5  # PostgreSQL counts its own (postgres.PG_SCHEMA_VERSION)
 # SQLite: how long a transaction waits for a write lock another process holds.
 BUSY_TIMEOUT_S = 5.0
 
-_SCHEMA_V1 = """
-CREATE TABLE notifications (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    group_key    TEXT NOT NULL,
-    incident_id  TEXT,
-    status       TEXT NOT NULL,
-    received_at  REAL NOT NULL,
-    raw          BLOB NOT NULL
-);
-CREATE TABLE incidents (
-    id           TEXT PRIMARY KEY,
-    group_key    TEXT NOT NULL,
-    status       TEXT NOT NULL CHECK (status IN ('firing', 'resolved')),
-    created_at   REAL NOT NULL,
-    updated_at   REAL NOT NULL,
-    resolved_at  REAL,
-    labels       TEXT NOT NULL DEFAULT '{}',
-    alerts       TEXT NOT NULL DEFAULT '{}',
-    playbook     TEXT,
-    verdict      TEXT,
-    capture      TEXT,
-    report       TEXT,
-    thread       TEXT NOT NULL DEFAULT '{}',
-    error        TEXT
-);
--- One open incident per alert group.
-CREATE UNIQUE INDEX incidents_open_group ON incidents (group_key) WHERE status = 'firing';
-CREATE INDEX incidents_created ON incidents (created_at);
-CREATE TABLE alert_events (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
-    group_key        TEXT NOT NULL,
-    fingerprint      TEXT NOT NULL,
-    status           TEXT NOT NULL,
-    starts_at        TEXT NOT NULL,
-    incident_id      TEXT REFERENCES incidents (id),
-    notification_id  INTEGER NOT NULL REFERENCES notifications (id),
-    received_at      REAL NOT NULL,
-    UNIQUE (group_key, fingerprint, status, starts_at)
-);
-CREATE TABLE jobs (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    incident_id  TEXT NOT NULL REFERENCES incidents (id),
-    kind         TEXT NOT NULL,
-    payload      TEXT NOT NULL,
-    state        TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    last_error   TEXT,
-    created_at   REAL NOT NULL,
-    claimed_at   REAL,
-    finished_at  REAL
-);
-CREATE INDEX jobs_state ON jobs (state, id);
-CREATE TABLE outbox (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
-    incident_id      TEXT NOT NULL REFERENCES incidents (id),
-    sink             TEXT NOT NULL,
-    step             TEXT NOT NULL,
-    body             TEXT NOT NULL,
-    state            TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'dead')),
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    last_error       TEXT,
-    created_at       REAL NOT NULL,
-    next_attempt_at  REAL NOT NULL,
-    sent_at          REAL,
-    response         TEXT,
-    UNIQUE (incident_id, sink, step)
-);
-CREATE INDEX outbox_due ON outbox (state, next_attempt_at, id);
-"""
-
-# Migrations from version N to N+1, run in order on open. Version 0 is an empty file.
-# v2: the application's own evidence (Prometheus, traces), the links a report carries, and when
-# the verdict was reached (detection time is measured to it).
-_SCHEMA_V2 = """
-ALTER TABLE incidents ADD COLUMN evidence TEXT;
-ALTER TABLE incidents ADD COLUMN links TEXT;
-ALTER TABLE incidents ADD COLUMN attributed_at REAL
-"""
-
-# v3: who acknowledged the incident (a chat button), shown on the thread's root.
-_SCHEMA_V3 = """
-ALTER TABLE incidents ADD COLUMN acknowledged TEXT
-"""
-
-# v4: who claimed a job or message (the lease's expiry stays empty: one process, no takeover).
-_SCHEMA_V4 = """
-ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
-ALTER TABLE jobs ADD COLUMN lease_until REAL;
-ALTER TABLE outbox ADD COLUMN lease_owner TEXT;
-ALTER TABLE outbox ADD COLUMN lease_until REAL
-"""
-
-# v5: a failed job's backoff; a message's in-flight mark (an attempt that may have posted it);
-# how many alerts Alertmanager truncated; a one-row table the health probe writes to; an
-# incident's alerts as rows (latest state per fingerprint) instead of one JSON document that each
-# notification had to read and rewrite whole (quadratic in a storm).
-_SCHEMA_V5 = """
-ALTER TABLE jobs ADD COLUMN next_attempt_at REAL NOT NULL DEFAULT 0;
-ALTER TABLE outbox ADD COLUMN sending_at REAL;
-ALTER TABLE incidents ADD COLUMN truncated_alerts INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
-INSERT INTO heartbeat (id, at) VALUES (1, 0);
-CREATE TABLE incident_alerts (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    incident_id  TEXT NOT NULL REFERENCES incidents (id),
-    fingerprint  TEXT NOT NULL,
-    starts       REAL NOT NULL,
-    resolved     INTEGER NOT NULL,
-    alert        TEXT NOT NULL,
-    UNIQUE (incident_id, fingerprint)
-);
-INSERT INTO incident_alerts (incident_id, fingerprint, starts, resolved, alert)
-    SELECT i.id, j.key, json_extract(j.value, '$.starts'), json_extract(j.value, '$.resolved'),
-           json_extract(j.value, '$.alert')
-    FROM incidents i, json_each(i.alerts) j;
-UPDATE incidents SET alerts = '{}'
-"""
-
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5}
+# Migrations from version N to N+1, run in order on open (version 0 is an empty file).
+_MIGRATIONS = load_migrations("sqlite")
+SCHEMA_VERSION = len(_MIGRATIONS)  # PostgreSQL counts its own (postgres.PG_SCHEMA_VERSION)
 
 
 class IncidentStore(StoreBase):
@@ -263,7 +147,7 @@ class IncidentStore(StoreBase):
                 return None
             conn.execute("UPDATE jobs SET state='running', attempts=attempts+1, claimed_at=?, "
                          "lease_owner=? WHERE id=?", (self._now(conn), self.owner, row["id"]))
-            return _job(conn.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
+            return job_from_row(conn.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
 
     def requeue_running(self) -> int:
         """At start-up: every job left running was left by a process that is gone (the file
