@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass
 
 from capture.schemas import container_id
+from common.workload import Owner, controller, workload_of
 
 log = logging.getLogger(__name__)
 
 CACHE_TTL_S = 30.0
-# Owner kinds whose own owner is the workload people name (Deployment over ReplicaSet, CronJob over Job).
-_INDIRECT = {"ReplicaSet": "read_namespaced_replica_set", "Job": "read_namespaced_job"}
+# How the agent reads one controller's own controller (the rule is common.workload's).
+_READ_OWNER = {"ReplicaSet": "read_namespaced_replica_set", "Job": "read_namespaced_job"}
 
 
 @dataclass
@@ -53,7 +54,7 @@ class KubeIdentity:
         self._pods: dict[str, PodIdentity] = {}
         self._services: dict[str, str] = {}  # "ip:port" or "ip" -> "service.namespace"
         self._at = 0.0
-        self._owners: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._owners: dict[tuple[str, str, str], Owner | None] = {}
         self.error: str | None = None
 
     @classmethod
@@ -84,26 +85,21 @@ class KubeIdentity:
         for st in (p.status.container_statuses or []) if p.status else []:
             if st.container_id:
                 containers[container_id(st.container_id)] = st.name
-        kind, name = self._workload(p.metadata.namespace, p.metadata.owner_references or [])
+        kind, name = workload_of(p, self._owner_of) or (None, None)
         return PodIdentity(uid=p.metadata.uid, name=p.metadata.name, namespace=p.metadata.namespace,
                            node=p.spec.node_name if p.spec else None, workload_kind=kind, workload=name,
                            containers=containers, ip=p.status.pod_ip if p.status else None)
 
-    def _workload(self, namespace: str, owners) -> tuple[str | None, str | None]:
-        ctrl = next((o for o in owners if o.controller), owners[0] if owners else None)
-        if ctrl is None:
-            return None, None
-        if ctrl.kind not in _INDIRECT:
-            return ctrl.kind, ctrl.name
-        key = (namespace, ctrl.kind, ctrl.name)
+    def _owner_of(self, namespace: str, kind: str, name: str) -> Owner | None:
+        """A ReplicaSet's or Job's own controller, read once and cached; None when it has none,
+        or it cannot be read (not allowed, gone)."""
+        key = (namespace, kind, name)
         if key not in self._owners:
             try:
-                obj = getattr(self.apps if ctrl.kind == "ReplicaSet" else self.batch, _INDIRECT[ctrl.kind])(
-                    ctrl.name, namespace, _request_timeout=10)
-                up = next((o for o in obj.metadata.owner_references or [] if o.controller), None)
-                self._owners[key] = (up.kind, up.name) if up else (ctrl.kind, ctrl.name)
-            except Exception:  # not allowed or gone: the direct owner is still a good answer
-                self._owners[key] = (ctrl.kind, ctrl.name)
+                api = self.apps if kind == "ReplicaSet" else self.batch
+                self._owners[key] = controller(getattr(api, _READ_OWNER[kind])(name, namespace, _request_timeout=10))
+            except Exception:  # the direct controller is still a good answer
+                self._owners[key] = None
         return self._owners[key]
 
     @staticmethod

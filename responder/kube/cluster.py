@@ -3,19 +3,20 @@ agent on each of those nodes.
 
 - **Scope**: the labels a playbook names (``namespace`` with one of ``pod``, ``deployment``,
   ``statefulset``, ``daemonset``, ``job``, ``service``, and optionally ``container``) become
-  pods: by name, by their controller (a Deployment through its ReplicaSets), or by a Service's
-  selector. A capture target names them by pod UID and container id; each agent turns those into
-  cgroup ids on its node (``capture.identity.kube_cgroups``).
+  pods: by name, by their workload (``common.workload``: a Deployment through its ReplicaSets, a
+  CronJob through its Jobs, else the pod's controller), or by a Service's selector. A capture
+  target names them by pod UID and container id; each agent turns those into cgroup ids on its
+  node (``capture.identity.kube_cgroups``).
 - **Agents**: the agent DaemonSet's pods (a label selector in the agent namespace), one per node
   (``spec.nodeName``), reached at the pod IP on the container port named ``api``.
 - **Fan-out**: a capture goes to every target node's agent at once; the results are combined
   (``CaptureResult.combine``) with each pod and each node's outcome, and a node without an agent,
   or whose agent fails, is reported, never dropped.
 
-Reads come from a watch-based cache: one informer per resource (pods, services, replicasets, all
-namespaces) lists once, then watches from that list's resourceVersion, and lists again when the
+Reads come from a watch-based cache: one informer per resource (pods, services, replicasets,
+jobs, all namespaces) lists once, then watches from that list's resourceVersion, and lists again when the
 watch's history is gone (410) or the connection breaks. An alert storm reads memory, not the API
-server. RBAC needed: get/list/watch on pods, services and apps/replicasets.
+server. RBAC needed: get/list/watch on pods, services, apps/replicasets and batch/jobs.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from capture.client import AgentError, HttpAgentClient
 from capture.schemas import CaptureRequest, CaptureResult, CaptureTarget, RequestError, container_id
+from common.workload import Owner, controller, workload_of
 
 if TYPE_CHECKING:  # kubernetes is imported late, where it is used
     from kubernetes.watch import Watch
@@ -220,7 +222,7 @@ def parse_selector(text: str) -> dict[str, str]:
 
 
 class KubeCluster:
-    """Pods, services and ReplicaSets from the API, and what the responder derives from them."""
+    """Pods, services, ReplicaSets and Jobs from the API, and what the responder derives from them."""
 
     def __init__(self, api_client: Any, *, agent_namespace: str, agent_selector: dict[str, str],
                  agent_port_name: str = "api", agent_port: int = 8081, watch_timeout_s: int = WATCH_TIMEOUT_S):
@@ -231,6 +233,7 @@ class KubeCluster:
         self.pods = Informer("pods", core.list_pod_for_all_namespaces, watch_timeout_s)
         self.services = Informer("services", core.list_service_for_all_namespaces, watch_timeout_s)
         self.replicasets = Informer("replicasets", apps.list_replica_set_for_all_namespaces, watch_timeout_s)
+        self.jobs = Informer("jobs", client.BatchV1Api(api_client).list_job_for_all_namespaces, watch_timeout_s)
         self.agent_namespace = agent_namespace
         self.agent_selector = agent_selector
         self.agent_port_name = agent_port_name
@@ -245,17 +248,17 @@ class KubeCluster:
                    agent_selector=parse_selector(settings.agent_selector), agent_port=settings.agent_port)
 
     def start(self) -> None:
-        for inf in (self.pods, self.services, self.replicasets):
+        for inf in (self.pods, self.services, self.replicasets, self.jobs):
             inf.start()
 
     def close(self) -> None:
-        for inf in (self.pods, self.services, self.replicasets):
+        for inf in (self.pods, self.services, self.replicasets, self.jobs):
             inf.stop()
         self.api_client.close()
 
     def stats(self) -> dict[str, dict[str, Any]]:
         return {i.name: {"lists": i.lists, "watches": i.watches, "error": i.error}
-                for i in (self.pods, self.services, self.replicasets)}
+                for i in (self.pods, self.services, self.replicasets, self.jobs)}
 
     # --- scope ---------------------------------------------------------------------------------
     def resolve(self, spec: Any, labels: dict[str, str]) -> Scope:
@@ -271,7 +274,7 @@ class KubeCluster:
                              + (f" (label {ns_label!r})" if ns_label else " (the playbook names no namespace_label)"))
         what = f"{kind.lower()} {namespace}/{name}"
         pods = self.pods.items()
-        owners = self._replicaset_owners()
+        owners = self._owners()
         if kind == "Service":
             svc = next((s for s in self.services.items()
                         if s.metadata.namespace == namespace and s.metadata.name == name), None)
@@ -285,8 +288,10 @@ class KubeCluster:
         elif kind == "Pod":
             chosen = [p for p in pods if p.metadata.namespace == namespace and p.metadata.name == name]
         else:
+            # The alert may name the workload (a CronJob, a Deployment) or its pods' direct
+            # controller (a Job a CronJob started).
             chosen = [p for p in pods if p.metadata.namespace == namespace
-                      and _workload(p, owners) == (kind, name)]
+                      and (kind, name) in (controller(p), _workload(p, owners))]
         if not chosen:
             raise ScopeError(f"{what}: no pods")
         refs = sorted((_pod_ref(p, owners) for p in chosen), key=lambda r: (r.node or "", r.name))
@@ -310,17 +315,18 @@ class KubeCluster:
         return Scope(target=target, pods=kept, notes=notes,
                      description=f"{what}{suffix}: {len(kept)} pod(s) on {len({r.node for r in kept})} node(s)")
 
-    def _replicaset_owners(self) -> dict[tuple[str, str], tuple[str, str]]:
-        """(namespace, ReplicaSet) -> its controller (usually the Deployment)."""
+    def _owners(self) -> dict[tuple[str, str, str], Owner]:
+        """(namespace, kind, name) -> controller, for every ReplicaSet and Job in the cache."""
         out = {}
-        for rs in self.replicasets.items():
-            ctrl = _controller(rs)
-            if ctrl is not None:
-                out[(rs.metadata.namespace, rs.metadata.name)] = ctrl
+        for kind, inf in (("ReplicaSet", self.replicasets), ("Job", self.jobs)):
+            for obj in inf.items():
+                ctrl = controller(obj)
+                if ctrl is not None:
+                    out[(obj.metadata.namespace, kind, obj.metadata.name)] = ctrl
         return out
 
     def pods_by_uid(self, uids: list[str]) -> dict[str, PodRef]:
-        owners = self._replicaset_owners()
+        owners = self._owners()
         wanted = set(uids)
         return {p.metadata.uid: _pod_ref(p, owners) for p in self.pods.items() if p.metadata.uid in wanted}
 
@@ -360,22 +366,12 @@ class KubeCluster:
         return self.agent_port
 
 
-def _controller(obj: Any) -> tuple[str, str] | None:
-    refs = obj.metadata.owner_references or []
-    ctrl = next((o for o in refs if o.controller), None)
-    return (ctrl.kind, ctrl.name) if ctrl is not None else None
+def _workload(pod: Any, owners: dict[tuple[str, str, str], Owner]) -> Owner | None:
+    return workload_of(pod, lambda ns, kind, name: owners.get((ns, kind, name)))
 
 
-def _workload(pod: Any, rs_owners: dict[tuple[str, str], tuple[str, str]]) -> tuple[str, str] | None:
-    """The workload people name: a ReplicaSet's Deployment, else the pod's controller."""
-    ctrl = _controller(pod)
-    if ctrl is not None and ctrl[0] == "ReplicaSet":
-        return rs_owners.get((pod.metadata.namespace, ctrl[1]), ctrl)
-    return ctrl
-
-
-def _pod_ref(pod: Any, rs_owners: dict[tuple[str, str], tuple[str, str]]) -> PodRef:
-    kind, name = _workload(pod, rs_owners) or (None, None)
+def _pod_ref(pod: Any, owners: dict[tuple[str, str, str], Owner]) -> PodRef:
+    kind, name = _workload(pod, owners) or (None, None)
     containers = {}
     for st in (pod.status.container_statuses or []) if pod.status else []:
         if st.container_id and st.state is not None and st.state.running is not None:

@@ -24,6 +24,7 @@ EXPECTED = {
         ("", "pods"): {"get", "list", "watch"},
         ("", "services"): {"get", "list", "watch"},
         ("apps", "replicasets"): {"get", "list", "watch"},
+        ("batch", "jobs"): {"get", "list", "watch"},
     },
 }
 # Which code runs under which ClusterRole.

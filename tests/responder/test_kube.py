@@ -68,7 +68,8 @@ def world() -> K.KubeStandin:
     rs_other = K.replica_set("chat-6b7c", "other", "chat")
     return K.KubeStandin(pods=pods, services=[K.service("chat", "llm", "10.96.0.10", 80, selector={"app": "chat"}),
                                               K.service("external", "llm", "10.96.0.11", 443)],
-                         owners={("llm", "ReplicaSet", "chat-6b7c"): rs, ("other", "ReplicaSet", "chat-6b7c"): rs_other})
+                         owners={("llm", "ReplicaSet", "chat-6b7c"): rs, ("other", "ReplicaSet", "chat-6b7c"): rs_other,
+                                 ("llm", "Job", "embed-28f"): K.job("embed-28f", "llm", cron_job="embed")})
 
 
 @pytest.fixture
@@ -99,6 +100,13 @@ async def test_a_deployment_is_its_replicasets_pods_in_its_namespace(kube):
     assert scope.target.pods == [p.uid for p in scope.pods] and scope.target.containers == []
     assert scope.notes == ["pod llm/chat-6b7c-c is Pending, not scheduled: not captured"]
     assert "2 pod(s) on 2 node(s)" in scope.description
+
+
+async def test_a_job_a_cronjob_started_is_named_as_the_cronjob_and_found_by_either_name(kube):
+    _, cluster = kube
+    scope = await resolve(cluster, namespace="llm", job_name="embed-28f")
+    assert names(scope) == ["llm/embed-28f-q@node-b"]
+    assert (scope.pods[0].workload_kind, scope.pods[0].workload) == ("CronJob", "embed")
 
 
 @pytest.mark.parametrize("labels, expected", [

@@ -2,10 +2,11 @@
 paths and object shapes for the reads the toolkit makes, bearer-token authentication.
 
 - Lists: v1 PodList (``fieldSelector=spec.nodeName=``), v1 ServiceList, apps/v1 ReplicaSetList,
+  batch/v1 JobList,
   discovery.k8s.io/v1 EndpointSliceList (derived from the Services' selectors); reads of one
   ReplicaSet or Job.
-- Watches (``?watch=true&resourceVersion=N&timeoutSeconds=T``) for pods, services and
-  replicasets: a chunked stream of one JSON event per line (``{"type": "ADDED" | "MODIFIED" |
+- Watches (``?watch=true&resourceVersion=N&timeoutSeconds=T``) for pods, services,
+  replicasets and jobs: a chunked stream of one JSON event per line (``{"type": "ADDED" | "MODIFIED" |
   "DELETED" | "BOOKMARK" | "ERROR", "object": ...}``), replaying the changes after N and then
   streaming new ones until the timeout. A watch from a version older than the kept history gets
   the ``ERROR`` event with a 410 Status, as a real API server answers after compaction.
@@ -23,7 +24,8 @@ from aiohttp.test_utils import TestServer
 
 TOKEN = "kube-standin-token"
 
-_LISTS = {"pods": ("v1", "PodList"), "services": ("v1", "ServiceList"), "replicasets": ("apps/v1", "ReplicaSetList")}
+_LISTS = {"pods": ("v1", "PodList"), "services": ("v1", "ServiceList"), "replicasets": ("apps/v1", "ReplicaSetList"),
+          "jobs": ("batch/v1", "JobList")}
 
 
 def pod(uid: str, name: str, namespace: str, node: str, *, ip: str, labels: dict | None = None,
@@ -58,6 +60,15 @@ def service(name: str, namespace: str, cluster_ip: str, port: int, selector: dic
                      "ports": [{"port": port, "targetPort": target_port or port, "protocol": "TCP"}]}}
 
 
+def job(name: str, namespace: str, cron_job: str | None = None) -> dict:
+    """A batch/v1 Job, started by ``cron_job`` when given."""
+    meta: dict = {"name": name, "namespace": namespace, "uid": f"job-{namespace}-{name}"}
+    if cron_job:
+        meta["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "CronJob", "name": cron_job,
+                                    "uid": f"uid-{cron_job}", "controller": True}]
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": {"template": {}}}
+
+
 def replica_set(name: str, namespace: str, deployment: str) -> dict:
     return {"apiVersion": "apps/v1", "kind": "ReplicaSet",
             "metadata": {"name": name, "namespace": namespace, "uid": f"rs-{namespace}-{name}",
@@ -73,7 +84,7 @@ class KubeStandin:
     def __init__(self, pods: list[dict], services: list[dict], owners: dict[tuple[str, str, str], dict]):
         self.owners = owners  # (ns, kind, name) -> object, for reads of one ReplicaSet or Job
         self.version = 0
-        self.objects: dict[str, dict[str, dict]] = {"pods": {}, "services": {}, "replicasets": {}}
+        self.objects: dict[str, dict[str, dict]] = {"pods": {}, "services": {}, "replicasets": {}, "jobs": {}}
         self.history: list[tuple[int, str, str, dict]] = []  # (version, resource, type, object)
         self.oldest = 0  # the first version a watch may resume from
         self.requests: list[str] = []
@@ -86,8 +97,7 @@ class KubeStandin:
         for s in services:
             self.upsert("services", s)
         for (_, kind, _), obj in owners.items():
-            if kind == "ReplicaSet":
-                self.upsert("replicasets", obj)
+            self.upsert({"ReplicaSet": "replicasets", "Job": "jobs"}[kind], obj)
         self.oldest = self.version
 
     # --- changes -----------------------------------------------------------------------------
@@ -235,6 +245,7 @@ class KubeStandin:
         app.router.add_get("/api/v1/pods", self._list_handler("pods"))
         app.router.add_get("/api/v1/services", self._list_handler("services"))
         app.router.add_get("/apis/apps/v1/replicasets", self._list_handler("replicasets"))
+        app.router.add_get("/apis/batch/v1/jobs", self._list_handler("jobs"))
         app.router.add_get("/apis/discovery.k8s.io/v1/endpointslices", self.list_slices)
         app.router.add_get("/apis/{group:apps|batch}/v1/namespaces/{ns}/{plural:replicasets|jobs}/{name}",
                            self.read_owner)
