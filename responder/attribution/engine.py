@@ -15,7 +15,8 @@ window with the baseline window; a domain's strength adds up its signals that mo
 confidence is ``strength / (strength + STRENGTH_HALF)``; slower and timed-out calls are symptoms that
 a cause in another domain explains away (``explain_away``). The confidence is a score, not a
 probability: the report pairs it with the precision the lab observed at that score
-(``responder.attribution.calibration``). The thresholds below are the reasons a reader can check.
+(``responder.attribution.calibration``). Each signal's threshold and the reason for it is a row of
+``responder.attribution.rules``.
 """
 from __future__ import annotations
 
@@ -26,48 +27,21 @@ from typing import Any
 
 from capture.probes.tls_http import UNKNOWN_PEER
 from capture.schemas import CaptureResult, ProbeResult
+from responder.attribution.rules import (
+    KERNEL_RULES,
+    MIN_RATIO,
+    MIN_TRACE_CALLS,
+    STRONG_RATIO,
+    TRACE_MIN_RATIO,
+    TRACE_RULE,
+    Rule,
+)
 from responder.evidence.traces.evidence import trace_signals
 from responder.model.verdict import Evidence, Hypothesis, Verdict
 
-# --- thresholds (why each value) -------------------------------------------------------------
-# A healthy loopback or datacenter path retransmits well under 0.2 segments/s per workload; one
-# retransmit every two seconds sustained over a capture is already a lossy path for an LLM client
-# making a few requests per second.
-MIN_EXCESS_RETRANS_PER_S = 0.5
-# A rate must also be clearly above the baseline's, not a busy service doing more of the same.
-MIN_RATIO = 3.0
-# A ratio this large counts as a full-strength signal (strength 1.0); smaller ratios count less.
-STRONG_RATIO = 20.0
-# Failed connects: two per ten-second capture are worth a look; none is normal.
-MIN_EXCESS_CONNECT_FAILURES_PER_S = 0.2
-# Resets received: a peer or a middlebox aborting connections. Two in a ten-second capture
-# above a baseline of none is already unusual for an HTTP client with keep-alive.
-MIN_EXCESS_RESETS_PER_S = 0.2
-# OOM kills: one kill in a twenty-second window above a baseline of none. Any OOM kill of the
-# service is worth naming; the rate form keeps windows of different lengths comparable.
-MIN_EXCESS_OOM_KILLS_PER_S = 0.05
-# Connect latency: needs some connects in both windows before a percentile means anything.
-MIN_CONNECTS = 5
-# Latency histograms (DNS lookups, time to first response byte, backend replies): a p90 that
-# is MIN_RATIO times the baseline's and above a floor that matters to an LLM request.
-MIN_SAMPLES = 5
-DNS_SLOW_US = 20_000  # a cached or local answer takes well under a millisecond
-TTFB_SLOW_US = 100_000  # a provider's first byte normally takes hundreds of ms; the ratio decides
-BACKEND_SLOW_US = 10_000  # a retrieval query of a few ms is normal
-# DNS failures, throttled or failed responses: two in a ten-second capture above none.
-MIN_EXCESS_FAILURES_PER_S = 0.2
-# CFS throttling: a tenth of the capture's periods throttled (100 ms periods: one per second).
-MIN_EXCESS_THROTTLED_PERIODS_PER_S = 1.0
-# Memory limit hits: the kernel reclaimed at the limit, sustained (one hit per second).
-MIN_EXCESS_LIMIT_HITS_PER_S = 1.0
-# Run-queue wait: share of waits of 1 ms or more. An unstarved service waits tens of
-# microseconds; CFS hands out slices of a few ms, so contention shows up as waits >= 1 ms.
-# In the lab on 2 vCPUs a busy but unstarved node (a capture running, the load generator, the
-# databases) reached 7% of waits >= 1 ms; starving the service (busy workers in its cgroup, a
-# 0.1-core quota) gave 20% and more. 12% sits between.
-RUNQ_SLOW_US = 1024
-MIN_RUNQ_SLOW_SHARE = 0.12
-MIN_RUNQ_SAMPLES = 50
+# The signals, their thresholds and the reasons for them are rows of responder.attribution.rules;
+# what follows is how the rows combine into a verdict.
+
 # The strength at which a domain's confidence is 50%: one full-strength signal (1.0) gives
 # 67%, two give 80%.
 STRENGTH_HALF = 0.5
@@ -84,19 +58,6 @@ BOTH_CONFIDENCE = 1.0 / (1.0 + STRENGTH_HALF)
 # cause of its own (a signal that is not a symptom): two causes are two faults, not one fault
 # seen two ways. Closeness through symptoms alone still abstains.
 
-# Traces. A dependency needs this many calls in each window before its quantiles or rates say
-# anything (a few seconds of an LLM service's traffic).
-MIN_TRACE_CALLS = 10
-# Span latency is measured per call, not sampled into log2 buckets, so a smaller ratio than the
-# kernel histograms' is already a clear move; the floor keeps a 2 ms -> 5 ms query from counting.
-TRACE_MIN_RATIO = 2.0
-# Retrieval's floor: on the lab's 2 vCPUs a healthy database call's p90 moved from 5 to 16 ms
-# under load alone; retrieval faults worth an alert cost hundreds of ms.
-TRACE_SLOW_MS = {"llm": 100.0, "retrieval": 25.0, "policy": 10.0, "http": 20.0}
-# Errors: a tenth of a dependency's calls failing above its baseline's rate. Throttling: a
-# twentieth of the provider calls answered 429/529/503 (the SDK's retries hide the rest).
-MIN_EXCESS_ERROR_RATE = 0.10
-MIN_THROTTLE_RATE = 0.05
 # A symptom (a slower call, a timed-out call) explained by a cause in another domain keeps this
 # much of its strength: still visible in the report, no longer enough to compete with the cause.
 EXPLAINED_FACTOR = 0.25
@@ -114,10 +75,12 @@ class Signal:
     # turn explains the slower calls after it.
     upstream: bool = False
     explained: bool = False  # discounted: another cause accounts for it
+    why_explained: str = ""
 
     def discount(self, why: str) -> None:
         """Keep EXPLAINED_FACTOR of the strength: the signal is explained by ``why``."""
         self.strength *= EXPLAINED_FACTOR
+        self.why_explained = why
         self.explained = True
         self.evidence.summary += f" ({why})"
 
@@ -127,122 +90,96 @@ def _ratio_strength(incident: float, baseline: float) -> float:
     return min(1.0, math.log(max(ratio, 1.0)) / math.log(STRONG_RATIO))
 
 
-def _rate_signal(domain: str, name: str, what: str, unit: str, inc: ProbeResult, base: ProbeResult,
-                 counter: str, min_excess: float) -> Signal:
-    i, b = inc.rate(counter), base.rate(counter)
-    moved = i - b >= min_excess and (b == 0 or i / b >= MIN_RATIO)
+def _rate_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal:
+    i, b = inc.rate(rule.field), base.rate(rule.field)
+    moved = i - b >= rule.threshold and (b == 0 or i / b >= MIN_RATIO)
     strength = _ratio_strength(i, b) if moved else 0.0
     verb = "rose" if moved else "did not rise enough"
-    ev = Evidence(signal=name, summary=f"{what} {verb}: {b:.2f} → {i:.2f} {unit}", baseline=round(b, 3),
-                  incident=round(i, 3), unit=unit)
+    ev = Evidence(signal=rule.signal, summary=f"{rule.what} {verb}: {b:.2f} → {i:.2f} {rule.unit}",
+                  baseline=round(b, 3), incident=round(i, 3), unit=rule.unit)
     top = next((inc.top[k] for k in ("peers", "failed_peers", "received_from", "victims", "failed_hosts",
                                       "throttled_peers", "error_peers") if inc.top.get(k)), None)
     known = [t for t in top or [] if t.get("peer") and t["peer"] != UNKNOWN_PEER]
     if moved and known:
         ev.summary += " (top peer " + ", ".join(f"{t['peer']} ×{t['count']}" for t in known[:3]) + ")"
-    return Signal(domain, ev, strength)
+    return Signal(rule.domain, ev, strength)
 
 
-def _p90_signal(domain: str, name: str, what: str, inc: ProbeResult, base: ProbeResult, histogram: str,
-                floor_us: float, min_samples: int = MIN_SAMPLES, symptom: bool = False,
-                upstream: bool = False) -> Signal | None:
+def _p90_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | None:
     """The p90 of a latency histogram, incident vs baseline; None without enough samples."""
-    hi, hb = inc.histograms.get(histogram), base.histograms.get(histogram)
-    if not hi or not hb or hi.count < min_samples or hb.count < min_samples:
+    hi, hb = inc.histograms.get(rule.field), base.histograms.get(rule.field)
+    if not hi or not hb or hi.count < rule.min_samples or hb.count < rule.min_samples:
         return None
     pi, pb = hi.quantile(0.9), hb.quantile(0.9)
     if pi is None or pb is None:  # empty: only when min_samples is 0
         return None
-    moved = pi >= MIN_RATIO * pb and pi >= floor_us
+    moved = pi >= MIN_RATIO * pb and pi >= rule.threshold
     strength = _ratio_strength(pi, pb) if moved else 0.0
-    ev = Evidence(signal=name, summary=f"{what} p90 {'rose' if moved else 'unchanged'}: ≤{pb:.0f} → ≤{pi:.0f} µs "
-                  f"({hi.count} samples)", baseline=pb, incident=pi, unit="us")
-    return Signal(domain, ev, strength, symptom=symptom, upstream=upstream)
+    ev = Evidence(signal=rule.signal, summary=f"{rule.what} p90 {'rose' if moved else 'unchanged'}: ≤{pb:.0f} → "
+                  f"≤{pi:.0f} µs ({hi.count} samples)", baseline=pb, incident=pi, unit="us")
+    return Signal(rule.domain, ev, strength, symptom=rule.symptom, upstream=rule.upstream)
 
 
-def _runq_signal(inc: ProbeResult, base: ProbeResult) -> Signal | None:
-    hi, hb = inc.histograms.get("runq_wait"), base.histograms.get("runq_wait")
-    if not hi or not hb or hi.count < MIN_RUNQ_SAMPLES or hb.count < MIN_RUNQ_SAMPLES:
+# A share of zero in the baseline is read as this much, so that a ratio means something.
+_SHARE_FLOOR = 0.005
+
+
+def _share_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | None:
+    """The share of a histogram's samples at or above ``rule.bound``; None without enough samples."""
+    hi, hb = inc.histograms.get(rule.field), base.histograms.get(rule.field)
+    if not hi or not hb or hi.count < rule.min_samples or hb.count < rule.min_samples:
         return None
-    si, sb = hi.fraction_above(RUNQ_SLOW_US), hb.fraction_above(RUNQ_SLOW_US)
-    moved = si >= MIN_RUNQ_SLOW_SHARE and si >= MIN_RATIO * max(sb, 0.005)
-    strength = _ratio_strength(si, max(sb, 0.005)) if moved else 0.0
+    si, sb = hi.fraction_above(rule.bound), hb.fraction_above(rule.bound)
+    moved = si >= rule.threshold and si >= MIN_RATIO * max(sb, _SHARE_FLOOR)
+    strength = _ratio_strength(si, max(sb, _SHARE_FLOOR)) if moved else 0.0
     p99i, p99b = hi.quantile(0.99), hb.quantile(0.99)
-    ev = Evidence(signal="runq_latency.share_waits_over_1ms",
-                  summary=(f"run-queue waits ≥1 ms {'rose' if moved else 'unchanged'}: {sb:.1%} → {si:.1%} "
+    ev = Evidence(signal=rule.signal,
+                  summary=(f"{rule.what} {'rose' if moved else 'unchanged'}: {sb:.1%} → {si:.1%} "
                            f"of {hi.count} waits (p99 ≤{p99b:.0f} → ≤{p99i:.0f} µs)"),
                   baseline=round(sb, 4), incident=round(si, 4), unit="share")
-    return Signal("app_cpu", ev, strength)
+    return Signal(rule.domain, ev, strength, symptom=rule.symptom, upstream=rule.upstream)
 
 
 def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
-    """Every signal the capture supports, and the reasons some could not be computed."""
+    """Every signal the capture supports (one per kernel rule whose probe ran), and the reasons
+    some could not be computed."""
     out: list[Signal] = []
     gaps: list[str] = []
     inc, base = capture.incident, capture.baseline
+    pairs: dict[str, tuple[ProbeResult, ProbeResult] | None] = {}
 
     def pair(name: str) -> tuple[ProbeResult, ProbeResult] | None:
+        if name in pairs:
+            return pairs[name]
         i, b = inc.get(name), base.get(name)
+        found: tuple[ProbeResult, ProbeResult] | None = None
         if i is None:
-            return None
-        if i.error:
+            pass
+        elif i.error:
             gaps.append(f"{name} failed: {i.error}")
-            return None
-        if b is None:
+        elif b is None:
             gaps.append(f"{name} has no baseline ({capture.baseline_note or 'none recorded'})")
-            return None
-        if i.truncated:
-            gaps.append(f"{name} was cut short: {i.truncated}")
-        return i, b
+        else:
+            if i.truncated:
+                gaps.append(f"{name} was cut short: {i.truncated}")
+            found = (i, b)
+        pairs[name] = found
+        return found
 
-    if p := pair("tcp_retrans"):
-        out.append(_rate_signal("network", "tcp_retrans.retransmits_per_s", "TCP retransmits", "/s", *p,
-                                counter="retransmits", min_excess=MIN_EXCESS_RETRANS_PER_S))
-    if p := pair("tcp_reset"):
-        out.append(_rate_signal("network", "tcp_reset.received_per_s", "TCP resets received", "/s", *p,
-                                counter="received", min_excess=MIN_EXCESS_RESETS_PER_S))
-    if p := pair("tcp_connect"):
-        out.append(_rate_signal("network", "tcp_connect.failures_per_s", "failed TCP connects", "/s", *p,
-                                counter="failed", min_excess=MIN_EXCESS_CONNECT_FAILURES_PER_S))
-        # >= 1 ms on top of the ratio: a SYN was lost or the peer's accept queue is full.
-        if s := _p90_signal("network", "tcp_connect.latency_p90_us", "connect latency", *p,
-                            histogram="connect_latency", floor_us=1000, min_samples=MIN_CONNECTS):
-            out.append(s)
-    if p := pair("dns"):
-        out.append(_rate_signal("dns", "dns.failures_per_s", "failed DNS lookups", "/s", *p,
-                                counter="failures", min_excess=MIN_EXCESS_FAILURES_PER_S))
-        # Timed in the process (getaddrinfo entry to return): a starved process is slow to finish
-        # its lookups too, so this is a symptom a CPU cause can explain; failures are a cause.
-        # Unexplained, a slow lookup explains the slower calls that waited for it (upstream).
-        if s := _p90_signal("dns", "dns.latency_p90_us", "DNS lookup latency", *p, histogram="latency",
-                            floor_us=DNS_SLOW_US, symptom=True, upstream=True):
-            out.append(s)
-    if p := pair("tls_http"):
-        out.append(_rate_signal("provider_throttling", "tls_http.status_429_per_s", "HTTP 429 responses", "/s", *p,
-                                counter="status_429", min_excess=MIN_EXCESS_FAILURES_PER_S))
-        out.append(_rate_signal("provider_throttling", "tls_http.status_5xx_per_s", "HTTP 5xx responses", "/s", *p,
-                                counter="status_5xx", min_excess=MIN_EXCESS_FAILURES_PER_S))
-        if s := _p90_signal("provider_latency", "tls_http.ttfb_p90_us", "time to first response byte", *p,
-                            histogram="ttfb", floor_us=TTFB_SLOW_US, symptom=True):
-            out.append(s)
-    if p := pair("backend_latency"):
-        if s := _p90_signal("retrieval_backend", "backend_latency.p90_us", "backend reply latency", *p,
-                            histogram="latency", floor_us=BACKEND_SLOW_US, symptom=True):
-            out.append(s)
-    if p := pair("cpu_throttle"):
-        out.append(_rate_signal("app_cpu", "cpu_throttle.throttled_periods_per_s", "CFS throttled periods", "/s",
-                                *p, counter="nr_throttled", min_excess=MIN_EXCESS_THROTTLED_PERIODS_PER_S))
-    if p := pair("memory_pressure"):
-        out.append(_rate_signal("app_memory", "memory_pressure.limit_hits_per_s", "memory limit hits", "/s", *p,
-                                counter="limit_hits", min_excess=MIN_EXCESS_LIMIT_HITS_PER_S))
-    if p := pair("oom_kill"):
-        out.append(_rate_signal("app_memory", "oom_kill.kills_per_s", "OOM kills", "/s", *p,
-                                counter="oom_kills", min_excess=MIN_EXCESS_OOM_KILLS_PER_S))
-    if p := pair("runq_latency"):
-        if s := _runq_signal(*p):
+    for rule in KERNEL_RULES:
+        assert rule.probe is not None
+        p = pair(rule.probe)
+        if p is None:
+            continue
+        if rule.measure == "rate":
+            out.append(_rate_signal(rule, *p))
+        elif rule.measure == "p90":
+            if s := _p90_signal(rule, *p):
+                out.append(s)
+        elif s := _share_signal(rule, *p):
             out.append(s)
         else:
-            gaps.append(f"runq_latency saw fewer than {MIN_RUNQ_SAMPLES} waits in a window")
+            gaps.append(f"{rule.probe} saw fewer than {rule.min_samples} waits in a window")
     return out, gaps
 
 
@@ -250,11 +187,12 @@ def _trace_latency_moved(d: dict[str, Any]) -> tuple[bool, float, float, str] | 
     """Whether a dependency's p90 (TTFT p90 for GenAI calls that stream) rose; None without data."""
     if min(d["count_baseline"], d["count_incident"]) < MIN_TRACE_CALLS:
         return None
+    rule = TRACE_RULE.get(("trace_p90", d["kind"]))
     key = "ttft_p90_ms" if d.get("ttft_p90_ms_incident") is not None and d.get("ttft_p90_ms_baseline") else "p90_ms"
     b, i = d.get(f"{key}_baseline"), d.get(f"{key}_incident")
     if b is None or i is None:
         return None
-    moved = i >= TRACE_MIN_RATIO * b and i - b >= TRACE_SLOW_MS.get(d["kind"], 20.0)
+    moved = i >= TRACE_MIN_RATIO * b and i - b >= (rule.threshold if rule else 20.0)
     return moved, b, i, ("time to first token p90" if key == "ttft_p90_ms" else "p90")
 
 
@@ -285,14 +223,14 @@ def trace_signals_for(traces: dict[str, Any] | None,
             eb, ei = d.get("error_rate_baseline") or 0.0, d.get("error_rate_incident") or 0.0
             if kind == "llm":
                 t = d.get("throttle_rate_incident") or 0.0
-                moved = t >= MIN_THROTTLE_RATE
+                moved = t >= TRACE_RULE["trace_rate", "llm"].threshold
                 out.append(Signal("provider_throttling", ev(
                     d, "throttled_share", f"calls answered 429/529/503 {'rose to' if moved else 'stayed at'} {t:.0%}"
                     f" ({d.get('retries_incident', 0)} retries)", None, t, "share"),
                     _ratio_strength(t, max(eb, 0.01)) if moved else 0.0))
             elif kind in ("retrieval", "policy"):
                 domain = "retrieval_backend" if kind == "retrieval" else "policy_layer"
-                moved = ei - eb >= MIN_EXCESS_ERROR_RATE
+                moved = ei - eb >= TRACE_RULE["trace_error_share", kind].threshold
                 timeouts = d.get("timeout_share_of_errors") or 0.0
                 out.append(Signal(domain, ev(d, "error_share", f"failing calls {'rose' if moved else 'unchanged'}: "
                                              f"{eb:.0%} → {ei:.0%}" + (f" ({timeouts:.0%} timeouts)" if moved and timeouts
@@ -309,7 +247,7 @@ def trace_signals_for(traces: dict[str, Any] | None,
     # A provider that throttles is slow because the client waits out retry-after and retries:
     # that latency is the throttling's, not a second cause.
     throttled = {k for k, d in deps.items() if d["kind"] == "llm"
-                 and (d.get("throttle_rate_incident") or 0.0) >= MIN_THROTTLE_RATE}
+                 and (d.get("throttle_rate_incident") or 0.0) >= TRACE_RULE["trace_rate", "llm"].threshold}
     for key in throttled & set(latency):
         sig = latency[key][1]
         if sig.strength > 0:
@@ -383,7 +321,7 @@ def attribute(capture: CaptureResult | None, traces: dict[str, Any] | None = Non
                     + max((s.strength for s in mine if s.explained), default=0.0))
         others = [s for s in sigs if s.domain != domain and s.strength > 0]
         hyps.append(Hypothesis(
-            domain=domain, confidence=strength / (strength + STRENGTH_HALF),
+            domain=domain, confidence=strength / (strength + STRENGTH_HALF), arithmetic=_arithmetic(mine, strength),
             supporting=[s.evidence for s in sorted(mine, key=lambda s: -s.strength) if s.strength > 0],
             # what argues against it: its own signals that stayed flat, other domains' that moved
             contradicting=[s.evidence for s in mine if s.strength == 0] + [s.evidence for s in others]))
@@ -394,12 +332,46 @@ def attribute(capture: CaptureResult | None, traces: dict[str, Any] | None = Non
         reason = f"evidence too weak: the strongest domain, {top.domain}, reaches only {top.confidence:.0%}"
         if gaps:
             reason += " (" + "; ".join(gaps) + ")"
-        return Verdict(domains=[], confidence=top.confidence, hypotheses=hyps, abstain_reason=reason)
-    if second and (second.confidence >= BOTH_CONFIDENCE
-                   or (second.confidence >= MIN_CONFIDENCE and {top.domain, second.domain} <= caused)):
-        return Verdict(domains=[top.domain, second.domain], confidence=second.confidence, hypotheses=hyps)
+        return Verdict(domains=[], confidence=top.confidence, hypotheses=hyps, abstain_reason=reason,
+                       decision=f"abstained: {top.domain} {top.confidence:.0%} < {MIN_CONFIDENCE:.0%}")
+    runner = f"{second.domain} {second.confidence:.0%}" if second else "no other domain"
+    if second and second.confidence >= BOTH_CONFIDENCE:
+        return Verdict(domains=[top.domain, second.domain], confidence=second.confidence, hypotheses=hyps,
+                       decision=f"both named: {top.domain} {top.confidence:.0%} and {runner} ≥ "
+                                f"{BOTH_CONFIDENCE:.0%}; the verdict's confidence is the lower")
+    if second and second.confidence >= MIN_CONFIDENCE and {top.domain, second.domain} <= caused:
+        return Verdict(domains=[top.domain, second.domain], confidence=second.confidence, hypotheses=hyps,
+                       decision=f"both named: {top.domain} {top.confidence:.0%} and {runner} ≥ {MIN_CONFIDENCE:.0%}, "
+                                "each resting on a cause of its own; the verdict's confidence is the lower")
     if second and top.confidence - second.confidence < MIN_MARGIN:
         return Verdict(domains=[], confidence=top.confidence, hypotheses=hyps,
                        abstain_reason=(f"evidence points two ways: {top.domain} {top.confidence:.0%} vs "
-                                       f"{second.domain} {second.confidence:.0%}"))
-    return Verdict(domains=[top.domain], confidence=top.confidence, hypotheses=hyps)
+                                       f"{second.domain} {second.confidence:.0%}"),
+                       decision=f"abstained: {top.domain} {top.confidence:.0%} leads {runner} by "
+                                f"{(top.confidence - second.confidence) * 100:.0f} points < {MIN_MARGIN * 100:.0f}")
+    lead = (f"leads {runner} by {(top.confidence - second.confidence) * 100:.0f} points ≥ {MIN_MARGIN * 100:.0f}"
+            if second else "no other domain moved")
+    return Verdict(domains=[top.domain], confidence=top.confidence, hypotheses=hyps,
+                   decision=f"named: {top.domain} {top.confidence:.0%} ≥ {MIN_CONFIDENCE:.0%} and {lead}")
+
+
+def _arithmetic(mine: list[Signal], strength: float) -> str:
+    """One hypothesis' confidence, worked out: "tcp_retrans.retransmits_per_s 0 → 4.3: 1.00;
+    trace.llm.p90 420 → 3900: 0.80 × 0.25 (explained) = 0.20 (counts once) · strength 1.20 →
+    1.20 / (1.20 + 0.5) = 71%"."""
+    def num(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3g}"
+
+    parts = []
+    for s in sorted(mine, key=lambda s: -s.strength):
+        move = f"{s.evidence.signal} {num(s.evidence.baseline)} → {num(s.evidence.incident)}"
+        if s.explained:
+            parts.append(f"{move}: {s.strength / EXPLAINED_FACTOR:.2f} × {EXPLAINED_FACTOR:g} (explained) = "
+                         f"{s.strength:.2f}")
+        else:
+            parts.append(f"{move}: {s.strength:.2f}")
+    explained = sum(1 for s in mine if s.explained)
+    rule = "; explained symptoms count once, the largest" if explained > 1 else ""
+    conf = strength / (strength + STRENGTH_HALF)
+    return (f"{'; '.join(parts)}{rule} · strength {strength:.2f} → {strength:.2f} / ({strength:.2f} + "
+            f"{STRENGTH_HALF:g}) = {conf:.0%}")

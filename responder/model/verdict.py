@@ -47,17 +47,21 @@ class Hypothesis:
     confidence: float
     supporting: list[Evidence] = field(default_factory=list)
     contradicting: list[Evidence] = field(default_factory=list)
+    # How the confidence was reached, in one line: each signal's strength, what explained
+    # symptoms kept, the sum and the formula ("" for a verdict stored before this was kept).
+    arithmetic: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"domain": self.domain, "confidence": round(self.confidence, 3),
                 "supporting": [e.to_dict() for e in self.supporting],
-                "contradicting": [e.to_dict() for e in self.contradicting]}
+                "contradicting": [e.to_dict() for e in self.contradicting], "arithmetic": self.arithmetic}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Hypothesis:
         return cls(domain=d["domain"], confidence=float(d["confidence"]),
                    supporting=[Evidence.from_dict(e) for e in d.get("supporting", [])],
-                   contradicting=[Evidence.from_dict(e) for e in d.get("contradicting", [])])
+                   contradicting=[Evidence.from_dict(e) for e in d.get("contradicting", [])],
+                   arithmetic=str(d.get("arithmetic") or ""))
 
 
 @dataclass
@@ -70,6 +74,8 @@ class Verdict:
     abstain_reason: str | None = None
     # What this confidence has meant in the lab (responder.attribution.calibration), when known.
     calibration: str | None = None
+    # Which decision rule named the domains or abstained, with its numbers.
+    decision: str = ""
 
     @property
     def abstained(self) -> bool:
@@ -78,10 +84,11 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return {"domains": list(self.domains), "confidence": round(self.confidence, 3),
                 "hypotheses": [h.to_dict() for h in self.hypotheses], "abstain_reason": self.abstain_reason,
-                "calibration": self.calibration}
+                "calibration": self.calibration, "decision": self.decision}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Verdict:
         return cls(domains=list(d["domains"]), confidence=float(d["confidence"]),
                    hypotheses=[Hypothesis.from_dict(h) for h in d.get("hypotheses", [])],
-                   abstain_reason=d.get("abstain_reason"), calibration=d.get("calibration"))
+                   abstain_reason=d.get("abstain_reason"), calibration=d.get("calibration"),
+                   decision=str(d.get("decision") or ""))

@@ -6,7 +6,8 @@ failed, resolved; incidents stored before evidence and links existed too):
 - a header with the state, alert, service and the verdict at a glance (``#verdict``), then links;
 - a chart (``#chart``): the Prometheus burn-rate and SLI series over the baseline and incident
   windows, and below it the key signals, baseline vs incident, as grouped bars;
-- the hypotheses with their supporting and contradicting evidence (``#evidence``);
+- the hypotheses with their supporting and contradicting evidence and the arithmetic behind each
+  confidence (``#evidence``), and under the verdict the rule that decided it (``#decision``);
 - the Prometheus queries, the trace dependencies and exemplar traces, the kernel capture and its
   own cost, and the alerts.
 
@@ -187,6 +188,8 @@ def _verdict_box(view: IncidentView) -> str:
         cls = "capturing"
         inner = ("<span class=label>Verdict</span><strong>not yet</strong>: capturing and attributing; "
                  "this page shows the result when it is in")
+    if verdict is not None and verdict.decision:
+        inner += f"<div class=note id=decision>How: {_e(verdict.decision)}</div>"
     return f'<div id=verdict class="verdict {cls}">{inner}</div>'
 
 
@@ -213,6 +216,8 @@ def _evidence_section(view: IncidentView) -> str:
         rows.append(f"<tr class=hyp><th colspan=8>{rank}. {_e(h.domain)} "
                     f"<span class=conf>{_e(pct(h.confidence))}</span>{tag} · "
                     f"{len(h.supporting)} supporting, {len(h.contradicting)} contradicting</th></tr>")
+        if h.arithmetic:
+            rows.append(f"<tr class=math><td colspan=8 class=note>{_e(h.arithmetic)}</td></tr>")
         for role, evs in (("supports", h.supporting), ("contradicts", h.contradicting)):
             rows += [_evidence_row(role, ev) for ev in evs]
         if not h.supporting and not h.contradicting:

@@ -140,13 +140,15 @@ def read_verdict(value: Any) -> Verdict | None:
         conf = as_float(h.get("confidence"))
         hyps.append(Hypothesis(str(h.get("domain") or "?"), conf if conf is not None else 0.0,
                                supporting=_evidence_list(h.get("supporting")),
-                               contradicting=_evidence_list(h.get("contradicting"))))
+                               contradicting=_evidence_list(h.get("contradicting")),
+                               arithmetic=str(h.get("arithmetic") or "")))
     conf = as_float(d.get("confidence"))
     reason = d.get("abstain_reason")
     return Verdict(domains=[str(x) for x in domains] if isinstance(domains, list) else [],
                    confidence=conf if conf is not None else math.nan, hypotheses=hyps,
                    abstain_reason=str(reason) if reason else None,
-                   calibration=str(d["calibration"]) if d.get("calibration") else None)
+                   calibration=str(d["calibration"]) if d.get("calibration") else None,
+                   decision=str(d.get("decision") or ""))
 
 
 def _evidence_list(value: Any) -> list[Evidence]:

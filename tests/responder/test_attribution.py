@@ -7,8 +7,12 @@ import pytest
 
 from capture.schemas import CaptureResult, CaptureTarget, Histogram, ProbeResult
 from responder.attribution import engine as A
+from responder.attribution import rules as R
 from responder.attribution.engine import attribute
 from responder.model.verdict import DOMAINS, Verdict
+
+RULE = {r.signal: r for r in R.RULES}
+RUNQ = RULE["runq_latency.share_waits_over_1ms"]
 
 INC_S = 10.0  # incident window
 BASE_S = 60.0  # baseline window
@@ -72,6 +76,12 @@ def test_retransmits_up_against_baseline_is_network():
                                                      "tcp_retrans.retransmits_per_s"]
     # network's own contradicting evidence: nothing else moved
     assert net.contradicting == []
+    # the arithmetic behind the confidence and the decision, as the incident page shows them
+    strength = A._ratio_strength(4.0, 0.1)
+    assert net.arithmetic == (f"tcp_retrans.retransmits_per_s 0.1 → 4: {strength:.2f} · strength {strength:.2f} → "
+                              f"{strength:.2f} / ({strength:.2f} + 0.5) = {net.confidence:.0%}")
+    assert v.decision == f"named: network {net.confidence:.0%} ≥ 50% and leads app_cpu 0% by " \
+                         f"{net.confidence * 100:.0f} points ≥ 15"
 
 
 def test_runq_slow_share_up_is_app_cpu():
@@ -112,7 +122,7 @@ def test_failed_connects_and_connect_latency_are_network():
 
 
 def test_connect_latency_needs_enough_connects():
-    v = attribute(capture([connect(0.0, INC_S, {4096: A.MIN_CONNECTS - 1})],
+    v = attribute(capture([connect(0.0, INC_S, {4096: RULE["tcp_connect.latency_p90_us"].min_samples - 1})],
                           [connect(0.0, BASE_S, {128: 50})]))
     net = hyp(v, "network")
     assert "tcp_connect.latency_p90_us" not in {e.signal for e in net.supporting + net.contradicting}
@@ -171,9 +181,9 @@ def test_failed_probe_does_not_hide_the_others_but_is_reported_when_weak():
 
 
 def test_too_few_runq_samples_is_a_gap():
-    v = attribute(capture([runq(A.MIN_RUNQ_SAMPLES - 1, 0, INC_S)], [runq(6000, 0, BASE_S)]))
+    v = attribute(capture([runq(RUNQ.min_samples - 1, 0, INC_S)], [runq(6000, 0, BASE_S)]))
     assert v.domains == []
-    assert f"fewer than {A.MIN_RUNQ_SAMPLES} waits" in v.abstain_reason
+    assert f"fewer than {RUNQ.min_samples} waits" in v.abstain_reason
 
 
 def test_truncated_probe_is_named_when_abstaining():
@@ -249,7 +259,7 @@ def test_clear_leader_over_a_weak_second_is_named_alone():
 # --- thresholds ------------------------------------------------------------------------------
 
 def test_retransmits_just_below_min_excess_do_not_support_network():
-    below = A.MIN_EXCESS_RETRANS_PER_S * 0.98
+    below = RULE["tcp_retrans.retransmits_per_s"].threshold * 0.98
     v = attribute(capture([retrans(below, INC_S)], [retrans(0.0, BASE_S)]))
     net = hyp(v, "network")
     assert net.confidence == 0.0 and net.supporting == []
@@ -258,7 +268,7 @@ def test_retransmits_just_below_min_excess_do_not_support_network():
 
 
 def test_retransmits_at_min_excess_support_network():
-    v = attribute(capture([retrans(A.MIN_EXCESS_RETRANS_PER_S, INC_S)], [retrans(0.0, BASE_S)]))
+    v = attribute(capture([retrans(RULE["tcp_retrans.retransmits_per_s"].threshold, INC_S)], [retrans(0.0, BASE_S)]))
     net = hyp(v, "network")
     assert net.confidence > 0 and net.supporting
     assert v.domains == ["network"]  # from a zero baseline the ratio counts as full strength
@@ -269,16 +279,16 @@ def test_retransmit_ratio_below_min_ratio_does_not_count():
     v = attribute(capture([retrans(2.9 * 10, INC_S)], [retrans(10.0, BASE_S)]))
     assert hyp(v, "network").confidence == 0.0
     # ...but at MIN_RATIO it is.
-    v = attribute(capture([retrans(A.MIN_RATIO * 10, INC_S)], [retrans(10.0, BASE_S)]))
+    v = attribute(capture([retrans(R.MIN_RATIO * 10, INC_S)], [retrans(10.0, BASE_S)]))
     assert hyp(v, "network").confidence > 0.0
 
 
 def test_runq_share_just_below_minimum_does_not_count():
     n = 1000
-    slow = int(A.MIN_RUNQ_SLOW_SHARE * n) - 1  # 4.9 %
+    slow = int(RUNQ.threshold * n) - 1  # 4.9 %
     v = attribute(capture([runq(n - slow, slow, INC_S)], [runq(6000, 0, BASE_S)]))
     assert hyp(v, "app_cpu").confidence == 0.0
-    slow = int(A.MIN_RUNQ_SLOW_SHARE * n)  # 5 %
+    slow = int(RUNQ.threshold * n)  # 5 %
     v = attribute(capture([runq(n - slow, slow, INC_S)], [runq(6000, 0, BASE_S)]))
     assert hyp(v, "app_cpu").confidence > 0.0
 
@@ -306,12 +316,12 @@ def test_confidence_grows_with_the_ratio_and_is_bounded():
 def test_verdict_dict_matches_design_contract(make):
     d = attribute(make()).to_dict()
     json.dumps(d)  # plain JSON types
-    assert set(d) == {"domains", "confidence", "hypotheses", "abstain_reason", "calibration"}
+    assert set(d) == {"domains", "confidence", "hypotheses", "abstain_reason", "calibration", "decision"}
     assert isinstance(d["domains"], list) and set(d["domains"]) <= set(DOMAINS)
     assert isinstance(d["confidence"], float) and 0.0 <= d["confidence"] <= 1.0
     assert isinstance(d["hypotheses"], list)
     for h in d["hypotheses"]:
-        assert set(h) == {"domain", "confidence", "supporting", "contradicting"}
+        assert set(h) == {"domain", "confidence", "supporting", "contradicting", "arithmetic"}
         assert h["domain"] in DOMAINS and 0.0 <= h["confidence"] <= 1.0
         for e in h["supporting"] + h["contradicting"]:
             assert {"signal", "summary", "baseline", "incident"} <= set(e)

@@ -191,10 +191,12 @@ def verdict_attributed() -> dict:
             Evidence("tcp_connect.connects_per_s", "New connections to the provider rose with the retries",
                      1.1, 9.6, "/s", "kernel")],
             contradicting=[Evidence("tcp_retrans.retransmits_per_s", "No rise in TCP retransmits", 0.4, 0.5, "/s",
-                                    "kernel")]),
+                                    "kernel")],
+            arithmetic="tls_http.status_429_per_s 0 → 2.4: 1.00; trace.llm.retries 2 → 158: 1.00 · strength 2.00 → "
+                       "2.00 / (2.00 + 0.5) = 80%"),
         Hypothesis("network", 0.04, contradicting=[
             Evidence("tcp_retrans.retransmits_per_s", "No rise in TCP retransmits", 0.4, 0.5, "/s", "kernel")]),
-    ]).to_dict()
+    ], decision="named: provider_throttling 81% ≥ 50% and leads provider_latency 34% by 47 points ≥ 15").to_dict()
 
 
 def capture_result() -> dict:
@@ -255,12 +257,15 @@ def test_attributed_incident_shows_verdict_evidence_and_chart():
 
     verdict = page.text("verdict")
     assert "provider_throttling" in verdict and "81% confidence" in verdict
+    assert "How: named: provider_throttling 81% ≥ 50% and leads provider_latency 34% by 47 points" in verdict
 
     # Hypotheses ranked by confidence, every piece of evidence a row.
     table = page.text("evidence")
     assert table.index("1. provider_throttling") < table.index("2. provider_latency") < table.index("3. network")
     evidence_rows = sum(len(h["supporting"]) + len(h["contradicting"]) for h in inc["verdict"]["hypotheses"])
-    assert page.inner("evidence", "tr") == 1 + len(inc["verdict"]["hypotheses"]) + evidence_rows
+    worked = sum(1 for h in inc["verdict"]["hypotheses"] if h["arithmetic"])
+    assert page.inner("evidence", "tr") == 1 + len(inc["verdict"]["hypotheses"]) + worked + evidence_rows
+    assert "strength 2.00 → 2.00 / (2.00 + 0.5) = 80%" in table  # the arithmetic under its hypothesis
     assert "The provider answers 429 at 2.4/s" in table and "tcp_connect.connects_per_s" in table
     assert "✘ contradicts" in table and "kernel" in table and "metric" in table
 
@@ -528,6 +533,7 @@ async def test_browser_renders_the_page_with_basic_auth(served, tmp_path, caplog
     page = Page(dom)
     verdict = page.text("verdict")
     assert "provider_throttling" in verdict and "81% confidence" in verdict
+    assert "How: named: provider_throttling 81% ≥ 50% and leads provider_latency 34% by 47 points" in verdict
     table = page.text("evidence")
     hyps = incident("attributed")["verdict"]["hypotheses"]
     rows = len(hyps) + sum(len(h["supporting"]) + len(h["contradicting"]) for h in hyps)

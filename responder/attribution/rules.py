@@ -1,0 +1,213 @@
+"""The attribution rules as a table: one row per signal, what it reads, which fault domain it
+speaks for, its threshold and the reason for that value, and whether it is a cause, a symptom or
+upstream of every call.
+
+The engine (``responder.attribution.engine``) evaluates these rows; ``docs/attribution.md``'s rule
+table is generated from them (``python -m responder.attribution.rules``, and a test keeps the two
+equal). The kernel rows are checked at import against the probe catalog: the probe exists, reads
+the counter or histogram named, and lists the domain among its own.
+
+Measures:
+
+- ``rate``: a probe counter per second. It moves when it rises by at least ``threshold`` per
+  second over the baseline's rate and to at least MIN_RATIO times it.
+- ``p90``: a latency histogram's p90. It moves when it reaches MIN_RATIO times the baseline's p90
+  and at least ``threshold`` µs; both windows need ``min_samples`` samples.
+- ``share_over``: the share of a histogram's samples at or above ``bound``. It moves when it
+  reaches ``threshold`` and MIN_RATIO times the baseline's share.
+- ``trace_rate``, ``trace_error_share``, ``trace_p90``: per dependency of a kind, from the spans
+  (``responder.evidence.traces``); ``field`` names the dependency kind.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from capture.probes import CATALOG
+from responder.model.verdict import DOMAINS
+
+CAUSE, SYMPTOM, UPSTREAM = "cause", "symptom", "upstream"
+
+# A rate or p90 must also be clearly above the baseline's, not a busy service doing more of the same.
+MIN_RATIO = 3.0
+# A ratio this large counts as a full-strength signal (strength 1.0); smaller ratios count less.
+STRONG_RATIO = 20.0
+# Latency histograms need this many samples in each window before a percentile means anything.
+MIN_SAMPLES = 5
+# Span latency is measured per call, not sampled into log2 buckets, so a smaller ratio than the
+# kernel histograms' is already a clear move.
+TRACE_MIN_RATIO = 2.0
+# A dependency needs this many calls in each window before its quantiles or rates say anything.
+MIN_TRACE_CALLS = 10
+
+
+@dataclass(frozen=True)
+class Rule:
+    signal: str  # the evidence's name, as the verdict and the page show it
+    domain: str
+    source: str  # "kernel" (a probe) or "trace"
+    probe: str | None  # the probe read (kernel rules)
+    measure: str  # rate | p90 | share_over | trace_rate | trace_error_share | trace_p90
+    field: str  # the probe's counter or histogram; for trace rules the dependency kind
+    what: str  # the signal in words
+    threshold: float
+    unit: str  # the threshold's unit
+    reason: str  # why the threshold has this value
+    role: str = CAUSE  # cause | symptom | upstream (a symptom on the way to every call)
+    min_samples: int = MIN_SAMPLES
+    bound: int = 0  # share_over: the value (µs) a sample counts from
+
+    @property
+    def symptom(self) -> bool:
+        return self.role in (SYMPTOM, UPSTREAM)
+
+    @property
+    def upstream(self) -> bool:
+        return self.role == UPSTREAM
+
+
+KERNEL_RULES: tuple[Rule, ...] = (
+    Rule("tcp_retrans.retransmits_per_s", "network", "kernel", "tcp_retrans", "rate", "retransmits",
+         "TCP retransmits", 0.5, "/s",
+         "a healthy loopback or datacenter path retransmits well under 0.2 segments/s per workload; one every "
+         "two seconds sustained is already a lossy path for a client making a few requests per second"),
+    Rule("tcp_reset.received_per_s", "network", "kernel", "tcp_reset", "rate", "received",
+         "TCP resets received", 0.2, "/s",
+         "a peer or middlebox aborting connections: two in a ten-second capture above a baseline of none is "
+         "unusual for an HTTP client with keep-alive"),
+    Rule("tcp_connect.failures_per_s", "network", "kernel", "tcp_connect", "rate", "failed",
+         "failed TCP connects", 0.2, "/s", "two failed connects in a ten-second capture are worth a look; none is "
+         "normal"),
+    Rule("tcp_connect.latency_p90_us", "network", "kernel", "tcp_connect", "p90", "connect_latency",
+         "connect latency", 1000, "µs", "a SYN lost or a full accept queue costs at least a millisecond",
+         min_samples=5),
+    Rule("dns.failures_per_s", "dns", "kernel", "dns", "rate", "failures",
+         "failed DNS lookups", 0.2, "/s", "two failed lookups in a ten-second capture above none"),
+    Rule("dns.latency_p90_us", "dns", "kernel", "dns", "p90", "latency",
+         "DNS lookup latency", 20_000, "µs",
+         "a cached or local answer takes well under a millisecond; timed in the process, so a starved process "
+         "is slow to finish its lookups too (a symptom), and a slow lookup nothing explains delays every call "
+         "after it (upstream)", role=UPSTREAM),
+    Rule("tls_http.status_429_per_s", "provider_throttling", "kernel", "tls_http", "rate", "status_429",
+         "HTTP 429 responses", 0.2, "/s", "two throttled answers in a ten-second capture above none"),
+    Rule("tls_http.status_5xx_per_s", "provider_throttling", "kernel", "tls_http", "rate", "status_5xx",
+         "HTTP 5xx responses", 0.2, "/s", "two failed answers in a ten-second capture above none"),
+    Rule("tls_http.ttfb_p90_us", "provider_latency", "kernel", "tls_http", "p90", "ttfb",
+         "time to first response byte", 100_000, "µs",
+         "a provider's first byte normally takes hundreds of ms, so the ratio decides; slower answers are a "
+         "symptom many causes share", role=SYMPTOM),
+    Rule("backend_latency.p90_us", "retrieval_backend", "kernel", "backend_latency", "p90", "latency",
+         "backend reply latency", 10_000, "µs", "a retrieval query of a few ms is normal; a slower reply is a "
+         "symptom many causes share", role=SYMPTOM),
+    Rule("cpu_throttle.throttled_periods_per_s", "app_cpu", "kernel", "cpu_throttle", "rate", "nr_throttled",
+         "CFS throttled periods", 1.0, "/s", "a tenth of the capture's 100 ms periods throttled"),
+    Rule("memory_pressure.limit_hits_per_s", "app_memory", "kernel", "memory_pressure", "rate", "limit_hits",
+         "memory limit hits", 1.0, "/s", "the kernel reclaiming at the limit, sustained: one hit per second"),
+    Rule("oom_kill.kills_per_s", "app_memory", "kernel", "oom_kill", "rate", "oom_kills",
+         "OOM kills", 0.05, "/s", "one kill in a twenty-second window above none: any OOM kill of the service is "
+         "worth naming"),
+    Rule("runq_latency.share_waits_over_1ms", "app_cpu", "kernel", "runq_latency", "share_over", "runq_wait",
+         "run-queue waits ≥1 ms", 0.12, "share",
+         "an unstarved service waits tens of µs and CFS hands out slices of a few ms; in the lab on 2 vCPUs a "
+         "busy but unstarved node reached 7% of waits ≥1 ms and a starved service 20% and more",
+         min_samples=50, bound=1024),
+)
+
+TRACE_RULES: tuple[Rule, ...] = (
+    Rule("trace.llm.throttled_share", "provider_throttling", "trace", None, "trace_rate", "llm",
+         "provider calls answered 429/529/503", 0.05, "share",
+         "a twentieth of the provider calls throttled (the SDK's retries hide the rest)"),
+    Rule("trace.retrieval.error_share", "retrieval_backend", "trace", None, "trace_error_share", "retrieval",
+         "failing retrieval calls", 0.10, "share",
+         "a tenth of the calls failing above the baseline's rate; mostly timeouts makes it a symptom"),
+    Rule("trace.policy.error_share", "policy_layer", "trace", None, "trace_error_share", "policy",
+         "failing guardrail calls", 0.10, "share",
+         "a tenth of the calls failing above the baseline's rate; mostly timeouts makes it a symptom"),
+    Rule("trace.llm.time_to_first_token_p90", "provider_latency", "trace", None, "trace_p90", "llm",
+         "provider time to first token p90 (else duration p90)", 100.0, "ms",
+         "a provider answers in hundreds of ms; network instead when every outbound dependency slowed",
+         role=SYMPTOM),
+    Rule("trace.retrieval.p90", "retrieval_backend", "trace", None, "trace_p90", "retrieval",
+         "retrieval call p90", 25.0, "ms",
+         "on the lab's 2 vCPUs a healthy database call's p90 moved from 5 to 16 ms under load alone; retrieval "
+         "faults worth an alert cost hundreds of ms; network instead when every outbound dependency slowed",
+         role=SYMPTOM),
+    Rule("trace.policy.p90", "policy_layer", "trace", None, "trace_p90", "policy",
+         "guardrail call p90", 10.0, "ms", "a guardrail check takes a few ms", role=SYMPTOM),
+    Rule("trace.http.p90", "network", "trace", None, "trace_p90", "http",
+         "other HTTP call p90", 20.0, "ms", "a plain HTTP dependency slower on its own says little but the path",
+         role=SYMPTOM),
+)
+
+RULES = KERNEL_RULES + TRACE_RULES
+TRACE_RULE = {(r.measure, r.field): r for r in TRACE_RULES}
+
+
+def check(rules: tuple[Rule, ...] = RULES) -> None:
+    """Each row against the probe catalog and the domains; raises ValueError naming the row."""
+    seen: set[str] = set()
+    for r in rules:
+        where = f"attribution rule {r.signal}"
+        if r.signal in seen:
+            raise ValueError(f"{where}: listed twice")
+        seen.add(r.signal)
+        if r.domain not in DOMAINS:
+            raise ValueError(f"{where}: unknown domain {r.domain!r}")
+        if r.role not in (CAUSE, SYMPTOM, UPSTREAM):
+            raise ValueError(f"{where}: role must be cause, symptom or upstream")
+        if r.source == "trace":
+            continue
+        probe = CATALOG.get(r.probe or "")
+        if probe is None:
+            raise ValueError(f"{where}: no probe {r.probe!r} in the catalog")
+        fields = probe.counters if r.measure == "rate" else probe.histograms
+        if r.field not in fields:
+            kind = "counter" if r.measure == "rate" else "histogram"
+            raise ValueError(f"{where}: probe {r.probe} has no {kind} {r.field!r} (it has {sorted(fields)})")
+        if r.domain not in probe.domains:
+            raise ValueError(f"{where}: probe {r.probe} does not speak for {r.domain} (its domains: {probe.domains})")
+
+
+check()
+
+
+def markdown() -> str:
+    """The rule table as docs/attribution.md shows it."""
+    def threshold(r: Rule) -> str:
+        value = f"{r.threshold:g}"
+        if r.measure == "rate":
+            return f"+{value}{r.unit} and ×{MIN_RATIO:g}"
+        if r.measure == "p90":
+            return f"≥ {value} {r.unit} and ×{MIN_RATIO:g} ({r.min_samples}+ samples)"
+        if r.measure == "share_over":
+            return f"≥ {r.threshold:.0%} of waits ≥ {r.bound:g} µs and ×{MIN_RATIO:g} ({r.min_samples}+ samples)"
+        if r.measure == "trace_p90":
+            return f"+{value} {r.unit} and ×{TRACE_MIN_RATIO:g} ({MIN_TRACE_CALLS}+ calls)"
+        if r.measure == "trace_error_share":
+            return f"+{r.threshold:.0%} of calls ({MIN_TRACE_CALLS}+ calls)"
+        return f"≥ {r.threshold:.0%} of calls ({MIN_TRACE_CALLS}+ calls)"
+
+    rows = ["| signal | reads | domain | moves at | role | why this threshold |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in RULES:
+        reads = f"`{r.probe}` {r.field}" if r.source == "kernel" else f"spans of `{r.field}` dependencies"
+        rows.append(f"| `{r.signal}` | {reads} | `{r.domain}` | {threshold(r)} | {r.role} | {r.reason} |")
+    return "\n".join(rows) + "\n"
+
+
+BEGIN, END = "<!-- rules table: generated by python -m responder.attribution.rules -->", "<!-- end of rules table -->"
+
+
+def render_doc(text: str) -> str:
+    """``text`` (docs/attribution.md) with the table between its markers replaced by today's."""
+    head, sep, rest = text.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not sep or not sep2:
+        raise ValueError("docs/attribution.md has no rules-table markers")
+    return f"{head}{BEGIN}\n{markdown()}{END}{tail}"
+
+
+if __name__ == "__main__":  # rewrite the table in docs/attribution.md
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "attribution.md"
+    doc.write_text(render_doc(doc.read_text()))
+    print(f"wrote {doc}")
