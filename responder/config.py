@@ -21,72 +21,147 @@ class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the key."""
 
 
+def setting(default: Any = None, *, factory: Any = None, doc: str, shown: str, env: str | None = None) -> Any:
+    """A setting's field with what docs/configuration.md says of it: ``doc`` (what it means, in
+    Markdown), ``shown`` (its default in words) and ``env`` (how to set it, when not by a variable
+    in ``_ENV`` nor only in the file)."""
+    meta = {"doc": doc, "shown": shown, "env": env}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    data_dir: Path = field(default_factory=lambda: Path("data"))
+    host: str = setting("127.0.0.1", doc="address to listen on", shown="`127.0.0.1`", env="(`llmslo serve --host`)")
+    port: int = setting(8080, doc="port to listen on", shown="8080", env="(`llmslo serve --port`)")
+    data_dir: Path = setting(
+        factory=lambda: Path("data"), shown="`data` (relative to the working directory)",
+        doc="the SQLite incident store (`incidents.sqlite3`), `reports.jsonl` and chart files; must be writable at "
+            "start")
     # The incident store: SQLite in data_dir (one replica) unless this names a PostgreSQL
     # database (postgresql://user:password@host:port/dbname), which two or more replicas share.
-    database_url: str | None = None
+    database_url: str | None = setting(
+        None, shown="unset (SQLite in the data directory)",
+        doc="`postgresql://USER:PASSWORD@HOST:5432/DB`: the incident store in PostgreSQL, shared by several replicas")
     # Alertmanager's http_config: a bearer token, or basic auth. Also guards the read API.
-    webhook_token: str | None = None
-    webhook_user: str | None = None
-    webhook_password: str | None = None
+    webhook_token: str | None = setting(
+        None, shown="generated at start and printed",
+        doc="bearer token Alertmanager sends; also guards the read API, OTLP and the incident page")
+    webhook_user: str | None = setting(
+        None, shown="unset",
+        doc="basic auth's user, instead of or besides the token; set both or neither")
+    webhook_password: str | None = setting(
+        None, shown="unset",
+        doc="basic auth's password")
     # A 10,000-alert notification is about 4 MB; Alertmanager drops a notification refused with a 4xx.
-    max_body_bytes: int = 16 * 1024 * 1024
-    workers: int = 2
-    max_pending_jobs: int = 1000
+    max_body_bytes: int = setting(
+        16 * 1024 * 1024, shown="16 MiB",
+        doc="webhook body limit (a 10,000-alert notification is about 4 MB); at least 1024")
+    workers: int = setting(2, doc="workers that investigate incidents; 1 to 64", shown="2", env="(file only)")
+    max_pending_jobs: int = setting(
+        1000, shown="1000", env="(file only)",
+        doc="jobs waiting for a worker beyond which the webhook answers 503 \"too many incidents waiting\"")
     # Where the incident page lives as seen by people following a chat link.
-    public_url: str | None = None
-    playbooks_dir: Path = field(default_factory=lambda: REPO_ROOT / "playbooks")
+    public_url: str | None = setting(None, doc="base URL of incident links in chat", shown="`http://HOST:PORT`")
+    playbooks_dir: Path = setting(
+        factory=lambda: REPO_ROOT / "playbooks", shown="`playbooks/` in the repository",
+        doc="the playbooks; every file must load at start")
     # Capture agent: in-process (None) or a remote `llmslo agent` URL.
-    agent_url: str | None = None
-    agent_token: str | None = None
-    node_name: str | None = None
+    agent_url: str | None = setting(
+        None, shown="in-process",
+        doc="use a remote `llmslo agent` instead of the in-process one")
+    agent_token: str | None = setting(
+        None, shown="unset",
+        doc="the bearer token of the agents; required with `agent_url` and with `agent_discovery: kubernetes`")
+    node_name: str | None = setting(
+        None, shown="the host name", env="(file only)",
+        doc="the in-process agent's node name in reports")
     # On Kubernetes ("kubernetes"): the agent DaemonSet's pods, found through the API, one per
     # node, at the container port named "api" (else agent_port); alerts name pods and workloads.
-    agent_discovery: str = "static"
-    agent_namespace: str = "llmslo"
-    agent_selector: str = "app.kubernetes.io/name=llmslo-agent"
-    agent_port: int = 8081
+    agent_discovery: str = setting(
+        "static", shown="`static`",
+        doc="`kubernetes`: find the agent on each target node through the API (needs `LLMSLO_AGENT_TOKEN`, the same "
+            "token on every agent; `agent_url` must be unset); `static`: one agent")
+    agent_namespace: str = setting(
+        "llmslo", shown="`llmslo`",
+        doc="the namespace of the agent DaemonSet's pods")
+    agent_selector: str = setting(
+        "app.kubernetes.io/name=llmslo-agent", shown="`app.kubernetes.io/name=llmslo-agent`",
+        doc="the labels of the agent DaemonSet's pods (`key=value,...`)")
+    agent_port: int = setting(8081, doc="the agents' port when their pod names no container port `api`", shown="8081")
     # The Kubernetes API: an explicit URL (+ bearer token, CA file), a kubeconfig file, or, when
     # none is set, the pod's service account.
-    kube_api_url: str | None = None
-    kube_token: str | None = None
-    kube_ca_file: str | None = None
-    kubeconfig: str | None = None
-    recorder_interval_s: float = 5.0
-    recorder_history_s: float = 900.0
+    kube_api_url: str | None = setting(
+        None, shown="the pod's service account",
+        doc="the responder's Kubernetes API (get/list/watch pods, services, replicasets, jobs), used with "
+            "`agent_discovery: kubernetes`")
+    kube_token: str | None = setting(
+        None, shown="the pod's service account",
+        doc="the bearer token for `kube_api_url`")
+    kube_ca_file: str | None = setting(
+        None, shown="the system's CAs",
+        doc="the CA bundle that signed `kube_api_url`'s certificate")
+    kubeconfig: str | None = setting(
+        None, shown="unset",
+        doc="a kubeconfig file for the responder's Kubernetes API, when no API URL is set")
+    recorder_interval_s: float = setting(5.0, doc="the in-process agent's flight recorder sampling interval", shown="5")
+    recorder_history_s: float = setting(
+        900.0, shown="900",
+        doc="how far back that recorder reaches; at least one interval, at most a day")
     # Chat.
-    slack_bot_token: str | None = None
-    slack_signing_secret: str | None = None
-    slack_app_token: str | None = None
-    slack_channel: str = "#llm-incidents"
-    slack_api_url: str = "https://slack.com/api/"
+    slack_bot_token: str | None = setting(None, doc="enables the Slack sink", shown="unset (console sink only)")
+    slack_signing_secret: str | None = setting(
+        None, shown="unset (no app)",
+        doc="with the bot token: the Slack app at `/slack/events` (commands, buttons, mentions)")
+    slack_app_token: str | None = setting(None, doc="an app-level token (`xapp-`): also listen over Socket Mode", shown="unset")
+    slack_channel: str = setting(
+        "#llm-incidents", shown="`#llm-incidents`",
+        doc="default channel for incident threads (a playbook's `channel` overrides it)")
+    slack_api_url: str = setting(
+        "https://slack.com/api/", shown="`https://slack.com/api/`",
+        doc="Slack Web API base URL (a proxy or stand-in)")
     # Routing: an alert label naming the channel (overrides the playbook's), and one naming who
     # to mention on the root (a user group S…, a user U…/W…, or here/channel).
-    slack_channel_label: str = "slack_channel"
-    slack_mention_label: str = "slack_mention"
+    slack_channel_label: str = setting(
+        "slack_channel", shown="`slack_channel`",
+        doc="alert label whose value overrides the channel")
+    slack_mention_label: str = setting(
+        "slack_mention", shown="`slack_mention`",
+        doc="alert label naming who to mention on the root: a user group `S…`, a user `U…` or `W…`, `here` or "
+            "`channel`")
     # Metrics: Prometheus to query (evidence) and, when people reach it elsewhere, the base URL
     # for graph links; an optional Grafana Explore link template ({expr}, {start_ms}, {end_ms}).
-    prometheus_url: str | None = None
-    prometheus_public_url: str | None = None
-    prometheus_timeout_s: float = 10.0
-    prometheus_attempts: int = 3
-    grafana_explore_url_template: str | None = None
+    prometheus_url: str | None = setting(None, doc="Prometheus to query for evidence", shown="unset (no metric evidence)")
+    prometheus_public_url: str | None = setting(
+        None, shown="`prometheus_url`",
+        doc="Prometheus base URL in links, when people reach it elsewhere")
+    prometheus_timeout_s: float = setting(10.0, doc="per-request timeout, up to 300 s", shown="10")
+    prometheus_attempts: int = setting(3, doc="attempts per query (1 to 10)", shown="3")
+    grafana_explore_url_template: str | None = setting(
+        None, shown="unset",
+        doc="Grafana Explore link; must contain `{expr}` (also `{start_ms}`, `{end_ms}`)")
     # Traces: the built-in OTLP receiver's store, or a Tempo / Jaeger query API.
-    trace_backend: str = "builtin"
-    tempo_url: str | None = None
-    jaeger_url: str | None = None
+    trace_backend: str = setting("builtin", doc="`builtin`, `tempo` or `jaeger`", shown="`builtin`")
+    tempo_url: str | None = setting(None, doc="Tempo's query API; required with `trace_backend: tempo`", shown="unset")
+    jaeger_url: str | None = setting(None, doc="Jaeger's query API; required with `trace_backend: jaeger`", shown="unset")
     # Link for one trace ({trace_id}); by default the built-in store's own JSON, or Jaeger's UI.
-    trace_url_template: str | None = None
-    span_store_max_spans: int = 200_000
-    span_store_max_bytes: int = 256 * 1024 * 1024
-    otlp_max_body_bytes: int = 8 * 1024 * 1024
+    trace_url_template: str | None = setting(
+        None, shown="built-in: `/api/traces/{id}`; Jaeger: `/trace/{id}`; Tempo: none",
+        doc="link for one trace; must contain `{trace_id}`")
+    span_store_max_spans: int = setting(
+        200_000, shown="200,000",
+        doc="spans the built-in span store keeps (1,000 to 50,000,000)")
+    span_store_max_bytes: int = setting(
+        256 * 1024 * 1024, shown="256 MiB",
+        doc="bytes the built-in span store keeps (1 MiB to 64 GiB)")
+    otlp_max_body_bytes: int = setting(8 * 1024 * 1024, doc="OTLP request limit, after gzip (1 KiB to 256 MiB)", shown="8 MiB")
     # The lab's reliability table (a scorecard.json): the precision observed at each confidence.
-    calibration_file: Path | None = field(
-        default_factory=lambda: Path(__file__).resolve().parent / "attribution" / "calibration.json")
+    calibration_file: Path | None = setting(
+        factory=lambda: Path(__file__).resolve().parent / "attribution" / "calibration.json",
+        shown="`responder/attribution/calibration.json`",
+        doc="the lab's calibration table (`llmslo lab calibrate`; a `scorecard.json` works too): reports say what "
+            "precision the lab observed at a verdict's confidence")
     generated_token: bool = False  # True when webhook_token was generated at start
 
     @property
@@ -279,8 +354,38 @@ def validate(s: Settings) -> None:
         raise ConfigError("otlp_max_body_bytes: must be between 1 KiB and 256 MiB")
 
 
+def markdown() -> str:
+    """The table of settings docs/configuration.md shows, generated from the fields."""
+    env_of = {key: var for var, key in _ENV.items()}
+    rows = ["| key | environment variable | meaning | default |", "| --- | --- | --- | --- |"]
+    for f in fields(Settings):
+        if "doc" not in f.metadata:
+            continue  # state, not a setting
+        env = f.metadata["env"] or (f"`{env_of[f.name]}`" if f.name in env_of else "(file only)")
+        rows.append(f"| `{f.name}` | {env} | {f.metadata['doc']} | {f.metadata['shown']} |")
+    return "\n".join(rows) + "\n"
+
+
+BEGIN, END = "<!-- settings table: generated by python -m responder.config -->", "<!-- end of settings table -->"
+
+
+def render_doc(text: str) -> str:
+    """``text`` (docs/configuration.md) with the table between its markers replaced by today's."""
+    head, sep, rest = text.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not sep or not sep2:
+        raise ValueError("docs/configuration.md has no settings-table markers")
+    return f"{head}{BEGIN}\n{markdown()}{END}{tail}"
+
+
 def ensure_webhook_token(s: Settings) -> None:
     """With no credentials configured, generate a token (printed at start) rather than run open."""
     if not s.webhook_token and not s.webhook_user:
         s.webhook_token = secrets.token_urlsafe(24)
         s.generated_token = True
+
+
+if __name__ == "__main__":  # rewrite the table in docs/configuration.md
+    doc = REPO_ROOT / "docs" / "configuration.md"
+    doc.write_text(render_doc(doc.read_text()))
+    print(f"wrote {doc}")

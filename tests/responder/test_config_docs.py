@@ -22,3 +22,9 @@ def test_every_setting_and_variable_is_documented():
 def test_the_doc_names_no_variable_the_code_does_not_read():
     named = set(re.findall(r"\bLLMSLO_[A-Z_]+[A-Z]\b", DOC))
     assert named - set(config._ENV) == set()
+
+
+def test_the_settings_table_is_the_generated_one():
+    assert config.render_doc(DOC) == DOC, "docs/configuration.md is stale: run python -m responder.config"
+    documented = {f.name for f in dataclasses.fields(config.Settings) if "doc" in f.metadata}
+    assert documented == {f.name for f in dataclasses.fields(config.Settings)} - INTERNAL
