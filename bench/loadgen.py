@@ -14,7 +14,7 @@ from lab.load import LoadStats, run_load
 async def main(url: str, rate: float, seconds: float) -> dict:
     stats, stop = LoadStats(), asyncio.Event()
     t0 = time.monotonic()
-    task = asyncio.create_task(run_load(url, rate, stop, stats, keep_latencies=True))
+    task = asyncio.create_task(run_load(url, rate, stop, stats))
     await asyncio.sleep(seconds)
     stop.set()
     await task

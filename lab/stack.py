@@ -27,12 +27,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import collections
 import json
 import logging
 import math
 import os
-import random
 import secrets
 import shutil
 import subprocess
@@ -40,7 +38,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypedDict
 
@@ -53,6 +50,7 @@ from lab.cgroups import ServiceCgroups
 from lab.dns import DnsStandin
 from lab.faults import Fault, make_fault
 from lab.harness import OWNER_ENV, REPO, ResponderProcess, die_with_parent
+from lab.load import LoadGenerator, LoadStats, Sample, quantile
 from lab.postgres import DATABASE, ROLE, LabPostgres
 from lab.provider import ProviderProcess
 from lab.proxy import ProxyProcess, ProxyRoute
@@ -71,8 +69,6 @@ SERVICE_NAME = "rag-api"
 TTFT_THRESHOLD = "1s"
 LATENCY_THRESHOLD = "2s"
 SCRAPE_INTERVAL = "1s"
-LOAD_TIMEOUT_S = 60.0
-MAX_IN_FLIGHT = 256
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
 
 # The knobs each component takes, at their healthy values (see lab.faults.KnobFault).
@@ -86,107 +82,6 @@ KNOB_DEFAULTS: dict[str, dict[str, Any]] = {
 
 class StackError(RuntimeError):
     """The lab stack could not start or act; the message says which part and where its log is."""
-
-
-# --- load -------------------------------------------------------------------------------------------
-
-@dataclass
-class Sample:
-    at: float  # wall clock (time.time()) when the request was sent
-    latency_s: float
-    status: int  # HTTP status; 0 = no answer (refused, reset, timeout)
-    trace_id: str = ""
-
-
-@dataclass
-class LoadStats:
-    """What the load generator saw: counts by status and the most recent samples."""
-
-    sent: int = 0
-    skipped: int = 0  # not sent: MAX_IN_FLIGHT requests were already waiting
-    codes: collections.Counter = field(default_factory=collections.Counter)
-    samples: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200_000))
-
-    def window(self, since: float | None = None, until: float | None = None) -> list[Sample]:
-        return [s for s in list(self.samples)
-                if (since is None or s.at >= since) and (until is None or s.at < until)]
-
-    def summary(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
-        """Counts by status and latency quantiles (seconds) of the answered requests in the window."""
-        samples = self.window(since, until)
-        codes = collections.Counter(str(s.status) for s in samples)
-        ok = sorted(s.latency_s for s in samples if s.status == 200)
-        return {"requests": len(samples), "codes": dict(codes),
-                "ok_ratio": (len(ok) / len(samples)) if samples else None,
-                "latency_s": {f"p{q}": _quantile(ok, q / 100) for q in (50, 90, 99)}}
-
-
-def _quantile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    i = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
-    return sorted_values[i]
-
-
-class LoadGenerator:
-    """POST /v1/answer at a fixed rate (changeable while it runs), a new connection per request,
-    questions drawn from the service's sample questions."""
-
-    def __init__(self, url: str, rps: float, stats: LoadStats, seed: int | None = None):
-        from lab.rag_service import SAMPLE_QUESTIONS
-
-        self.url, self.rps, self.stats = url, float(rps), stats
-        self.questions = SAMPLE_QUESTIONS
-        self.rng = random.Random(seed)
-        self._task: asyncio.Task | None = None
-        self._pending: set[asyncio.Task] = set()
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="lab-load")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        connector = aiohttp.TCPConnector(force_close=True, limit=MAX_IN_FLIGHT)
-        timeout = aiohttp.ClientTimeout(total=LOAD_TIMEOUT_S)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            try:
-                next_at = time.monotonic()
-                while True:
-                    if self.rps > 0:
-                        if len(self._pending) >= MAX_IN_FLIGHT:
-                            self.stats.skipped += 1
-                        else:
-                            t = asyncio.create_task(self._one(session))
-                            self._pending.add(t)
-                            t.add_done_callback(self._pending.discard)
-                        next_at += 1.0 / self.rps
-                        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-                    else:
-                        await asyncio.sleep(0.2)
-                        next_at = time.monotonic()
-            finally:
-                for t in list(self._pending):
-                    t.cancel()
-                await asyncio.gather(*self._pending, return_exceptions=True)
-
-    async def _one(self, session: aiohttp.ClientSession) -> None:
-        self.stats.sent += 1
-        at, t0 = time.time(), time.monotonic()
-        status, trace_id = 0, ""
-        try:
-            async with session.post(self.url, json={"question": self.rng.choice(self.questions)}) as r:
-                await r.read()
-                status, trace_id = r.status, r.headers.get("x-trace-id", "")
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            pass
-        self.stats.codes[status] += 1
-        self.stats.samples.append(Sample(at, time.monotonic() - t0, status, trace_id))
 
 
 # --- the RAG service under supervision --------------------------------------------------------------
@@ -527,7 +422,10 @@ class LabStack:
     def start_load_generator(self) -> None:
         assert self.service is not None
         if self.load is None:
-            self.load = LoadGenerator(self.service.answer_url, self.load_rps, self.load_stats, seed=self.seed)
+            from lab.rag_service import SAMPLE_QUESTIONS  # the service's own questions (imported late: heavy)
+
+            self.load = LoadGenerator(self.service.answer_url, self.load_rps, self.load_stats, seed=self.seed,
+                                      body=lambda rng: {"question": rng.choice(SAMPLE_QUESTIONS)})
             self.load.start()
 
     def set_load_rps(self, rps: float) -> None:
@@ -699,7 +597,7 @@ class LabStack:
     async def _histogram_quantiles(self, metric: str, window_s: float, quantiles) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
         for q in quantiles:
-            res = await self.query(f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket[{int(window_s)}s])))")
+            res = await self.query(f"histogramquantile({q}, sum by (le) (rate({metric}_bucket[{int(window_s)}s])))")
             v = float(res[0]["value"][1]) if res else None
             out[f"p{round(q * 100)}"] = None if v is None or math.isnan(v) else v
         return out
@@ -748,7 +646,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         ttft = await _ttft_from_traces(stack, stack.load_stats.window(since=since, until=since + window))
         result = {
             "start_s": round(stack.start_s, 2), "rps": args.rps, "seconds": args.seconds,
-            "ttft_s_traces": {"requests": len(ttft), **{f"p{q}": _quantile(ttft, q / 100) for q in (50, 90, 99)}},
+            "ttft_s_traces": {"requests": len(ttft), **{f"p{q}": quantile(ttft, q / 100) for q in (50, 90, 99)}},
             "client": stack.load_stats.summary(since=since),
             "ttft_s_histogram": await stack.ttft_quantiles(window),
             "latency_s_histogram": await stack.latency_quantiles(window),
