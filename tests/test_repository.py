@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-OUTSIDE = re.compile(r"\.\./shared|\b(?:DESIGN|KERNEL|STYLE)\.md\b|\b[Ii]ssue #?\d+")
+OUTSIDE = re.compile(r"\.\./shared|\b(?:DESIGN|KERNEL|STYLE)\.md\b|\b[Ii]ssue[- ]?#?\d+")
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".c", ".h", ".sh", ".Dockerfile", ".cfg", ".txt", ""}
 
 

@@ -36,7 +36,8 @@ from responder.attribution.rules import (
     TRACE_RULE,
     Rule,
 )
-from responder.evidence.traces.evidence import trace_signals
+from responder.evidence.traces.evidence import DependencySignals, trace_signals
+from responder.model.evidence import TraceEvidence
 from responder.model.verdict import Evidence, Hypothesis, Verdict
 
 # The signals, their thresholds and the reasons for them are rows of responder.attribution.rules;
@@ -183,55 +184,55 @@ def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
     return out, gaps
 
 
-def _trace_latency_moved(d: dict[str, Any]) -> tuple[bool, float, float, str] | None:
+def _trace_latency_moved(d: DependencySignals) -> tuple[bool, float, float, str] | None:
     """Whether a dependency's p90 (TTFT p90 for GenAI calls that stream) rose; None without data."""
-    if min(d["count_baseline"], d["count_incident"]) < MIN_TRACE_CALLS:
+    if min(d.count_baseline, d.count_incident) < MIN_TRACE_CALLS:
         return None
-    rule = TRACE_RULE.get(("trace_p90", d["kind"]))
-    key = "ttft_p90_ms" if d.get("ttft_p90_ms_incident") is not None and d.get("ttft_p90_ms_baseline") else "p90_ms"
-    b, i = d.get(f"{key}_baseline"), d.get(f"{key}_incident")
+    rule = TRACE_RULE.get(("trace_p90", d.kind))
+    ttft = d.ttft_p90_ms_incident is not None and bool(d.ttft_p90_ms_baseline)
+    b, i = (d.ttft_p90_ms_baseline, d.ttft_p90_ms_incident) if ttft else (d.p90_ms_baseline, d.p90_ms_incident)
     if b is None or i is None:
         return None
     moved = i >= TRACE_MIN_RATIO * b and i - b >= (rule.threshold if rule else 20.0)
-    return moved, b, i, ("time to first token p90" if key == "ttft_p90_ms" else "p90")
+    return moved, b, i, ("time to first token p90" if ttft else "p90")
 
 
-def trace_signals_for(traces: dict[str, Any] | None,
+def trace_signals_for(traces: TraceEvidence | dict[str, Any] | None,
                       trace_link: Callable[[str], str | None]) -> tuple[list[Signal], list[str]]:
     """Signals from trace evidence (per dependency, incident vs baseline), and why some are missing."""
-    if not traces:
+    evidence = traces if isinstance(traces, TraceEvidence) else TraceEvidence.read(traces) if traces else None
+    if evidence is None:
         return [], []
-    if not traces.get("reachable", True):
-        return [], [f"traces unavailable: {traces.get('error')}"]
-    deps = {(d["kind"], d["name"]): d for d in trace_signals(traces)}
-    exemplars = {(d["kind"], d["name"]): (d.get("incident") or {}).get("exemplar_trace_ids") or []
-                 for d in traces.get("dependencies", [])}
+    if not evidence.reachable:
+        return [], [f"traces unavailable: {evidence.error}"]
+    deps = {(d.kind, d.name): d for d in trace_signals(evidence)}
+    throttle_rule = TRACE_RULE["trace_rate", "llm"]
 
-    def ev(d: dict[str, Any], name: str, summary: str, b: float | None, i: float | None, unit: str) -> Evidence:
-        ids = exemplars.get((d["kind"], d["name"])) or []
-        return Evidence(signal=f"trace.{d['kind']}.{name}", summary=f"{d['kind']} {d['name']}: {summary}",
+    def ev(d: DependencySignals, name: str, summary: str, b: float | None, i: float | None, unit: str) -> Evidence:
+        ids = d.exemplar_trace_ids
+        return Evidence(signal=f"trace.{d.kind}.{name}", summary=f"{d.kind} {d.name}: {summary}",
                         baseline=None if b is None else round(b, 3), incident=None if i is None else round(i, 3),
                         unit=unit, source="trace", link=trace_link(ids[0]) if ids else None)
 
     out: list[Signal] = []
     latency: dict[tuple[str, str], tuple[bool, Signal]] = {}
     for key, d in deps.items():
-        kind = d["kind"]
+        kind = d.kind
         if kind not in ("llm", "retrieval", "policy", "http"):
             continue
-        if d["count_incident"] >= MIN_TRACE_CALLS:
-            eb, ei = d.get("error_rate_baseline") or 0.0, d.get("error_rate_incident") or 0.0
+        if d.count_incident >= MIN_TRACE_CALLS:
+            eb, ei = d.error_rate_baseline or 0.0, d.error_rate_incident or 0.0
             if kind == "llm":
-                t = d.get("throttle_rate_incident") or 0.0
-                moved = t >= TRACE_RULE["trace_rate", "llm"].threshold
+                t = d.throttle_rate_incident or 0.0
+                moved = t >= throttle_rule.threshold
                 out.append(Signal("provider_throttling", ev(
                     d, "throttled_share", f"calls answered 429/529/503 {'rose to' if moved else 'stayed at'} {t:.0%}"
-                    f" ({d.get('retries_incident', 0)} retries)", None, t, "share"),
+                    f" ({d.retries_incident} retries)", None, t, "share"),
                     _ratio_strength(t, max(eb, 0.01)) if moved else 0.0))
             elif kind in ("retrieval", "policy"):
                 domain = "retrieval_backend" if kind == "retrieval" else "policy_layer"
                 moved = ei - eb >= TRACE_RULE["trace_error_share", kind].threshold
-                timeouts = d.get("timeout_share_of_errors") or 0.0
+                timeouts = d.timeout_share_of_errors or 0.0
                 out.append(Signal(domain, ev(d, "error_share", f"failing calls {'rose' if moved else 'unchanged'}: "
                                              f"{eb:.0%} → {ei:.0%}" + (f" ({timeouts:.0%} timeouts)" if moved and timeouts
                                                                      else ""), eb, ei, "share"),
@@ -246,8 +247,8 @@ def trace_signals_for(traces: dict[str, Any] | None,
                                           _ratio_strength(i, b) if moved else 0.0, symptom=True))
     # A provider that throttles is slow because the client waits out retry-after and retries:
     # that latency is the throttling's, not a second cause.
-    throttled = {k for k, d in deps.items() if d["kind"] == "llm"
-                 and (d.get("throttle_rate_incident") or 0.0) >= TRACE_RULE["trace_rate", "llm"].threshold}
+    throttled = {k for k, d in deps.items() if d.kind == "llm"
+                 and (d.throttle_rate_incident or 0.0) >= throttle_rule.threshold}
     for key in throttled & set(latency):
         sig = latency[key][1]
         if sig.strength > 0:
@@ -292,7 +293,7 @@ def explain_away(sigs: list[Signal]) -> list[Signal]:
     return sigs
 
 
-def attribute(capture: CaptureResult | None, traces: dict[str, Any] | None = None,
+def attribute(capture: CaptureResult | None, traces: TraceEvidence | dict[str, Any] | None = None,
               trace_link: Callable[[str], str | None] = lambda _trace_id: None,
               gaps: list[str] | None = None) -> Verdict:
     """The verdict from the kernel capture and the trace evidence; either may be missing."""

@@ -158,6 +158,7 @@ class DependencyWindow:
     p99_ms: float | None = None
     ttft_p90_ms: float | None = None
     retries: float | None = None
+    exemplar_trace_ids: list[str] = field(default_factory=list)
 
     @classmethod
     def read(cls, value: Any) -> DependencyWindow | None:
@@ -168,7 +169,8 @@ class DependencyWindow:
         return cls(count=as_float(d.get("count")), errors=as_float(d.get("errors")),
                    error_types=dict(sorted(types.items(), key=lambda kv: -kv[1])),
                    p50_ms=as_float(d.get("p50_ms")), p90_ms=as_float(d.get("p90_ms")), p99_ms=as_float(d.get("p99_ms")),
-                   ttft_p90_ms=as_float(d.get("ttft_p90_ms")), retries=as_float(d.get("retries")))
+                   ttft_p90_ms=as_float(d.get("ttft_p90_ms")), retries=as_float(d.get("retries")),
+                   exemplar_trace_ids=[str(x) for x in d.get("exemplar_trace_ids") or [] if x])
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 in the incident window, and which incident traces show the change best.
 
 Owns three things: ``classify`` (which dependency a span is a call to), ``trace_evidence`` (the
-TRACES shape of the issue-4 contract, without backend/reachable/error, exemplar urls left None
+TRACES shape of the attribution contract, without backend/reachable/error, exemplar urls left None
 for the pipeline to fill) and ``trace_signals`` (the per-dependency numbers attribution reads).
 
 Conventions followed (OpenTelemetry semantic conventions v1.45 for HTTP, database and RPC; the
@@ -86,10 +86,12 @@ import heapq
 import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from responder.evidence.traces.model import Span
+from responder.model.evidence import TraceEvidence
 
 # --- classification vocabulary -----------------------------------------------------------------
 _GUARD_OPS = frozenset({"apply_guardrail"})
@@ -723,23 +725,46 @@ def trace_evidence(baseline: list[Span], incident: list[Span], service: str) -> 
             "dependencies": dependencies, "exemplars": exemplars}
 
 
-def trace_signals(evidence: dict[str, Any]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class DependencySignals:
     """Per dependency, the numbers attribution compares (rates and p90s are None for a window in
-    which the dependency made no call), in the evidence's order."""
+    which the dependency made no call)."""
+
+    kind: str
+    name: str
+    count_baseline: int
+    count_incident: int
+    error_rate_baseline: float | None
+    error_rate_incident: float | None
+    throttle_rate_incident: float | None
+    timeout_share_of_errors: float | None  # of the incident's failing calls, the share that timed out
+    p90_ms_baseline: float | None
+    p90_ms_incident: float | None
+    ttft_p90_ms_baseline: float | None
+    ttft_p90_ms_incident: float | None
+    retries_incident: int
+    exemplar_trace_ids: list[str]
+
+
+def trace_signals(evidence: TraceEvidence | dict[str, Any]) -> list[DependencySignals]:
+    """The numbers attribution compares, per dependency, in the evidence's order."""
+    ev = evidence if isinstance(evidence, TraceEvidence) else TraceEvidence.read(evidence)
     out = []
-    for dep in evidence.get("dependencies") or []:
-        b, i = dep.get("baseline") or {}, dep.get("incident") or {}
-        bc, ic = b.get("count", 0), i.get("count", 0)
-        types = i.get("error_types") or {}
+    for dep in ev.dependencies if ev else []:
+        b, i = dep.baseline, dep.incident
+        bc, ic = int(b.count or 0) if b else 0, int(i.count or 0) if i else 0
+        types = i.error_types if i else {}
+        errors = (i.errors or 0) if i else 0
         throttled = sum(n for t, n in types.items() if is_throttle(t))
         timeouts = sum(n for t, n in types.items() if is_timeout(t))
-        out.append({"kind": dep["kind"], "name": dep["name"], "count_baseline": bc, "count_incident": ic,
-                    "error_rate_baseline": b["errors"] / bc if bc else None,
-                    "error_rate_incident": i["errors"] / ic if ic else None,
-                    "throttle_rate_incident": min(1.0, throttled / ic) if ic else None,
-                    # of the incident's failing calls, the share that were timeouts
-                    "timeout_share_of_errors": timeouts / i["errors"] if i.get("errors") else None,
-                    "p90_ms_baseline": b.get("p90_ms"), "p90_ms_incident": i.get("p90_ms"),
-                    "ttft_p90_ms_baseline": b.get("ttft_p90_ms"), "ttft_p90_ms_incident": i.get("ttft_p90_ms"),
-                    "retries_incident": i.get("retries", 0)})
+        out.append(DependencySignals(
+            kind=dep.kind, name=dep.name, count_baseline=bc, count_incident=ic,
+            error_rate_baseline=(b.errors or 0) / bc if b and bc else None,
+            error_rate_incident=errors / ic if ic else None,
+            throttle_rate_incident=min(1.0, throttled / ic) if ic else None,
+            timeout_share_of_errors=timeouts / errors if errors else None,
+            p90_ms_baseline=b.p90_ms if b else None, p90_ms_incident=i.p90_ms if i else None,
+            ttft_p90_ms_baseline=b.ttft_p90_ms if b else None, ttft_p90_ms_incident=i.ttft_p90_ms if i else None,
+            retries_incident=int(i.retries or 0) if i else 0,
+            exemplar_trace_ids=list(i.exemplar_trace_ids) if i else []))
     return out

@@ -309,20 +309,20 @@ def test_exemplars_name_what_got_worse(evidence):
 
 
 def test_trace_signals(evidence):
-    sig = {(s["kind"], s["name"]): s for s in trace_signals(evidence)}
-    assert [(s["kind"], s["name"]) for s in trace_signals(evidence)] == \
+    sig = {(s.kind, s.name): s for s in trace_signals(evidence)}
+    assert [(s.kind, s.name) for s in trace_signals(evidence)] == \
         [(d["kind"], d["name"]) for d in evidence["dependencies"]]
     llm = sig[("llm", "openai")]
-    assert llm["count_baseline"] == 200 and llm["count_incident"] == 190
-    assert llm["error_rate_baseline"] == 0.0
-    assert llm["error_rate_incident"] == pytest.approx(20 / 190)
-    assert llm["throttle_rate_incident"] == pytest.approx(80 / 190)  # retried-away 429s included
-    assert llm["ttft_p90_ms_baseline"] == pytest.approx(300.0) and llm["ttft_p90_ms_incident"] == pytest.approx(1450.0)
-    assert llm["retries_incident"] == 100
+    assert llm.count_baseline == 200 and llm.count_incident == 190
+    assert llm.error_rate_baseline == 0.0
+    assert llm.error_rate_incident == pytest.approx(20 / 190)
+    assert llm.throttle_rate_incident == pytest.approx(80 / 190)  # retried-away 429s included
+    assert llm.ttft_p90_ms_baseline == pytest.approx(300.0) and llm.ttft_p90_ms_incident == pytest.approx(1450.0)
+    assert llm.retries_incident == 100
     db = sig[("retrieval", "postgresql")]
-    assert (db["p90_ms_baseline"], db["p90_ms_incident"], db["throttle_rate_incident"]) == (28.0, 129.0, 0.0)
+    assert (db.p90_ms_baseline, db.p90_ms_incident, db.throttle_rate_incident) == (28.0, 129.0, 0.0)
     pol = sig[("policy", "guardrail.input")]
-    assert pol["error_rate_incident"] == pytest.approx(10 / 200) and pol["throttle_rate_incident"] == 0.0
+    assert pol.error_rate_incident == pytest.approx(10 / 200) and pol.throttle_rate_incident == 0.0
 
 
 def test_empty_windows():
@@ -334,14 +334,14 @@ def test_empty_windows():
     only_incident = trace_evidence([], window(20, incident=True), SVC)
     d = dep(only_incident, "retrieval", "postgresql")
     assert d["baseline"] is None and d["incident"]["count"] == 19
-    s = next(x for x in trace_signals(only_incident) if x["kind"] == "retrieval")
-    assert s["count_baseline"] == 0 and s["error_rate_baseline"] is None and s["p90_ms_baseline"] is None
+    s = next(x for x in trace_signals(only_incident) if x.kind == "retrieval")
+    assert s.count_baseline == 0 and s.error_rate_baseline is None and s.p90_ms_baseline is None
     assert any("new in the incident" in e["why"] for e in only_incident["exemplars"])
 
     only_baseline = trace_evidence(window(20, incident=False), [], SVC)
     assert all(d["incident"] is None for d in only_baseline["dependencies"])
     assert only_baseline["exemplars"] == []
-    assert all(s["error_rate_incident"] is None and s["retries_incident"] == 0 for s in trace_signals(only_baseline))
+    assert all(s.error_rate_incident is None and s.retries_incident == 0 for s in trace_signals(only_baseline))
 
 
 # --- retries, errors and blocks in detail ------------------------------------------------------
@@ -495,8 +495,8 @@ def test_spans_from_the_real_sdk():
     assert (i["input_tokens"], i["output_tokens"], i["models"]) == (6000, 1600, ["gpt-4o-mini-2024-07-18"])
     assert ev["dependencies"][0]["kind"] == "llm"
     assert ev["exemplars"][0]["why"] == "llm openai: 429 rate_limit on 50% of calls, retried away (baseline 0%)"
-    s = next(x for x in trace_signals(ev) if x["kind"] == "llm")
-    assert s["throttle_rate_incident"] == pytest.approx(0.5) and s["error_rate_incident"] == 0.0
+    s = next(x for x in trace_signals(ev) if x.kind == "llm")
+    assert s.throttle_rate_incident == pytest.approx(0.5) and s.error_rate_incident == 0.0
 
 
 # --- cost --------------------------------------------------------------------------------------
