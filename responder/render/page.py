@@ -27,12 +27,12 @@ import re
 import textwrap
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlparse
 
-from capture.schemas import CaptureCost, CaptureTarget
+from capture.schemas import CaptureCost
 from common.timefmt import unix_seconds
 from responder.model.evidence import (
     Dependency,
@@ -43,8 +43,6 @@ from responder.model.evidence import (
     TraceEvidence,
     Window,
     as_dict,
-    as_dicts,
-    as_float,
 )
 from responder.model.verdict import Evidence, Hypothesis
 from responder.render.view import IncidentView, clock, duration, num, pct, rose, unit
@@ -342,66 +340,52 @@ def _pod_counters(pod: dict[str, Any]) -> str:
 
 
 def _capture_section(view: IncidentView) -> str:
-    capture = view.capture_dict  # read leniently: a capture stored in part still shows what it has
+    capture = view.capture
     if capture is None:
         if view.verdict is None and view.status != "resolved" and not view.error:
             text = "No kernel capture recorded yet."
         else:
             text = "No kernel capture for this incident; the verdict rests on traces and metrics only."
         return _section("Kernel capture", "capture", f"<p class=empty>{text}</p>")
-    facts = [("Capture", f"<code>{_e(capture.get('id') or '?')}</code> on node <code>{_e(capture.get('node') or '?')}</code>")]
-    target = _build(CaptureTarget, capture.get("target"))
-    facts.append(("Scope", _e(target.describe() if target else "?")))
-    start, end = as_float(capture.get("started_at")), as_float(capture.get("ended_at"))
+    facts = [("Capture", f"<code>{_e(capture.id)}</code> on node <code>{_e(capture.node)}</code>"),
+             ("Scope", _e(capture.target.describe()))]
+    start, end = capture.started_at, capture.ended_at
     if start and end and end >= start:
         facts.append(("Window", _e(f"{clock(start)} → {clock(end)} UTC ({duration(end - start)})")))
-    if capture.get("baseline_note"):
-        facts.append(("Baseline", _e(capture["baseline_note"])))
-    pods = as_dicts(capture.get("pods"))
-    if pods:
+    if capture.baseline_note:
+        facts.append(("Baseline", _e(capture.baseline_note)))
+    if capture.pods:
         facts.append(("Pods", "<br>".join(
             f"<code>{_e(pod.get('namespace') or '?')}/{_e(pod.get('name') or '?')}</code>"
             + (f" ({_e(pod.get('workload_kind') or '')} {_e(pod['workload'])})" if pod.get("workload") else "")
             + f" on <code>{_e(pod.get('node') or '?')}</code>" + ("" if pod.get("captured") else " — not captured")
-            + _pod_counters(pod) for pod in pods)))
-    nodes = as_dicts(capture.get("nodes"))
-    if nodes:
+            + _pod_counters(pod) for pod in capture.pods)))
+    if capture.nodes:
         facts.append(("Nodes", "<br>".join(
             f"<code>{_e(n.get('node') or '?')}</code>: {_e(n.get('status') or '?')}"
-            + (f" ({_e(n['error'])})" if n.get("error") else "") for n in nodes)))
-    workloads = as_dicts(capture.get("workloads"))
-    if workloads:
+            + (f" ({_e(n['error'])})" if n.get("error") else "") for n in capture.nodes)))
+    if capture.workloads:
         facts.append(("Workloads", "<br>".join(f"<code>{_e(w.get('path') or '?')}</code>"
                                                 + (f" pod {_e(w['pod_uid'])}" if w.get("pod_uid") else "")
-                                                for w in workloads)))
-    procs = as_dicts(capture.get("processes"))
-    if procs:
+                                                for w in capture.workloads)))
+    if capture.processes:
         facts.append(("Processes", "<br>".join(f"pid {_e(p.get('pid', '?'))} <code>{_e(p.get('comm') or '?')}</code> "
-                                                f"{_e(p.get('exe') or '')}" for p in procs[:10])))
-    errors = capture.get("errors")
-    problems = [str(e) for e in errors] if isinstance(errors, list) else []
-    for label, results in (("", capture.get("incident")), (" (baseline)", capture.get("baseline"))):
-        for name, pr in (results or {}).items() if isinstance(results, dict) else ():
-            pr = as_dict(pr) or {}
+                                                f"{_e(p.get('exe') or '')}" for p in capture.processes[:10])))
+    problems = list(capture.errors)
+    for label, results in (("", capture.incident), (" (baseline)", capture.baseline)):
+        for name, pr in results.items():
             problems += [f"{name}{label}: {what}" for what in (
-                f"error: {pr['error']}" if pr.get("error") else None,
-                f"truncated: {pr['truncated']}" if pr.get("truncated") else None,
-                f"{_fmt(pr['lost'])} events lost" if as_float(pr.get("lost")) else None) if what]
+                f"error: {pr.error}" if pr.error else None,
+                f"truncated: {pr.truncated}" if pr.truncated else None,
+                f"{num(pr.lost)} events lost" if pr.lost else None) if what]
     body = "<dl class=facts>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
     if problems:
         body += "<h3>Probe problems</h3><ul class=plain>" + "".join(f"<li>{_e(p)}</li>" for p in problems) + "</ul>"
-    body += _cost_table(as_dict(capture.get("cost")))
+    body += _cost_table(capture.cost)
     return _section("Kernel capture", "capture", body)
 
 
-def _cost_table(cost: dict[str, Any] | None) -> str:
-    if cost is not None:
-        # Coerced so that a malformed stored value shows as 0 rather than breaking the page.
-        kinds = {f.name: f.type for f in fields(CaptureCost)}
-        cost = {k: (int if kinds[k] == "int" else float)(as_float(v) or 0) for k, v in cost.items() if k in kinds}
-    c = _build(CaptureCost, cost)
-    if c is None:
-        return "<p class=empty>The capture recorded no cost.</p>"
+def _cost_table(c: CaptureCost) -> str:
     rows = [("BPF CPU time", f"{num(c.bpf_run_time_ns / 1e6)} ms"),
             ("BPF program runs", num(c.bpf_run_count)),
             ("Events aggregated", num(c.events)),
@@ -689,22 +673,3 @@ def _section(title: str, section_id: str, body: str) -> str:
     return f"<section id={section_id}><h2>{_e(title)}</h2>{body}</section>"
 
 
-def _fmt(value: Any) -> str:
-    """A number as the chat report words it; anything else as text, and None as n/a."""
-    if value is None:
-        return "n/a"
-    f = as_float(value)
-    if f is None:
-        return str(value) if not isinstance(value, float) else "n/a"
-    return num(f)
-
-
-def _build(cls: type, data: Any) -> Any:
-    """``cls(**data)`` keeping only the fields ``cls`` knows, or None when ``data`` is not a mapping."""
-    if not isinstance(data, dict):
-        return None
-    known = {f.name for f in fields(cls)}
-    try:
-        return cls(**{k: v for k, v in data.items() if k in known})
-    except TypeError:
-        return None

@@ -10,11 +10,11 @@ the page.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from capture.schemas import CaptureResult
+from capture.schemas import CaptureCost, CaptureResult, CaptureTarget, ProbeResult
 from common.timefmt import unix_seconds
 from responder.model.evidence import PrometheusEvidence, TraceEvidence, as_dict, as_dicts, as_float
 from responder.model.verdict import Evidence, Hypothesis, Verdict
@@ -69,8 +69,7 @@ class IncidentView:
     updated_at: float | None = None
     prometheus: PrometheusEvidence | None = None
     traces: TraceEvidence | None = None
-    capture: CaptureResult | None = None  # None also when the stored capture does not read as one
-    capture_dict: dict[str, Any] | None = None  # the capture as stored (the page reads it leniently)
+    capture: CaptureResult | None = None
     links: list[Link] = field(default_factory=list)
     acknowledged: dict[str, Any] | None = None
     truncated_alerts: int = 0
@@ -101,9 +100,8 @@ class IncidentView:
         verdict = verdict if verdict is not None else read_verdict(inc.get("verdict"))
         evidence = as_dict(inc.get("evidence")) or {}
         traces = TraceEvidence.read(evidence.get("traces"))
-        capture_dict = capture.to_dict() if capture is not None else as_dict(inc.get("capture"))
-        if capture is None and capture_dict is not None:
-            capture = read_capture(capture_dict)
+        if capture is None:
+            capture = read_capture(inc.get("capture"))
         hyps = sorted(verdict.hypotheses, key=lambda h: -h.confidence) if verdict else []
         status = str(inc.get("status") or "?")
         start = burn_start(inc)
@@ -122,7 +120,7 @@ class IncidentView:
             verdict=verdict, hypotheses=hyps, burn_start=start, burn_end=end,
             updated_at=as_float(inc.get("updated_at")),
             prometheus=PrometheusEvidence.read(evidence.get("prometheus")), traces=traces,
-            capture=capture, capture_dict=capture_dict,
+            capture=capture,
             links=_links(inc), acknowledged=ack, truncated_alerts=int(truncated or 0))
 
 
@@ -162,11 +160,41 @@ def _evidence_list(value: Any) -> list[Evidence]:
     return out
 
 
-def read_capture(value: dict[str, Any]) -> CaptureResult | None:
-    try:
-        return CaptureResult.from_dict(value)
-    except (KeyError, TypeError, ValueError, AttributeError):
+def read_capture(value: Any) -> CaptureResult | None:
+    """A stored capture; one stored in part (an older version, a value shaped oddly) keeps what
+    reads, with defaults for the rest, so the page still shows what it has."""
+    d = as_dict(value)
+    if d is None:
         return None
+    try:
+        return CaptureResult.from_dict(d)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        pass
+    target = as_dict(d.get("target")) or {}
+    cost = as_dict(d.get("cost")) or {}
+    windows: dict[str, dict[str, ProbeResult]] = {"incident": {}, "baseline": {}}
+    for window, results in windows.items():
+        for name, pr in (as_dict(d.get(window)) or {}).items():
+            try:
+                results[str(name)] = ProbeResult.from_dict(pr)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raw = as_dict(pr) or {}
+                results[str(name)] = ProbeResult(str(name), 0.0, lost=int(as_float(raw.get("lost")) or 0),
+                                                 error=str(raw["error"]) if raw.get("error") else None,
+                                                 truncated=str(raw["truncated"]) if raw.get("truncated") else None)
+    errors = d.get("errors")
+    costs: dict[str, Any] = {f.name: (int if f.type == "int" else float)(as_float(cost.get(f.name)) or 0)
+                             for f in fields(CaptureCost)}
+    return CaptureResult(
+        id=str(d.get("id") or "?"), node=str(d.get("node") or "?"),
+        target=CaptureTarget(**{f.name: list(target[f.name]) for f in fields(CaptureTarget)
+                                if isinstance(target.get(f.name), list)}),
+        started_at=as_float(d.get("started_at")) or 0.0, ended_at=as_float(d.get("ended_at")) or 0.0,
+        incident=windows["incident"], baseline=windows["baseline"], baseline_note=str(d.get("baseline_note") or ""),
+        workloads=as_dicts(d.get("workloads")), processes=as_dicts(d.get("processes")),
+        cost=CaptureCost(**costs),
+        errors=[str(e) for e in errors] if isinstance(errors, list) else [],
+        nodes=as_dicts(d.get("nodes")), pods=as_dicts(d.get("pods")))
 
 
 def alertname(incident: dict[str, Any]) -> str:

@@ -428,6 +428,7 @@ def test_malformed_and_partial_evidence_still_renders():
     page = Page(render_incident_page(inc))
     assert "provider_throttling" in page.text("verdict") and "? confidence" in page.text("verdict")
     assert "trace backend could not be reached" in page.text("traces")
+    assert "pid:1" in page.text("capture")  # a capture stored in part still shows what it has
     for bad in ({}, {"id": "inc-x"}, {"verdict": {"domains": "network"}, "evidence": []}):
         assert "id=verdict" in render_incident_page(bad)
 
