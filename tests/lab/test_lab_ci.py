@@ -19,7 +19,7 @@ from lab import faults
 from lab.harness import REPO, lab_processes
 from tests.lab.leftovers import lab_cgroups, lab_dirs
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow]
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 MODES = ("combined", "traces-only", "kernel-only")
 SUITE = REPO / "lab" / "scenarios" / "ci.yaml"
