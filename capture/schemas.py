@@ -15,6 +15,8 @@ MAX_CAPTURE_SECONDS = 120.0
 MIN_CAPTURE_SECONDS = 1.0
 MAX_BASELINE_SECONDS = 600.0
 MAX_TARGET_ITEMS = 64
+# The peer a probe reports for a connection whose socket it never saw (in a result's ``top`` lists).
+UNKNOWN_PEER = "unknown"
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
 

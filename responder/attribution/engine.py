@@ -25,8 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from capture.probes.tls_http import UNKNOWN_PEER
-from capture.schemas import CaptureResult, ProbeResult
+from capture.schemas import UNKNOWN_PEER, CaptureResult, ProbeResult
 from responder.attribution.rules import (
     KERNEL_RULES,
     MIN_RATIO,

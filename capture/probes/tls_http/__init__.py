@@ -17,6 +17,7 @@ import sys
 from capture import procmaps
 from capture.identity import ResolvedTarget, target_pids
 from capture.probes.base import Probe, ProbeAttachError, RawSnapshot, bump, peer_str, slot_upper
+from capture.schemas import UNKNOWN_PEER
 
 LIBSSL = re.compile(r"^libssl\.so")
 
@@ -32,9 +33,6 @@ SYMBOLS = {
 # Bounds on seeding already-open connections' peers from /proc.
 MAX_SEEDED_PROCESSES = 256
 MAX_SEEDED_FDS = 4096
-
-UNKNOWN_PEER = "unknown"
-
 
 def peer_label(peer) -> str:
     """``addr:port``, or "unknown" for a connection whose socket was never seen (family 0)."""
