@@ -32,14 +32,15 @@ LINK_KINDS = ("alert", "runbook", "incident", "prometheus", "grafana", "trace")
 
 def root_state(incident: dict[str, Any]) -> str:
     """The state an incident is in: capturing, attributed, abstained, failed or resolved."""
-    if incident.get("status") == "resolved":
+    return _state(incident.get("status"), read_verdict(incident.get("verdict")), bool(incident.get("error")))
+
+
+def _state(status: Any, verdict: Verdict | None, failed: bool) -> str:
+    if status == "resolved":
         return STATE_RESOLVED
-    verdict = incident.get("verdict")
-    if verdict:
-        return STATE_ATTRIBUTED if (as_dict(verdict) or {}).get("domains") else STATE_ABSTAINED
-    if incident.get("error"):
-        return STATE_FAILED
-    return STATE_CAPTURING
+    if verdict is not None:
+        return STATE_ATTRIBUTED if verdict.domains else STATE_ABSTAINED
+    return STATE_FAILED if failed else STATE_CAPTURING
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class IncidentView:
         truncated = as_float(inc.get("truncated_alerts"))
         return cls(
             id=str(inc.get("id") or ""), status=status,
-            state=root_state({**inc, "verdict": verdict.to_dict() if verdict else None}),
+            state=_state(status, verdict, bool(inc.get("error"))),
             alertname=alertname(inc), service=_service(labels, alerts, traces), labels=labels, alerts=alerts,
             playbook=str(inc["playbook"]) if inc.get("playbook") else None,
             error=str(inc["error"]) if inc.get("error") else None,
