@@ -9,8 +9,9 @@ import logging
 
 from responder.pipeline.stage import Context
 from responder.pipeline.thread import ThreadWriter
-from responder.render import page
+from responder.render import chart
 from responder.render import thread as render
+from responder.render.view import IncidentView
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Report:
         """The incident page's chart as a PNG reply; nothing when there is no evidence to draw."""
         inc = ctx.incident
         try:
-            png = await asyncio.to_thread(page.chart_png, inc.to_dict())
+            png = await asyncio.to_thread(chart.png, IncidentView.of(inc.to_dict()))
         except Exception:  # a chart bug must not hold back the rest of the thread
             log.exception("incident=%s event=chart_failed", inc.id)
             return

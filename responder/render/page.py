@@ -11,24 +11,16 @@ failed, resolved; incidents stored before evidence and links existed too):
 - the Prometheus queries, the trace dependencies and exemplar traces, the kernel capture and its
   own cost, and the alerts.
 
-No external assets and no JavaScript: the CSS is inline and the chart is inline SVG drawn with
-matplotlib's object API (never pyplot, whose global figure registry is not thread-safe; the server
-renders pages in worker threads). Every value taken from the incident is HTML-escaped and only
+No external assets and no JavaScript: the CSS is inline and the chart is inline SVG
+(``responder.render.chart``). Every value taken from the incident is HTML-escaped and only
 http(s) URLs become links. It renders an ``IncidentView`` (``responder.render.view``), which also
 words the numbers, so they read as in the chat thread.
 """
 from __future__ import annotations
 
 import html
-import io
 import logging
-import math
-import re
-import textwrap
-import threading
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -39,32 +31,15 @@ from responder.model.evidence import (
     DependencyWindow,
     PrometheusEvidence,
     QueryResult,
-    Series,
     TraceEvidence,
     Window,
     as_dict,
 )
-from responder.model.verdict import Evidence, Hypothesis
-from responder.render.view import IncidentView, clock, duration, num, pct, rose, unit
+from responder.model.verdict import Evidence
+from responder.render import chart
+from responder.render.view import IncidentView, clock, duration, num, pct, rose
 
 log = logging.getLogger(__name__)
-
-# The chart's budget: enough to read the shape of a burn, small enough to inline (tens of KB).
-CHART_KINDS = ("burn_rate", "sli")
-MAX_CHART_QUERIES = 6
-MAX_CHART_SERIES_PER_QUERY = 5
-MAX_CHART_POINTS = 240
-MAX_SIGNAL_BARS = 6  # the top hypothesis' supporting evidence
-MAX_TRACE_BARS = 2  # plus the trace dependencies whose p90 moved most
-
-BASELINE_COLOR = "#7b8794"
-INCIDENT_COLOR = "#d64545"
-WINDOW_LABEL_COLORS = {"baseline": "#3e4c59", "incident": "#a61b1b"}  # darker than the shading, to read on it
-LINE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-
-# matplotlib does not promise thread safety and the server renders pages in worker threads: one
-# chart at a time (a chart takes well under a second).
-_CHART_LOCK = threading.Lock()
 
 CSS = """
 :root{--fg:#1f2933;--muted:#616e7c;--line:#d9e2ec;--bg:#f5f7fa;--ok:#2f7d32;--bad:#c62828;--warn:#9a5b00}
@@ -263,7 +238,7 @@ def _query_row(q: QueryResult) -> str:
     err = f"<br><span class=warn>{_e(q.error)}</span>" if q.error else ""
     links = " · ".join(_a(url, label) for label, url in (("Prometheus graph", q.link),
                                                           ("Grafana", q.grafana_link)) if url)
-    moved = " up" if q.kind in CHART_KINDS and rose(q.baseline.mean, q.incident.mean) else ""
+    moved = " up" if q.kind in chart.CHART_KINDS and rose(q.baseline.mean, q.incident.mean) else ""
     return (f"<tr><td><b>{_e(q.title or q.name or 'query')}</b> <span class=kind>{_e(q.kind)}</span><br>"
             f"<code>{_e(q.expr)}</code>{err}</td>"
             f"<td class=num>{_e(num(q.baseline.mean))}</td><td class=num>{_e(num(q.baseline.max))}</td>"
@@ -430,223 +405,19 @@ def _footer(view: IncidentView) -> str:
 # the chart
 
 
-@dataclass
-class _Line:
-    label: str
-    kind: str  # burn_rate | sli
-    points: list[tuple[float, float]]
-
-
-@dataclass
-class _Bar:
-    label: str
-    baseline: float | None
-    incident: float | None
-    unit: str
-
-
-def _chart_inputs(view: IncidentView) -> tuple[list[_Line], list[_Bar], str, str]:
-    """(series, bars, why Prometheus is missing, top domain): what both chart panels draw."""
-    top = view.hypotheses[0] if view.hypotheses else None
-    return (_chart_lines(view.prometheus), _chart_bars(top, view.traces), _prometheus_absence(view.prometheus),
-            top.domain if top else "")
-
-
 def _chart_section(view: IncidentView) -> str:
-    lines, bars, absent, domain = _chart_inputs(view)
-    if not lines and not bars:
-        inner = f"<p class=empty>no evidence yet</p><p class=note>{_e(absent)}</p>"
-    else:
-        try:
-            with _CHART_LOCK:
-                inner = _draw_chart(lines, bars, view.prometheus, absent, domain)
-        except Exception as e:  # a chart bug must not take the rest of the page down with it
-            log.exception("incident=%s event=chart_failed", view.id)
-            inner = f"<p class=warn>The chart could not be drawn: {_e(repr(e))}</p>"
+    try:
+        inner = chart.svg(view)
+    except Exception as e:  # a chart bug must not take the rest of the page down with it
+        log.exception("incident=%s event=chart_failed", view.id)
+        inner = f"<p class=warn>The chart could not be drawn: {_e(repr(e))}</p>"
+    if inner is None:
+        inner = f"<p class=empty>no evidence yet</p><p class=note>{_e(chart.prometheus_absence(view.prometheus))}</p>"
     caption = ("Top: Prometheus burn-rate and SLI series; the shaded spans are the baseline and incident windows. "
                "Bottom: the top hypothesis' supporting signals and the trace dependencies whose p90 moved most, "
                "baseline vs incident, each scaled to its larger value and labelled with the real one.")
     return _section("Chart", "chart-section", f"<figure id=chart>{inner}<figcaption class=note>{_e(caption)}"
                                               "</figcaption></figure>")
-
-
-def _prometheus_absence(prom: PrometheusEvidence | None) -> str:
-    if prom is None:
-        return "No Prometheus evidence was gathered."
-    if not prom.reachable:
-        return f"Prometheus could not be reached: {prom.error or 'no error given'}"
-    return "Prometheus returned no burn-rate or SLI series for the windows."
-
-
-def _chart_lines(prom: PrometheusEvidence | None) -> list[_Line]:
-    if prom is None or not prom.reachable:
-        return []
-    out = []
-    for q in [q for q in prom.queries if q.kind in CHART_KINDS][:MAX_CHART_QUERIES]:
-        series = q.series[:MAX_CHART_SERIES_PER_QUERY]
-        varying = _varying_labels(series)
-        for s in series:
-            if not s.points:
-                continue
-            stride = math.ceil(len(s.points) / MAX_CHART_POINTS)
-            extra = ", ".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k in varying)
-            out.append(_Line(f"{q.label} {{{extra}}}" if extra else q.label, q.kind, s.points[::stride]))
-    return out
-
-
-def _varying_labels(series: list[Series]) -> set[str]:
-    """Label names whose values differ between the series: what tells the lines apart in the legend."""
-    keys = {k for s in series for k in s.labels}
-    return {k for k in keys if len({s.labels.get(k) for s in series}) > 1}
-
-
-def _chart_bars(top: Hypothesis | None, traces: TraceEvidence | None) -> list[_Bar]:
-    bars = [_Bar(ev.signal or ev.summary or "?", ev.baseline, ev.incident, ev.unit)
-            for ev in (top.supporting if top else [])[:MAX_SIGNAL_BARS]
-            if ev.baseline is not None or ev.incident is not None]
-    moved = sorted((d for d in (traces.dependencies if traces else []) if d.p90_change > 0),
-                   key=lambda d: -d.p90_change)[:MAX_TRACE_BARS]
-    return bars + [_Bar(f"{d.kind} {d.name} p90", d.baseline.p90_ms if d.baseline else None,
-                        d.incident.p90_ms if d.incident else None, "ms") for d in moved]
-
-
-def chart_png(incident: dict[str, Any]) -> bytes | None:
-    """The incident page's chart as a PNG (for a chat thread); None when there is no evidence to draw."""
-    view = IncidentView.of(incident)
-    lines, bars, absent, domain = _chart_inputs(view)
-    if not lines and not bars:
-        return None
-    with _CHART_LOCK:
-        return _render(lines, bars, view.prometheus, absent, domain, "png")
-
-
-def _render(lines: list[_Line], bars: list[_Bar], prom: PrometheusEvidence | None, absent: str, domain: str,
-            fmt: str) -> bytes:
-    """Both panels, burn rate / SLI over the windows above and the key signals below, as ``fmt``."""
-    # Imported here: matplotlib costs most of a second to import, and only pages with evidence need it.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 7.2), layout="constrained")
-    FigureCanvasAgg(fig)  # this figure's own canvas: no pyplot, no process-wide backend switch
-    top, bottom = fig.subplots(2, 1, height_ratios=[1.15, 1])
-    _draw_series(top, lines, prom, absent)
-    _draw_bars(bottom, bars, domain)
-    buf = io.BytesIO()
-    # no date: the same incident gives the same file
-    fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else {}, dpi=100)
-    return buf.getvalue()
-
-
-def _draw_chart(lines: list[_Line], bars: list[_Bar], prom: PrometheusEvidence | None, absent: str,
-                domain: str) -> str:
-    """Both panels as an inline ``<svg>`` element (no XML prolog)."""
-    svg = _render(lines, bars, prom, absent, domain, "svg").decode("utf-8")
-    svg = svg[svg.index("<svg"):]
-    return svg.replace("<svg ", '<svg role="img" aria-label="incident chart" ', 1)
-
-
-def _draw_series(ax: Any, lines: list[_Line], prom: PrometheusEvidence | None, absent: str) -> None:
-    from matplotlib import dates as mdates
-
-    ax.set_title("Prometheus: burn rate and SLI", loc="left", fontsize=11)
-    if not lines:
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, _mpl(textwrap.fill(absent, 90)), ha="center", va="center", transform=ax.transAxes,
-                color="#616e7c", fontsize=11)
-        return
-    burn = [line for line in lines if line.kind == "burn_rate"]
-    sli = [line for line in lines if line.kind == "sli"]
-    # Burn rates (multiples) and SLI ratios (0..1) differ in scale: SLIs get their own axis when both show.
-    sli_ax = ax.twinx() if burn and sli else ax
-    for n, line in enumerate(burn + sli):
-        target = ax if line.kind == "burn_rate" else sli_ax
-        target.plot([_dt(t) for t, _ in line.points], [v for _, v in line.points], lw=1.6,
-                    color=LINE_COLORS[n % len(LINE_COLORS)], ls="-" if line.kind == "burn_rate" else "--",
-                    label=_legend_label(line.label + (" (right axis)" if target is not ax else "")))
-    if burn:
-        ax.axhline(1.0, color="#52606d", lw=0.8, ls=":", label="burn rate 1: budget spent in exactly the SLO period")
-        ax.set_ylabel("burn rate (×)")
-    if sli:
-        sli_ax.set_ylabel("SLI ratio")
-    for a in {ax, sli_ax}:  # headroom at the top for the window labels
-        low, high = a.get_ylim()
-        a.set_ylim(low, high + (high - low) * 0.12)
-    for key, color in (("baseline", BASELINE_COLOR), ("incident", INCIDENT_COLOR)):
-        w = getattr(prom, key) if prom is not None else None
-        start, end = (w.start, w.end) if w is not None else (None, None)
-        if start is not None and end is not None and end > start:
-            ax.axvspan(_dt(start), _dt(end), color=color, alpha=0.16, lw=0)
-            ax.text(_dt((start + end) / 2), 0.97, f"{key} window", transform=ax.get_xaxis_transform(),
-                    ha="center", va="top", fontsize=9, color=WINDOW_LABEL_COLORS[key], fontweight="bold")
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=UTC))
-    ax.set_xlabel("time (UTC)", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    if sli_ax is not ax:
-        more = sli_ax.get_legend_handles_labels()
-        handles, labels = handles + more[0], labels + more[1]
-    # Below the plot, so it hides neither the lines nor the window labels.
-    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
-
-
-def _draw_bars(ax: Any, bars: list[_Bar], domain: str) -> None:
-    title = "Key signals, baseline vs incident" + (f": evidence for {domain}" if domain else "")
-    ax.set_title(_mpl(title), loc="left", fontsize=11)
-    if not bars:
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, "No baseline-vs-incident signals yet", ha="center", va="center", transform=ax.transAxes,
-                color="#616e7c", fontsize=11)
-        return
-    width = 0.38
-    xs = list(range(len(bars)))
-    # Each signal scaled to the larger of its two values, so milliseconds and rates share one axis.
-    scales = [max(abs(bar.baseline or 0.0), abs(bar.incident or 0.0)) or 1.0 for bar in bars]
-    low = 0.0
-    for offset, side, color in ((-width / 2, "baseline", BASELINE_COLOR), (width / 2, "incident", INCIDENT_COLOR)):
-        values = [getattr(bar, side) for bar in bars]
-        heights = [0.0 if v is None else v / scale for v, scale in zip(values, scales)]
-        low = min([low, *heights])
-        drawn = ax.bar([x + offset for x in xs], heights, width, color=color, label=side)
-        ax.bar_label(drawn, labels=[_mpl("n/a" if v is None else num(v) + unit(bar.unit))
-                                    for bar, v in zip(bars, values)], fontsize=7, padding=2)
-    ax.set_xticks(xs, labels=[_mpl(_wrap(bar.label, 22)) for bar in bars], fontsize=8)
-    ax.set_yticks([])
-    ax.set_ylim(low * 1.2 - 0.02, 1.25)
-    ax.set_ylabel("scaled to the larger value", fontsize=9)
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
-    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8, frameon=False)  # beside the title
-
-
-def _wrap(text: str, width: int) -> str:
-    """Lines of at most ``width`` characters, broken after ``.``, ``_``, ``/`` or a space where possible:
-    signal names (``tcp_retrans.retransmits_per_s``) have no spaces for textwrap to break at."""
-    lines = [""]
-    for token in re.split(r"(?<=[._/ ])", text):
-        if lines[-1] and len(lines[-1]) + len(token) > width:
-            lines.append("")
-        while len(lines[-1]) + len(token) > width:  # longer than a line: cut where it must be
-            room = width - len(lines[-1])
-            lines[-1] += token[:room]
-            token = token[room:]
-            lines.append("")
-        lines[-1] += token
-    return "\n".join(line.strip() for line in lines if line.strip())
-
-
-def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
-
-
-def _mpl(text: str) -> str:
-    """Text for matplotlib as it is: a ``$`` would otherwise start mathtext (and can fail to parse)."""
-    return str(text).replace("$", r"\$")
-
-
-def _legend_label(text: str) -> str:
-    # matplotlib hides legend entries whose label starts with "_".
-    return _mpl(textwrap.shorten(text, 70, placeholder="…")).lstrip("_") or "series"
 
 
 # ---------------------------------------------------------------------------------------------
