@@ -20,6 +20,7 @@ from capture import kube
 from capture.agent import CaptureAgent
 from capture.client import HttpAgentClient, LocalAgentClient
 from capture.probes import CATALOG
+from common.aio import cancel_all, wait_set
 from responder.config import ConfigError, Settings
 from responder.delivery.outbox import Deliverer
 from responder.delivery.sinks.base import ChatSink
@@ -142,10 +143,7 @@ class Responder:
                 await asyncio.sleep(CLAIM_RETRY_S)
                 continue
             if job is None:
-                try:
-                    await asyncio.wait_for(self.wake_workers.wait(), timeout=2.0)
-                except TimeoutError:
-                    pass
+                await wait_set(self.wake_workers, 2.0)
                 self.wake_workers.clear()
                 continue
             log.info("incident=%s event=job_start job=%s kind=%s worker=%s attempt=%s", job.incident_id, job.id,
@@ -236,9 +234,7 @@ class Responder:
     async def stop(self) -> None:
         if self.slack_app is not None:
             await self.slack_app.stop()
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_all(self.tasks)
         await self.agent.close()
         await self.traces.close()
         for s in self.sinks.values():

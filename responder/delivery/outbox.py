@@ -31,6 +31,7 @@ from typing import Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 from tenacity.stop import stop_base
 
+from common.aio import wait_set
 from responder.delivery.sinks.base import ChatSink, SinkPermanentError, SinkRetryableError, ThreadRef
 from responder.render.thread import Message
 from responder.store.base import OutboxMessage, StoreBase, StoreError
@@ -109,10 +110,7 @@ class Deliverer:
                 await self.deliver_pending()
             except StoreError as e:  # the store is away: nothing can be claimed or recorded now
                 log.warning("event=delivery_store_error error=%s", e)
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout=self.poll_s)
-            except TimeoutError:
-                pass
+            await wait_set(self.wake, self.poll_s)
             self.wake.clear()
 
     async def deliver_pending(self) -> int:

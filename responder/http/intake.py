@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from common.aio import get_within
 from responder.health import Health
 from responder.store.base import AcceptResult, NotificationLike, StoreBase, StoreError, StoreUnavailable
 
@@ -64,9 +65,8 @@ class IntakeWriter:
     async def run(self) -> None:
         while True:
             self.health.progress("intake")
-            try:
-                first = await asyncio.wait_for(self._queue.get(), timeout=5.0)
-            except TimeoutError:
+            first = await get_within(self._queue, 5.0)
+            if first is None:
                 continue  # idle: still alive
             batch = [first]
             alerts = first.alerts
