@@ -37,7 +37,7 @@ async def get_within(queue: asyncio.Queue[T], timeout_s: float) -> T | None:
 
 
 async def cancel_all(tasks: Sequence[asyncio.Task], patience_s: float = 10.0) -> None:
-    """Cancel ``tasks`` and wait until each is done, cancelling again every second a task is still
+    """Cancel ``tasks`` and wait until each is done, cancelling again every quarter second a task is still
     running (a cancel request can be lost), for at most ``patience_s`` seconds."""
     pending = {t for t in tasks if not t.done()}
     loop = asyncio.get_running_loop()
@@ -45,7 +45,7 @@ async def cancel_all(tasks: Sequence[asyncio.Task], patience_s: float = 10.0) ->
     while pending and loop.time() < deadline:
         for t in pending:
             t.cancel()
-        _, pending = await asyncio.wait(pending, timeout=min(1.0, max(0.0, deadline - loop.time())))
+        _, pending = await asyncio.wait(pending, timeout=min(0.25, max(0.0, deadline - loop.time())))
     for t in tasks:
         if t.done() and not t.cancelled():
             t.exception()  # retrieved: an ended loop was logged where it ended
