@@ -37,8 +37,8 @@ async def get_within(queue: asyncio.Queue[T], timeout_s: float) -> T | None:
 
 
 async def cancel_all(tasks: Sequence[asyncio.Task], patience_s: float = 10.0) -> None:
-    """Cancel ``tasks`` and wait until each is done, cancelling again every quarter second a task is still
-    running (a cancel request can be lost), for at most ``patience_s`` seconds."""
+    """Cancel ``tasks`` and wait until each is done, cancelling again every quarter second while
+    one still runs (a cancel request can be lost), for at most ``patience_s`` seconds."""
     pending = {t for t in tasks if not t.done()}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience_s
