@@ -99,6 +99,7 @@ def measure(served: Served, direct: bool, alerts: int, deployments: int) -> dict
     if direct:
         cluster.pods = DirectReads("pods", client.CoreV1Api(api).list_pod_for_all_namespaces)
         cluster.replicasets = DirectReads("replicasets", client.AppsV1Api(api).list_replica_set_for_all_namespaces)
+        cluster.jobs = DirectReads("jobs", client.BatchV1Api(api).list_job_for_all_namespaces)
     before = len(served.standin.requests)
     lat = storm(cluster, alerts, deployments)
     requests = served.standin.requests[before:]
