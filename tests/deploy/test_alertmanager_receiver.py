@@ -30,7 +30,7 @@ def test_receiver_posts_to_the_responders_service():
     svc = m.one("Service", "llmslo-responder")
     [port] = svc["spec"]["ports"]
     path = "/webhook/alertmanager"
-    assert path in registered_routes(REPO / "responder" / "app.py", "post")
+    assert path in registered_routes(REPO / "responder" / "http" / "api.py", "post")
     host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc"
     assert webhook()["url"] == f"http://{host}:{port['port']}{path}"
     assert webhook()["send_resolved"] is True

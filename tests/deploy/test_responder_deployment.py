@@ -56,7 +56,7 @@ def test_responder_serves_on_its_port_and_probes_its_health_endpoint(manifests):
     c = container_of(manifests.responder)
     assert c["command"] == ["llmslo", "serve", "--host", "0.0.0.0", "--port", str(RESPONDER_PORT)]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": RESPONDER_PORT}
-    assert "/healthz" in registered_routes(REPO / "responder" / "app.py", "get")
+    assert "/healthz" in registered_routes(REPO / "responder" / "http" / "api.py", "get")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
 
