@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 
+import aiohttp
 import pytest
 
 from lab.cgroups import WorkloadCgroup
@@ -159,14 +160,18 @@ async def test_an_alert_naming_a_deployment_is_captured_on_both_nodes_of_its_pod
         assert per_pod["chat-7d9f-a"] >= 10 and per_pod["chat-7d9f-b"] >= 10 and per_pod["chat-7d9f-c"] == 0
         assert per_pod["chat-7d9f-a"] + per_pod["chat-7d9f-b"] == connect["counters"]["established"]
 
-        # The thread names the pods and the node without an agent.
+        # The thread counts the pods and names the node without an agent; the incident page lists
+        # every pod with its workload and node.
         text = await thread_text(responder, inc)
-        for needle in ("Kernel capture of 3 pod(s) on 2 of 3 node(s)",
-                       "Pod llm/chat-7d9f-a (Deployment chat) on node node-a",
-                       "Pod llm/chat-7d9f-b (Deployment chat) on node node-b",
-                       "Pod llm/chat-7d9f-c (Deployment chat) on node node-c: not captured",
+        for needle in ("Kernel capture of 3 pod(s) on 2 of 3 node(s)", "1 pod(s) not captured",
                        "Node node-c: no agent: no capture agent pod on node node-c"):
             assert needle in text, (needle, text)
+        async with aiohttp.ClientSession(headers=responder.headers()) as http:
+            async with http.get(f"{responder.url}/incidents/{inc['id']}") as r:
+                page = await r.text()
+        for pod, node in (("a", "node-a"), ("b", "node-b"), ("c", "node-c")):
+            assert f"<code>llm/chat-7d9f-{pod}</code> (Deployment chat) on <code>{node}</code>" in page, pod
+        assert "chat-7d9f-c</code> (Deployment chat) on <code>node-c</code> — not captured" in page
     finally:
         responder.stop()
         for a in agents:
