@@ -597,7 +597,7 @@ class LabStack:
     async def _histogram_quantiles(self, metric: str, window_s: float, quantiles) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
         for q in quantiles:
-            res = await self.query(f"histogramquantile({q}, sum by (le) (rate({metric}_bucket[{int(window_s)}s])))")
+            res = await self.query(f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket[{int(window_s)}s])))")
             v = float(res[0]["value"][1]) if res else None
             out[f"p{round(q * 100)}"] = None if v is None or math.isnan(v) else v
         return out
