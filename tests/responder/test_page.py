@@ -537,8 +537,8 @@ async def test_browser_renders_the_page_with_basic_auth(served, tmp_path, caplog
     assert "How: named: provider_throttling 81% ≥ 50% and leads provider_latency 34% by 47 points" in verdict
     table = page.text("evidence")
     hyps = incident("attributed")["verdict"]["hypotheses"]
-    rows = len(hyps) + sum(len(h["supporting"]) + len(h["contradicting"]) for h in hyps)
-    assert page.inner("evidence", "tr") == 1 + rows
+    rows = len(hyps) + sum(len(h["supporting"]) + len(h["contradicting"]) + bool(h["arithmetic"]) for h in hyps)
+    assert page.inner("evidence", "tr") == 1 + rows  # a row per hypothesis, its arithmetic and its evidence
     assert "The provider answers 429 at 2.4/s" in table and "No rise in TCP retransmits" in table
     assert page.inner("chart", "svg") == 1 and page.inner("chart", "path") > 50
     assert "TTFT burn rate, 1h" in page.text("prometheus") and "api.openai.com chat" in page.text("traces")
