@@ -37,7 +37,7 @@ from responder.model.evidence import (
 )
 from responder.model.verdict import Evidence
 from responder.render import chart
-from responder.render.view import IncidentView, clock, duration, num, pct, rose
+from responder.render.view import IncidentView, capture_problems, clock, duration, num, pct, rose
 
 log = logging.getLogger(__name__)
 
@@ -296,8 +296,8 @@ def _side(window: DependencyWindow | None, value: float | None) -> str:
 def _windows_line(baseline: Window | None, incident: Window | None) -> str:
     parts = []
     for name, w in (("baseline", baseline), ("incident", incident)):
-        if w is not None and w.seconds is not None and w.start is not None and w.end is not None:
-            parts.append(f"{name} {clock(w.start)} → {clock(w.end)} UTC ({duration(w.seconds)})")
+        if w is not None and w.seconds is not None:  # set only with both ends, in order
+            parts.append(f"{name} {clock(w.start or 0)} → {clock(w.end or 0)} UTC ({duration(w.seconds)})")
     return f"<p class=note>Windows: {_e('; '.join(parts))}.</p>" if parts else ""
 
 
@@ -346,13 +346,7 @@ def _capture_section(view: IncidentView) -> str:
     if capture.processes:
         facts.append(("Processes", "<br>".join(f"pid {_e(p.get('pid', '?'))} <code>{_e(p.get('comm') or '?')}</code> "
                                                 f"{_e(p.get('exe') or '')}" for p in capture.processes[:10])))
-    problems = list(capture.errors)
-    for label, results in (("", capture.incident), (" (baseline)", capture.baseline)):
-        for name, pr in results.items():
-            problems += [f"{name}{label}: {what}" for what in (
-                f"error: {pr.error}" if pr.error else None,
-                f"truncated: {pr.truncated}" if pr.truncated else None,
-                f"{num(pr.lost)} events lost" if pr.lost else None) if what]
+    problems = capture_problems(capture)
     body = "<dl class=facts>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
     if problems:
         body += "<h3>Probe problems</h3><ul class=plain>" + "".join(f"<li>{_e(p)}</li>" for p in problems) + "</ul>"

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from capture.schemas import CaptureResult, ProbeResult
+from capture.schemas import CaptureResult
 from responder.model import adhoc
 from responder.model.verdict import Evidence, Verdict
 from responder.playbooks import PIN_LABEL
@@ -32,6 +32,7 @@ from responder.render.view import (
     STATE_FAILED,
     STATE_RESOLVED,
     IncidentView,
+    capture_problems,
     change,
     clock,
     duration,
@@ -324,10 +325,7 @@ def _capture_md(capture: CaptureResult | None) -> str:
                 md += f"\nWorkload: {_esc(', '.join(named))}"
     if capture.baseline_note:
         md += f"\nBaseline: {_esc(capture.baseline_note)}"
-    problems = list(capture.errors)
-    for label, results in (("", capture.incident), (" (baseline)", capture.baseline)):
-        for name, pr in results.items():
-            problems += [f"{name}{label}: {p}" for p in _probe_problems(pr)]
+    problems = capture_problems(capture)
     if problems:
         listed = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
         more = f"; and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
@@ -362,17 +360,6 @@ def concentrated(pods: list[dict[str, Any]]) -> list[str]:
             out.append(f"{share:.0%} of {k} ({total:,.0f}) in pod {top['namespace']}/{top['name']} "
                        f"on {top.get('node') or '?'}")
     return out[:MAX_CONCENTRATED]
-
-
-def _probe_problems(pr: ProbeResult) -> list[str]:
-    out = []
-    if pr.error:
-        out.append(f"error: {pr.error}")
-    if pr.truncated:
-        out.append(f"truncated: {pr.truncated}")
-    if pr.lost:
-        out.append(f"{pr.lost:,} events lost")
-    return out
 
 
 def _links_md(view: IncidentView, runbooks: list[dict[str, Any]], page: str) -> str:

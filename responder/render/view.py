@@ -198,6 +198,19 @@ def read_capture(value: Any) -> CaptureResult | None:
         nodes=as_dicts(d.get("nodes")), pods=as_dicts(d.get("pods")))
 
 
+def capture_problems(capture: CaptureResult) -> list[str]:
+    """What went wrong capturing: the capture's own errors, then each probe's error, truncation
+    and lost events, in the incident window and then the baseline."""
+    problems = list(capture.errors)
+    for label, results in (("", capture.incident), (" (baseline)", capture.baseline)):
+        for name, pr in results.items():
+            problems += [f"{name}{label}: {what}" for what in (
+                f"error: {pr.error}" if pr.error else None,
+                f"truncated: {pr.truncated}" if pr.truncated else None,
+                f"{pr.lost:,} events lost" if pr.lost else None) if what]
+    return problems
+
+
 def alertname(incident: dict[str, Any]) -> str:
     name = (as_dict(incident.get("labels")) or {}).get("alertname")
     if not name:
