@@ -5,6 +5,7 @@
     llmslo lab compare DIR... [-o FILE]
     llmslo lab calibrate DIR -o FILE
     llmslo lab pack DIR
+    llmslo lab generate --seed S --count N [-o FILE]
 
 Every mode comes from one run: the evidence of each case is stored, and each mode re-attributes
 it (``lab.scorecard``). One mode writes ``DIR/scorecard.*``; several write ``DIR/<mode>/scorecard.*``
@@ -51,7 +52,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise LabCliError(str(e)) from None
     out = Path(args.out)
     cases_dir = out / "cases"
-    done = {p.stem for p in cases_dir.glob("*.json")} if cases_dir.is_dir() else set()
+    # A case whose baseline was unhealthy is run again on --resume: it was never scored.
+    done = {p.stem for p in cases_dir.glob("*.json") if not scorecard.is_invalid_file(p)} if cases_dir.is_dir() \
+        else set()
     if done and not args.resume:
         raise LabCliError(f"run: {cases_dir} already holds {len(done)} case(s); choose another --out, or --resume "
                           "to run only the scenarios it lacks")
@@ -152,6 +155,31 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """A randomized scenario file (``lab.generate``) on stdout or in ``-o FILE``."""
+    from lab.generate import MAX_COUNT, render
+
+    if args.seed < 0:
+        raise LabCliError(f"generate: --seed must be a non-negative integer, got {args.seed}")
+    if not 1 <= args.count <= MAX_COUNT:
+        raise LabCliError(f"generate: --count must be in 1..{MAX_COUNT}, got {args.count}")
+    text = render(args.seed, args.count)
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    target = Path(args.output)
+    if target.exists() and not args.force:
+        raise LabCliError(f"generate: {target} exists; choose another -o, or --force to replace it")
+    try:
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(target)
+    except OSError as e:
+        raise LabCliError(f"generate: cannot write {target}: {e.strerror or e}") from None
+    print(f"llmslo lab: {args.count} scenario(s) from seed {args.seed} written to {target}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="llmslo lab", description="The attribution lab: real faults, a scorecard, the ablation.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -187,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "read either)")
     pk.add_argument("dir", help="run directory with cases/")
     pk.set_defaults(func=cmd_pack)
+
+    g = sub.add_parser("generate", help="draw a randomized scenario file: kinds, strengths around the paging "
+                       "threshold, pairs of faults, controls, timings and load levels")
+    g.add_argument("--seed", type=int, required=True, help="what to draw from; the same seed gives the same file")
+    g.add_argument("--count", type=int, required=True, help="how many scenarios")
+    g.add_argument("-o", "--output", help="file to write (default: stdout)")
+    g.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    g.set_defaults(func=cmd_generate)
     return p
 
 

@@ -307,8 +307,10 @@ class ConnectionResetFault(Fault):
 
 
 @dataclass
-class NetworkDelayFault(Fault):
-    """Every chunk on the path to ``target`` waits ``delay_ms`` ± ``jitter_ms`` in each direction."""
+class MiddleboxDelayFault(Fault):
+    """A slow middlebox (egress proxy, gateway) on the path to ``target``: every chunk it relays
+    waits ``delay_ms`` ± ``jitter_ms`` in each direction. The middlebox acknowledges at once, so
+    the service's own sockets keep loopback round-trip times: only the calls' latency shows it."""
 
     async def _apply(self, stack):
         await stack.proxies[self.params["target"]].set_delay(self.params["delay_ms"], self.params["jitter_ms"])
@@ -381,6 +383,46 @@ class MemoryPressureFault(Fault):
 
 
 @dataclass
+class NoisyNeighborFault(Fault):
+    """``workers`` busy processes in a cgroup of their own beside the service's (another pod on
+    the node): the service keeps its cgroup, but waits for CPUs the neighbour holds."""
+
+    cgroup: WorkloadCgroup | None = field(default=None, init=False)
+    contention: CpuContention | None = field(default=None, init=False)
+
+    async def _apply(self, stack):
+        from lab.harness import die_with_parent
+        self.cgroup = WorkloadCgroup("neighbor").create()  # named with this pid: swept if left
+        self.contention = CpuContention(self.cgroup, self.params["workers"], preexec_fn=die_with_parent)
+        self.contention.__enter__()
+
+    async def _clear(self, stack):
+        if self.contention is not None:
+            self.contention.__exit__()
+            self.contention = None
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
+
+
+@dataclass
+class TrafficSurgeFault(Fault):
+    """Demand, not a fault: the load's rate × ``factor`` until cleared (a launch, a retry storm
+    upstream, a crawler). Every dependency slows in proportion; no other domain has a cause."""
+
+    before_rps: float | None = field(default=None, init=False)
+
+    async def _apply(self, stack):
+        self.before_rps = stack.load_rps
+        stack.set_load_rps(self.before_rps * self.params["factor"])
+
+    async def _clear(self, stack):
+        if self.before_rps is not None:
+            stack.set_load_rps(self.before_rps)
+            self.before_rps = None
+
+
+@dataclass
 class ServiceRestartFault(Fault):
     """The service is stopped (SIGTERM) and its supervisor starts it again; nothing to clear."""
 
@@ -412,9 +454,9 @@ def _kinds() -> dict[str, FaultKind]:
     table = [
         ("packet_loss", "network", {"target": _TARGET, "percent": Param(float, min=0.01, max=100)},
          _of(PacketLossFault), PacketLossFault.__doc__),
-        ("network_delay", "network", {"target": _TARGET, "delay_ms": Param(int, min=0, max=60_000),
-                                      "jitter_ms": Param(int, False, 0, min=0, max=60_000)},
-         _of(NetworkDelayFault), NetworkDelayFault.__doc__),
+        ("middlebox_delay", "network", {"target": _TARGET, "delay_ms": Param(int, min=0, max=60_000),
+                                        "jitter_ms": Param(int, False, 0, min=0, max=60_000)},
+         _of(MiddleboxDelayFault), MiddleboxDelayFault.__doc__),
         ("connection_reset", "network", {"target": _TARGET, "fraction": _FRACTION},
          _of(ConnectionResetFault), ConnectionResetFault.__doc__),
         ("dns_delay", "dns", {"delay_ms": Param(int, min=0, max=60_000)},
@@ -453,6 +495,10 @@ def _kinds() -> dict[str, FaultKind]:
         ("policy_block", "policy_layer", {"fraction": _FRACTION},
          _knobs("policy", lambda p: {"policy_block_fraction": p["fraction"]}),
          "the service's guardrail blocks fraction of requests (fail closed: HTTP 503)"),
+        ("noisy_neighbor", "app_cpu", {"workers": Param(int, min=1, max=32)},
+         _of(NoisyNeighborFault), NoisyNeighborFault.__doc__),
+        ("traffic_surge", "traffic", {"factor": Param(float, min=1.1, max=20)},
+         _of(TrafficSurgeFault), TrafficSurgeFault.__doc__),
         # no ground-truth domain: a restart is not a fault the responder should name
         ("service_restart", None, {}, _of(ServiceRestartFault), ServiceRestartFault.__doc__),
     ]

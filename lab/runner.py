@@ -2,7 +2,12 @@
 
 Per scenario:
 
-1. **baseline**: load only, ``baseline_s``;
+1. **baseline**: load only, ``baseline_s``; then the baseline is checked against the stack's
+   first healthy one (``check_baseline``: no fault left, no page alert, error share and p90
+   latency near the reference). An unhealthy baseline is extended while it recovers (up to
+   ``BASELINE_WAIT_S``), then the service is restarted once; if it is still unhealthy, the case
+   is recorded as ``invalid`` with the reasons, its faults are not injected, and the scorecard
+   counts it apart instead of scoring it;
 2. **faults**: each fault applied at its ``start_s`` and cleared at its ``stop_s`` (offsets into
    the phase); meanwhile the responder's ``GET /api/incidents`` is polled for an incident that a
    real alert opened after the first fault's onset;
@@ -42,7 +47,7 @@ from lab.scenarios import RECOVERY_S, STACK_START_S, VERDICT_TAIL_S, Scenario
 
 log = logging.getLogger("lab.runner")
 
-CASE_VERSION = 1
+CASE_VERSION = 2  # 2: baseline_check and invalid
 POLL_S = 2.0
 # How long a verdict may still take after the fault phase: the playbook's capture (10 s) and
 # evidence reads, plus a wait behind another incident's job on a 2-CPU machine.
@@ -56,6 +61,19 @@ INCIDENT_PAGE = 10
 # trace evidence, so an undetected case is investigated like a detected latency incident.
 ADHOC_PLAYBOOK = "llm-latency-burn"
 ADHOC_REASON = "lab: no alert fired during the fault phase"
+
+
+# A baseline is healthy when, over its window, at most this share of requests failed (or
+# REFERENCE_FACTOR x the reference's share, if that is higher)...
+BASELINE_MAX_ERROR_SHARE = 0.02
+# ...its p90 latency is at most REFERENCE_FACTOR x the reference's, or the reference's plus
+# BASELINE_LATENCY_SLACK_S (the lab's rates differ from case to case; a healthy p90 is 0.3-0.6 s)...
+REFERENCE_FACTOR = 2.0
+BASELINE_LATENCY_SLACK_S = 0.3
+# ...and requests were sent at all. An unhealthy baseline is extended by BASELINE_STEP_S at a
+# time, at most BASELINE_WAIT_S, before the service is restarted once.
+BASELINE_WAIT_S = 90.0
+BASELINE_STEP_S = 10.0
 
 
 class StackBroken(RuntimeError):
@@ -216,6 +234,43 @@ def first_incident(incidents: list[dict[str, Any]], onset: float) -> dict[str, A
 
 # --- one scenario ----------------------------------------------------------------------------------
 
+def baseline_problems(summary: dict[str, Any] | None, reference: dict[str, Any] | None) -> list[str]:
+    """What is wrong with a baseline window's load (``LoadStats.summary``) against the reference
+    (the stack's first healthy baseline; None: judge by the absolute bounds alone)."""
+    if not summary or not summary.get("requests"):
+        return ["no requests were answered or sent in the baseline window"]
+    problems = []
+    errors = 1.0 - (summary.get("ok_ratio") or 0.0)
+    ref_errors = 1.0 - (reference.get("ok_ratio") or 0.0) if reference else 0.0
+    allowed = max(BASELINE_MAX_ERROR_SHARE, REFERENCE_FACTOR * ref_errors)
+    if errors > allowed:
+        problems.append(f"{errors:.1%} of baseline requests failed (allowed {allowed:.1%})")
+    p90 = (summary.get("latency_s") or {}).get("p90")
+    ref_p90 = ((reference or {}).get("latency_s") or {}).get("p90")
+    if p90 is not None and ref_p90 is not None:
+        allowed_s = max(REFERENCE_FACTOR * ref_p90, ref_p90 + BASELINE_LATENCY_SLACK_S)
+        if p90 > allowed_s:
+            problems.append(f"baseline p90 latency {p90:.2f} s over {allowed_s:.2f} s (reference {ref_p90:.2f} s)")
+    return problems
+
+
+async def check_baseline(stack, window_s: float, reference: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether the stack is as healthy as at its first baseline: no fault left on it, no page
+    alert firing or pending, and the last ``window_s`` of load near the reference."""
+    now = time.time()
+    summary = stack.load_stats.summary(since=now - window_s, until=now)
+    problems = baseline_problems(summary, reference)
+    if stack.faults:
+        problems.append("faults still applied: " + ", ".join(f.describe() for f in stack.faults))
+    knobs: list[str] = stack.knobs_changed()
+    if knobs:
+        problems.append("fault knobs not at their healthy values: " + ", ".join(knobs))
+    paging = [a for a in await stack.alerts() if _blocks_recovery(a)]
+    if paging:
+        problems.append("page alerts " + ", ".join(f"{a['labels'].get('alertname')} {a['state']}" for a in paging))
+    return {"at": now, "window_s": window_s, "healthy": not problems, "problems": problems, "load": summary}
+
+
 class CaseRun:
     """One scenario while it runs; ``rec`` becomes its case file."""
 
@@ -228,7 +283,7 @@ class CaseRun:
             "faults": [], "fault_phase_ended_at": None, "cleared_at": None, "finished_at": None,
             "trigger": None, "detected": False, "detection_s": None, "incident_id": None, "incident": None,
             "other_incidents": [], "recovered": None, "recovery_s": None, "load": {}, "service_restarts": None,
-            "notes": [], "error": None,
+            "baseline_check": None, "invalid": None, "notes": [], "error": None,
         }
 
     def note(self, text: str) -> None:
@@ -257,19 +312,57 @@ async def _wait_verdict(api: LabApi, incident_id: str, since: float, until: floa
     return inc
 
 
+async def _healthy_baseline(stack, scenario: Scenario, run: CaseRun, index: int, progress: Progress,
+                            reference: dict[str, Any]) -> bool:
+    """The baseline phase: load for ``baseline_s``, then checked (see ``check_baseline``);
+    extended while it recovers, then the service restarted once. ``reference`` holds the
+    stack's first healthy baseline (set here when empty). Records ``baseline_check``."""
+    progress.set(index, "baseline", scenario.baseline_s)
+    await asyncio.sleep(scenario.baseline_s)
+    window = scenario.baseline_s
+    check = await check_baseline(stack, window, reference.get("load"))
+    waited, restarted = 0.0, False
+    while not check["healthy"]:
+        if waited >= BASELINE_WAIT_S:
+            if restarted:
+                break
+            run.note("baseline still unhealthy after waiting: restarting the service")
+            await stack.service.restart()
+            restarted, waited = True, 0.0
+            progress.set(index, "baseline (after a restart)", window)
+            await asyncio.sleep(window)
+        else:
+            if not waited:
+                run.note("baseline unhealthy, waiting: " + "; ".join(check["problems"]))
+            progress.set(index, "baseline (extended)", BASELINE_STEP_S)
+            await asyncio.sleep(BASELINE_STEP_S)
+            waited += BASELINE_STEP_S
+        check = await check_baseline(stack, window, reference.get("load"))
+    check.update(extended_s=waited, service_restarted=restarted, reference=reference.get("case"))
+    run.rec["baseline_check"] = check
+    if check["healthy"] and not reference:
+        reference.update(case=scenario.name, load=check["load"])
+    return bool(check["healthy"])
+
+
 async def run_case(stack, api: LabApi, scenario: Scenario, index: int, progress: Progress,
-                   scenario_file: str | None = None) -> dict[str, Any]:
+                   scenario_file: str | None = None, reference: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one scenario on a running ``lab.stack.LabStack``; returns the case record (also when
-    the case failed: then ``error`` says why, and the suite goes on)."""
+    the case failed: then ``error`` says why, and the suite goes on). ``reference`` is the
+    suite's first healthy baseline, shared across its cases (filled by the first one)."""
     run = CaseRun(scenario, scenario_file)
     rec = run.rec
     restarts_before = stack.service.restarts
+    reference = reference if reference is not None else {}
     try:
         stack.set_load_rps(scenario.load_rps)
         if scenario.seed is not None and getattr(stack, "load", None) is not None:
             stack.load.rng.seed(scenario.seed)  # the same questions in the same order on a rerun
-        progress.set(index, "baseline", scenario.baseline_s)
-        await asyncio.sleep(scenario.baseline_s)
+        if not await _healthy_baseline(stack, scenario, run, index, progress, reference):
+            rec["invalid"] = "baseline not healthy: " + "; ".join(rec["baseline_check"]["problems"])
+            run.note(rec["invalid"] + " (faults not injected; the case is not scored)")
+            rec["finished_at"] = time.time()
+            return rec
         found = await _fault_phase(stack, api, scenario, run, index, progress)
 
         onset = rec["fault_onset"] or rec["fault_phase_started_at"]
@@ -446,8 +539,9 @@ async def run_suite(scenarios: list[Scenario], out: Path, scenario_file: str | N
         async with LabStack(out / "stack", load_rps=scenarios[0].load_rps, seed=scenarios[0].seed) as stack:
             assert stack.responder is not None  # started on entering
             async with LabApi(stack.responder.url, stack.responder.headers()) as api:
+                reference: dict[str, Any] = {}  # the first healthy baseline: what the others are held to
                 for i, scenario in enumerate(scenarios):
-                    case = await run_case(stack, api, scenario, i, progress, scenario_file)
+                    case = await run_case(stack, api, scenario, i, progress, scenario_file, reference)
                     write_case(out, case)
                     cases.append(case)
                     if case.get("stack_broken"):

@@ -109,6 +109,14 @@ def _case(case: Any, where: Any) -> dict[str, Any]:
     return case
 
 
+def is_invalid_file(path: Path) -> bool:
+    """Whether a stored case is marked invalid (its baseline was not healthy); unreadable: no."""
+    try:
+        return bool(json.loads(Path(path).read_text()).get("invalid"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def pack_cases(run_dir: Path) -> Path:
     """A finished run's ``cases/`` as one ``cases.jsonl.gz`` (a case per line, in the order they
     finished), checked by reading it back; then ``cases/`` is removed."""
@@ -393,11 +401,15 @@ def score(cases: list[dict[str, Any]], mode: str = "combined") -> dict[str, Any]
     """The whole scorecard (what ``scorecard.json`` holds) of ``cases`` under ``mode``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    invalid = [{"name": c["name"], "reason": c["invalid"]} for c in cases if c.get("invalid")]
+    cases = [c for c in cases if not c.get("invalid")]
     rows = [score_case(c, mode) for c in cases]
     # The ablation target needs traces-only's F1 on the same cases: re-attribution is cheap, so
     # every mode's card carries it rather than depending on which modes a run asked for.
     ref_rows = rows if mode == "traces-only" else [score_case(c, "traces-only") for c in cases]
-    return aggregate(rows, mode, scope_summary(ref_rows)["macro"]["f1_with_abstain"])
+    card = aggregate(rows, mode, scope_summary(ref_rows)["macro"]["f1_with_abstain"])
+    card["invalid"] = invalid
+    return card
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -434,6 +446,11 @@ def render_markdown(card: dict[str, Any]) -> str:
            f"{len(card['cases'])} case(s): {counts['single_fault']} single-fault, {counts['multi_fault']} multi-fault, "
            f"{counts['no_fault']} no-fault. Verdicts re-attributed from the stored evidence in `{card['mode']}` "
            "mode (how cases count: `lab/scorecard.py`).", ""]
+    invalid = card.get("invalid") or []
+    if invalid:
+        out += [f"{len(invalid)} more case(s) not scored: their baseline was not healthy "
+                "(the runner's baseline check).", ""]
+        out += [f"- {c['name']}: {c['reason']}" for c in invalid] + [""]
 
     out += ["## Targets", "", "Stated by the issue for the standard suite in combined mode.", ""]
     out += _table(["target", "goal", "measured", ""],

@@ -474,6 +474,9 @@ class LabStack:
             contention = getattr(fault, "contention", None)
             if contention is not None:
                 contention.__exit__()
+            cgroup = getattr(fault, "cgroup", None)  # a noisy neighbour's own cgroup
+            if cgroup is not None:
+                cgroup.remove()
         if self.service is not None:
             self.service.kill()
         for name, stop in (("prometheus", self.prometheus), ("alertmanager", self.alertmanager),
@@ -523,6 +526,11 @@ class LabStack:
                 await self._push(channel)
         for route in self.proxies.values():
             await route.set_delay(0, 0)
+
+    def knobs_changed(self) -> list[str]:
+        """``channel.knob`` for every fault knob not at its healthy value (a leftover fault)."""
+        return [f"{c}.{k}" for c, defaults in KNOB_DEFAULTS.items() for k, v in self.knobs[c].items()
+                if v != defaults[k]]
 
     async def set_knobs(self, channel: str, **values: Any) -> None:
         """Set some of a component's fault knobs (the others keep their value) and send them."""

@@ -18,6 +18,7 @@ DOMAINS = (
     "app_cpu",
     "app_memory",
     "policy_layer",
+    "traffic",  # demand rose: no fault, the service had more to do (it may need capacity, not a fix)
 )
 
 

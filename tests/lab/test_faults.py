@@ -29,7 +29,7 @@ async_test = pytest.mark.asyncio(loop_scope="module")
 # The lab's fault table: kind -> (ground-truth domain, parameters).
 TABLE = {
     "packet_loss": ("network", {"target", "percent"}),
-    "network_delay": ("network", {"target", "delay_ms", "jitter_ms"}),
+    "middlebox_delay": ("network", {"target", "delay_ms", "jitter_ms"}),
     "connection_reset": ("network", {"target", "fraction"}),
     "dns_delay": ("dns", {"delay_ms"}),
     "dns_failure": ("dns", {"fraction"}),
@@ -43,6 +43,8 @@ TABLE = {
     "memory_pressure": ("app_memory", {"limit_mb"}),
     "policy_latency": ("policy_layer", {"delay_ms"}),
     "policy_block": ("policy_layer", {"fraction"}),
+    "noisy_neighbor": ("app_cpu", {"workers"}),
+    "traffic_surge": ("traffic", {"factor"}),
     "service_restart": (None, set()),  # a no-fault case: no ground-truth domain
 }
 
@@ -61,8 +63,8 @@ def test_the_registry_is_the_fault_table():
     ({"kind": "packet_loss", "target": "provider"}, "percent"),
     ({"kind": "packet_loss", "target": "cache", "percent": 10}, "target"),
     ({"kind": "packet_loss", "target": "provider", "percent": 101}, "percent"),
-    ({"kind": "network_delay", "target": "retrieval", "delay_ms": "50ms"}, "delay_ms"),
-    ({"kind": "network_delay", "target": "retrieval", "delay_ms": 50, "jitter_ms": -1}, "jitter_ms"),
+    ({"kind": "middlebox_delay", "target": "retrieval", "delay_ms": "50ms"}, "delay_ms"),
+    ({"kind": "middlebox_delay", "target": "retrieval", "delay_ms": 50, "jitter_ms": -1}, "jitter_ms"),
     ({"kind": "connection_reset", "target": "provider", "fraction": 1.5}, "fraction"),
     ({"kind": "dns_delay", "delay_ms": 10.5}, "delay_ms"),
     ({"kind": "dns_failure", "fraction": True}, "fraction"),
@@ -88,7 +90,7 @@ def test_valid_faults_get_their_defaults():
     f = make_fault({"kind": "provider_overload", "fraction": 0.3})
     assert f.params == {"fraction": 0.3, "status": 529} and f.domain == "provider_throttling"
     assert (f.start_s, f.stop_s) == (0.0, None)
-    f = make_fault({"kind": "network_delay", "target": "provider", "delay_ms": 80.0, "start_s": 5, "stop_s": 20})
+    f = make_fault({"kind": "middlebox_delay", "target": "provider", "delay_ms": 80.0, "start_s": 5, "stop_s": 20})
     assert f.params == {"target": "provider", "delay_ms": 80, "jitter_ms": 0} and (f.start_s, f.stop_s) == (5, 20)
 
 
@@ -182,10 +184,10 @@ async def test_packet_loss_drops_packets_on_the_provider_path_only(healthy):
 
 
 @async_test
-async def test_network_delay_slows_the_path_it_names(healthy):
+async def test_middlebox_delay_slows_the_path_it_names(healthy):
     stack = healthy
     assert (await provider_probe(stack))[1] < 0.3
-    f = await stack.apply({"kind": "network_delay", "target": "provider", "delay_ms": 300, "jitter_ms": 50})
+    f = await stack.apply({"kind": "middlebox_delay", "target": "provider", "delay_ms": 300, "jitter_ms": 50})
     status, seconds = await provider_probe(stack)
     # TLS handshake and request: at least four one-way trips through the route, each >= 250 ms.
     assert status == 200 and seconds >= 0.95, seconds
@@ -316,6 +318,37 @@ async def test_cpu_contention_runs_busy_processes_in_the_services_cgroups(health
     await stack.clear(f)
     assert set(stack.service.cgroups.pids()) == before
     assert not any(os.path.exists(f"/proc/{p}") for p in workers)
+
+
+@async_test
+async def test_noisy_neighbor_runs_busy_processes_in_a_cgroup_beside_the_services(healthy):
+    stack = healthy
+    before = set(stack.service.cgroups.pids())
+    f = await stack.apply({"kind": "noisy_neighbor", "workers": 2})
+    workers = [p.pid for p in f.contention.procs]
+    assert len(workers) == 2 and set(workers) == set(f.cgroup.pids())
+    assert set(stack.service.cgroups.pids()) == before, "the neighbour is not in the service's cgroup"
+    assert f.cgroup.path != stack.service.cgroup_path and f.cgroup.dir.name.endswith(f"-{os.getpid()}")
+    ticks = [_cpu_ticks(p) for p in workers]
+    await asyncio.sleep(1.0)
+    assert all(_cpu_ticks(p) > t for p, t in zip(workers, ticks)), "the workers are not busy"
+    cgroup_dir = f.cgroup.dir
+    await stack.clear(f)
+    assert not cgroup_dir.exists()
+    assert not any(os.path.exists(f"/proc/{p}") for p in workers)
+
+
+@async_test
+async def test_traffic_surge_multiplies_the_load_and_clearing_restores_it(healthy):
+    stack = healthy
+    before = stack.load_rps
+    f = await stack.apply({"kind": "traffic_surge", "factor": 3})
+    assert stack.load_rps == pytest.approx(before * 3) and stack.load.rps == pytest.approx(before * 3)
+    sent = stack.load_stats.sent
+    await asyncio.sleep(2.0)
+    assert stack.load_stats.sent - sent >= 2 * before * 2 * 0.8, "the surge did not send more requests"
+    await stack.clear(f)
+    assert stack.load_rps == pytest.approx(before) and stack.load.rps == pytest.approx(before)
 
 
 @async_test

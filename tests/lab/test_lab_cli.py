@@ -165,7 +165,7 @@ def test_report_and_compare_refuse_what_is_not_a_run(tmp_path, capsys):
 
 def test_lab_help_goes_through_llmslo():
     r = llmslo("lab", "--help")
-    assert r.returncode == 0 and "{run,report,compare,calibrate,pack}" in r.stdout
+    assert r.returncode == 0 and "{run,report,compare,calibrate,pack,generate}" in r.stdout
     r = llmslo("-v", "lab", "compare")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "required: DIR" in r.stderr
 
@@ -214,9 +214,9 @@ def test_progress_names_scenario_phase_and_time_left():
     p.set(0, "verdict", 120)
     p.set(7, "recovery", 180)
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("lab 1/8 ci-provider-429: baseline, 20 s left; suite about ")
-    assert lines[1].startswith("lab 1/8 ci-provider-429: verdict, 0 s (at most 120 s); suite about ")
-    assert lines[2] == "lab 8/8 ci-policy-block: recovery, 0 s (at most 180 s); suite about 1 min left"
+    assert lines[0].startswith("lab 1/9 ci-provider-429: baseline, 20 s left; suite about ")
+    assert lines[1].startswith("lab 1/9 ci-provider-429: verdict, 0 s (at most 120 s); suite about ")
+    assert lines[2].startswith("lab 8/9 ci-policy-block: recovery, 0 s (at most 180 s); suite about 3 min left")
 
 
 def test_calibrate_writes_the_table_the_responder_reads(tmp_path, capsys):

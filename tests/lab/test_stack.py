@@ -97,7 +97,7 @@ async def main():
                   {"kind": "cpu_contention", "workers": 1},
                   {"kind": "cpu_throttle", "cpus": 1.5},
                   {"kind": "memory_pressure", "limit_mb": 512},
-                  {"kind": "network_delay", "target": "provider", "delay_ms": 20}):
+                  {"kind": "middlebox_delay", "target": "provider", "delay_ms": 20}):
             await stack.apply(f)
         print(json.dumps({"scratch": str(stack.scratch), "service": stack.service.pid,
                           "postgres": stack.postgres.proc.pid, "provider": stack.provider.proc.pid,
