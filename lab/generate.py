@@ -114,8 +114,10 @@ def _domain_of(kind: str) -> str | None:
 
 def _draw(rng: random.Random, index: int, seed: int, by_domain: dict[str, list[str]]) -> dict[str, Any]:
     what = rng.choices([m for m, _ in MIX], weights=[w for _, w in MIX])[0]
-    baseline_s = rng.choice((30, 35, 40, 45))
-    fault_s = rng.choice((45, 50, 60, 70))
+    # At least the responder's 60 s baseline window: with less, an early alert's baseline window
+    # would reach back into the fault.
+    baseline_s = rng.choice((60, 75, 90))
+    fault_s = rng.choice((45, 60, 75))
     onset = rng.choice((0, 0, 5, 10, 15))
     faults: list[dict[str, Any]] = []
     if what == "single":

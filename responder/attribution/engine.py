@@ -12,10 +12,10 @@ dependencies stayed as they were, ``network`` when every outbound dependency slo
 ``retrieval_backend`` from slower or failing retrieval calls, and ``policy_layer`` (which the
 kernel cannot see) from slower or rejecting guardrail spans. Each signal compares the incident
 window with the baseline window; a domain's strength adds up its signals that moved, and the
-confidence is ``strength / (strength + STRENGTH_HALF)``; slower and timed-out calls are symptoms that
-a cause in another domain explains away (``explain_away``). The confidence is a score, not a
-probability: the report pairs it with the precision the lab observed at that score
-(``responder.attribution.calibration``). Each signal's threshold and the reason for it is a row of
+score is ``strength / (strength + STRENGTH_HALF)``; slower and timed-out calls are symptoms that
+a cause in another domain explains away (``explain_away``). The score orders the domains and
+drives the decision rules below; it is not a probability. The lab's calibration turns it into
+one (``responder.attribution.calibration``), and that is the confidence a report shows. Each signal's threshold and the reason for it is a row of
 ``responder.attribution.rules``.
 """
 from __future__ import annotations
@@ -329,36 +329,36 @@ def attribute(capture: CaptureResult | None, traces: TraceEvidence | dict[str, A
     top = hyps[0]
     second = hyps[1] if len(hyps) > 1 else None
     if top.confidence < MIN_CONFIDENCE:
-        reason = f"evidence too weak: the strongest domain, {top.domain}, reaches only {top.confidence:.0%}"
+        reason = f"evidence too weak: the strongest domain, {top.domain}, scores only {top.confidence:.2f}"
         if gaps:
             reason += " (" + "; ".join(gaps) + ")"
         return Verdict(domains=[], confidence=top.confidence, hypotheses=hyps, abstain_reason=reason,
-                       decision=f"abstained: {top.domain} {top.confidence:.0%} < {MIN_CONFIDENCE:.0%}")
-    runner = f"{second.domain} {second.confidence:.0%}" if second else "no other domain"
+                       decision=f"abstained: {top.domain} score {top.confidence:.2f} < {MIN_CONFIDENCE:.2f}")
+    runner = f"{second.domain} {second.confidence:.2f}" if second else "no other domain"
     if second and second.confidence >= BOTH_CONFIDENCE:
         return Verdict(domains=[top.domain, second.domain], confidence=second.confidence, hypotheses=hyps,
-                       decision=f"both named: {top.domain} {top.confidence:.0%} and {runner} ≥ "
-                                f"{BOTH_CONFIDENCE:.0%}; the verdict's confidence is the lower")
+                       decision=f"both named: scores {top.domain} {top.confidence:.2f} and {runner} ≥ "
+                                f"{BOTH_CONFIDENCE:.2f}; the verdict's score is the lower")
     if second and second.confidence >= MIN_CONFIDENCE and {top.domain, second.domain} <= caused:
         return Verdict(domains=[top.domain, second.domain], confidence=second.confidence, hypotheses=hyps,
-                       decision=f"both named: {top.domain} {top.confidence:.0%} and {runner} ≥ {MIN_CONFIDENCE:.0%}, "
-                                "each resting on a cause of its own; the verdict's confidence is the lower")
+                       decision=f"both named: scores {top.domain} {top.confidence:.2f} and {runner} ≥ "
+                                f"{MIN_CONFIDENCE:.2f}, each resting on a cause of its own; the verdict's score is the lower")
     if second and top.confidence - second.confidence < MIN_MARGIN:
         return Verdict(domains=[], confidence=top.confidence, hypotheses=hyps,
-                       abstain_reason=(f"evidence points two ways: {top.domain} {top.confidence:.0%} vs "
-                                       f"{second.domain} {second.confidence:.0%}"),
-                       decision=f"abstained: {top.domain} {top.confidence:.0%} leads {runner} by "
-                                f"{(top.confidence - second.confidence) * 100:.0f} points < {MIN_MARGIN * 100:.0f}")
-    lead = (f"leads {runner} by {(top.confidence - second.confidence) * 100:.0f} points ≥ {MIN_MARGIN * 100:.0f}"
+                       abstain_reason=(f"evidence points two ways: {top.domain} scores {top.confidence:.2f}, "
+                                       f"{second.domain} {second.confidence:.2f}"),
+                       decision=f"abstained: {top.domain} score {top.confidence:.2f} leads {runner} by "
+                                f"{top.confidence - second.confidence:.2f} < {MIN_MARGIN:.2f}")
+    lead = (f"leads {runner} by {top.confidence - second.confidence:.2f} ≥ {MIN_MARGIN:.2f}"
             if second else "no other domain moved")
     return Verdict(domains=[top.domain], confidence=top.confidence, hypotheses=hyps,
-                   decision=f"named: {top.domain} {top.confidence:.0%} ≥ {MIN_CONFIDENCE:.0%} and {lead}")
+                   decision=f"named: {top.domain} score {top.confidence:.2f} ≥ {MIN_CONFIDENCE:.2f} and {lead}")
 
 
 def _arithmetic(mine: list[Signal], strength: float) -> str:
     """One hypothesis' confidence, worked out: "tcp_retrans.retransmits_per_s 0 → 4.3: 1.00;
     trace.llm.p90 420 → 3900: 0.80 × 0.25 (explained) = 0.20 (counts once) · strength 1.20 →
-    1.20 / (1.20 + 0.5) = 71%"."""
+    score 1.20 / (1.20 + 0.5) = 0.71"."""
     def num(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3g}"
 
@@ -373,5 +373,5 @@ def _arithmetic(mine: list[Signal], strength: float) -> str:
     explained = sum(1 for s in mine if s.explained)
     rule = "; explained symptoms count once, the largest" if explained > 1 else ""
     conf = strength / (strength + STRENGTH_HALF)
-    return (f"{'; '.join(parts)}{rule} · strength {strength:.2f} → {strength:.2f} / ({strength:.2f} + "
-            f"{STRENGTH_HALF:g}) = {conf:.0%}")
+    return (f"{'; '.join(parts)}{rule} · strength {strength:.2f} → score {strength:.2f} / ({strength:.2f} + "
+            f"{STRENGTH_HALF:g}) = {conf:.2f}")

@@ -1,5 +1,5 @@
 """Stage *attribute*: the verdict from the gathered evidence (kernel capture, traces), with what
-its confidence has meant in the lab, recorded on the incident with the evidence and the links."""
+its score means as a probability (the lab's calibration), recorded on the incident with the evidence and the links."""
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +31,8 @@ class Attribute:
         else:
             verdict = attribute(ctx.capture, traces=ctx.evidence["traces"],
                                 trace_link=lambda tid: links.trace_url(self.settings, tid), gaps=ctx.gaps)
-            if self.calibration and verdict.domains:
-                verdict.calibration = self.calibration.describe(verdict.confidence)
+            if self.calibration:
+                self.calibration.apply(verdict)
         ctx.verdict = verdict
         incident_links = links.incident_links(self.settings, ctx.incident.to_dict(), ctx.evidence["prometheus"],
                                               ctx.evidence["traces"], ctx.runbooks)

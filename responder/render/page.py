@@ -37,7 +37,17 @@ from responder.model.evidence import (
 )
 from responder.model.verdict import Evidence
 from responder.render import chart
-from responder.render.view import IncidentView, capture_problems, clock, duration, num, pct, rose
+from responder.render.view import (
+    IncidentView,
+    capture_problems,
+    clock,
+    confidence_phrase,
+    duration,
+    likelihood,
+    num,
+    pct,
+    rose,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +153,7 @@ def _verdict_box(view: IncidentView) -> str:
         if verdict.domains:
             cls = "attributed"
             inner = (f"<span class=label>Fault domain</span><strong>{_e(' + '.join(verdict.domains))}</strong> "
-                     f"<span class=conf>{_e(pct(verdict.confidence))} confidence</span>")
+                     f"<span class=conf>{_e(confidence_phrase(verdict))}</span>")
             if verdict.calibration:
                 inner += f" <span class=conf>({_e(verdict.calibration)})</span>"
         else:
@@ -187,10 +197,12 @@ def _evidence_section(view: IncidentView) -> str:
     for rank, h in enumerate(view.hypotheses, 1):
         tag = " · <b>named in the verdict</b>" if h.domain in view.domains else ""
         rows.append(f"<tr class=hyp><th colspan=8>{rank}. {_e(h.domain)} "
-                    f"<span class=conf>{_e(pct(h.confidence))}</span>{tag} · "
+                    f"<span class=conf>{_e(likelihood(h))}</span>{tag} · "
                     f"{len(h.supporting)} supporting, {len(h.contradicting)} contradicting</th></tr>")
         if h.arithmetic:
-            rows.append(f"<tr class=math><td colspan=8 class=note>{_e(h.arithmetic)}</td></tr>")
+            calibrated = (f" · calibrated: score {h.score:.2f} → {pct(h.confidence)} in the lab"
+                          if h.score is not None else "")
+            rows.append(f"<tr class=math><td colspan=8 class=note>{_e(h.arithmetic + calibrated)}</td></tr>")
         for role, evs in (("supports", h.supporting), ("contradicts", h.contradicting)):
             rows += [_evidence_row(role, ev) for ev in evs]
         if not h.supporting and not h.contradicting:

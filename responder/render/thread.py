@@ -35,9 +35,10 @@ from responder.render.view import (
     capture_problems,
     change,
     clock,
+    confidence_phrase,
     duration,
+    likelihood,
     num,
-    pct,
 )
 
 # Slack limits (Block Kit reference): blocks per message, section / header text, message text.
@@ -117,8 +118,8 @@ def render_root(incident: dict[str, Any], incident_url: str, mention_label: str 
 
     finding_md = finding_txt = ""
     if verdict is not None and verdict.domains:
-        finding_txt = f"{' + '.join(verdict.domains)} {pct(verdict.confidence)}"
-        finding_md = f"*{_esc(' + '.join(verdict.domains))}* {pct(verdict.confidence)}"
+        finding_txt = f"{' + '.join(verdict.domains)} {likelihood(verdict)}"
+        finding_md = f"*{_esc(' + '.join(verdict.domains))}* {likelihood(verdict)}"
     elif verdict is not None:
         finding_txt = finding_md = "no fault domain named"
     elif state == STATE_FAILED:
@@ -202,7 +203,7 @@ def render_attribution(incident: dict[str, Any], verdict: Verdict, capture: Capt
     view = IncidentView.of(incident, verdict=verdict, capture=capture)
     page = _link(incident_url, "incident page") if incident_url else f"incident `{_esc(view.id or '?')}`"
     if verdict.domains:
-        headline = f"{view.alertname}: {' + '.join(verdict.domains)} ({pct(verdict.confidence)} confidence)"
+        headline = f"{view.alertname}: {' + '.join(verdict.domains)} ({confidence_phrase(verdict)})"
     else:
         headline = f"{view.alertname}: Abstained: {verdict.abstain_reason or 'no reason given'}"
     blocks: list[dict[str, Any]] = [{"type": "header", "text": _plain(_clip(headline, MAX_HEADER_CHARS))}]
@@ -226,11 +227,11 @@ def _verdict_md(view: IncidentView, verdict: Verdict) -> str:
         weighed = [h for h in view.hypotheses[:ABSTAIN_HYPOTHESES_SHOWN] if h.confidence > 0]
         if weighed:
             lines.append("It weighed:")
-            lines += [f"• *{_esc(h.domain)}* {pct(h.confidence)}"
+            lines += [f"• *{_esc(h.domain)}* {likelihood(h)}"
                       + (f": {_signal_md(h.supporting[0])}" if h.supporting else ": nothing in favour") for h in weighed]
         return "\n".join(lines)
-    calibrated = f" ({_esc(verdict.calibration)})" if verdict.calibration else ""
-    lines = [f"Fault domain *{_esc(' + '.join(verdict.domains))}* at {pct(verdict.confidence)} confidence{calibrated}."]
+    support = f" ({_esc(verdict.calibration)})" if verdict.calibration else ""
+    lines = [f"Fault domain *{_esc(' + '.join(verdict.domains))}* at {confidence_phrase(verdict)}{support}."]
     if view.truncated_alerts:
         lines.append(f"Alertmanager left {view.truncated_alerts} alert(s) of this group out of its last notification "
                      "(its max_alerts); this rests on the alerts it sent.")
@@ -245,7 +246,7 @@ def _verdict_md(view: IncidentView, verdict: Verdict) -> str:
             lines.append(prefix.rstrip() + "\n" + "\n".join(f"• {_signal_md(e)}" for e in deciding))
     others = [h for h in view.others if round(h.confidence * 100) >= 1][:MAX_OTHERS]
     if others:
-        lines.append("Less likely: " + ", ".join(f"{_esc(h.domain)} {pct(h.confidence)}" for h in others) + ".")
+        lines.append("Less likely: " + ", ".join(f"{_esc(h.domain)} {likelihood(h)}" for h in others) + ".")
     else:
         lines.append("No other fault domain scored above 0%.")
     return "\n".join(lines)
@@ -389,7 +390,7 @@ def render_resolved(incident: dict[str, Any]) -> Message:
     if verdict is None:
         final = "No attribution was made before it resolved."
     elif verdict.domains:
-        final = f"Final attribution: {' + '.join(verdict.domains)} ({pct(verdict.confidence)})."
+        final = f"Final attribution: {' + '.join(verdict.domains)} ({likelihood(verdict)})."
     else:
         final = f"The toolkit abstained: {verdict.abstain_reason or 'no reason given'}."
     plain = f"Resolved: {alert}: {burned}. {final}"

@@ -140,14 +140,14 @@ def read_verdict(value: Any) -> Verdict | None:
         hyps.append(Hypothesis(str(h.get("domain") or "?"), conf if conf is not None else 0.0,
                                supporting=_evidence_list(h.get("supporting")),
                                contradicting=_evidence_list(h.get("contradicting")),
-                               arithmetic=str(h.get("arithmetic") or "")))
+                               arithmetic=str(h.get("arithmetic") or ""), score=as_float(h.get("score"))))
     conf = as_float(d.get("confidence"))
     reason = d.get("abstain_reason")
     return Verdict(domains=[str(x) for x in domains] if isinstance(domains, list) else [],
                    confidence=conf if conf is not None else math.nan, hypotheses=hyps,
                    abstain_reason=str(reason) if reason else None,
                    calibration=str(d["calibration"]) if d.get("calibration") else None,
-                   decision=str(d.get("decision") or ""))
+                   decision=str(d.get("decision") or ""), score=as_float(d.get("score")))
 
 
 def _evidence_list(value: Any) -> list[Evidence]:
@@ -263,6 +263,22 @@ def pct(confidence: float | None) -> str:
     if confidence is None or math.isnan(confidence):
         return "?"
     return f"{round(max(0.0, min(1.0, confidence)) * 100)}%"
+
+
+def likelihood(item: Verdict | Hypothesis) -> str:
+    """A verdict's or hypothesis' number as what it is: a calibrated probability ("82%"), or the
+    engine's score when no lab calibration was applied ("score 0.71")."""
+    if item.score is not None:
+        return pct(item.confidence)
+    c = item.confidence
+    return "score ?" if c is None or math.isnan(c) else f"score {c:.2f}"
+
+
+def confidence_phrase(verdict: Verdict) -> str:
+    """"82% confidence" (calibrated), or "score 0.71, not calibrated"."""
+    if verdict.score is not None:
+        return f"{pct(verdict.confidence)} confidence"
+    return f"{likelihood(verdict)}, not calibrated"
 
 
 def unit(u: str) -> str:

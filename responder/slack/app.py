@@ -37,7 +37,7 @@ from responder.pipeline import Pipeline
 from responder.pipeline.gather import baseline_end
 from responder.pipeline.stage import alert_labels
 from responder.render import thread as report
-from responder.render.view import IncidentView, pct
+from responder.render.view import IncidentView, likelihood
 from responder.slack import commands
 from responder.store.base import AcceptResult, Incident, StoreBase
 
@@ -267,6 +267,6 @@ class SlackApp:
 
 def _status_line(inc: Incident, url: str) -> str:
     view = IncidentView.of(inc.to_dict())
-    finding = f"{' + '.join(view.domains)} {pct(view.verdict.confidence)}" if view.verdict and view.domains else view.state
+    finding = f"{' + '.join(view.domains)} {likelihood(view.verdict)}" if view.verdict and view.domains else view.state
     age = time.time() - inc.created_at
     return f"<{url}|{inc.id}> · {inc.status} · {view.alertname} · {finding} · opened {int(age // 60)} min ago"

@@ -79,9 +79,9 @@ def test_retransmits_up_against_baseline_is_network():
     # the arithmetic behind the confidence and the decision, as the incident page shows them
     strength = A._ratio_strength(4.0, 0.1)
     assert net.arithmetic == (f"tcp_retrans.retransmits_per_s 0.1 → 4: {strength:.2f} · strength {strength:.2f} → "
-                              f"{strength:.2f} / ({strength:.2f} + 0.5) = {net.confidence:.0%}")
-    assert v.decision == f"named: network {net.confidence:.0%} ≥ 50% and leads app_cpu 0% by " \
-                         f"{net.confidence * 100:.0f} points ≥ 15"
+                              f"score {strength:.2f} / ({strength:.2f} + 0.5) = {net.confidence:.2f}")
+    assert v.decision == f"named: network score {net.confidence:.2f} ≥ 0.50 and leads app_cpu 0.00 by " \
+                         f"{net.confidence:.2f} ≥ 0.15"
 
 
 def test_runq_slow_share_up_is_app_cpu():
@@ -316,12 +316,12 @@ def test_confidence_grows_with_the_ratio_and_is_bounded():
 def test_verdict_dict_matches_design_contract(make):
     d = attribute(make()).to_dict()
     json.dumps(d)  # plain JSON types
-    assert set(d) == {"domains", "confidence", "hypotheses", "abstain_reason", "calibration", "decision"}
+    assert set(d) == {"domains", "confidence", "hypotheses", "abstain_reason", "calibration", "decision", "score"}
     assert isinstance(d["domains"], list) and set(d["domains"]) <= set(DOMAINS)
     assert isinstance(d["confidence"], float) and 0.0 <= d["confidence"] <= 1.0
     assert isinstance(d["hypotheses"], list)
     for h in d["hypotheses"]:
-        assert set(h) == {"domain", "confidence", "supporting", "contradicting", "arithmetic"}
+        assert set(h) == {"domain", "confidence", "score", "supporting", "contradicting", "arithmetic"}
         assert h["domain"] in DOMAINS and 0.0 <= h["confidence"] <= 1.0
         for e in h["supporting"] + h["contradicting"]:
             assert {"signal", "summary", "baseline", "incident"} <= set(e)

@@ -28,6 +28,7 @@ from capture.schemas import CaptureCost, CaptureResult, CaptureTarget, ProbeResu
 from lab.harness import alert_payload
 from responder import config
 from responder.app import Responder
+from tests.responder.test_report import calibrated
 from responder.http.alertmanager import parse_notification
 from responder.model.verdict import Evidence, Hypothesis, Verdict
 from responder.render.page import render_incident_page
@@ -178,7 +179,7 @@ def trace_evidence() -> dict:
 
 
 def verdict_attributed() -> dict:
-    return Verdict(domains=["provider_throttling"], confidence=0.81, hypotheses=[
+    return calibrated(Verdict(domains=["provider_throttling"], confidence=0.81, hypotheses=[
         Hypothesis("provider_latency", 0.34, supporting=[
             Evidence("trace.llm.ttft_p90_ms", "Time to first token p90 rose 8x at the provider", 380, 3100, "ms",
                      "trace", "http://127.0.0.1:8080/api/traces/4bf92f3577b34da6a3ce929d0e0e4736")],
@@ -196,7 +197,7 @@ def verdict_attributed() -> dict:
                        "2.00 / (2.00 + 0.5) = 80%"),
         Hypothesis("network", 0.04, contradicting=[
             Evidence("tcp_retrans.retransmits_per_s", "No rise in TCP retransmits", 0.4, 0.5, "/s", "kernel")]),
-    ], decision="named: provider_throttling 81% ≥ 50% and leads provider_latency 34% by 47 points ≥ 15").to_dict()
+    ], decision="named: provider_throttling 81% ≥ 50% and leads provider_latency 34% by 47 points ≥ 15")).to_dict()
 
 
 def capture_result() -> dict:

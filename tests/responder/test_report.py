@@ -44,13 +44,22 @@ def _ev(i: int, **over) -> Evidence:
     return Evidence(**kw)
 
 
+def calibrated(verdict: Verdict) -> Verdict:
+    """A verdict as the responder stores it with a lab calibration applied; here the identity
+    map, so the numbers the tests read are the ones they set."""
+    verdict.score = verdict.confidence
+    for h in verdict.hypotheses:
+        h.score = h.confidence
+    return verdict
+
+
 def _verdict() -> Verdict:
-    return Verdict(domains=["provider_throttling"], confidence=0.823, hypotheses=[
+    return calibrated(Verdict(domains=["provider_throttling"], confidence=0.823, hypotheses=[
         Hypothesis("provider_throttling", 0.823, supporting=[_ev(1), _ev(2, source="trace")],
                    contradicting=[_ev(3, summary="TCP retransmits flat", baseline=0.2, incident=0.21,
                                       unit="retransmits/s", link=None)]),
         Hypothesis("network", 0.11, supporting=[_ev(4)]),
-    ])
+    ]))
 
 
 def _capture(**over) -> CaptureResult:
@@ -154,8 +163,9 @@ def test_attribution_reply_is_the_verdict_its_deciding_signals_what_it_is_not_th
 
 
 def test_attribution_names_no_domain_that_scored_nothing():
-    verdict = Verdict(["network"], 0.9, [Hypothesis("network", 0.9, supporting=[_ev(1, summary="retransmits up")]),
-                                         Hypothesis("dns", 0.004), Hypothesis("app_cpu", 0.0)])
+    verdict = calibrated(Verdict(["network"], 0.9, [
+        Hypothesis("network", 0.9, supporting=[_ev(1, summary="retransmits up")]),
+        Hypothesis("dns", 0.004), Hypothesis("app_cpu", 0.0)]))
     blocks = _all_text(render_attribution(_incident(), verdict, None, [], URL))
     assert "No other fault domain scored above 0%." in blocks
     assert "dns" not in blocks and "app_cpu" not in blocks and " 0%" not in blocks.replace("above 0%", "")
@@ -172,10 +182,11 @@ def test_attribution_without_capture_or_generator_url_says_so():
 
 
 def test_abstain_renders_reason_and_the_two_it_could_not_separate():
-    verdict = Verdict(domains=[], confidence=0.41, abstain_reason="two domains too close (0.41 vs 0.38)",
-                      hypotheses=[Hypothesis("network", 0.38, supporting=[_ev(2, summary="retransmits up")]),
-                                  Hypothesis("provider_latency", 0.41, supporting=[_ev(1, summary="TTFT up")]),
-                                  Hypothesis("dns", 0.05, supporting=[_ev(3, summary="dns slow")])])
+    verdict = calibrated(Verdict(
+        domains=[], confidence=0.41, abstain_reason="two domains too close (0.41 vs 0.38)",
+        hypotheses=[Hypothesis("network", 0.38, supporting=[_ev(2, summary="retransmits up")]),
+                    Hypothesis("provider_latency", 0.41, supporting=[_ev(1, summary="TTFT up")]),
+                    Hypothesis("dns", 0.05, supporting=[_ev(3, summary="dns slow")])]))
     msg = render_attribution(_incident(verdict=verdict.to_dict()), verdict, _capture(), [], URL)
     header = msg.blocks[0]["text"]["text"]
     assert header == "LLMTTFTBurnRate: Abstained: two domains too close (0.41 vs 0.38)"

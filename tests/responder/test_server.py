@@ -289,7 +289,7 @@ async def test_valid_alert_investigates_abstains_dedups_and_resolves(svc):
     assert inc["playbook"] == "llm-latency-burn"
     assert inc["alerts"] and inc["alerts"][0]["labels"]["pid"] == "1"
     verdict = inc["verdict"]
-    assert set(verdict) == {"domains", "confidence", "hypotheses", "abstain_reason", "calibration", "decision"}
+    assert set(verdict) == {"domains", "confidence", "hypotheses", "abstain_reason", "calibration", "decision", "score"}
     assert verdict["domains"] == []
     assert isinstance(verdict["confidence"], float) and 0.0 <= verdict["confidence"] <= 1.0
     assert isinstance(verdict["hypotheses"], list)
