@@ -3,7 +3,7 @@
     llmslo lab run --scenarios FILE --out DIR [--mode M]... [--only NAME]... [--resume]
     llmslo lab report DIR [--mode M]...
     llmslo lab compare DIR... [-o FILE]
-    llmslo lab calibrate DIR -o FILE
+    llmslo lab calibrate DIR... -o FILE
     llmslo lab pack DIR
     llmslo lab generate --seed S --count N [-o FILE]
 
@@ -126,13 +126,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Write the responder's calibration table from a run's combined-mode verdicts."""
+    """Write the responder's calibration, fitted on the runs' training parts (combined mode)."""
     import json
 
     from lab import scorecard
 
     try:
-        table = scorecard.calibration_table(Path(args.dir))
+        table = scorecard.calibration_table([Path(d) for d in args.dirs])
     except scorecard.ScorecardError as e:
         raise LabCliError(f"calibrate: {e}") from None
     try:
@@ -204,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="also write the table (Markdown) to this file")
     c.set_defaults(func=cmd_compare)
 
-    cal = sub.add_parser("calibrate", help="write the responder's calibration table (precision observed per "
-                         "confidence) from a run's combined-mode verdicts")
-    cal.add_argument("dir", help="run directory (cases/ or cases.jsonl.gz)")
+    cal = sub.add_parser("calibrate", help="fit the responder's calibration (score -> probability, isotonic) on the "
+                         "training part of runs' combined-mode verdicts")
+    cal.add_argument("dirs", nargs="+", metavar="DIR", help="run directory (cases/ or cases.jsonl.gz); several pool")
     cal.add_argument("-o", "--output", required=True,
                      help="file to write, e.g. responder/attribution/calibration.json (read through LLMSLO_CALIBRATION_FILE)")
     cal.set_defaults(func=cmd_calibrate)

@@ -219,23 +219,29 @@ def test_progress_names_scenario_phase_and_time_left():
     assert lines[2].startswith("lab 8/9 ci-policy-block: recovery, 0 s (at most 180 s); suite about 3 min left")
 
 
-def test_calibrate_writes_the_table_the_responder_reads(tmp_path, capsys):
+def test_calibrate_fits_on_the_training_part_what_the_responder_reads(tmp_path, capsys):
     from responder.attribution import calibration
 
     run, out = tmp_path / "run", tmp_path / "calibration.json"
-    cases = write_cases(run)
+    write_cases(run)
+    inc = stored_incident()  # combined mode names network and policy_layer on it
+    for seed in range(40):  # right (both injected) for most seeds, wrong for some
+        expect = ["network", "policy_layer"] if seed % 4 else ["dns"]
+        (run / "cases" / f"s{seed}.json").write_text(json.dumps(
+            {"name": f"s{seed}", "seed": seed, "expect": expect, "incident": inc, "finished_at": 10.0 + seed}))
     assert cli.main(["calibrate", str(run), "-o", str(out)]) == 0
-    card = scorecard.score(cases, "combined")
+    card = scorecard.score(scorecard.load_cases(run), "combined")
     loaded = calibration.load(out)
-    assert loaded is not None and "3 cases" in loaded.source and "combined mode" in loaded.source
-    for row in card["cases"]:
-        if row["predicted"]:
-            b = next(b for b in card["calibration"]["bins"] if b["n"] and b["lo"] <= row["confidence"] < b["hi"])
-            assert loaded.precision_at(row["confidence"]) == (b["precision"], b["n"])
-    # not a run, or nothing answered: exit 2, one line, nothing written
-    empty = tmp_path / "empty"
-    (empty / "cases").mkdir(parents=True)
-    for d in (tmp_path / "nowhere", empty):
+    assert loaded is not None and loaded.to_dict() == card["calibrated"]["fitted"]
+    assert "training part" in loaded.source
+    training = [r for r in card["cases"] if r["part"] == "training" and r["predicted"]]
+    assert loaded.verdict.n == len(training) >= 8
+    right = sum(1 for r in training if r["correct"])
+    assert loaded.verdict.probability(training[0]["score"]) == pytest.approx(right / len(training), abs=1e-4)
+    # not a run, or too little to fit: exit 2, one line, nothing written
+    small = tmp_path / "small"
+    write_cases(small)
+    for d in (tmp_path / "nowhere", small):
         capsys.readouterr()
         assert cli.main(["calibrate", str(d), "-o", str(tmp_path / "x.json")]) == 2
         assert capsys.readouterr().err.startswith(f"llmslo lab: calibrate: {d}")
