@@ -28,10 +28,10 @@ from capture.schemas import CaptureCost, CaptureResult, CaptureTarget, ProbeResu
 from lab.harness import alert_payload
 from responder import config
 from responder.app import Responder
-from tests.responder.test_report import calibrated
 from responder.http.alertmanager import parse_notification
 from responder.model.verdict import Evidence, Hypothesis, Verdict
 from responder.render.page import render_incident_page
+from tests.responder.test_report import calibrated
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACT = REPO / "test-artifacts" / "incident-page.png"

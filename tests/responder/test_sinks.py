@@ -12,6 +12,7 @@ from responder.delivery.sinks.console import ConsoleSink
 from responder.delivery.sinks.slack import SlackSink
 from responder.model.verdict import Evidence, Hypothesis, Verdict
 from responder.render.thread import Message, render_attribution, render_resolved, render_root
+from tests.responder.test_report import calibrated
 from tests.standins.slack import DEFAULT_TOKEN
 
 URL = "http://responder.example/incidents/inc-7"
@@ -35,7 +36,7 @@ def _incident(**over):
 
 def _verdict() -> Verdict:
     ev = Evidence("tcp_retrans.retransmits_per_s", "retransmits up 40x", 0.5, 20.0, "/s")
-    return Verdict(["network"], 0.77, [Hypothesis("network", 0.77, supporting=[ev])])
+    return calibrated(Verdict(["network"], 0.77, [Hypothesis("network", 0.77, supporting=[ev])]))
 
 
 async def test_root_update_and_reply_land_in_one_thread(standin, sink):
