@@ -15,8 +15,8 @@ window with the baseline window; a domain's strength adds up its signals that mo
 score is ``strength / (strength + STRENGTH_HALF)``; slower and timed-out calls are symptoms that
 a cause in another domain explains away (``explain_away``). The score orders the domains and
 drives the decision rules below; it is not a probability. The lab's calibration turns it into
-one (``responder.attribution.calibration``), and that is the confidence a report shows. Each signal's threshold and the reason for it is a row of
-``responder.attribution.rules``.
+one (``responder.attribution.calibration``), and that is the confidence a report shows. Each
+signal's threshold and the reason for it is a row of ``responder.attribution.rules``.
 """
 from __future__ import annotations
 
