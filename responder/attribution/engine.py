@@ -33,6 +33,8 @@ from responder.attribution.rules import (
     STRONG_RATIO,
     TRACE_MIN_RATIO,
     TRACE_RULE,
+    TRAFFIC_MIN_RISE,
+    TRAFFIC_STRONG_RATIO,
     Rule,
 )
 from responder.evidence.traces.evidence import DependencySignals, trace_signals
@@ -196,6 +198,20 @@ def _trace_latency_moved(d: DependencySignals) -> tuple[bool, float, float, str]
     return moved, b, i, ("time to first token p90" if ttft else "p90")
 
 
+def _demand_signal(d: DependencySignals, ev: Callable[..., Evidence]) -> Signal | None:
+    """The service's requests served per second, incident vs baseline (its server spans); None
+    without enough requests or a window's length."""
+    rule = TRACE_RULE["trace_request_rate", "server"]
+    b, i = d.rate_baseline, d.rate_incident
+    if b is None or i is None or b <= 0 or min(d.count_baseline, d.count_incident) < MIN_TRACE_CALLS:
+        return None
+    ratio = i / b
+    moved = ratio >= rule.threshold and i - b >= TRAFFIC_MIN_RISE
+    strength = min(1.0, math.log(ratio) / math.log(TRAFFIC_STRONG_RATIO)) if moved else 0.0
+    return Signal("traffic", ev(d, "request_rate", f"requests served {'rose' if moved else 'unchanged'}: "
+                                f"{b:.1f} → {i:.1f}/s (×{ratio:.1f})", b, i, "/s"), strength)
+
+
 def trace_signals_for(traces: TraceEvidence | dict[str, Any] | None,
                       trace_link: Callable[[str], str | None]) -> tuple[list[Signal], list[str]]:
     """Signals from trace evidence (per dependency, incident vs baseline), and why some are missing."""
@@ -263,6 +279,7 @@ def trace_signals_for(traces: TraceEvidence | dict[str, Any] | None,
             sig.domain = {"llm": "provider_latency", "retrieval": "retrieval_backend", "policy": "policy_layer",
                           "http": "network"}[kind]
         out.append(sig)
+    out += [demand for d in deps.values() if d.kind == "server" and (demand := _demand_signal(d, ev))]
     return out, []
 
 
@@ -279,7 +296,14 @@ def explain_away(sigs: list[Signal]) -> list[Signal]:
     DNS lookup is itself such a symptom (a starved process finishes lookups late), but one no
     cause explains is on the way to every call: it explains the slower calls in turn.
     """
-    causes = {s.domain for s in sigs if s.strength > 0 and not s.symptom}
+    # Demand first: a service serving many more requests waits for CPUs because it has more to
+    # do, so its CPU waits are demand's, not a CPU fault's.
+    demand = next((s for s in sigs if s.domain == "traffic" and s.strength > 0), None)
+    if demand is not None:
+        for s in sigs:
+            if s.domain == "app_cpu" and s.strength > 0:
+                s.discount(f"likely demand: {demand.evidence.summary.split(': ', 1)[-1]}")
+    causes = {s.domain for s in sigs if s.strength > 0 and not s.symptom and not s.explained}
     for s in sigs:
         if s.symptom and s.strength > 0 and causes and s.domain not in causes:
             s.discount(f"likely a symptom of {', '.join(sorted(causes))}")
@@ -312,7 +336,7 @@ def attribute(capture: CaptureResult | None, traces: TraceEvidence | dict[str, A
         return Verdict(domains=[], confidence=0.0,
                        abstain_reason="no usable evidence: " + ("; ".join(gaps) or "the capture saw nothing"))
     hyps: list[Hypothesis] = []
-    caused = {s.domain for s in sigs if s.strength > 0 and not s.symptom}
+    caused = {s.domain for s in sigs if s.strength > 0 and not s.symptom and not s.explained}
     for domain in dict.fromkeys(s.domain for s in sigs):
         mine = [s for s in sigs if s.domain == domain]
         # Explained symptoms corroborate but do not add up: one cause slows every call it touches,

@@ -17,6 +17,10 @@ Measures:
   reaches ``threshold`` and MIN_RATIO times the baseline's share.
 - ``trace_rate``, ``trace_error_share``, ``trace_p90``: per dependency of a kind, from the spans
   (``responder.evidence.traces``); ``field`` names the dependency kind.
+- ``trace_request_rate``: the service's own requests served per second (its server spans). It
+  moves when it reaches ``threshold`` times the baseline's and rises by TRAFFIC_MIN_RISE per
+  second. Demand is a cause that explains the service's CPU waits (see the engine's
+  ``explain_away``).
 """
 from __future__ import annotations
 
@@ -39,6 +43,10 @@ MIN_SAMPLES = 5
 TRACE_MIN_RATIO = 2.0
 # A dependency needs this many calls in each window before its quantiles or rates say anything.
 MIN_TRACE_CALLS = 10
+# Demand: the requests served per second must also rise by this much (a quiet service doubling
+# from 0.5 to 1 request/s is not a surge), and a rise of TRAFFIC_STRONG_RATIO counts in full.
+TRAFFIC_MIN_RISE = 1.0
+TRAFFIC_STRONG_RATIO = 3.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,10 @@ TRACE_RULES: tuple[Rule, ...] = (
          role=SYMPTOM),
     Rule("trace.policy.p90", "policy_layer", "trace", None, "trace_p90", "policy",
          "guardrail call p90", 10.0, "ms", "a guardrail check takes a few ms", role=SYMPTOM),
+    Rule("trace.server.request_rate", "traffic", "trace", None, "trace_request_rate", "server",
+         "requests served per second", 1.5, "×",
+         "the lab's steady load varies by a few percent between windows; half as much again is a change in "
+         "demand, not noise, and the service doing more work explains its CPU waits and slower calls"),
     Rule("trace.http.p90", "network", "trace", None, "trace_p90", "http",
          "other HTTP call p90", 20.0, "ms", "a plain HTTP dependency slower on its own says little but the path",
          role=SYMPTOM),
@@ -183,6 +195,8 @@ def markdown() -> str:
             return f"≥ {r.threshold:.0%} of waits ≥ {r.bound:g} µs and ×{MIN_RATIO:g} ({r.min_samples}+ samples)"
         if r.measure == "trace_p90":
             return f"+{value} {r.unit} and ×{TRACE_MIN_RATIO:g} ({MIN_TRACE_CALLS}+ calls)"
+        if r.measure == "trace_request_rate":
+            return f"×{value} and +{TRAFFIC_MIN_RISE:g}/s ({MIN_TRACE_CALLS}+ requests)"
         if r.measure == "trace_error_share":
             return f"+{r.threshold:.0%} of calls ({MIN_TRACE_CALLS}+ calls)"
         return f"≥ {r.threshold:.0%} of calls ({MIN_TRACE_CALLS}+ calls)"

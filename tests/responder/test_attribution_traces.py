@@ -47,10 +47,10 @@ class Traffic:
                           status="error" if llm_error else "unset", attributes=llm))
         return spans
 
-    def window(self, start_s: float, n: int, **kw) -> list[Span]:
+    def window(self, start_s: float, n: int, every_s: float = 0.1, **kw) -> list[Span]:
         out: list[Span] = []
         for i in range(n):
-            out += self.request(int((start_s + i * 0.1) * 1e9), **kw)
+            out += self.request(int((start_s + i * every_s) * 1e9), **kw)
         return out
 
 
@@ -213,3 +213,37 @@ def test_a_slow_lookup_is_a_symptom_of_starvation_but_explains_slower_calls_on_i
     v = attribute(starved, traces=traces)
     assert v.domains == ["app_cpu"], v.to_dict()
     assert "likely a symptom of app_cpu" in hyp(v, "dns").supporting[0].summary
+
+
+def test_a_surge_in_requests_is_traffic_and_explains_the_cpu_waits_it_causes():
+    from tests.responder.test_attribution import BASE_S, INC_S, capture, hyp, runq
+
+    tr = Traffic()
+    # 10 requests/s in the baseline; 30/s in the incident, every call slower for it
+    surge = trace_evidence(tr.window(1000, 600), tr.window(2000, 900, every_s=1 / 30, llm_ms=900, db_ms=40), SERVICE)
+    surge.update(reachable=True)
+    starved = capture([runq(400, 600, INC_S)], [runq(6000, 60, BASE_S)])
+    v = attribute(starved, traces=surge)
+    assert v.domains == ["traffic"], v.to_dict()
+    demand = hyp(v, "traffic").supporting[0]
+    assert demand.signal == "trace.server.request_rate" and "requests served rose" in demand.summary
+    assert 9.9 < demand.baseline < 10.1 and 28.5 < demand.incident < 31
+    cpu = hyp(v, "app_cpu").supporting[0]
+    assert "likely demand" in cpu.summary and hyp(v, "app_cpu").confidence < 0.3
+    # Traces alone name it too; the kernel alone cannot see demand, and names the CPU.
+    assert attribute(None, traces=surge).domains == ["traffic"]
+    assert attribute(starved).domains == ["app_cpu"]
+    # The same starvation at a steady rate is a CPU fault, not demand.
+    steady = trace_evidence(tr.window(1000, 600), tr.window(2000, 300, llm_ms=900, db_ms=40), SERVICE)
+    steady.update(reachable=True)
+    v = attribute(starved, traces=steady)
+    assert v.domains == ["app_cpu"] and hyp(v, "traffic").confidence == 0.0
+
+
+def test_a_small_or_slight_rise_in_requests_is_not_demand():
+    tr = Traffic()
+    slight = trace_evidence(tr.window(1000, 600), tr.window(2000, 390, every_s=1 / 13), SERVICE)  # x1.3
+    assert not attribute(None, traces=dict(slight, reachable=True)).domains
+    quiet = trace_evidence(tr.window(1000, 30, every_s=2.0), tr.window(2000, 30, every_s=1.0), SERVICE)  # 0.5 -> 1/s
+    v = attribute(None, traces=dict(quiet, reachable=True))
+    assert "traffic" not in v.domains

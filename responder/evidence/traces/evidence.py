@@ -744,12 +744,17 @@ class DependencySignals:
     ttft_p90_ms_incident: float | None
     retries_incident: int
     exemplar_trace_ids: list[str]
+    # calls per second in each window (None when the window's length is unknown)
+    rate_baseline: float | None = None
+    rate_incident: float | None = None
 
 
 def trace_signals(evidence: TraceEvidence | dict[str, Any]) -> list[DependencySignals]:
     """The numbers attribution compares, per dependency, in the evidence's order."""
     ev = evidence if isinstance(evidence, TraceEvidence) else TraceEvidence.read(evidence)
     out = []
+    seconds_b = ev.baseline.seconds if ev and ev.baseline else None
+    seconds_i = ev.incident.seconds if ev and ev.incident else None
     for dep in ev.dependencies if ev else []:
         b, i = dep.baseline, dep.incident
         bc, ic = int(b.count or 0) if b else 0, int(i.count or 0) if i else 0
@@ -766,5 +771,6 @@ def trace_signals(evidence: TraceEvidence | dict[str, Any]) -> list[DependencySi
             p90_ms_baseline=b.p90_ms if b else None, p90_ms_incident=i.p90_ms if i else None,
             ttft_p90_ms_baseline=b.ttft_p90_ms if b else None, ttft_p90_ms_incident=i.ttft_p90_ms if i else None,
             retries_incident=int(i.retries or 0) if i else 0,
-            exemplar_trace_ids=list(i.exemplar_trace_ids) if i else []))
+            exemplar_trace_ids=list(i.exemplar_trace_ids) if i else [],
+            rate_baseline=bc / seconds_b if seconds_b else None, rate_incident=ic / seconds_i if seconds_i else None))
     return out
