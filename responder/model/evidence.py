@@ -159,6 +159,7 @@ class DependencyWindow:
     ttft_p90_ms: float | None = None
     retries: float | None = None
     exemplar_trace_ids: list[str] = field(default_factory=list)
+    peers: dict[str, float] = field(default_factory=dict)  # "address:port" -> calls, most used first
 
     @classmethod
     def read(cls, value: Any) -> DependencyWindow | None:
@@ -170,7 +171,9 @@ class DependencyWindow:
                    error_types=dict(sorted(types.items(), key=lambda kv: -kv[1])),
                    p50_ms=as_float(d.get("p50_ms")), p90_ms=as_float(d.get("p90_ms")), p99_ms=as_float(d.get("p99_ms")),
                    ttft_p90_ms=as_float(d.get("ttft_p90_ms")), retries=as_float(d.get("retries")),
-                   exemplar_trace_ids=[str(x) for x in d.get("exemplar_trace_ids") or [] if x])
+                   exemplar_trace_ids=[str(x) for x in d.get("exemplar_trace_ids") or [] if x],
+                   peers={str(k): f for k, v in (as_dict(d.get("peers")) or {}).items()
+                          if (f := as_float(v)) is not None})
 
 
 @dataclass(frozen=True)

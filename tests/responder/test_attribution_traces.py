@@ -247,3 +247,19 @@ def test_a_small_or_slight_rise_in_requests_is_not_demand():
     quiet = trace_evidence(tr.window(1000, 30, every_s=2.0), tr.window(2000, 30, every_s=1.0), SERVICE)  # 0.5 -> 1/s
     v = attribute(None, traces=dict(quiet, reachable=True))
     assert "traffic" not in v.domains
+
+
+def test_each_dependency_names_the_peers_its_calls_went_to():
+    from responder.model.evidence import TraceEvidence
+
+    tr = Traffic()
+    spans = tr.window(1000, 20)
+    for s in spans[:4]:  # a connected address, when a span says it, is the peer the kernel sees
+        if s.attributes.get("db.system.name"):
+            s.attributes.update({"network.peer.address": "10.0.0.7", "network.peer.port": 5432})
+    ev = TraceEvidence.read(dict(trace_evidence(spans, tr.window(2000, 20), SERVICE), reachable=True))
+    deps = {d.kind: d for d in ev.dependencies}
+    assert deps["retrieval"].baseline.peers == {"db:5432": 19, "10.0.0.7:5432": 1}
+    assert deps["retrieval"].incident.peers == {"db:5432": 20}
+    assert deps["llm"].incident.peers == {"api.provider.test": 20}  # no port on those spans
+    assert deps["policy"].incident.peers == {}  # in-process: no peer

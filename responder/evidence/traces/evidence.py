@@ -153,6 +153,7 @@ MIN_WORSENING = 0.5
 MAX_EXEMPLARS = 5
 DEP_EXEMPLARS = 3
 MAX_MODELS = 10
+MAX_PEERS = 5  # per dependency and window: the addresses its calls went to, most used first
 
 
 def classify(span: Span) -> tuple[str, str] | None:
@@ -247,6 +248,16 @@ def _server_name(a: dict) -> str | None:
     if port is not None and port not in _DEFAULT_PORTS:
         return f"{addr}:{port}"
     return str(addr)
+
+
+def _peer(a: dict) -> str | None:
+    """Where the call went, as the kernel names a peer: the connected address when the span says
+    it (``network.peer.address``), else the server's name; with the port when known."""
+    addr = a.get("network.peer.address") or a.get("server.address") or a.get("net.peer.name")
+    if addr is None:
+        return None
+    port = a.get("network.peer.port") or a.get("server.port") or a.get("net.peer.port")
+    return f"{addr}:{port}" if port is not None else str(addr)
 
 
 def _server_address(a: dict) -> Any:
@@ -385,7 +396,8 @@ class _Dep:
     """Everything one window says about one dependency, before it becomes a DEP dict."""
     __slots__ = ("kind", "name", "durs", "tids", "ttfts", "ttft_tids", "errors", "error_types", "failed",
                  "retried_away", "tokens_in", "tokens_out", "models", "groups", "group_failed",
-                 "group_resend", "transport_retries", "total_retries", "top_retry", "sorted_durs", "sorted_ttfts")
+                 "group_resend", "transport_retries", "total_retries", "top_retry", "sorted_durs", "sorted_ttfts",
+                 "peers")
 
     def __init__(self, kind: str, name: str) -> None:
         self.kind, self.name = kind, name
@@ -407,6 +419,7 @@ class _Dep:
         self.top_retry: tuple[int, str] = (0, "")
         self.sorted_durs: list[float] = []
         self.sorted_ttfts: list[float] = []
+        self.peers: dict[str, int] = {}  # "address:port" the calls went to -> calls
 
     @property
     def count(self) -> int:
@@ -455,7 +468,8 @@ class _Dep:
                 "p50_ms": _r(self.p(0.5)), "p90_ms": _r(self.p(0.9)), "p99_ms": _r(self.p(0.99)),
                 "ttft_p50_ms": _r(self.ttft_p(0.5)), "ttft_p90_ms": _r(self.ttft_p(0.9)),
                 "retries": self.total_retries, "input_tokens": self.tokens_in, "output_tokens": self.tokens_out,
-                "models": models, "exemplar_trace_ids": self.exemplar_ids()}
+                "models": models, "exemplar_trace_ids": self.exemplar_ids(),
+                "peers": dict(sorted(self.peers.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_PEERS])}
 
 
 def _quantile(sorted_values: list[float], q: float) -> float | None:
@@ -514,6 +528,9 @@ def _analyse(spans: Iterable[Span], service: str | None) -> tuple[dict[tuple[str
         tid = s.trace_id
         d.durs.append(ms)
         d.tids.append(tid)
+        peer = _peer(s.attributes)
+        if peer is not None:
+            d.peers[peer] = d.peers.get(peer, 0) + 1
         t = transports.get(i) if transports else None
         cls = _error_class(s, k, t.fail_class if t is not None else None)
         if cls is not None:
