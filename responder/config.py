@@ -162,8 +162,8 @@ class Settings:
     calibration_file: Path | None = setting(
         factory=lambda: Path(__file__).resolve().parent / "attribution" / "calibration.json",
         shown="`responder/attribution/calibration.json`",
-        doc="the lab's calibration table (`llmslo lab calibrate`; a `scorecard.json` works too): reports say what "
-            "precision the lab observed at a verdict's confidence")
+        doc="the lab's calibration (`llmslo lab calibrate`): turns the engine's score into the confidence "
+            "reports show, with its support; without one, reports show the uncalibrated score")
     generated_token: bool = False  # True when webhook_token was generated at start
 
     @property
