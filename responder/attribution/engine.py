@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from capture.schemas import UNKNOWN_PEER, CaptureResult, ProbeResult
+from responder.attribution import peers
 from responder.attribution.rules import (
     KERNEL_RULES,
     MIN_RATIO,
@@ -78,6 +79,9 @@ class Signal:
     upstream: bool = False
     explained: bool = False  # discounted: another cause accounts for it
     why_explained: str = ""
+    # The peers ("addr:port") the signal is about: a kernel signal's top peers, a dependency's
+    # call targets. None: the whole workload (a run-queue wait, a slow resolver).
+    peers: frozenset[str] | None = None
 
     def discount(self, why: str) -> None:
         """Keep EXPLAINED_FACTOR of the strength: the signal is explained by ``why``."""
@@ -104,7 +108,7 @@ def _rate_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal:
     known = [t for t in top or [] if t.get("peer") and t["peer"] != UNKNOWN_PEER]
     if moved and known:
         ev.summary += " (top peer " + ", ".join(f"{t['peer']} ×{t['count']}" for t in known[:3]) + ")"
-    return Signal(rule.domain, ev, strength)
+    return Signal(rule.domain, ev, strength, peers=peers.kernel_peers(inc) if moved else None)
 
 
 def _p90_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | None:
@@ -119,7 +123,8 @@ def _p90_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | Non
     strength = _ratio_strength(pi, pb) if moved else 0.0
     ev = Evidence(signal=rule.signal, summary=f"{rule.what} p90 {'rose' if moved else 'unchanged'}: ≤{pb:.0f} → "
                   f"≤{pi:.0f} µs ({hi.count} samples)", baseline=pb, incident=pi, unit="us")
-    return Signal(rule.domain, ev, strength, symptom=rule.symptom, upstream=rule.upstream)
+    return Signal(rule.domain, ev, strength, symptom=rule.symptom, upstream=rule.upstream,
+                  peers=peers.kernel_peers(inc, ("peers", "responses_by_peer")) if rule.domain != "dns" else None)
 
 
 # A share of zero in the baseline is read as this much, so that a ratio means something.
@@ -213,8 +218,14 @@ def _demand_signal(d: DependencySignals, ev: Callable[..., Evidence]) -> Signal 
 
 
 def trace_signals_for(traces: TraceEvidence | dict[str, Any] | None,
-                      trace_link: Callable[[str], str | None]) -> tuple[list[Signal], list[str]]:
-    """Signals from trace evidence (per dependency, incident vs baseline), and why some are missing."""
+                      trace_link: Callable[[str], str | None],
+                      lossy_paths: list[frozenset[str]] | None = None,
+                      hosts: peers.Hosts | None = None) -> tuple[list[Signal], list[str]]:
+    """Signals from trace evidence (per dependency, incident vs baseline), and why some are missing.
+
+    ``lossy_paths``: the peers of kernel network causes (retransmits, resets, failed connects to
+    known addresses). With them, a slower dependency is the network's only when it is on one of
+    those paths; without them, every outbound dependency slower at once is."""
     evidence = traces if isinstance(traces, TraceEvidence) else TraceEvidence.read(traces) if traces else None
     if evidence is None:
         return [], []
@@ -243,7 +254,7 @@ def trace_signals_for(traces: TraceEvidence | dict[str, Any] | None,
                 out.append(Signal("provider_throttling", ev(
                     d, "throttled_share", f"calls answered 429/529/503 {'rose to' if moved else 'stayed at'} {t:.0%}"
                     f" ({d.retries_incident} retries)", None, t, "share"),
-                    _ratio_strength(t, max(eb, 0.01)) if moved else 0.0))
+                    _ratio_strength(t, max(eb, 0.01)) if moved else 0.0, peers=d.peers or None))
             elif kind in ("retrieval", "policy"):
                 domain = "retrieval_backend" if kind == "retrieval" else "policy_layer"
                 moved = ei - eb >= TRACE_RULE["trace_error_share", kind].threshold
@@ -253,13 +264,14 @@ def trace_signals_for(traces: TraceEvidence | dict[str, Any] | None,
                                                                      else ""), eb, ei, "share"),
                                   _ratio_strength(ei, max(eb, 0.01)) if moved else 0.0,
                                   # mostly timeouts: the calls were slow, for whatever reason
-                                  symptom=timeouts >= 0.5))
+                                  symptom=timeouts >= 0.5, peers=d.peers or None))
         lat = _trace_latency_moved(d)
         if lat is not None:
             moved, b, i, what = lat
             latency[key] = (moved, Signal("", ev(d, what.replace(" ", "_"), f"{what} {'rose' if moved else 'unchanged'}:"
                                                  f" {b:.0f} → {i:.0f} ms", b, i, "ms"),
-                                          _ratio_strength(i, b) if moved else 0.0, symptom=True))
+                                          _ratio_strength(i, b) if moved else 0.0, symptom=True,
+                                          peers=d.peers or None))
     # A provider that throttles is slow because the client waits out retry-after and retries:
     # that latency is the throttling's, not a second cause.
     throttled = {k for k, d in deps.items() if d.kind == "llm"
@@ -269,11 +281,16 @@ def trace_signals_for(traces: TraceEvidence | dict[str, Any] | None,
         if sig.strength > 0:
             sig.discount("the provider throttled: retries and retry-after waits")
     # Latency: every outbound dependency slower at once is the path (network), not one of them.
+    # The kernel's lossy paths say which ones are the network's.
     outbound = [k for k in latency if k[0] in ("llm", "retrieval", "http") and k not in throttled]
     all_slow = len(outbound) >= 2 and all(latency[k][0] for k in outbound)
+
+    def on_lossy_path(sig: Signal) -> bool:
+        return not lossy_paths or any(peers.on_path(p, sig.peers, hosts or {}) for p in lossy_paths)
+
     for key, (_moved, sig) in latency.items():
         kind = key[0]
-        if all_slow and kind in ("llm", "retrieval", "http") and key not in throttled:
+        if all_slow and kind in ("llm", "retrieval", "http") and key not in throttled and on_lossy_path(sig):
             sig.domain = "network"
         else:
             sig.domain = {"llm": "provider_latency", "retrieval": "retrieval_backend", "policy": "policy_layer",
@@ -283,7 +300,7 @@ def trace_signals_for(traces: TraceEvidence | dict[str, Any] | None,
     return out, []
 
 
-def explain_away(sigs: list[Signal]) -> list[Signal]:
+def explain_away(sigs: list[Signal], hosts: peers.Hosts | None = None) -> list[Signal]:
     """Discount symptoms when a cause in another domain explains them.
 
     A provider or database call gets slower (or times out) when the provider or database is
@@ -291,8 +308,12 @@ def explain_away(sigs: list[Signal]) -> list[Signal]:
     stalls (dns) or the caller itself waits for a CPU (app_cpu). Latency cannot tell these apart,
     in a trace or in the kernel's time to first byte; cause signals can: retransmits, resets,
     failed connects and lookups, run-queue waits, CFS throttling, memory-limit hits, 429/5xx
-    answers, non-timeout errors. When a cause supports some domain and none supports the
-    symptom's own, the symptom keeps only EXPLAINED_FACTOR of its strength, and says why. A slow
+    answers, non-timeout errors, more requests served. When a cause supports some domain and none
+    supports the symptom's own, the symptom keeps only EXPLAINED_FACTOR of its strength, and says
+    why. A cause on one dependency's path (retransmits to its address, throttled answers from
+    its peer) explains only the symptoms on that path (``responder.attribution.peers``); a cause
+    without peers (a CPU wait, memory, demand) explains every call. Demand is weighed first: with
+    more requests to serve, the service's CPU waits are demand's, so they are discounted too. A slow
     DNS lookup is itself such a symptom (a starved process finishes lookups late), but one no
     cause explains is on the way to every call: it explains the slower calls in turn.
     """
@@ -303,10 +324,13 @@ def explain_away(sigs: list[Signal]) -> list[Signal]:
         for s in sigs:
             if s.domain == "app_cpu" and s.strength > 0:
                 s.discount(f"likely demand: {demand.evidence.summary.split(': ', 1)[-1]}")
-    causes = {s.domain for s in sigs if s.strength > 0 and not s.symptom and not s.explained}
+    causes = [s for s in sigs if s.strength > 0 and not s.symptom and not s.explained]
+    cause_domains = {c.domain for c in causes}
     for s in sigs:
-        if s.symptom and s.strength > 0 and causes and s.domain not in causes:
-            s.discount(f"likely a symptom of {', '.join(sorted(causes))}")
+        if s.symptom and s.strength > 0 and s.domain not in cause_domains:
+            explaining = sorted({c.domain for c in causes if peers.on_path(c.peers, s.peers, hosts or {})})
+            if explaining:
+                s.discount(f"likely a symptom of {', '.join(explaining)}")
     # Then an upstream symptom left standing (a slow lookup) explains the slower calls after it.
     upstream = {s.domain for s in sigs if s.upstream and s.strength > 0 and not s.explained}
     for s in sigs:
@@ -321,17 +345,19 @@ def attribute(capture: CaptureResult | None, traces: TraceEvidence | dict[str, A
               gaps: list[str] | None = None) -> Verdict:
     """The verdict from the kernel capture and the trace evidence; either may be missing."""
     gaps = list(gaps or [])
-    tsigs, tgaps = trace_signals_for(traces, trace_link)
+    if capture is not None:
+        ksigs, kgaps = signals(capture)
+    else:
+        ksigs, kgaps = [], []
+    hosts = peers.hosts_from(capture)
+    lossy = [s.peers for s in ksigs if s.domain == "network" and not s.symptom and s.strength > 0 and s.peers]
+    tsigs, tgaps = trace_signals_for(traces, trace_link, lossy, hosts)
     gaps += tgaps
     if capture is None and not tsigs:
         return Verdict(domains=[], confidence=0.0,
                        abstain_reason="; ".join(gaps) or "no capture: the probes did not run")
-    if capture is not None:
-        ksigs, kgaps = signals(capture)
-        gaps += kgaps
-    else:
-        ksigs = []
-    sigs = explain_away(ksigs + tsigs)
+    gaps += kgaps
+    sigs = explain_away(ksigs + tsigs, hosts)
     if not sigs:
         return Verdict(domains=[], confidence=0.0,
                        abstain_reason="no usable evidence: " + ("; ".join(gaps) or "the capture saw nothing"))

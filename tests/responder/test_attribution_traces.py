@@ -263,3 +263,61 @@ def test_each_dependency_names_the_peers_its_calls_went_to():
     assert deps["retrieval"].incident.peers == {"db:5432": 20}
     assert deps["llm"].incident.peers == {"api.provider.test": 20}  # no port on those spans
     assert deps["policy"].incident.peers == {}  # in-process: no peer
+
+
+def _answers(window: float, *pairs: str):
+    """A dns probe result whose lookups returned these "address host" answers."""
+    from capture.schemas import ProbeResult
+
+    return ProbeResult("dns", window, top={"answers": [{"peer": p, "count": 30} for p in pairs]})
+
+
+def test_loss_on_one_dependencys_path_explains_only_that_dependencys_slowness():
+    from tests.responder.test_attribution import BASE_S, INC_S, capture, hyp, retrans
+
+    # The provider and the database both slower; the kernel lost packets to the provider only.
+    traces = evidence({"llm_ms": 1500, "db_ms": 400})
+    assert attribute(None, traces=traces).domains == ["network"]  # traces alone: every call slower is the path
+    to_provider = capture([retrans(4.0, INC_S, top=[{"peer": "10.0.0.9:443", "count": 40}]),
+                           _answers(INC_S, "10.0.0.9 api.provider.test")], [retrans(0.05, BASE_S)])
+    v = attribute(to_provider, traces=traces)
+    assert v.domains == ["network", "retrieval_backend"], v.to_dict()
+    db = hyp(v, "retrieval_backend").supporting[0]
+    assert db.signal == "trace.retrieval.p90" and "likely a symptom" not in db.summary
+    llm = next(e for e in hyp(v, "network").supporting if e.signal.startswith("trace.llm"))
+    assert llm.summary.startswith("llm openai")  # the provider's slowness is the lossy path's
+    # The same loss on the database's path explains the database's slowness; the provider's
+    # slower calls are not on it, and a clearly slower provider is a second finding.
+    to_db = capture([retrans(4.0, INC_S, top=[{"peer": "10.0.0.7:5432", "count": 40}]),
+                     _answers(INC_S, "10.0.0.9 api.provider.test", "10.0.0.7 db")], [retrans(0.05, BASE_S)])
+    v = attribute(to_db, traces=traces)
+    assert v.domains == ["network"] and "likely a symptom" not in hyp(v, "provider_latency").supporting[0].summary
+    assert attribute(to_db, traces=evidence({"llm_ms": 9000, "db_ms": 400})).domains == ["network", "provider_latency"]
+    # Peers the kernel could not name: as before, the loss explains every slower call.
+    anywhere = capture([retrans(4.0, INC_S)], [retrans(0.05, BASE_S)])
+    assert attribute(anywhere, traces=traces).domains == ["network"]
+
+
+def test_peers_match_by_address_by_resolved_name_or_by_port_alone():
+    from capture.schemas import CaptureResult, CaptureTarget, ProbeResult
+    from responder.attribution import peers
+
+    assert peers.split("10.0.0.7:5432") == ("10.0.0.7", "5432")
+    assert peers.split("[::1]:53") == ("::1", "53") and peers.split("db") == ("db", None)
+    hosts = {"api.provider.test": {"10.0.0.9"}}
+    assert peers.same("10.0.0.9:443", "api.provider.test:443", hosts)
+    assert peers.same("10.0.0.9:443", "api.provider.test", hosts)
+    assert not peers.same("10.0.0.8:443", "api.provider.test:443", hosts)  # resolved elsewhere
+    assert not peers.same("10.0.0.9:443", "10.0.0.9:8443", hosts)  # other port
+    assert not peers.same("10.0.0.9:443", "10.0.0.5:443", hosts)  # other address
+    assert peers.same("10.0.0.9:5432", "db:5432", hosts)  # a name with no answer: the port decides
+    assert not peers.same("10.0.0.9:5432", "db:6432", hosts)
+    assert peers.on_path(None, frozenset({"db:1"}), hosts) and peers.on_path(frozenset({"x:1"}), None, hosts)
+    cap = CaptureResult(id="c", node="n", target=CaptureTarget(pids=[1]), started_at=0, ended_at=1,
+                        incident={"dns": _answers(1, "10.0.0.9 api.provider.test")},
+                        baseline={"dns": _answers(1, "10.0.0.10 api.provider.test", "10.0.0.7 db")})
+    assert peers.hosts_from(cap) == {"api.provider.test": {"10.0.0.9", "10.0.0.10"}, "db": {"10.0.0.7"}}
+    r = ProbeResult("tcp_retrans", 1, top={"peers": [{"peer": "unknown", "count": 3}, {"peer": "10.0.0.7:5432",
+                                                                                      "count": 2}]})
+    assert peers.kernel_peers(r) == frozenset({"10.0.0.7:5432"})
+    assert peers.kernel_peers(ProbeResult("tcp_retrans", 1)) is None

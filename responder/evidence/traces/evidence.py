@@ -764,6 +764,7 @@ class DependencySignals:
     # calls per second in each window (None when the window's length is unknown)
     rate_baseline: float | None = None
     rate_incident: float | None = None
+    peers: frozenset[str] = frozenset()  # where its calls went, in either window ("addr:port")
 
 
 def trace_signals(evidence: TraceEvidence | dict[str, Any]) -> list[DependencySignals]:
@@ -789,5 +790,6 @@ def trace_signals(evidence: TraceEvidence | dict[str, Any]) -> list[DependencySi
             ttft_p90_ms_baseline=b.ttft_p90_ms if b else None, ttft_p90_ms_incident=i.ttft_p90_ms if i else None,
             retries_incident=int(i.retries or 0) if i else 0,
             exemplar_trace_ids=list(i.exemplar_trace_ids) if i else [],
-            rate_baseline=bc / seconds_b if seconds_b else None, rate_incident=ic / seconds_i if seconds_i else None))
+            rate_baseline=bc / seconds_b if seconds_b else None, rate_incident=ic / seconds_i if seconds_i else None,
+            peers=frozenset((b.peers if b else {}).keys() | (i.peers if i else {}).keys())))
     return out
