@@ -580,13 +580,14 @@ def sweep_stale() -> dict[str, list]:
     cleanly: PostgreSQL servers (a fast shutdown, so no shared memory is left), then every other
     marked process, nftables tables, cgroups (their processes killed), temporary directories.
     Only leftovers whose owning process is gone are touched; returns what was removed."""
-    from lab import cgroups, dns, harness, postgres, provider
+    from lab import cgroups, dns, harness, netpath, postgres, provider
 
     swept: dict[str, list] = {}
     swept["postgres"] = postgres.sweep_stale()
     swept["providers"] = provider.sweep_stale()
     swept["processes"] = harness.sweep_stale_processes()
     swept["nft_tables"] = sweep_stale_tables()
+    swept["netns"] = netpath.sweep_stale()
     swept["cgroups"] = cgroups.sweep_stale()
     swept["dirs"] = sweep_stale_dirs() + [str(d) for d in dns.sweep_stale()]
     return swept
