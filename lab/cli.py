@@ -52,12 +52,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise LabCliError(str(e)) from None
     out = Path(args.out)
     cases_dir = out / "cases"
-    # A case whose baseline was unhealthy is run again on --resume: it was never scored.
-    done = {p.stem for p in cases_dir.glob("*.json") if not scorecard.is_invalid_file(p)} if cases_dir.is_dir() \
-        else set()
-    if done and not args.resume:
-        raise LabCliError(f"run: {cases_dir} already holds {len(done)} case(s); choose another --out, or --resume "
-                          "to run only the scenarios it lacks")
+    packed = out / scorecard.PACKED
+    held = {p.stem for p in cases_dir.glob("*.json")} if cases_dir.is_dir() else set()
+    if held or packed.is_file():
+        if not args.resume:
+            what = f"{len(held)} case(s)" + (f" and {scorecard.PACKED}" if packed.is_file() else "")
+            raise LabCliError(f"run: {out} already holds {what}; choose another --out, or --resume to run only the "
+                              "scenarios it lacks")
+        try:  # packed or not; a case whose baseline was unhealthy runs again: it was never scored
+            done = {c["name"] for c in scorecard.load_cases(out) if not c.get("invalid")}
+        except scorecard.ScorecardError as e:
+            raise LabCliError(f"run: {e}") from None
+    else:
+        done = set()
     todo = [s for s in scenarios if s.name not in done]
     if os.geteuid() != 0:
         raise LabCliError("run: the lab needs root (cgroups, nftables, eBPF probes and a mount namespace)")
@@ -82,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except (StackError, StackBroken) as e:
             print(f"llmslo lab: run stopped: {e}", file=sys.stderr)
             status = 1
-    if not any(cases_dir.glob("*.json")):
+    if not scorecard.case_names(out):
         return status or 1
     cards = scorecard.report(out, modes)
     for mode in modes:
@@ -211,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="file to write, e.g. responder/attribution/calibration.json (read through LLMSLO_CALIBRATION_FILE)")
     cal.set_defaults(func=cmd_calibrate)
 
-    pk = sub.add_parser("pack", help="pack a finished run's cases/ into cases.jsonl.gz (report and calibrate "
-                        "read either)")
+    pk = sub.add_parser("pack", help="pack a run's cases/ into cases.jsonl.gz, merged with what it packed before "
+                        "(report, calibrate and run --resume read both)")
     pk.add_argument("dir", help="run directory with cases/")
     pk.set_defaults(func=cmd_pack)
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -84,27 +83,38 @@ PACKED = "cases.jsonl.gz"
 
 
 def load_cases(run_dir: Path) -> list[dict[str, Any]]:
-    """Every case of a run, in the order the runner finished them: from ``cases/*.json`` (a run
-    that is going on or can be resumed) or else from ``cases.jsonl.gz`` (a packed run)."""
+    """Every case of a run, in the order the runner finished them: the packed ones
+    (``cases.jsonl.gz``) and those still in ``cases/*.json`` (a run going on, or resumed after it
+    was packed); a case in both is read from ``cases/``."""
     case_dir, packed = Path(run_dir) / "cases", Path(run_dir) / PACKED
-    cases = []
+    if not case_dir.is_dir() and not packed.is_file():
+        raise ScorecardError(f"{run_dir}: no cases/ directory or {PACKED} (not a lab run?)")
+    by_name = {c["name"]: c for c in _packed(packed)} if packed.is_file() else {}
     if case_dir.is_dir():
         for path in sorted(case_dir.glob("*.json")):
             try:
-                cases.append(_case(json.loads(path.read_text()), path))
+                case = _case(json.loads(path.read_text()), path)
             except (OSError, ValueError) as e:
                 raise ScorecardError(f"{path}: cannot read the case: {e}") from None
-    elif packed.is_file():
-        try:
-            with gzip.open(packed, "rt") as f:
-                for n, line in enumerate(f, 1):
-                    cases.append(_case(json.loads(line), f"{packed}:{n}"))
-        except (OSError, EOFError, ValueError) as e:
-            raise ScorecardError(f"{packed}: cannot read the cases: {e}") from None
-    else:
-        raise ScorecardError(f"{run_dir}: no cases/ directory or {PACKED} (not a lab run?)")
-    cases.sort(key=lambda c: (c.get("finished_at") or 0, c["name"]))
-    return cases
+            by_name[case["name"]] = case
+    return sorted(by_name.values(), key=lambda c: (c.get("finished_at") or 0, c["name"]))
+
+
+def _packed(packed: Path) -> list[dict[str, Any]]:
+    try:
+        with gzip.open(packed, "rt") as f:
+            return [_case(json.loads(line), f"{packed}:{n}") for n, line in enumerate(f, 1)]
+    except (OSError, EOFError, ValueError) as e:
+        raise ScorecardError(f"{packed}: cannot read the cases: {e}") from None
+
+
+def case_names(run_dir: Path, valid_only: bool = False) -> set[str]:
+    """The names of a run's cases, packed or not (``valid_only``: leave out those marked invalid)."""
+    try:
+        cases = load_cases(run_dir)
+    except ScorecardError:
+        return set()
+    return {c["name"] for c in cases if not (valid_only and c.get("invalid"))}
 
 
 def _case(case: Any, where: Any) -> dict[str, Any]:
@@ -113,21 +123,15 @@ def _case(case: Any, where: Any) -> dict[str, Any]:
     return case
 
 
-def is_invalid_file(path: Path) -> bool:
-    """Whether a stored case is marked invalid (its baseline was not healthy); unreadable: no."""
-    try:
-        return bool(json.loads(Path(path).read_text()).get("invalid"))
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def pack_cases(run_dir: Path) -> Path:
-    """A finished run's ``cases/`` as one ``cases.jsonl.gz`` (a case per line, in the order they
-    finished), checked by reading it back; then ``cases/`` is removed."""
+    """A run's cases in one ``cases.jsonl.gz`` (a case per line, in the order they finished),
+    merged with what it packed before and checked by reading it back; then the case files it
+    packed are removed (a case written meanwhile by a run still going stays for the next pack)."""
     run_dir = Path(run_dir)
     case_dir = run_dir / "cases"
     if not case_dir.is_dir():
         raise ScorecardError(f"{run_dir}: no cases/ directory to pack")
+    files = sorted(case_dir.glob("*.json"))
     cases = load_cases(run_dir)
     target, tmp = run_dir / PACKED, run_dir / (PACKED + ".tmp")
     with gzip.open(tmp, "wt", compresslevel=9) as f:
@@ -138,7 +142,12 @@ def pack_cases(run_dir: Path) -> Path:
             tmp.unlink()
             raise ScorecardError(f"{tmp}: the packed cases do not read back the same")
     tmp.replace(target)
-    shutil.rmtree(case_dir)
+    for path in files:
+        path.unlink()
+    try:
+        case_dir.rmdir()
+    except OSError:
+        pass  # a case arrived meanwhile
     return target
 
 

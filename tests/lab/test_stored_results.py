@@ -58,3 +58,26 @@ def test_a_broken_pack_is_named(tmp_path):
     tmp_path.mkdir()
     with pytest.raises(S.ScorecardError, match="not a lab run"):
         S.load_cases(tmp_path)
+
+
+def test_a_run_packed_while_it_goes_on_keeps_every_case_once(tmp_path):
+    run = tmp_path / "run"
+    (run / "cases").mkdir(parents=True)
+    with gzip.open(REPO / "results" / "lab" / "ci" / S.PACKED, "rt") as f:
+        originals = [json.loads(line) for line in f]
+    first, later = originals[:3], originals[3:]
+    for case in first:
+        (run / "cases" / f"{case['name']}.json").write_text(json.dumps(case))
+    S.pack_cases(run)
+    assert S.case_names(run) == {c["name"] for c in first}
+    # the run goes on (or is resumed): new cases beside the pack, one of them a re-run
+    rerun = dict(first[0], invalid="baseline not healthy: test")
+    (run / "cases").mkdir()  # the runner makes it again (lab.runner.write_case)
+    for case in later + [rerun]:
+        (run / "cases" / f"{case['name']}.json").write_text(json.dumps(case))
+    names = [c["name"] for c in S.load_cases(run)]
+    assert sorted(names) == sorted(c["name"] for c in originals) and len(names) == len(set(names))
+    assert next(c for c in S.load_cases(run) if c["name"] == first[0]["name"])["invalid"]  # cases/ wins
+    assert first[0]["name"] not in S.case_names(run, valid_only=True)  # --resume runs it again
+    S.pack_cases(run)
+    assert not (run / "cases").exists() and len(S.load_cases(run)) == len(originals)
