@@ -82,6 +82,7 @@ class Signal:
     # The peers ("addr:port") the signal is about: a kernel signal's top peers, a dependency's
     # call targets. None: the whole workload (a run-queue wait, a slow resolver).
     peers: frozenset[str] | None = None
+    dependency: str = ""  # a trace signal's dependency ("retrieval postgresql")
 
     def discount(self, why: str) -> None:
         """Keep EXPLAINED_FACTOR of the strength: the signal is explained by ``why``."""
@@ -254,7 +255,7 @@ def trace_signals_for(traces: TraceEvidence | dict[str, Any] | None,
                 out.append(Signal("provider_throttling", ev(
                     d, "throttled_share", f"calls answered 429/529/503 {'rose to' if moved else 'stayed at'} {t:.0%}"
                     f" ({d.retries_incident} retries)", None, t, "share"),
-                    _ratio_strength(t, max(eb, 0.01)) if moved else 0.0, peers=d.peers or None))
+                    _ratio_strength(t, max(eb, 0.01)) if moved else 0.0, peers=d.peers or None, dependency=f"{d.kind} {d.name}"))
             elif kind in ("retrieval", "policy"):
                 domain = "retrieval_backend" if kind == "retrieval" else "policy_layer"
                 moved = ei - eb >= TRACE_RULE["trace_error_share", kind].threshold
@@ -264,14 +265,14 @@ def trace_signals_for(traces: TraceEvidence | dict[str, Any] | None,
                                                                      else ""), eb, ei, "share"),
                                   _ratio_strength(ei, max(eb, 0.01)) if moved else 0.0,
                                   # mostly timeouts: the calls were slow, for whatever reason
-                                  symptom=timeouts >= 0.5, peers=d.peers or None))
+                                  symptom=timeouts >= 0.5, peers=d.peers or None, dependency=f"{d.kind} {d.name}"))
         lat = _trace_latency_moved(d)
         if lat is not None:
             moved, b, i, what = lat
             latency[key] = (moved, Signal("", ev(d, what.replace(" ", "_"), f"{what} {'rose' if moved else 'unchanged'}:"
                                                  f" {b:.0f} → {i:.0f} ms", b, i, "ms"),
                                           _ratio_strength(i, b) if moved else 0.0, symptom=True,
-                                          peers=d.peers or None))
+                                          peers=d.peers or None, dependency=f"{d.kind} {d.name}"))
     # A provider that throttles is slow because the client waits out retry-after and retries:
     # that latency is the throttling's, not a second cause.
     throttled = {k for k, d in deps.items() if d.kind == "llm"
@@ -298,6 +299,18 @@ def trace_signals_for(traces: TraceEvidence | dict[str, Any] | None,
         out.append(sig)
     out += [demand for d in deps.values() if d.kind == "server" and (demand := _demand_signal(d, ev))]
     return out, []
+
+
+def _name_paths(ksigs: list[Signal], tsigs: list[Signal], hosts: peers.Hosts) -> None:
+    """Say which dependency a kernel signal's peers belong to: "(top peer 10.0.0.7:5432 ×23: the
+    path to retrieval postgresql)", when the spans name their peers."""
+    for k in ksigs:
+        if k.strength <= 0 or not k.peers:
+            continue
+        deps = sorted({t.dependency for t in tsigs if t.dependency and t.peers
+                       and peers.on_path(k.peers, t.peers, hosts)})
+        if deps:
+            k.evidence.summary += f"; the path to {', '.join(deps)}"
 
 
 def explain_away(sigs: list[Signal], hosts: peers.Hosts | None = None) -> list[Signal]:
@@ -357,6 +370,7 @@ def attribute(capture: CaptureResult | None, traces: TraceEvidence | dict[str, A
         return Verdict(domains=[], confidence=0.0,
                        abstain_reason="; ".join(gaps) or "no capture: the probes did not run")
     gaps += kgaps
+    _name_paths(ksigs, tsigs, hosts)
     sigs = explain_away(ksigs + tsigs, hosts)
     if not sigs:
         return Verdict(domains=[], confidence=0.0,

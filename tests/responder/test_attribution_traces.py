@@ -286,6 +286,8 @@ def test_loss_on_one_dependencys_path_explains_only_that_dependencys_slowness():
     assert db.signal == "trace.retrieval.p90" and "likely a symptom" not in db.summary
     llm = next(e for e in hyp(v, "network").supporting if e.signal.startswith("trace.llm"))
     assert llm.summary.startswith("llm openai")  # the provider's slowness is the lossy path's
+    loss = next(e for e in hyp(v, "network").supporting if e.signal == "tcp_retrans.retransmits_per_s")
+    assert loss.summary.endswith("(top peer 10.0.0.9:443 ×40); the path to llm openai")
     # The same loss on the database's path explains the database's slowness; the provider's
     # slower calls are not on it, and a clearly slower provider is a second finding.
     to_db = capture([retrans(4.0, INC_S, top=[{"peer": "10.0.0.7:5432", "count": 40}]),
