@@ -54,12 +54,19 @@ async def round_(responder: ResponderProcess, service: LabService, name: str, fa
         print(f"alert sent: HTTP {status} {body}")
         inc = await responder.wait_verdict(body["incident_id"])
     v = inc["verdict"]
-    say(f"round {name}: verdict {v['domains'] or 'ABSTAIN'} confidence {v['confidence']:.0%}"
+    say(f"round {name}: verdict {v['domains'] or 'ABSTAIN'} {_likelihood(v)}"
         + (f" ({v['abstain_reason']})" if v.get("abstain_reason") else ""))
     status, _ = await responder.post_alert(alert_payload("resolved", labels, starts_at=t0, ends_at=time.time()))
     await asyncio.sleep(2)
     print_thread(responder, await responder.incident(inc["id"]))
     return inc
+
+
+def _likelihood(v: dict) -> str:
+    """"100% confidence, score 0.67" (calibrated), or "score 0.67" without a calibration."""
+    if v.get("score") is None:
+        return f"score {v['confidence']:.2f}"
+    return f"{v['confidence']:.0%} confidence, score {v['score']:.2f}"
 
 
 async def main() -> int:
@@ -93,7 +100,7 @@ async def main() -> int:
         for name, inc, expected in (("packet loss", r1, "network"), ("CPU contention", r2, "app_cpu")):
             v = inc["verdict"]
             got = ", ".join(v["domains"]) or "abstain"
-            print(f"{name:15} -> {got:10} {v['confidence']:.0%}   (injected: {expected})")
+            print(f"{name:15} -> {got:10} {_likelihood(v)}   (injected: {expected})")
         print(f"client requests: {stats.ok} ok, {stats.errors} failed")
         print(f"incidents: {responder.url}/api/incidents (token in LLMSLO_WEBHOOK_TOKEN)")
         return 0
