@@ -80,6 +80,8 @@ def test_a_baseline_is_healthy_near_the_reference_and_not_otherwise():
     assert "p90 latency 1.30 s over 0.80 s" in p
     assert baseline_problems({"requests": 0, "ok_ratio": None, "latency_s": {}}, ref)
     assert baseline_problems(None, None)
-    # without a reference yet, only the absolute bound on errors applies
-    assert baseline_problems(_load(1.0, 3.0), None) == []
+    # without a reference at this rate yet, absolute bounds: 2% errors, a p90 under 1 s
+    assert baseline_problems(_load(1.0, 0.9), None) == []
+    (p,) = baseline_problems(_load(1.0, 3.0), None)
+    assert "over 1.00 s (no reference at this rate yet)" in p
     assert baseline_problems(_load(0.9, 0.3), None)
