@@ -15,6 +15,7 @@ from pathlib import Path
 
 from capture.cgroupfs import proc_v1_path, v1_mount
 from capture.identity import pid_cgroup_path, unified_root
+from lab import process
 
 PREFIX = "llmslo-lab-"
 
@@ -102,7 +103,7 @@ def _sweep(parent: Path) -> list[str]:
     removed = []
     for d in parent.glob(PREFIX + "*"):
         owner = d.name.rsplit("-", 1)[-1]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+        if process.owner_gone(owner):
             remove_tree(d)
             removed.append(str(d))
     return removed

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lab import process
 from lab.cgroups import WorkloadCgroup
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def sweep_stale_tables() -> list[str]:
     removed = []
     for table in lab_tables():
         owner = table[len(TABLE_PREFIX):].split("_")[0]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+        if process.owner_gone(owner):
             _nft("delete", "table", "inet", table)
             removed.append(table)
     return removed

@@ -23,10 +23,11 @@ Everything carries the owning process's pid, so ``sweep_stale`` removes what a k
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-from pathlib import Path
+
+from lab import process
+from lab.harness import die_with_parent
 
 NS_PREFIX = "llmslo-lab-net-"
 DEFAULT_RATE_MBIT = 20.0
@@ -53,12 +54,6 @@ def _must(*argv: str) -> None:
     r = _run(*argv)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {r.stderr.strip() or r.returncode}")
-
-
-def _die_with_parent() -> None:
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class ShapedPath:
@@ -114,7 +109,7 @@ class ShapedPath:
     def spawn(self, argv: list[str], **popen_kw) -> subprocess.Popen:
         """``argv`` inside the far namespace; killed by ``remove`` (and when this process dies)."""
         popen_kw.setdefault("stdin", subprocess.DEVNULL)
-        popen_kw.setdefault("preexec_fn", _die_with_parent)
+        popen_kw.setdefault("preexec_fn", die_with_parent)
         p = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], **popen_kw)
         self.procs.append(p)
         return p
@@ -131,12 +126,12 @@ class ShapedPath:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             sender = subprocess.Popen([sys.executable, "-c", SENDER, self.ns_addr, str(BULK_PORT)],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                      stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
             self._bulk = [sink, sender]
 
     def unshape(self) -> None:
         for p in self._bulk:
-            _stop(p)
+            process.stop(p, timeout_s=2.0)
         self.procs = [p for p in self.procs if p not in self._bulk]
         self._bulk = []
         if self.delay_ms is not None:
@@ -147,7 +142,7 @@ class ShapedPath:
         """Stop what runs in it, undo the shaping, delete both namespaces (and so the veth pairs)."""
         self.unshape()
         for p in self.procs:
-            _stop(p)
+            process.stop(p, timeout_s=2.0)
         self.procs = []
         for ns in (self.ns, self.router_ns):
             _run("ip", "netns", "del", ns)
@@ -171,15 +166,6 @@ def _pair(block: int) -> tuple[str, str]:
     return f"10.213.{third}.{fourth + 1}", f"10.213.{third}.{fourth + 2}"
 
 
-def _stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.kill()
-    try:
-        p.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-
-
 def namespaces() -> list[str]:
     """The lab's network namespaces on this host."""
     r = _run("ip", "netns", "list")
@@ -191,7 +177,7 @@ def sweep_stale() -> list[str]:
     removed = []
     for ns in namespaces():
         owner = ns[len(NS_PREFIX):].split("-")[0]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+        if process.owner_gone(owner):
             _run("ip", "netns", "del", ns)
             removed.append(ns)
     return removed
