@@ -4,10 +4,11 @@ and the capture tests use (:class:`PacketLoss`, :class:`CpuContention`).
 
 Each lab fault acts through the same lever a real incident would pull:
 
-- network (``packet_loss``, ``connection_reset``): nftables rules on the loopback hop between the
-  service and its proxy route to the target, so the service's *own* sockets lose packets or
-  receive resets and only that dependency's path is hit; ``network_delay``: the delaying proxy
-  (:mod:`lab.proxy`) on that path;
+- network (``packet_loss``, ``connection_reset``): nftables rules on the service's path to the
+  target (its own veth hop into that dependency's namespaces, :mod:`lab.netpath`), so the
+  service's *own* sockets lose packets or receive resets and only that dependency's path is hit;
+  ``network_delay``: that path's router queue filled (congestion the kernel measures);
+  ``middlebox_delay``: the delaying proxy (:mod:`lab.proxy`) on that path (a slow middlebox);
 - dns: the lab DNS server the service resolves the provider's name through;
 - provider: the provider stand-in's control API; retrieval: inside PostgreSQL (``lab_faults``);
 - app_cpu / app_memory: the service's cgroups (busy processes inside them, a CPU quota, a memory
@@ -233,17 +234,24 @@ class Fault:
 
 
 class NftTable:
-    """A lab nftables table on the loopback hop to one proxy port, named after this process and
-    the port (``llmslo_lab_<pid>_<what>_<port>``): ``lab_tables``/``sweep_stale_tables`` know it."""
+    """A lab nftables table on one dependency's path, named after this process and the port the
+    service connects to (``llmslo_lab_<pid>_<what>_<port>``): ``lab_tables``/``sweep_stale_tables``
+    know it. ``rules`` go in an output chain (what the service sends), ``input_rules`` in an input
+    chain (what comes back to it)."""
 
-    def __init__(self, what: str, port: int, rules: list[str]):
+    def __init__(self, what: str, port: int, rules: list[str], input_rules: list[str] | None = None):
         self.name = f"{TABLE_PREFIX}{os.getpid()}_{what}_{port}"
         self.rules = rules
+        self.input_rules = list(input_rules or [])
 
     def create(self) -> None:
-        body = "\n".join(f"        {r}" for r in self.rules)
-        ruleset = (f"table inet {self.name} {{\n    chain output {{\n"
-                   f"        type filter hook output priority 0; policy accept;\n{body}\n    }}\n}}\n")
+        def chain(name: str, rules: list[str]) -> str:
+            body = "\n".join(f"        {r}" for r in rules)
+            return (f"    chain {name} {{\n        type filter hook {name} priority 0; policy accept;\n"
+                    f"{body}\n    }}\n")
+
+        ruleset = (f"table inet {self.name} {{\n{chain('output', self.rules)}"
+                   + (chain("input", self.input_rules) if self.input_rules else "") + "}\n")
         _nft("delete", "table", "inet", self.name)  # idempotent: replace, never stack up
         r = _nft("-f", "-", stdin=ruleset)
         if r.returncode != 0:
@@ -275,10 +283,12 @@ class PacketLossFault(Fault):
     table: NftTable | None = field(default=None, init=False)
 
     async def _apply(self, stack):
-        port = stack.proxies[self.params["target"]].port
+        target = self.params["target"]
+        addr, port = stack.endpoints[target]
+        dev = stack.paths[target].host_if
         chance = _chance(self.params["percent"] / 100)
-        self.table = NftTable("loss", port, [f'oifname "lo" tcp dport {port} {chance}counter drop',
-                                             f'oifname "lo" tcp sport {port} {chance}counter drop'])
+        self.table = NftTable("loss", port, [f'oifname "{dev}" ip daddr {addr} tcp dport {port} {chance}counter drop'],
+                              [f'iifname "{dev}" ip saddr {addr} tcp sport {port} {chance}counter drop'])
         self.table.create()
 
     async def _clear(self, stack):
@@ -296,10 +306,12 @@ class ConnectionResetFault(Fault):
     table: NftTable | None = field(default=None, init=False)
 
     async def _apply(self, stack):
-        port = stack.proxies[self.params["target"]].port
+        target = self.params["target"]
+        addr, port = stack.endpoints[target]
+        dev = stack.paths[target].host_if
         self.table = NftTable("reset", port, [
-            f'oifname "lo" tcp dport {port} tcp flags & psh == psh {_chance(self.params["fraction"])}'
-            f'counter reject with tcp reset'])
+            f'oifname "{dev}" ip daddr {addr} tcp dport {port} tcp flags & psh == psh '
+            f'{_chance(self.params["fraction"])}counter reject with tcp reset'])
         self.table.create()
 
     async def _clear(self, stack):
@@ -318,6 +330,19 @@ class MiddleboxDelayFault(Fault):
 
     async def _clear(self, stack):
         await stack.proxies[self.params["target"]].set_delay(0, 0)
+
+
+@dataclass
+class NetworkDelayFault(Fault):
+    """Congestion on the path to ``target``: its router's queue holds ``delay_ms`` of data and a
+    bulk flow keeps it full (:mod:`lab.netpath`), so every segment the service sends that way
+    waits in it, and the service's kernel measures the wait in its RTT."""
+
+    async def _apply(self, stack):
+        stack.paths[self.params["target"]].shape(self.params["delay_ms"])
+
+    async def _clear(self, stack):
+        stack.paths[self.params["target"]].unshape()
 
 
 @dataclass
@@ -455,6 +480,8 @@ def _kinds() -> dict[str, FaultKind]:
     table = [
         ("packet_loss", "network", {"target": _TARGET, "percent": Param(float, min=0.01, max=100)},
          _of(PacketLossFault), PacketLossFault.__doc__),
+        ("network_delay", "network", {"target": _TARGET, "delay_ms": Param(int, min=5, max=2_000)},
+         _of(NetworkDelayFault), NetworkDelayFault.__doc__),
         ("middlebox_delay", "network", {"target": _TARGET, "delay_ms": Param(int, min=0, max=60_000),
                                         "jitter_ms": Param(int, False, 0, min=0, max=60_000)},
          _of(MiddleboxDelayFault), MiddleboxDelayFault.__doc__),

@@ -52,6 +52,7 @@ class Strength:
 # failed provider call twice, so a provider fault on a fraction f fails about f^3 of requests).
 STRENGTHS: dict[str, Strength] = {
     "packet_loss": Strength("percent", 4, 35),
+    "network_delay": Strength("delay_ms", 30, 400, integer=True),
     "connection_reset": Strength("fraction", 0.03, 0.35),
     "middlebox_delay": Strength("delay_ms", 100, 1500, integer=True),
     "dns_delay": Strength("delay_ms", 250, 2500, integer=True),
@@ -70,7 +71,7 @@ STRENGTHS: dict[str, Strength] = {
     "traffic_surge": Strength("factor", 2.0, 5.0),
 }
 # Kinds that act on one dependency's path take a target.
-TARGETED = ("packet_loss", "connection_reset", "middlebox_delay")
+TARGETED = ("packet_loss", "connection_reset", "network_delay", "middlebox_delay")
 # Which dependency a kind's fault sits on, for pairs "on the same path".
 ON_PATH = {"provider_throttle": "provider", "provider_overload": "provider", "provider_latency": "provider",
            "retrieval_latency": "retrieval", "retrieval_errors": "retrieval"}

@@ -202,18 +202,21 @@ class DelayProxy:
 
 # --- the proxy process ---------------------------------------------------------------------------
 
-def _parse_route(text: str) -> tuple[str, str, int]:
-    name, _, target = text.partition("=")
+def _parse_route(text: str) -> tuple[str, str, int, str]:
+    """NAME=HOST:PORT[@LISTEN_HOST] (the route listens on LISTEN_HOST, default 127.0.0.1)."""
+    name, _, rest = text.partition("=")
+    target, _, listen = rest.partition("@")
     host, _, port = target.rpartition(":")
     if not name or not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"--route expects NAME=HOST:PORT, got {text!r}")
-    return name, host, int(port)
+        raise argparse.ArgumentTypeError(f"--route expects NAME=HOST:PORT[@LISTEN_HOST], got {text!r}")
+    return name, host, int(port), listen or "127.0.0.1"
 
 
 async def _serve(args: argparse.Namespace) -> None:
     proxies: dict[str, DelayProxy] = {}
-    for i, (name, host, port) in enumerate(args.route):
-        proxies[name] = await DelayProxy(host, port, seed=None if args.seed is None else args.seed + i).start()
+    for i, (name, host, port, listen) in enumerate(args.route):
+        proxies[name] = await DelayProxy(host, port, listen_host=listen,
+                                         seed=None if args.seed is None else args.seed + i).start()
 
     def authorized(request: web.Request) -> bool:
         return secrets.compare_digest(request.headers.get("Authorization", ""), f"Bearer {args.token}")
@@ -263,7 +266,8 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m lab.proxy", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--route", type=_parse_route, action="append", required=True, help="NAME=TARGET_HOST:PORT")
+    ap.add_argument("--route", type=_parse_route, action="append", required=True,
+                    help="NAME=TARGET_HOST:PORT[@LISTEN_HOST]")
     ap.add_argument("--token", required=True, help="bearer token of the control API")
     ap.add_argument("--ready-file", type=Path, required=True, help="written (JSON: ports) once listening")
     ap.add_argument("--seed", type=int, default=None, help="seed of the jitter draws")
@@ -289,11 +293,14 @@ class ProxyRoute:
 
 
 class ProxyProcess:
-    """``python -m lab.proxy`` with one route per target (``{name: (host, port)}``)."""
+    """``python -m lab.proxy`` with one route per target (``{name: (host, port)}``, or
+    ``(host, port, listen_host)``), run under ``prefix`` (e.g. ``ip netns exec NS``) when given."""
 
-    def __init__(self, targets: dict[str, tuple[str, int]], work_dir: Path, seed: int | None = None,
-                 preexec_fn=None) -> None:
-        self.targets = dict(targets)
+    def __init__(self, targets: dict[str, tuple[str, int]] | dict[str, tuple[str, int, str]], work_dir: Path,
+                 seed: int | None = None, preexec_fn=None, prefix: list[str] | None = None) -> None:
+        self.targets: dict[str, tuple[str, int]] = {n: (t[0], t[1]) for n, t in targets.items()}
+        self.listen = {n: t[2] for n, t in targets.items() if len(t) > 2}
+        self.prefix = list(prefix or [])
         self.work_dir = Path(work_dir)
         self.seed = seed
         self.preexec_fn = preexec_fn
@@ -306,9 +313,9 @@ class ProxyProcess:
     async def start(self, timeout_s: float = 20.0) -> ProxyProcess:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         ready_file = self.work_dir / f"proxy-ready-{secrets.token_hex(4)}.json"
-        argv = [sys.executable, "-m", "lab.proxy", f"--token={self.token}", f"--ready-file={ready_file}"]
+        argv = [*self.prefix, sys.executable, "-m", "lab.proxy", f"--token={self.token}", f"--ready-file={ready_file}"]
         for name, (host, port) in self.targets.items():
-            argv += ["--route", f"{name}={host}:{port}"]
+            argv += ["--route", f"{name}={host}:{port}" + (f"@{self.listen[name]}" if name in self.listen else "")]
         if self.seed is not None:
             argv += ["--seed", str(self.seed)]
         with open(self.log_path, "ab") as log:

@@ -2,8 +2,8 @@
 supervised, driven with load and faults, and removed however the run ends.
 
     load generator --HTTP--> RAG service (own cgroups; own mount namespace resolving through the lab DNS)
-      RAG service --TCP--> proxy route "provider"  --TLS--> provider stand-in (api.provider.lab)
-      RAG service --TCP--> proxy route "retrieval" -----> PostgreSQL (temporary data directory)
+      RAG service --TCP--> [path "provider"]  --> proxy route "provider"  --TLS--> provider stand-in (api.provider.lab)
+      RAG service --TCP--> [path "retrieval"] --> proxy route "retrieval" -----> PostgreSQL (temporary data directory)
       RAG service --OTLP/HTTP--> llmslo serve /v1/traces;  Prometheus scrapes RAG service /metrics
       Prometheus (rules from `llmslo rules generate`, windows scaled) -> Alertmanager -> responder webhook
 
@@ -51,6 +51,7 @@ from lab.dns import DnsStandin
 from lab.faults import Fault, make_fault
 from lab.harness import OWNER_ENV, REPO, ResponderProcess, die_with_parent
 from lab.load import LoadGenerator, LoadStats, Sample, quantile
+from lab.netpath import ShapedPath
 from lab.postgres import DATABASE, ROLE, LabPostgres
 from lab.provider import ProviderProcess
 from lab.proxy import ProxyProcess, ProxyRoute
@@ -285,6 +286,11 @@ class LabStack:
         self.dns: DnsStandin | None = None
         self.proxy: ProxyProcess | None = None
         self.proxies: dict[str, ProxyRoute] = {}
+        # Each dependency's network path: the service's sockets cross it (a router namespace, then
+        # a far one where a forwarder listens), so a delay on it is one the kernel measures.
+        self.paths: dict[str, ShapedPath] = {}
+        self.forwarders: dict[str, ProxyProcess] = {}
+        self.endpoints: dict[str, tuple[str, int]] = {}  # what the service connects to, per dependency
         self.prometheus: PrometheusProcess | None = None
         self.alertmanager: AlertmanagerProcess | None = None
         self.load_stats = LoadStats()
@@ -334,7 +340,10 @@ class LabStack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix=f"{lab_faults.STACK_DIR_PREFIX}{os.getpid()}-"))
         try:
-            self.dns = DnsStandin(records={PROVIDER_HOST: "127.0.0.1"}, seed=self.seed).start()
+            for i, name in enumerate(("provider", "retrieval")):
+                self.paths[name] = ShapedPath(i)
+                self.paths[name].create()
+            self.dns = DnsStandin(records={PROVIDER_HOST: self.paths["provider"].ns_addr}, seed=self.seed).start()
             self.responder = ResponderProcess(self.work_dir / "responder", token=self.token,
                                         log_path=self.logs / "responder.log",
                                         extra_env=self.responder_env)
@@ -367,14 +376,25 @@ class LabStack:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_in_thread(self.provider.start))
             tg.create_task(_in_thread(self.postgres.start))
-        self.proxy = ProxyProcess({"provider": ("127.0.0.1", self.provider.port),
-                                   "retrieval": ("127.0.0.1", self.postgres.port)},
+        # The host-side routes (the middlebox a middlebox_delay slows) listen on the host's end of
+        # each path; a forwarder in each far namespace is what the service connects to.
+        self.proxy = ProxyProcess({"provider": ("127.0.0.1", self.provider.port, self.paths["provider"].host_addr),
+                                   "retrieval": ("127.0.0.1", self.postgres.port, self.paths["retrieval"].host_addr)},
                                   self.scratch / "proxy", seed=self.seed, preexec_fn=die_with_parent)
         self.proxy.log_path = self.logs / "proxy.log"
         await self.proxy.start()
         self.proxies = dict(self.proxy.routes)
-        provider_url = f"https://{PROVIDER_HOST}:{self.proxies['provider'].port}/v1"
-        pg_dsn = f"postgresql://{ROLE}@127.0.0.1:{self.proxies['retrieval'].port}/{DATABASE}"
+        for name, path in self.paths.items():
+            fwd = ProxyProcess({name: (path.host_addr, self.proxies[name].port, path.ns_addr)},
+                               self.scratch / f"forward-{name}", preexec_fn=die_with_parent,
+                               prefix=["ip", "netns", "exec", path.ns])
+            fwd.log_path = self.logs / f"forward-{name}.log"
+            await fwd.start()
+            self.forwarders[name] = fwd
+            self.endpoints[name] = (path.ns_addr, fwd.routes[name].port)
+        provider_url = f"https://{PROVIDER_HOST}:{self.endpoints['provider'][1]}/v1"
+        host, port = self.endpoints["retrieval"]
+        pg_dsn = f"postgresql://{ROLE}@{host}:{port}/{DATABASE}"
         argv = [sys.executable, "-m", "lab.rag_service", "--pg-dsn", pg_dsn, "--provider-base-url", provider_url,
                 "--ca-file", str(self.provider.ca_file), "--otlp-endpoint", f"{self.responder.url}/v1/traces",
                 f"--otlp-token={self.token}", "--service", self.service_name, "--model", self.model]
@@ -480,8 +500,9 @@ class LabStack:
         if self.service is not None:
             self.service.kill()
         for name, stop in (("prometheus", self.prometheus), ("alertmanager", self.alertmanager),
-                           ("responder", self.responder), ("proxy", self.proxy), ("provider", self.provider),
-                           ("postgres", self.postgres), ("dns", self.dns)):
+                           ("responder", self.responder), *((f"forward-{n}", f) for n, f in self.forwarders.items()),
+                           ("proxy", self.proxy), ("provider", self.provider), ("postgres", self.postgres),
+                           ("dns", self.dns), *((f"path-{n}", p) for n, p in self.paths.items())):
             if stop is None:
                 continue
             try:

@@ -1,6 +1,6 @@
 """What a lab run can leave behind, named after the process that owned it: cgroups in every
-hierarchy and temporary directories (nft tables: ``lab.faults.lab_tables``; processes:
-``lab.harness.lab_processes``)."""
+hierarchy, temporary directories and network namespaces (nft tables: ``lab.faults.lab_tables``;
+processes: ``lab.harness.lab_processes``)."""
 from __future__ import annotations
 
 import os
@@ -28,3 +28,9 @@ def lab_cgroups(owner: int) -> list[Path]:
 
 def lab_dirs(owner: int) -> list[Path]:
     return [d for d in Path(tempfile.gettempdir()).glob("llmslo-lab-*") if f"-{owner}-" in d.name]
+
+
+def lab_namespaces(owner: int) -> list[str]:
+    from lab.netpath import NS_PREFIX, namespaces
+
+    return [n for n in namespaces() if n.startswith(f"{NS_PREFIX}{owner}-")]

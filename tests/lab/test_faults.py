@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
+import struct
 import time
 
 import aiohttp
@@ -29,6 +31,7 @@ async_test = pytest.mark.asyncio(loop_scope="module")
 # The lab's fault table: kind -> (ground-truth domain, parameters).
 TABLE = {
     "packet_loss": ("network", {"target", "percent"}),
+    "network_delay": ("network", {"target", "delay_ms"}),
     "middlebox_delay": ("network", {"target", "delay_ms", "jitter_ms"}),
     "connection_reset": ("network", {"target", "fraction"}),
     "dns_delay": ("dns", {"delay_ms"}),
@@ -132,20 +135,25 @@ async def try_answer(stack: LabStack) -> int | None:
         return None
 
 
-async def provider_probe(stack: LabStack, timeout_s: float = 10) -> tuple[int, float]:
-    """GET /health from the provider through the service's proxy route, over TLS with the
-    provider's name (as the service connects): (status, seconds)."""
+async def provider_probe(stack: LabStack, timeout_s: float = 10, rtt: list | None = None) -> tuple[int, float]:
+    """GET /health from the provider along the service's path (its namespaces and proxy route),
+    over TLS with the provider's name, as the service connects: (status, seconds). ``rtt``, when
+    given, receives the socket's smoothed RTT in ms as the kernel measured it."""
     ctx = ssl.create_default_context(cafile=str(stack.provider.ca_file))
     t0 = time.monotonic()
+    host, port = stack.endpoints["provider"]
 
     async def go() -> int:
-        reader, writer = await asyncio.open_connection("127.0.0.1", stack.proxies["provider"].port, ssl=ctx,
-                                                       server_hostname=PROVIDER_HOST)
+        reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=PROVIDER_HOST)
         try:
             writer.write(f"GET /health HTTP/1.1\r\nHost: {PROVIDER_HOST}\r\nConnection: close\r\n\r\n".encode())
             await writer.drain()
             status = int((await reader.readline()).split()[1])
             await reader.read()
+            if rtt is not None:
+                sock = writer.get_extra_info("socket")
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+                rtt.append(struct.unpack_from("I", info, 68)[0] / 1000)  # tcpi_rtt, µs
             return status
         finally:
             writer.close()
@@ -169,18 +177,36 @@ async def lookup_in_service_namespace(stack: LabStack, name: str = PROVIDER_HOST
 async def test_packet_loss_drops_packets_on_the_provider_path_only(healthy):
     stack = healthy
     f = await stack.apply({"kind": "packet_loss", "target": "provider", "percent": 40})
-    port = stack.proxies["provider"].port
+    port = stack.endpoints["provider"][1]
     assert f.table.name in faults.lab_tables(os.getpid())
     assert f.table.name.endswith(f"_loss_{port}")
     results = await asyncio.gather(*(provider_probe(stack, timeout_s=8) for _ in range(8)), return_exceptions=True)
     assert sum(f.table.counters()) > 0, "no packet of the provider path was dropped"
     slow = [r for r in results if isinstance(r, BaseException) or r[1] > 0.19]  # a retransmit waits >= 200 ms
     assert slow, results
-    # The retrieval path is untouched: its port is not in the rule.
-    assert str(stack.proxies["retrieval"].port) not in faults._nft("list", "table", "inet", f.table.name).stdout
+    # The retrieval path is untouched: its address and port are not in the rule.
+    rules = faults._nft("list", "table", "inet", f.table.name).stdout
+    assert str(stack.endpoints["retrieval"][1]) not in rules and stack.endpoints["retrieval"][0] not in rules
     await stack.clear(f)
     assert f.table.name not in faults.lab_tables()
     assert (await provider_probe(stack))[1] < 0.5
+
+
+@async_test
+async def test_network_delay_queues_the_path_it_names_and_the_kernel_measures_it(healthy):
+    stack = healthy
+    rtt: list[float] = []
+    assert (await provider_probe(stack, rtt=rtt))[1] < 0.3 and rtt[-1] < 5
+    f = await stack.apply({"kind": "network_delay", "target": "provider", "delay_ms": 200})
+    await asyncio.sleep(2)  # the bulk flow fills the router's queue
+    status, seconds = await provider_probe(stack, rtt=rtt)
+    # TLS handshake and request: at least three round trips through the queue
+    assert status == 200 and seconds >= 0.25, seconds
+    assert rtt[-1] >= 60, rtt  # the service's kind of socket sees it in its smoothed RTT
+    assert stack.paths["retrieval"].delay_ms is None  # only the path it names
+    await stack.clear(f)
+    assert stack.paths["provider"].delay_ms is None
+    assert (await provider_probe(stack))[1] < 0.3
 
 
 @async_test
@@ -214,7 +240,7 @@ async def test_connection_reset_resets_the_services_connections(healthy):
 async def test_dns_delay_slows_lookups_in_the_services_namespace(healthy):
     stack = healthy
     rc, out, seconds = await lookup_in_service_namespace(stack)
-    assert rc == 0 and "127.0.0.1" in out and seconds < 0.5
+    assert rc == 0 and stack.paths["provider"].ns_addr in out and seconds < 0.5
     f = await stack.apply({"kind": "dns_delay", "delay_ms": 1200})
     rc, out, seconds = await lookup_in_service_namespace(stack)
     assert rc == 0 and seconds >= 1.2, (rc, out, seconds)
@@ -233,7 +259,7 @@ async def test_dns_failure_fails_lookups_in_the_services_namespace(healthy):
     assert status == 502
     await stack.clear(f)
     rc, out, _ = await lookup_in_service_namespace(stack)
-    assert rc == 0 and "127.0.0.1" in out
+    assert rc == 0 and stack.paths["provider"].ns_addr in out
 
 
 @async_test

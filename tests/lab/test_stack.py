@@ -21,6 +21,7 @@ from lab.harness import REPO, lab_processes
 from lab.stack import PROVIDER_HOST, LabStack
 from tests.lab.leftovers import lab_cgroups as _lab_cgroups
 from tests.lab.leftovers import lab_dirs as _lab_dirs
+from tests.lab.leftovers import lab_namespaces
 
 pytestmark = pytest.mark.lab
 
@@ -61,8 +62,9 @@ async def test_the_stack_starts_healthy_is_scraped_and_traced(tmp_path):
         health = await stack.responder.health()
         assert health["spans"]["received_total"] >= summary["requests"] * 3, health["spans"]
 
-        # The paths went where the topology says: through both proxy routes, resolving the
-        # provider's name through the lab DNS server.
+        # The paths went where the topology says: across each dependency's namespaces to both
+        # proxy routes, resolving the provider's name (to its path's far end) through the lab DNS.
+        assert stack.endpoints["provider"][0] == stack.paths["provider"].ns_addr
         stats = await stack.proxy.stats()
         assert stats["provider"]["connections_total"] >= summary["requests"]  # no idle connection is kept
         assert stats["retrieval"]["connections_total"] >= 1 and stats["retrieval"]["bytes_from_target"] > 0
@@ -81,6 +83,7 @@ async def test_the_stack_starts_healthy_is_scraped_and_traced(tmp_path):
     assert _lab_cgroups(me) == []
     assert lab_processes(me) == {}
     assert _lab_dirs(me) == []
+    assert lab_namespaces(me) == []
 
 
 # A lab run in a child process, with faults of every mechanism that leaves something in the kernel
@@ -97,7 +100,8 @@ async def main():
                   {"kind": "cpu_contention", "workers": 1},
                   {"kind": "cpu_throttle", "cpus": 1.5},
                   {"kind": "memory_pressure", "limit_mb": 512},
-                  {"kind": "middlebox_delay", "target": "provider", "delay_ms": 20}):
+                  {"kind": "middlebox_delay", "target": "provider", "delay_ms": 20},
+                  {"kind": "network_delay", "target": "retrieval", "delay_ms": 20}):
             await stack.apply(f)
         print(json.dumps({"scratch": str(stack.scratch), "service": stack.service.pid,
                           "postgres": stack.postgres.proc.pid, "provider": stack.provider.proc.pid,
@@ -127,6 +131,7 @@ def test_a_run_killed_mid_fault_leaves_nothing_after_the_sweep(tmp_path):
                 *info["workers"]}
         assert pids <= set(marked), (pids, marked)
         assert Path(info["scratch"]).exists() and _lab_dirs(owner)
+        assert len(lab_namespaces(owner)) == 4  # a router and a far namespace per dependency
         os.kill(owner, signal.SIGKILL)
         child.wait(timeout=10)
     finally:
@@ -144,4 +149,5 @@ def test_a_run_killed_mid_fault_leaves_nothing_after_the_sweep(tmp_path):
     assert left == [], (left, swept)
     assert lab_processes(owner) == {}
     assert _lab_dirs(owner) == [], swept
+    assert lab_namespaces(owner) == [], swept
     assert not Path(info["scratch"]).exists()
