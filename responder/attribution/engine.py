@@ -204,6 +204,11 @@ def _trace_latency_moved(d: DependencySignals) -> tuple[bool, float, float, str]
     return moved, b, i, ("time to first token p90" if ttft else "p90")
 
 
+def _where(d: DependencySignals) -> dict[str, Any]:
+    """A trace signal's dependency and the peers its calls went to (Signal's keyword arguments)."""
+    return {"peers": d.peers or None, "dependency": f"{d.kind} {d.name}"}
+
+
 def _demand_signal(d: DependencySignals, ev: Callable[..., Evidence]) -> Signal | None:
     """The service's requests served per second, incident vs baseline (its server spans); None
     without enough requests or a window's length."""
@@ -255,7 +260,7 @@ def trace_signals_for(traces: TraceEvidence | dict[str, Any] | None,
                 out.append(Signal("provider_throttling", ev(
                     d, "throttled_share", f"calls answered 429/529/503 {'rose to' if moved else 'stayed at'} {t:.0%}"
                     f" ({d.retries_incident} retries)", None, t, "share"),
-                    _ratio_strength(t, max(eb, 0.01)) if moved else 0.0, peers=d.peers or None, dependency=f"{d.kind} {d.name}"))
+                    _ratio_strength(t, max(eb, 0.01)) if moved else 0.0, **_where(d)))
             elif kind in ("retrieval", "policy"):
                 domain = "retrieval_backend" if kind == "retrieval" else "policy_layer"
                 moved = ei - eb >= TRACE_RULE["trace_error_share", kind].threshold
@@ -265,14 +270,14 @@ def trace_signals_for(traces: TraceEvidence | dict[str, Any] | None,
                                                                      else ""), eb, ei, "share"),
                                   _ratio_strength(ei, max(eb, 0.01)) if moved else 0.0,
                                   # mostly timeouts: the calls were slow, for whatever reason
-                                  symptom=timeouts >= 0.5, peers=d.peers or None, dependency=f"{d.kind} {d.name}"))
+                                  symptom=timeouts >= 0.5, **_where(d)))
         lat = _trace_latency_moved(d)
         if lat is not None:
             moved, b, i, what = lat
             latency[key] = (moved, Signal("", ev(d, what.replace(" ", "_"), f"{what} {'rose' if moved else 'unchanged'}:"
                                                  f" {b:.0f} → {i:.0f} ms", b, i, "ms"),
                                           _ratio_strength(i, b) if moved else 0.0, symptom=True,
-                                          peers=d.peers or None, dependency=f"{d.kind} {d.name}"))
+                                          **_where(d)))
     # A provider that throttles is slow because the client waits out retry-after and retries:
     # that latency is the throttling's, not a second cause.
     throttled = {k for k, d in deps.items() if d.kind == "llm"
