@@ -68,3 +68,13 @@ def test_the_file_round_trips_and_broken_ones_give_nothing(tmp_path):
     path.write_text(json.dumps({"verdict": {"levels": [{"lo": 0.5, "hi": 0.6, "probability": 0.9, "n": 1, "right": 1},
                                                        {"lo": 0.7, "hi": 0.8, "probability": 0.1, "n": 1, "right": 0}]}}))
     assert calibration.load(path) is None  # not monotone
+
+
+def test_the_shipped_calibration_loads_and_says_what_it_was_fitted_on():
+    from responder.config import Settings
+
+    shipped = calibration.load(Settings().calibration_file)
+    assert shipped is not None, "responder/attribution/calibration.json does not load"
+    assert "training part" in shipped.source and shipped.verdict.n >= 8
+    v = shipped.apply(Verdict(["network"], 0.7))
+    assert v.calibrated and v.calibration and "lab verdict" in v.calibration
