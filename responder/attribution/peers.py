@@ -94,3 +94,32 @@ def on_path(kernel: frozenset[str] | None, spans: frozenset[str] | None, hosts: 
     if not kernel or not spans:
         return True
     return any(same(k, s, hosts) for k in kernel for s in spans)
+
+
+# The kernel's per-peer counts a dependency's row can show: (probe, top list, what it counts).
+PATH_COUNTS = (("tcp_retrans", "peers", "retransmits"), ("tcp_reset", "received_from", "resets received"),
+               ("tcp_connect", "failed_peers", "failed connects"))
+
+
+def kernel_on_path(capture: CaptureResult | None, span_peers: frozenset[str],
+                   hosts: Hosts) -> list[tuple[str, float | None, float]]:
+    """(what, baseline per second, incident per second) of the kernel's per-peer counts to the
+    peers on a dependency's path; only counts seen in either window, and nothing when the
+    dependency's peers are unknown."""
+    if capture is None or not span_peers:
+        return []
+    out: list[tuple[str, float | None, float]] = []
+    for probe, top, what in PATH_COUNTS:
+        rates: list[float | None] = []
+        for window in (capture.baseline, capture.incident):
+            r = window.get(probe)
+            if r is None or not r.window_s:
+                rates.append(None)
+                continue
+            n = sum(e.get("count", 0) for e in r.top.get(top, [])
+                    if e.get("peer") and e["peer"] != UNKNOWN_PEER and any(same(e["peer"], s, hosts) for s in span_peers))
+            rates.append(n / r.window_s)
+        base, inc = rates
+        if inc is not None and (inc or base):
+            out.append((what, base, inc))
+    return out

@@ -24,8 +24,9 @@ import time
 from typing import Any
 from urllib.parse import quote, urlparse
 
-from capture.schemas import CaptureCost
+from capture.schemas import CaptureCost, CaptureResult
 from common.timefmt import unix_seconds
+from responder.attribution import peers
 from responder.model.evidence import (
     Dependency,
     DependencyWindow,
@@ -105,7 +106,7 @@ def render_incident_page(incident: dict[str, Any]) -> str:
         _chart_section(view),
         _evidence_section(view),
         _prometheus_section(view.prometheus),
-        _traces_section(view.traces),
+        _traces_section(view.traces, view.capture),
         _capture_section(view),
         _alerts_section(view),
         _footer(view),
@@ -258,7 +259,7 @@ def _query_row(q: QueryResult) -> str:
             f"<td>{_e(q.unit)}</td><td>{links}</td></tr>")
 
 
-def _traces_section(traces: TraceEvidence | None) -> str:
+def _traces_section(traces: TraceEvidence | None, capture: CaptureResult | None = None) -> str:
     if traces is None:
         return _section("Traces", "traces", "<p class=empty>No trace evidence was gathered for this incident.</p>")
     parts = []
@@ -272,9 +273,12 @@ def _traces_section(traces: TraceEvidence | None) -> str:
     if traces.dependencies:
         head = ("<thead><tr><th>Kind</th><th>Dependency</th><th class=num>Calls</th><th class=num>Errors</th>"
                 "<th>Error types</th><th class=num>p50 ms</th><th class=num>p90 ms</th><th class=num>p99 ms</th>"
-                "<th class=num>TTFT p90 ms</th><th class=num>Retries</th></tr></thead>")
-        rows = "".join(_dep_row(d) for d in traces.dependencies)
-        parts.append(f"<p class=note>Each cell is baseline → incident; — means not seen in that window.</p>"
+                "<th class=num>TTFT p90 ms</th><th class=num>Retries</th><th>Peers</th>"
+                "<th>Kernel, on its path</th></tr></thead>")
+        hosts = peers.hosts_from(capture)
+        rows = "".join(_dep_row(d, capture, hosts) for d in traces.dependencies)
+        parts.append(f"<p class=note>Each cell is baseline → incident; — means not seen in that window. Peers are "
+                     "where the calls went; the kernel's counts are those to the same peers (per second).</p>"
                      f"<table id=trace-dependencies>{head}<tbody>{rows}</tbody></table>")
     elif traces.reachable:
         parts.append("<p class=empty>No dependency spans in either window.</p>")
@@ -285,8 +289,12 @@ def _traces_section(traces: TraceEvidence | None) -> str:
     return _section("Traces", "traces", "".join(parts))
 
 
-def _dep_row(dep: Dependency) -> str:
+def _dep_row(dep: Dependency, capture: CaptureResult | None = None, hosts: peers.Hosts | None = None) -> str:
     b, i = dep.baseline, dep.incident
+    called = {**(b.peers if b else {}), **(i.peers if i else {})}
+    peer_cell = ", ".join(f"<code>{_e(p)}</code>" for p in list(called)[:3]) or "—"
+    kernel = peers.kernel_on_path(capture, frozenset(called), hosts or {})
+    kernel_cell = "<br>".join(f"{_e(what)} {_e(num(base))} → {_e(num(inc))}/s" for what, base, inc in kernel) or "—"
 
     def cell(key: str, flag: bool = True) -> str:
         bv = None if b is None else getattr(b, key)
@@ -298,7 +306,7 @@ def _dep_row(dep: Dependency) -> str:
              for label, side in (("", i), ("baseline: ", b)) if side is not None and side.error_types]
     return (f"<tr><td>{_e(dep.kind)}</td><td><code>{_e(dep.name)}</code></td>"
             f"{cell('count', False)}{cell('errors')}<td>{'<br>'.join(types)}</td>{cell('p50_ms')}{cell('p90_ms')}"
-            f"{cell('p99_ms')}{cell('ttft_p90_ms')}{cell('retries')}</tr>")
+            f"{cell('p99_ms')}{cell('ttft_p90_ms')}{cell('retries')}<td>{peer_cell}</td><td>{kernel_cell}</td></tr>")
 
 
 def _side(window: DependencyWindow | None, value: float | None) -> str:

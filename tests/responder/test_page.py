@@ -567,3 +567,23 @@ async def test_browser_without_valid_credentials_gets_401(served, tmp_path, capl
     statuses = page_statuses(caplog, incident_id)
     assert statuses and set(statuses) == {"401"}, statuses
     assert "provider_throttling" not in dom and "id=\"verdict\"" not in dom
+
+
+def test_a_dependencys_row_shows_its_peers_and_the_kernels_counts_on_its_path():
+    inc = incident("attributed")
+    deps = inc["evidence"]["traces"]["dependencies"]
+    deps[0]["baseline"]["peers"] = {"api.openai.com:443": 3400}
+    deps[0]["incident"]["peers"] = {"api.openai.com:443": 820}
+    deps[1]["incident"]["peers"] = {"10.0.0.7:5432": 820}
+    retrans = lambda n, w: ProbeResult("tcp_retrans", w, counters={"retransmits": n},  # noqa: E731
+                                       top={"peers": [{"peer": "10.0.0.9:443", "count": n}]})
+    answers = ProbeResult("dns", 20.0, top={"answers": [{"peer": "10.0.0.9 api.openai.com", "count": 5}]})
+    inc["capture"] = CaptureResult(
+        id="cap-1", node="node-a", target=CaptureTarget(pids=[4242]), started_at=T_ALERT, ended_at=T_ALERT + 20,
+        incident={"tcp_retrans": retrans(46, 20.0), "dns": answers}, baseline={"tcp_retrans": retrans(3, 60.0)},
+    ).to_dict()
+    page = Page(render_incident_page(inc))
+    rows = page.text("traces")
+    assert "api.openai.com:443" in rows and "retransmits 0.05 → 2.3/s" in rows
+    assert "10.0.0.7:5432" in rows  # the database's peer: no kernel count on its path
+    assert rows.count("retransmits") == 1
