@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capture.schemas import CaptureResult
+from responder.attribution import peers
 from responder.model import adhoc
 from responder.model.verdict import Evidence, Verdict
 from responder.playbooks import PIN_LABEL
@@ -289,6 +290,11 @@ def _symptom_md(view: IncidentView) -> list[str]:
                     f"{num(i.errors)}")
             if i.error_types:
                 line += " (" + ", ".join(f"{_esc(k)} ×{num(v)}" for k, v in list(i.error_types.items())[:3]) + ")"
+            called = frozenset({**(b.peers if b else {}), **i.peers})
+            on_path = peers.kernel_on_path(view.capture, called, peers.hosts_from(view.capture))
+            if on_path:
+                line += "; the kernel on its path: " + ", ".join(
+                    f"{_esc(what)} {_esc(change(base, inc, '/s'))}" for what, base, inc in on_path)
             example = next((x for x in traces.exemplars if x.url), None)
             if example is not None and example.url:
                 line += f" · {_link(example.url, example.why or 'example trace')}"

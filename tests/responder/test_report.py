@@ -339,3 +339,20 @@ def test_a_one_node_capture_names_the_pod_the_agent_found_in_the_api():
          "workload_kind": "Deployment", "workload": "chat", "container": "api", "node": "node-a"}
     msg = render_attribution(_incident(verdict=_verdict().to_dict()), _verdict(), _capture(workloads=[w]), [], URL)
     assert "pod llm/chat-7d9f-a, Deployment chat, container api, containerd abababababab" in _all_text(msg)
+
+
+def test_the_most_changed_dependency_line_carries_the_kernels_counts_on_its_path():
+    evidence = _app_evidence()
+    llm = evidence["traces"]["dependencies"][0]
+    llm["incident"]["peers"] = {"10.0.0.9:443": 80}
+    lossy = lambda n, w: ProbeResult("tcp_retrans", w, counters={"retransmits": n},  # noqa: E731
+                                     top={"peers": [{"peer": "10.0.0.9:443", "count": n}]})
+    cap = _capture(incident={"tcp_retrans": lossy(40, 10.0)}, baseline={"tcp_retrans": lossy(3, 60.0)})
+    inc = _incident(verdict=_verdict().to_dict(), evidence=evidence, capture=cap.to_dict())
+    blocks = _all_text(render_attribution(inc, _verdict(), cap, [], URL))
+    assert "errors 0 → 21 (429 ×19, timeout ×2); the kernel on its path: retransmits 0.05 → 4/s" in blocks
+    # peers that are not on its path add nothing
+    llm["incident"]["peers"] = {"10.0.0.7:5432": 80}
+    blocks = _all_text(render_attribution(_incident(verdict=_verdict().to_dict(), evidence=evidence), _verdict(),
+                                          cap, [], URL))
+    assert "the kernel on its path" not in blocks
