@@ -7,7 +7,8 @@ path. This kernel has no ``netem`` (and no ``fq``), but it has ``tbf``, veth pai
 namespaces, so the lab builds the real thing:
 
 - ``create()``: host ⇄ router namespace ⇄ far namespace ``llmslo-lab-net-<pid>-<n>``, over two
-  veth pairs (a /30 each), the router forwarding;
+  veth pairs (a /30 each, in a /24 of 10.213.0.0/16 no other address on the host uses), the
+  router forwarding;
 - ``spawn(argv)``: a process inside the far namespace (``ip netns exec``), e.g. a forwarder
   whose listening address (``ns_addr``) is then the far end of the path;
 - ``shape(delay_ms)``: a token bucket (``tbf``) on the router's interface towards the far side at
@@ -23,6 +24,7 @@ Everything carries the owning process's pid, so ``sweep_stale`` removes what a k
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -71,10 +73,11 @@ class ShapedPath:
         self.router_ns = f"{self.ns}r"
         tag = f"{pid % 100_000}x{index}"  # names stay within the kernel's 15 characters
         self.host_if, self.router_in, self.router_out, self.ns_if = f"llh{tag}", f"llr{tag}a", f"llr{tag}b", f"llf{tag}"
-        # 10.213.0.0/16 in /30s: two per path (host-router, router-far)
-        block = ((pid % 1000) * 32 + index) * 2
-        self.host_addr, self.router_in_addr = _pair(block)
-        self.router_out_addr, self.ns_addr = _pair(block + 1)
+        # 10.213.T.0/24 for this process (T free on this host), in /30s: two per path
+        # (host-router, router-far)
+        octet = _octet()
+        self.host_addr, self.router_in_addr = _pair(octet, index * 2)
+        self.router_out_addr, self.ns_addr = _pair(octet, index * 2 + 1)
         self.rate_mbit = float(rate_mbit)
         self.delay_ms: float | None = None
         self.procs: list[subprocess.Popen] = []
@@ -163,11 +166,26 @@ class ShapedPath:
         self.remove()
 
 
-def _pair(block: int) -> tuple[str, str]:
-    """The two usable addresses of the ``block``-th /30 of 10.213.0.0/16."""
-    base = (block % 16384) * 4
-    third, fourth = divmod(base, 256)
-    return f"10.213.{third}.{fourth + 1}", f"10.213.{third}.{fourth + 2}"
+def _pair(octet: int, block: int) -> tuple[str, str]:
+    """The two usable addresses of the ``block``-th /30 (0-63) of 10.213.``octet``.0/24."""
+    return f"10.213.{octet}.{block * 4 + 1}", f"10.213.{octet}.{block * 4 + 2}"
+
+
+_octets: dict[int, int] = {}  # pid -> the third octet its paths use
+
+
+def _octet() -> int:
+    """This process's /24 in 10.213.0.0/16: from its pid, moved on past any /24 an address on this
+    host already uses (another lab run's paths), so two runs never share addresses or routes."""
+    pid = os.getpid()
+    if pid not in _octets:
+        shown = _run("ip", "-o", "-4", "addr", "show").stdout
+        used = {int(t) for t in re.findall(r"inet 10\.213\.(\d+)\.", shown)}
+        free = [t for t in ((pid + k) % 256 for k in range(256)) if t not in used]
+        if not free:
+            raise RuntimeError("no free /24 left in 10.213.0.0/16 for the lab's network paths")
+        _octets[pid] = free[0]
+    return _octets[pid]
 
 
 def namespaces() -> list[str]:
