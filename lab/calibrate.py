@@ -66,15 +66,7 @@ def fit_curve(points: Sequence[tuple[float, bool]]) -> Curve | None:
         right = int(round(sum(ys[i:j + 1])))
         levels.append(Level(lo=round(xs[i], 4), hi=round(xs[j], 4), probability=round(right / n, 4), n=n, right=right))
         i = j + 1
-    # Ties in score can sit on both sides of a pooled value: merge levels whose ranges touch.
-    merged: list[Level] = []
-    for lv in levels:
-        if merged and lv.lo <= merged[-1].hi:
-            m = merged.pop()
-            n, right = m.n + lv.n, m.right + lv.right
-            lv = Level(lo=m.lo, hi=max(m.hi, lv.hi), probability=round(right / n, 4), n=n, right=right)
-        merged.append(lv)
-    return Curve(tuple(merged))
+    return Curve(tuple(levels))
 
 
 def verdict_points(rows: Iterable[dict[str, Any]]) -> list[tuple[float, bool]]:

@@ -85,10 +85,8 @@ class Curve:
 
     def probability(self, score: float) -> float:
         """Constant within a level, linear between two, clipped beyond the ends."""
-        xs, ys = [], []
-        for lv in self.levels:
-            xs += [lv.lo, lv.hi]
-            ys += [lv.probability, lv.probability]
+        xs = [x for lv in self.levels for x in (lv.lo, lv.hi)]
+        ys = [lv.probability for lv in self.levels for _ in (0, 1)]
         if score <= xs[0]:
             return ys[0]
         if score >= xs[-1]:
