@@ -273,7 +273,12 @@ async def check_baseline(stack, window_s: float, reference: dict[str, Any] | Non
     knobs: list[str] = stack.knobs_changed()
     if knobs:
         problems.append("fault knobs not at their healthy values: " + ", ".join(knobs))
-    paging = [a for a in await stack.alerts() if _blocks_recovery(a)]
+    try:
+        paging = [a for a in await stack.alerts() if _blocks_recovery(a)]
+    except (OSError, TimeoutError, aiohttp.ClientError, ValueError, KeyError) as e:
+        # not known to be healthy: the baseline is extended and checked again
+        problems.append(f"Prometheus's alerts could not be read: {type(e).__name__}: {e}")
+        paging = []
     if paging:
         problems.append("page alerts " + ", ".join(f"{a['labels'].get('alertname')} {a['state']}" for a in paging))
     return {"at": now, "window_s": window_s, "healthy": not problems, "problems": problems, "load": summary}
@@ -337,8 +342,12 @@ async def _healthy_baseline(stack, scenario: Scenario, run: CaseRun, index: int,
             if restarted:
                 break
             run.note("baseline still unhealthy after waiting: restarting the service")
-            await stack.service.restart()
             restarted, waited = True, 0.0
+            try:
+                await stack.service.restart()
+            except RuntimeError as e:  # lab.stack.StackError: it exited and did not come back healthy
+                check["problems"].append(f"restarting the service failed: {e}")
+                break
             progress.set(index, "baseline (after a restart)", window)
             await asyncio.sleep(window)
         else:

@@ -191,12 +191,21 @@ class LabRagService:
                 except Exception as e:  # noqa: BLE001 - the next restart tries again
                     log.warning("event=service_restart_hook_failed error=%r", e)
 
-    async def restart(self, timeout_s: float = 30.0) -> None:
-        """Stop the service (SIGTERM) and wait until the supervisor has it healthy again."""
+    async def restart(self, timeout_s: float = 30.0, grace_s: float = 10.0) -> None:
+        """Stop the service (SIGTERM; SIGKILL when it has not exited after ``grace_s``: a
+        graceful shutdown waits for requests in flight, which a slow dependency can hold for a
+        minute) and wait until the supervisor has it healthy again, ``timeout_s`` after it exited."""
         if self.proc is None or self._supervisor is None:
             raise StackError("the RAG service is not running under its supervisor")
         before = self.restarts
-        self.proc.terminate()
+        proc = self.proc
+        proc.terminate()
+        grace_end = time.monotonic() + grace_s
+        while proc.poll() is None and time.monotonic() < grace_end:
+            await asyncio.sleep(0.1)
+        if proc.poll() is None:
+            log.warning("event=service_kill reason=no_exit_after_sigterm grace_s=%g", grace_s)
+            proc.kill()
         deadline = time.monotonic() + timeout_s
         while self.restarts == before:
             if time.monotonic() > deadline:

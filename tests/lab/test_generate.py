@@ -1,9 +1,13 @@
 """The randomized corpus generator and the runner's baseline check (no stack)."""
 from __future__ import annotations
 
+import io
+import socket
+import time
 from collections import Counter
 
 import pytest
+import yaml
 
 from lab import cli
 from lab.faults import FAULT_KINDS
@@ -85,3 +89,61 @@ def test_a_baseline_is_healthy_near_the_reference_and_not_otherwise():
     (p,) = baseline_problems(_load(1.0, 3.0), None)
     assert "over 1.00 s (no reference at this rate yet)" in p
     assert baseline_problems(_load(0.9, 0.3), None)
+
+
+class _Service:
+    """The stack's service whose restart fails, as one that never comes back healthy does."""
+
+    restarts = 0
+
+    async def restart(self) -> None:
+        from lab.stack import StackError
+
+        raise StackError("the RAG service did not answer /health within 30s")
+
+
+class _Stack:
+    """A stack whose Prometheus refuses connections (a real closed port) and whose load is healthy."""
+
+    faults: list = []
+
+    def __init__(self, port: int):
+        from lab.load import LoadStats, Sample
+
+        self.prometheus_url = f"http://127.0.0.1:{port}"
+        self.load_stats = LoadStats()
+        now = time.time()
+        for i in range(200):
+            self.load_stats.samples.append(Sample(at=now - 5 + i * 0.02, status=200, latency_s=0.2))
+        self.service = _Service()
+
+    def knobs_changed(self) -> list[str]:
+        return []
+
+    async def alerts(self) -> list[dict]:
+        from lab.stack import LabStack
+
+        return await LabStack.alerts(self)
+
+
+async def test_a_baseline_that_cannot_be_checked_or_restarted_is_recorded_unhealthy(monkeypatch):
+    from lab import runner
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stack = _Stack(port)
+    check = await runner.check_baseline(stack, 10.0, None)
+    assert not check["healthy"]
+    assert any("Prometheus's alerts could not be read" in p for p in check["problems"]), check["problems"]
+
+    monkeypatch.setattr(runner, "BASELINE_WAIT_S", 0.2)
+    monkeypatch.setattr(runner, "BASELINE_STEP_S", 0.1)
+    scenario = parse_scenarios(yaml.safe_dump({"scenarios": [
+        {"name": "steady", "baseline_s": 1, "fault_s": 20, "load_rps": 10, "expect": [], "faults": []}]}))[0]
+    run = runner.CaseRun(scenario, None)
+    progress = runner.Progress([scenario], stream=io.StringIO())
+    healthy = await runner._healthy_baseline(stack, scenario, run, 0, progress, {})
+    check = run.rec["baseline_check"]
+    assert healthy is False and check["service_restarted"] and not check["healthy"]
+    assert any("restarting the service failed" in p for p in check["problems"]), check["problems"]

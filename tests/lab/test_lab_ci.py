@@ -48,6 +48,7 @@ def test_ci_suite_produces_a_scorecard_per_mode_and_cleans_up(tmp_path):
     # restarted) is recorded as invalid with the reasons, and the scorecard leaves it out.
     for case in cases.values():
         check = case["baseline_check"]
+        assert check is not None, (case["name"], case["error"], case["notes"])
         assert check["healthy"] == (case["invalid"] is None), case["name"]
         assert check["healthy"] or check["problems"]
     valid = sorted(n for n, c in cases.items() if not c["invalid"])
