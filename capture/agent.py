@@ -278,7 +278,8 @@ class CaptureAgent:
         """Fold the recorder's history from the burn's start to the capture's start into the
         incident window. An alert arrives well after its burn began, and what happened in between
         (an OOM kill, a burst of failed connects) may be over by the time probes attach; the
-        recorder saw it. Only probes the recorder runs, at most LEAD_IN_MAX_S back."""
+        recorder saw it. Only probes the recorder runs always (not those it samples), at most
+        LEAD_IN_MAX_S back."""
         if self.recorder is None or not scope.baseline_cgroups or req.baseline_end is None:
             return
         start = max(req.baseline_end, result.started_at - LEAD_IN_MAX_S)
@@ -286,8 +287,8 @@ class CaptureAgent:
             return
         folded = []
         for name, live in result.incident.items():
-            if live.error or name not in self.recorder.sessions:
-                continue
+            if live.error or name not in self.recorder.sessions or name in self.recorder.sampled:
+                continue  # a sampled probe's history has gaps: it would dilute the capture's rates
             lead, _ = self.recorder.window(name, scope.baseline_cgroups, start, result.started_at,
                                            min_window_s=self.recorder.interval_s)
             if lead is not None:

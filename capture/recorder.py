@@ -29,9 +29,17 @@ from capture.session import ProbeLoadError, ProbeSession
 log = logging.getLogger(__name__)
 
 # Always-on by default: the probes whose cost is low enough to leave running on a node (bench/
-# measures it). The per-syscall backend_latency and the per-segment tcp_flow are capture-only.
+# measures it).
 DEFAULT_PROBES = ("tcp_retrans", "tcp_reset", "tcp_connect", "dns", "tls_http", "runq_latency",
                   "cpu_throttle", "oom_kill", "memory_pressure", "process_exec")
+# Sampled by default: too costly to leave on (the per-syscall backend_latency, the per-segment
+# tcp_flow), but a capture's verdict needs their baseline (backend latency and sRTT per peer).
+# Their per-event tracepoints are attached for one interval in every SAMPLE_EVERY (5 s of every
+# 30 s at the default interval), so they cost about a sixth of what they would always on; their
+# bookkeeping tracepoints (connects, socket owners) stay attached. A window's rates and
+# histograms come from the attached intervals only.
+DEFAULT_SAMPLED = ("tcp_flow", "backend_latency")
+SAMPLE_EVERY = 6
 DEFAULT_HISTORY_S = 900.0
 MAX_KEYS_PER_INTERVAL = 2048
 MAX_SERIES = 20_000
@@ -44,6 +52,7 @@ class Interval:
     end: float
     raw: dict[str, RawSnapshot]  # probe name -> counts in (start, end]; gauges: value at end
     dropped: int = 0  # entries left out to honour MAX_KEYS_PER_INTERVAL
+    sampled_on: bool = False  # the sampled probes' per-event tracepoints were attached throughout
 
     @property
     def entries(self) -> int:
@@ -68,9 +77,18 @@ def _bounded(deltas: dict[str, RawSnapshot], limit: int) -> tuple[dict[str, RawS
 
 class Recorder:
     def __init__(self, probes: list[str] | tuple[str, ...] | None = None, interval_s: float = 5.0,
-                 history_s: float = DEFAULT_HISTORY_S):
+                 history_s: float = DEFAULT_HISTORY_S, sampled: list[str] | tuple[str, ...] | None = None,
+                 sample_every: int = SAMPLE_EVERY):
         names = probes if probes is not None else DEFAULT_PROBES
         self.probe_names = [n for n in names if n in CATALOG]
+        if sampled is None:  # an explicit list of probes is the whole list
+            sampled = DEFAULT_SAMPLED if probes is None else ()
+        self.sampled = [n for n in sampled
+                        if n in CATALOG and CATALOG[n].sampled_attach and n not in self.probe_names]
+        self.probe_names += self.sampled
+        self.sample_every = max(1, sample_every)
+        self._sampled_on = False
+        self._intervals_seen = 0
         self.interval_s = interval_s
         self.history_s = history_s
         self.ring: deque[Interval] = deque(maxlen=max(1, int(history_s / interval_s)))
@@ -96,6 +114,7 @@ class Recorder:
                 log.error("event=recorder_probe_failed probe=%s error=%s", name, e)
                 continue
             self.sessions[name] = session
+        self._sampled_on = True  # loaded attached; the first sample() pauses them until their turn
         self.started_at = time.time()
         self.sample()
         self._thread = threading.Thread(target=self._run, name="llmslo-recorder", daemon=True)
@@ -122,9 +141,32 @@ class Recorder:
                 raw, dropped = _bounded({name: diff(self._last.get(name, {}), cur) for name, cur in current.items()},
                                         MAX_KEYS_PER_INTERVAL)
                 for name, delta in raw.items():
-                    self._add_totals(name, delta, now)
-                self.ring.append(Interval(start=self._last_at, end=now, raw=raw, dropped=dropped))
+                    if name not in self.sampled:  # /metrics totals are of what is always on
+                        self._add_totals(name, delta, now)
+                self.ring.append(Interval(start=self._last_at, end=now, raw=raw, dropped=dropped,
+                                          sampled_on=self._sampled_on))
             self._last, self._last_at = current, now
+        self._intervals_seen += 1
+        self._switch_sampled(self._intervals_seen % self.sample_every == 0)
+
+    def _switch_sampled(self, on: bool) -> None:
+        """Attach (or detach) the sampled probes' per-event tracepoints for the next interval."""
+        with self._lock:  # readers see the flag and the attachments agree
+            self._switch_sampled_locked(on)
+
+    def _switch_sampled_locked(self, on: bool) -> None:
+        if on == self._sampled_on:
+            return
+        for name in self.sampled:
+            session = self.sessions.get(name)
+            if session is None:
+                continue
+            try:
+                session.resume() if on else session.pause()
+            except Exception as e:  # noqa: BLE001 - bcc raises bare Exceptions; the others go on
+                self.errors[name] = f"{'attaching' if on else 'detaching'} failed: {e}"
+                log.error("event=recorder_sampling_failed probe=%s on=%s error=%s", name, on, e)
+        self._sampled_on = on
 
     def _add_totals(self, probe: str, delta: RawSnapshot, now: float) -> None:
         for key, value in delta.items():
@@ -170,11 +212,21 @@ class Recorder:
         span = ivs[-1].end - ivs[0].start
         if span < min_window_s:
             return None, f"the recorder covers only {span:.0f}s before the incident"
+        ago = max(0.0, end - ivs[-1].end)
+        note = f"baseline from the recorder, {span:.0f}s ending {ago:.0f}s before the capture"
+        if probe in self.sampled:
+            ivs = [iv for iv in ivs if iv.sampled_on]
+            observed = sum(iv.end - iv.start for iv in ivs)
+            if not ivs:
+                return None, (f"the recorder samples {probe} one interval in {self.sample_every}, and none fell in "
+                              f"the {span:.0f}s before the capture")
+            note = (f"baseline from the recorder, sampled: {probe} attached {observed:.0f}s of the {span:.0f}s "
+                    f"ending {ago:.0f}s before the capture")
+            span = observed
         total: RawSnapshot = {}
         for iv in ivs:
             for key, value in iv.raw.get(probe, {}).items():
                 total[key] = value if key[0] == "g" else total.get(key, 0) + value
-        note = f"baseline from the recorder, {span:.0f}s ending {max(0.0, end - ivs[-1].end):.0f}s before the capture"
         return to_result(CATALOG[probe], total, cgroup_ids, span), note
 
     def first_seen(self, probe: str, top_list: str, cgroup_ids: set[int] | None,
@@ -190,12 +242,13 @@ class Recorder:
 
     def series(self, cgroup_ids: set[int] | None, start: float, end: float,
                probes: list[str] | None = None) -> list[dict]:
-        """Per interval, each probe's counters summed over ``cgroup_ids``: the data of a chart."""
+        """Per interval, each always-on probe's counters summed over ``cgroup_ids``: the data of a
+        chart (a sampled probe's would drop to nothing between its samples)."""
         out = []
         for iv in self.intervals(start, end):
             counters: dict[str, float] = {}
             for probe, raw in iv.raw.items():
-                if probes is not None and probe not in probes:
+                if (probes is not None and probe not in probes) or probe in self.sampled:
                     continue
                 for key, value in raw.items():
                     if key[0] == "c" and (cgroup_ids is None or key[1] in cgroup_ids):
@@ -211,6 +264,8 @@ class Recorder:
             cov = (self.ring[0].start, self.ring[-1].end) if self.ring else None
         return {
             "probes": sorted(self.sessions), "errors": dict(self.errors), "interval_s": self.interval_s,
+            "sampled": {"probes": [n for n in self.sampled if n in self.sessions], "one_interval_in": self.sample_every,
+                        "attached_now": self._sampled_on},
             "history_s": self.history_s, "intervals": len(self.ring), "max_intervals": self.ring.maxlen,
             "covers_s": round(cov[1] - cov[0], 1) if cov else 0.0,
             "covers": [round(cov[0], 3), round(cov[1], 3)] if cov else None,

@@ -73,6 +73,7 @@ class ProbeSession:
         self._sample0: RawSnapshot | None = None
         self._sample_cpu_ns = 0
         self._samples = 0
+        self._paused: list[str] = []
 
     def __enter__(self) -> ProbeSession:
         self.load()
@@ -140,6 +141,31 @@ class ProbeSession:
             self.close()
             raise
         self.attach_ms = (time.monotonic() - t1) * 1000
+
+    def pause(self) -> list[str]:
+        """Detach the probe's per-event tracepoints (``Probe.sampled_attach``) and keep the rest
+        attached and the maps as they are; returns what was detached."""
+        if self.bpf is None:
+            return []
+        paused = []
+        for tp in self.probe.sampled_attach:
+            if tp.encode() in self.bpf.tracepoint_fds:
+                self.bpf.detach_tracepoint(tp=tp.encode())
+                paused.append(tp)
+        self._paused = paused
+        return paused
+
+    def resume(self) -> None:
+        """Attach what ``pause`` detached, after forgetting the per-event state left from before
+        the pause (``Probe.sampled_state``: a request written before it would be timed across it)."""
+        paused, self._paused = self._paused, []
+        if self.bpf is None or not paused:
+            return
+        for name in self.probe.sampled_state:
+            self.bpf[name].clear()
+        for tp in paused:
+            category, event = tp.split(":")
+            self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=f"tracepoint__{category}__{event}".encode())
 
     def _set_scope(self) -> None:
         b = self.bpf

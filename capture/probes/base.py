@@ -55,6 +55,12 @@ class Probe:
     attach_dynamic: Callable[[Any, Any], list[str]] | None = field(compare=False, default=None)
     # For cgroupfs probes: (cgroup ids, or None for every cgroup) -> cumulative raw snapshot.
     sample: Callable[[set[int] | None], RawSnapshot] | None = field(compare=False, default=None)
+    # The per-event tracepoints ("tcp:tcp_probe") a sampling recorder detaches between its
+    # samples; the others (connects, closes, socket owners) stay attached, so the probe's own
+    # bookkeeping is current when the per-event ones come back. Empty: not sampled.
+    sampled_attach: tuple[str, ...] = ()
+    # The maps of per-event state that must not outlive a pause (cleared before re-attaching).
+    sampled_state: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:

@@ -25,12 +25,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from capture.probes.tcp_flow import mean_rtt_us
 from capture.schemas import UNKNOWN_PEER, CaptureResult, ProbeResult
 from responder.attribution import peers
 from responder.attribution.rules import (
     KERNEL_RULES,
     MIN_RATIO,
     MIN_TRACE_CALLS,
+    PATH_ROUND_TRIPS,
+    RTT_MIN_RATIO,
     STRONG_RATIO,
     TRACE_MIN_RATIO,
     TRACE_RULE,
@@ -83,6 +86,16 @@ class Signal:
     # call targets. None: the whole workload (a run-queue wait, a slow resolver).
     peers: frozenset[str] | None = None
     dependency: str = ""  # a trace signal's dependency ("retrieval postgresql")
+    # A path's added delay (ms): the slowdown this cause can account for on its path, up to
+    # PATH_ROUND_TRIPS times over. None: any (a lost packet can cost a whole retransmit timeout).
+    explains_ms: float | None = None
+
+    def rise_ms(self) -> float | None:
+        """How much slower a latency symptom got, in ms; None when its evidence is not a latency."""
+        b, i, unit = self.evidence.baseline, self.evidence.incident, self.evidence.unit
+        if b is None or i is None or unit not in ("ms", "us"):
+            return None
+        return (i - b) / (1000.0 if unit == "us" else 1.0)
 
     def discount(self, why: str) -> None:
         """Keep EXPLAINED_FACTOR of the strength: the signal is explained by ``why``."""
@@ -148,6 +161,32 @@ def _share_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | N
     return Signal(rule.domain, ev, strength, symptom=rule.symptom, upstream=rule.upstream)
 
 
+def _rtt_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | None:
+    """Per peer, the mean sRTT of the incident window against the baseline's; the signal moves on
+    the peers whose sRTT rose (``rules``' ``peer_rtt``). None when no peer has enough samples in
+    both windows."""
+    def sampled(r: ProbeResult) -> dict[str, float]:
+        counts = {e["peer"]: e["count"] for e in r.top.get("rtt_samples", [])}
+        return {p: us / 1000.0 for p, us in mean_rtt_us(r).items()
+                if p != UNKNOWN_PEER and counts.get(p, 0) >= rule.min_samples}
+    mi, mb = sampled(inc), sampled(base)
+    both = sorted(set(mi) & set(mb), key=lambda p: mb[p] - mi[p])  # the largest rise first
+    if not both:
+        return None
+    moved = [p for p in both if mi[p] - mb[p] >= rule.threshold and mi[p] >= RTT_MIN_RATIO * mb[p]]
+    shown = moved[:3] or both[:1]
+    what = "; ".join(f"{p} {mb[p]:.1f} → {mi[p]:.1f} ms" for p in shown)
+    if moved:
+        top = moved[0]
+        ev = Evidence(signal=rule.signal, summary=f"{rule.what} rose on {len(moved)} of {len(both)} peers: {what}",
+                      baseline=round(mb[top], 3), incident=round(mi[top], 3), unit="ms")
+        return Signal(rule.domain, ev, max(_ratio_strength(mi[p], mb[p]) for p in moved), peers=frozenset(moved),
+                      explains_ms=max(mi[p] - mb[p] for p in moved))
+    ev = Evidence(signal=rule.signal, summary=f"{rule.what} flat on all {len(both)} peers (the most changed: {what})",
+                  baseline=round(mb[shown[0]], 3), incident=round(mi[shown[0]], 3), unit="ms")
+    return Signal(rule.domain, ev, 0.0)
+
+
 def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
     """Every signal the capture supports (one per kernel rule whose probe ran), and the reasons
     some could not be computed."""
@@ -184,6 +223,11 @@ def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
         elif rule.measure == "p90":
             if s := _p90_signal(rule, *p):
                 out.append(s)
+        elif rule.measure == "peer_rtt":
+            if s := _rtt_signal(rule, *p):
+                out.append(s)
+            else:
+                gaps.append(f"{rule.probe} saw no peer with {rule.min_samples}+ RTT samples in both windows")
         elif s := _share_signal(rule, *p):
             out.append(s)
         else:
@@ -329,7 +373,8 @@ def explain_away(sigs: list[Signal], hosts: peers.Hosts | None = None) -> list[S
     answers, non-timeout errors, more requests served. When a cause supports some domain and none
     supports the symptom's own, the symptom keeps only EXPLAINED_FACTOR of its strength, and says
     why. A cause on one dependency's path (retransmits to its address, throttled answers from
-    its peer) explains only the symptoms on that path (``responder.attribution.peers``); a cause
+    its peer) explains only the symptoms on that path (``responder.attribution.peers``); a longer
+    round trip there explains its calls only up to PATH_ROUND_TRIPS times the added delay; a cause
     without peers (a CPU wait, memory, demand) explains every call. Demand is weighed first: with
     more requests to serve, the service's CPU waits are demand's, so they are discounted too. A slow
     DNS lookup is itself such a symptom (a starved process finishes lookups late), but one no
@@ -344,9 +389,16 @@ def explain_away(sigs: list[Signal], hosts: peers.Hosts | None = None) -> list[S
                 s.discount(f"likely demand: {demand.evidence.summary.split(': ', 1)[-1]}")
     causes = [s for s in sigs if s.strength > 0 and not s.symptom and not s.explained]
     cause_domains = {c.domain for c in causes}
+
+    def accounts_for(cause: Signal, symptom: Signal) -> bool:
+        if not peers.on_path(cause.peers, symptom.peers, hosts or {}):
+            return False
+        rise = symptom.rise_ms()
+        return cause.explains_ms is None or rise is None or rise <= PATH_ROUND_TRIPS * cause.explains_ms
+
     for s in sigs:
         if s.symptom and s.strength > 0 and s.domain not in cause_domains:
-            explaining = sorted({c.domain for c in causes if peers.on_path(c.peers, s.peers, hosts or {})})
+            explaining = sorted({c.domain for c in causes if accounts_for(c, s)})
             if explaining:
                 s.discount(f"likely a symptom of {', '.join(explaining)}")
     # Then an upstream symptom left standing (a slow lookup) explains the slower calls after it.

@@ -17,6 +17,10 @@ Measures:
   reaches ``threshold`` and MIN_RATIO times the baseline's share.
 - ``trace_rate``, ``trace_error_share``, ``trace_p90``: per dependency of a kind, from the spans
   (``responder.evidence.traces``); ``field`` names the dependency kind.
+- ``peer_rtt``: the kernel's smoothed RTT per peer (``tcp_flow``'s per-peer mean). It moves on a
+  peer whose mean rises by ``threshold`` ms and to RTT_MIN_RATIO times its baseline; a cause on
+  that peer's path only, and one that explains a slower call there only up to PATH_ROUND_TRIPS
+  times its rise (time to first byte up with the sRTT flat is the server's, not the path's).
 - ``trace_request_rate``: the service's own requests served per second (its server spans). It
   moves when it reaches ``threshold`` times the baseline's and rises by TRAFFIC_MIN_RISE per
   second. Demand is a cause that explains the service's CPU waits (see the engine's
@@ -47,6 +51,14 @@ MIN_TRACE_CALLS = 10
 # from 0.5 to 1 request/s is not a surge), and a rise of TRAFFIC_STRONG_RATIO counts in full.
 TRAFFIC_MIN_RISE = 1.0
 TRAFFIC_STRONG_RATIO = 3.0
+# A peer's sRTT must also reach this many times its baseline (a path that is 80 ms long anyway
+# moving by a few ms is jitter)...
+RTT_MIN_RATIO = 1.5
+# ...and a rise on a dependency's path explains that dependency's slower calls up to this many
+# times over: a call waits a round trip for its request and reply, more for a new connection's
+# handshakes (TCP, TLS) and for a reply larger than the congestion window. A call slower than
+# that is slower than its path: the dependency itself is too.
+PATH_ROUND_TRIPS = 4.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,11 @@ KERNEL_RULES: tuple[Rule, ...] = (
     Rule("tcp_connect.latency_p90_us", "network", "kernel", "tcp_connect", "p90", "connect_latency",
          "connect latency", 1000, "µs", "a SYN lost or a full accept queue costs at least a millisecond",
          min_samples=5),
+    Rule("tcp_flow.peer_srtt_ms", "network", "kernel", "tcp_flow", "peer_rtt", "srtt",
+         "smoothed RTT to a peer", 50.0, "ms",
+         "a slow server lifts its clients' sRTT only up to the delayed-ACK timer (40 ms here, measured: the "
+         "ACK of a request rides on a reply that comes within it, and goes alone after it), so a rise beyond "
+         "that is the path: a queue or a longer route"),
     Rule("dns.failures_per_s", "dns", "kernel", "dns", "rate", "failures",
          "failed DNS lookups", 0.2, "/s", "two failed lookups in a ten-second capture above none"),
     Rule("dns.latency_p90_us", "dns", "kernel", "dns", "p90", "latency",
@@ -195,6 +212,9 @@ def markdown() -> str:
             return f"≥ {r.threshold:.0%} of waits ≥ {r.bound:g} µs and ×{MIN_RATIO:g} ({r.min_samples}+ samples)"
         if r.measure == "trace_p90":
             return f"+{value} {r.unit} and ×{TRACE_MIN_RATIO:g} ({MIN_TRACE_CALLS}+ calls)"
+        if r.measure == "peer_rtt":
+            return (f"+{value} {r.unit} and ×{RTT_MIN_RATIO:g} on a peer ({r.min_samples}+ samples in each window); "
+                    f"explains its path's calls slower by up to {PATH_ROUND_TRIPS:g}× the rise")
         if r.measure == "trace_request_rate":
             return f"×{value} and +{TRAFFIC_MIN_RISE:g}/s ({MIN_TRACE_CALLS}+ requests)"
         if r.measure == "trace_error_share":

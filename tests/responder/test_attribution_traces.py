@@ -323,3 +323,46 @@ def test_peers_match_by_address_by_resolved_name_or_by_port_alone():
                                                                                       "count": 2}]})
     assert peers.kernel_peers(r) == frozenset({"10.0.0.7:5432"})
     assert peers.kernel_peers(ProbeResult("tcp_retrans", 1)) is None
+
+
+def _flow(window: float, rtt_ms: dict[str, float], samples: int = 40):
+    """A tcp_flow result whose sampled sRTT per peer averaged ``rtt_ms``."""
+    from capture.schemas import ProbeResult
+
+    return ProbeResult("tcp_flow", window, top={
+        "rtt_sum_us": [{"peer": p, "count": int(ms * 1000 * samples)} for p, ms in rtt_ms.items()],
+        "rtt_samples": [{"peer": p, "count": samples} for p in rtt_ms]})
+
+
+def test_a_longer_round_trip_on_a_path_explains_its_calls_only_up_to_a_few_round_trips():
+    from tests.responder.test_attribution import BASE_S, INC_S, capture, hyp
+
+    provider, db = "10.0.0.9:443", "10.0.0.7:5432"
+    answers = _answers(INC_S, "10.0.0.9 api.provider.test", "10.0.0.7 db")
+    base = _flow(BASE_S, {provider: 0.2, db: 0.1})
+    queued = _flow(INC_S, {provider: 130.0, db: 0.1})  # a queue on the provider's path only
+    # The provider's calls 400 ms slower: about three of the path's added round trips. The network.
+    v = attribute(capture([queued, answers], [base]), traces=evidence({"llm_ms": 700}))
+    assert v.domains == ["network"], v.to_dict()
+    rtt = hyp(v, "network").supporting[0]
+    assert rtt.signal == "tcp_flow.peer_srtt_ms" and rtt.incident == 130.0
+    assert f"on 1 of 2 peers: {provider} 0.2 → 130.0 ms" in rtt.summary
+    assert rtt.summary.endswith("; the path to llm openai")
+    assert "likely a symptom of network" in hyp(v, "provider_latency").supporting[0].summary
+    # 2.7 s slower is far more than the path's 130 ms can account for: the provider is slow too.
+    v = attribute(capture([queued, answers], [base]), traces=evidence({"llm_ms": 3000}))
+    assert "likely a symptom" not in hyp(v, "provider_latency").supporting[0].summary
+    assert hyp(v, "provider_latency").confidence > 0.55
+    # The round trip flat while the first byte comes later: the provider's own latency, and the
+    # flat sRTT argues against the path.
+    v = attribute(capture([_flow(INC_S, {provider: 0.3, db: 0.1}), answers], [base]), traces=evidence({"llm_ms": 3000}))
+    assert v.domains == ["provider_latency"], v.to_dict()
+    flat = next(e for e in hyp(v, "network").contradicting if e.signal == "tcp_flow.peer_srtt_ms")
+    assert "flat on all 2 peers" in flat.summary
+    # A slow server lifts its clients' sRTT by up to the delayed-ACK timer: 35 ms is not the path.
+    v = attribute(capture([_flow(INC_S, {provider: 35.0, db: 0.1}), answers], [base]), traces=evidence({"llm_ms": 3000}))
+    assert v.domains == ["provider_latency"], v.to_dict()
+    # Too few samples of a peer in either window: no signal, and the gap says why.
+    thin = attribute(capture([_flow(INC_S, {provider: 130.0}, samples=2), answers], [_flow(BASE_S, {provider: 0.2}, 2)]),
+                     traces=evidence({"llm_ms": 700}))
+    assert not any(e.signal == "tcp_flow.peer_srtt_ms" for h in thin.hypotheses for e in h.supporting + h.contradicting)

@@ -114,7 +114,7 @@ def test_shipped_playbooks_validate_clean() -> None:
     assert playbooks[-1].name == "fallback" and playbooks[-1].is_fallback
     latency = by_name["llm-latency-burn"]
     assert latency.capture == CaptureSpec(
-        ("tcp_retrans", "tcp_reset", "tcp_connect", "dns", "tls_http", "backend_latency", "runq_latency",
+        ("tcp_retrans", "tcp_reset", "tcp_connect", "tcp_flow", "dns", "tls_http", "backend_latency", "runq_latency",
          "cpu_throttle", "oom_kill", "memory_pressure"), duration_s=10.0, baseline_s=60.0)
     assert latency.scope.pod_label == "pod" and latency.scope.namespace_label == "namespace"
     assert len(latency.runbooks) == 2

@@ -14,6 +14,11 @@ from capture.probes.base import Probe, RawSnapshot, bump, peer_str, slot_upper
 # Must match SLOW_US in the BPF source: 2^16 us = 65.5 ms, a histogram bucket boundary.
 SLOW_US = 65536
 
+# The request and reply syscalls: every read/write-family call on the node runs these.
+_PER_CALL = tuple(f"syscalls:sys_{edge}_{call}"
+                  for call in ("write", "sendto", "writev", "sendmsg", "read", "recvfrom", "readv", "recvmsg")
+                  for edge in ("enter", "exit"))
+
 
 def read_raw(bpf) -> RawSnapshot:
     raw: RawSnapshot = {}
@@ -35,9 +40,7 @@ PROBE = Probe(
     name="backend_latency",
     summary="Request/reply latency of plain-TCP backends (e.g. PostgreSQL) by workload and peer",
     source="program.bpf.c",
-    attach=tuple(f"tracepoint:syscalls:sys_{edge}_{call}"
-                 for call in ("write", "sendto", "writev", "sendmsg", "read", "recvfrom", "readv", "recvmsg")
-                 for edge in ("enter", "exit"))
+    attach=tuple(f"tracepoint:{tp}" for tp in _PER_CALL)
     + ("tracepoint:syscalls:sys_enter_connect", "tracepoint:syscalls:sys_exit_connect",
        "tracepoint:syscalls:sys_enter_close", "tracepoint:sock:inet_sock_set_state"),
     # Every read/write-family syscall on the node runs two handlers, whatever the scope: measured
@@ -53,4 +56,8 @@ PROBE = Probe(
     counters={"requests": "requests", "slow_requests": "requests", "latency_sum_us": "us"},
     histograms={"latency": "us"},
     read_raw=read_raw,
+    # The recorder samples the read/write syscalls; connect and close stay attached, so a
+    # connection opened while they were detached still has its peer when they come back.
+    sampled_attach=_PER_CALL,
+    sampled_state=("awaiting", "calls"),
 )

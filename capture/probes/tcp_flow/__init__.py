@@ -64,4 +64,7 @@ PROBE = Probe(
     histograms={"srtt": "us"},
     read_raw=read_raw,
     cflags=cflags,
+    # Detached between samples: a socket's last snd_una would count the bytes acked meanwhile.
+    sampled_attach=("tcp:tcp_probe", "sock:sock_recv_length"),
+    sampled_state=("sockets",),
 )
