@@ -102,13 +102,19 @@ PATH_COUNTS = (("tcp_retrans", "peers", "retransmits"), ("tcp_reset", "received_
 
 
 def kernel_on_path(capture: CaptureResult | None, span_peers: frozenset[str],
-                   hosts: Hosts) -> list[tuple[str, float | None, float]]:
-    """(what, baseline per second, incident per second) of the kernel's per-peer counts to the
-    peers on a dependency's path; only counts seen in either window, and nothing when the
-    dependency's peers are unknown."""
+                   hosts: Hosts) -> list[tuple[str, float | None, float, str]]:
+    """(what, baseline, incident, unit) of the kernel's per-peer evidence on a dependency's path:
+    the counts per second (``PATH_COUNTS``, only those seen in either window) and the mean sRTT
+    in ms (``tcp_flow``, when it sampled those peers); nothing when the dependency's peers are
+    unknown."""
     if capture is None or not span_peers:
         return []
-    out: list[tuple[str, float | None, float]] = []
+
+    def on_path(entry: dict) -> bool:
+        peer = str(entry.get("peer") or "")
+        return bool(peer) and peer != UNKNOWN_PEER and any(same(peer, s, hosts) for s in span_peers)
+
+    out: list[tuple[str, float | None, float, str]] = []
     for probe, top, what in PATH_COUNTS:
         rates: list[float | None] = []
         for window in (capture.baseline, capture.incident):
@@ -116,10 +122,17 @@ def kernel_on_path(capture: CaptureResult | None, span_peers: frozenset[str],
             if r is None or not r.window_s:
                 rates.append(None)
                 continue
-            n = sum(e.get("count", 0) for e in r.top.get(top, [])
-                    if e.get("peer") and e["peer"] != UNKNOWN_PEER and any(same(e["peer"], s, hosts) for s in span_peers))
-            rates.append(n / r.window_s)
+            rates.append(sum(e.get("count", 0) for e in r.top.get(top, []) if on_path(e)) / r.window_s)
         base, inc = rates
         if inc is not None and (inc or base):
-            out.append((what, base, inc))
+            out.append((what, base, inc, "/s"))
+    rtts: list[float | None] = []
+    for window in (capture.baseline, capture.incident):
+        flow = window.get("tcp_flow")
+        lists = flow.top if flow is not None else {}
+        total = sum(e.get("count", 0) for e in lists.get("rtt_sum_us", []) if on_path(e))
+        samples = sum(e.get("count", 0) for e in lists.get("rtt_samples", []) if on_path(e))
+        rtts.append(total / samples / 1000.0 if samples and total else None)
+    if rtts[1] is not None:
+        out.append(("sRTT", rtts[0], rtts[1], "ms"))
     return out

@@ -41,6 +41,7 @@ from responder.render import chart
 from responder.render.view import (
     IncidentView,
     capture_problems,
+    change,
     clock,
     confidence_phrase,
     duration,
@@ -294,7 +295,7 @@ def _dep_row(dep: Dependency, capture: CaptureResult | None = None, hosts: peers
     called = {**(b.peers if b else {}), **(i.peers if i else {})}
     peer_cell = ", ".join(f"<code>{_e(p)}</code>" for p in list(called)[:3]) or "—"
     kernel = peers.kernel_on_path(capture, frozenset(called), hosts or {})
-    kernel_cell = "<br>".join(f"{_e(what)} {_e(num(base))} → {_e(num(inc))}/s" for what, base, inc in kernel) or "—"
+    kernel_cell = "<br>".join(f"{_e(what)} {_e(change(base, inc, u))}" for what, base, inc, u in kernel) or "—"
 
     def cell(key: str, flag: bool = True) -> str:
         bv = None if b is None else getattr(b, key)

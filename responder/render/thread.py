@@ -294,7 +294,7 @@ def _symptom_md(view: IncidentView) -> list[str]:
             on_path = peers.kernel_on_path(view.capture, called, peers.hosts_from(view.capture))
             if on_path:
                 line += "; the kernel on its path: " + ", ".join(
-                    f"{_esc(what)} {_esc(change(base, inc, '/s'))}" for what, base, inc in on_path)
+                    f"{_esc(what)} {_esc(change(base, inc, u))}" for what, base, inc, u in on_path)
             example = next((x for x in traces.exemplars if x.url), None)
             if example is not None and example.url:
                 line += f" · {_link(example.url, example.why or 'example trace')}"

@@ -578,12 +578,18 @@ def test_a_dependencys_row_shows_its_peers_and_the_kernels_counts_on_its_path():
     retrans = lambda n, w: ProbeResult("tcp_retrans", w, counters={"retransmits": n},  # noqa: E731
                                        top={"peers": [{"peer": "10.0.0.9:443", "count": n}]})
     answers = ProbeResult("dns", 20.0, top={"answers": [{"peer": "10.0.0.9 api.openai.com", "count": 5}]})
+    flow = lambda ms, w: ProbeResult("tcp_flow", w, top={  # noqa: E731
+        "rtt_sum_us": [{"peer": "10.0.0.9:443", "count": int(ms * 1000 * 50)}, {"peer": "10.0.0.7:5432", "count": 5000}],
+        "rtt_samples": [{"peer": "10.0.0.9:443", "count": 50}, {"peer": "10.0.0.7:5432", "count": 50}]})
     inc["capture"] = CaptureResult(
         id="cap-1", node="node-a", target=CaptureTarget(pids=[4242]), started_at=T_ALERT, ended_at=T_ALERT + 20,
-        incident={"tcp_retrans": retrans(46, 20.0), "dns": answers}, baseline={"tcp_retrans": retrans(3, 60.0)},
+        incident={"tcp_retrans": retrans(46, 20.0), "dns": answers, "tcp_flow": flow(131, 20.0)},
+        baseline={"tcp_retrans": retrans(3, 60.0), "tcp_flow": flow(0.4, 60.0)},
     ).to_dict()
     page = Page(render_incident_page(inc))
     rows = page.text("traces")
     assert "api.openai.com:443" in rows and "retransmits 0.05 → 2.3/s" in rows
-    assert "10.0.0.7:5432" in rows  # the database's peer: no kernel count on its path
+    assert "sRTT 0.4 → 131 ms" in rows  # the mean over the peers on its path only
+    assert "sRTT 0.1 → 0.1 ms" in rows  # the database's own path
+    assert "10.0.0.7:5432" in rows  # the database's peer: no retransmits on its path
     assert rows.count("retransmits") == 1

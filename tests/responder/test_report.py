@@ -347,10 +347,14 @@ def test_the_most_changed_dependency_line_carries_the_kernels_counts_on_its_path
     llm["incident"]["peers"] = {"10.0.0.9:443": 80}
     lossy = lambda n, w: ProbeResult("tcp_retrans", w, counters={"retransmits": n},  # noqa: E731
                                      top={"peers": [{"peer": "10.0.0.9:443", "count": n}]})
-    cap = _capture(incident={"tcp_retrans": lossy(40, 10.0)}, baseline={"tcp_retrans": lossy(3, 60.0)})
+    flow = lambda ms, w: ProbeResult("tcp_flow", w, top={  # noqa: E731
+        "rtt_sum_us": [{"peer": "10.0.0.9:443", "count": int(ms * 1000 * 20)}], "rtt_samples": [{"peer": "10.0.0.9:443", "count": 20}]})
+    cap = _capture(incident={"tcp_retrans": lossy(40, 10.0), "tcp_flow": flow(130, 10.0)},
+                   baseline={"tcp_retrans": lossy(3, 60.0), "tcp_flow": flow(0.2, 60.0)})
     inc = _incident(verdict=_verdict().to_dict(), evidence=evidence, capture=cap.to_dict())
     blocks = _all_text(render_attribution(inc, _verdict(), cap, [], URL))
-    assert "errors 0 → 21 (429 ×19, timeout ×2); the kernel on its path: retransmits 0.05 → 4/s" in blocks
+    assert ("errors 0 → 21 (429 ×19, timeout ×2); the kernel on its path: retransmits 0.05 → 4/s, "
+            "sRTT 0.2 → 130 ms") in blocks
     # peers that are not on its path add nothing
     llm["incident"]["peers"] = {"10.0.0.7:5432": 80}
     blocks = _all_text(render_attribution(_incident(verdict=_verdict().to_dict(), evidence=evidence), _verdict(),
