@@ -454,7 +454,7 @@ def attribute(capture: CaptureResult | None, traces: TraceEvidence | dict[str, A
         if gaps:
             reason += " (" + "; ".join(gaps) + ")"
         return Verdict(domains=[], confidence=top.confidence, hypotheses=hyps, abstain_reason=reason,
-                       decision=f"abstained: {top.domain} score {top.confidence:.2f} < {MIN_CONFIDENCE:.2f}")
+                       decision=f"abstained: {top.domain} score {_below(top.confidence, MIN_CONFIDENCE)}")
     runner = f"{second.domain} {second.confidence:.2f}" if second else "no other domain"
     if second and second.confidence >= BOTH_CONFIDENCE:
         return Verdict(domains=[top.domain, second.domain], confidence=second.confidence, hypotheses=hyps,
@@ -469,11 +469,19 @@ def attribute(capture: CaptureResult | None, traces: TraceEvidence | dict[str, A
                        abstain_reason=(f"evidence points two ways: {top.domain} scores {top.confidence:.2f}, "
                                        f"{second.domain} {second.confidence:.2f}"),
                        decision=f"abstained: {top.domain} score {top.confidence:.2f} leads {runner} by "
-                                f"{top.confidence - second.confidence:.2f} < {MIN_MARGIN:.2f}")
+                                f"{_below(top.confidence - second.confidence, MIN_MARGIN)}")
     lead = (f"leads {runner} by {top.confidence - second.confidence:.2f} ≥ {MIN_MARGIN:.2f}"
             if second else "no other domain moved")
     return Verdict(domains=[top.domain], confidence=top.confidence, hypotheses=hyps,
                    decision=f"named: {top.domain} score {top.confidence:.2f} ≥ {MIN_CONFIDENCE:.2f} and {lead}")
+
+
+def _below(value: float, bound: float) -> str:
+    """``0.499 < 0.50``: "value < bound" with as many decimals as it takes for the two to differ."""
+    for digits in (2, 3, 4):
+        if f"{value:.{digits}f}" != f"{bound:.{digits}f}":
+            break
+    return f"{value:.{digits}f} < {bound:.2f}"
 
 
 def _arithmetic(mine: list[Signal], strength: float) -> str:

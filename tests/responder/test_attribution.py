@@ -390,3 +390,10 @@ def test_unchanged_provider_responses_are_evidence_against_throttling():
     v = attribute(capture([tls(1, 0, INC_S), retrans(4.0, INC_S), ri], [tls(6, 0, BASE_S), retrans(0.1, BASE_S), rb]))
     assert v.domains == ["network"]
     assert hyp(v, "provider_throttling").confidence == 0.0
+
+
+def test_a_decision_never_reads_as_a_bound_below_itself():
+    from responder.attribution.engine import _below
+
+    assert _below(0.4999, 0.5) == "0.4999 < 0.50"  # not "0.50 < 0.50"
+    assert _below(0.31, 0.5) == "0.31 < 0.50" and _below(0.146, 0.15) == "0.146 < 0.15"

@@ -348,7 +348,8 @@ def test_the_most_changed_dependency_line_carries_the_kernels_counts_on_its_path
     lossy = lambda n, w: ProbeResult("tcp_retrans", w, counters={"retransmits": n},  # noqa: E731
                                      top={"peers": [{"peer": "10.0.0.9:443", "count": n}]})
     flow = lambda ms, w: ProbeResult("tcp_flow", w, top={  # noqa: E731
-        "rtt_sum_us": [{"peer": "10.0.0.9:443", "count": int(ms * 1000 * 20)}], "rtt_samples": [{"peer": "10.0.0.9:443", "count": 20}]})
+        "rtt_sum_us": [{"peer": "10.0.0.9:443", "count": int(ms * 1000 * 20)}],
+        "rtt_samples": [{"peer": "10.0.0.9:443", "count": 20}]})
     cap = _capture(incident={"tcp_retrans": lossy(40, 10.0), "tcp_flow": flow(130, 10.0)},
                    baseline={"tcp_retrans": lossy(3, 60.0), "tcp_flow": flow(0.2, 60.0)})
     inc = _incident(verdict=_verdict().to_dict(), evidence=evidence, capture=cap.to_dict())
