@@ -331,3 +331,58 @@ async def test_real_postgresql_pg_sleep(workload_cgroup):
     h = r.histograms["latency"]
     assert sum(c for upper, c in h.buckets.items() if upper // 2 >= 65536) >= k, h.buckets
     print(f"postgres: {r.counters} buckets={dict(sorted(h.buckets.items()))}")
+
+
+# N plain request/replies, then N HTTPS requests through http.client (OpenSSL writes its records
+# with write()) and N through asyncio's TLS streams (records sent with send()).
+MIXED_CLIENT = r"""
+import asyncio, http.client, socket, ssl, sys
+plain_port, tls_port, cafile, n = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+sys.stdin.readline()
+plain = socket.create_connection(("127.0.0.1", plain_port))
+lines = plain.makefile("rb")
+for _ in range(n):
+    plain.sendall(b"query\n")
+    assert lines.readline() == b"reply\n"
+ctx = ssl.create_default_context(cafile=cafile)
+conn = http.client.HTTPSConnection("127.0.0.1", tls_port, context=ctx, timeout=20)
+for _ in range(n):
+    conn.request("GET", "/")
+    conn.getresponse().read()
+
+async def streams():
+    reader, writer = await asyncio.open_connection("127.0.0.1", tls_port, ssl=ctx)
+    for _ in range(n):
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0].split(b":")[1])
+        await reader.readexactly(length)
+    writer.close()
+
+asyncio.run(streams())
+print("done 0", flush=True)
+"""
+
+
+async def test_tls_connections_are_left_to_tls_http(workload_cgroup):
+    """Only the plain backend's N requests are counted: the TLS connections' requests start with
+    a TLS record header, whether written with write() or send(), and are not timed here (a
+    provider's answers must not pass for a backend's latency)."""
+    from tests.standins.tls_server import TLSServer
+
+    n = 8
+    server = spawn(sys.executable, "-c", DELAY_SERVER, "0.01")
+    client = None
+    try:
+        with TLSServer(delay_s=0.05) as tls:
+            plain_port = int(server.stdout.readline())
+            client = spawn(sys.executable, "-c", MIXED_CLIENT, str(plain_port), str(tls.port), str(tls.certfile), str(n),
+                           cgroup=workload_cgroup)
+            r = await capture(CaptureTarget(cgroups=[workload_cgroup.path]), lambda: run_client(client, timeout=60))
+            served = len(tls.served)
+    finally:
+        stop(*[p for p in (server, client) if p])
+    assert served == 2 * n  # the TLS requests were made and answered
+    assert peer_counts(r, "peers") == {f"127.0.0.1:{plain_port}": n}, r.top
+    assert r.counters["requests"] == n and r.histograms["latency"].count == n

@@ -8,6 +8,9 @@ Results, per window:
 - top lists by peer (``addr:port`` of the backend): ``peers`` (requests), ``latency_sum_us``
   (time spent waiting on each peer: a peer's mean is its sum over its ``peers`` count) and
   ``slow_peers`` (requests at or above ``SLOW_US`` per peer; peers with none are absent).
+
+Connections whose requests are TLS records (a provider over HTTPS) are not timed: their answers
+are ``tls_http``'s, and would otherwise pass for a backend's latency.
 """
 from capture.probes.base import Probe, RawSnapshot, bump, peer_str, slot_upper
 

@@ -7,6 +7,9 @@
  * from fdpeers.h, sys_enter_connect / sys_exit_connect / sys_enter_close, which learn the peer
  * of each (process, fd) at connect(). Only descriptors with a known peer are measured: client
  * sockets. Files, pipes, unix sockets and accepted server sockets return after one lookup.
+ * A client socket whose request starts with a TLS record header (write and send are looked at)
+ * is forgotten: TLS replies are tls_http's, and a provider's answers must not pass for a
+ * backend's latency.
  *
  * Per (process, fd) the state is "awaiting a reply since T", T being the end of the LAST
  * successful write (ret > 0) of the request. The FIRST successful read (ret > 0; EAGAIN on a
@@ -62,7 +65,19 @@ BPF_TABLE("lru_hash", struct fd_key_t, u64, awaiting, 16384);
 BPF_HASH(latency_us, struct hist_key_t, u64, 2048);
 BPF_HASH(peers, struct peer_key_t, struct peer_val_t, 4096);
 
-static __always_inline int on_enter(u32 fd, u32 dir) {
+/* Whether a request's first bytes are a TLS record header: content type 20-23 (change cipher
+ * spec, alert, handshake, application data), then major version 3 and minor 0-4. No plain
+ * protocol this probe is for starts that way (PostgreSQL messages start with a type letter or a
+ * length, HTTP/1 with a method, Redis with '*'). */
+static __always_inline int is_tls_record(const void *buf) {
+    u8 h[3] = {};
+    if (!buf || bpf_probe_read_user(&h, sizeof(h), buf) != 0)
+        return 0;
+    return h[0] >= 20 && h[0] <= 23 && h[1] == 3 && h[2] <= 4;
+}
+
+/* buf: the request's buffer for write() and send(); 0 where the call has none to look at. */
+static __always_inline int on_enter(u32 fd, u32 dir, const void *buf) {
     if (!is_armed())
         return 0;
     u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -74,6 +89,14 @@ static __always_inline int on_enter(u32 fd, u32 dir) {
         return 0;  /* not a client socket: the common case, one hash lookup */
     if (!in_scope(bpf_get_current_cgroup_id(), k.tgid, 0, peer->port))
         return 0;
+    if (dir == DIR_WRITE && is_tls_record(buf)) {
+        /* TLS: its replies are tls_http's (time to first byte, by status); timing them here
+         * would mix a provider's answers into the backends' latency. Forgotten until the
+         * descriptor connects again. */
+        fd_peers.delete(&k);
+        awaiting.delete(&k);
+        return 0;
+    }
     u32 tid = pid_tgid;
     struct call_t c = {};
     c.fd = fd;
@@ -136,23 +159,25 @@ static __always_inline int on_exit(long ret) {
 }
 
 /* Requests. */
-TRACEPOINT_PROBE(syscalls, sys_enter_write) { return on_enter(args->fd, DIR_WRITE); }
+/* Requests. OpenSSL writes its records with write(), asyncio's TLS transport with send()
+ * (sendto): both are checked for a TLS record header. */
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return on_enter(args->fd, DIR_WRITE, args->buf); }
 TRACEPOINT_PROBE(syscalls, sys_exit_write) { return on_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return on_enter(args->fd, DIR_WRITE); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return on_enter(args->fd, DIR_WRITE, args->buff); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return on_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return on_enter(args->fd, DIR_WRITE); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return on_enter(args->fd, DIR_WRITE, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return on_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return on_enter(args->fd, DIR_WRITE); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return on_enter(args->fd, DIR_WRITE, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return on_exit(args->ret); }
 
 /* Replies. */
-TRACEPOINT_PROBE(syscalls, sys_enter_read) { return on_enter(args->fd, DIR_READ); }
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return on_enter(args->fd, DIR_READ, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_read) { return on_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return on_enter(args->fd, DIR_READ); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return on_enter(args->fd, DIR_READ, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return on_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return on_enter(args->fd, DIR_READ); }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return on_enter(args->fd, DIR_READ, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return on_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return on_enter(args->fd, DIR_READ); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return on_enter(args->fd, DIR_READ, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return on_exit(args->ret); }
 
 /* A new TCP connection on a descriptor number that an earlier connection used (close, then a
