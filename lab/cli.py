@@ -101,10 +101,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from lab import scorecard
 
-    out = Path(args.dir)
+    dirs = [Path(d) for d in args.dirs]
+    if len(dirs) > 1 and not args.out:
+        raise LabCliError("report: several runs are pooled into one scorecard: say where it goes with --out DIR")
+    out = Path(args.out) if args.out else dirs[0]
     modes = _modes(args) if args.mode else (scorecard.stored_modes(out) or [DEFAULT_MODE])
     try:
-        cards = scorecard.report(out, modes)
+        cards = scorecard.report(dirs, modes, out)
     except scorecard.ScorecardError as e:
         raise LabCliError(f"report: {e}") from None
     for mode in modes:
@@ -200,8 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="skip scenarios whose case the run directory already has")
     r.set_defaults(func=cmd_run)
 
-    rep = sub.add_parser("report", help="score the stored cases of a run again (md, json, charts)")
-    rep.add_argument("dir")
+    rep = sub.add_parser("report", help="score the stored cases of a run again (md, json, charts); several runs "
+                         "(a corpus run in parts) are pooled")
+    rep.add_argument("dirs", nargs="+", metavar="DIR", help="run directory (cases/ or cases.jsonl.gz)")
+    rep.add_argument("--out", help="where the scorecards go (default: the run directory; required for several)")
     rep.add_argument("--mode", action="append", choices=MODES,
                      help="modes to score (default: those the run already has, else combined)")
     rep.set_defaults(func=cmd_report)

@@ -753,24 +753,44 @@ def mode_dir(run_dir: Path, mode: str, modes: list[str]) -> Path:
     return Path(run_dir) if len(modes) == 1 else Path(run_dir) / mode
 
 
-def report(run_dir: Path, modes: list[str]) -> list[dict[str, Any]]:
-    """Score the stored cases of ``run_dir`` in each mode and write every scorecard."""
-    cases = load_cases(run_dir)
+def pooled_cases(run_dirs: list[Path]) -> list[dict[str, Any]]:
+    """The cases of several runs together (a corpus run in parts); a case name in two of them is
+    an error, since the split and the scorecard key on names."""
+    cases: list[dict[str, Any]] = []
+    seen: dict[str, Path] = {}
+    for d in run_dirs:
+        for c in load_cases(Path(d)):
+            if c["name"] in seen:
+                raise ScorecardError(f"case {c['name']!r} is in both {seen[c['name']]} and {d}")
+            seen[c["name"]] = Path(d)
+            cases.append(c)
+    return cases
+
+
+def report(run_dir: Path | list[Path], modes: list[str], out: Path | None = None) -> list[dict[str, Any]]:
+    """Score the stored cases of ``run_dir`` (or of several runs, pooled) in each mode and write
+    every scorecard to ``out`` (default: the run directory; required for several)."""
+    run_dirs = [Path(d) for d in run_dir] if isinstance(run_dir, list) else [Path(run_dir)]
+    if out is None:
+        if len(run_dirs) > 1:
+            raise ScorecardError("several runs pooled need a directory for their scorecards (--out)")
+        out = run_dirs[0]
+    cases = pooled_cases(run_dirs)
     cards = []
     for mode in modes:
         card = score(cases, mode)
-        write(card, mode_dir(run_dir, mode, modes))
+        card["runs"] = [str(d) for d in run_dirs]
+        write(card, mode_dir(out, mode, modes))
         cards.append(card)
     if len(modes) > 1:
-        (Path(run_dir) / "compare.md").write_text(compare_table([(str(run_dir), c) for c in cards]))
+        (Path(out) / "compare.md").write_text(compare_table([(str(out), c) for c in cards]))
     return cards
 
 
 def calibration_table(run_dirs: list[Path]) -> dict[str, Any]:
     """The responder's calibration (``responder.attribution.calibration``), fitted with the current
     engine on the training part of the runs' cases, combined mode."""
-    cases = [c for d in run_dirs for c in load_cases(Path(d))]
-    fitted = score(cases, "combined")["calibrated"]["fitted"]
+    fitted = score(pooled_cases(run_dirs), "combined")["calibrated"]["fitted"]
     if not fitted:
         raise ScorecardError(f"{', '.join(map(str, run_dirs))}: fewer than {calibrate.MIN_POINTS} answered verdicts "
                              "in the training part to calibrate on")

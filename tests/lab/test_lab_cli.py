@@ -149,6 +149,26 @@ def test_compare_puts_runs_and_modes_side_by_side(tmp_path, capsys):
     assert det["rate"] == pytest.approx(2 / 3) and f" {det['p95_s']:.0f} " in kernel_row  # 40 s and 60 s: p95 59
 
 
+def test_report_pools_the_parts_of_a_corpus_into_one_scorecard(tmp_path, capsys):
+    a, b, pooled = tmp_path / "s1", tmp_path / "s2", tmp_path / "corpus"
+    write_cases(a)
+    write_cases(b)
+    for c in (b / "cases").glob("*.json"):  # another part: other scenario names
+        c.rename(c.with_name(f"s2-{c.name}"))
+        case = json.loads(c.with_name(f"s2-{c.name}").read_text())
+        case["name"] = f"s2-{case['name']}"
+        c.with_name(f"s2-{c.name}").write_text(json.dumps(case))
+    assert cli.main(["report", str(a), str(b)]) == 2  # several parts need --out
+    assert "--out DIR" in capsys.readouterr().err and not pooled.exists()
+    assert cli.main(["report", str(a), str(b), "--out", str(pooled), "--mode", "combined"]) == 0
+    card = json.loads((pooled / "scorecard.json").read_text())
+    assert len(card["cases"]) == 6 and card["runs"] == [str(a), str(b)]
+    assert not (a / "scorecard.json").exists()  # the parts are read, not written
+    # one scenario in two parts: refused, nothing written
+    assert cli.main(["report", str(a), str(a), "--out", str(tmp_path / "twice")]) == 2
+    assert "'loss' is in both" in capsys.readouterr().err and not (tmp_path / "twice").exists()
+
+
 def test_report_and_compare_refuse_what_is_not_a_run(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
