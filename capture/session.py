@@ -134,6 +134,8 @@ class ProbeSession:
             self.bpf.attach_tracepoints()
             if self.probe.attach_dynamic is not None:
                 self.notes = self.probe.attach_dynamic(self.bpf, self.scope)
+            if self.probe.seed is not None:
+                self.notes += self.probe.seed(self.bpf, self.scope)
         except ProbeAttachError as e:
             self.close()
             raise ProbeLoadError(f"probe {self.probe.name}: {e}") from e

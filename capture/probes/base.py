@@ -53,6 +53,9 @@ class Probe:
     # Uprobes attached after the program loads: (bpf, scope or None for the whole node) ->
     # notes saying what was attached where. Raises ProbeAttachError when nothing could be.
     attach_dynamic: Callable[[Any, Any], list[str]] | None = field(compare=False, default=None)
+    # After the tracepoints attach: (bpf, scope or None) -> notes. Fills in what the probe would
+    # have learned had it been loaded earlier (the peers of connections already open).
+    seed: Callable[[Any, Any], list[str]] | None = field(compare=False, default=None)
     # For cgroupfs probes: (cgroup ids, or None for every cgroup) -> cumulative raw snapshot.
     sample: Callable[[set[int] | None], RawSnapshot] | None = field(compare=False, default=None)
     # The per-event tracepoints ("tcp:tcp_probe") a sampling recorder detaches between its

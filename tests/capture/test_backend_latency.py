@@ -386,3 +386,45 @@ async def test_tls_connections_are_left_to_tls_http(workload_cgroup):
     assert served == 2 * n  # the TLS requests were made and answered
     assert peer_counts(r, "peers") == {f"127.0.0.1:{plain_port}": n}, r.top
     assert r.counters["requests"] == n and r.histograms["latency"].count == n
+
+
+# Connects first (a pool's connection, older than any capture), says so, then makes N requests
+# once released.
+POOLED_CLIENT = r"""
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+conn = socket.create_connection(("127.0.0.1", port))
+lines = conn.makefile("rb")
+print("connected", flush=True)
+sys.stdin.readline()
+for _ in range(n):
+    conn.sendall(b"query\n")
+    assert lines.readline() == b"reply\n"
+print("done 0", flush=True)
+"""
+
+
+async def test_a_connection_opened_before_the_probe_loaded_is_measured(workload_cgroup):
+    """A database pool connects long before an alert: its peer is read from /proc when the probe
+    attaches, so its N requests are counted (connect() was never seen)."""
+    n = 10
+    server = spawn(sys.executable, "-c", DELAY_SERVER, "0.005")
+    client = None
+    try:
+        port = int(server.stdout.readline())
+        client = spawn(sys.executable, "-c", POOLED_CLIENT, str(port), str(n), cgroup=workload_cgroup)
+        assert client.stdout.readline().strip() == "connected"
+        notes: list[str] = []
+
+        def run() -> ProbeResult:
+            with ProbeSession(PROBE, identity.resolve(CaptureTarget(cgroups=[workload_cgroup.path]))) as session:
+                notes.extend(session.notes)
+                run_client(client)
+                time.sleep(0.2)
+                return to_result(PROBE, session.read_raw(), None, 1.0)
+
+        r = await asyncio.to_thread(run)
+    finally:
+        stop(*[p for p in (server, client) if p])
+    assert notes == ["peers of 1 already-open TCP connection(s) read from /proc"], notes
+    assert peer_counts(r, "peers") == {f"127.0.0.1:{port}": n}, r.top

@@ -9,10 +9,13 @@ Results, per window:
   (time spent waiting on each peer: a peer's mean is its sum over its ``peers`` count) and
   ``slow_peers`` (requests at or above ``SLOW_US`` per peer; peers with none are absent).
 
-Connections whose requests are TLS records (a provider over HTTPS) are not timed: their answers
-are ``tls_http``'s, and would otherwise pass for a backend's latency.
+Connections opened before the probe loaded (a pool's) are measured too: their peers are read
+from /proc when it attaches (``capture.probes.fdpeers``). Connections whose requests are TLS
+records (a provider over HTTPS) are not timed: their answers are ``tls_http``'s, and would
+otherwise pass for a backend's latency.
 """
 from capture.probes.base import Probe, RawSnapshot, bump, peer_str, slot_upper
+from capture.probes.fdpeers import seed_scope
 
 # Must match SLOW_US in the BPF source: 2^16 us = 65.5 ms, a histogram bucket boundary.
 SLOW_US = 65536
@@ -63,4 +66,6 @@ PROBE = Probe(
     # connection opened while they were detached still has its peer when they come back.
     sampled_attach=_PER_CALL,
     sampled_state=("awaiting", "calls"),
+    # A database pool's connections predate any capture: their peers are read from /proc.
+    seed=seed_scope,
 )

@@ -8,15 +8,14 @@ namespace's TCP table), since keep-alive pools to LLM providers live far longer 
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import socket
-import sys
 
 from capture import procmaps
 from capture.identity import ResolvedTarget, target_pids
 from capture.probes.base import Probe, ProbeAttachError, RawSnapshot, bump, peer_str, slot_upper
+from capture.probes.fdpeers import seed_fd_peers
 from capture.schemas import UNKNOWN_PEER
 
 LIBSSL = re.compile(r"^libssl\.so")
@@ -29,10 +28,6 @@ SYMBOLS = {
     "SSL_read": ("ssl_read_enter", "ssl_read_return"),
     "SSL_read_ex": ("ssl_read_ex_enter", "ssl_read_return"),
 }
-
-# Bounds on seeding already-open connections' peers from /proc.
-MAX_SEEDED_PROCESSES = 256
-MAX_SEEDED_FDS = 4096
 
 def peer_label(peer) -> str:
     """``addr:port``, or "unknown" for a connection whose socket was never seen (family 0)."""
@@ -103,91 +98,12 @@ def attach_dynamic(bpf, scope: ResolvedTarget | None) -> list[str]:
             notes.append(f"{lib.mapped_as} (pid {lib.pid}) exports none of {', '.join(SYMBOLS)}")
     if not any(n.startswith("uprobes on") for n in notes):
         raise ProbeAttachError(f"the target does not map libssl with SSL_read/SSL_write symbols: {'; '.join(notes)}")
+    if pids is None:  # node-wide: the processes that map libssl
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit() and procmaps.mapped_libraries(int(d), LIBSSL)]
     seeded = seed_fd_peers(bpf, pids)
     if seeded:
         notes.append(f"peers of {seeded} already-open TCP connection(s) read from /proc")
     return notes
-
-
-# --- peers of connections opened before the probe loaded -----------------------------------------
-
-def _hex_addr(text: str) -> bytes:
-    """/proc/net/tcp{,6} prints addresses as 32-bit words in host byte order."""
-    return b"".join(int(text[i:i + 8], 16).to_bytes(4, sys.byteorder) for i in range(0, len(text), 8))
-
-
-def established_peers(pid: int) -> dict[int, tuple[int, bytes, int]]:
-    """Socket inode -> (family, address bytes, remote port) for the ESTABLISHED TCP sockets of
-    ``pid``'s network namespace."""
-    out: dict[int, tuple[int, bytes, int]] = {}
-    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
-        try:
-            with open(f"/proc/{pid}/net/{table}") as f:
-                next(f, None)
-                for line in f:
-                    cols = line.split()
-                    if len(cols) < 10 or cols[3] != "01":  # TCP_ESTABLISHED
-                        continue
-                    addr, port = cols[2].split(":")
-                    out[int(cols[9])] = (family, _hex_addr(addr), int(port, 16))
-        except OSError:
-            continue
-    return out
-
-
-def socket_fds(pid: int) -> dict[int, int]:
-    """Socket inode -> descriptor for ``pid``'s open sockets."""
-    out: dict[int, int] = {}
-    try:
-        entries = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return out
-    for name in entries:
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{name}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            out[int(link[8:-1])] = int(name)
-    return out
-
-
-def seed_fd_peers(bpf, pids: list[int] | None) -> int:
-    """Write the peers of the target's open TCP connections into fd_peers, as fdpeers.h would
-    have at their connect(). Node-wide (None), only processes that map libssl are read."""
-    if pids is None:
-        pids = []
-        for d in os.listdir("/proc"):
-            if d.isdigit() and procmaps.mapped_libraries(int(d), LIBSSL):
-                pids.append(int(d))
-                if len(pids) >= MAX_SEEDED_PROCESSES:
-                    break
-    table = bpf["fd_peers"]
-    seeded = 0
-    by_netns: dict[str, dict[int, tuple[int, bytes, int]]] = {}  # one TCP table per namespace
-    for pid in pids[:MAX_SEEDED_PROCESSES]:
-        fds = socket_fds(pid)
-        if not fds:
-            continue
-        try:
-            netns = os.readlink(f"/proc/{pid}/ns/net")
-        except OSError:
-            continue
-        if netns not in by_netns:
-            by_netns[netns] = established_peers(pid)
-        for inode, (family, addr, port) in by_netns[netns].items():
-            fd = fds.get(inode)
-            if fd is None:
-                continue
-            key = table.Key(tgid=pid, fd=fd)
-            leaf = table.Leaf()
-            leaf.family, leaf.port = family, port
-            ctypes.memmove(leaf.addr, addr, len(addr))
-            table[key] = leaf
-            seeded += 1
-            if seeded >= MAX_SEEDED_FDS:
-                return seeded
-    return seeded
 
 
 PROBE = Probe(
