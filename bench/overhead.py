@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import time
 from bench import write_results
 from capture.agent import CaptureAgent
 from capture.probes import CATALOG
-from capture.recorder import DEFAULT_PROBES
+from capture.recorder import DEFAULT_PROBES, DEFAULT_SAMPLED, SAMPLE_EVERY
 from capture.schemas import MAX_CAPTURE_SECONDS, CaptureRequest, CaptureTarget
 from lab import cgroups, faults
 from lab.harness import REPO, LabService
@@ -73,15 +74,19 @@ async def run(rate: float, phase_s: float, probes: list[str]) -> dict:
         try:
             recorder = recorder_agent.recorder
             assert recorder is not None  # recorder=True
+            # Whole sampling cycles: the sampled probes' share of the phase is then their share
+            # of the recorder's time, not an accident of where the phase fell in the cycle.
+            cycle = recorder.interval_s * recorder.sample_every
+            recorder_s = math.ceil(phase_s / cycle) * cycle
             before = recorder.cost()
 
             async def recorder_cost() -> dict:
-                await asyncio.sleep(phase_s)
+                await asyncio.sleep(recorder_s)
                 after = recorder.cost()
                 ns = sum(after[p]["bpf_run_time_ns"] - before.get(p, {}).get("bpf_run_time_ns", 0) for p in after)
-                return {"bpf_ms": ns / 1e6, "probes": sorted(after)}
+                return {"bpf_ms": ns / 1e6, "probes": sorted(after), "sampled": list(recorder.sampled)}
 
-            rows.append(await measure("recorder", service.url, rate, phase_s, recorder_cost))
+            rows.append(await measure("recorder", service.url, rate, recorder_s, recorder_cost))
         finally:
             await recorder_agent.stop()
 
@@ -108,6 +113,7 @@ async def run(rate: float, phase_s: float, probes: list[str]) -> dict:
         row["p50_ratio"] = row["p50_ms"] / base["p50_ms"]
         row["p99_ratio"] = row["p99_ms"] / base["p99_ms"]
         row["agent_cpu_pct"] = 100 * row["agent_cpu_s"] / row["wall_s"]
+        row["bpf_cpu_pct"] = 100 * row.get("bpf_ms", 0.0) / 1000 / row["wall_s"]
     for name, row in startup.items():
         row["cold_ms"] = next((r["startup_ms"] for r in rows if r["phase"] == name), None)
     return {"rate_rps": rate, "phase_s": phase_s, "cpus": os.cpu_count(), "kernel": os.uname().release,
@@ -148,12 +154,14 @@ def main() -> int:
     cgroups.sweep_stale()
     faults.sweep_stale_tables()
     print(f"overhead benchmark: {args.rate:g} req/s, {args.phase_s:g} s per phase, recorder probes "
-          f"{[p for p in DEFAULT_PROBES if p in CATALOG]}", flush=True)
+          f"{[p for p in DEFAULT_PROBES if p in CATALOG]}, sampled one interval in {SAMPLE_EVERY} "
+          f"{[p for p in DEFAULT_SAMPLED if p in CATALOG]}", flush=True)
     result = asyncio.run(run(args.rate, args.phase_s, probes))
-    print(f"\n{'phase':16} {'throughput':>10} {'p50':>7} {'p99':>7} {'agent CPU':>9}   (ratios vs baseline)")
+    print(f"\n{'phase':16} {'throughput':>10} {'p50':>7} {'p99':>7} {'agent CPU':>9} {'BPF CPU':>8}"
+          "   (ratios vs baseline; CPU in % of one CPU)")
     for row in result["rows"]:
         print(f"{row['phase']:16} {row['throughput_ratio']:10.4f} {row['p50_ratio']:7.3f} {row['p99_ratio']:7.3f} "
-              f"{row['agent_cpu_pct']:8.2f}%")
+              f"{row['agent_cpu_pct']:8.2f}% {row['bpf_cpu_pct']:7.2f}%")
     print(f"\n{'probe':16} {'start-up cold':>13} {'preloaded':>10}")
     for name, row in result["startup"].items():
         print(f"{name:16} {row['cold_ms'] or 0:10.0f} ms {row['preloaded_ms']:7.1f} ms")
