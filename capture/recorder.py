@@ -151,22 +151,19 @@ class Recorder:
 
     def _switch_sampled(self, on: bool) -> None:
         """Attach (or detach) the sampled probes' per-event tracepoints for the next interval."""
-        with self._lock:  # readers see the flag and the attachments agree
-            self._switch_sampled_locked(on)
-
-    def _switch_sampled_locked(self, on: bool) -> None:
         if on == self._sampled_on:
             return
-        for name in self.sampled:
-            session = self.sessions.get(name)
-            if session is None:
-                continue
-            try:
-                session.resume() if on else session.pause()
-            except Exception as e:  # noqa: BLE001 - bcc raises bare Exceptions; the others go on
-                self.errors[name] = f"{'attaching' if on else 'detaching'} failed: {e}"
-                log.error("event=recorder_sampling_failed probe=%s on=%s error=%s", name, on, e)
-        self._sampled_on = on
+        with self._lock:  # readers see the flag and the attachments agree
+            for name in self.sampled:
+                session = self.sessions.get(name)
+                if session is None:
+                    continue
+                try:
+                    session.resume() if on else session.pause()
+                except Exception as e:  # noqa: BLE001 - bcc raises bare Exceptions; the others go on
+                    self.errors[name] = f"{'attaching' if on else 'detaching'} failed: {e}"
+                    log.error("event=recorder_sampling_failed probe=%s on=%s error=%s", name, on, e)
+            self._sampled_on = on
 
     def _add_totals(self, probe: str, delta: RawSnapshot, now: float) -> None:
         for key, value in delta.items():

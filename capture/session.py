@@ -144,18 +144,15 @@ class ProbeSession:
             raise
         self.attach_ms = (time.monotonic() - t1) * 1000
 
-    def pause(self) -> list[str]:
+    def pause(self) -> None:
         """Detach the probe's per-event tracepoints (``Probe.sampled_attach``) and keep the rest
-        attached and the maps as they are; returns what was detached."""
+        attached and the maps as they are."""
         if self.bpf is None:
-            return []
-        paused = []
+            return
         for tp in self.probe.sampled_attach:
             if tp.encode() in self.bpf.tracepoint_fds:
                 self.bpf.detach_tracepoint(tp=tp.encode())
-                paused.append(tp)
-        self._paused = paused
-        return paused
+                self._paused.append(tp)
 
     def resume(self) -> None:
         """Attach what ``pause`` detached, after forgetting the per-event state left from before

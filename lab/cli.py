@@ -91,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             status = 1
     if not scorecard.case_names(out):
         return status or 1
-    cards = scorecard.report(out, modes)
+    cards = scorecard.report([out], modes, out)
     for mode in modes:
         print(f"llmslo lab: {mode}: {scorecard.mode_dir(out, mode, modes) / 'scorecard.md'}", file=sys.stderr)
     print(scorecard.compare_table([(str(out), c) for c in cards]), end="")

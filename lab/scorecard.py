@@ -767,14 +767,9 @@ def pooled_cases(run_dirs: list[Path]) -> list[dict[str, Any]]:
     return cases
 
 
-def report(run_dir: Path | list[Path], modes: list[str], out: Path | None = None) -> list[dict[str, Any]]:
-    """Score the stored cases of ``run_dir`` (or of several runs, pooled) in each mode and write
-    every scorecard to ``out`` (default: the run directory; required for several)."""
-    run_dirs = [Path(d) for d in run_dir] if isinstance(run_dir, list) else [Path(run_dir)]
-    if out is None:
-        if len(run_dirs) > 1:
-            raise ScorecardError("several runs pooled need a directory for their scorecards (--out)")
-        out = run_dirs[0]
+def report(run_dirs: list[Path], modes: list[str], out: Path) -> list[dict[str, Any]]:
+    """Score the stored cases of ``run_dirs`` (several runs are pooled) in each mode and write
+    every scorecard to ``out``."""
     cases = pooled_cases(run_dirs)
     cards = []
     for mode in modes:

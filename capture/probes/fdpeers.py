@@ -9,6 +9,7 @@ import ctypes
 import os
 import socket
 import sys
+from collections.abc import Callable
 
 from capture.identity import ResolvedTarget, target_pids
 
@@ -58,16 +59,23 @@ def socket_fds(pid: int) -> dict[int, int]:
     return out
 
 
-def seed_fd_peers(bpf, pids: list[int]) -> int:
-    """Write the peers of ``pids``' open TCP connections into the probe's fd_peers, as fdpeers.h
-    would have at their connect(); returns how many."""
+def seed_fd_peers(bpf, pids: list[int] | None, select: Callable[[int], bool] | None = None) -> int:
+    """Write the peers of open TCP connections into the probe's fd_peers, as fdpeers.h would have
+    at their connect(); returns how many. ``pids``: the processes to read (None: every process
+    on the node that ``select`` accepts), at most MAX_SEEDED_PROCESSES of them with sockets."""
+    candidates = pids if pids is not None else [int(d) for d in os.listdir("/proc") if d.isdigit()]
     table = bpf["fd_peers"]
-    seeded = 0
+    seeded = read = 0
     by_netns: dict[str, dict[int, tuple[int, bytes, int]]] = {}  # one TCP table per namespace
-    for pid in pids[:MAX_SEEDED_PROCESSES]:
+    for pid in candidates:
+        if select is not None and not select(pid):
+            continue
         fds = socket_fds(pid)
         if not fds:
             continue
+        read += 1
+        if read > MAX_SEEDED_PROCESSES:
+            break
         try:
             netns = os.readlink(f"/proc/{pid}/ns/net")
         except OSError:
@@ -91,11 +99,6 @@ def seed_fd_peers(bpf, pids: list[int]) -> int:
 
 def seed_scope(bpf, scope: ResolvedTarget | None) -> list[str]:
     """``Probe.seed`` for a probe that times client sockets: the target's processes (every
-    process on the node for the unscoped recorder, up to MAX_SEEDED_PROCESSES), with a note."""
-    if scope is not None:
-        pids = target_pids(scope)
-    else:
-        pids = sorted(int(d) for d in os.listdir("/proc") if d.isdigit())
-        pids = [p for p in pids if socket_fds(p)][:MAX_SEEDED_PROCESSES]
-    seeded = seed_fd_peers(bpf, pids)
+    process on the node for the unscoped recorder), with a note."""
+    seeded = seed_fd_peers(bpf, None if scope is None else target_pids(scope))
     return [f"peers of {seeded} already-open TCP connection(s) read from /proc"] if seeded else []

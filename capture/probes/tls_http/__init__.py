@@ -8,7 +8,6 @@ namespace's TCP table), since keep-alive pools to LLM providers live far longer 
 """
 from __future__ import annotations
 
-import os
 import re
 import socket
 
@@ -98,9 +97,8 @@ def attach_dynamic(bpf, scope: ResolvedTarget | None) -> list[str]:
             notes.append(f"{lib.mapped_as} (pid {lib.pid}) exports none of {', '.join(SYMBOLS)}")
     if not any(n.startswith("uprobes on") for n in notes):
         raise ProbeAttachError(f"the target does not map libssl with SSL_read/SSL_write symbols: {'; '.join(notes)}")
-    if pids is None:  # node-wide: the processes that map libssl
-        pids = [int(d) for d in os.listdir("/proc") if d.isdigit() and procmaps.mapped_libraries(int(d), LIBSSL)]
-    seeded = seed_fd_peers(bpf, pids)
+    # node-wide (no pids): the processes that map libssl
+    seeded = seed_fd_peers(bpf, pids, select=lambda pid: bool(procmaps.mapped_libraries(pid, LIBSSL)))
     if seeded:
         notes.append(f"peers of {seeded} already-open TCP connection(s) read from /proc")
     return notes
