@@ -29,6 +29,7 @@ from capture.probes.tcp_flow import mean_rtt_us
 from capture.schemas import UNKNOWN_PEER, CaptureResult, ProbeResult
 from responder.attribution import peers
 from responder.attribution.rules import (
+    FULL_SEGMENT_BYTES,
     KERNEL_RULES,
     MIN_RATIO,
     MIN_TRACE_CALLS,
@@ -110,13 +111,60 @@ def _ratio_strength(incident: float, baseline: float) -> float:
     return min(1.0, math.log(max(ratio, 1.0)) / math.log(STRONG_RATIO))
 
 
-def _rate_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal:
+def _peer_rates(r: ProbeResult | None, top: str) -> dict[str, float]:
+    """Per known peer, a top list's count per second of the window."""
+    if r is None or not r.window_s:
+        return {}
+    return {str(e["peer"]): e.get("count", 0) / r.window_s for e in r.top.get(top, [])
+            if e.get("peer") and e["peer"] != UNKNOWN_PEER}
+
+
+def _lossy_peers(rule: Rule, inc: ProbeResult, base: ProbeResult,
+                 flow: ProbeResult | None) -> tuple[list[tuple[str, float | None]], list[tuple[str, float]]] | None:
+    """The peers whose retransmits rose (to MIN_RATIO times their baseline's rate), split by
+    ``rule.min_share`` of the segments sent to them
+    (``tcp_flow``'s acknowledged bytes in full-size segments): (lossy, busy), each (peer, share),
+    the largest count first; a lossy peer's share is None when tcp_flow did not see its data (it
+    cannot be ruled out). None when tcp_flow did not run, or the retransmits name no peer."""
+    if flow is None or flow.error or not rule.min_share:
+        return None
+    sent = {p: r / FULL_SEGMENT_BYTES for p, r in _peer_rates(flow, "tx_bytes_peers").items()}
+    before = _peer_rates(base, "peers")
+    rising = sorted(((p, r) for p, r in _peer_rates(inc, "peers").items() if r >= MIN_RATIO * before.get(p, 0.0)),
+                    key=lambda pr: -pr[1])
+    if not rising:
+        return None
+    lossy: list[tuple[str, float | None]] = []
+    busy: list[tuple[str, float]] = []
+    for p, r in rising:
+        share = r / sent[p] if sent.get(p) else None
+        if share is None or share >= rule.min_share:
+            lossy.append((p, share))
+        else:
+            busy.append((p, share))
+    return lossy, busy
+
+
+def _rate_signal(rule: Rule, inc: ProbeResult, base: ProbeResult, flow: ProbeResult | None = None) -> Signal:
     i, b = inc.rate(rule.field), base.rate(rule.field)
     moved = i - b >= rule.threshold and (b == 0 or i / b >= MIN_RATIO)
+    split = _lossy_peers(rule, inc, base, flow) if moved else None
+    if split is not None and not split[0]:
+        shares = ", ".join(f"{p} {share:.1%}" for p, share in split[1][:3])
+        ev = Evidence(signal=rule.signal, summary=f"{rule.what} rose: {b:.2f} → {i:.2f} {rule.unit}, but under "
+                      f"{rule.min_share:.0%} of the segments sent to each peer ({shares}): a busy path, not a lossy one",
+                      baseline=round(b, 3), incident=round(i, 3), unit=rule.unit)
+        return Signal(rule.domain, ev, 0.0)
     strength = _ratio_strength(i, b) if moved else 0.0
     verb = "rose" if moved else "did not rise enough"
     ev = Evidence(signal=rule.signal, summary=f"{rule.what} {verb}: {b:.2f} → {i:.2f} {rule.unit}",
                   baseline=round(b, 3), incident=round(i, 3), unit=rule.unit)
+    if split is not None:
+        counts = {str(t["peer"]): t["count"] for t in inc.top.get("peers", [])}
+        ev.summary += " (top peer " + ", ".join(
+            f"{p} ×{counts.get(p, 0)}" + (f", {share:.0%} of its segments" if share is not None else "")
+            for p, share in split[0][:3]) + ")"
+        return Signal(rule.domain, ev, strength, peers=frozenset(p for p, _ in split[0]))
     top = next((inc.top[k] for k in ("peers", "failed_peers", "received_from", "victims", "failed_hosts",
                                       "throttled_peers", "error_peers") if inc.top.get(k)), None)
     known = [t for t in top or [] if t.get("peer") and t["peer"] != UNKNOWN_PEER]
@@ -138,7 +186,7 @@ def _p90_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | Non
     ev = Evidence(signal=rule.signal, summary=f"{rule.what} p90 {'rose' if moved else 'unchanged'}: ≤{pb:.0f} → "
                   f"≤{pi:.0f} µs ({hi.count} samples)", baseline=pb, incident=pi, unit="us")
     return Signal(rule.domain, ev, strength, symptom=rule.symptom, upstream=rule.upstream,
-                  peers=peers.kernel_peers(inc, ("peers", "responses_by_peer")) if rule.domain != "dns" else None)
+                  peers=peers.kernel_peers(inc, ("peers", "responses_by_peer")) if rule.domain != "dns" else peers.RESOLVER)
 
 
 # A share of zero in the baseline is read as this much, so that a ratio means something.
@@ -219,7 +267,8 @@ def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
         if p is None:
             continue
         if rule.measure == "rate":
-            out.append(_rate_signal(rule, *p))
+            flow = inc.get("tcp_flow") if rule.min_share else None
+            out.append(_rate_signal(rule, *p, flow))
         elif rule.measure == "p90":
             if s := _p90_signal(rule, *p):
                 out.append(s)
@@ -354,7 +403,7 @@ def _name_paths(ksigs: list[Signal], tsigs: list[Signal], hosts: peers.Hosts) ->
     """Say which dependency a kernel signal's peers belong to: "(top peer 10.0.0.7:5432 ×23: the
     path to retrieval postgresql)", when the spans name their peers."""
     for k in ksigs:
-        if k.strength <= 0 or not k.peers:
+        if k.strength <= 0 or not k.peers or k.peers == peers.RESOLVER:
             continue
         deps = sorted({t.dependency for t in tsigs if t.dependency and t.peers
                        and peers.on_path(k.peers, t.peers, hosts)})
@@ -433,7 +482,9 @@ def attribute(capture: CaptureResult | None, traces: TraceEvidence | dict[str, A
         return Verdict(domains=[], confidence=0.0,
                        abstain_reason="no usable evidence: " + ("; ".join(gaps) or "the capture saw nothing"))
     hyps: list[Hypothesis] = []
-    caused = {s.domain for s in sigs if s.strength > 0 and not s.symptom and not s.explained}
+    # A cause of its own: a cause signal, or an upstream symptom nothing explained (a slow lookup
+    # that in turn explains the calls after it).
+    caused = {s.domain for s in sigs if s.strength > 0 and (not s.symptom or s.upstream) and not s.explained}
     for domain in dict.fromkeys(s.domain for s in sigs):
         mine = [s for s in sigs if s.domain == domain]
         # Explained symptoms corroborate but do not add up: one cause slows every call it touches,

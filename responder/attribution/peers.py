@@ -26,6 +26,9 @@ KERNEL_PEER_LISTS = ("peers", "received_from", "failed_peers", "throttled_peers"
                      "responses_by_peer")
 
 Hosts = dict[str, set[str]]
+# The path a name lookup takes: to a resolver, any address, port 53. A cause on another
+# dependency's path (retransmits to a provider) does not slow the lookups.
+RESOLVER = frozenset({"*:53"})
 
 
 def split(peer: str) -> tuple[str, str | None]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from statistics import fmean
@@ -274,31 +274,53 @@ ONSET_STEP_S = 1.0
 
 async def burn_onset(settings: Settings, queries: Sequence[PromQuery], labels: Mapping[str, str],
                      alert_start: float) -> float | None:
-    """When the burn behind an alert began: the last moment before ``alert_start`` at which a burn-rate
-    query of the playbook was below 1 (the budget spent no faster than the objective allows). "A"
-    rather than "every": the short window recovers within minutes of an earlier burn while the long
-    one may still carry it, so the short window dates this burn. An alert's startsAt is when its
-    condition first held, which with multi-window burn-rate rules is well after the burn began; a
-    baseline ending at startsAt would hold part of the fault. None when Prometheus, the queries or
-    the data cannot say (the caller keeps startsAt).
+    """When the burn behind an alert began. An alert's startsAt is when its condition first held,
+    which with multi-window burn-rate rules is well after the burn began; a baseline ending at
+    startsAt would hold part of the fault. Two readings, the earlier wins:
+
+    - the last moment before ``alert_start`` at which a ``burn_rate`` query of the playbook was
+      below 1 (the budget spent no faster than the objective allows). "A" rather than "every":
+      the short window recovers within minutes of an earlier burn while the long one may still
+      carry it, so the short window dates this burn;
+    - the last moment at which every series of the ``onset`` queries was below 1: the service's
+      other objectives. A fault often burns one objective before another (a slow dependency
+      slows every answer at once, and fails them only when callers start timing out), and the
+      baseline must end before the first.
+
+    None when Prometheus, the queries or the data cannot say (the caller keeps startsAt); an
+    ``onset`` query that fails or never saw the service healthy is left out.
     """
     if not settings.prometheus_url:
         return None
-    exprs = [e for q in queries if q.kind == "burn_rate" and (e := render_query(q, labels))]
-    if not exprs:
+    own = [e for q in queries if q.kind == "burn_rate" and (e := render_query(q, labels))]
+    every = [e for q in queries if q.kind == "onset" and (e := render_query(q, labels))]
+    if not own:
         return None
     start = alert_start - ONSET_LOOKBACK_S
-    outcomes = await asyncio.gather(*(_run(settings, e, start, alert_start, ONSET_STEP_S) for e in exprs))
-    best: dict[float, float] = {}  # time -> lowest burn rate of any query
+    outcomes = await asyncio.gather(*(_run(settings, e, start, alert_start, ONSET_STEP_S) for e in own + every))
+    if any(o.result is None for o in outcomes[:len(own)]):
+        return None
+    lowest = _per_time(outcomes[:len(own)], min)  # time -> lowest burn rate of any own query
+    healthy = [t for t, v in lowest.items() if v < 1.0]
+    if not healthy:
+        return None
+    onset = max(healthy)
+    others = [o for o in outcomes[len(own):] if o.result is not None]
+    if others:
+        highest = _per_time(others, max)  # time -> highest burn rate of any objective
+        calm = [t for t, v in highest.items() if v < 1.0]
+        if calm:
+            onset = min(onset, max(calm))
+    return onset
+
+
+def _per_time(outcomes: Sequence[_Outcome], pick: Callable[[float, float], float]) -> dict[float, float]:
+    """Time -> ``pick`` over every finite value of the outcomes' series at that time."""
+    out: dict[float, float] = {}
     for o in outcomes:
-        if o.result is None:
-            return None
-        for series in o.result:
+        for series in o.result or []:
             for t, v in series.get("values", []):
                 v = float(v)
                 if math.isfinite(v):
-                    best[float(t)] = min(best.get(float(t), math.inf), v)
-    healthy = [t for t, v in best.items() if v < 1.0]
-    if not healthy:
-        return None
-    return max(healthy)
+                    out[float(t)] = pick(out[float(t)], v) if float(t) in out else v
+    return out

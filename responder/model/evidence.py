@@ -99,7 +99,7 @@ class QueryResult:
     name: str
     title: str
     expr: str
-    kind: str  # burn_rate | sli | signal
+    kind: str  # burn_rate | sli | signal | onset
     unit: str = ""
     baseline: Stats = field(default_factory=Stats)
     incident: Stats = field(default_factory=Stats)

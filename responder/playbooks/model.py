@@ -17,7 +17,7 @@ BASELINE_BOUNDS_S = (0.0, 600.0)
 DEFAULT_DURATION_S = 10.0
 DEFAULT_BASELINE_S = 60.0
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")
-PROM_KINDS = ("burn_rate", "sli", "signal")
+PROM_KINDS = ("burn_rate", "sli", "signal", "onset")
 STEP_BOUNDS_S = (1.0, 3600.0)
 DEFAULT_SERVICE_LABELS = ("service", "service_name", "job")
 

@@ -366,3 +366,74 @@ def test_a_longer_round_trip_on_a_path_explains_its_calls_only_up_to_a_few_round
     thin = attribute(capture([_flow(INC_S, {provider: 130.0}, samples=2), answers], [_flow(BASE_S, {provider: 0.2}, 2)]),
                      traces=evidence({"llm_ms": 700}))
     assert not any(e.signal == "tcp_flow.peer_srtt_ms" for h in thin.hypotheses for e in h.supporting + h.contradicting)
+
+
+def _sent(window: float, bytes_per_s: dict[str, float]):
+    """A tcp_flow result: the bytes each peer acknowledged, per second of ``window``."""
+    from capture.schemas import ProbeResult
+
+    return ProbeResult("tcp_flow", window, top={
+        "tx_bytes_peers": [{"peer": p, "count": int(b * window)} for p, b in bytes_per_s.items()]})
+
+
+def test_retransmits_are_loss_only_at_a_share_of_what_was_sent():
+    from responder.attribution.rules import FULL_SEGMENT_BYTES
+    from tests.responder.test_attribution import BASE_S, INC_S, capture, hyp, retrans
+
+    provider, quiet = "10.0.0.9:443", "127.0.0.1:4318"
+    tr = Traffic()
+    # A surge: three times the requests, every call slower, and the saturated path retransmitting
+    # 0.7 segments/s while the service sends the provider 150 kB/s (about 104 segments/s: 0.7%).
+    surge = trace_evidence(tr.window(1000, 600), tr.window(2000, 900, every_s=1 / 30, llm_ms=900, db_ms=40), SERVICE)
+    surge.update(reachable=True)
+    answers = _answers(INC_S, "10.0.0.9 api.provider.test")
+    busy = capture([retrans(0.7, INC_S, top=[{"peer": provider, "count": 6}, {"peer": quiet, "count": 1}]),
+                    _sent(INC_S, {provider: 150_000, quiet: 4_000}), answers],
+                   [retrans(0.07, BASE_S, top=[{"peer": quiet, "count": 4}])])
+    v = attribute(busy, traces=surge)
+    assert v.domains == ["traffic"], v.to_dict()
+    ev = next(e for e in hyp(v, "network").contradicting if e.signal == "tcp_retrans.retransmits_per_s")
+    assert f"but under 3% of the segments sent to each peer ({provider} 0.6%" in ev.summary
+    assert ev.summary.endswith("a busy path, not a lossy one")
+    # The same retransmits over a trickle of data (15 kB/s, about 10 segments/s: 6%) are loss, on
+    # the provider's path only: the quiet peer's usual retransmit (as often as in the baseline)
+    # is not part of it.
+    lossy = capture([retrans(0.7, INC_S, top=[{"peer": provider, "count": 6}, {"peer": quiet, "count": 1}]),
+                     _sent(INC_S, {provider: 15_000, quiet: 4_000}), answers],
+                    [retrans(0.07, BASE_S, top=[{"peer": quiet, "count": 4}])])
+    v = attribute(lossy, traces=evidence({"llm_ms": 1500}))
+    assert v.domains == ["network"], v.to_dict()
+    loss = hyp(v, "network").supporting[0]
+    share = 0.6 / (15_000 / FULL_SEGMENT_BYTES)
+    assert f"(top peer {provider} ×6, {share:.0%} of its segments); the path to llm openai" in loss.summary
+    # Without tcp_flow the share is unknown: the rate alone decides, as before.
+    v = attribute(capture([retrans(0.7, INC_S, top=[{"peer": provider, "count": 6}]), answers],
+                          [retrans(0.07, BASE_S)]), traces=evidence({"llm_ms": 1500}))
+    assert v.domains == ["network"], v.to_dict()
+
+
+def test_a_slow_resolver_and_loss_on_a_dependencys_path_are_two_findings():
+    from capture.schemas import Histogram, ProbeResult
+    from tests.responder.test_attribution import BASE_S, INC_S, capture, hyp, retrans
+
+    def lookups(slow_us: int, window: float, n: int) -> ProbeResult:
+        return ProbeResult("dns", window, counters={"lookups": n, "failures": 0},
+                           histograms={"latency": Histogram("us", {slow_us: n})},
+                           top={"answers": [{"peer": "10.0.0.9 api.provider.test", "count": n}]})
+
+    provider = "10.0.0.9:443"
+    lossy = retrans(2.0, INC_S, top=[{"peer": provider, "count": 20}])
+    v = attribute(capture([lossy, lookups(1_048_576, INC_S, 40)], [retrans(0.05, BASE_S), lookups(8192, BASE_S, 240)]),
+                  traces=evidence({"llm_ms": 2000}))
+    # The lookups go to the resolver, not over the provider's path: the loss does not explain them.
+    assert sorted(v.domains) == ["dns", "network"], v.to_dict()
+    assert "likely a symptom" not in hyp(v, "dns").supporting[0].summary
+    # Weaker loss still makes two findings: a slow lookup nothing explains is a cause of its own.
+    mild = retrans(0.8, INC_S, top=[{"peer": provider, "count": 8}])
+    v = attribute(capture([mild, lookups(1_048_576, INC_S, 40)], [retrans(0.05, BASE_S), lookups(8192, BASE_S, 240)]),
+                  traces=evidence({"llm_ms": 2000}))
+    assert sorted(v.domains) == ["dns", "network"] and "each resting on a cause of its own" in v.decision, v.to_dict()
+    # Loss with no peer named (the kernel could not tell where) may be on the resolver's path too.
+    v = attribute(capture([retrans(2.0, INC_S), lookups(1_048_576, INC_S, 40)],
+                          [retrans(0.05, BASE_S), lookups(8192, BASE_S, 240)]), traces=evidence({"llm_ms": 2000}))
+    assert "likely a symptom of network" in hyp(v, "dns").supporting[0].summary

@@ -142,7 +142,10 @@ def test_shipped_playbooks_query_the_contract_rules() -> None:
         assert rendered["burn_rate_long"] == f'llm_slo:{slo}:burn_rate1h{{service="chat"}}'
         assert rendered["burn_rate_short"] == f'llm_slo:{slo}:burn_rate5m{{service="chat"}}'
         assert rendered["request_rate"] == 'sum(rate(llm_requests_total{service="chat"}[5m]))'
-        assert [q.kind for q in prom.queries if q.kind != "signal"] == ["burn_rate", "burn_rate", "sli"]
+        assert [q.kind for q in prom.queries if q.kind != "signal"] == ["burn_rate", "burn_rate", "onset", "sli"]
+        # every objective of the service, over the alert's short window
+        assert rendered["burn_rate_any_objective"] == \
+            'max({__name__=~"llm_slo:[a-z_]+:burn_rate5m", service="chat"})'
         assert all(r is not None and "$" not in r for r in rendered.values())
     # The fallback asks only for what any alert (alertname) or a service's alert (service) has.
     fallback = by_name["fallback"].prometheus.queries
