@@ -65,6 +65,10 @@ BOTH_CONFIDENCE = 1.0 / (1.0 + STRENGTH_HALF)
 # cause of its own (a signal that is not a symptom): two causes are two faults, not one fault
 # seen two ways. Closeness through symptoms alone still abstains.
 
+# Causes that slow a call only through the client's retries and their waits: they do not explain
+# a latency timed per attempt (the kernel's time to first byte of each response).
+THROUGH_RETRIES = frozenset({"provider_throttling"})
+
 # A symptom (a slower call, a timed-out call) explained by a cause in another domain keeps this
 # much of its strength: still visible in the report, no longer enough to compete with the cause.
 EXPLAINED_FACTOR = 0.25
@@ -90,6 +94,10 @@ class Signal:
     # A path's added delay (ms): the slowdown this cause can account for on its path, up to
     # PATH_ROUND_TRIPS times over. None: any (a lost packet can cost a whole retransmit timeout).
     explains_ms: float | None = None
+    per_attempt: bool = False  # a latency timed per attempt (see THROUGH_RETRIES)
+    # A symptom that the causes present could not account for (another dependency's, another
+    # path's, too small a delay): a finding of its own beside them.
+    stands: bool = False
 
     def rise_ms(self) -> float | None:
         """How much slower a latency symptom got, in ms; None when its evidence is not a latency."""
@@ -185,7 +193,7 @@ def _p90_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | Non
     strength = _ratio_strength(pi, pb) if moved else 0.0
     ev = Evidence(signal=rule.signal, summary=f"{rule.what} p90 {'rose' if moved else 'unchanged'}: ≤{pb:.0f} → "
                   f"≤{pi:.0f} µs ({hi.count} samples)", baseline=pb, incident=pi, unit="us")
-    return Signal(rule.domain, ev, strength, symptom=rule.symptom, upstream=rule.upstream,
+    return Signal(rule.domain, ev, strength, symptom=rule.symptom, upstream=rule.upstream, per_attempt=rule.per_attempt,
                   peers=peers.kernel_peers(inc, ("peers", "responses_by_peer")) if rule.domain != "dns" else peers.RESOLVER)
 
 
@@ -442,6 +450,13 @@ def explain_away(sigs: list[Signal], hosts: peers.Hosts | None = None) -> list[S
     def accounts_for(cause: Signal, symptom: Signal) -> bool:
         if not peers.on_path(cause.peers, symptom.peers, hosts or {}):
             return False
+        if symptom.per_attempt and cause.domain in THROUGH_RETRIES:
+            return False
+        # A cause one dependency's calls show (its errors, its throttled answers) reaches another
+        # dependency's calls only over a path they share: a guardrail rejecting requests in-process
+        # makes no database call slower.
+        if cause.dependency and symptom.dependency != cause.dependency and (cause.peers is None or symptom.peers is None):
+            return False
         rise = symptom.rise_ms()
         return cause.explains_ms is None or rise is None or rise <= PATH_ROUND_TRIPS * cause.explains_ms
 
@@ -450,6 +465,8 @@ def explain_away(sigs: list[Signal], hosts: peers.Hosts | None = None) -> list[S
             explaining = sorted({c.domain for c in causes if accounts_for(c, s)})
             if explaining:
                 s.discount(f"likely a symptom of {', '.join(explaining)}")
+            elif causes:
+                s.stands = True
     # Then an upstream symptom left standing (a slow lookup) explains the slower calls after it.
     upstream = {s.domain for s in sigs if s.upstream and s.strength > 0 and not s.explained}
     for s in sigs:
@@ -484,7 +501,8 @@ def attribute(capture: CaptureResult | None, traces: TraceEvidence | dict[str, A
     hyps: list[Hypothesis] = []
     # A cause of its own: a cause signal, or an upstream symptom nothing explained (a slow lookup
     # that in turn explains the calls after it).
-    caused = {s.domain for s in sigs if s.strength > 0 and (not s.symptom or s.upstream) and not s.explained}
+    caused = {s.domain for s in sigs if s.strength > 0 and (not s.symptom or s.upstream or s.stands)
+              and not s.explained}
     for domain in dict.fromkeys(s.domain for s in sigs):
         mine = [s for s in sigs if s.domain == domain]
         # Explained symptoms corroborate but do not add up: one cause slows every call it touches,

@@ -397,3 +397,17 @@ def test_a_decision_never_reads_as_a_bound_below_itself():
 
     assert _below(0.4999, 0.5) == "0.4999 < 0.50"  # not "0.50 < 0.50"
     assert _below(0.31, 0.5) == "0.31 < 0.50" and _below(0.146, 0.15) == "0.146 < 0.15"
+
+
+def test_throttling_does_not_explain_a_slower_first_byte_of_each_response():
+    ri, rb = flat_runq()
+    # Throttled answers and a slower first byte per response: the retries and their waits fall
+    # between responses, so the slower responses are the provider's own latency, a second finding.
+    v = attribute(capture([tls(30, 0, INC_S, {2097152: 40}), ri], [tls(0, 0, BASE_S, {262144: 200}), rb]))
+    slow = hyp(v, "provider_latency").supporting[0]
+    assert slow.signal == "tls_http.ttfb_p90_us" and "likely a symptom" not in slow.summary
+    assert hyp(v, "provider_latency").confidence > 0.55
+    # A starved process reads every response late: that explains the first byte.
+    v = attribute(capture([tls(30, 0, INC_S, {2097152: 40}), runq(400, 600, INC_S)],
+                          [tls(0, 0, BASE_S, {262144: 200}), runq(6000, 60, BASE_S)]))
+    assert "likely a symptom of app_cpu" in hyp(v, "provider_latency").supporting[0].summary

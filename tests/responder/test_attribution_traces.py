@@ -289,12 +289,16 @@ def test_loss_on_one_dependencys_path_explains_only_that_dependencys_slowness():
     loss = next(e for e in hyp(v, "network").supporting if e.signal == "tcp_retrans.retransmits_per_s")
     assert loss.summary.endswith("(top peer 10.0.0.9:443 ×40); the path to llm openai")
     # The same loss on the database's path explains the database's slowness; the provider's
-    # slower calls are not on it, and a clearly slower provider is a second finding.
+    # slower calls are not on it: a provider five times slower that the loss cannot account for
+    # is a finding of its own, a provider 40% slower too little to name.
     to_db = capture([retrans(4.0, INC_S, top=[{"peer": "10.0.0.7:5432", "count": 40}]),
                      _answers(INC_S, "10.0.0.9 api.provider.test", "10.0.0.7 db")], [retrans(0.05, BASE_S)])
     v = attribute(to_db, traces=traces)
-    assert v.domains == ["network"] and "likely a symptom" not in hyp(v, "provider_latency").supporting[0].summary
+    assert v.domains == ["network", "provider_latency"], v.to_dict()
+    assert "likely a symptom" not in hyp(v, "provider_latency").supporting[0].summary
+    assert "each resting on a cause of its own" in v.decision
     assert attribute(to_db, traces=evidence({"llm_ms": 9000, "db_ms": 400})).domains == ["network", "provider_latency"]
+    assert attribute(to_db, traces=evidence({"llm_ms": 420, "db_ms": 400})).domains == ["network"]
     # Peers the kernel could not name: as before, the loss explains every slower call.
     anywhere = capture([retrans(4.0, INC_S)], [retrans(0.05, BASE_S)])
     assert attribute(anywhere, traces=traces).domains == ["network"]
@@ -437,3 +441,26 @@ def test_a_slow_resolver_and_loss_on_a_dependencys_path_are_two_findings():
     v = attribute(capture([retrans(2.0, INC_S), lookups(1_048_576, INC_S, 40)],
                           [retrans(0.05, BASE_S), lookups(8192, BASE_S, 240)]), traces=evidence({"llm_ms": 2000}))
     assert "likely a symptom of network" in hyp(v, "dns").supporting[0].summary
+
+
+def test_a_guardrail_rejecting_requests_slows_no_other_dependency():
+    from tests.responder.test_attribution import hyp
+
+    tr = Traffic()
+
+    def mixed(start: float, n: int, blocked_every: int, **kw) -> list:
+        return [s for i in range(n) for s in tr.request(int((start + i * 0.1) * 1e9), blocked=i % blocked_every == 0,
+                                                         **kw)]
+
+    # One request in twelve rejected by the guardrail (8%: above a twentieth, as an error page
+    # at 7.2% of requests failing needs) and, at the same time, a database 15 times slower.
+    both = trace_evidence(mixed(1000, 300, 10_000), mixed(2000, 300, 12, db_ms=75), SERVICE)
+    v = attribute(None, traces=dict(both, reachable=True))
+    assert sorted(v.domains) == ["policy_layer", "retrieval_backend"], v.to_dict()
+    db = hyp(v, "retrieval_backend").supporting[0]
+    assert db.signal == "trace.retrieval.p90" and "likely a symptom" not in db.summary
+    blocked = hyp(v, "policy_layer").supporting[0]
+    assert blocked.signal == "trace.policy.error_share" and "0% → 8%" in blocked.summary
+    # The rejections alone: the guardrail, and nothing else.
+    alone = trace_evidence(mixed(1000, 300, 10_000), mixed(2000, 300, 12), SERVICE)
+    assert attribute(None, traces=dict(alone, reachable=True)).domains == ["policy_layer"]
