@@ -264,11 +264,11 @@ class CaptureAgent:
             result.baseline_note = ("no baseline: the target's processes live in the root cgroup, whose "
                                     "history is the whole node's")
             return
-        end = req.baseline_end or result.started_at
-        end = min(end, result.started_at)
+        end = min(req.baseline_end or result.started_at, result.started_at)
+        until = "the burn began" if end < result.started_at else "the capture"
         notes = []
         for name in req.probes:
-            base, note = self.recorder.window(name, scope.baseline_cgroups, end - req.baseline_s, end)
+            base, note = self.recorder.window(name, scope.baseline_cgroups, end - req.baseline_s, end, until=until)
             if base is not None:
                 result.baseline[name] = base
             notes.append(f"{name}: {note}")

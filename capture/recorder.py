@@ -197,10 +197,10 @@ class Recorder:
             return [iv for iv in self.ring if iv.start >= start - slack and iv.end <= end + slack]
 
     def window(self, probe: str, cgroup_ids: set[int] | None, start: float, end: float,
-               min_window_s: float = 5.0) -> tuple[ProbeResult | None, str]:
+               min_window_s: float = 5.0, until: str = "the capture") -> tuple[ProbeResult | None, str]:
         """The probe's counts for ``cgroup_ids`` (None: the whole node) over the intervals inside
         [start, end]. Returns (result, note); result is None when the ring does not cover at
-        least ``min_window_s`` of the asked window."""
+        least ``min_window_s`` of the asked window. ``until`` names what ``end`` is, for the note."""
         if probe not in self.sessions:
             return None, f"recorder does not run {probe}: {self.errors.get(probe, 'not configured')}"
         ivs = self.intervals(start, end)
@@ -210,15 +210,15 @@ class Recorder:
         if span < min_window_s:
             return None, f"the recorder covers only {span:.0f}s before the incident"
         ago = max(0.0, end - ivs[-1].end)
-        note = f"baseline from the recorder, {span:.0f}s ending {ago:.0f}s before the capture"
+        note = f"baseline from the recorder, {span:.0f}s ending {ago:.0f}s before {until}"
         if probe in self.sampled:
             ivs = [iv for iv in ivs if iv.sampled_on]
             observed = sum(iv.end - iv.start for iv in ivs)
             if not ivs:
                 return None, (f"the recorder samples {probe} one interval in {self.sample_every}, and none fell in "
-                              f"the {span:.0f}s before the capture")
+                              f"the {span:.0f}s before {until}")
             note = (f"baseline from the recorder, sampled: {probe} attached {observed:.0f}s of the {span:.0f}s "
-                    f"ending {ago:.0f}s before the capture")
+                    f"ending {ago:.0f}s before {until}")
             span = observed
         total: RawSnapshot = {}
         for iv in ivs:

@@ -127,13 +127,20 @@ def _peer_rates(r: ProbeResult | None, top: str) -> dict[str, float]:
             if e.get("peer") and e["peer"] != UNKNOWN_PEER}
 
 
-def _lossy_peers(rule: Rule, inc: ProbeResult, base: ProbeResult,
-                 flow: ProbeResult | None) -> tuple[list[tuple[str, float | None]], list[tuple[str, float]]] | None:
+@dataclass
+class _Loss:
+    """A retransmit count split by peers: those at ``min_share`` of their segments sent or more
+    (or whose data tcp_flow did not see), with their rate and their baseline's, and the busy rest."""
+    lossy: list[tuple[str, float | None]]  # (peer, share), the largest count first
+    busy: list[tuple[str, float]]
+    rate: float  # the lossy peers' count per second, incident
+    baseline: float  # the same peers', baseline
+
+
+def _lossy_peers(rule: Rule, inc: ProbeResult, base: ProbeResult, flow: ProbeResult | None) -> _Loss | None:
     """The peers whose retransmits rose (to MIN_RATIO times their baseline's rate), split by
-    ``rule.min_share`` of the segments sent to them
-    (``tcp_flow``'s acknowledged bytes in full-size segments): (lossy, busy), each (peer, share),
-    the largest count first; a lossy peer's share is None when tcp_flow did not see its data (it
-    cannot be ruled out). None when tcp_flow did not run, or the retransmits name no peer."""
+    ``rule.min_share`` of the segments sent to them (``tcp_flow``'s acknowledged bytes in
+    full-size segments). None when tcp_flow did not run, or the retransmits name no such peer."""
     if flow is None or flow.error or not rule.min_share:
         return None
     sent = {p: r / FULL_SEGMENT_BYTES for p, r in _peer_rates(flow, "tx_bytes_peers").items()}
@@ -142,43 +149,70 @@ def _lossy_peers(rule: Rule, inc: ProbeResult, base: ProbeResult,
                     key=lambda pr: -pr[1])
     if not rising:
         return None
-    lossy: list[tuple[str, float | None]] = []
-    busy: list[tuple[str, float]] = []
+    loss = _Loss([], [], 0.0, 0.0)
     for p, r in rising:
         share = r / sent[p] if sent.get(p) else None
         if share is None or share >= rule.min_share:
-            lossy.append((p, share))
+            loss.lossy.append((p, share))
+            loss.rate += r
+            loss.baseline += before.get(p, 0.0)
         else:
-            busy.append((p, share))
-    return lossy, busy
+            loss.busy.append((p, share))
+    return loss
 
 
 def _rate_signal(rule: Rule, inc: ProbeResult, base: ProbeResult, flow: ProbeResult | None = None) -> Signal:
     i, b = inc.rate(rule.field), base.rate(rule.field)
     moved = i - b >= rule.threshold and (b == 0 or i / b >= MIN_RATIO)
-    split = _lossy_peers(rule, inc, base, flow) if moved else None
-    if split is not None and not split[0]:
-        shares = ", ".join(f"{p} {share:.1%}" for p, share in split[1][:3])
-        ev = Evidence(signal=rule.signal, summary=f"{rule.what} rose: {b:.2f} → {i:.2f} {rule.unit}, but under "
-                      f"{rule.min_share:.0%} of the segments sent to each peer ({shares}): a busy path, not a lossy one",
-                      baseline=round(b, 3), incident=round(i, 3), unit=rule.unit)
-        return Signal(rule.domain, ev, 0.0)
+    loss = _lossy_peers(rule, inc, base, flow) if moved else None
+    if loss is not None:
+        # The rule applies to the lossy peers' retransmits: the busy ones are not loss.
+        li, lb = loss.rate, loss.baseline
+        if not (li - lb >= rule.threshold and (lb == 0 or li / lb >= MIN_RATIO)):
+            shares = ", ".join(f"{p} {share:.1%}" for p, share in loss.busy[:3])
+            rest = f"; the peers above it {lb:.2f} → {li:.2f} {rule.unit}" if loss.lossy else ""
+            ev = Evidence(signal=rule.signal, summary=f"{rule.what} rose: {b:.2f} → {i:.2f} {rule.unit}, but under "
+                          f"{rule.min_share:.0%} of the segments sent to each peer ({shares}){rest}: a busy path, "
+                          f"not a lossy one", baseline=round(b, 3), incident=round(i, 3), unit=rule.unit)
+            return Signal(rule.domain, ev, 0.0)
+        counts = {str(t["peer"]): t["count"] for t in inc.top.get("peers", [])}
+        ev = Evidence(signal=rule.signal, summary=f"{rule.what} rose: {b:.2f} → {i:.2f} {rule.unit} (top peer " + ", ".join(
+            f"{p} ×{counts.get(p, 0)}" + (f", {share:.0%} of its segments" if share is not None else "")
+            for p, share in loss.lossy[:3]) + ")", baseline=round(b, 3), incident=round(i, 3), unit=rule.unit)
+        return Signal(rule.domain, ev, _ratio_strength(li, lb), peers=frozenset(p for p, _ in loss.lossy))
     strength = _ratio_strength(i, b) if moved else 0.0
     verb = "rose" if moved else "did not rise enough"
     ev = Evidence(signal=rule.signal, summary=f"{rule.what} {verb}: {b:.2f} → {i:.2f} {rule.unit}",
                   baseline=round(b, 3), incident=round(i, 3), unit=rule.unit)
-    if split is not None:
-        counts = {str(t["peer"]): t["count"] for t in inc.top.get("peers", [])}
-        ev.summary += " (top peer " + ", ".join(
-            f"{p} ×{counts.get(p, 0)}" + (f", {share:.0%} of its segments" if share is not None else "")
-            for p, share in split[0][:3]) + ")"
-        return Signal(rule.domain, ev, strength, peers=frozenset(p for p, _ in split[0]))
     top = next((inc.top[k] for k in ("peers", "failed_peers", "received_from", "victims", "failed_hosts",
                                       "throttled_peers", "error_peers") if inc.top.get(k)), None)
     known = [t for t in top or [] if t.get("peer") and t["peer"] != UNKNOWN_PEER]
     if moved and known:
         ev.summary += " (top peer " + ", ".join(f"{t['peer']} ×{t['count']}" for t in known[:3]) + ")"
     return Signal(rule.domain, ev, strength, peers=peers.kernel_peers(inc) if moved else None)
+
+
+def _demand_strength(rule: Rule, baseline: float, incident: float) -> float:
+    """The strength of a rise in demand (per second): 0 below ``rule.threshold`` times the
+    baseline or TRAFFIC_MIN_RISE more, full at TRAFFIC_STRONG_RATIO times."""
+    if baseline <= 0:
+        return 0.0
+    ratio = incident / baseline
+    if ratio < rule.threshold or incident - baseline < TRAFFIC_MIN_RISE:
+        return 0.0
+    return min(1.0, math.log(ratio) / math.log(TRAFFIC_STRONG_RATIO))
+
+
+def _demand_rate_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | None:
+    """A counter that grows with the requests served, incident vs baseline; None without
+    MIN_TRACE_CALLS counted in each window."""
+    if min(inc.counters.get(rule.field, 0.0), base.counters.get(rule.field, 0.0)) < MIN_TRACE_CALLS:
+        return None
+    b, i = base.rate(rule.field), inc.rate(rule.field)
+    strength = _demand_strength(rule, b, i)
+    ev = Evidence(signal=rule.signal, summary=f"{rule.what} {'rose' if strength else 'unchanged'}: {b:.1f} → "
+                  f"{i:.1f}/s (×{i / b:.1f})", baseline=round(b, 3), incident=round(i, 3), unit="/s")
+    return Signal(rule.domain, ev, strength)
 
 
 def _p90_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | None:
@@ -280,6 +314,9 @@ def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
         elif rule.measure == "p90":
             if s := _p90_signal(rule, *p):
                 out.append(s)
+        elif rule.measure == "demand":
+            if s := _demand_rate_signal(rule, *p):
+                out.append(s)
         elif rule.measure == "peer_rtt":
             if s := _rtt_signal(rule, *p):
                 out.append(s)
@@ -317,11 +354,9 @@ def _demand_signal(d: DependencySignals, ev: Callable[..., Evidence]) -> Signal 
     b, i = d.rate_baseline, d.rate_incident
     if b is None or i is None or b <= 0 or min(d.count_baseline, d.count_incident) < MIN_TRACE_CALLS:
         return None
-    ratio = i / b
-    moved = ratio >= rule.threshold and i - b >= TRAFFIC_MIN_RISE
-    strength = min(1.0, math.log(ratio) / math.log(TRAFFIC_STRONG_RATIO)) if moved else 0.0
-    return Signal("traffic", ev(d, "request_rate", f"requests served {'rose' if moved else 'unchanged'}: "
-                                f"{b:.1f} → {i:.1f}/s (×{ratio:.1f})", b, i, "/s"), strength)
+    strength = _demand_strength(rule, b, i)
+    return Signal("traffic", ev(d, "request_rate", f"requests served {'rose' if strength else 'unchanged'}: "
+                                f"{b:.1f} → {i:.1f}/s (×{i / b:.1f})", b, i, "/s"), strength)
 
 
 def trace_signals_for(traces: TraceEvidence | dict[str, Any] | None,

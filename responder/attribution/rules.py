@@ -24,6 +24,9 @@ Measures:
   peer whose mean rises by ``threshold`` ms and to RTT_MIN_RATIO times its baseline; a cause on
   that peer's path only, and one that explains a slower call there only up to PATH_ROUND_TRIPS
   times its rise (time to first byte up with the sRTT flat is the server's, not the path's).
+- ``demand``: a probe counter per second that grows with the requests served (the provider calls
+  answered 2xx). It moves like ``trace_request_rate``: ``threshold`` times the baseline's and
+  TRAFFIC_MIN_RISE per second more, with MIN_TRACE_CALLS counted in each window.
 - ``trace_request_rate``: the service's own requests served per second (its server spans). It
   moves when it reaches ``threshold`` times the baseline's and rises by TRAFFIC_MIN_RISE per
   second. Demand is a cause that explains the service's CPU waits (see the engine's
@@ -143,6 +146,11 @@ KERNEL_RULES: tuple[Rule, ...] = (
     Rule("backend_latency.p90_us", "retrieval_backend", "kernel", "backend_latency", "p90", "latency",
          "backend reply latency", 10_000, "µs", "a retrieval query of a few ms is normal; a slower reply is a "
          "symptom many causes share", role=SYMPTOM),
+    Rule("tls_http.status_2xx_per_s", "traffic", "kernel", "tls_http", "demand", "status_2xx",
+         "provider calls answered 2xx", 1.5, "×",
+         "each request the service serves calls its model, so more successful provider calls per second is more "
+         "demand (retries of throttled or failed calls are not 2xx); in the lab, surges raised it x1.7-4.3 and "
+         "no fault case beyond x1.1", role=CAUSE),
     Rule("cpu_throttle.throttled_periods_per_s", "app_cpu", "kernel", "cpu_throttle", "rate", "nr_throttled",
          "CFS throttled periods", 1.0, "/s", "a tenth of the capture's 100 ms periods throttled"),
     Rule("memory_pressure.limit_hits_per_s", "app_memory", "kernel", "memory_pressure", "rate", "limit_hits",
@@ -212,9 +220,10 @@ def check(rules: tuple[Rule, ...] = RULES) -> None:
         probe = CATALOG.get(r.probe or "")
         if probe is None:
             raise ValueError(f"{where}: no probe {r.probe!r} in the catalog")
-        fields = probe.counters if r.measure == "rate" else probe.histograms
+        counted = r.measure in ("rate", "demand")
+        fields = probe.counters if counted else probe.histograms
         if r.field not in fields:
-            kind = "counter" if r.measure == "rate" else "histogram"
+            kind = "counter" if counted else "histogram"
             raise ValueError(f"{where}: probe {r.probe} has no {kind} {r.field!r} (it has {sorted(fields)})")
         if r.domain not in probe.domains:
             raise ValueError(f"{where}: probe {r.probe} does not speak for {r.domain} (its domains: {probe.domains})")
@@ -242,6 +251,8 @@ def markdown() -> str:
                     f"explains its path's calls slower by up to {PATH_ROUND_TRIPS:g}× the rise")
         if r.measure == "trace_request_rate":
             return f"×{value} and +{TRAFFIC_MIN_RISE:g}/s ({MIN_TRACE_CALLS}+ requests)"
+        if r.measure == "demand":
+            return f"×{value} and +{TRAFFIC_MIN_RISE:g}/s ({MIN_TRACE_CALLS}+ counted in each window)"
         if r.measure == "trace_error_share":
             return f"+{r.threshold:.0%} of calls ({MIN_TRACE_CALLS}+ calls)"
         return f"≥ {r.threshold:.0%} of calls ({MIN_TRACE_CALLS}+ calls)"

@@ -411,3 +411,24 @@ def test_throttling_does_not_explain_a_slower_first_byte_of_each_response():
     v = attribute(capture([tls(30, 0, INC_S, {2097152: 40}), runq(400, 600, INC_S)],
                           [tls(0, 0, BASE_S, {262144: 200}), runq(6000, 60, BASE_S)]))
     assert "likely a symptom of app_cpu" in hyp(v, "provider_latency").supporting[0].summary
+
+
+def test_more_provider_calls_answered_is_demand_that_explains_the_cpu_waits():
+    def answered(per_s: float, window: float) -> ProbeResult:
+        return ProbeResult("tls_http", window, counters={"responses": per_s * window, "status_2xx": per_s * window},
+                           histograms={"ttfb": Histogram("us", {262144: 50})})
+
+    starved = (runq(400, 600, INC_S), runq(6000, 60, BASE_S))
+    # Three times the successful provider calls per second: demand, and the CPU waits are its.
+    v = attribute(capture([answered(45, INC_S), starved[0]], [answered(15, BASE_S), starved[1]]))
+    assert v.domains == ["traffic"], v.to_dict()
+    demand = hyp(v, "traffic").supporting[0]
+    assert demand.signal == "tls_http.status_2xx_per_s" and demand.summary == (
+        "provider calls answered 2xx rose: 15.0 → 45.0/s (×3.0)")
+    assert "likely demand" in hyp(v, "app_cpu").supporting[0].summary
+    # The same calls per second: a CPU fault.
+    v = attribute(capture([answered(15, INC_S), starved[0]], [answered(15, BASE_S), starved[1]]))
+    assert v.domains == ["app_cpu"] and hyp(v, "traffic").confidence == 0.0
+    # Too few calls counted in a window say nothing.
+    v = attribute(capture([answered(0.5, INC_S), starved[0]], [answered(0.1, BASE_S), starved[1]]))
+    assert not any(e.signal == "tls_http.status_2xx_per_s" for h in v.hypotheses for e in h.supporting + h.contradicting)

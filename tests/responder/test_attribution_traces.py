@@ -399,6 +399,15 @@ def test_retransmits_are_loss_only_at_a_share_of_what_was_sent():
     ev = next(e for e in hyp(v, "network").contradicting if e.signal == "tcp_retrans.retransmits_per_s")
     assert f"but under 3% of the segments sent to each peer ({provider} 0.6%" in ev.summary
     assert ev.summary.endswith("a busy path, not a lossy one")
+    # A client's connection that retransmitted once over a trickle of data is at a high share,
+    # but one retransmit in the window is not the rule's rate: still a busy path.
+    client = "127.0.0.1:49246"
+    once = capture([retrans(0.7, INC_S, top=[{"peer": provider, "count": 6}, {"peer": client, "count": 1}]),
+                    _sent(INC_S, {provider: 150_000, client: 2_000}), answers], [retrans(0.07, BASE_S)])
+    v = attribute(once, traces=surge)
+    assert v.domains == ["traffic"], v.to_dict()
+    ev = next(e for e in hyp(v, "network").contradicting if e.signal == "tcp_retrans.retransmits_per_s")
+    assert "; the peers above it 0.00 → 0.10 /s: a busy path" in ev.summary
     # The same retransmits over a trickle of data (15 kB/s, about 10 segments/s: 6%) are loss, on
     # the provider's path only: the quiet peer's usual retransmit (as often as in the baseline)
     # is not part of it.

@@ -121,7 +121,7 @@ PROBE = Probe(
     # response takes 3-4 calls (write, then head and body reads), so 2,000 responses/s is about
     # 0.1 CPU here. Streamed bodies pay per read without counting as events.
     event_budget_per_s=2_000,
-    domains=("provider_throttling", "provider_latency"),
+    domains=("provider_throttling", "provider_latency", "traffic"),
     counters={"responses": "responses", "status_429": "responses", "status_5xx": "responses",
               "status_4xx_other": "responses", "status_2xx": "responses"},
     histograms={"ttfb": "us"},
