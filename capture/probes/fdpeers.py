@@ -24,22 +24,29 @@ def _hex_addr(text: str) -> bytes:
 
 
 def established_peers(pid: int) -> dict[int, tuple[int, bytes, int]]:
-    """Socket inode -> (family, address bytes, remote port) for the ESTABLISHED TCP sockets of
-    ``pid``'s network namespace."""
-    out: dict[int, tuple[int, bytes, int]] = {}
+    """Socket inode -> (family, address bytes, remote port) for the ESTABLISHED TCP client
+    sockets of ``pid``'s network namespace: what connect() made. A connection accepted by a
+    listener (its local port is one the namespace listens on: a scrape of the service's metrics,
+    a client's keep-alive request) is the service answering, not calling out, and is left out."""
+    rows: list[tuple[int, int, bytes, int, int]] = []  # (inode, family, remote address, remote port, local port)
+    listening: set[int] = set()
     for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:
             with open(f"/proc/{pid}/net/{table}") as f:
                 next(f, None)
                 for line in f:
                     cols = line.split()
-                    if len(cols) < 10 or cols[3] != "01":  # TCP_ESTABLISHED
+                    if len(cols) < 10:
                         continue
-                    addr, port = cols[2].split(":")
-                    out[int(cols[9])] = (family, _hex_addr(addr), int(port, 16))
+                    local_port = int(cols[1].rsplit(":", 1)[1], 16)
+                    if cols[3] == "0A":  # TCP_LISTEN
+                        listening.add(local_port)
+                    elif cols[3] == "01":  # TCP_ESTABLISHED
+                        addr, port = cols[2].split(":")
+                        rows.append((int(cols[9]), family, _hex_addr(addr), int(port, 16), local_port))
         except OSError:
             continue
-    return out
+    return {inode: (family, addr, port) for inode, family, addr, port, local in rows if local not in listening}
 
 
 def socket_fds(pid: int) -> dict[int, int]:

@@ -428,3 +428,112 @@ async def test_a_connection_opened_before_the_probe_loaded_is_measured(workload_
         stop(*[p for p in (server, client) if p])
     assert notes == ["peers of 1 already-open TCP connection(s) read from /proc"], notes
     assert peer_counts(r, "peers") == {f"127.0.0.1:{port}": n}, r.top
+
+
+# A connected UDP socket making request/reply exchanges (as a stub resolver does), released by "go".
+UDP_CLIENT = r"""
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+sys.stdin.readline()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(("127.0.0.1", port))
+for _ in range(n):
+    u.send(b"query")
+    assert u.recv(100) == b"reply"
+print("done 0", flush=True)
+"""
+
+
+async def test_a_connected_udp_socket_is_not_a_backend(workload_cgroup):
+    """A resolver's queries go over a connected UDP socket: the dns probe times them, and they
+    must not pass for a backend's replies. Only the TCP client's requests count."""
+    import socket
+    import threading
+
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(0.5)
+    done = threading.Event()
+
+    def echo() -> None:
+        while not done.is_set():
+            try:
+                _, addr = udp.recvfrom(100)
+            except TimeoutError:
+                continue
+            time.sleep(0.005)
+            udp.sendto(b"reply", addr)
+
+    n = 8
+    server = spawn(sys.executable, "-c", DELAY_SERVER, "0.005")
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    clients: list[subprocess.Popen] = []
+    try:
+        tcp_port = int(server.stdout.readline())
+
+        def workload() -> None:
+            clients.append(spawn(sys.executable, "-c", UDP_CLIENT, str(udp.getsockname()[1]), str(n),
+                                 cgroup=workload_cgroup))
+            clients.append(spawn(sys.executable, "-c", POOLED_CLIENT, str(tcp_port), str(n), cgroup=workload_cgroup))
+            assert clients[1].stdout.readline().strip() == "connected"
+            for c in clients:
+                run_client(c)
+
+        r = await capture(CaptureTarget(cgroups=[workload_cgroup.path]), workload)
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        udp.close()
+        stop(server, *clients)
+    assert peer_counts(r, "peers") == {f"127.0.0.1:{tcp_port}": n}, r.top
+    assert r.counters["requests"] == n
+
+
+# A server in the workload: it accepts one connection, then answers each request line.
+WORKLOAD_SERVER = r"""
+import socket
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(4)
+print(srv.getsockname()[1], flush=True)
+conn, _ = srv.accept()
+with conn, conn.makefile("rb") as lines:
+    for _ in lines:
+        conn.sendall(b"reply\n")
+"""
+
+
+async def test_a_connection_the_workload_accepted_is_not_a_backend(workload_cgroup):
+    """A connection the workload accepted before the probe loaded (a metrics scrape, a client's
+    keep-alive) is the workload answering, not calling out: read from /proc, it is left out, or
+    the gaps between the client's requests would be timed as a backend's replies."""
+    import socket
+
+    server = spawn(sys.executable, "-c", WORKLOAD_SERVER, cgroup=workload_cgroup)
+    conn = None
+    notes: list[str] = []
+    try:
+        port = int(server.stdout.readline())
+        conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+        lines = conn.makefile("rb")
+        conn.sendall(b"first\n")
+        assert lines.readline() == b"reply\n"  # accepted and established before the probe loads
+
+        def run() -> ProbeResult:
+            with ProbeSession(PROBE, identity.resolve(CaptureTarget(cgroups=[workload_cgroup.path]))) as session:
+                notes.extend(session.notes)
+                for _ in range(6):
+                    time.sleep(0.05)  # the client's pause: what the server would wait for
+                    conn.sendall(b"query\n")
+                    assert lines.readline() == b"reply\n"
+                time.sleep(0.2)
+                return to_result(PROBE, session.read_raw(), None, 1.0)
+
+        r = await asyncio.to_thread(run)
+    finally:
+        if conn is not None:
+            conn.close()
+        stop(server)
+    assert not any("already-open" in n for n in notes), notes
+    assert r.counters.get("requests", 0) == 0 and not r.top.get("peers"), (r.counters, r.top)

@@ -5,8 +5,9 @@
  * (requests) and read, recvfrom, readv, recvmsg (replies); sock:inet_sock_set_state at
  * CLOSE -> SYN_SENT (a new connection on a descriptor forgets the old one's request); and,
  * from fdpeers.h, sys_enter_connect / sys_exit_connect / sys_enter_close, which learn the peer
- * of each (process, fd) at connect(). Only descriptors with a known peer are measured: client
- * sockets. Files, pipes, unix sockets and accepted server sockets return after one lookup.
+ * of each (process, fd) at a TCP connect(). Only descriptors with a known peer are measured:
+ * TCP client sockets. Files, pipes, unix sockets, UDP sockets (a connected one too: a resolver's
+ * queries are the dns probe's) and accepted server sockets return after one lookup.
  * A client socket whose request starts with a TLS record header (write and send are looked at)
  * is forgotten: TLS replies are tls_http's, and a provider's answers must not pass for a
  * backend's latency.
@@ -30,6 +31,7 @@
  * return after the fd_peers lookup: ~0.1 us per run measured); one event is aggregated per
  * request that got a reply (~4 in-scope runs of ~0.3 us each).
  */
+#define FDPEERS_TCP_ONLY 1 /* a connected UDP socket (a resolver's) is not a backend */
 #include "fdpeers.h"
 
 /* Requests at or above this latency count as slow. 2^16 us = 65.5 ms, a log2 bucket boundary,
@@ -187,11 +189,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return on_exit(args->ret); }
 TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (!is_armed() || args->protocol != PROTO_TCP || args->newstate != 2 /* TCP_SYN_SENT */)
         return 0;
-    u32 tid = bpf_get_current_pid_tgid();
-    struct connect_call_t *c = connect_calls.lookup(&tid);
-    if (!c)
-        return 0;
-    struct fd_key_t k = fd_key(c->fd);
-    awaiting.delete(&k);
+    struct fd_key_t k = {};
+    if (fdpeers_saw_tcp(&k))
+        awaiting.delete(&k);
     return 0;
 }

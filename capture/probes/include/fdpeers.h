@@ -4,6 +4,11 @@
  * arguments (the user's sockaddr) and kept per (process, fd) once connect() succeeds or is in
  * progress (non-blocking). close() forgets it. Probes that include this header must not define
  * their own handlers for sys_enter_connect, sys_exit_connect or sys_enter_close.
+ *
+ * A probe that defines FDPEERS_TCP_ONLY before including this header learns TCP connections
+ * only: it calls fdpeers_saw_tcp() from its sock:inet_sock_set_state handler at CLOSE ->
+ * SYN_SENT, which the kernel fires inside a TCP connect(), in the connecting thread. A UDP
+ * socket's connect() (a resolver's, a metrics agent's) changes no TCP state and is not kept.
  */
 #include "common.h"
 
@@ -15,7 +20,7 @@ struct fd_key_t {
 struct connect_call_t {
     u64 uaddr;
     u32 fd;
-    u32 pad;
+    u32 tcp;  /* set by fdpeers_saw_tcp() when the call started a TCP handshake */
 };
 
 BPF_TABLE("lru_hash", u32, struct connect_call_t, connect_calls, 4096);  /* thread -> connect() in flight */
@@ -48,6 +53,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     connect_calls.delete(&tid);
     if (args->ret != 0 && args->ret != -115 /* -EINPROGRESS */)
         return 0;
+#ifdef FDPEERS_TCP_ONLY
+    if (!call.tcp)
+        return 0;
+#endif
     u16 family = 0, port = 0;
     bpf_probe_read_user(&family, sizeof(family), (void *)call.uaddr);
     bpf_probe_read_user(&port, sizeof(port), (void *)(call.uaddr + 2));
@@ -63,6 +72,18 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     struct fd_key_t k = fd_key(call.fd);
     fd_peers.update(&k, &peer);
     return 0;
+}
+
+/* From the includer's inet_sock_set_state handler, at CLOSE -> SYN_SENT: the thread's connect()
+ * in flight is a TCP one. Returns its descriptor's key in *k; 0 when no connect() is in flight. */
+static __always_inline int fdpeers_saw_tcp(struct fd_key_t *k) {
+    u32 tid = bpf_get_current_pid_tgid();
+    struct connect_call_t *c = connect_calls.lookup(&tid);
+    if (!c)
+        return 0;
+    c->tcp = 1;
+    *k = fd_key(c->fd);
+    return 1;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_close) {
