@@ -251,6 +251,33 @@ def _share_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | N
     return Signal(rule.domain, ev, strength, symptom=rule.symptom, upstream=rule.upstream)
 
 
+def _peer_mean_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | None:
+    """Per peer, the mean of ``rule.field`` (µs summed per peer) over its requests, incident
+    against baseline; the signal moves on the peers whose mean rose (``rules``' ``peer_mean``).
+    None when no peer has enough requests in both windows."""
+    def means(r: ProbeResult) -> dict[str, float]:
+        sums = {str(e["peer"]): e.get("count", 0) for e in r.top.get(rule.field, [])}
+        counts = {str(e["peer"]): e.get("count", 0) for e in r.top.get("peers", [])}
+        return {p: us / counts[p] / 1000.0 for p, us in sums.items()
+                if p != UNKNOWN_PEER and counts.get(p, 0) >= rule.min_samples}
+    mi, mb = means(inc), means(base)
+    both = sorted(set(mi) & set(mb), key=lambda p: mb[p] - mi[p])  # the largest rise first
+    if not both:
+        return None
+    moved = [p for p in both if mi[p] >= MIN_RATIO * mb[p] and mi[p] - mb[p] >= rule.threshold]
+    shown = moved[:3] or both[:1]
+    what = "; ".join(f"{p} {mb[p]:.1f} → {mi[p]:.1f} ms" for p in shown)
+    top = shown[0]
+    if moved:
+        ev = Evidence(signal=rule.signal, summary=f"{rule.what} (mean per peer) rose on {len(moved)} of {len(both)} "
+                      f"peers: {what}", baseline=round(mb[top], 3), incident=round(mi[top], 3), unit="ms")
+        return Signal(rule.domain, ev, max(_ratio_strength(mi[p], mb[p]) for p in moved), symptom=rule.symptom,
+                      upstream=rule.upstream, peers=frozenset(moved))
+    ev = Evidence(signal=rule.signal, summary=f"{rule.what} (mean per peer) flat on all {len(both)} peers (the most "
+                  f"changed: {what})", baseline=round(mb[top], 3), incident=round(mi[top], 3), unit="ms")
+    return Signal(rule.domain, ev, 0.0, symptom=rule.symptom, upstream=rule.upstream)
+
+
 def _rtt_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | None:
     """Per peer, the mean sRTT of the incident window against the baseline's; the signal moves on
     the peers whose sRTT rose (``rules``' ``peer_rtt``). None when no peer has enough samples in
@@ -313,6 +340,9 @@ def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
             out.append(_rate_signal(rule, *p, flow))
         elif rule.measure == "p90":
             if s := _p90_signal(rule, *p):
+                out.append(s)
+        elif rule.measure == "peer_mean":
+            if s := _peer_mean_signal(rule, *p):
                 out.append(s)
         elif rule.measure == "demand":
             if s := _demand_rate_signal(rule, *p):

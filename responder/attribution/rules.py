@@ -20,6 +20,9 @@ Measures:
   reaches ``threshold`` and MIN_RATIO times the baseline's share.
 - ``trace_rate``, ``trace_error_share``, ``trace_p90``: per dependency of a kind, from the spans
   (``responder.evidence.traces``); ``field`` names the dependency kind.
+- ``peer_mean``: a per-peer mean (``field``, a sum per peer, over the requests per peer). It moves
+  on a peer whose mean reaches MIN_RATIO times its baseline's and rises by ``threshold`` ms; both
+  windows need ``min_samples`` requests from the peer.
 - ``peer_rtt``: the kernel's smoothed RTT per peer (``tcp_flow``'s per-peer mean). It moves on a
   peer whose mean rises by ``threshold`` ms and to RTT_MIN_RATIO times its baseline; a cause on
   that peer's path only, and one that explains a slower call there only up to PATH_ROUND_TRIPS
@@ -143,9 +146,11 @@ KERNEL_RULES: tuple[Rule, ...] = (
          "symptom many causes share, but not of throttling: each response is timed on its own, and the client's "
          "retries and retry-after waits fall between responses (in the lab's 11 throttling cases without "
          "another fault the p90 never moved)", role=SYMPTOM, per_attempt=True),
-    Rule("backend_latency.p90_us", "retrieval_backend", "kernel", "backend_latency", "p90", "latency",
-         "backend reply latency", 10_000, "µs", "a retrieval query of a few ms is normal; a slower reply is a "
-         "symptom many causes share", role=SYMPTOM),
+    Rule("backend_latency.peer_mean_ms", "retrieval_backend", "kernel", "backend_latency", "peer_mean",
+         "latency_sum_us", "backend reply latency", 10.0, "ms",
+         "a retrieval query of a few ms is normal; a slower reply is a symptom many causes share. Per peer, so "
+         "it says which backend slowed and joins that dependency's path, and one peer's slow replies (a client "
+         "of the workload's own, a resolver) cannot lift another's", role=SYMPTOM),
     Rule("tls_http.status_2xx_per_s", "traffic", "kernel", "tls_http", "demand", "status_2xx",
          "provider calls answered 2xx", 1.5, "×",
          "each request the service serves calls its model, so more successful provider calls per second is more "
@@ -220,7 +225,7 @@ def check(rules: tuple[Rule, ...] = RULES) -> None:
         probe = CATALOG.get(r.probe or "")
         if probe is None:
             raise ValueError(f"{where}: no probe {r.probe!r} in the catalog")
-        counted = r.measure in ("rate", "demand")
+        counted = r.measure in ("rate", "demand", "peer_mean")
         fields = probe.counters if counted else probe.histograms
         if r.field not in fields:
             kind = "counter" if counted else "histogram"
@@ -251,6 +256,8 @@ def markdown() -> str:
                     f"explains its path's calls slower by up to {PATH_ROUND_TRIPS:g}× the rise")
         if r.measure == "trace_request_rate":
             return f"×{value} and +{TRAFFIC_MIN_RISE:g}/s ({MIN_TRACE_CALLS}+ requests)"
+        if r.measure == "peer_mean":
+            return f"mean +{value} {r.unit} and ×{MIN_RATIO:g} on a peer ({r.min_samples}+ requests in each window)"
         if r.measure == "demand":
             return f"×{value} and +{TRAFFIC_MIN_RISE:g}/s ({MIN_TRACE_CALLS}+ counted in each window)"
         if r.measure == "trace_error_share":

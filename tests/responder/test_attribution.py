@@ -355,6 +355,13 @@ def test_oom_kills_as_frequent_as_in_the_baseline_do_not_count():
 
 # --- the domains of the wider probe catalog -------------------------------------------------
 
+def backend(per_peer: dict[str, tuple[int, float]], window: float) -> ProbeResult:
+    """A backend_latency result: per peer, (requests, mean latency in ms)."""
+    return ProbeResult("backend_latency", window, counters={"requests": sum(n for n, _ in per_peer.values())}, top={
+        "peers": [{"peer": p, "count": n} for p, (n, _) in per_peer.items()],
+        "latency_sum_us": [{"peer": p, "count": int(n * ms * 1000)} for p, (n, ms) in per_peer.items()]})
+
+
 def tls(n429: float, n5xx: float, window: float, ttfb: dict[int, int] | None = None) -> ProbeResult:
     return ProbeResult("tls_http", window, counters={"responses": 100, "status_429": n429, "status_5xx": n5xx},
                        histograms={"ttfb": Histogram("us", dict(ttfb or {262144: 50}))},
@@ -369,9 +376,8 @@ def tls(n429: float, n5xx: float, window: float, ttfb: dict[int, int] | None = N
      ProbeResult("dns", BASE_S, counters={"lookups": 240, "failures": 0}), "dns", "dns.failures_per_s"),
     (ProbeResult("dns", INC_S, histograms={"latency": Histogram("us", {262144: 20})}),
      ProbeResult("dns", BASE_S, histograms={"latency": Histogram("us", {512: 100})}), "dns", "dns.latency_p90_us"),
-    (ProbeResult("backend_latency", INC_S, histograms={"latency": Histogram("us", {524288: 30})}),
-     ProbeResult("backend_latency", BASE_S, histograms={"latency": Histogram("us", {4096: 300})}),
-     "retrieval_backend", "backend_latency.p90_us"),
+    (backend({"10.0.0.7:5432": (30, 400.0)}, INC_S), backend({"10.0.0.7:5432": (300, 3.0)}, BASE_S),
+     "retrieval_backend", "backend_latency.peer_mean_ms"),
     (ProbeResult("cpu_throttle", INC_S, counters={"nr_throttled": 80}),
      ProbeResult("cpu_throttle", BASE_S, counters={"nr_throttled": 0}), "app_cpu", "cpu_throttle.throttled_periods_per_s"),
     (ProbeResult("memory_pressure", INC_S, counters={"limit_hits": 400}),
@@ -432,3 +438,25 @@ def test_more_provider_calls_answered_is_demand_that_explains_the_cpu_waits():
     # Too few calls counted in a window say nothing.
     v = attribute(capture([answered(0.5, INC_S), starved[0]], [answered(0.1, BASE_S), starved[1]]))
     assert not any(e.signal == "tls_http.status_2xx_per_s" for h in v.hypotheses for e in h.supporting + h.contradicting)
+
+
+def test_backend_latency_is_read_per_peer():
+    db, exporter = "10.0.0.7:5432", "127.0.0.1:4318"
+    ri, rb = flat_runq()
+    # The database's replies 100 times slower: the backend, named by its peer.
+    v = attribute(capture([backend({db: (200, 300.0), exporter: (10, 6.0)}, INC_S), ri],
+                          [backend({db: (900, 3.0), exporter: (50, 5.0)}, BASE_S), rb]))
+    assert v.domains == ["retrieval_backend"], v.to_dict()
+    ev = hyp(v, "retrieval_backend").supporting[0]
+    assert ev.summary == f"backend reply latency (mean per peer) rose on 1 of 2 peers: {db} 3.0 → 300.0 ms"
+    # Another peer's slow replies (a second of waiting on a connection the workload holds open)
+    # do not lift the database's: nothing moved.
+    v = attribute(capture([backend({db: (200, 3.2), "127.0.0.1:40404": (10, 1000.0)}, INC_S), ri],
+                          [backend({db: (900, 3.0), "127.0.0.1:40404": (6, 990.0)}, BASE_S), rb]))
+    assert not v.domains
+    flat = next(e for e in hyp(v, "retrieval_backend").contradicting if e.signal == "backend_latency.peer_mean_ms")
+    assert "flat on all 2 peers" in flat.summary
+    # A peer new in the incident (no baseline to compare with) says nothing.
+    v = attribute(capture([backend({db: (200, 3.2), "127.0.0.53:53": (60, 3000.0)}, INC_S), ri],
+                          [backend({db: (900, 3.0)}, BASE_S), rb]))
+    assert not v.domains

@@ -18,7 +18,7 @@ def test_every_kernel_rule_reads_a_counter_or_histogram_its_probe_has_for_a_doma
     for r in R.KERNEL_RULES:
         probe = CATALOG[r.probe]
         assert r.domain in probe.domains
-        assert r.field in (probe.counters if r.measure in ("rate", "demand") else probe.histograms)
+        assert r.field in (probe.counters if r.measure in ("rate", "demand", "peer_mean") else probe.histograms)
     # every probe that speaks for a domain has at least one rule reading it
     speaking = {name for name, p in CATALOG.items() if p.domains}
     read = {r.probe for r in R.KERNEL_RULES}
