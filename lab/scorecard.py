@@ -36,6 +36,12 @@ abstained).
 * Calibration: over answered cases, a verdict is correct when every domain it names was
   expected (``P`` ⊆ ``E``): the precision a reader gets from that confidence. Ten equal bins of
   confidence; expected calibration error ``ECE = sum_b n_b / N * |precision_b - confidence_b|``.
+* Felt faults: a faulted case whose fault the service's requests did not feel (no alert fired,
+  and during the fault phase the load's error ratio stayed within UNFELT_ERROR_POINTS of the
+  baseline's and its p90 under UNFELT_P90_RATIO times it) is left out of the single- and
+  multi-fault targets: there was no incident to explain, and abstaining on it is not a miss. It
+  stays in every other table, and the scorecard says how its verdicts went. The rule reads only
+  the load the runner measured, never the verdict.
 * Detection: a faulted case is detected when a real alert created its incident after the fault
   began (not the lab's ad hoc trigger); ``detection_s`` runs from the first fault's onset to the
   incident's ``attributed_at``. Percentiles interpolate linearly between order statistics. An
@@ -70,6 +76,10 @@ TARGET_ECE = 0.05
 TARGET_F1_LEAD = 0.30  # combined macro-F1 (abstain = miss) at least 30 points above traces-only
 TARGET_KERNEL_PRECISION = 0.9
 KERNEL_PRECISION_DOMAINS = ("network", "dns", "app_cpu", "app_memory", "provider_throttling")
+# A fault the requests did not feel: no alert, the error ratio within this of the baseline's and
+# the p90 under this times the baseline's (the lab's steady load moves its p90 by a few percent).
+UNFELT_ERROR_POINTS = 0.01
+UNFELT_P90_RATIO = 1.25
 SCORECARD_FILES = ("scorecard.json", "scorecard.md", "confusion.png", "reliability.png", "risk_coverage.png")
 
 
@@ -172,6 +182,21 @@ def reattribute(incident: dict[str, Any] | None, mode: str):
 
 # --- per-case rows -----------------------------------------------------------------------------
 
+def felt(case: dict[str, Any]) -> bool:
+    """Whether a faulted case's fault reached the service's requests (the module docstring's
+    "felt faults"); True when the runner's load figures cannot tell."""
+    if case.get("detected"):
+        return True
+    load = case.get("load") or {}
+    base, fault = load.get("baseline") or {}, load.get("faults") or {}
+    try:
+        errors_rose = float(fault["ok_ratio"]) < float(base["ok_ratio"]) - UNFELT_ERROR_POINTS
+        slower = float(fault["latency_s"]["p90"]) >= UNFELT_P90_RATIO * float(base["latency_s"]["p90"])
+    except (KeyError, TypeError, ValueError):
+        return True
+    return errors_rose or slower
+
+
 def case_kind(expect: list[str]) -> str:
     return "no_fault" if not expect else "single_fault" if len(expect) == 1 else "multi_fault"
 
@@ -197,6 +222,7 @@ def score_case(case: dict[str, Any], mode: str) -> dict[str, Any]:
         "detected": bool(case.get("detected")), "detection_s": case.get("detection_s"),
         "overhead": capture.get("cost"),
         "kind": case_kind(expect),
+        "felt": felt(case) if expect else None,
         "correct": (set(predicted) <= set(expect)) if predicted else None,
         "abstain_reason": verdict.abstain_reason if not predicted else None,
         "trigger": case.get("trigger"),
@@ -373,9 +399,9 @@ def targets(held: list[dict[str, Any]], mode: str, traces_only: list[dict[str, A
             kernel_only: list[dict[str, Any]] | None, held_out_ece: float | None) -> list[Target]:
     """The targets, judged on the held-out part's rows (``held``; and the same cases in
     traces-only and kernel-only mode, for the ablation targets, judged in combined mode only)."""
-    single = [r for r in held if r["kind"] == "single_fault"]
+    single = [r for r in held if r["kind"] == "single_fault" and r.get("felt", True)]
     answered = [r for r in single if r["predicted"]]
-    multi = [r for r in held if r["kind"] == "multi_fault"]
+    multi = [r for r in held if r["kind"] == "multi_fault" and r.get("felt", True)]
     controls = [r for r in held if r["kind"] == "no_fault"]
     surges = [r for r in held if r["expect"] == ["traffic"]]
     confident_wrong = [r for r in multi if r["predicted"] and not set(r["predicted"]) <= set(r["expect"])
@@ -582,6 +608,14 @@ def render_markdown(card: dict[str, Any]) -> str:
             "judged in combined mode only.", ""]
     out += _table(["target", "goal", "measured", ""],
                   [[t["name"], t["goal"], Target(**t).shown(), _met(t["met"])] for t in card["targets"]])
+    unfelt = [r for r in card["cases"] if r.get("part") == "held-out" and r.get("felt") is False]
+    if unfelt:
+        named = sum(1 for r in unfelt if r["predicted"] and set(r["predicted"]) <= set(r["expect"]))
+        wrong = sum(1 for r in unfelt if r["predicted"] and not set(r["predicted"]) <= set(r["expect"]))
+        out += ["", f"{len(unfelt)} held-out faulted case(s) left out of the fault targets: the service's requests "
+                f"did not feel the fault (no alert; error ratio and p90 as in the baseline). Their verdicts: "
+                f"{named} named the injected domain, {len(unfelt) - named - wrong} abstained, {wrong} named "
+                "another: " + ", ".join(r["name"] for r in unfelt) + "."]
     held = card.get("held_out") or {}
     rk, rc = held.get("ranking") or {}, held.get("risk_coverage") or {}
     if rk:

@@ -324,3 +324,24 @@ def test_the_isotonic_fit_matches_scikit_learn_and_keeps_each_levels_support():
     assert calibrate.ece([(s, r) for s, r in points]) < 0.1
     assert calibrate.ece([(0.9, i % 2 == 0) for i in range(100)]) == pytest.approx(0.4)
     assert calibrate.ece([]) is None
+
+
+def test_a_fault_the_requests_did_not_feel_is_left_out_of_the_fault_targets():
+    def load(ok: float, p90: float) -> dict:
+        return {"ok_ratio": ok, "latency_s": {"p90": p90}}
+
+    calm = {"baseline": load(1.0, 0.30), "faults": load(1.0, 0.31)}
+    case = {"expect": ["app_memory"], "detected": False, "load": calm}
+    assert not S.felt(case)
+    assert S.felt(dict(case, detected=True))  # an alert fired: felt
+    assert S.felt(dict(case, load={"baseline": load(1.0, 0.30), "faults": load(0.97, 0.31)}))  # errors
+    assert S.felt(dict(case, load={"baseline": load(1.0, 0.30), "faults": load(1.0, 0.40)}))  # slower
+    assert S.felt(dict(case, load={}))  # the runner measured nothing: counted
+    # An unfelt case abstained on is no miss of the fault targets; a felt one is.
+    rows = [held(dict(row("felt", ["dns"], ["dns"], 0.8), felt=True), 0.8),
+            held(dict(row("unfelt", ["app_memory"], [], 0.0, detected=False), felt=False))]
+    t = {x.name: x for x in S.targets(rows, "combined", None, None, held_out_ece=None)}
+    assert t["single faults: exact verdicts"].value == 1.0 and t["single faults: abstain rate"].value == 0.0
+    rows[1]["felt"] = True
+    t = {x.name: x for x in S.targets(rows, "combined", None, None, held_out_ece=None)}
+    assert t["single faults: abstain rate"].value == 0.5
