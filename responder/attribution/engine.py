@@ -1,16 +1,18 @@
 """Attribution v0: from a capture's incident and baseline windows, and the service's traces, to a
 ranked verdict.
 
-Kernel evidence: ``network`` from retransmits, resets and connects; ``dns`` from
-getaddrinfo failures and latency; ``provider_throttling`` from HTTP 429 and 5xx responses seen in
-the TLS plaintext; ``provider_latency`` from time to first response byte; ``retrieval_backend``
-from request/reply latency on plain TCP; ``app_cpu`` from run-queue wait and CFS throttling;
-``app_memory`` from OOM kills and memory-limit hits. Trace evidence (per dependency, see
+Kernel evidence: ``network`` from retransmits (at a share of what was sent), resets, connects
+and the round trip per peer; ``dns`` from getaddrinfo failures and latency;
+``provider_throttling`` from HTTP 429 and 5xx responses seen in the TLS plaintext;
+``provider_latency`` from time to first response byte; ``traffic`` from the 2xx responses per
+second; ``retrieval_backend`` from request/reply latency per peer on plain TCP; ``app_cpu`` from
+run-queue wait and CFS throttling; ``app_memory`` from OOM kills and memory-limit hits. Trace evidence (per dependency, see
 ``responder.evidence.traces.evidence``): ``provider_throttling`` from GenAI calls failing with 429/529/503,
 ``provider_latency`` from GenAI time to first token (or duration) when the other outbound
 dependencies stayed as they were, ``network`` when every outbound dependency slowed at once,
-``retrieval_backend`` from slower or failing retrieval calls, and ``policy_layer`` (which the
-kernel cannot see) from slower or rejecting guardrail spans. Each signal compares the incident
+``retrieval_backend`` from slower or failing retrieval calls, ``policy_layer`` (which the
+kernel cannot see) from slower or rejecting guardrail spans, and ``traffic`` from the requests
+served per second. Each signal compares the incident
 window with the baseline window; a domain's strength adds up its signals that moved, and the
 score is ``strength / (strength + STRENGTH_HALF)``; slower and timed-out calls are symptoms that
 a cause in another domain explains away (``explain_away``). The score orders the domains and
@@ -564,8 +566,8 @@ def attribute(capture: CaptureResult | None, traces: TraceEvidence | dict[str, A
         return Verdict(domains=[], confidence=0.0,
                        abstain_reason="no usable evidence: " + ("; ".join(gaps) or "the capture saw nothing"))
     hyps: list[Hypothesis] = []
-    # A cause of its own: a cause signal, or an upstream symptom nothing explained (a slow lookup
-    # that in turn explains the calls after it).
+    # A cause of its own: a cause signal, an upstream symptom nothing explained (a slow lookup
+    # that in turn explains the calls after it), or a symptom that stands beside the causes present.
     caused = {s.domain for s in sigs if s.strength > 0 and (not s.symptom or s.upstream or s.stands)
               and not s.explained}
     for domain in dict.fromkeys(s.domain for s in sigs):
