@@ -10,86 +10,45 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from capture.probes import CATALOG
-
 from responder import config
 from responder.evidence.prometheus import burn_onset
 from responder.playbooks import load_playbooks
-from tests.responder.prom_fixtures import serve_metrics, start_prometheus, wait_for
+from tests.responder.prom_fixtures import CONTRACT_RULES, serve_metrics, start_prometheus, wait_for
+from tests.responder.test_prometheus import SERVICE, Traffic
 
 pytestmark = pytest.mark.needs_prometheus
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICE = "chat"
 TICK_S = 0.05
 PHASE_S = 8.0
 HEALTHY = {"ok_per_s": 20.0, "err_per_s": 0.0, "ttft_s": 0.2}
 SLOW = {"ok_per_s": 20.0, "err_per_s": 0.0, "ttft_s": 1.5}
 FAILING = {"ok_per_s": 10.0, "err_per_s": 10.0, "ttft_s": 1.5}
 
-RULES = """\
-groups:
-  - name: llm-slo-test
-    interval: 1s
-    rules:
-""" + "".join(f"""\
-      - record: llm_slo:errors:ratio_rate{w}
-        expr: >-
-          sum by (service) (rate(llm_requests_total{{code=~"5.."}}[4s]))
-          / sum by (service) (rate(llm_requests_total[4s]))
-      - record: llm_slo:errors:burn_rate{w}
-        expr: llm_slo:errors:ratio_rate{w} / (1 - 0.99)
-      - record: llm_slo:ttft:ratio_rate{w}
-        expr: >-
-          1 - sum by (service) (rate(llm_time_to_first_token_seconds_bucket{{le="0.5"}}[4s]))
-          / sum by (service) (rate(llm_time_to_first_token_seconds_count[4s]))
-      - record: llm_slo:ttft:burn_rate{w}
-        expr: llm_slo:ttft:ratio_rate{w} / (1 - 0.99)
-""" for w in ("5m", "1h"))
 
 LABELS = {"alertname": "LLMErrorBurn", "severity": "page", "slo": "errors", "long_window": "1h",
           "short_window": "5m", "service": SERVICE}
 
 
-class Traffic:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("llm_requests", "requests", ["service", "code"], registry=self.registry)
-        self.ttft = Histogram("llm_time_to_first_token_seconds", "ttft", ["service"], registry=self.registry,
-                              buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0))
-        self.requests.labels(SERVICE, "200")
-        self.requests.labels(SERVICE, "503")
-        self.phase = HEALTHY
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(TICK_S):
-            p = self.phase
-            self.requests.labels(SERVICE, "200").inc(p["ok_per_s"] * TICK_S)
-            self.requests.labels(SERVICE, "503").inc(p["err_per_s"] * TICK_S)
-            self.ttft.labels(SERVICE).observe(p["ttft_s"])
-
-
 @pytest.fixture(scope="module")
 def phases(tmp_path_factory: pytest.TempPathFactory):
-    traffic = Traffic()
+    traffic = Traffic()  # errors are counted as 503s: not the 429s of its own incident phase
+    traffic.phase = HEALTHY
     metrics_url, stop_metrics = serve_metrics(traffic.registry)
     prom = start_prometheus(
         tmp_path_factory.mktemp("prom"),
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         f"scrape_configs:\n  - job_name: lab\n    static_configs: [{{targets: ['{urlsplit(metrics_url).netloc}']}}]\n",
-        {"slo.yml": RULES})
+        {"slo.yml": CONTRACT_RULES})
     try:
-        traffic._thread.start()
+        traffic.start()
         wait_for(lambda: prom.query("llm_requests_total"), 20, what="first scrape")
         time.sleep(PHASE_S)
         traffic.phase = SLOW
@@ -102,8 +61,7 @@ def phases(tmp_path_factory: pytest.TempPathFactory):
         time.sleep(2.5)  # the last scrape and rule evaluation land
         yield prom.url, slow_at, failing_at, alert_at
     finally:
-        traffic._stop.set()
-        traffic._thread.join(timeout=5)
+        traffic.stop()
         prom.stop()
         stop_metrics()
 

@@ -26,7 +26,7 @@ from common.net import free_port
 from responder import config
 from responder.evidence.prometheus import MAX_POINTS, MAX_SERIES, prometheus_evidence
 from responder.playbooks import PromQuery, load_playbooks, select_playbook
-from tests.responder.prom_fixtures import serve_metrics, start_prometheus, wait_for
+from tests.responder.prom_fixtures import CONTRACT_RULES, serve_metrics, start_prometheus, wait_for
 from tests.standins.loopback import LoopbackServer
 
 pytestmark = pytest.mark.needs_prometheus
@@ -39,26 +39,6 @@ SETTLE_S = 5.0
 BASELINE = {"ok_per_s": 19.8, "err_per_s": 0.2, "ttft_s": 0.2}  # 20 req/s, 1% errors
 INCIDENT = {"ok_per_s": 48.0, "err_per_s": 12.0, "ttft_s": 1.5}  # 60 req/s, 20% errors (429)
 
-# The contract's rule names with their ranges scaled down to 4s, so seconds of traffic show a burn.
-RULES = """\
-groups:
-  - name: llm-slo-test
-    interval: 1s
-    rules:
-""" + "".join(f"""\
-      - record: llm_slo:errors:ratio_rate{w}
-        expr: >-
-          sum by (service) (rate(llm_requests_total{{code=~"5..|429"}}[4s]))
-          / sum by (service) (rate(llm_requests_total[4s]))
-      - record: llm_slo:errors:burn_rate{w}
-        expr: llm_slo:errors:ratio_rate{w} / (1 - 0.99)
-      - record: llm_slo:ttft:ratio_rate{w}
-        expr: >-
-          1 - sum by (service) (rate(llm_time_to_first_token_seconds_bucket{{le="0.5"}}[4s]))
-          / sum by (service) (rate(llm_time_to_first_token_seconds_count[4s]))
-      - record: llm_slo:ttft:burn_rate{w}
-        expr: llm_slo:ttft:ratio_rate{w} / (1 - 0.99)
-""" for w in ("5m", "1h"))
 
 
 @dataclass
@@ -114,7 +94,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
         tmp_path_factory.mktemp("prom"),
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         f"scrape_configs:\n  - job_name: lab\n    static_configs: [{{targets: ['{target}']}}]\n",
-        {"slo.yml": RULES})
+        {"slo.yml": CONTRACT_RULES})
     try:
         traffic.start()
         wait_for(lambda: prom.query("llm_requests_total"), 20, what="first scrape")
