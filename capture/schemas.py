@@ -354,6 +354,14 @@ class ProbeResult:
     def rate(self, counter: str) -> float:
         return self.counters.get(counter, 0.0) / self.window_s if self.window_s > 0 else 0.0
 
+    def peer_means(self, sums: str, counts: str, min_count: int = 1) -> dict[str, float]:
+        """Per peer in both top lists with at least ``min_count`` in ``counts``: its ``sums``
+        entry over its ``counts`` entry (a mean per peer; a top list's counts are summed over
+        cgroups, so the decoder cannot keep a mean itself)."""
+        n = {e["peer"]: e.get("count", 0) for e in self.top.get(counts, [])}
+        return {e["peer"]: e.get("count", 0) / n[e["peer"]] for e in self.top.get(sums, [])
+                if n.get(e["peer"], 0) >= max(min_count, 1)}
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["histograms"] = {k: h.to_dict() for k, h in self.histograms.items()}

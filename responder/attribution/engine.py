@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from capture.probes.tcp_flow import mean_rtt_us
 from capture.schemas import UNKNOWN_PEER, CaptureResult, ProbeResult
 from responder.attribution import peers
 from responder.attribution.rules import (
@@ -253,57 +252,31 @@ def _share_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | N
     return Signal(rule.domain, ev, strength, symptom=rule.symptom, upstream=rule.upstream)
 
 
-def _peer_mean_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | None:
-    """Per peer, the mean of ``rule.field`` (µs summed per peer) over its requests, incident
-    against baseline; the signal moves on the peers whose mean rose (``rules``' ``peer_mean``).
-    None when no peer has enough requests in both windows."""
+def _peer_mean_signal(rule: Rule, inc: ProbeResult, base: ProbeResult, sums: str, counts: str,
+                      min_ratio: float, what: str, path_delay: bool = False) -> Signal | None:
+    """Per peer, the mean of the ``sums`` top list over the ``counts`` one (µs, shown in ms), incident
+    against baseline; the signal moves on the peers whose mean rose by ``rule.threshold`` ms and to
+    ``min_ratio`` times the baseline's (``rules``' ``peer_mean`` and ``peer_rtt``). ``path_delay``:
+    the rise is a path's added delay, which explains slower calls on it (``explains_ms``). None
+    when no peer has ``rule.min_samples`` in both windows."""
     def means(r: ProbeResult) -> dict[str, float]:
-        sums = {str(e["peer"]): e.get("count", 0) for e in r.top.get(rule.field, [])}
-        counts = {str(e["peer"]): e.get("count", 0) for e in r.top.get("peers", [])}
-        return {p: us / counts[p] / 1000.0 for p, us in sums.items()
-                if p != UNKNOWN_PEER and counts.get(p, 0) >= rule.min_samples}
+        return {p: us / 1000.0 for p, us in r.peer_means(sums, counts, rule.min_samples).items() if p != UNKNOWN_PEER}
     mi, mb = means(inc), means(base)
     both = sorted(set(mi) & set(mb), key=lambda p: mb[p] - mi[p])  # the largest rise first
     if not both:
         return None
-    moved = [p for p in both if mi[p] >= MIN_RATIO * mb[p] and mi[p] - mb[p] >= rule.threshold]
+    moved = [p for p in both if mi[p] >= min_ratio * mb[p] and mi[p] - mb[p] >= rule.threshold]
     shown = moved[:3] or both[:1]
-    what = "; ".join(f"{p} {mb[p]:.1f} → {mi[p]:.1f} ms" for p in shown)
+    listed = "; ".join(f"{p} {mb[p]:.1f} → {mi[p]:.1f} ms" for p in shown)
     top = shown[0]
-    if moved:
-        ev = Evidence(signal=rule.signal, summary=f"{rule.what} (mean per peer) rose on {len(moved)} of {len(both)} "
-                      f"peers: {what}", baseline=round(mb[top], 3), incident=round(mi[top], 3), unit="ms")
-        return Signal(rule.domain, ev, max(_ratio_strength(mi[p], mb[p]) for p in moved), symptom=rule.symptom,
-                      upstream=rule.upstream, peers=frozenset(moved))
-    ev = Evidence(signal=rule.signal, summary=f"{rule.what} (mean per peer) flat on all {len(both)} peers (the most "
-                  f"changed: {what})", baseline=round(mb[top], 3), incident=round(mi[top], 3), unit="ms")
-    return Signal(rule.domain, ev, 0.0, symptom=rule.symptom, upstream=rule.upstream)
-
-
-def _rtt_signal(rule: Rule, inc: ProbeResult, base: ProbeResult) -> Signal | None:
-    """Per peer, the mean sRTT of the incident window against the baseline's; the signal moves on
-    the peers whose sRTT rose (``rules``' ``peer_rtt``). None when no peer has enough samples in
-    both windows."""
-    def sampled(r: ProbeResult) -> dict[str, float]:
-        counts = {e["peer"]: e["count"] for e in r.top.get("rtt_samples", [])}
-        return {p: us / 1000.0 for p, us in mean_rtt_us(r).items()
-                if p != UNKNOWN_PEER and counts.get(p, 0) >= rule.min_samples}
-    mi, mb = sampled(inc), sampled(base)
-    both = sorted(set(mi) & set(mb), key=lambda p: mb[p] - mi[p])  # the largest rise first
-    if not both:
-        return None
-    moved = [p for p in both if mi[p] - mb[p] >= rule.threshold and mi[p] >= RTT_MIN_RATIO * mb[p]]
-    shown = moved[:3] or both[:1]
-    what = "; ".join(f"{p} {mb[p]:.1f} → {mi[p]:.1f} ms" for p in shown)
-    if moved:
-        top = moved[0]
-        ev = Evidence(signal=rule.signal, summary=f"{rule.what} rose on {len(moved)} of {len(both)} peers: {what}",
-                      baseline=round(mb[top], 3), incident=round(mi[top], 3), unit="ms")
-        return Signal(rule.domain, ev, max(_ratio_strength(mi[p], mb[p]) for p in moved), peers=frozenset(moved),
-                      explains_ms=max(mi[p] - mb[p] for p in moved))
-    ev = Evidence(signal=rule.signal, summary=f"{rule.what} flat on all {len(both)} peers (the most changed: {what})",
-                  baseline=round(mb[shown[0]], 3), incident=round(mi[shown[0]], 3), unit="ms")
-    return Signal(rule.domain, ev, 0.0)
+    summary = (f"{what} rose on {len(moved)} of {len(both)} peers: {listed}" if moved
+               else f"{what} flat on all {len(both)} peers (the most changed: {listed})")
+    ev = Evidence(signal=rule.signal, summary=summary, baseline=round(mb[top], 3), incident=round(mi[top], 3), unit="ms")
+    if not moved:
+        return Signal(rule.domain, ev, 0.0, symptom=rule.symptom, upstream=rule.upstream)
+    return Signal(rule.domain, ev, max(_ratio_strength(mi[p], mb[p]) for p in moved), symptom=rule.symptom,
+                  upstream=rule.upstream, peers=frozenset(moved),
+                  explains_ms=max(mi[p] - mb[p] for p in moved) if path_delay else None)
 
 
 def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
@@ -344,13 +317,13 @@ def signals(capture: CaptureResult) -> tuple[list[Signal], list[str]]:
             if s := _p90_signal(rule, *p):
                 out.append(s)
         elif rule.measure == "peer_mean":
-            if s := _peer_mean_signal(rule, *p):
+            if s := _peer_mean_signal(rule, *p, rule.field, "peers", MIN_RATIO, f"{rule.what} (mean per peer)"):
                 out.append(s)
         elif rule.measure == "demand":
             if s := _demand_rate_signal(rule, *p):
                 out.append(s)
         elif rule.measure == "peer_rtt":
-            if s := _rtt_signal(rule, *p):
+            if s := _peer_mean_signal(rule, *p, "rtt_sum_us", "rtt_samples", RTT_MIN_RATIO, rule.what, path_delay=True):
                 out.append(s)
             else:
                 gaps.append(f"{rule.probe} saw no peer with {rule.min_samples}+ RTT samples in both windows")
@@ -478,7 +451,7 @@ def _name_paths(ksigs: list[Signal], tsigs: list[Signal], hosts: peers.Hosts) ->
     """Say which dependency a kernel signal's peers belong to: "(top peer 10.0.0.7:5432 ×23: the
     path to retrieval postgresql)", when the spans name their peers."""
     for k in ksigs:
-        if k.strength <= 0 or not k.peers or k.peers == peers.RESOLVER:
+        if k.strength <= 0 or not k.peers:
             continue
         deps = sorted({t.dependency for t in tsigs if t.dependency and t.peers
                        and peers.on_path(k.peers, t.peers, hosts)})

@@ -9,7 +9,8 @@ bridge the two. Two peers are on the same path when
 - their ports differ: never (when both are known);
 - their addresses are equal, or the span's host name resolved to the kernel's address;
 - the span names a host the capture saw no answer for: unless their ports differ (a name that
-  cannot be resolved here is matched on its port alone).
+  cannot be resolved here is matched on its port alone);
+- either is any address (``*:53``, the resolver's path): when both ports are known and equal.
 
 A cause on one dependency's path (retransmits to its address) explains the symptoms of that
 dependency only; a cause without peers (run-queue waits, a slow resolver) explains every call.
@@ -28,7 +29,8 @@ KERNEL_PEER_LISTS = ("peers", "received_from", "failed_peers", "throttled_peers"
 Hosts = dict[str, set[str]]
 # The path a name lookup takes: to a resolver, any address, port 53. A cause on another
 # dependency's path (retransmits to a provider) does not slow the lookups.
-RESOLVER = frozenset({"*:53"})
+WILDCARD = "*"
+RESOLVER = frozenset({f"{WILDCARD}:53"})
 
 
 def split(peer: str) -> tuple[str, str | None]:
@@ -82,6 +84,8 @@ def same(kernel_peer: str, span_peer: str, hosts: Hosts) -> bool:
     sa, sp = split(span_peer)
     if kp is not None and sp is not None and kp != sp:
         return False
+    if WILDCARD in (ka, sa):  # any address: the port alone decides, and it must be known
+        return kp is not None and sp is not None
     if sa == ka:
         return True
     if sa in hosts:

@@ -170,20 +170,21 @@ KERNEL_RULES: tuple[Rule, ...] = (
          min_samples=50, bound=1024),
 )
 
+# Why a dependency's failing calls move at 5% (retrieval and guardrail alike).
+_ERROR_SHARE_REASON = ("a twentieth of the calls failing above the baseline's rate, below the error page's own "
+                       "level (7.2% of requests failing is 14.4 times a 0.5% budget): a dependency that fails every "
+                       "call it touches accounts for a page at that share; mostly timeouts makes it a symptom")
+
 TRACE_RULES: tuple[Rule, ...] = (
     Rule("trace.llm.throttled_share", "provider_throttling", "trace", None, "trace_rate", "llm",
          "provider calls answered 429/529/503", 0.05, "share",
          "a twentieth of the provider calls throttled (the SDK's retries hide the rest)"),
     Rule("trace.retrieval.error_share", "retrieval_backend", "trace", None, "trace_error_share", "retrieval",
          "failing retrieval calls", 0.05, "share",
-         "a twentieth of the calls failing above the baseline's rate, below the error page's own level (7.2% of "
-         "requests failing is 14.4 times a 0.5% budget): a dependency that fails every call it touches accounts "
-         "for a page at that share; mostly timeouts makes it a symptom"),
+         _ERROR_SHARE_REASON),
     Rule("trace.policy.error_share", "policy_layer", "trace", None, "trace_error_share", "policy",
          "failing guardrail calls", 0.05, "share",
-         "a twentieth of the calls failing above the baseline's rate, below the error page's own level (7.2% of "
-         "requests failing is 14.4 times a 0.5% budget): a dependency that fails every call it touches accounts "
-         "for a page at that share; mostly timeouts makes it a symptom"),
+         _ERROR_SHARE_REASON),
     Rule("trace.llm.time_to_first_token_p90", "provider_latency", "trace", None, "trace_p90", "llm",
          "provider time to first token p90 (else duration p90)", 100.0, "ms",
          "a provider answers in hundreds of ms; network instead when every outbound dependency slowed",

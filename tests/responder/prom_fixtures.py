@@ -1,5 +1,11 @@
 """Real Prometheus and Alertmanager processes (and a metrics endpoint) for tests: the launchers
 live in ``lab.servers``, which the lab stack uses too; this module keeps the names tests import."""
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
 from lab.servers import (  # noqa: F401 - re-exported
     ALERTMANAGER_BIN,
     PROMETHEUS_BIN,
@@ -36,3 +42,24 @@ groups:
       - record: llm_slo:ttft:burn_rate{w}
         expr: llm_slo:ttft:ratio_rate{w} / (1 - 0.99)
 """ for w in ("5m", "1h"))
+
+
+@contextmanager
+def scraping(directory: Path, traffic: Any) -> Iterator[PrometheusProcess]:
+    """Serve ``traffic.registry`` and a Prometheus that scrapes it and evaluates CONTRACT_RULES
+    every second; start the traffic (``traffic.start()``) and yield once the first scrape landed.
+    Stops the traffic, Prometheus and the endpoint however the block ends."""
+    metrics_url, stop_metrics = serve_metrics(traffic.registry)
+    prom = start_prometheus(
+        directory,
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"scrape_configs:\n  - job_name: lab\n    static_configs: [{{targets: ['{urlsplit(metrics_url).netloc}']}}]\n",
+        {"slo.yml": CONTRACT_RULES})
+    try:
+        traffic.start()
+        wait_for(lambda: prom.query("llm_requests_total"), 20, what="first scrape")
+        yield prom
+    finally:
+        traffic.stop()
+        prom.stop()
+        stop_metrics()

@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -20,7 +19,7 @@ from capture.probes import CATALOG
 from responder import config
 from responder.evidence.prometheus import burn_onset
 from responder.playbooks import load_playbooks
-from tests.responder.prom_fixtures import CONTRACT_RULES, serve_metrics, start_prometheus, wait_for
+from tests.responder.prom_fixtures import scraping
 from tests.responder.test_prometheus import SERVICE, Traffic
 
 pytestmark = pytest.mark.needs_prometheus
@@ -41,15 +40,7 @@ LABELS = {"alertname": "LLMErrorBurn", "severity": "page", "slo": "errors", "lon
 def phases(tmp_path_factory: pytest.TempPathFactory):
     traffic = Traffic()  # errors are counted as 503s: not the 429s of its own incident phase
     traffic.phase = HEALTHY
-    metrics_url, stop_metrics = serve_metrics(traffic.registry)
-    prom = start_prometheus(
-        tmp_path_factory.mktemp("prom"),
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"scrape_configs:\n  - job_name: lab\n    static_configs: [{{targets: ['{urlsplit(metrics_url).netloc}']}}]\n",
-        {"slo.yml": CONTRACT_RULES})
-    try:
-        traffic.start()
-        wait_for(lambda: prom.query("llm_requests_total"), 20, what="first scrape")
+    with scraping(tmp_path_factory.mktemp("prom"), traffic) as prom:
         time.sleep(PHASE_S)
         traffic.phase = SLOW
         slow_at = time.time()
@@ -60,10 +51,6 @@ def phases(tmp_path_factory: pytest.TempPathFactory):
         alert_at = time.time()
         time.sleep(2.5)  # the last scrape and rule evaluation land
         yield prom.url, slow_at, failing_at, alert_at
-    finally:
-        traffic.stop()
-        prom.stop()
-        stop_metrics()
 
 
 def queries(kinds: tuple[str, ...]):

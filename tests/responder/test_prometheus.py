@@ -26,7 +26,7 @@ from common.net import free_port
 from responder import config
 from responder.evidence.prometheus import MAX_POINTS, MAX_SERIES, prometheus_evidence
 from responder.playbooks import PromQuery, load_playbooks, select_playbook
-from tests.responder.prom_fixtures import CONTRACT_RULES, serve_metrics, start_prometheus, wait_for
+from tests.responder.prom_fixtures import scraping
 from tests.standins.loopback import LoopbackServer
 
 pytestmark = pytest.mark.needs_prometheus
@@ -88,16 +88,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
     traffic = Traffic()
     # Both labels exist from the start so the error ratio is defined in both phases.
     traffic.requests.labels(SERVICE, "429")
-    metrics_url, stop_metrics = serve_metrics(traffic.registry)
-    target = urlsplit(metrics_url).netloc
-    prom = start_prometheus(
-        tmp_path_factory.mktemp("prom"),
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"scrape_configs:\n  - job_name: lab\n    static_configs: [{{targets: ['{target}']}}]\n",
-        {"slo.yml": CONTRACT_RULES})
-    try:
-        traffic.start()
-        wait_for(lambda: prom.query("llm_requests_total"), 20, what="first scrape")
+    with scraping(tmp_path_factory.mktemp("prom"), traffic) as prom:
         b0 = time.time()
         time.sleep(PHASE_S)
         traffic.phase = INCIDENT
@@ -107,10 +98,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
         # The last scrape and rule evaluation inside the incident window have to land first.
         time.sleep(2.5)
         yield Lab(prom.url, (b0 + SETTLE_S, i0), (i0 + SETTLE_S, i1))
-    finally:
-        traffic.stop()
-        prom.stop()
-        stop_metrics()
 
 
 def settings(url: str, **kw: Any) -> config.Settings:

@@ -41,9 +41,7 @@ def cflags() -> list[str]:
 def mean_rtt_us(result: ProbeResult) -> dict[str, float]:
     """Mean sampled sRTT in microseconds per peer, from the ``rtt_sum_us`` and ``rtt_samples``
     top lists of a tcp_flow result."""
-    samples = {e["peer"]: e["count"] for e in result.top.get("rtt_samples", [])}
-    return {e["peer"]: e["count"] / samples[e["peer"]]
-            for e in result.top.get("rtt_sum_us", []) if samples.get(e["peer"])}
+    return result.peer_means("rtt_sum_us", "rtt_samples")
 
 
 PROBE = Probe(
