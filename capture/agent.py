@@ -141,21 +141,14 @@ class CaptureAgent:
         unknown = [p for p in req.probes if p not in CATALOG]
         if unknown:
             raise RequestError(f"probes: unknown probe(s) {unknown}; known: {sorted(CATALOG)}")
+        if req.source == "recorder":
+            return await self._from_recorder(req)
         # The slot first: a node that is already capturing refuses at once, before any /proc or
         # cgroup walk is spent on a request it cannot run.
         if not self._slots.acquire(blocking=False):
             raise AgentBusy(f"{self.max_concurrent} captures already running on {self.node}")
         try:
-            scope = await asyncio.wait_for(asyncio.to_thread(identity.resolve, req.target),
-                                           timeout=RESOLVE_TIMEOUT_S)
-            if self.kube is not None:
-                scope.workloads = await asyncio.wait_for(
-                    asyncio.to_thread(lambda: [self.kube.enrich(w) for w in scope.workloads]), timeout=RESOLVE_TIMEOUT_S)
-                if self.kube.error:
-                    scope.notes.append(f"workload names unavailable: {self.kube.error}")
-        except TimeoutError:
-            self._slots.release()
-            raise RequestError(f"target: resolving it took longer than {RESOLVE_TIMEOUT_S:g} s") from None
+            scope = await self._resolve(req)
         except BaseException:
             self._slots.release()
             raise
@@ -181,6 +174,65 @@ class CaptureAgent:
         self._add_lead_in(result, req, scope)
         await asyncio.to_thread(self._add_novelty, result, req, scope, raws)  # may ask the Kubernetes API
         return result
+
+    async def _resolve(self, req: CaptureRequest) -> identity.ResolvedTarget:
+        """The target's cgroups, processes and workload names, within RESOLVE_TIMEOUT_S."""
+        try:
+            scope = await asyncio.wait_for(asyncio.to_thread(identity.resolve, req.target),
+                                           timeout=RESOLVE_TIMEOUT_S)
+            if self.kube is not None:
+                scope.workloads = await asyncio.wait_for(
+                    asyncio.to_thread(lambda: [self.kube.enrich(w) for w in scope.workloads]), timeout=RESOLVE_TIMEOUT_S)
+                if self.kube.error:
+                    scope.notes.append(f"workload names unavailable: {self.kube.error}")
+        except TimeoutError:
+            raise RequestError(f"target: resolving it took longer than {RESOLVE_TIMEOUT_S:g} s") from None
+        return scope
+
+    async def _from_recorder(self, req: CaptureRequest) -> CaptureResult:
+        """A capture answered from the flight recorder's history alone: the incident window runs
+        from ``baseline_end`` (where the burn began; at most LEAD_IN_MAX_S back) to the recorder's
+        latest interval, the baseline is the usual one before it. Nothing is attached, so it
+        takes no capture slot and answers in milliseconds; a probe the recorder does not run is
+        reported as missing, not started."""
+        if self.recorder is None:
+            raise RequestError("source: this agent runs without its flight recorder; ask for a live capture")
+        scope = await self._resolve(req)
+        result, raws = await asyncio.to_thread(self._read_recorder, req, scope)
+        self._add_baseline(result, req, scope)
+        await asyncio.to_thread(self._add_novelty, result, req, scope, raws)
+        return result
+
+    def _read_recorder(self, req: CaptureRequest, scope: identity.ResolvedTarget
+                       ) -> tuple[CaptureResult, dict[str, RawSnapshot]]:
+        cpu0, wall0 = time.thread_time(), time.monotonic()
+        rec = self.recorder
+        assert rec is not None and req.baseline_end is not None  # _from_recorder and the schema checked
+        now = time.time()
+        start = min(max(req.baseline_end, now - LEAD_IN_MAX_S), now)
+        cov = rec.coverage()
+        result = CaptureResult(id="rec-" + uuid.uuid4().hex[:10], node=self.node, target=req.target, started_at=start,
+                               ended_at=max(start, min(now, cov[1])) if cov else start,
+                               cgroup_ids=sorted(scope.cgroup_ids), workloads=scope.workloads,
+                               processes=scope.processes, errors=list(scope.notes), source="recorder")
+        raws: dict[str, RawSnapshot] = {}
+        cgids = scope.baseline_cgroups
+        for name in req.probes:
+            if not cgids:
+                why = "the target's processes live in the root cgroup, whose history is the whole node's"
+            elif name not in rec.sessions:
+                why = f"the flight recorder does not run {name}"
+            else:
+                r, note = rec.window(name, cgids, start, now, min_window_s=min(rec.interval_s, now - start))
+                if r is not None:
+                    result.incident[name] = r
+                    raws[name] = {k: v for k, v in rec.raw_window(name, start, now).items() if k[1] in cgids}
+                    continue
+                why = f"no flight-recorder history since the burn began: {note}"
+            result.incident[name] = ProbeResult(probe=name, window_s=0.0, error=why)
+        result.cost.agent_cpu_s = round(time.thread_time() - cpu0, 3)
+        result.cost.wall_s = round(time.monotonic() - wall0, 3)
+        return result, raws
 
     def _run_blocking(self, cap_id: str, req: CaptureRequest, scope: identity.ResolvedTarget,
                       stop: threading.Event) -> tuple[CaptureResult, dict[str, RawSnapshot]]:

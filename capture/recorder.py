@@ -220,11 +220,25 @@ class Recorder:
             note = (f"baseline from the recorder, sampled: {probe} attached {observed:.0f}s of the {span:.0f}s "
                     f"ending {ago:.0f}s before {until}")
             span = observed
+        total = self._summed(probe, ivs)
+        return to_result(CATALOG[probe], total, cgroup_ids, span), note
+
+    def raw_window(self, probe: str, start: float, end: float) -> RawSnapshot:
+        """The probe's raw counts (every cgroup) summed over the intervals inside [start, end]:
+        what a capture's own maps would hold, for the comparisons that need more than a result's
+        top lists (a sampled probe: its attached intervals only)."""
+        ivs = self.intervals(start, end)
+        if probe in self.sampled:
+            ivs = [iv for iv in ivs if iv.sampled_on]
+        return self._summed(probe, ivs)
+
+    @staticmethod
+    def _summed(probe: str, ivs: list[Interval]) -> RawSnapshot:
         total: RawSnapshot = {}
         for iv in ivs:
             for key, value in iv.raw.get(probe, {}).items():
                 total[key] = value if key[0] == "g" else total.get(key, 0) + value
-        return to_result(CATALOG[probe], total, cgroup_ids, span), note
+        return total
 
     def first_seen(self, probe: str, top_list: str, cgroup_ids: set[int] | None,
                    start: float, end: float) -> dict[str, float]:

@@ -144,6 +144,9 @@ def _int_list(value: Any, name: str, lo: int, hi: int) -> list[int]:
     return out
 
 
+CAPTURE_SOURCES = ("live", "recorder")
+
+
 @dataclass
 class CaptureRequest:
     """Run ``probes`` for ``duration_s`` on ``target``; compare with ``baseline_s`` before it."""
@@ -155,6 +158,9 @@ class CaptureRequest:
     # Unix time the baseline window ends at (e.g. the alert's startsAt); None: the capture start.
     baseline_end: float | None = None
     incident_id: str | None = None
+    # "live": attach the probes for duration_s. "recorder": attach nothing and answer at once
+    # from the flight recorder's history, baseline_end (required) to now; duration_s unused.
+    source: str = "live"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,7 +169,7 @@ class CaptureRequest:
     def from_dict(cls, data: Any, *, known_probes: list[str] | None = None) -> CaptureRequest:
         if not isinstance(data, dict):
             raise RequestError("body: expected a JSON object")
-        unknown = set(data) - {"target", "probes", "duration_s", "baseline_s", "baseline_end", "incident_id"}
+        unknown = set(data) - {"target", "probes", "duration_s", "baseline_s", "baseline_end", "incident_id", "source"}
         if unknown:
             raise RequestError(f"unknown field(s) {sorted(unknown)}")
         if "target" not in data:
@@ -181,8 +187,13 @@ class CaptureRequest:
         incident_id = data.get("incident_id")
         if incident_id is not None and not isinstance(incident_id, str):
             raise RequestError("incident_id: expected a string")
+        source = data.get("source", "live")
+        if source not in CAPTURE_SOURCES:
+            raise RequestError(f"source: expected one of {', '.join(CAPTURE_SOURCES)}, got {source!r}")
+        if source == "recorder" and baseline_end is None:
+            raise RequestError("baseline_end: required when source is recorder (the incident window starts there)")
         return cls(target=target, probes=list(dict.fromkeys(probes)), duration_s=duration,
-                   baseline_s=baseline, baseline_end=baseline_end, incident_id=incident_id)
+                   baseline_s=baseline, baseline_end=baseline_end, incident_id=incident_id, source=source)
 
 
 @dataclass
@@ -427,6 +438,7 @@ class CaptureResult:
     # "containers", "captured"}). Empty for a capture by one agent.
     nodes: list[dict[str, Any]] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
+    source: str = "live"  # "recorder": read from the flight recorder's history, no probe attached
 
     @classmethod
     def combine(cls, results: list[CaptureResult], nodes: list[dict[str, Any]],
@@ -438,7 +450,7 @@ class CaptureResult:
             raise ValueError("combine: no results")
         out = cls(id="+".join(r.id for r in results), node=", ".join(r.node for r in results),
                   target=CaptureTarget(), started_at=min(r.started_at for r in results),
-                  ended_at=max(r.ended_at for r in results), nodes=nodes, pods=pods,
+                  ended_at=max(r.ended_at for r in results), nodes=nodes, pods=pods, source=results[0].source,
                   baseline_note="; ".join(dict.fromkeys(r.baseline_note for r in results if r.baseline_note)),
                   novelty_note="; ".join(dict.fromkeys(r.novelty_note for r in results if r.novelty_note)))
         for f in fields(CaptureTarget):
@@ -480,6 +492,7 @@ class CaptureResult:
             "cost": asdict(self.cost), "errors": list(self.errors),
             "new_peers": list(self.new_peers), "new_processes": list(self.new_processes),
             "novelty_note": self.novelty_note, "nodes": list(self.nodes), "pods": list(self.pods),
+            "source": self.source,
         }
 
     @classmethod
@@ -494,7 +507,7 @@ class CaptureResult:
             cost=CaptureCost(**data.get("cost", {})), errors=list(data.get("errors", [])),
             new_peers=list(data.get("new_peers", [])), new_processes=list(data.get("new_processes", [])),
             novelty_note=data.get("novelty_note", ""), nodes=list(data.get("nodes", [])),
-            pods=list(data.get("pods", [])))
+            pods=list(data.get("pods", [])), source=data.get("source", "live"))
 
 
 @dataclass

@@ -45,7 +45,10 @@ abstained).
 * Detection: a faulted case is detected when a real alert created its incident after the fault
   began (not the lab's ad hoc trigger); ``detection_s`` runs from the first fault's onset to the
   incident's ``attributed_at``. Percentiles interpolate linearly between order statistics. An
-  alert during a no-fault case is a false alarm, reported beside the rate.
+  alert during a no-fault case is a false alarm, reported beside the rate. Where the responder
+  posted a preliminary verdict at the alert's receipt, the first attributed post is that one: the
+  scorecard gives onset -> first post, alert receipt -> first post, and how often the capture
+  changed the preliminary verdict (right to wrong counted apart).
 """
 from __future__ import annotations
 
@@ -230,9 +233,31 @@ def score_case(case: dict[str, Any], mode: str) -> dict[str, Any]:
         "live_predicted": live.get("domains"),
         "error": case.get("error"),
     }
+    row.update(preliminary_row(case, mode, expect, predicted))
     if not incident and case.get("error"):
         row["abstain_reason"] = f"no verdict: {case['error']}"
     return row
+
+
+def preliminary_row(case: dict[str, Any], mode: str, expect: list[str], predicted: list[str]) -> dict[str, Any]:
+    """The verdict posted at the alert's receipt (re-attributed in ``mode`` from the evidence it
+    rested on, like the capture's) and when it was posted: from the fault's onset and from the
+    alert's receipt (the incident's creation). Empty fields for a case without one."""
+    incident = case.get("incident") or {}
+    prelim = incident.get("preliminary") or {}
+    if not prelim.get("verdict"):
+        return {"preliminary_predicted": None, "preliminary_correct": None, "first_post_s": None,
+                "alert_to_first_post_s": None}
+    verdict = reattribute({"capture": prelim.get("capture"), "evidence": prelim.get("evidence")}, mode)
+    named = list(dict.fromkeys(verdict.domains))
+    at = float(prelim["at"])
+    first_post = None
+    if case.get("detected") and case.get("detection_s") is not None and incident.get("attributed_at"):
+        onset = float(incident["attributed_at"]) - float(case["detection_s"])
+        first_post = round(at - onset, 3)
+    return {"preliminary_predicted": named, "preliminary_correct": (set(named) <= set(expect)) if named else None,
+            "first_post_s": first_post,
+            "alert_to_first_post_s": round(at - float(incident["created_at"]), 3) if incident.get("created_at") else None}
 
 
 # --- aggregates --------------------------------------------------------------------------------
@@ -346,11 +371,30 @@ def detection(rows: list[dict[str, Any]]) -> dict[str, Any]:
     faulted = [r for r in rows if r["expect"]]
     detected = [r for r in faulted if r["detected"]]
     times = [float(r["detection_s"]) for r in detected if r["detection_s"] is not None]
+    # The first attributed post: the preliminary verdict's when there was one, else the capture's.
+    first = [float(r["first_post_s"]) if r.get("first_post_s") is not None else float(r["detection_s"])
+             for r in detected if r["detection_s"] is not None]
+    receipt = [float(r["alert_to_first_post_s"]) for r in rows if r.get("alert_to_first_post_s") is not None]
+    prelim = [r for r in rows if r.get("preliminary_predicted") is not None]
+    changed = [r for r in prelim if set(r["preliminary_predicted"]) != set(r["predicted"])]
     return {
         "faulted_cases": len(faulted), "detected": len(detected), "rate": _div(len(detected), len(faulted)),
         "p50_s": percentile(times, 0.50), "p95_s": percentile(times, 0.95), "max_s": max(times) if times else None,
         "false_alarms": sum(1 for r in rows if not r["expect"] and r["detected"]),
         "no_fault_cases": sum(1 for r in rows if not r["expect"]),
+        "first_post_p50_s": percentile(first, 0.50), "first_post_p95_s": percentile(first, 0.95),
+        "alert_to_first_post_p50_s": percentile(receipt, 0.50), "alert_to_first_post_p95_s": percentile(receipt, 0.95),
+        "alert_to_first_post_max_s": max(receipt) if receipt else None,
+        "preliminary": {
+            "n": len(prelim), "changed": len(changed),
+            "changed_rate": _div(len(changed), len(prelim)),
+            # by the expected domains: a preliminary verdict that was right (named only injected
+            # domains) and a capture's that named one that was not
+            "right_to_wrong": sum(1 for r in changed if r["preliminary_correct"] and r["correct"] is False),
+            "wrong_to_right": sum(1 for r in changed if r["preliminary_correct"] is False and r["correct"]),
+            "abstained_then_named": sum(1 for r in changed if not r["preliminary_predicted"] and r["predicted"]),
+            "named_then_abstained": sum(1 for r in changed if r["preliminary_predicted"] and not r["predicted"]),
+        },
     }
 
 
@@ -664,6 +708,16 @@ def render_markdown(card: dict[str, Any]) -> str:
             f"({_fmt(det['rate'], pct=True)}); from fault onset to the attributed incident: "
             f"p50 {_secs(det['p50_s'])}, p95 {_secs(det['p95_s'])}, max {_secs(det['max_s'])}. "
             f"False alarms on no-fault cases: {det['false_alarms']} of {det['no_fault_cases']}.", ""]
+    pre = det.get("preliminary") or {}
+    if pre.get("n"):
+        out += [f"Preliminary verdicts (at the alert's receipt, from the flight recorder): {pre['n']}; from the "
+                f"alert's receipt to the first attributed post p50 {_secs(det['alert_to_first_post_p50_s'])}, p95 "
+                f"{_secs(det['alert_to_first_post_p95_s'])}, max {_secs(det['alert_to_first_post_max_s'])}; from "
+                f"fault onset to the first attributed post p50 {_secs(det['first_post_p50_s'])}, p95 "
+                f"{_secs(det['first_post_p95_s'])}. Changed by the capture: {pre['changed']} "
+                f"({_fmt(pre['changed_rate'], pct=True)}): right to wrong {pre['right_to_wrong']}, wrong to right "
+                f"{pre['wrong_to_right']}, abstained then named {pre['abstained_then_named']}, named then abstained "
+                f"{pre['named_then_abstained']}.", ""]
     out += ["## Capture overhead", "",
             f"{ov['captures']} captures: mean BPF CPU {_fmt(ov['mean_bpf_ms'], digits=1)} ms, mean agent CPU "
             f"{_fmt(ov['mean_agent_cpu_s'])} s, mean events {_fmt(ov['mean_events'], digits=0)}, "

@@ -107,6 +107,10 @@ class Settings:
     kubeconfig: str | None = setting(
         None, shown="unset",
         doc="a kubeconfig file for the responder's Kubernetes API, when no API URL is set")
+    preliminary_verdict: bool = setting(
+        True, shown="true",
+        doc="post a verdict from the agents' flight recorders, traces and Prometheus as soon as an alert arrives, "
+            "marked preliminary, and update it in place when the capture's verdict is in")
     recorder_interval_s: float = setting(5.0, doc="the in-process agent's flight recorder sampling interval", shown="5")
     recorder_history_s: float = setting(
         900.0, shown="900",
@@ -216,6 +220,7 @@ _ENV = {
     "LLMSLO_MAX_BODY_BYTES": "max_body_bytes",
     "LLMSLO_RECORDER_INTERVAL_S": "recorder_interval_s",
     "LLMSLO_RECORDER_HISTORY_S": "recorder_history_s",
+    "LLMSLO_PRELIMINARY_VERDICT": "preliminary_verdict",
 }
 
 

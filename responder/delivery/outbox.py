@@ -185,6 +185,17 @@ class Deliverer:
         log.warning("incident=%s event=delivery_retry sink=%s step=%s delay_s=%.1f error=%s",
                     msg.incident_id, msg.sink, msg.step, delay, e)
 
+    async def _edited_reply(self, msg: OutboxMessage, step: str) -> str | None:
+        """The ``ts`` of the reply at ``step`` that ``msg`` replaces; None when that reply is
+        dead or was never enqueued. One still on its way makes ``msg`` wait (NoThreadYet)."""
+        target = await asyncio.to_thread(self.store.step_message, msg.incident_id, msg.sink, step)
+        if target is None or target.state == "dead":
+            return None
+        ts = (target.response or {}).get("ts")
+        if target.state != "sent" or not ts:
+            raise NoThreadYet(f"the reply it edits ({step}) has not been posted yet")
+        return str(ts)
+
     async def _began(self, msg: OutboxMessage) -> None:
         """Record that an attempt that may create the message starts now (see the module doc)."""
         if msg.sending_at is None:
@@ -222,8 +233,14 @@ class Deliverer:
             raise NoThreadYet("the thread's root message has not been posted yet")
         ref = ThreadRef.from_dict(thread)
         if body["op"] == "update":
-            await sink.update_root(ref, message)
+            await sink.edit(ref, message)
             return {"updated": ref.ts}
+        if body["op"] == "edit":
+            ts = await self._edited_reply(msg, body["of"])
+            if ts is not None:
+                await sink.edit(ref, message, ts)
+                return {"updated": ts}
+            # the reply it replaces never made it (dead): this version is posted as a reply of its own
         if body["op"] == "file":
             f = body["file"]
             return {"file": await sink.upload_file(ref, f["filename"], base64.b64decode(f["content_b64"]), f["title"],

@@ -1,8 +1,10 @@
 """The responder's path for one job, as explicit stages (``Stage``, one module each) over one
 ``Context``:
 
-    investigate: playbook -> open-thread -> scope -> gather (kernel capture, traces and
-                 Prometheus, concurrently) -> attribute -> report (outbox)
+    investigate: playbook -> open-thread -> scope -> preliminary (an alert's verdict at once, from
+                 the flight recorders, traces and Prometheus) -> gather (kernel capture, traces
+                 and Prometheus, concurrently) -> attribute -> report (outbox; edits the
+                 preliminary reply in place)
     resolve:     mark resolved -> report (outbox)
 
 Intake and dedup happened before (``responder.http.intake`` and the store); delivery of what the
@@ -27,6 +29,7 @@ from responder.model.verdict import Verdict
 from responder.pipeline.attribute import Attribute
 from responder.pipeline.gather import AgentClient, Gather
 from responder.pipeline.playbook import SelectPlaybook
+from responder.pipeline.preliminary import Preliminary
 from responder.pipeline.report import OpenThread, Report
 from responder.pipeline.scope import ScopeStage
 from responder.pipeline.stage import Context, Stage, alert_labels
@@ -54,12 +57,15 @@ class Pipeline:
         self.settings = settings
         self.playbooks = playbooks
         self.thread = ThreadWriter(store, sinks, settings, on_enqueued)
+        gather = Gather(agent, settings, traces)
+        attribute = Attribute(store, settings, calibration.load(settings.calibration_file))
         self.stages: Sequence[Stage] = (
             SelectPlaybook(store, playbooks),
             OpenThread(self.thread),
             ScopeStage(kube),
-            Gather(agent, settings, traces),
-            Attribute(store, settings, calibration.load(settings.calibration_file)),
+            Preliminary(gather, attribute, self.thread, enabled=settings.preliminary_verdict),
+            gather,
+            attribute,
             Report(self.thread),
         )
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
+from capture.schemas import CaptureResult
 from responder.attribution.calibration import Calibration
 from responder.attribution.engine import attribute
 from responder.config import Settings
@@ -25,14 +27,19 @@ class Attribute:
         self.settings = settings
         self.calibration = calibration
 
-    async def run(self, ctx: Context) -> None:
+    def verdict(self, ctx: Context, capture: CaptureResult | None, traces: dict[str, Any] | None,
+                gaps: list[str]) -> Verdict:
+        """The engine's verdict on this evidence, its confidence calibrated."""
         if ctx.playbook is None:
-            verdict = Verdict(domains=[], confidence=0.0, abstain_reason="no playbook matches the alert's labels")
-        else:
-            verdict = attribute(ctx.capture, traces=ctx.evidence["traces"],
-                                trace_link=lambda tid: links.trace_url(self.settings, tid), gaps=ctx.gaps)
-            if self.calibration:
-                self.calibration.apply(verdict)
+            return Verdict(domains=[], confidence=0.0, abstain_reason="no playbook matches the alert's labels")
+        verdict = attribute(capture, traces=traces, trace_link=lambda tid: links.trace_url(self.settings, tid),
+                            gaps=gaps)
+        if self.calibration:
+            self.calibration.apply(verdict)
+        return verdict
+
+    async def run(self, ctx: Context) -> None:
+        verdict = self.verdict(ctx, ctx.capture, ctx.evidence["traces"], ctx.gaps)
         ctx.verdict = verdict
         incident_links = links.incident_links(self.settings, ctx.incident.to_dict(), ctx.evidence["prometheus"],
                                               ctx.evidence["traces"], ctx.runbooks)

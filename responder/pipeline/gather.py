@@ -82,7 +82,8 @@ class Gather:
         playbook = ctx.playbook
         if playbook is None:
             return
-        ctx.onset = await self.burn_began(ctx.incident, playbook, ctx.labels)
+        if ctx.preliminary is None:  # else the preliminary stage found the onset a moment ago
+            ctx.onset = await self.burn_began(ctx.incident, playbook, ctx.labels)
         duration = ctx.duration_s
         (capture, gap), ctx.evidence = await asyncio.gather(
             self.capture(ctx, playbook, duration),
@@ -91,15 +92,16 @@ class Gather:
         if gap:
             ctx.gaps.append(gap)
 
-    async def capture(self, ctx: Context, playbook: Playbook, duration_s: float) -> tuple[CaptureResult | None, str | None]:
+    async def capture(self, ctx: Context, playbook: Playbook, duration_s: float,
+                      source: str = "live") -> tuple[CaptureResult | None, str | None]:
         """The kernel capture over the scope (the playbook's probes unless the request named
-        others); (result, None) or (None, why there is none)."""
+        others), live or from the agents' flight recorders; (result, None) or (None, why there is none)."""
         if ctx.scope is None:
             return None, None  # the scope stage said why
         try:
             req = CaptureRequest(target=ctx.scope.target, probes=list(ctx.options.probes or playbook.capture.probes),
                                  duration_s=duration_s, baseline_s=playbook.capture.baseline_s,
-                                 baseline_end=ctx.onset, incident_id=ctx.incident.id)
+                                 baseline_end=ctx.onset, incident_id=ctx.incident.id, source=source)
             result = await self.agent.capture(req)
             result.errors += ctx.scope.notes  # pods left out, and why
             return result, None

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import logging
 
+from responder.pipeline.preliminary import attribution_step
 from responder.pipeline.stage import Context
 from responder.pipeline.thread import ThreadWriter
 from responder.render import chart
@@ -43,9 +44,13 @@ class Report:
         assert ctx.verdict is not None, "the attribute stage runs first"
         await self.thread.enqueue(inc.id, f"root:attributed:{job.id}", "update", self.thread.render_root(inc), None,
                                   ctx.borrowed)
-        await self.thread.enqueue(inc.id, f"attribution:{job.id}", "reply",
-                                  render.render_attribution(inc.to_dict(), ctx.verdict, ctx.capture, ctx.runbooks,
-                                                            self.thread.incident_url(inc.id)), None, ctx.borrowed)
+        message = render.render_attribution(inc.to_dict(), ctx.verdict, ctx.capture, ctx.runbooks,
+                                            self.thread.incident_url(inc.id), preliminary=ctx.preliminary)
+        if ctx.preliminary is None:
+            await self.thread.enqueue(inc.id, attribution_step(job.id), "reply", message, None, ctx.borrowed)
+        else:  # the preliminary verdict's reply, replaced in place
+            await self.thread.enqueue(inc.id, f"{attribution_step(job.id)}:final", "edit", message, None, ctx.borrowed,
+                                      of=attribution_step(job.id))
         await self.chart(ctx, f"chart:{job.id}")
 
     async def chart(self, ctx: Context, step: str) -> None:

@@ -33,6 +33,7 @@ class Context:
     gaps: list[str] = field(default_factory=list)  # why kernel evidence is missing, in words
     evidence: dict[str, Any] = field(default_factory=lambda: {"prometheus": None, "traces": None})
     verdict: Verdict | None = None
+    preliminary: Verdict | None = None  # posted at the alert's receipt, from the flight recorder
 
     @property
     def runbooks(self) -> list[dict[str, str]]:

@@ -26,15 +26,17 @@ class ThreadWriter:
 
     async def enqueue(self, incident_id: str, step: str, op: str, message: render.Message,
                       channel: str | None = None, borrowed: frozenset[str] = frozenset(),
-                      file: dict[str, str] | None = None) -> None:
+                      file: dict[str, str] | None = None, of: str | None = None) -> None:
         """Persist one message per sink. A sink in ``borrowed`` answers in someone else's thread
         (an ad hoc capture asked for from an incident's thread): it gets replies only, and never
-        touches that thread's root."""
+        touches that thread's root. Op ``edit`` replaces the reply enqueued at step ``of``."""
         body: dict[str, Any] = {"op": op, "message": message.to_dict(), "channel": channel}
         if file is not None:
             body["file"] = file
+        if of is not None:
+            body["of"] = of
         for sink in self.sinks:
-            if sink in borrowed and op != "reply":
+            if sink in borrowed and op not in ("reply", "edit"):
                 continue
             await asyncio.to_thread(self.store.enqueue_message, incident_id, sink, step, body)
         self.on_enqueued()

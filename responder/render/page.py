@@ -49,6 +49,7 @@ from responder.render.view import (
     num,
     pct,
     rose,
+    verdict_phrase,
 )
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,12 @@ def _verdict_box(view: IncidentView) -> str:
                  "this page shows the result when it is in")
     if verdict is not None and verdict.decision:
         inner += f"<div class=note id=decision>How: {_e(verdict.decision)}</div>"
+    if view.preliminary is not None:
+        what = ("the capture confirmed it" if verdict is not None and sorted(verdict.domains) ==
+                sorted(view.preliminary.domains) else "the capture changed it" if verdict is not None
+                else "the capture is running")
+        inner += (f"<div class=note id=preliminary>Preliminary verdict at the alert's receipt, from the flight "
+                  f"recorder: {_e(verdict_phrase(view.preliminary))}; {what}.</div>")
     return f'<div id=verdict class="verdict {cls}">{inner}</div>'
 
 

@@ -40,6 +40,7 @@ from responder.render.view import (
     duration,
     likelihood,
     num,
+    verdict_phrase,
 )
 
 # Slack limits (Block Kit reference): blocks per message, section / header text, message text.
@@ -123,6 +124,9 @@ def render_root(incident: dict[str, Any], incident_url: str, mention_label: str 
         finding_md = f"*{_esc(' + '.join(verdict.domains))}* {likelihood(verdict)}"
     elif verdict is not None:
         finding_txt = finding_md = "no fault domain named"
+    elif view.preliminary is not None and state == STATE_CAPTURING:
+        finding_txt = f"preliminary: {verdict_phrase(view.preliminary)}, confirming"
+        finding_md = f"preliminary: *{_esc(verdict_phrase(view.preliminary))}*, confirming"
     elif state == STATE_FAILED:
         finding_txt = finding_md = "capture failed, still firing"
 
@@ -197,27 +201,60 @@ MAX_PROBLEMS_SHOWN = 3  # capture problems listed before "and N more"
 
 
 def render_attribution(incident: dict[str, Any], verdict: Verdict, capture: CaptureResult | None,
-                       runbooks: list[dict[str, Any]], incident_url: str) -> Message:
+                       runbooks: list[dict[str, Any]], incident_url: str, *,
+                       pending_capture_s: float | None = None, preliminary: Verdict | None = None) -> Message:
     """The reply for the person on call: the verdict and its confidence, the one or two signals
     that decided it, what it is not, the service's own symptoms in one line each, the capture's
-    scope and cost, and the links (the incident page, runbooks, the alert's source)."""
+    scope and cost, and the links (the incident page, runbooks, the alert's source).
+
+    ``pending_capture_s``: this verdict is the preliminary one (from the flight recorder, at the
+    alert's receipt) and a capture that long is running. ``preliminary``: this is the capture's
+    verdict, replacing that preliminary one in place; it opens with whether it confirms it."""
     view = IncidentView.of(incident, verdict=verdict, capture=capture)
     page = _link(incident_url, "incident page") if incident_url else f"incident `{_esc(view.id or '?')}`"
     if verdict.domains:
         headline = f"{view.alertname}: {' + '.join(verdict.domains)} ({confidence_phrase(verdict)})"
     else:
         headline = f"{view.alertname}: Abstained: {verdict.abstain_reason or 'no reason given'}"
+    if pending_capture_s is not None:
+        headline = f"Preliminary · {headline}"
     blocks: list[dict[str, Any]] = [{"type": "header", "text": _plain(_clip(headline, MAX_HEADER_CHARS))}]
-    sections = [_verdict_md(view, verdict), *_symptom_md(view), _capture_md(capture)]
+    sections = [_preliminary_md(view, pending_capture_s) if pending_capture_s is not None else "",
+                _revision_md(preliminary, verdict, capture) if preliminary is not None else "",
+                _verdict_md(view, verdict), *_symptom_md(view), _capture_md(capture)]
     blocks += [{"type": "section", "text": _mrkdwn(_clip(md, MAX_SECTION_CHARS))} for md in sections if md]
     if capture is not None:
-        blocks.append({"type": "context", "elements": [_mrkdwn(_clip(
-            f"Capture's own cost: {_esc(capture.cost.summary())}", MAX_CONTEXT_CHARS))]})
+        cost = (f"Read from the flight recorder, nothing attached for it: {capture.cost.agent_cpu_s * 1000:.0f} ms of agent CPU"
+                if capture.source == "recorder" else f"Capture's own cost: {capture.cost.summary()}")
+        blocks.append({"type": "context", "elements": [_mrkdwn(_clip(_esc(cost), MAX_CONTEXT_CHARS))]})
     blocks.append({"type": "context", "elements": [_mrkdwn(_clip(_links_md(view, runbooks, page),
                                                                 MAX_CONTEXT_CHARS))]})
     blocks = blocks[:MAX_BLOCKS]
     text = "\n".join([headline] + [_block_text(b) for b in blocks[1:]])
     return Message(text=_clip(text, MAX_TEXT_CHARS), blocks=blocks)
+
+
+def _preliminary_md(view: IncidentView, capture_s: float) -> str:
+    """What a preliminary verdict rests on, and what comes next."""
+    since = f" (since {clock(view.burn_start)} UTC)" if view.burn_start else ""
+    return (f":hourglass_flowing_sand: *Preliminary*, at the alert's receipt: from the flight recorder's history of the "
+            f"burn so far{since}, traces and Prometheus. A {duration(capture_s)} capture is running; this message will say "
+            "whether it confirms this.")
+
+
+def _revision_md(preliminary: Verdict, final: Verdict, capture: CaptureResult | None) -> str:
+    """Whether the capture confirmed the preliminary verdict, or what it changed and why."""
+    by = "the capture" if capture is None else \
+        f"the {duration(max(0.0, capture.ended_at - capture.started_at))} capture"
+    if sorted(preliminary.domains) == sorted(final.domains):
+        return f":white_check_mark: *Confirmed* by {by} (preliminary: {_esc(verdict_phrase(preliminary))})."
+    if final.domains:
+        top = max(final.hypotheses, key=lambda h: h.confidence if h.domain in final.domains else -1.0, default=None)
+        why = _signal_md(top.supporting[0]) if top is not None and top.supporting else "see the signals below"
+    else:
+        why = _esc(final.abstain_reason or "the evidence did not hold up")
+    return (f":arrows_counterclockwise: *Changed* by {by}: {_esc(verdict_phrase(preliminary))} → "
+            f"{_esc(verdict_phrase(final))}, because {why}.")
 
 
 def _verdict_md(view: IncidentView, verdict: Verdict) -> str:
@@ -309,7 +346,8 @@ def _capture_md(capture: CaptureResult | None) -> str:
     window = duration(max(0.0, capture.ended_at - capture.started_at))
     if capture.pods:  # fanned out over the nodes a workload's pods run on
         ok = [n for n in capture.nodes if n.get("status") == "ok"]
-        md = (f"*Kernel capture* of {len(capture.pods)} pod(s) on {len(ok)} of {len(capture.nodes)} node(s), "
+        what = "Flight recorder" if capture.source == "recorder" else "Kernel capture"
+        md = (f"*{what}* of {len(capture.pods)} pod(s) on {len(ok)} of {len(capture.nodes)} node(s), "
               f"{window} window")
         missed = sum(1 for p in capture.pods if not p.get("captured"))
         if missed:
@@ -319,6 +357,9 @@ def _capture_md(capture: CaptureResult | None) -> str:
                 md += f"\nNode `{_esc(str(n.get('node')))}`: {_esc(str(n.get('status')))}: {_esc(n.get('error') or '')}"
         for line in concentrated(capture.pods):
             md += f"\nConcentrated: {_esc(line)}"
+    elif capture.source == "recorder":
+        md = (f"*Flight recorder* of node `{_esc(capture.node)}`, scope {_esc(capture.target.describe())}, "
+              f"{window} of history since the burn began")
     else:
         md = (f"*Kernel capture* `{_esc(capture.id)}` on node `{_esc(capture.node)}`, "
               f"scope {_esc(capture.target.describe())}, {window} window")

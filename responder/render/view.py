@@ -74,6 +74,7 @@ class IncidentView:
     links: list[Link] = field(default_factory=list)
     acknowledged: dict[str, Any] | None = None
     truncated_alerts: int = 0
+    preliminary: Verdict | None = None  # the verdict posted at the alert's receipt, if one was
 
     @property
     def domains(self) -> list[str]:
@@ -122,7 +123,8 @@ class IncidentView:
             updated_at=as_float(inc.get("updated_at")),
             prometheus=PrometheusEvidence.read(evidence.get("prometheus")), traces=traces,
             capture=capture,
-            links=_links(inc), acknowledged=ack, truncated_alerts=int(truncated or 0))
+            links=_links(inc), acknowledged=ack, truncated_alerts=int(truncated or 0),
+            preliminary=read_verdict((as_dict(inc.get("preliminary")) or {}).get("verdict")))
 
 
 def read_verdict(value: Any) -> Verdict | None:
@@ -272,6 +274,11 @@ def likelihood(item: Verdict | Hypothesis) -> str:
         return pct(item.confidence)
     c = item.confidence
     return "score ?" if c is None or math.isnan(c) else f"score {c:.2f}"
+
+
+def verdict_phrase(verdict: Verdict) -> str:
+    """A verdict in a few words: "network 82%", or "abstained"."""
+    return f"{' + '.join(verdict.domains)} {likelihood(verdict)}" if verdict.domains else "abstained"
 
 
 def confidence_phrase(verdict: Verdict) -> str:

@@ -153,6 +153,9 @@ class Incident:
     links: list[dict[str, Any]] = field(default_factory=list)  # [{"title", "url", "kind"}]
     attributed_at: float | None = None
     acknowledged: dict[str, Any] | None = None  # {"by": who, "at": unix s} once someone took it
+    # The verdict posted at the alert's receipt, from the flight recorder, before the capture:
+    # {"verdict", "at", "capture"}; None when there was none (an ad hoc capture, no recorder).
+    preliminary: dict[str, Any] | None = None
     # Alerts of the group Alertmanager left out of its latest notification (its max_alerts).
     truncated_alerts: int = 0
 
@@ -170,7 +173,7 @@ class Incident:
             "capture": self.capture, "report": self.report, "thread": dict(self.thread),
             "error": self.error, "evidence": dict(self.evidence), "links": list(self.links),
             "attributed_at": self.attributed_at, "acknowledged": self.acknowledged, "source": self.source,
-            "truncated_alerts": self.truncated_alerts,
+            "truncated_alerts": self.truncated_alerts, "preliminary": self.preliminary,
         }
 
 
@@ -226,7 +229,7 @@ class AcceptResult:
 _INCIDENT_FIELDS = {
     "status": False, "playbook": False, "verdict": True, "capture": True, "report": True,
     "resolved_at": False, "thread": True, "error": False, "evidence": True, "links": True,
-    "attributed_at": False, "acknowledged": True,
+    "attributed_at": False, "acknowledged": True, "preliminary": True,
 }
 
 
@@ -579,7 +582,7 @@ class StoreBase:
         """Set the pipeline's results on an incident and return it as stored.
 
         Fields: status, playbook, verdict, capture, report, resolved_at, thread, error, evidence, links,
-        attributed_at, acknowledged.
+        attributed_at, acknowledged, preliminary.
         ``thread`` is merged per sink (other sinks' entries are kept; a sink mapped to None is
         removed), so sinks can record their thread independently. Setting status 'resolved'
         without resolved_at stamps resolved_at with the current time.
@@ -673,10 +676,15 @@ class StoreBase:
 
     def thread_root_state(self, incident_id: str, sink: str) -> str | None:
         """The state of the incident's root message for ``sink`` (None: none enqueued)."""
+        found = self.step_message(incident_id, sink, "root")
+        return None if found is None else found.state
+
+    def step_message(self, incident_id: str, sink: str, step: str) -> OutboxMessage | None:
+        """The incident's message for ``sink`` at ``step`` (its state and the sink's answer), if enqueued."""
         with self._tx(write=False) as conn:
-            row = conn.execute("SELECT state FROM outbox WHERE incident_id=? AND sink=? AND step='root'",
-                               (incident_id, sink)).fetchone()
-            return None if row is None else row["state"]
+            row = conn.execute("SELECT * FROM outbox WHERE incident_id=? AND sink=? AND step=?",
+                               (incident_id, sink, step)).fetchone()
+            return None if row is None else message_from_row(row)
 
     def dead_messages(self, limit: int = 100) -> list[OutboxMessage]:
         """Messages given up on, newest first."""
@@ -774,7 +782,7 @@ def incident_from_row(row: Any, alerts: list[dict[str, Any]]) -> Incident:
         report=_loads(row["report"]), thread=json.loads(row["thread"]), error=row["error"],
         evidence=_loads(row["evidence"]) or {}, links=_loads(row["links"]) or [],
         attributed_at=row["attributed_at"], acknowledged=_loads(row["acknowledged"]),
-        truncated_alerts=row["truncated_alerts"] or 0)
+        truncated_alerts=row["truncated_alerts"] or 0, preliminary=_loads(row["preliminary"]))
 
 
 def job_from_row(row: Any) -> Job:

@@ -248,3 +248,57 @@ async def test_the_incident_window_reaches_back_to_the_burns_start(recording_age
     assert inc.window_s > 1.0 + 2.0
     assert {"peer": f"127.0.0.1:{bad}", "count": 6} in inc.top["failed_peers"]
     assert "flight-recorder history before the capture" in result.baseline_note
+
+
+async def test_a_recorder_capture_answers_at_once_from_history(recording_agent, workload_cgroup):
+    """source=recorder attaches nothing and takes no slot: the incident window is the recorder's
+    history since the burn began, compared with the baseline before it; a new peer is listed,
+    a probe the recorder does not run is reported missing, and its cost is the agent's read."""
+    agent, client = recording_agent
+    listener, fresh = socket.socket(), socket.socket()
+    for s in (listener, fresh):
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+    good, new, bad = listener.getsockname()[1], fresh.getsockname()[1], closed_port()
+    try:
+        await asyncio.sleep(1.5)
+        await connect_from(workload_cgroup, good, 3)
+        await asyncio.sleep(4.5)  # the recorder's smallest baseline is 5 s
+        burn_began = time.time()
+        await asyncio.sleep(1.2)
+        await connect_from(workload_cgroup, bad, 5, new, 2)
+        await asyncio.sleep(1.5)
+        for _ in range(agent.max_concurrent):  # every slot taken: a live capture would be refused
+            agent._slots.acquire()
+        try:
+            t0 = time.monotonic()
+            result = await agent.capture(CaptureRequest(
+                target=CaptureTarget(cgroups=[workload_cgroup.path]), probes=["tcp_connect", "runq_latency"],
+                baseline_s=6, baseline_end=burn_began, source="recorder"))
+            took = time.monotonic() - t0
+        finally:
+            for _ in range(agent.max_concurrent):
+                agent._slots.release()
+    finally:
+        listener.close()
+        fresh.close()
+    assert result.source == "recorder" and result.id.startswith("rec-")
+    inc, base = result.incident["tcp_connect"], result.baseline["tcp_connect"]
+    assert inc.counters["failed"] == 5 and inc.counters["attempts"] == 7, inc.counters
+    assert base.counters.get("attempts") == 3 and not base.counters.get("failed"), base.counters
+    assert result.started_at == pytest.approx(burn_began) and result.ended_at > burn_began + 1.5
+    assert "does not run runq_latency" in result.incident["runq_latency"].error
+    assert [p["name"] for p in result.new_peers] == [f"127.0.0.1:{new}"], (result.new_peers, result.novelty_note)
+    assert result.new_peers[0]["count"] == 2
+    assert result.cost.bpf_run_count == 0 and result.cost.wall_s < 1.0 and took < 1.0, (result.cost, took)
+
+    # Over HTTP: validated like any capture request.
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    body = {"target": {"cgroups": [workload_cgroup.path]}, "probes": ["tcp_connect"], "source": "recorder"}
+    resp = await client.post("/v1/captures", json=body, headers=auth)
+    assert resp.status == 400 and "baseline_end: required" in (await resp.json())["error"]
+    resp = await client.post("/v1/captures", json=dict(body, source="tape"), headers=auth)
+    assert resp.status == 400 and "source:" in (await resp.json())["error"]
+    resp = await client.post("/v1/captures", json=dict(body, baseline_end=burn_began), headers=auth)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["source"] == "recorder"

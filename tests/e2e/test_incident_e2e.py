@@ -26,12 +26,13 @@ async def fire(stack, name: str, fault) -> tuple[dict, dict]:
         status, body = await stack.responder.post_alert(alert_payload("firing", labels, t0, group_key=group))
         assert status == 200, body
         incident = await stack.responder.wait_verdict(body["incident_id"])
-    # The thread on Slack: wait for the attribution reply to be delivered.
+    # The thread on Slack: wait for the capture's attribution (the preliminary reply, edited) to be delivered.
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         inc = await stack.responder.incident(incident["id"])
         ref = (inc.get("thread") or {}).get("slack")
-        if ref and ref["ts"] in stack.slack.threads() and stack.slack.threads()[ref["ts"]]["replies"]:
+        replies = stack.slack.threads()[ref["ts"]]["replies"] if ref and ref["ts"] in stack.slack.threads() else []
+        if replies and not any(r["text"].startswith("Preliminary") for r in replies):
             return inc, stack.slack.threads()[ref["ts"]]
         await asyncio.sleep(0.3)
     raise AssertionError("the Slack thread never got its attribution reply")

@@ -132,6 +132,41 @@ def test_detection_rate_percentiles_and_false_alarms():
     assert S.percentile([], 0.5) is None and S.percentile([7.0], 0.95) == 7.0
 
 
+def test_preliminary_verdicts_first_posts_and_what_the_capture_changed():
+    rows = suite_rows()
+    prelim = {"s1": (["network"], 12.0, 1.1), "s2": (["network"], 15.0, 0.9),  # right, then the capture wrong
+              "s3": ([], 20.0, 1.4),  # abstained, then named
+              "s5": (["app_cpu"], 25.0, 0.8)}  # confirmed
+    for r in rows:
+        named, first, receipt = prelim.get(r["name"], (None, None, None))
+        r.update(preliminary_predicted=named, first_post_s=first, alert_to_first_post_s=receipt,
+                 preliminary_correct=(set(named) <= set(r["expect"])) if named else None)
+    det = S.aggregate(rows, "combined", None)["detection"]
+    # first posts: 12, 15, 20, 25 (preliminary) and 60, 70 (s6, m1: the capture's detection_s)
+    assert det["first_post_p50_s"] == pytest.approx(22.5)
+    assert det["alert_to_first_post_p95_s"] == pytest.approx(1.1 + 0.85 * 0.3)
+    assert det["alert_to_first_post_max_s"] == 1.4
+    assert det["preliminary"] == {"n": 4, "changed": 2, "changed_rate": 0.5, "right_to_wrong": 1,
+                                  "wrong_to_right": 0, "abstained_then_named": 1, "named_then_abstained": 0}
+
+
+def test_the_preliminary_verdict_is_reattributed_from_the_evidence_it_rested_on():
+    """Posted at the alert's receipt (incident created at 2000.5) from the recorder's capture:
+    kernel-only it names network like the capture's; its first post counts from the onset."""
+    incident = stored_incident()
+    incident["created_at"] = 2000.5
+    incident["preliminary"] = {"verdict": {"domains": ["network"]}, "at": 2001.25, "capture": incident["capture"],
+                               "evidence": {"traces": None, "prometheus": None}}
+    case = {"name": "loss", "expect": ["network"], "detected": True, "detection_s": 35.0, "incident": incident,
+            "trigger": "alert", "finished_at": 2100.0}
+    card = S.score([case], "kernel-only")
+    row = card["cases"][0]
+    assert row["preliminary_predicted"] == row["predicted"] == ["network"] and row["preliminary_correct"]
+    assert row["alert_to_first_post_s"] == 0.75 and row["first_post_s"] == 2001.25 - (2040.0 - 35.0)
+    assert card["detection"]["preliminary"]["changed"] == 0
+    assert "Changed by the capture: 0 (0%)" in S.render_markdown(card)
+
+
 def held(r: dict, probability: float | None = None, hypotheses: list | None = None) -> dict:
     """A row of the held-out part, with its calibrated probability and ranked hypotheses."""
     top = hypotheses if hypotheses is not None else [{"domain": d, "score": r["confidence"]} for d in r["predicted"]]

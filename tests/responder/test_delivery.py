@@ -127,3 +127,39 @@ async def test_a_chart_is_uploaded_into_the_thread(env, standin):
     assert f["initial_comment"] == "Burn rate and key signals"
     methods = [c["method"] for c in standin.calls]
     assert methods == ["chat.postMessage", "files.getUploadURLExternal", "files.completeUploadExternal"]
+
+
+async def test_an_edit_replaces_its_reply_in_place_and_waits_for_it(env, standin):
+    """A preliminary verdict's reply is later replaced by the capture's: the edit goes to that
+    reply's ts with chat.update, never as a second reply; while the reply is not out it waits."""
+    store, d, iid = env
+    enqueue(store, iid, "root", "root", "root")
+    assert await d.deliver_pending() == 1
+    enqueue(store, iid, "attribution:1", "reply", "preliminary")
+    edit = enqueue(store, iid, "attribution:1:final", "edit", "confirmed", of="attribution:1")
+    standin.fail_next(1, status=429, retry_after=120)  # the reply waits in the store
+    assert await d.deliver_pending() == 0
+    assert await d.deliver_pending() == 0  # the edit's turn: its reply is not out
+    assert "has not been posted yet" in store.get_message(edit).last_error
+    assert standin.calls_to("chat.update") == []
+    for mid in (edit - 1, edit):
+        store.mark_retry(mid, "due again", 0.0)
+    assert await d.deliver_pending() == 2
+    (thread,) = standin.threads().values()
+    assert [r["text"] for r in thread["replies"]] == ["confirmed"]
+    reply_ts = store.step_message(iid, "slack", "attribution:1").response["ts"]
+    updates = [c for c in standin.calls_to("chat.update") if c["status"] == 200]
+    assert [u["body"]["ts"] for u in updates] == [reply_ts]
+    assert store.get_message(edit).state == "sent" and store.get_message(edit).response == {"updated": reply_ts}
+
+
+async def test_an_edit_whose_reply_died_is_posted_as_a_reply(env, standin):
+    store, d, iid = env
+    enqueue(store, iid, "root", "root", "root")
+    dead = enqueue(store, iid, "attribution:1", "reply", "preliminary")
+    store.mark_dead(dead, "blocks rejected")
+    enqueue(store, iid, "attribution:1:final", "edit", "the capture's verdict", of="attribution:1")
+    assert await d.deliver_pending() == 2
+    (thread,) = standin.threads().values()
+    assert [r["text"] for r in thread["replies"]] == ["the capture's verdict"]
+    assert standin.calls_to("chat.update") == []

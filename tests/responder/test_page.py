@@ -593,3 +593,14 @@ def test_a_dependencys_row_shows_its_peers_and_the_kernels_counts_on_its_path():
     assert "sRTT 0.1 → 0.1 ms" in rows  # the database's own path
     assert "10.0.0.7:5432" in rows  # the database's peer: no retransmits on its path
     assert rows.count("retransmits") == 1
+
+
+def test_the_page_says_whether_the_capture_confirmed_the_preliminary_verdict():
+    from responder.render.page import render_incident_page
+    prelim = {"verdict": {"domains": ["network"], "confidence": 0.8, "score": 0.8, "hypotheses": []}, "at": 1.0}
+    base = {"id": "inc-9", "status": "firing", "labels": {"alertname": "A"}, "alerts": [], "preliminary": prelim}
+    assert "from the flight recorder: network 80%; the capture is running" in render_incident_page(base)
+    same = dict(base, verdict={"domains": ["network"], "confidence": 0.9, "score": 0.9, "hypotheses": []})
+    assert "the capture confirmed it" in render_incident_page(same)
+    other = dict(base, verdict={"domains": ["dns"], "confidence": 0.9, "score": 0.9, "hypotheses": []})
+    assert "the capture changed it" in render_incident_page(other)

@@ -361,3 +361,35 @@ def test_the_most_changed_dependency_line_carries_the_kernels_counts_on_its_path
     blocks = _all_text(render_attribution(_incident(verdict=_verdict().to_dict(), evidence=evidence), _verdict(),
                                           cap, [], URL))
     assert "the kernel on its path" not in blocks
+
+
+def test_a_preliminary_verdict_says_what_it_rests_on_and_that_a_capture_follows():
+    capture = _capture(source="recorder", id="rec-1", started_at=1732704121.0, ended_at=1732704136.0)
+    inc = _incident(preliminary={"verdict": _verdict().to_dict(), "at": 1732704137.0})
+    msg = render_attribution(inc, _verdict(), capture, [], URL, pending_capture_s=10)
+    assert msg.text.startswith("Preliminary · LLMTTFTBurnRate: provider_throttling (82% confidence)")
+    text = _all_text(msg)
+    assert "from the flight recorder" in text and "A 10s capture is running" in text
+    assert "Flight recorder* of node `node-a`" in text and "15s of history since the burn began" in text
+    assert "nothing attached for it: 50 ms of agent CPU" in text and "Capture's own cost" not in text
+    _assert_slack_limits(msg)
+    root = render_root(inc, URL)
+    assert "preliminary: provider_throttling 82%, confirming" in root.text and "[CAPTURING]" in root.text
+
+
+def test_the_captures_verdict_confirms_or_says_what_changed_and_why():
+    prelim = _verdict()
+    confirmed = render_attribution(_incident(), _verdict(), _capture(), [], URL, preliminary=prelim)
+    assert "Confirmed* by the 10s capture (preliminary: provider_throttling 82%)" in _all_text(confirmed)
+    assert not confirmed.text.startswith("Preliminary")
+
+    network = calibrated(Verdict(domains=["network"], confidence=0.9, hypotheses=[
+        Hypothesis("network", 0.9, supporting=[_ev(7, summary="retransmits to the provider", baseline=0.1,
+                                                   incident=30.0)]),
+        Hypothesis("provider_throttling", 0.05)]))
+    changed = _all_text(render_attribution(_incident(), network, _capture(), [], URL, preliminary=prelim))
+    assert "Changed* by the 10s capture: provider_throttling 82% → network 90%, because retransmits to the " \
+           "provider" in changed
+    abstained = Verdict(domains=[], confidence=0.0, abstain_reason="two domains too close")
+    gone = _all_text(render_attribution(_incident(), abstained, _capture(), [], URL, preliminary=prelim))
+    assert "provider_throttling 82% → abstained, because two domains too close" in gone

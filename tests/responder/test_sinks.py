@@ -46,10 +46,10 @@ async def test_root_update_and_reply_land_in_one_thread(standin, sink):
     assert thread.channel == "C0LLMSLO" and thread.ts
 
     inc["verdict"] = _verdict().to_dict()
-    await sink.update_root(thread, render_root(inc, URL))
+    await sink.edit(thread, render_root(inc, URL))
     reply_ts = await sink.reply(thread, render_attribution(inc, _verdict(), None, [], URL))
     inc.update(status="resolved", resolved_at="2024-11-27T10:04:12Z")
-    await sink.update_root(thread, render_root(inc, URL))
+    await sink.edit(thread, render_root(inc, URL))
     await sink.reply(thread, render_resolved(inc))
 
     threads = standin.threads()
@@ -92,7 +92,7 @@ async def test_500_is_retryable(standin, sink):
         await sink.reply(thread, Message(text="r"))
     assert err.value.retry_after is None
     with pytest.raises(SinkRetryableError):
-        await sink.update_root(thread, Message(text="root v2"))
+        await sink.edit(thread, Message(text="root v2"))
     assert len(standin.calls) == 3
     await sink.reply(thread, Message(text="r"))
     assert len(standin.threads()[thread.ts]["replies"]) == 1
@@ -106,7 +106,7 @@ async def test_channel_not_found_is_permanent(standin, sink):
 
 async def test_update_of_unknown_message_is_permanent(standin, sink):
     with pytest.raises(SinkPermanentError) as err:
-        await sink.update_root(ThreadRef("C0LLMSLO", "1.000000"), Message(text="x"))
+        await sink.edit(ThreadRef("C0LLMSLO", "1.000000"), Message(text="x"))
     assert err.value.code == "message_not_found"
 
 
@@ -165,7 +165,7 @@ async def test_console_sink_prints_and_writes_json_lines(tmp_path):
     sink = ConsoleSink(path, stream=out)
     assert isinstance(sink, ChatSink)
     thread = await sink.post_root("#llm-incidents", Message(text="root text", blocks=[{"type": "divider"}]))
-    await sink.update_root(thread, Message(text="root text v2"))
+    await sink.edit(thread, Message(text="root text v2"))
     reply_ts = await sink.reply(thread, Message(text="reply text"))
     await sink.close()
 

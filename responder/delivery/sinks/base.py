@@ -69,8 +69,8 @@ class ChatSink(Protocol):
         (asked after a crash interrupted a post). SinkPermanentError when the sink cannot look."""
         ...
 
-    async def update_root(self, thread: ThreadRef, message: Message) -> None:
-        """Replace the root message of ``thread`` in place."""
+    async def edit(self, thread: ThreadRef, message: Message, ts: str | None = None) -> None:
+        """Replace a message of ``thread`` in place: the reply ``ts``, or (None) the root."""
         ...
 
     async def reply(self, thread: ThreadRef, message: Message, key: str | None = None) -> str:

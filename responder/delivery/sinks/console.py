@@ -72,8 +72,8 @@ class ConsoleSink:
         except OSError as e:
             raise SinkRetryableError(f"console sink: cannot read {self.path}: {e}") from e
 
-    async def update_root(self, thread: ThreadRef, message: Message) -> None:
-        await self._emit("update", thread, thread.ts, message)
+    async def edit(self, thread: ThreadRef, message: Message, ts: str | None = None) -> None:
+        await self._emit("update", thread, ts or thread.ts, message)
 
     async def reply(self, thread: ThreadRef, message: Message, key: str | None = None) -> str:
         ts = self._next_ts()

@@ -125,9 +125,9 @@ class SlackSink:
         raise SinkPermanentError(f"Slack conversations.list: no channel named {channel!r} the bot can see",
                                  code="channel_not_found")
 
-    async def update_root(self, thread: ThreadRef, message: Message) -> None:
+    async def edit(self, thread: ThreadRef, message: Message, ts: str | None = None) -> None:
         # An empty list clears the old blocks; None would leave them in place.
-        await self._call("chat.update", self._client.chat_update, channel=thread.channel, ts=thread.ts,
+        await self._call("chat.update", self._client.chat_update, channel=thread.channel, ts=ts or thread.ts,
                          text=message.text, blocks=message.blocks)
 
     async def reply(self, thread: ThreadRef, message: Message, key: str | None = None) -> str:

@@ -19,6 +19,7 @@ from responder.model import adhoc
 from responder.pipeline.attribute import Attribute
 from responder.pipeline.gather import Gather
 from responder.pipeline.playbook import SelectPlaybook
+from responder.pipeline.preliminary import Preliminary
 from responder.pipeline.report import OpenThread, Report
 from responder.pipeline.scope import ScopeStage
 from responder.pipeline.stage import Context, alert_labels
@@ -190,3 +191,65 @@ async def test_report_updates_the_root_and_replies_once_per_job(world):
     assert steps == [f"root:attributed:{ctx.job.id}", f"attribution:{ctx.job.id}"]  # no evidence: no chart
     await Report(ThreadWriter(store, ["console"], settings)).run(ctx)  # a retried job
     assert [m.step for m in store.pending_messages()] == steps
+
+
+def preliminary_stages(world, agent):
+    settings, store, _ = world
+    gather, attribute = Gather(agent, settings), Attribute(store, settings)
+    thread = ThreadWriter(store, ["console"], settings)
+    return Preliminary(gather, attribute, thread), gather, attribute, Report(thread)
+
+
+async def test_preliminary_reads_the_recorder_at_once_and_the_report_edits_its_reply(world):
+    settings, store, _ = world
+    ctx = await scoped(world)
+    agent = Agent(result(ctx.scope.target))
+    preliminary, gather, attribute, report = preliminary_stages(world, agent)
+    await preliminary.run(ctx)
+    [req] = agent.requests
+    assert req.source == "recorder" and req.baseline_end is not None and req.baseline_end <= time.time() - 29
+    stored = store.get_incident(ctx.incident.id)
+    assert stored.preliminary["job"] == ctx.job.id and stored.preliminary["window"][0] == req.baseline_end
+    assert stored.verdict is None and stored.attributed_at is None  # the verdict stays the capture's
+    job = ctx.job.id
+    msgs = store.pending_messages()
+    assert [(m.step, m.body["op"]) for m in msgs] == [(f"root:preliminary:{job}", "update"),
+                                                      (f"attribution:{job}", "reply")]
+    assert "preliminary: " in msgs[0].body["message"]["text"] and "confirming" in msgs[0].body["message"]["text"]
+    assert msgs[1].body["message"]["text"].startswith("Preliminary · ")
+    assert "1s capture is running" in msgs[1].body["message"]["text"]
+
+    for stage in (gather, attribute, report):
+        await stage.run(ctx)
+    live = agent.requests[1]
+    assert live.source == "live" and live.baseline_end == req.baseline_end
+    [final] = [m for m in store.pending_messages() if m.step == f"attribution:{job}:final"]
+    assert final.body["op"] == "edit" and final.body["of"] == f"attribution:{job}"
+    assert "Confirmed by the 1s capture" in final.body["message"]["text"]
+    assert not final.body["message"]["text"].startswith("Preliminary")
+
+
+async def test_a_restarted_job_keeps_the_preliminary_verdict_it_posted(world):
+    settings, store, _ = world
+    ctx = await scoped(world)
+    agent = Agent(result(ctx.scope.target))
+    preliminary = preliminary_stages(world, agent)[0]
+    await preliminary.run(ctx)
+    again = Context(job=ctx.job, incident=store.get_incident(ctx.incident.id), labels=ctx.labels, options=ctx.options)
+    again.playbook, again.scope = ctx.playbook, ctx.scope
+    await preliminary.run(again)
+    assert len(agent.requests) == 1 and again.preliminary == ctx.preliminary and again.onset == ctx.onset
+    assert len(store.pending_messages()) == 2
+
+
+async def test_no_preliminary_verdict_when_switched_off_or_asked_for_by_a_person(world):
+    settings, store, _ = world
+    ctx = await scoped(world)
+    agent = Agent(result(ctx.scope.target))
+    stage = preliminary_stages(world, agent)[0]
+    stage.enabled = False
+    await stage.run(ctx)
+    stage.enabled = True
+    ctx.incident = dataclasses.replace(ctx.incident, group_key=adhoc.ADHOC_GROUP_PREFIX + "x")
+    await stage.run(ctx)
+    assert agent.requests == [] and ctx.preliminary is None and store.pending_messages() == []
