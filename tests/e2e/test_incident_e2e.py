@@ -16,13 +16,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.kernel, pytest.mark.asyncio(loop_scop
 SETTLE_S = 3
 
 
-async def fire(stack, name: str, fault) -> tuple[dict, dict]:
+async def fire(stack, name: str, fault) -> tuple[dict, dict, float]:
+    """The alert sent during ``fault``: the incident, its Slack thread once the capture's verdict
+    is in it, and when (monotonic) the alert was sent."""
     labels = {"alertname": "LLMTTFTBurn", "severity": "page", "slo": "ttft", "scenario_run": name,
               "cgroup": stack.service.cgroup.path}
     group = '{}:{alertname="LLMTTFTBurn", scenario_run="' + name + '"}'
     with fault:
         t0 = time.time()
         await asyncio.sleep(SETTLE_S)
+        sent = time.monotonic()
         status, body = await stack.responder.post_alert(alert_payload("firing", labels, t0, group_key=group))
         assert status == 200, body
         incident = await stack.responder.wait_verdict(body["incident_id"])
@@ -33,7 +36,7 @@ async def fire(stack, name: str, fault) -> tuple[dict, dict]:
         ref = (inc.get("thread") or {}).get("slack")
         replies = stack.slack.threads()[ref["ts"]]["replies"] if ref and ref["ts"] in stack.slack.threads() else []
         if replies and not any(r["text"].startswith("Preliminary") for r in replies):
-            return inc, stack.slack.threads()[ref["ts"]]
+            return inc, stack.slack.threads()[ref["ts"]], sent
         await asyncio.sleep(0.3)
     raise AssertionError("the Slack thread never got its attribution reply")
 
@@ -43,14 +46,18 @@ def thread_text(thread: dict) -> str:
 
 
 async def test_no_fault_abstains(stack):
-    inc, thread = await fire(stack, "calm", faults.CpuContention(stack.service.cgroup, 0))
+    inc, thread, _ = await fire(stack, "calm", faults.CpuContention(stack.service.cgroup, 0))
     assert inc["verdict"]["domains"] == []
     assert inc["verdict"]["abstain_reason"]
     assert "abstain" in thread_text(thread).lower()
 
 
-async def test_packet_loss_is_attributed_to_network(stack):
-    inc, thread = await fire(stack, "loss", faults.PacketLoss(stack.service.port, 20))
+async def test_packet_loss_is_attributed_to_network_at_once_then_confirmed(stack):
+    """At the alert's receipt the responder attributes from the agent's flight recorder (the
+    burn so far), traces and Prometheus, and posts that verdict marked preliminary within 2 s of
+    the alert being sent; the capture's verdict then replaces the same reply (confirmed), never
+    a second verdict reply."""
+    inc, thread, sent = await fire(stack, "loss", faults.PacketLoss(stack.service.port, 20))
     v = inc["verdict"]
     assert v["domains"][0] == "network", v
     assert v["hypotheses"][0]["supporting"], v
@@ -60,10 +67,27 @@ async def test_packet_loss_is_attributed_to_network(stack):
     assert "runbooks.example.com" in text  # the playbook's runbook links
     assert "BPF" in text  # what the capture cost
 
+    root_ts = inc["thread"]["slack"]["ts"]
+    [first] = [c for c in stack.slack.calls_to("chat.postMessage") if c["body"].get("thread_ts") == root_ts
+               and str(c["body"].get("text", "")).startswith("Preliminary")]
+    took = first["at"] - sent
+    assert took < 2.0, f"the preliminary verdict was posted {took:.2f} s after the alert was sent"
+    assert first["body"]["text"].startswith("Preliminary · LLMTTFTBurn: network"), first["body"]["text"][:300]
+    reply_ts = first["response"]["ts"]
+    edits = [c for c in stack.slack.calls_to("chat.update") if c["body"].get("ts") == reply_ts and c["status"] == 200]
+    assert len(edits) == 1 and edits[0]["at"] > first["at"]
+    assert edits[0]["body"]["text"].startswith("LLMTTFTBurn: network")
+    assert "Confirmed by the" in edits[0]["body"]["text"], edits[0]["body"]["text"][:400]
+    verdicts = [r for r in thread["replies"] if r["text"].startswith("LLMTTFTBurn")]
+    assert [r["ts"] for r in verdicts] == [reply_ts]
+    assert inc["preliminary"]["verdict"]["domains"][:1] == ["network"] and inc["preliminary"]["took_s"] < 2.0
+    print(f"preliminary verdict posted {took:.3f} s after the alert was sent (attributed in "
+          f"{inc['preliminary']['took_s']:.3f} s); the capture's verdict {edits[0]['at'] - sent:.1f} s after")
+
 
 async def test_cpu_contention_is_attributed_to_app_cpu(stack):
     await asyncio.sleep(10)  # healthy again after the loss round
-    inc, thread = await fire(stack, "cpu", faults.CpuContention(stack.service.cgroup, 4))
+    inc, thread, _ = await fire(stack, "cpu", faults.CpuContention(stack.service.cgroup, 4))
     v = inc["verdict"]
     assert v["domains"][:1] == ["app_cpu"], v
     assert "app_cpu" in thread["root"]["text"]
@@ -97,6 +121,7 @@ async def test_repeat_and_resolve_update_the_same_thread(stack):
         raise AssertionError("resolve never reached the thread")
     assert len(stack.slack.threads()) == roots_before  # no new root message
     assert "RESOLVED" in thread["root"]["text"].upper()
-    captures = [c for c in stack.slack.calls_to("chat.postMessage")
-                if c["body"].get("thread_ts") == ts and "Kernel capture" in str(c["body"].get("text"))]
-    assert len(captures) == 1  # one capture, one attribution reply
+    verdicts = [c for c in stack.slack.calls_to("chat.postMessage")
+                if c["body"].get("thread_ts") == ts and str(c["body"].get("text")).startswith(("Preliminary", "LLM"))]
+    assert len(verdicts) == 1  # one attribution reply (posted preliminary, edited with the capture's)
+    assert sum("Kernel capture" in r["text"] for r in thread["replies"]) == 1
