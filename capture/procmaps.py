@@ -44,8 +44,10 @@ def mapped_libraries(pid: int, pattern: re.Pattern) -> list[str]:
     return list(found)
 
 
-def find_libraries(pids: list[int] | None, pattern: re.Pattern) -> list[Library]:
-    """The distinct files matching ``pattern`` mapped by ``pids`` (None: every process)."""
+def find_libraries(pids: list[int] | None, pattern: re.Pattern,
+                   known: set[tuple[int, int]] | frozenset[tuple[int, int]] = frozenset()) -> list[Library]:
+    """The distinct files matching ``pattern`` mapped by ``pids`` (None: every process), leaving
+    out those in ``known`` (by device and inode: the ones already probed)."""
     if pids is None:
         pids = sorted(int(d) for d in os.listdir("/proc") if d.isdigit())[:MAX_PROCESSES]
     libs: dict[tuple[int, int], Library] = {}
@@ -59,7 +61,7 @@ def find_libraries(pids: list[int] | None, pattern: re.Pattern) -> list[Library]
             # Identified by the stat of the path the uprobe will open (the maps' device numbers
             # can differ from stat's on overlay file systems).
             key = (st.st_dev, st.st_ino)
-            if key not in libs:
+            if key not in libs and key not in known:
                 libs[key] = Library(path=path, mapped_as=mapped_as, pid=pid, dev_inode=key)
         if len(libs) >= MAX_LIBRARIES:
             break

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from capture import procmaps
 from capture.probes import CATALOG
 from capture.probes.base import RawSnapshot, diff, to_result
 from capture.schemas import ProbeResult
@@ -40,9 +41,14 @@ DEFAULT_PROBES = ("tcp_retrans", "tcp_reset", "tcp_connect", "dns", "tls_http", 
 # histograms come from the attached intervals only.
 DEFAULT_SAMPLED = ("tcp_flow", "backend_latency")
 SAMPLE_EVERY = 6
+# How often the uprobe probes (dns, tls_http) look for libc and libssl files they are not on yet:
+# a container started since the recorder loaded maps its own image's copies (other inodes), and
+# a probe that found none at start (no TLS client yet) is loaded again.
+RESCAN_S = 60.0
 DEFAULT_HISTORY_S = 900.0
 MAX_KEYS_PER_INTERVAL = 2048
 MAX_SERIES = 20_000
+MAX_RESCAN_NOTES = 20
 ENTRY_BYTES = 160  # measured: a key tuple of 3-4 items, an int, and its dict slot
 
 
@@ -78,7 +84,7 @@ def _bounded(deltas: dict[str, RawSnapshot], limit: int) -> tuple[dict[str, RawS
 class Recorder:
     def __init__(self, probes: list[str] | tuple[str, ...] | None = None, interval_s: float = 5.0,
                  history_s: float = DEFAULT_HISTORY_S, sampled: list[str] | tuple[str, ...] | None = None,
-                 sample_every: int = SAMPLE_EVERY):
+                 sample_every: int = SAMPLE_EVERY, rescan_s: float = RESCAN_S):
         names = probes if probes is not None else DEFAULT_PROBES
         self.probe_names = [n for n in names if n in CATALOG]
         if sampled is None:  # an explicit list of probes is the whole list
@@ -91,6 +97,8 @@ class Recorder:
         self._intervals_seen = 0
         self.interval_s = interval_s
         self.history_s = history_s
+        self.rescan_every = max(1, round(rescan_s / interval_s))
+        self.rescans: list[str] = []  # what the re-scans attached, latest last (at most MAX_RESCAN_NOTES)
         self.ring: deque[Interval] = deque(maxlen=max(1, int(history_s / interval_s)))
         self.sessions: dict[str, ProbeSession] = {}
         self.errors: dict[str, str] = {}
@@ -124,8 +132,39 @@ class Recorder:
         while not self._stop.wait(self.interval_s):
             try:
                 self.sample()
+                if self._intervals_seen % self.rescan_every == 0:
+                    self.rescan()
             except Exception:  # a failed read must not end the recorder
                 log.exception("event=recorder_sample_failed")
+
+    def rescan(self) -> list[str]:
+        """Attach the uprobe probes to the libraries that appeared since they loaded, and load
+        again those that had nothing to attach to; what was attached, in notes."""
+        notes = []
+        for name in self.probe_names:
+            probe = CATALOG[name]
+            if probe.attach_dynamic is None:
+                continue
+            session = self.sessions.get(name)
+            if session is not None:
+                notes += [f"{name}: {n}" for n in session.rescan()]
+                continue
+            if probe.library is not None and not procmaps.find_libraries(None, probe.library):
+                continue  # still nothing to attach to: not worth a compile
+            session = ProbeSession(probe, None)
+            try:
+                session.load()
+            except ProbeLoadError as e:
+                self.errors[name] = str(e)
+                continue
+            with self._lock:
+                self.sessions[name] = session
+                self.errors.pop(name, None)
+            notes += [f"{name}: loaded: {n}" for n in session.notes]
+        for n in notes:
+            log.info("event=recorder_rescan %s", n)
+        self.rescans = (self.rescans + notes)[-MAX_RESCAN_NOTES:]
+        return notes
 
     def sample(self) -> None:
         """Read every probe and append the interval since the previous read."""
@@ -282,7 +321,8 @@ class Recorder:
             "covers": [round(cov[0], 3), round(cov[1], 3)] if cov else None,
             "entries": entries, "dropped_entries": dropped, "approx_bytes": entries * ENTRY_BYTES,
             "max_bytes": (self.ring.maxlen or 0) * MAX_KEYS_PER_INTERVAL * ENTRY_BYTES,
-            "series": len(self.totals),
+            "series": len(self.totals), "rescan_every_s": self.rescan_every * self.interval_s,
+            "rescans": list(self.rescans),
         }
 
     def cost(self) -> dict[str, dict]:

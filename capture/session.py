@@ -74,6 +74,7 @@ class ProbeSession:
         self._sample_cpu_ns = 0
         self._samples = 0
         self._paused: list[str] = []
+        self.libraries: set[tuple[int, int]] = set()  # (device, inode) of the files its uprobes are on
 
     def __enter__(self) -> ProbeSession:
         self.load()
@@ -133,7 +134,7 @@ class ProbeSession:
             # must be running before it seeds what already exists from /proc.
             self.bpf.attach_tracepoints()
             if self.probe.attach_dynamic is not None:
-                self.notes = self.probe.attach_dynamic(self.bpf, self.scope)
+                self.notes = self.probe.attach_dynamic(self.bpf, self.scope, self.libraries)
             if self.probe.seed is not None:
                 self.notes += self.probe.seed(self.bpf, self.scope)
         except ProbeAttachError as e:
@@ -143,6 +144,19 @@ class ProbeSession:
             self.close()
             raise
         self.attach_ms = (time.monotonic() - t1) * 1000
+
+    def rescan(self) -> list[str]:
+        """Attach the probe's uprobes to the libraries its scope maps now and did not when it
+        was activated (a container started since brings its own libc and libssl files); what
+        was attached, in notes. A probe without uprobes, or a closed session, has nothing to do."""
+        if self.bpf is None or self.probe.attach_dynamic is None:
+            return []
+        try:
+            notes = self.probe.attach_dynamic(self.bpf, self.scope, self.libraries)
+        except ProbeAttachError:
+            return []  # nothing to attach to (yet)
+        self.notes += notes
+        return notes
 
     def pause(self) -> None:
         """Detach the probe's per-event tracepoints (``Probe.sampled_attach``) and keep the rest

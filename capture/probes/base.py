@@ -50,9 +50,14 @@ class Probe:
     # Extra compiler flags chosen from the running kernel (e.g. a tracepoint's field layout).
     cflags: Callable[[], list[str]] = field(compare=False, default=lambda: [])
     gauges: dict[str, str] = field(default_factory=dict)  # gauge name -> unit
-    # Uprobes attached after the program loads: (bpf, scope or None for the whole node) ->
-    # notes saying what was attached where. Raises ProbeAttachError when nothing could be.
-    attach_dynamic: Callable[[Any, Any], list[str]] | None = field(compare=False, default=None)
+    # Uprobes attached after the program loads: (bpf, scope or None for the whole node, the
+    # libraries already probed as (device, inode), which it extends) -> notes saying what was
+    # attached where. Raises ProbeAttachError when nothing could be and nothing was before; a
+    # later call (the recorder's re-scan) attaches to the libraries that appeared since.
+    attach_dynamic: Callable[[Any, Any, set[tuple[int, int]]], list[str]] | None = field(compare=False, default=None)
+    # The shared libraries (by base name) those uprobes go in: a recorder whose probe found none
+    # at start loads it again only once some process maps one.
+    library: re.Pattern | None = field(compare=False, default=None)
     # After the tracepoints attach: (bpf, scope or None) -> notes. Fills in what the probe would
     # have learned had it been loaded earlier (the peers of connections already open).
     seed: Callable[[Any, Any], list[str]] | None = field(compare=False, default=None)

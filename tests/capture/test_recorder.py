@@ -302,3 +302,51 @@ async def test_a_recorder_capture_answers_at_once_from_history(recording_agent, 
     resp = await client.post("/v1/captures", json=dict(body, baseline_end=burn_began), headers=auth)
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["source"] == "recorder"
+
+
+LOOKUPS = r"""
+import socket, sys
+for line in sys.stdin:
+    for _ in range(int(line)):
+        socket.getaddrinfo("localhost", 80)
+    print("done", flush=True)
+"""
+
+
+def test_the_recorder_rescans_for_libraries_a_new_workload_brought(workload_cgroup, tmp_path):
+    """A process that starts after the recorder with its own copy of libc (another inode, as a
+    container's image brings) is not seen by the uprobes attached at start; the re-scan attaches
+    to its copy, and its lookups count from then on."""
+    import shutil
+    for name in ("libc.so.6", "ld-linux-x86-64.so.2"):
+        shutil.copy2(f"/lib/x86_64-linux-gnu/{name}", tmp_path / name)
+    rec = Recorder(probes=["dns"], interval_s=0.5, history_s=60, rescan_s=3600)
+    rec.start()
+    procs = workload_cgroup.dir / "cgroup.procs"
+    p = subprocess.Popen([str(tmp_path / "ld-linux-x86-64.so.2"), "--library-path", str(tmp_path), sys.executable,
+                          "-c", LOOKUPS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: procs.write_text(str(os.getpid())))
+    try:
+        def lookups(n: int) -> float:
+            t0 = time.time()
+            p.stdin.write(f"{n}\n")
+            p.stdin.flush()
+            assert p.stdout.readline().strip() == "done"
+            time.sleep(1.2)  # two intervals: the counts are in the ring
+            r, _ = rec.window("dns", {workload_cgroup.dir.stat().st_ino}, t0 - 0.3, time.time(), min_window_s=0.0)
+            return r.counters.get("lookups", 0) if r is not None else 0
+
+        p.stdin.write("0\n")  # started and its libraries mapped
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "done"
+        assert f"{tmp_path}/libc.so.6" in open(f"/proc/{p.pid}/maps").read()
+        assert lookups(5) == 0  # its libc is not the one the recorder probed at start
+        notes = rec.rescan()
+        assert any(f"{tmp_path}/libc.so.6" in n for n in notes), notes
+        assert lookups(7) == 7
+        assert rec.rescan() == []  # nothing new
+        assert rec.status()["rescans"] == notes
+    finally:
+        p.kill()
+        p.wait()
+        rec.stop()

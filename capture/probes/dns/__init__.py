@@ -89,19 +89,21 @@ def mean_latency_us(result: ProbeResult) -> dict[str, float]:
             if lookups.get(e["peer"])}
 
 
-def attach_dynamic(bpf, scope: identity.ResolvedTarget | None) -> list[str]:
-    """Probe getaddrinfo in every libc the target maps (scope None: every process's, within
-    procmaps' bounds). Returns one note per library attached."""
+def attach_dynamic(bpf, scope: identity.ResolvedTarget | None, known: set[tuple[int, int]]) -> list[str]:
+    """Probe getaddrinfo in every libc the target maps and ``known`` does not hold yet (scope
+    None: every process's, within procmaps' bounds). Returns one note per library attached."""
     if scope is None:
-        libs = procmaps.find_libraries(None, LIBC)
+        libs = procmaps.find_libraries(None, LIBC, known)
         where = "any process on this node"
     else:
         pids = identity.target_pids(scope)
         if not pids:
             raise ProbeAttachError("no process of the target is running (no pid named, none in its "
                                    "cgroups), so there is no libc to probe for getaddrinfo")
-        libs = procmaps.find_libraries(pids, LIBC)
+        libs = procmaps.find_libraries(pids, LIBC, known)
         where = f"the target's processes {pids[:8]}{' ...' if len(pids) > 8 else ''}"
+    if not libs and known:
+        return []  # nothing new since the last scan
     if not libs:
         raise ProbeAttachError(f"no libc is mapped by {where}: statically linked programs (e.g. Go's "
                                f"pure resolver) do not call libc's getaddrinfo")
@@ -119,7 +121,8 @@ def attach_dynamic(bpf, scope: identity.ResolvedTarget | None) -> list[str]:
             failed.append(f"{lib.mapped_as} (pid {lib.pid}): {e}")
             continue
         notes.append(f"uprobe {SYMBOL} on {lib.mapped_as} (mapped by pid {lib.pid})")
-    if not notes:
+        known.add(lib.dev_inode)
+    if not notes and not known:
         raise ProbeAttachError(f"could not probe {SYMBOL} in any libc of {where}: {'; '.join(failed)}")
     notes += [f"not probed: {f}" for f in failed]
     return notes
@@ -141,4 +144,5 @@ PROBE = Probe(
     histograms={"latency": "us"},
     read_raw=read_raw,
     attach_dynamic=attach_dynamic,
+    library=LIBC,
 )

@@ -69,9 +69,11 @@ def read_raw(bpf) -> RawSnapshot:
 
 # --- attachment ----------------------------------------------------------------------------------
 
-def attach_dynamic(bpf, scope: ResolvedTarget | None) -> list[str]:
+def attach_dynamic(bpf, scope: ResolvedTarget | None, known: set[tuple[int, int]]) -> list[str]:
     pids = None if scope is None else target_pids(scope)
-    libs = procmaps.find_libraries(pids, LIBSSL)
+    libs = procmaps.find_libraries(pids, LIBSSL, known)
+    if not libs and known:
+        return []  # nothing new since the last scan
     if not libs:
         if scope is None:
             raise ProbeAttachError("no process on this node maps libssl: nothing for tls_http to probe")
@@ -93,9 +95,10 @@ def attach_dynamic(bpf, scope: ResolvedTarget | None) -> list[str]:
             attached.append(sym)
         if attached:
             notes.append(f"uprobes on {', '.join(attached)} in {lib.mapped_as} (as mapped by pid {lib.pid})")
+            known.add(lib.dev_inode)
         else:
             notes.append(f"{lib.mapped_as} (pid {lib.pid}) exports none of {', '.join(SYMBOLS)}")
-    if not any(n.startswith("uprobes on") for n in notes):
+    if not any(n.startswith("uprobes on") for n in notes) and not known:
         raise ProbeAttachError(f"the target does not map libssl with SSL_read/SSL_write symbols: {'; '.join(notes)}")
     # node-wide (no pids): the processes that map libssl
     seeded = seed_fd_peers(bpf, pids, select=lambda pid: bool(procmaps.mapped_libraries(pid, LIBSSL)))
@@ -127,4 +130,5 @@ PROBE = Probe(
     histograms={"ttfb": "us"},
     read_raw=read_raw,
     attach_dynamic=attach_dynamic,
+    library=LIBSSL,
 )
