@@ -172,6 +172,7 @@ class CaptureAgent:
         self.completed += 1
         self._add_baseline(result, req, scope)
         self._add_lead_in(result, req, scope)
+        self._add_series(result, req, scope)
         await asyncio.to_thread(self._add_novelty, result, req, scope, raws)  # may ask the Kubernetes API
         return result
 
@@ -200,6 +201,7 @@ class CaptureAgent:
         scope = await self._resolve(req)
         result, raws = await asyncio.to_thread(self._read_recorder, req, scope)
         self._add_baseline(result, req, scope)
+        self._add_series(result, req, scope)
         await asyncio.to_thread(self._add_novelty, result, req, scope, raws)
         return result
 
@@ -325,6 +327,18 @@ class CaptureAgent:
                 result.baseline[name] = base
             notes.append(f"{name}: {note}")
         result.baseline_note = "; ".join(dict.fromkeys(n.split(": ", 1)[1] for n in notes)) if notes else ""
+
+    def _add_series(self, result: CaptureResult, req: CaptureRequest, scope: identity.ResolvedTarget) -> None:
+        """The recorder's per-interval counters of the asked probes for the target, from the
+        baseline's start to the capture's end (at most LEAD_IN_MAX_S before the capture plus the
+        baseline): what a timeline of the incident draws."""
+        if self.recorder is None or not scope.baseline_cgroups:
+            return
+        end = min(req.baseline_end or result.started_at, result.started_at)
+        start = max(end, result.started_at - LEAD_IN_MAX_S) - req.baseline_s
+        series = self.recorder.series(scope.baseline_cgroups, start, result.ended_at, list(req.probes))
+        result.series = [{"start": iv["start"], "end": iv["end"],
+                          "counters": {k: round(v, 3) for k, v in iv["counters"].items()}} for iv in series]
 
     def _add_lead_in(self, result: CaptureResult, req: CaptureRequest, scope: identity.ResolvedTarget) -> None:
         """Fold the recorder's history from the burn's start to the capture's start into the

@@ -147,6 +147,20 @@ def _int_list(value: Any, name: str, lo: int, hi: int) -> list[int]:
 CAPTURE_SOURCES = ("live", "recorder")
 
 
+def merge_series(per_node: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Several nodes' recorder series as one: intervals ending in the same second add up."""
+    if len(per_node) == 1:
+        return list(per_node[0])
+    merged: dict[int, dict[str, Any]] = {}
+    for series in per_node:
+        for iv in series:
+            slot = merged.setdefault(round(iv["end"]), {"start": iv["start"], "end": iv["end"], "counters": {}})
+            slot["start"] = min(slot["start"], iv["start"])
+            for name, value in iv.get("counters", {}).items():
+                slot["counters"][name] = slot["counters"].get(name, 0) + value
+    return [merged[k] for k in sorted(merged)]
+
+
 @dataclass
 class CaptureRequest:
     """Run ``probes`` for ``duration_s`` on ``target``; compare with ``baseline_s`` before it."""
@@ -439,6 +453,9 @@ class CaptureResult:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
     source: str = "live"  # "recorder": read from the flight recorder's history, no probe attached
+    # The flight recorder's per-interval counters for the target from the baseline's start to the
+    # capture's end ({"start", "end", "counters": {"probe.counter": count}}): a timeline's data.
+    series: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def combine(cls, results: list[CaptureResult], nodes: list[dict[str, Any]],
@@ -468,6 +485,7 @@ class CaptureResult:
                 setattr(out.cost, c, getattr(out.cost, c) + getattr(r.cost, c))
             out.cost.startup_ms = max(out.cost.startup_ms, r.cost.startup_ms)
             out.cost.wall_s = max(out.cost.wall_s, r.cost.wall_s)
+        out.series = merge_series([r.series for r in results])
         for attr in ("new_peers", "new_processes"):
             seen: dict[str, dict[str, Any]] = {}
             for r in results:
@@ -492,7 +510,7 @@ class CaptureResult:
             "cost": asdict(self.cost), "errors": list(self.errors),
             "new_peers": list(self.new_peers), "new_processes": list(self.new_processes),
             "novelty_note": self.novelty_note, "nodes": list(self.nodes), "pods": list(self.pods),
-            "source": self.source,
+            "source": self.source, "series": list(self.series),
         }
 
     @classmethod
@@ -507,7 +525,7 @@ class CaptureResult:
             cost=CaptureCost(**data.get("cost", {})), errors=list(data.get("errors", [])),
             new_peers=list(data.get("new_peers", [])), new_processes=list(data.get("new_processes", [])),
             novelty_note=data.get("novelty_note", ""), nodes=list(data.get("nodes", [])),
-            pods=list(data.get("pods", [])), source=data.get("source", "live"))
+            pods=list(data.get("pods", [])), source=data.get("source", "live"), series=list(data.get("series", [])))
 
 
 @dataclass

@@ -64,7 +64,7 @@ class Report:
         if png is None:
             return
         url = self.thread.incident_url(inc.id)
-        await self.thread.enqueue(inc.id, step, "file", render.Message(text=f"Burn rate and key signals, baseline vs "
-                                                                            f"incident ({url})"), None, ctx.borrowed,
+        await self.thread.enqueue(inc.id, step, "file", render.Message(text=f"Timeline: burn rate, kernel signals and the "
+                                                                            f"incident's moments ({url})"), None, ctx.borrowed,
                                   file={"filename": f"{inc.id}-chart.png", "title": f"{inc.id} chart",
                                         "content_b64": base64.b64encode(png).decode()})

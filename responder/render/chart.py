@@ -1,10 +1,13 @@
 """The incident's chart, drawn once for the page (inline SVG) and the chat thread (a PNG).
 
-Two panels: above, the Prometheus burn-rate and SLI series over the baseline and incident windows
-(shaded and labelled); below, the top hypothesis' supporting signals and the trace dependencies
-whose p90 moved most, baseline vs incident, each scaled to its larger value and labelled with
-the real one. Drawn with matplotlib's object API, never pyplot, whose global figure registry is
-not thread-safe (the server renders in worker threads), and one chart at a time.
+A timeline, one panel per kind of evidence there is (none is drawn empty): the Prometheus
+burn-rate and SLI series over the baseline and incident windows; the kernel's deciding signals
+per flight-recorder interval, each scaled to its own peak; and, while traces have no series of
+their own, the top hypothesis' signals and the trace dependencies whose p90 moved most, baseline
+vs incident. The time panels carry the same marks: where the burn began, the alert's receipt, the
+preliminary verdict, the capture's window and the resolution. Drawn with matplotlib's object
+API, never pyplot, whose global figure registry is not thread-safe (the server renders in worker
+threads), and one chart at a time.
 """
 from __future__ import annotations
 
@@ -28,6 +31,12 @@ MAX_CHART_SERIES_PER_QUERY = 5
 MAX_CHART_POINTS = 240
 MAX_SIGNAL_BARS = 6  # the top hypothesis' supporting evidence
 MAX_TRACE_BARS = 2  # plus the trace dependencies whose p90 moved most
+MAX_TRACKS = 4  # kernel signals over time
+MIN_TRACK_EVENTS = 5  # a counter that counted fewer in the whole series is not drawn
+MIN_TRACK_RISE = 1.5  # nor one that did not rise this much after the onset (unless it decided the verdict)
+MARK_COLORS = {"burn began": "#a61b1b", "alert": "#3e4c59", "preliminary verdict": "#9a5b00",
+               "resolved": "#2f7d32"}
+CAPTURE_COLOR = "#2f6fb3"
 
 BASELINE_COLOR = "#7b8794"
 INCIDENT_COLOR = "#d64545"
@@ -53,11 +62,72 @@ class _Bar:
     unit: str
 
 
-def _chart_inputs(view: IncidentView) -> tuple[list[_Line], list[_Bar], str, str]:
-    """(series, bars, why Prometheus is missing, top domain): what both chart panels draw."""
+@dataclass
+class _Track:
+    """One kernel counter over time, per second of each recorder interval."""
+    label: str
+    points: list[tuple[float, float]]
+    peak: float
+
+
+@dataclass
+class _Inputs:
+    lines: list[_Line]
+    tracks: list[_Track]
+    bars: list[_Bar]
+    marks: list[tuple[float, str]]  # (time, what happened)
+    capture: tuple[float, float] | None  # the live capture's window
+    domain: str
+
+    @property
+    def empty(self) -> bool:
+        return not (self.lines or self.tracks or self.bars)
+
+
+def _chart_inputs(view: IncidentView) -> _Inputs:
     top = view.hypotheses[0] if view.hypotheses else None
-    return (_chart_lines(view.prometheus), _chart_bars(top, view.traces), prometheus_absence(view.prometheus),
-            top.domain if top else "")
+    cap = view.capture
+    marks = [(t, what) for t, what in ((view.onset or view.burn_start, "burn began"), (view.created_at, "alert"),
+                                       (view.preliminary_at, "preliminary verdict"), (view.burn_end, "resolved"))
+             if t is not None]
+    live = (cap.started_at, cap.ended_at) if cap is not None and cap.source == "live" and cap.ended_at > cap.started_at \
+        else None
+    return _Inputs(_chart_lines(view.prometheus), _kernel_tracks(view, top), _chart_bars(top, view.traces), marks, live,
+                   top.domain if top else "")
+
+
+def _kernel_tracks(view: IncidentView, top: Hypothesis | None) -> list[_Track]:
+    """The counters to draw from the capture's recorder series: those the top hypothesis' kernel
+    signals name first, then those that rose most after the burn began."""
+    cap = view.capture
+    if cap is None or not cap.series:
+        return []
+    onset = view.onset or view.burn_start or cap.started_at
+
+    def seconds(iv: dict[str, Any]) -> float:
+        return max(float(iv["end"]) - float(iv["start"]), 1e-3)
+
+    seconds_before = sum(seconds(iv) for iv in cap.series if float(iv["end"]) <= onset)
+    seconds_after = sum(seconds(iv) for iv in cap.series if float(iv["end"]) > onset)
+    totals: dict[str, list[float]] = {}  # name -> [count before the onset, count after]
+    for iv in cap.series:
+        for name, value in iv.get("counters", {}).items():
+            totals.setdefault(name, [0.0, 0.0])[int(float(iv["end"]) > onset)] += float(value)
+    deciding = [ev.signal.removesuffix("_per_s") for ev in (top.supporting if top else []) if ev.source == "kernel"]
+    chosen = [n for n in dict.fromkeys(deciding) if n in totals and sum(totals[n]) >= MIN_TRACK_EVENTS]
+
+    def rise(t: list[float]) -> float:
+        before = t[0] / seconds_before if seconds_before else 0.0
+        after = t[1] / seconds_after if seconds_after else 0.0
+        return (after + 0.1) / (before + 0.1)
+
+    others = sorted((n for n, t in totals.items() if n not in chosen and sum(t) >= MIN_TRACK_EVENTS
+                     and rise(t) >= MIN_TRACK_RISE), key=lambda n: -rise(totals[n]))
+    tracks = []
+    for name in (chosen + others)[:MAX_TRACKS]:
+        points = [(float(iv["end"]), float(iv.get("counters", {}).get(name, 0.0)) / seconds(iv)) for iv in cap.series]
+        tracks.append(_Track(name, points, max(v for _, v in points)))
+    return tracks
 
 
 def prometheus_absence(prom: PrometheusEvidence | None) -> str:
@@ -102,25 +172,33 @@ def _chart_bars(top: Hypothesis | None, traces: TraceEvidence | None) -> list[_B
 
 def png(view: IncidentView) -> bytes | None:
     """The chart as a PNG (for a chat thread); None when there is no evidence to draw."""
-    lines, bars, absent, domain = _chart_inputs(view)
-    if not lines and not bars:
+    inputs = _chart_inputs(view)
+    if inputs.empty:
         return None
     with _CHART_LOCK:
-        return _render(lines, bars, view.prometheus, absent, domain, "png")
+        return _render(inputs, view.prometheus, "png")
 
 
-def _render(lines: list[_Line], bars: list[_Bar], prom: PrometheusEvidence | None, absent: str, domain: str,
-            fmt: str) -> bytes:
-    """Both panels, burn rate / SLI over the windows above and the key signals below, as ``fmt``."""
+def _render(inputs: _Inputs, prom: PrometheusEvidence | None, fmt: str) -> bytes:
+    """One panel per kind of evidence there is, top to bottom, as ``fmt``."""
     # Imported here: matplotlib costs most of a second to import, and only pages with evidence need it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 7.2), layout="constrained")
+    panels = [kind for kind, present in (("series", inputs.lines), ("kernel", inputs.tracks), ("bars", inputs.bars))
+              if present]
+    fig = Figure(figsize=(10, 1.2 + 3.0 * len(panels)), layout="constrained")
     FigureCanvasAgg(fig)  # this figure's own canvas: no pyplot, no process-wide backend switch
-    top, bottom = fig.subplots(2, 1, height_ratios=[1.15, 1])
-    _draw_series(top, lines, prom, absent)
-    _draw_bars(bottom, bars, domain)
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, kind in zip(axes, panels):
+        if kind == "series":
+            _draw_series(ax, inputs.lines, prom)
+            _draw_marks(ax, inputs)
+        elif kind == "kernel":
+            _draw_tracks(ax, inputs.tracks)
+            _draw_marks(ax, inputs)
+        else:
+            _draw_bars(ax, inputs.bars, inputs.domain)
     buf = io.BytesIO()
     # no date: the same incident gives the same file
     fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else {}, dpi=100)
@@ -129,30 +207,57 @@ def _render(lines: list[_Line], bars: list[_Bar], prom: PrometheusEvidence | Non
 
 def svg(view: IncidentView) -> str | None:
     """The chart as an inline ``<svg>`` element (no XML prolog); None when there is no evidence to draw."""
-    lines, bars, absent, domain = _chart_inputs(view)
-    if not lines and not bars:
+    inputs = _chart_inputs(view)
+    if inputs.empty:
         return None
     with _CHART_LOCK:
-        return _draw_chart(lines, bars, view.prometheus, absent, domain)
-
-
-def _draw_chart(lines: list[_Line], bars: list[_Bar], prom: PrometheusEvidence | None, absent: str,
-                domain: str) -> str:
-    """Both panels as an inline ``<svg>`` element (no XML prolog)."""
-    svg = _render(lines, bars, prom, absent, domain, "svg").decode("utf-8")
+        svg = _render(inputs, view.prometheus, "svg").decode("utf-8")
     svg = svg[svg.index("<svg"):]
     return svg.replace("<svg ", '<svg role="img" aria-label="incident chart" ', 1)
 
 
-def _draw_series(ax: Any, lines: list[_Line], prom: PrometheusEvidence | None, absent: str) -> None:
+def _draw_marks(ax: Any, inputs: _Inputs) -> None:
+    """The incident's moments as vertical lines, and the capture's window shaded, where they fall
+    inside the panel's time range."""
+    low, high = ax.get_xlim()
+    from matplotlib import dates as mdates
+
+    def inside(t: float) -> bool:
+        return low <= mdates.date2num(_dt(t)) <= high
+
+    if inputs.capture is not None and inside(inputs.capture[1]):
+        ax.axvspan(_dt(inputs.capture[0]), _dt(inputs.capture[1]), color=CAPTURE_COLOR, alpha=0.14, lw=0,
+                   label="capture")
+    for t, what in inputs.marks:
+        if inside(t):
+            ax.axvline(_dt(t), color=MARK_COLORS.get(what, "#616e7c"), lw=1.1, ls="--", label=what)
+    ax.set_xlim(low, high)
+    handles, labels = ax.get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    ax.legend(list(seen.values()), list(seen), loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8,
+              frameon=False)
+
+
+def _draw_tracks(ax: Any, tracks: list[_Track]) -> None:
+    from matplotlib import dates as mdates
+
+    ax.set_title("Kernel, per flight-recorder interval (each signal scaled to its peak)", loc="left", fontsize=11)
+    for n, track in enumerate(tracks):
+        scale = track.peak or 1.0
+        ax.plot([_dt(t) for t, _ in track.points], [v / scale for _, v in track.points], lw=1.5,
+                color=LINE_COLORS[n % len(LINE_COLORS)], drawstyle="steps-pre",
+                label=_legend_label(f"{track.label} (peak {num(track.peak)}/s)"))
+    ax.set_ylim(-0.05, 1.15)
+    ax.set_yticks([])
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))
+    ax.set_xlabel("time (UTC)", fontsize=9)
+    ax.grid(True, alpha=0.3)
+
+
+def _draw_series(ax: Any, lines: list[_Line], prom: PrometheusEvidence | None) -> None:
     from matplotlib import dates as mdates
 
     ax.set_title("Prometheus: burn rate and SLI", loc="left", fontsize=11)
-    if not lines:
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, _mpl(textwrap.fill(absent, 90)), ha="center", va="center", transform=ax.transAxes,
-                color="#616e7c", fontsize=11)
-        return
     burn = [line for line in lines if line.kind == "burn_rate"]
     sli = [line for line in lines if line.kind == "sli"]
     # Burn rates (multiples) and SLI ratios (0..1) differ in scale: SLIs get their own axis when both show.
@@ -180,12 +285,9 @@ def _draw_series(ax: Any, lines: list[_Line], prom: PrometheusEvidence | None, a
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=UTC))
     ax.set_xlabel("time (UTC)", fontsize=9)
     ax.grid(True, alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    if sli_ax is not ax:
-        more = sli_ax.get_legend_handles_labels()
-        handles, labels = handles + more[0], labels + more[1]
-    # Below the plot, so it hides neither the lines nor the window labels.
-    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
+    if sli_ax is not ax:  # one legend, drawn with the marks' (below the plot, hiding no line or label)
+        for handle, label in zip(*sli_ax.get_legend_handles_labels()):
+            ax.plot([], [], color=handle.get_color(), ls=handle.get_linestyle(), label=label)
 
 
 def _draw_bars(ax: Any, bars: list[_Bar], domain: str) -> None:

@@ -4,8 +4,9 @@ One self-contained HTML page, whatever state the incident is in (capturing, attr
 failed, resolved; incidents stored before evidence and links existed too):
 
 - a header with the state, alert, service and the verdict at a glance (``#verdict``), then links;
-- a chart (``#chart``): the Prometheus burn-rate and SLI series over the baseline and incident
-  windows, and below it the key signals, baseline vs incident, as grouped bars;
+- a chart (``#chart``): the incident's timeline (the Prometheus burn-rate and SLI series over the
+  baseline and incident windows, the kernel's signals per flight-recorder interval, the
+  incident's moments marked), and the key signals, baseline vs incident, as grouped bars;
 - the hypotheses with their supporting and contradicting evidence and the arithmetic behind each
   confidence (``#evidence``), and under the verdict the rule that decided it (``#decision``);
 - the Prometheus queries, the trace dependencies and exemplar traces, the kernel capture and its

@@ -75,6 +75,11 @@ class IncidentView:
     acknowledged: dict[str, Any] | None = None
     truncated_alerts: int = 0
     preliminary: Verdict | None = None  # the verdict posted at the alert's receipt, if one was
+    # When things happened, for a timeline: the incident's creation (the alert's receipt), the
+    # preliminary verdict and the burn's onset it dated (None when unknown).
+    created_at: float | None = None
+    preliminary_at: float | None = None
+    onset: float | None = None
 
     @property
     def domains(self) -> list[str]:
@@ -113,6 +118,7 @@ class IncidentView:
             end = max(ends) if ends else None
         ack = as_dict(inc.get("acknowledged"))
         truncated = as_float(inc.get("truncated_alerts"))
+        prelim = as_dict(inc.get("preliminary")) or {}
         return cls(
             id=str(inc.get("id") or ""), status=status,
             state=_state(status, verdict, bool(inc.get("error"))),
@@ -124,7 +130,13 @@ class IncidentView:
             prometheus=PrometheusEvidence.read(evidence.get("prometheus")), traces=traces,
             capture=capture,
             links=_links(inc), acknowledged=ack, truncated_alerts=int(truncated or 0),
-            preliminary=read_verdict((as_dict(inc.get("preliminary")) or {}).get("verdict")))
+            preliminary=read_verdict(prelim.get("verdict")), created_at=unix_seconds(inc.get("created_at")),
+            preliminary_at=as_float(prelim.get("at")), onset=_onset(prelim))
+
+
+def _onset(prelim: dict[str, Any]) -> float | None:
+    window = prelim.get("window")
+    return as_float(window[0]) if isinstance(window, list) and window else None
 
 
 def read_verdict(value: Any) -> Verdict | None:

@@ -291,6 +291,9 @@ async def test_a_recorder_capture_answers_at_once_from_history(recording_agent, 
     assert [p["name"] for p in result.new_peers] == [f"127.0.0.1:{new}"], (result.new_peers, result.novelty_note)
     assert result.new_peers[0]["count"] == 2
     assert result.cost.bpf_run_count == 0 and result.cost.wall_s < 1.0 and took < 1.0, (result.cost, took)
+    # The timeline's data: per interval, from the baseline's start; the failures after the onset.
+    after = sum(iv["counters"].get("tcp_connect.failed", 0) for iv in result.series if iv["end"] > burn_began)
+    assert after == 5 and result.series[0]["start"] <= burn_began - 5, result.series[:2]
 
     # Over HTTP: validated like any capture request.
     auth = {"Authorization": f"Bearer {TOKEN}"}

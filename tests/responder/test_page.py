@@ -338,16 +338,17 @@ def test_failed_capture_without_verdict_shows_the_error():
     assert "Traceback" not in page.text("verdict") and "Traceback" in html  # the detail is further down
 
 
-def test_prometheus_unreachable_is_said_in_table_and_chart():
+def test_prometheus_unreachable_is_said_in_the_table_and_leaves_no_empty_panel():
     inc = incident("attributed")
     inc["evidence"]["prometheus"] = prometheus_evidence(reachable=False)
     html = render_incident_page(inc)
     page = Page(html)
     assert ("Prometheus could not be reached: GET http://prometheus.local:9090/api/v1/query_range: connection "
             "refused (after 3 attempts)") in page.text("prometheus")
-    # The bars still draw; the top panel says why it is empty.
+    # The bars still draw; no panel is drawn empty, and the Prometheus table says why.
     assert page.inner("chart", "svg") == 1
-    assert "Prometheus could not be reached" in html.split("id=chart>", 1)[1]
+    chart_svg = html.split("id=chart>", 1)[1].split("</figure>", 1)[0]
+    assert "Prometheus: burn rate" not in chart_svg and "Key signals" in chart_svg
 
 
 def test_nothing_at_all_says_no_evidence_yet():
@@ -604,3 +605,30 @@ def test_the_page_says_whether_the_capture_confirmed_the_preliminary_verdict():
     assert "the capture confirmed it" in render_incident_page(same)
     other = dict(base, verdict={"domains": ["dns"], "confidence": 0.9, "score": 0.9, "hypotheses": []})
     assert "the capture changed it" in render_incident_page(other)
+
+
+def test_the_chart_is_a_timeline_of_the_kernel_signals_with_the_incidents_moments():
+    """The capture's recorder series: retransmits rise after the burn began; the kernel panel
+    draws them per interval, and the time panels mark the onset, the alert, the preliminary
+    verdict and the capture's window. A counter that did not move is not drawn."""
+    from responder.render import chart
+    inc = incident("attributed")
+    onset = T_ALERT - 40
+    series = [{"start": t - 1, "end": t, "counters": {"tcp_retrans.retransmits": 0.0 if t <= onset else 30.0,
+                                                      "tcp_connect.attempts": 5.0}}
+              for t in range(int(onset) - 60, int(T_ALERT) + 12)]
+    inc["capture"] = dict(inc["capture"], series=series, started_at=T_ALERT + 1, ended_at=T_ALERT + 11, source="live")
+    inc["created_at"] = T_ALERT
+    inc["preliminary"] = {"verdict": {"domains": ["network"], "confidence": 0.9, "hypotheses": []}, "at": T_ALERT + 0.4,
+                          "window": [onset, T_ALERT]}
+    from responder.render.view import IncidentView
+    svg = chart.svg(IncidentView.of(inc))
+    assert svg is not None
+    assert "Kernel, per flight-recorder interval" in svg and "tcp_retrans.retransmits (peak 30/s)" in svg
+    assert "tcp_connect.attempts" not in svg  # flat: not a signal
+    for mark in ("burn began", "preliminary verdict", "capture"):
+        assert mark in svg, mark
+    png = chart.png(IncidentView.of(inc))
+    assert png is not None and png.startswith(b"\x89PNG")
+    ARTIFACT.parent.mkdir(exist_ok=True)
+    (ARTIFACT.parent / "incident-timeline.png").write_bytes(png)
