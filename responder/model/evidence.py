@@ -222,6 +222,8 @@ class TraceEvidence:
     incident: Window | None = None
     dependencies: list[Dependency] = field(default_factory=list)  # most changed first
     exemplars: list[Exemplar] = field(default_factory=list)
+    # The service's own requests over time: {"start", "end", "requests", "errors", "p90_ms"}
+    timeline: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def spans(self) -> float:
@@ -237,4 +239,6 @@ class TraceEvidence:
                    reachable=d.get("reachable", True) is not False, error=as_str(d.get("error")),
                    baseline=Window.read(d.get("baseline")), incident=Window.read(d.get("incident")),
                    dependencies=[Dependency.read(x) for x in as_dicts(d.get("dependencies"))],
-                   exemplars=[Exemplar.read(x) for x in as_dicts(d.get("exemplars"))])
+                   exemplars=[Exemplar.read(x) for x in as_dicts(d.get("exemplars"))],
+                   timeline=[x for x in as_dicts(d.get("timeline"))
+                             if all(as_float(x.get(k)) is not None for k in ("start", "end", "requests", "p90_ms"))])

@@ -2,10 +2,11 @@
 
 A timeline, one panel per kind of evidence there is (none is drawn empty): the Prometheus
 burn-rate and SLI series over the baseline and incident windows; the kernel's deciding signals
-per flight-recorder interval, each scaled to its own peak; and, while traces have no series of
-their own, the top hypothesis' signals and the trace dependencies whose p90 moved most, baseline
-vs incident. The time panels carry the same marks: where the burn began, the alert's receipt, the
-preliminary verdict, the capture's window and the resolution. Drawn with matplotlib's object
+per flight-recorder interval, each scaled to its own peak; the service's own requests from its
+traces (p90 and failing share per bucket); and the top hypothesis' signals and the trace
+dependencies whose p90 moved most, baseline vs incident. The time panels carry the same marks:
+where the burn began, the alert's receipt, the preliminary verdict, the capture's window and the
+resolution. Drawn with matplotlib's object
 API, never pyplot, whose global figure registry is not thread-safe (the server renders in worker
 threads), and one chart at a time.
 """
@@ -74,6 +75,7 @@ class _Track:
 class _Inputs:
     lines: list[_Line]
     tracks: list[_Track]
+    requests: list[dict[str, Any]]  # the trace timeline: the service's requests per bucket
     bars: list[_Bar]
     marks: list[tuple[float, str]]  # (time, what happened)
     capture: tuple[float, float] | None  # the live capture's window
@@ -81,7 +83,7 @@ class _Inputs:
 
     @property
     def empty(self) -> bool:
-        return not (self.lines or self.tracks or self.bars)
+        return not (self.lines or self.tracks or self.requests or self.bars)
 
 
 def _chart_inputs(view: IncidentView) -> _Inputs:
@@ -92,8 +94,9 @@ def _chart_inputs(view: IncidentView) -> _Inputs:
              if t is not None]
     live = (cap.started_at, cap.ended_at) if cap is not None and cap.source == "live" and cap.ended_at > cap.started_at \
         else None
-    return _Inputs(_chart_lines(view.prometheus), _kernel_tracks(view, top), _chart_bars(top, view.traces), marks, live,
-                   top.domain if top else "")
+    requests = view.traces.timeline if view.traces is not None and view.traces.reachable else []
+    return _Inputs(_chart_lines(view.prometheus), _kernel_tracks(view, top), requests, _chart_bars(top, view.traces),
+                   marks, live, top.domain if top else "")
 
 
 def _kernel_tracks(view: IncidentView, top: Hypothesis | None) -> list[_Track]:
@@ -185,8 +188,8 @@ def _render(inputs: _Inputs, prom: PrometheusEvidence | None, fmt: str) -> bytes
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = [kind for kind, present in (("series", inputs.lines), ("kernel", inputs.tracks), ("bars", inputs.bars))
-              if present]
+    panels = [kind for kind, present in (("series", inputs.lines), ("kernel", inputs.tracks),
+                                         ("requests", inputs.requests), ("bars", inputs.bars)) if present]
     fig = Figure(figsize=(10, 1.2 + 3.0 * len(panels)), layout="constrained")
     FigureCanvasAgg(fig)  # this figure's own canvas: no pyplot, no process-wide backend switch
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
@@ -196,6 +199,9 @@ def _render(inputs: _Inputs, prom: PrometheusEvidence | None, fmt: str) -> bytes
             _draw_marks(ax, inputs)
         elif kind == "kernel":
             _draw_tracks(ax, inputs.tracks)
+            _draw_marks(ax, inputs)
+        elif kind == "requests":
+            _draw_requests(ax, inputs.requests)
             _draw_marks(ax, inputs)
         else:
             _draw_bars(ax, inputs.bars, inputs.domain)
@@ -249,6 +255,26 @@ def _draw_tracks(ax: Any, tracks: list[_Track]) -> None:
                 label=_legend_label(f"{track.label} (peak {num(track.peak)}/s)"))
     ax.set_ylim(-0.05, 1.15)
     ax.set_yticks([])
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))
+    ax.set_xlabel("time (UTC)", fontsize=9)
+    ax.grid(True, alpha=0.3)
+
+
+def _draw_requests(ax: Any, buckets: list[dict[str, Any]]) -> None:
+    """The service's requests from its traces: the p90 duration per bucket, and the failing share
+    on its own axis."""
+    from matplotlib import dates as mdates
+
+    ax.set_title("Traces: the service's requests (p90 duration, failing share)", loc="left", fontsize=11)
+    times = [_dt((float(b["start"]) + float(b["end"])) / 2) for b in buckets]
+    ax.plot(times, [float(b["p90_ms"]) for b in buckets], lw=1.5, color=LINE_COLORS[0], label="p90 (ms)")
+    ax.set_ylabel("p90 (ms)")
+    share = ax.twinx()
+    failing = [100.0 * float(b.get("errors") or 0) / max(float(b["requests"]), 1.0) for b in buckets]
+    share.plot(times, failing, lw=1.2, color=INCIDENT_COLOR, ls="--")
+    share.set_ylabel("failing (%)")
+    share.set_ylim(0, max(5.0, max(failing) * 1.15))
+    ax.plot([], [], lw=1.2, color=INCIDENT_COLOR, ls="--", label="failing (%, right axis)")
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))
     ax.set_xlabel("time (UTC)", fontsize=9)
     ax.grid(True, alpha=0.3)

@@ -621,11 +621,15 @@ def test_the_chart_is_a_timeline_of_the_kernel_signals_with_the_incidents_moment
     inc["created_at"] = T_ALERT
     inc["preliminary"] = {"verdict": {"domains": ["network"], "confidence": 0.9, "hypotheses": []}, "at": T_ALERT + 0.4,
                           "window": [onset, T_ALERT]}
+    inc["evidence"]["traces"]["timeline"] = [
+        {"start": t, "end": t + 5, "requests": 50, "errors": 0 if t < onset else 9, "p90_ms": 300 if t < onset else 900}
+        for t in range(int(onset) - 60, int(T_ALERT), 5)]
     from responder.render.view import IncidentView
     svg = chart.svg(IncidentView.of(inc))
     assert svg is not None
     assert "Kernel, per flight-recorder interval" in svg and "tcp_retrans.retransmits (peak 30/s)" in svg
     assert "tcp_connect.attempts" not in svg  # flat: not a signal
+    assert "Traces: the service's requests" in svg and "failing (%, right axis)" in svg
     for mark in ("burn began", "preliminary verdict", "capture"):
         assert mark in svg, mark
     png = chart.png(IncidentView.of(inc))

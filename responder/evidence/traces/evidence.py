@@ -739,7 +739,34 @@ def trace_evidence(baseline: list[Span], incident: list[Span], service: str) -> 
     return {"service": service,
             "baseline": {"start": b_start, "end": b_end, "spans": b_spans},
             "incident": {"start": i_start, "end": i_end, "spans": i_spans},
-            "dependencies": dependencies, "exemplars": exemplars}
+            "dependencies": dependencies, "exemplars": exemplars,
+            "timeline": server_timeline([*baseline, *incident], service)}
+
+
+# A timeline of the service's own requests has at most this many buckets over both windows.
+MAX_TIMELINE_BUCKETS = 60
+
+
+def server_timeline(spans: list[Span], service: str) -> list[dict[str, Any]]:
+    """The service's own requests (its SERVER spans) over time, for the incident's chart: per
+    bucket (at most MAX_TIMELINE_BUCKETS, by start time) the requests, the failed ones (the SLO's
+    error rules) and the p90 duration. Empty buckets are left out."""
+    served = [s for s in spans if s.kind == "server" and (not service or s.service == service)]
+    if not served:
+        return []
+    first = min(s.start_ns for s in served)
+    width = max((max(s.start_ns for s in served) - first) / MAX_TIMELINE_BUCKETS, 1e9)  # at least 1 s
+    buckets: dict[int, list[Span]] = {}
+    for s in served:
+        buckets.setdefault(min(int((s.start_ns - first) // width), MAX_TIMELINE_BUCKETS - 1), []).append(s)
+    out = []
+    for n in sorted(buckets):
+        durations = sorted(max(s.end_ns - s.start_ns, 0) / 1e6 for s in buckets[n])
+        start = (first + n * width) / 1e9
+        out.append({"start": round(start, 3), "end": round(start + width / 1e9, 3), "requests": len(durations),
+                    "errors": sum(1 for s in buckets[n] if _error_class(s, "server") is not None),
+                    "p90_ms": round(_quantile(durations, 0.9) or 0.0, 1)})
+    return out
 
 
 @dataclass(frozen=True)

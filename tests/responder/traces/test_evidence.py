@@ -328,7 +328,7 @@ def test_trace_signals(evidence):
 def test_empty_windows():
     ev = trace_evidence([], [], SVC)
     assert ev == {"service": SVC, "baseline": {"start": None, "end": None, "spans": 0},
-                  "incident": {"start": None, "end": None, "spans": 0}, "dependencies": [], "exemplars": []}
+                  "incident": {"start": None, "end": None, "spans": 0}, "dependencies": [], "exemplars": [], "timeline": []}
     assert trace_signals(ev) == []
 
     only_incident = trace_evidence([], window(20, incident=True), SVC)
@@ -511,3 +511,23 @@ def test_200k_spans_are_fast():
     assert dep(ev, "llm", "openai")["incident"]["count"] > 15_000
     # about 0.5 s on one core of the dev box; the bound leaves room for a busy CI runner
     assert elapsed < 5.0, f"{elapsed:.2f} s"
+
+
+def test_the_services_own_requests_over_time_for_the_timeline():
+    """Its SERVER spans per bucket: requests, the ones that failed by the SLO's rules, the p90;
+    another service's spans and client spans are not requests of this one."""
+    spans = []
+    for i in range(200):  # one request every 0.5 s for 100 s; the last 40 s slow, every 4th failing
+        late = i >= 120
+        t = Trace(i, T0 + i * 500 * MS)
+        t.add("POST /v1/answer", "server", 0, 900 if late else 100,
+              attrs={"http.response.status_code": 500 if late and i % 4 == 0 else 200})
+        t.add("chat", "client", 1, 50, attrs=chat_attrs())
+        spans += t.spans
+    other = Trace(999, T0)
+    other.add("GET /", "server", 0, 5000, service="other")
+    timeline = trace_evidence(spans[:240], spans[240:] + other.spans, SVC)["timeline"]
+    assert sum(b["requests"] for b in timeline) == 200 and len(timeline) == 60
+    assert sum(b["errors"] for b in timeline) == 20
+    assert timeline[0]["p90_ms"] == 100 and timeline[-1]["p90_ms"] == 900
+    assert timeline[0]["start"] == T0 / 1e9 and timeline[1]["start"] - timeline[0]["start"] == pytest.approx(99.5 / 60, abs=0.002)
