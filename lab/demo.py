@@ -53,6 +53,11 @@ async def round_(responder: ResponderProcess, service: LabService, name: str, fa
         status, body = await responder.post_alert(alert_payload("firing", labels, starts_at=t0))
         print(f"alert sent: HTTP {status} {body}")
         inc = await responder.wait_verdict(body["incident_id"])
+    pre = inc.get("preliminary")
+    if pre:
+        pv = pre["verdict"]
+        say(f"round {name}: preliminary verdict {pv['domains'] or 'ABSTAIN'} {_likelihood(pv)}, posted "
+            f"{pre['at'] - inc['created_at']:.2f} s after the alert arrived (from the flight recorder)")
     v = inc["verdict"]
     say(f"round {name}: verdict {v['domains'] or 'ABSTAIN'} {_likelihood(v)}"
         + (f" ({v['abstain_reason']})" if v.get("abstain_reason") else ""))
