@@ -57,7 +57,7 @@ async def round_(responder: ResponderProcess, service: LabService, name: str, fa
     if pre:
         pv = pre["verdict"]
         say(f"round {name}: preliminary verdict {pv['domains'] or 'ABSTAIN'} {_likelihood(pv)}, posted "
-            f"{pre['at'] - inc['created_at']:.2f} s after the alert arrived (from the flight recorder)")
+            f"{pre['at'] - pre['received_at']:.2f} s after the alert arrived (from the flight recorder)")
     v = inc["verdict"]
     say(f"round {name}: verdict {v['domains'] or 'ABSTAIN'} {_likelihood(v)}"
         + (f" ({v['abstain_reason']})" if v.get("abstain_reason") else ""))

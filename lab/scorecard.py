@@ -253,11 +253,15 @@ def preliminary_row(case: dict[str, Any], mode: str, expect: list[str], predicte
     at = float(prelim["at"])
     first_post = None
     if case.get("detected") and case.get("detection_s") is not None and incident.get("attributed_at"):
-        onset = float(incident["attributed_at"]) - float(case["detection_s"])
-        first_post = round(at - onset, 3)
+        attributed = float(incident["attributed_at"])
+        onset = attributed - float(case["detection_s"])
+        # the incident's first preliminary post; records without first_at hold the latest job's,
+        # which may come after the capture verdict of an earlier job: then that bounds it
+        first_post = round(min(float(prelim.get("first_at") or at), attributed) - onset, 3)
+    received = prelim.get("received_at")  # the job's own notification (absent from older records)
     return {"preliminary_predicted": named, "preliminary_correct": (set(named) <= set(expect)) if named else None,
             "first_post_s": first_post,
-            "alert_to_first_post_s": round(at - float(incident["created_at"]), 3) if incident.get("created_at") else None}
+            "alert_to_first_post_s": round(at - float(received), 3) if received is not None else None}
 
 
 # --- aggregates --------------------------------------------------------------------------------

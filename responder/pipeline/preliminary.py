@@ -69,8 +69,12 @@ class Preliminary:
         verdict = self.attribute.verdict(ctx, capture, evidence["traces"], gaps)
         ctx.preliminary = verdict
         at = time.time()
+        earlier = (inc.preliminary or {}).get("first_at") or (inc.preliminary or {}).get("at")
         ctx.incident = inc = await asyncio.to_thread(self.thread.store.update_incident, inc.id, preliminary={
-            "verdict": verdict.to_dict(), "at": at, "job": ctx.job.id, "window": [ctx.onset, t0],
+            # received_at: when the notification that started this job arrived; first_at: the
+            # incident's first preliminary post (an alert that joins later starts another job)
+            "verdict": verdict.to_dict(), "at": at, "received_at": ctx.job.created_at,
+            "first_at": min(earlier, at) if earlier else at, "job": ctx.job.id, "window": [ctx.onset, t0],
             "capture": capture.to_dict() if capture else None, "evidence": evidence, "took_s": round(at - t0, 3)})
         log.info("incident=%s event=preliminary domains=%s confidence=%.2f took_s=%.2f", inc.id,
                  ",".join(verdict.domains), verdict.confidence, at - t0)

@@ -155,7 +155,8 @@ def test_the_preliminary_verdict_is_reattributed_from_the_evidence_it_rested_on(
     kernel-only it names network like the capture's; its first post counts from the onset."""
     incident = stored_incident()
     incident["created_at"] = 2000.5
-    incident["preliminary"] = {"verdict": {"domains": ["network"]}, "at": 2001.25, "capture": incident["capture"],
+    incident["preliminary"] = {"verdict": {"domains": ["network"]}, "at": 2001.25, "received_at": 2000.5,
+                               "first_at": 2001.25, "capture": incident["capture"],
                                "evidence": {"traces": None, "prometheus": None}}
     case = {"name": "loss", "expect": ["network"], "detected": True, "detection_s": 35.0, "incident": incident,
             "trigger": "alert", "finished_at": 2100.0}

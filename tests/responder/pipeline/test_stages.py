@@ -210,6 +210,7 @@ async def test_preliminary_reads_the_recorder_at_once_and_the_report_edits_its_r
     assert req.source == "recorder" and req.baseline_end is not None and req.baseline_end <= time.time() - 29
     stored = store.get_incident(ctx.incident.id)
     assert stored.preliminary["job"] == ctx.job.id and stored.preliminary["window"][0] == req.baseline_end
+    assert stored.preliminary["received_at"] == ctx.job.created_at <= stored.preliminary["first_at"]
     assert stored.verdict is None and stored.attributed_at is None  # the verdict stays the capture's
     job = ctx.job.id
     msgs = store.pending_messages()
