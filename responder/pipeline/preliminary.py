@@ -69,7 +69,7 @@ class Preliminary:
         verdict = self.attribute.verdict(ctx, capture, evidence["traces"], gaps)
         ctx.preliminary = verdict
         at = time.time()
-        earlier = (inc.preliminary or {}).get("first_at") or (inc.preliminary or {}).get("at")
+        earlier = done.get("first_at") or done.get("at")
         ctx.incident = inc = await asyncio.to_thread(self.thread.store.update_incident, inc.id, preliminary={
             # received_at: when the notification that started this job arrived; first_at: the
             # incident's first preliminary post (an alert that joins later starts another job)

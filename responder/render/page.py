@@ -45,6 +45,7 @@ from responder.render.view import (
     change,
     clock,
     confidence_phrase,
+    confirms,
     duration,
     likelihood,
     num,
@@ -178,9 +179,8 @@ def _verdict_box(view: IncidentView) -> str:
     if verdict is not None and verdict.decision:
         inner += f"<div class=note id=decision>How: {_e(verdict.decision)}</div>"
     if view.preliminary is not None:
-        what = ("the capture confirmed it" if verdict is not None and sorted(verdict.domains) ==
-                sorted(view.preliminary.domains) else "the capture changed it" if verdict is not None
-                else "the capture is running")
+        what = ("the capture is running" if verdict is None else "the capture confirmed it"
+                if confirms(view.preliminary, verdict) else "the capture changed it")
         inner += (f"<div class=note id=preliminary>Preliminary verdict at the alert's receipt, from the flight "
                   f"recorder: {_e(verdict_phrase(view.preliminary))}; {what}.</div>")
     return f'<div id=verdict class="verdict {cls}">{inner}</div>'

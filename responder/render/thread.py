@@ -37,6 +37,7 @@ from responder.render.view import (
     change,
     clock,
     confidence_phrase,
+    confirms,
     duration,
     likelihood,
     num,
@@ -246,7 +247,7 @@ def _revision_md(preliminary: Verdict, final: Verdict, capture: CaptureResult | 
     """Whether the capture confirmed the preliminary verdict, or what it changed and why."""
     by = "the capture" if capture is None else \
         f"the {duration(max(0.0, capture.ended_at - capture.started_at))} capture"
-    if sorted(preliminary.domains) == sorted(final.domains):
+    if confirms(preliminary, final):
         return f":white_check_mark: *Confirmed* by {by} (preliminary: {_esc(verdict_phrase(preliminary))})."
     if final.domains:
         top = max(final.hypotheses, key=lambda h: h.confidence if h.domain in final.domains else -1.0, default=None)

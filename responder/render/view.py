@@ -293,6 +293,11 @@ def verdict_phrase(verdict: Verdict) -> str:
     return f"{' + '.join(verdict.domains)} {likelihood(verdict)}" if verdict.domains else "abstained"
 
 
+def confirms(preliminary: Verdict, verdict: Verdict) -> bool:
+    """Whether the capture's verdict names the same domains as the preliminary one."""
+    return sorted(preliminary.domains) == sorted(verdict.domains)
+
+
 def confidence_phrase(verdict: Verdict) -> str:
     """"82% confidence" (calibrated), or "score 0.71, not calibrated"."""
     if verdict.score is not None:
