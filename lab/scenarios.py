@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from responder.model.verdict import DOMAINS
+from capture.attribution.verdict import DOMAINS
 
 SCENARIO_KEYS = ("name", "baseline_s", "fault_s", "load_rps", "seed", "faults", "expect")
 REQUIRED_KEYS = ("name", "baseline_s", "fault_s", "load_rps", "faults", "expect")

@@ -61,8 +61,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capture.attribution.verdict import DOMAINS
 from lab import calibrate
-from responder.model.verdict import DOMAINS
 
 MODES = ("combined", "traces-only", "kernel-only")
 NO_FAULT = "no_fault"
@@ -165,10 +165,10 @@ def pack_cases(run_dir: Path) -> Path:
 
 
 def reattribute(incident: dict[str, Any] | None, mode: str):
-    """The verdict of ``mode`` over a stored incident's evidence (a ``responder.model.verdict.Verdict``)."""
+    """The verdict of ``mode`` over a stored incident's evidence (a ``capture.attribution.verdict.Verdict``)."""
+    from capture.attribution.verdict import Verdict
     from capture.schemas import CaptureResult
     from responder.attribution.engine import attribute
-    from responder.model.verdict import Verdict
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")

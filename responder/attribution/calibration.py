@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from responder.model.verdict import Verdict
+from capture.attribution.verdict import Verdict
 
 log = logging.getLogger(__name__)
 

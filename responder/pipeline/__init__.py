@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from capture.attribution.verdict import Verdict
 from capture.schemas import CaptureResult, CaptureTarget
 from responder.attribution import calibration
 from responder.config import Settings
 from responder.evidence.traces.backends import TraceBackend
 from responder.kube.cluster import KubeCluster
 from responder.model import adhoc
-from responder.model.verdict import Verdict
 from responder.pipeline.attribute import Attribute
 from responder.pipeline.gather import AgentClient, Gather
 from responder.pipeline.playbook import SelectPlaybook

@@ -7,11 +7,11 @@ import logging
 import time
 from typing import Any
 
+from capture.attribution.verdict import Verdict
 from capture.schemas import CaptureResult
 from responder.attribution.calibration import Calibration
 from responder.attribution.engine import attribute
 from responder.config import Settings
-from responder.model.verdict import Verdict
 from responder.pipeline.stage import Context
 from responder.render import links
 from responder.store.base import StoreBase

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 
-from responder.model.verdict import Verdict
+from capture.attribution.verdict import Verdict
 from responder.pipeline.attribute import Attribute
 from responder.pipeline.gather import Gather
 from responder.pipeline.stage import Context

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from capture.attribution.verdict import Verdict
 from capture.schemas import CaptureResult
 from responder.kube.cluster import Scope
 from responder.model import adhoc
-from responder.model.verdict import Verdict
 from responder.playbooks import Playbook
 from responder.store.base import Incident, Job
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from capture.attribution.verdict import Hypothesis
 from responder.model.evidence import PrometheusEvidence, Series, TraceEvidence
-from responder.model.verdict import Hypothesis
 from responder.render.view import IncidentView, num, unit
 
 # The chart's budget: enough to read the shape of a burn, small enough to inline (tens of KB).

@@ -25,9 +25,10 @@ import time
 from typing import Any
 from urllib.parse import quote, urlparse
 
+from capture.attribution import peers
+from capture.attribution.verdict import Evidence
 from capture.schemas import CaptureCost, CaptureResult
 from common.timefmt import unix_seconds
-from responder.attribution import peers
 from responder.model.evidence import (
     Dependency,
     DependencyWindow,
@@ -37,7 +38,6 @@ from responder.model.evidence import (
     Window,
     as_dict,
 )
-from responder.model.verdict import Evidence
 from responder.render import chart
 from responder.render.view import (
     IncidentView,

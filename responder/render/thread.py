@@ -21,10 +21,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from capture.attribution import peers
+from capture.attribution.verdict import Evidence, Verdict
 from capture.schemas import CaptureResult
-from responder.attribution import peers
 from responder.model import adhoc
-from responder.model.verdict import Evidence, Verdict
 from responder.playbooks import PIN_LABEL
 from responder.render.view import (
     STATE_ABSTAINED,

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from capture.attribution.verdict import Evidence, Hypothesis, Verdict
 from capture.schemas import CaptureCost, CaptureResult, CaptureTarget, ProbeResult
 from common.timefmt import unix_seconds
 from responder.model.evidence import PrometheusEvidence, TraceEvidence, as_dict, as_dicts, as_float
-from responder.model.verdict import Evidence, Hypothesis, Verdict
 
 # Incident states, in the order an incident usually moves through them.
 STATE_CAPTURING = "capturing"

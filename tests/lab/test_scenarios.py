@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from capture.attribution.verdict import DOMAINS
 from lab.faults import FAULT_KINDS, make_fault
 from lab.scenarios import ScenarioError, estimate_s, load_scenarios, parse_scenarios
-from responder.model.verdict import DOMAINS
 
 REPO = Path(__file__).resolve().parents[2]
 STANDARD = REPO / "lab" / "scenarios" / "standard.yaml"

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
+from capture.attribution import engine as A
+from capture.attribution import rules as R
+from capture.attribution.verdict import DOMAINS, Verdict
 from capture.schemas import CaptureResult, CaptureTarget, Histogram, ProbeResult
-from responder.attribution import engine as A
-from responder.attribution import rules as R
 from responder.attribution.engine import attribute
-from responder.model.verdict import DOMAINS, Verdict
 
 RULE = {r.signal: r for r in R.RULES}
 RUNQ = RULE["runq_latency.share_waits_over_1ms"]
@@ -77,7 +77,7 @@ def test_retransmits_up_against_baseline_is_network():
     # network's own contradicting evidence: nothing else moved
     assert net.contradicting == []
     # the arithmetic behind the confidence and the decision, as the incident page shows them
-    strength = A._ratio_strength(4.0, 0.1)
+    strength = A.ratio_strength(4.0, 0.1)
     assert net.arithmetic == (f"tcp_retrans.retransmits_per_s 0.1 → 4: {strength:.2f} · strength {strength:.2f} → "
                               f"score {strength:.2f} / ({strength:.2f} + 0.5) = {net.confidence:.2f}")
     assert v.decision == f"named: network score {net.confidence:.2f} ≥ 0.50 and leads app_cpu 0.00 by " \
@@ -399,7 +399,7 @@ def test_unchanged_provider_responses_are_evidence_against_throttling():
 
 
 def test_a_decision_never_reads_as_a_bound_below_itself():
-    from responder.attribution.engine import _below
+    from capture.attribution.engine import _below
 
     assert _below(0.4999, 0.5) == "0.4999 < 0.50"  # not "0.50 < 0.50"
     assert _below(0.31, 0.5) == "0.31 < 0.50" and _below(0.146, 0.15) == "0.146 < 0.15"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from capture.attribution import rules as R
 from capture.probes import CATALOG
-from responder.attribution import rules as R
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,6 +45,6 @@ def test_a_row_listed_twice_is_refused():
 
 def test_the_documented_table_is_the_generated_one():
     doc = (REPO / "docs" / "attribution.md").read_text()
-    assert R.render_doc(doc) == doc, "docs/attribution.md is stale: run python -m responder.attribution.rules"
+    assert R.render_doc(doc) == doc, "docs/attribution.md is stale: run python -m capture.attribution.rules"
     for r in R.RULES:
         assert f"`{r.signal}`" in doc

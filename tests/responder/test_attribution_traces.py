@@ -305,8 +305,8 @@ def test_loss_on_one_dependencys_path_explains_only_that_dependencys_slowness():
 
 
 def test_peers_match_by_address_by_resolved_name_or_by_port_alone():
+    from capture.attribution import peers
     from capture.schemas import CaptureResult, CaptureTarget, ProbeResult
-    from responder.attribution import peers
 
     assert peers.split("10.0.0.7:5432") == ("10.0.0.7", "5432")
     assert peers.split("[::1]:53") == ("::1", "53") and peers.split("db") == ("db", None)
@@ -381,7 +381,7 @@ def _sent(window: float, bytes_per_s: dict[str, float]):
 
 
 def test_retransmits_are_loss_only_at_a_share_of_what_was_sent():
-    from responder.attribution.rules import FULL_SEGMENT_BYTES
+    from capture.attribution.rules import FULL_SEGMENT_BYTES
     from tests.responder.test_attribution import BASE_S, INC_S, capture, hyp, retrans
 
     provider, quiet = "10.0.0.9:443", "127.0.0.1:4318"

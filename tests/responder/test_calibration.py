@@ -5,9 +5,9 @@ import json
 
 import pytest
 
+from capture.attribution.verdict import Hypothesis, Verdict
 from responder.attribution import calibration
 from responder.attribution.calibration import Calibration, Curve, Level
-from responder.model.verdict import Hypothesis, Verdict
 
 
 def curve() -> Curve:

@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
+from capture.attribution.verdict import Evidence, Hypothesis, Verdict
 from capture.schemas import CaptureCost, CaptureResult, CaptureTarget, ProbeResult
 from lab.harness import alert_payload
 from responder import config
 from responder.app import Responder
 from responder.http.alertmanager import parse_notification
-from responder.model.verdict import Evidence, Hypothesis, Verdict
 from responder.render.page import render_incident_page
 from tests.responder.test_report import calibrated
 

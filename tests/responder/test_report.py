@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from capture.attribution.verdict import DOMAINS, Evidence, Hypothesis, Verdict
 from capture.schemas import CaptureCost, CaptureResult, CaptureTarget, ProbeResult
-from responder.model.verdict import DOMAINS, Evidence, Hypothesis, Verdict
 from responder.render.thread import (
     MAX_BLOCKS,
     MAX_HEADER_CHARS,

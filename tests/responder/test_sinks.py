@@ -7,10 +7,10 @@ import socket
 
 import pytest
 
+from capture.attribution.verdict import Evidence, Hypothesis, Verdict
 from responder.delivery.sinks.base import ChatSink, SinkPermanentError, SinkRetryableError, ThreadRef
 from responder.delivery.sinks.console import ConsoleSink
 from responder.delivery.sinks.slack import SlackSink
-from responder.model.verdict import Evidence, Hypothesis, Verdict
 from responder.render.thread import Message, render_attribution, render_resolved, render_root
 from tests.responder.test_report import calibrated
 from tests.standins.slack import DEFAULT_TOKEN

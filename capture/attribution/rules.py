@@ -2,9 +2,9 @@
 speaks for, its threshold and the reason for that value, and whether it is a cause, a symptom or
 upstream of every call.
 
-The engine (``responder.attribution.engine``) evaluates these rows; ``docs/attribution.md``'s rule
-table is generated from them (``python -m responder.attribution.rules``, and a test keeps the two
-equal). The kernel rows are checked at import against the probe catalog: the probe exists, reads
+The engine (``capture.attribution.engine``; ``responder.attribution.engine`` for the trace rows)
+evaluates these rows; ``docs/attribution.md``'s rule table is generated from them
+(``python -m capture.attribution.rules``, and a test keeps the two equal). The kernel rows are checked at import against the probe catalog: the probe exists, reads
 the counter or histogram named, and lists the domain among its own.
 
 Measures:
@@ -39,9 +39,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from capture.attribution.verdict import DOMAINS
 from capture.probes import CATALOG
 from common.docgen import markers, replace_between, rewrite
-from responder.model.verdict import DOMAINS
 
 CAUSE, SYMPTOM, UPSTREAM = "cause", "symptom", "upstream"
 
@@ -272,7 +272,7 @@ def markdown() -> str:
     return "\n".join(rows) + "\n"
 
 
-BEGIN, END = markers("python -m responder.attribution.rules", "rules table")
+BEGIN, END = markers("python -m capture.attribution.rules", "rules table")
 
 
 def render_doc(text: str) -> str:
