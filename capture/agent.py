@@ -16,6 +16,7 @@ import time
 import uuid
 
 from capture import identity
+from capture.early_warning import EarlyWarning
 from capture.probes import CATALOG
 from capture.probes import dns as dns_probe
 from capture.probes.base import RawSnapshot, to_result
@@ -47,7 +48,8 @@ class CaptureAgent:
     def __init__(self, node_name: str | None = None, *, max_concurrent: int = 2,
                  recorder: bool = True, recorder_interval_s: float = 5.0,
                  recorder_history_s: float = DEFAULT_HISTORY_S,
-                 event_budgets: dict[str, int] | None = None, preload: bool = True, kube=None):
+                 event_budgets: dict[str, int] | None = None, preload: bool = True, kube=None,
+                 early_warning: bool = True, early_warning_cgroups: tuple[str, ...] = ()):
         self.node = node_name or socket.gethostname()
         # capture.kube.KubeIdentity, when the agent has a Kubernetes API: pod names, namespaces,
         # workloads and Service names on top of what the cgroup paths say.
@@ -59,6 +61,11 @@ class CaptureAgent:
         self.event_budgets = {name: p.event_budget_per_s for name, p in CATALOG.items()} | (event_budgets or {})
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self.recorder = Recorder(interval_s=recorder_interval_s, history_s=recorder_history_s) if recorder else None
+        # The kernel early warning scores each workload's recorder history after every interval.
+        self.early_warning = None
+        if self.recorder is not None and early_warning:
+            self.early_warning = EarlyWarning(self.recorder, cgroups=tuple(early_warning_cgroups))
+            self.recorder.listeners.append(self.early_warning.evaluate)
         self.active: dict[str, CaptureRequest] = {}
         self.completed = 0
         # Captures whose probes are attached and counting (their window has started).
@@ -458,4 +465,27 @@ class CaptureAgent:
                 "armed_captures": len(self.armed),
                 "max_concurrent": self.max_concurrent, "completed_captures": self.completed,
                 "preloaded": sorted(self._spares),
-                "recorder": None if self.recorder is None else self.recorder.status()}
+                "recorder": None if self.recorder is None else self.recorder.status(),
+                "early_warning": None if self.early_warning is None else self.early_warning.status()}
+
+    def early_warnings(self) -> dict:
+        """The early warning's state: per scored workload, the model's latest scores and its
+        pending and firing domains (with Kubernetes names when the agent has an API)."""
+        if self.early_warning is None:
+            why = "without its flight recorder (--no-recorder)" if self.recorder is None else "with --no-early-warning"
+            raise RequestError(f"this agent runs {why}: no early warning")
+        workloads = self.early_warning.snapshot()
+        for w in workloads:
+            w["labels"] |= self.workload_names(w["labels"])
+        return {"node": self.node, "status": self.early_warning.status(), "workloads": workloads}
+
+    def workload_names(self, labels: dict[str, str]) -> dict[str, str]:
+        """namespace, pod and workload names for an early warning's pod, from the Kubernetes API."""
+        if self.kube is None or not labels.get("pod_uid"):
+            return {}
+        try:
+            found = self.kube.enrich({"pod_uid": labels["pod_uid"]})
+        except Exception as e:  # noqa: BLE001 - the API's errors vary; the labels go on without names
+            log.warning("event=early_warning_names_failed error=%s", e)
+            return {}
+        return {k: str(found[k]) for k in ("namespace", "pod", "workload_kind", "workload") if found.get(k)}

@@ -4,6 +4,8 @@ POST /v1/captures   run a capture (body: CaptureRequest), answer its CaptureResu
 GET  /v1/recorder   the flight recorder: a window's per-probe results and per-interval counters
                     for a target (?cgroup=PATH&pid=N, repeatable; none: the whole node),
                     ?since=&until= (Unix seconds; default its whole history), ?probes=a,b
+GET  /v1/early-warnings  the kernel early warning: per scored workload, the attribution model's
+                    latest scores and its pending and firing domains
 GET  /v1/probes     the probe catalog
 GET  /metrics       Prometheus exposition: the recorder's per-cgroup counters and the agent's own
 GET  /healthz       liveness (open); with the token, also the agent's state
@@ -57,6 +59,12 @@ def make_app(agent: CaptureAgent, token: str) -> web.Application:
             return json_error(400, str(e))
         return web.json_response(data)
 
+    async def early_warnings(request: web.Request) -> web.Response:
+        try:
+            return web.json_response(agent.early_warnings())
+        except RequestError as e:
+            return json_error(409, str(e))
+
     registry = agent_registry(agent)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -76,6 +84,7 @@ def make_app(agent: CaptureAgent, token: str) -> web.Application:
     app.router.add_post("/v1/captures", captures)
     app.router.add_get("/v1/probes", probes)
     app.router.add_get("/v1/recorder", recorder)
+    app.router.add_get("/v1/early-warnings", early_warnings)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
 

@@ -10,6 +10,15 @@ prometheus_client's own metric objects. Series:
       what those probes cost the node (kernel BPF statistics)
   llmslo_recorder_entries, llmslo_recorder_covers_seconds, llmslo_recorder_approx_bytes
   llmslo_agent_captures_total, llmslo_agent_active_captures
+  llmslo_early_warning_score{domain, <workload labels>}
+      the attribution model's latest score per scored workload and domain (capture.early_warning)
+  llmslo_early_warning_firing{domain, signal, <workload labels>}
+      1 while a domain's early warning fires, with the signal that decided it
+  llmslo_early_warning_evaluations_total, llmslo_early_warning_cpu_seconds_total,
+  llmslo_early_warning_raised_total: how often it ran, what that cost, how many warnings it raised
+
+The workload labels are the same on every early-warning series (empty when unknown): namespace,
+pod, workload_kind and workload (from the Kubernetes API), pod_uid, container_id and cgroup.
 """
 from __future__ import annotations
 
@@ -63,6 +72,36 @@ class AgentCollector:
                                 value=st["approx_bytes"])
         yield GaugeMetricFamily("llmslo_recorder_covers_seconds", "How far back the recorder reaches now",
                                 value=st["covers_s"])
+        yield from early_warning_families(agent)
+
+
+WORKLOAD_LABELS = ("namespace", "pod", "workload_kind", "workload", "pod_uid", "container_id", "cgroup")
+
+
+def early_warning_families(agent):
+    """The early warning's series (capture.early_warning), none when it does not run."""
+    if agent.early_warning is None:
+        return
+    score = GaugeMetricFamily("llmslo_early_warning_score", "The attribution model's latest score per workload and "
+                              "domain, on the workload's recorder history", labels=["domain", *WORKLOAD_LABELS])
+    firing = GaugeMetricFamily("llmslo_early_warning_firing", "1 while the kernel early warning fires for a workload "
+                               "and domain", labels=["domain", "signal", *WORKLOAD_LABELS])
+    for w in agent.early_warnings()["workloads"]:
+        values = [w["labels"].get(k, "") for k in WORKLOAD_LABELS]
+        for domain, value in sorted(w["scores"].items()):
+            score.add_metric([domain, *values], value)
+        for d in w["domains"]:
+            if d["firing"]:
+                firing.add_metric([d["domain"], d["signal"], *values], 1.0)
+    yield score
+    yield firing
+    st = agent.early_warning.status()
+    yield CounterMetricFamily("llmslo_early_warning_evaluations", "Early-warning evaluations (one per recorder "
+                              "interval)", value=st["evaluations"])
+    yield CounterMetricFamily("llmslo_early_warning_cpu_seconds", "CPU time the early-warning evaluations took",
+                              value=st["cpu_s"])
+    yield CounterMetricFamily("llmslo_early_warning_raised", "Early warnings raised since the agent started",
+                              value=st["raised"])
 
 
 def agent_registry(agent) -> CollectorRegistry:

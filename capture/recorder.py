@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from capture import procmaps
@@ -110,6 +111,9 @@ class Recorder:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Called after each interval is stored (the early warning's evaluation), in the recorder's
+        # thread; one that raises is logged and the recorder goes on.
+        self.listeners: list[Callable[[], None]] = []
 
     def start(self) -> None:
         """Load the probes (blocking: compiles) and start sampling in a daemon thread."""
@@ -136,6 +140,11 @@ class Recorder:
                     self.rescan()
             except Exception:  # a failed read must not end the recorder
                 log.exception("event=recorder_sample_failed")
+            for listener in list(self.listeners):
+                try:
+                    listener()
+                except Exception:  # noqa: BLE001 - a listener's bug must not end the recorder
+                    log.exception("event=recorder_listener_failed")
 
     def rescan(self) -> list[str]:
         """Attach the uprobe probes to the libraries that appeared since they loaded, and load
@@ -270,6 +279,17 @@ class Recorder:
         if probe in self.sampled:
             ivs = [iv for iv in ivs if iv.sampled_on]
         return self._summed(probe, ivs)
+
+    def sums(self, start: float, end: float) -> dict[str, tuple[RawSnapshot, float]]:
+        """Every probe's raw counts (every cgroup) summed over the intervals inside [start, end],
+        with the seconds they cover (a sampled probe: its attached intervals only, so its rates
+        are per second observed); a probe with no interval there covers 0 s."""
+        ivs = self.intervals(start, end)
+        out = {}
+        for probe in list(self.sessions):
+            mine = [iv for iv in ivs if iv.sampled_on] if probe in self.sampled else ivs
+            out[probe] = (self._summed(probe, mine), sum(iv.end - iv.start for iv in mine))
+        return out
 
     @staticmethod
     def _summed(probe: str, ivs: list[Interval]) -> RawSnapshot:

@@ -297,11 +297,29 @@ class CaseRun:
             "trigger": None, "detected": False, "detection_s": None, "incident_id": None, "incident": None,
             "other_incidents": [], "recovered": None, "recovery_s": None, "load": {}, "service_restarts": None,
             "baseline_check": None, "invalid": None, "notes": [], "error": None,
+            # The agent's kernel early warnings seen firing during the fault phase and the verdict
+            # wait: {"workload", "domain", "signal", "since", "firing_since", "seen_at"}, each once.
+            "early_warnings": [],
         }
 
     def note(self, text: str) -> None:
         log.info("case=%s %s", self.s.name, text)
         self.rec["notes"].append(text)
+
+    async def watch_early_warnings(self, stack) -> None:
+        """Record the early warnings the responder's in-process agent has firing now (its detailed
+        /healthz); a failed read is a note, not a failed case."""
+        try:
+            body = await stack.responder.health()
+        except Exception as e:  # noqa: BLE001 - the case goes on without this figure
+            self.note(f"early warning state unreadable: {type(e).__name__}: {e}")
+            return
+        firing = (((body.get("agent") or {}).get("early_warning") or {}).get("firing_now")) or []
+        known = {(w["workload"], w["domain"], w["firing_since"]) for w in self.rec["early_warnings"]}
+        for w in firing:
+            if (w.get("workload"), w.get("domain"), w.get("firing_since")) not in known:
+                self.rec["early_warnings"].append(dict(w, seen_at=round(time.time(), 3)))
+                self.note(f"early warning: {w.get('domain')} ({w.get('signal')}) on {w.get('workload')}")
 
 
 def _load_summary(stack, since: float | None, until: float | None) -> dict[str, Any] | None:
@@ -400,6 +418,7 @@ async def run_case(stack, api: LabApi, scenario: Scenario, index: int, progress:
             run.note(f"no alert by the end of the fault phase: ad hoc capture, incident {incident_id}")
             inc = await _wait_verdict(api, incident_id, since, until)
         rec["incident_id"], rec["incident"] = inc["id"], inc
+        await run.watch_early_warnings(stack)
         if attributed_since(inc, since):
             if rec["detected"]:
                 rec["detection_s"] = round(inc["attributed_at"] - onset, 3)
@@ -485,6 +504,7 @@ async def _fault_phase(stack, api: LabApi, scenario: Scenario, run: CaseRun, ind
                 run.note(f"cleared {what.describe()} at +{fr['cleared_at'] - phase_start:.1f} s")
         # A no-fault scenario's "onset" is the start of its phase: an alert after it is a false alarm.
         onset = rec["fault_onset"] if scenario.faults else phase_start
+        await run.watch_early_warnings(stack)
         if found is None and onset is not None:
             found = first_incident(await api.incidents(), onset)
             if found:

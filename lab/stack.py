@@ -45,6 +45,7 @@ import aiohttp
 import yaml
 
 from common.net import free_port
+from lab import cgroups as lab_cgroups
 from lab import faults as lab_faults
 from lab.cgroups import ServiceCgroups
 from lab.dns import DnsStandin
@@ -357,6 +358,9 @@ class LabStack:
                                         log_path=self.logs / "responder.log",
                                         extra_env=self.responder_env)
             self.responder.env["LLMSLO_PUBLIC_URL"] = self.responder.url
+            # The service is a plain cgroup, not a pod: name it to the agent's early warning.
+            self.responder.env.setdefault("LLMSLO_AGENT_EARLY_WARNING_CGROUPS",
+                                          f"*/{lab_cgroups.PREFIX}svc-{os.getpid()}")
             service_port_holder: dict[str, Any] = {}  # the service's port and cgroup, for the alerting side
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._start_backends(service_port_holder))

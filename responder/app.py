@@ -105,7 +105,10 @@ class Responder:
         else:
             agent = LocalAgentClient(CaptureAgent(settings.node_name, recorder_interval_s=settings.recorder_interval_s,
                                                   recorder_history_s=settings.recorder_history_s,
-                                                  kube=kube.from_env(settings.node_name)))
+                                                  kube=kube.from_env(settings.node_name),
+                                                  early_warning_cgroups=tuple(
+                                                      p.strip() for p in settings.agent_early_warning_cgroups.split(",")
+                                                      if p.strip())))
         sinks: dict[str, ChatSink] = {}
         sinks["console"] = ConsoleSink(settings.data_dir / "reports.jsonl", stream=console_stream or sys.stdout)
         if settings.slack_bot_token:

@@ -69,7 +69,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except Exception as e:  # a broken kubeconfig or service account: say which, do not start half-configured
         raise CliError(f"agent: Kubernetes API configuration: {e}") from None
     agent = CaptureAgent(args.node_name, recorder=not args.no_recorder, recorder_interval_s=args.recorder_interval_s,
-                         recorder_history_s=args.recorder_history_s, kube=kube_identity)
+                         recorder_history_s=args.recorder_history_s, kube=kube_identity,
+                         early_warning=not args.no_early_warning, early_warning_cgroups=tuple(args.early_warning_cgroup))
     http_server.run(make_app(agent, token), args.host, args.port)
     return 0
 
@@ -305,7 +306,7 @@ def cmd_rules_generate(args: argparse.Namespace) -> int:
             scrape_interval_s=_rules_duration(args.scrape_interval, "--scrape-interval"),
             group_interval_s=(_rules_duration(args.evaluation_interval, "--evaluation-interval")
                               if args.evaluation_interval else None),
-            runbook_url=args.runbook_url or None)
+            runbook_url=args.runbook_url or None, early_warning=not args.no_early_warning)
     except RulesError as e:
         raise CliError(f"rules generate: {e}") from None
     if args.format == "prometheus-rule":
@@ -442,6 +443,11 @@ def build_parser(plugins: dict[str, metadata.EntryPoint] | None = None) -> argpa
                    help="flight recorder sampling interval (default 5)")
     a.add_argument("--recorder-history-s", type=_positive_float, default=900.0,
                    help="how far back the flight recorder reaches (default 900 = 15 min)")
+    a.add_argument("--no-early-warning", action="store_true",
+                   help="do not score workloads continuously (the kernel early warning on /metrics)")
+    a.add_argument("--early-warning-cgroup", action="append", default=[], metavar="PATTERN",
+                   help="on a plain host, a shell pattern of cgroup paths to score as workloads besides pods and "
+                        "containers, e.g. '/system.slice/*.service'; repeatable")
     a.set_defaults(func=cmd_agent)
 
     c = sub.add_parser("capture", help="an ad hoc capture from this terminal")
@@ -487,6 +493,8 @@ def build_parser(plugins: dict[str, metadata.EntryPoint] | None = None) -> argpa
     g.add_argument("--ttft-metric", default="llm_time_to_first_token_seconds", help="histogram base name")
     g.add_argument("--latency-metric", default="llm_request_duration_seconds", help="histogram base name")
     g.add_argument("--runbook-url", help="runbook_url annotation; {slo}, {alertname}, {severity} are filled in")
+    g.add_argument("--no-early-warning", action="store_true",
+                   help="leave out the LLMKernelEarlyWarning alert on the capture agents' early warning")
     g.add_argument("--format", choices=("rules", "prometheus-rule"), default="rules",
                    help="a Prometheus rule file (default), or a PrometheusRule for the Prometheus Operator")
     g.set_defaults(func=cmd_rules_generate)

@@ -115,6 +115,10 @@ class Settings:
     recorder_history_s: float = setting(
         900.0, shown="900",
         doc="how far back that recorder reaches; at least one interval, at most a day")
+    agent_early_warning_cgroups: str = setting(
+        "", shown="unset (pods and containers only)",
+        doc="the in-process agent's kernel early warning scores pods and containers; on a plain host, also the "
+            "cgroups whose paths match these comma-separated shell patterns, e.g. /system.slice/*.service")
     # Chat.
     slack_bot_token: str | None = setting(None, doc="enables the Slack sink", shown="unset (console sink only)")
     slack_signing_secret: str | None = setting(
@@ -219,6 +223,7 @@ _ENV = {
     "LLMSLO_PUBLIC_URL": "public_url",
     "LLMSLO_MAX_BODY_BYTES": "max_body_bytes",
     "LLMSLO_RECORDER_INTERVAL_S": "recorder_interval_s",
+    "LLMSLO_AGENT_EARLY_WARNING_CGROUPS": "agent_early_warning_cgroups",
     "LLMSLO_RECORDER_HISTORY_S": "recorder_history_s",
     "LLMSLO_PRELIMINARY_VERDICT": "preliminary_verdict",
 }

@@ -4,8 +4,9 @@ upstream of every call.
 
 The engine (``capture.attribution.engine``; ``responder.attribution.engine`` for the trace rows)
 evaluates these rows; ``docs/attribution.md``'s rule table is generated from them
-(``python -m capture.attribution.rules``, and a test keeps the two equal). The kernel rows are checked at import against the probe catalog: the probe exists, reads
-the counter or histogram named, and lists the domain among its own.
+(``python -m capture.attribution.rules``, and a test keeps the two equal). The kernel rows are
+checked at import against the probe catalog: the probe exists, reads the counter or histogram
+named, and lists the domain among its own.
 
 Measures:
 

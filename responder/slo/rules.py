@@ -31,6 +31,12 @@ budget in 30 days. Alerts (Google SRE workbook, chapter "Alerting on SLOs"):
 
 The long window makes the alert significant, the short one makes it stop soon after the burn does.
 
+One more group, ``llm-kernel-early-warning`` (unless ``early_warning`` is off): the ticket-severity
+alert ``LLMKernelEarlyWarning`` on the capture agents' ``llmslo_early_warning_firing`` series, one
+alert per workload and fault domain the agent's attribution model names on the workload's flight
+recorder, before any SLO need burn. It has no ``for:``: the agent already holds a minimum
+duration and hysteresis (``capture.early_warning``), and a second wait here would only delay it.
+
 ``window_scale`` shrinks every range and ``for:`` by the same factor while names and labels keep
 the nominal window ("5m", "1h"...), so a lab can run the very same rules in seconds. A window must
 still hold several scrapes for ``rate()`` to mean anything, so a scale that makes the 5m window
@@ -47,6 +53,7 @@ from typing import Any
 
 import yaml
 
+from capture.metrics import WORKLOAD_LABELS
 from responder.playbooks.matchers import LABEL_NAME
 
 SLO_PERIOD = "30d"
@@ -93,6 +100,12 @@ _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _WINDOW_SECONDS = dict(WINDOWS)
 
 
+EARLY_WARNING_ALERT = "LLMKernelEarlyWarning"
+EARLY_WARNING_METRIC = "llmslo_early_warning_firing"
+# What the alert keeps: the domain, the deciding signal and who (the agent's workload labels).
+EARLY_WARNING_LABELS = ("domain", "signal", *WORKLOAD_LABELS)
+
+
 class RulesError(ValueError):
     """A rules specification that cannot produce valid, meaningful rules; the message says why."""
 
@@ -123,6 +136,7 @@ class SloRulesSpec:
     # Optional runbook link per alert; "{slo}", "{alertname}" and "{severity}" are filled in.
     runbook_url: str | None = None
     group_interval_s: float | None = None
+    early_warning: bool = True  # the LLMKernelEarlyWarning group
 
     def __post_init__(self) -> None:
         for sli in SLIS:
@@ -339,7 +353,34 @@ def generate_rules(spec: SloRulesSpec | None = None) -> dict[str, Any]:
             group["interval"] = format_duration(spec.group_interval_s)
         group["rules"] = rules
         groups.append(group)
+    if spec.early_warning:
+        groups.append(_early_warning_group(spec))
     return {"groups": groups}
+
+
+def _early_warning_group(spec: SloRulesSpec) -> dict[str, Any]:
+    """The kernel early warning's alert: one per workload and domain the agents report firing."""
+    who = ("{{ with $labels.pod }}{{ $labels.namespace }}/{{ . }}{{ else }}{{ $labels.pod_uid }}"
+           "{{ $labels.container_id }}{{ $labels.cgroup }}{{ end }}")
+    rule: dict[str, Any] = {
+        "alert": EARLY_WARNING_ALERT,
+        "expr": f"max by ({', '.join(EARLY_WARNING_LABELS)}) ({EARLY_WARNING_METRIC}) > 0",
+        "labels": {"severity": "ticket", "early_warning": "kernel"},
+        "annotations": {
+            "summary": f"{who}: the kernel sees {{{{ $labels.domain }}}} trouble ({{{{ $labels.signal }}}})",
+            "description": ("The capture agent's attribution model names {{ $labels.domain }} on this workload's "
+                            "flight-recorder history, against the workload's own rolling baseline, for longer than "
+                            "its minimum duration; no SLO need be burning yet."),
+        },
+    }
+    if spec.runbook_url:
+        rule["annotations"]["runbook_url"] = (spec.runbook_url.replace("{slo}", "early-warning")
+                                              .replace("{alertname}", EARLY_WARNING_ALERT).replace("{severity}", "ticket"))
+    group: dict[str, Any] = {"name": "llm-kernel-early-warning"}
+    if spec.group_interval_s is not None:
+        group["interval"] = format_duration(spec.group_interval_s)
+    group["rules"] = [rule]
+    return group
 
 
 def render_rules(spec: SloRulesSpec | None = None, header: Sequence[str] = ()) -> str:

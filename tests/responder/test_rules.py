@@ -50,7 +50,7 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def assert_rules_valid(path: Path) -> None:
     p = promtool("check", "rules", str(path), cwd=path.parent)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "SUCCESS: 39 rules found" in p.stdout, p.stdout
+    assert "SUCCESS: 40 rules found" in p.stdout, p.stdout  # 39 SLO rules, the early warning
 
 
 # --- 1. promtool check rules ------------------------------------------------------------------
@@ -74,7 +74,7 @@ def test_rule_names_and_labels_follow_the_contract():
     expected = [f"llm_slo:{sli}:{kind}{w}" for sli in ("errors", "ttft", "latency")
                 for kind in ("ratio_rate", "burn_rate") for w in ("5m", "30m", "1h", "6h", "3d")]
     assert sorted(records) == sorted(expected)
-    alerts = [r for g in doc["groups"] for r in g["rules"] if "alert" in r]
+    alerts = [r for g in doc["groups"] for r in g["rules"] if "alert" in r and "slo" in r["labels"]]
     got = {(a["alert"], a["labels"]["severity"], a["labels"]["slo"], a["labels"]["long_window"],
             a["labels"]["short_window"], a["for"]) for a in alerts}
     assert got == {(name, sev, sli, lw, sw, f) for sli, name in
@@ -84,13 +84,52 @@ def test_rule_names_and_labels_follow_the_contract():
     assert all("runbook_url" not in a["annotations"] for a in alerts)
 
 
+def test_the_early_warning_alert_keeps_the_workload_and_the_domain():
+    groups = yaml.safe_load(render_rules(SloRulesSpec()))["groups"]
+    assert groups[-1]["name"] == "llm-kernel-early-warning"
+    [alert] = groups[-1]["rules"]
+    assert alert["alert"] == "LLMKernelEarlyWarning" and "for" not in alert
+    assert alert["labels"] == {"severity": "ticket", "early_warning": "kernel"}
+    assert alert["expr"].startswith("max by (domain, signal, namespace, pod, ")
+    assert alert["expr"].endswith("(llmslo_early_warning_firing) > 0")
+    off = yaml.safe_load(render_rules(SloRulesSpec(early_warning=False)))["groups"]
+    assert [g["name"] for g in off] == [g["name"] for g in groups[:-1]]
+
+
+@pytest.mark.needs_prometheus
+def test_the_early_warning_fires_while_an_agent_reports_it(tmp_path):
+    """promtool: two agents' series for one pod (the same workload labels) make one alert with the
+    pod, domain and signal; it is gone once the series drops to nothing."""
+    (tmp_path / "rules.yml").write_text(render_rules(SloRulesSpec()))
+    series = ('llmslo_early_warning_firing{{instance="{i}",domain="network",signal="tcp_retrans.retransmits_per_s",'
+              'namespace="shop",pod="chat-1",workload_kind="Deployment",workload="chat",pod_uid="u1",container_id="",'
+              'cgroup=""}}')
+    labels = {"severity": "ticket", "early_warning": "kernel", "domain": "network",
+              "signal": "tcp_retrans.retransmits_per_s", "namespace": "shop", "pod": "chat-1",
+              "workload_kind": "Deployment", "workload": "chat", "pod_uid": "u1"}
+    doc = {"rule_files": ["rules.yml"], "evaluation_interval": "15s", "tests": [{
+        "interval": "15s",
+        "input_series": [{"series": series.format(i="a:8081"), "values": "1 1 1 1 _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _"},
+                         {"series": series.format(i="b:8081"), "values": "1 1 _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _"}],
+        "alert_rule_test": [
+            {"eval_time": "30s", "alertname": "LLMKernelEarlyWarning", "exp_alerts": [{"exp_labels": labels, "exp_annotations": {
+                "summary": "shop/chat-1: the kernel sees network trouble (tcp_retrans.retransmits_per_s)",
+                "description": yaml.safe_load(render_rules(SloRulesSpec()))["groups"][-1]["rules"][0]["annotations"]
+                ["description"].replace("{{ $labels.domain }}", "network")}}]},
+            {"eval_time": "6m", "alertname": "LLMKernelEarlyWarning", "exp_alerts": []},
+        ]}]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    p = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
 def test_scale_shrinks_ranges_and_for_but_keeps_names():
     spec = SloRulesSpec(window_scale=1 / 240, scrape_interval_s=0.25)
     text = render_rules(spec)
     assert [spec.range(w) for w, _ in WINDOWS] == ["1s250ms", "7s500ms", "15s", "1m30s", "18m"]
     assert "[1s250ms]" in text and "[5m]" not in text and "[3d]" not in text
     assert "llm_slo:errors:burn_rate5m" in text and "long_window: 1h" in text
-    fors = [r["for"] for g in yaml.safe_load(text)["groups"] for r in g["rules"] if "alert" in r]
+    fors = [r["for"] for g in yaml.safe_load(text)["groups"] for r in g["rules"] if "for" in r]
     assert fors == ["500ms", "3s750ms", "15s"] * 3
 
 
@@ -412,7 +451,7 @@ class LabTraffic:
 
 @pytest.mark.needs_prometheus
 def test_rules_load_in_prometheus_and_error_burn_pages(tmp_path):
-    """Scale 1/60 (5m is 5s, 1h is 60s), scrape and evaluate every second. All 39 rules load and
+    """Scale 1/60 (5m is 5s, 1h is 60s), scrape and evaluate every second. All 40 rules (39 SLO, the early warning) load and
     evaluate healthy; the healthy service records an error ratio of 0 (present, not absent); once
     it returns 30% errors (burn 60x) the 1h/5m page goes pending and then firing.
 
@@ -435,9 +474,9 @@ def test_rules_load_in_prometheus_and_error_burn_pages(tmp_path):
 
         def all_rules_healthy() -> list[dict]:
             rules = [r for g in prom.rule_groups() for r in g["rules"]]
-            return rules if len(rules) == 39 and all(r["health"] == "ok" for r in rules) else []
+            return rules if len(rules) == 40 and all(r["health"] == "ok" for r in rules) else []
 
-        rules = wait_for(all_rules_healthy, 20, what="all 39 rules evaluated healthy")
+        rules = wait_for(all_rules_healthy, 20, what="all 40 rules evaluated healthy")
         assert {r["name"] for r in rules} >= {recording_rule_name("errors", "burn_rate", "1h"), "LLMErrorBurn"}
         assert all(not r.get("lastError") for r in rules)
 
@@ -486,7 +525,8 @@ def test_cli_writes_file(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout == ""
     doc = yaml.safe_load(out.read_text())
-    assert [g["name"] for g in doc["groups"]] == ["llm-slo-errors", "llm-slo-ttft", "llm-slo-latency"]
+    assert [g["name"] for g in doc["groups"]] == ["llm-slo-errors", "llm-slo-ttft", "llm-slo-latency",
+                                                  "llm-kernel-early-warning"]
     assert out.read_text().startswith("# LLM SLO rules generated by `llmslo rules generate`")
     assert list(tmp_path.iterdir()) == [out]  # no temporary file left behind
 
@@ -504,7 +544,8 @@ def test_cli_prints_to_stdout_with_options():
     latency_burn = [r for r in doc["groups"][2]["rules"] if r.get("record") == "llm_slo:latency:burn_rate1h"][0]
     assert latency_burn["expr"] == "llm_slo:latency:ratio_rate1h / 0.005"
     urls = {r["annotations"]["runbook_url"] for g in doc["groups"] for r in g["rules"] if "alert" in r}
-    assert urls == {f"https://runbooks.example.com/{a}/{s}" for a in ALERT_NAMES.values() for s in ("page", "ticket")}
+    assert urls == {f"https://runbooks.example.com/{a}/{s}" for a in ALERT_NAMES.values()
+                    for s in ("page", "ticket")} | {"https://runbooks.example.com/LLMKernelEarlyWarning/ticket"}
 
 
 @pytest.mark.parametrize("args, words", [

@@ -1,0 +1,252 @@
+"""The kernel early warning: every flight-recorder interval, each workload's recent history is
+attributed with the attribution model (``capture.attribution.engine.attribute_kernel``: the same
+rows, explaining away and decision the responder uses) against the workload's own rolling
+baseline, and a domain the model names for long enough raises a warning, exported on /metrics.
+
+Workloads are what a capture is about: a Kubernetes pod (every cgroup of its containers), a
+container of another runtime, and on a plain host the cgroups that ``cgroups`` (shell patterns
+over cgroup paths) names; other cgroups (system services, the agent itself) are not scored.
+
+Windows: the incident window is the last ``window_s`` (15 s: three recorder intervals), the
+baseline the ``baseline_s`` before it. Hysteresis keeps it quiet on noise:
+
+- a domain becomes *pending* when the model names it, and *firing* once it has named it in one
+  more evaluation in a row than an interval stays in the window (four at the defaults): a burst
+  inside one interval leaves the window before that, so what fires showed in two intervals at
+  least, a minimum duration (a fault that shows at once fires about 20 s after its onset);
+- while a domain is pending or firing, the workload's baseline is frozen where the trouble began,
+  so a fault that lasts does not become its own baseline;
+- a firing domain clears after CLEAR_AFTER evaluations in a row with its score below
+  CLEAR_SCORE, lower than the score that named it (the model names a domain from
+  ``MIN_CONFIDENCE`` with a margin over the next).
+
+What it costs is measured (CPU seconds of the evaluations) and exported beside the result.
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from capture import identity
+from capture.attribution.engine import MIN_CONFIDENCE, attribute_kernel
+from capture.probes import CATALOG
+from capture.probes.base import to_result
+from capture.schemas import CaptureResult, CaptureTarget, ProbeResult
+
+if TYPE_CHECKING:
+    from capture.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+# Short, so a fault's counts are not diluted by the healthy seconds before it, yet three
+# intervals, so a latency histogram holds the samples its rule asks for.
+WINDOW_S = 15.0
+# Five minutes: long enough to hold the workload's normal variation (the lab's load moves by a
+# few percent between minutes), short enough to follow a daily cycle.
+BASELINE_S = 300.0
+# A firing domain clears when its score stays below this for CLEAR_AFTER evaluations: under the
+# score that names a domain, so a signal hovering at the edge does not flap.
+CLEAR_SCORE = MIN_CONFIDENCE - 0.1
+CLEAR_AFTER = 3
+# At most this many workloads are scored per interval, the busiest first (a bound on its cost).
+MAX_WORKLOADS = 200
+# The status lists at most this many firing warnings (the metrics and /v1/early-warnings hold all).
+MAX_LISTED = 20
+# The cgroup walk that maps cgroup ids to workloads is redone at most this often.
+WALK_EVERY_S = 30.0
+
+
+@dataclass
+class Workload:
+    key: str  # "pod:<uid>", "container:<id>" or "cgroup:<path>"
+    labels: dict[str, str]  # what /metrics and the alert carry: pod_uid, container_id, cgroup
+    cgroups: set[int]
+
+
+@dataclass
+class Domain:
+    """One domain of one workload that the model named: pending, then firing."""
+
+    name: str
+    since: float  # when the model first named it
+    streak: int = 1  # evaluations in a row naming it
+    firing_since: float | None = None
+    quiet: int = 0  # evaluations in a row under CLEAR_SCORE while firing
+    signal: str = ""  # the deciding signal (its strongest supporting evidence) when it fired
+    summary: str = ""
+
+    @property
+    def firing(self) -> bool:
+        return self.firing_since is not None
+
+
+@dataclass
+class _State:
+    workload: Workload
+    scores: dict[str, float] = field(default_factory=dict)  # domain -> the model's score, latest evaluation
+    decision: str = ""
+    domains: dict[str, Domain] = field(default_factory=dict)
+    baseline: dict[str, ProbeResult] | None = None  # frozen while a domain is pending or firing
+    baseline_end: float = 0.0
+    seen_at: float = 0.0
+
+
+class EarlyWarning:
+    def __init__(self, recorder: Recorder, window_s: float = WINDOW_S, baseline_s: float = BASELINE_S,
+                 cgroups: tuple[str, ...] = (), raise_after: int | None = None, clear_after: int = CLEAR_AFTER,
+                 max_workloads: int = MAX_WORKLOADS) -> None:
+        self.recorder = recorder
+        self.window_s = window_s
+        self.baseline_s = baseline_s
+        self.patterns = tuple(cgroups)
+        # One evaluation more than an interval stays in the window (see the module's docstring).
+        self.raise_after = max(1, raise_after if raise_after is not None
+                               else round(window_s / recorder.interval_s) + 1)
+        self.clear_after = max(1, clear_after)
+        self.max_workloads = max_workloads
+        self.states: dict[str, _State] = {}
+        self.evaluations = 0
+        self.cpu_s = 0.0
+        self.raised = 0  # warnings raised since start
+        self._paths: dict[int, str] = {}
+        self._walked_at = 0.0
+        self._lock = threading.Lock()
+
+    # -- which cgroups are workloads --------------------------------------------------------------
+
+    def _walk(self, now: float) -> dict[int, str]:
+        if now - self._walked_at >= WALK_EVERY_S or not self._paths:
+            self._paths = {c.id: c.path for c in identity.walk_cgroups("/", limit=10_000)}
+            self._walked_at = now
+        return self._paths
+
+    def workloads(self, cgids: set[int], now: float) -> list[Workload]:
+        """The workloads the counted cgroups belong to (a cgroup unknown to the walk is skipped)."""
+        paths = self._walk(now)
+        if any(c not in paths for c in cgids) and now - self._walked_at > 1.0:
+            self._walked_at = 0.0  # a new cgroup: walk again now
+            paths = self._walk(now)
+        found: dict[str, Workload] = {}
+        for cgid in cgids:
+            path = paths.get(cgid)
+            if path is None:
+                continue
+            ident = identity.parse_cgroup_path(path, cgid)
+            if ident.pod_uid:
+                key, labels = f"pod:{ident.pod_uid}", {"pod_uid": ident.pod_uid}
+            elif ident.container_id:
+                key, labels = f"container:{ident.container_id}", {"container_id": ident.container_id}
+            elif self.patterns and any(fnmatch.fnmatchcase(path, p) for p in self.patterns):
+                key, labels = f"cgroup:{path}", {"cgroup": path}
+            else:
+                continue
+            w = found.setdefault(key, Workload(key, labels, set()))
+            w.cgroups.add(cgid)
+        return list(found.values())
+
+    # -- one evaluation ---------------------------------------------------------------------------
+
+    def evaluate(self, now: float | None = None) -> None:
+        """Score every active workload on the recorder's latest history (the recorder calls this
+        after each interval)."""
+        cpu0 = time.thread_time()
+        now = time.time() if now is None else now
+        rec = self.recorder
+        cov = rec.coverage()
+        if cov is None or cov[1] - cov[0] < self.window_s + rec.interval_s:
+            return  # not enough history for a window and a baseline yet
+        end = cov[1]
+        start = end - self.window_s
+        incident = rec.sums(start, end)
+        active: dict[int, float] = {}
+        for raw, _span in incident.values():
+            for key, value in raw.items():
+                if key[0] != "g":  # a gauge (a limit) is there whether or not anything happened
+                    active[key[1]] = active.get(key[1], 0.0) + abs(value)
+        workloads = sorted(self.workloads(set(active), now),
+                           key=lambda w: -sum(active.get(c, 0.0) for c in w.cgroups))[:self.max_workloads]
+        fresh_baseline: dict[str, tuple[dict, float]] | None = None
+        with self._lock:
+            for w in workloads:
+                st = self.states.get(w.key) or _State(w)
+                st.workload, st.seen_at = w, now
+                if st.baseline is None:
+                    if fresh_baseline is None:
+                        fresh_baseline = rec.sums(start - self.baseline_s, start)
+                    baseline = {p: to_result(CATALOG[p], raw, w.cgroups, span)
+                                for p, (raw, span) in fresh_baseline.items() if span > 0}
+                    baseline_end = start
+                else:
+                    baseline, baseline_end = st.baseline, st.baseline_end
+                inc = {p: to_result(CATALOG[p], raw, w.cgroups, span) for p, (raw, span) in incident.items() if span > 0}
+                cap = CaptureResult(id=f"ew-{w.key}", node="", target=CaptureTarget(), started_at=start, ended_at=end,
+                                    incident=inc, baseline=baseline, cgroup_ids=sorted(w.cgroups), source="recorder",
+                                    baseline_note="the workload's own recorder history before the window")
+                verdict = attribute_kernel(cap)
+                self._update(st, verdict, now, baseline, baseline_end)
+                self.states[w.key] = st
+            # A workload with nothing counted for a whole history is forgotten.
+            for key in [k for k, s in self.states.items() if now - s.seen_at > self.baseline_s + self.window_s]:
+                del self.states[key]
+        self.evaluations += 1
+        self.cpu_s += time.thread_time() - cpu0
+
+    def _update(self, st: _State, verdict, now: float, baseline: dict[str, ProbeResult], baseline_end: float) -> None:
+        st.scores = {h.domain: round(h.confidence, 3) for h in verdict.hypotheses}
+        st.decision = verdict.decision or verdict.abstain_reason or ""
+        named = set(verdict.domains)
+        for name in named:
+            d = st.domains.get(name)
+            if d is None:
+                st.domains[name] = d = Domain(name, since=now)
+            elif not d.firing:
+                d.streak += 1
+            if not d.firing and d.streak >= self.raise_after:
+                hyp = next(h for h in verdict.hypotheses if h.domain == name)
+                top = hyp.supporting[0] if hyp.supporting else None
+                d.firing_since, d.quiet = now, 0
+                d.signal, d.summary = (top.signal, top.summary) if top else ("", "")
+                self.raised += 1
+                log.warning("event=early_warning_raised workload=%s domain=%s signal=%s score=%.2f summary=%r",
+                            st.workload.key, name, d.signal, st.scores.get(name, 0.0), d.summary)
+        for name, d in list(st.domains.items()):
+            if d.firing:
+                d.quiet = d.quiet + 1 if st.scores.get(name, 0.0) < CLEAR_SCORE else 0
+                if d.quiet >= self.clear_after:
+                    log.warning("event=early_warning_cleared workload=%s domain=%s after_s=%.0f",
+                                st.workload.key, name, now - (d.firing_since or now))
+                    del st.domains[name]
+            elif name not in named:
+                del st.domains[name]  # pending, and no longer named: noise
+        if st.domains and st.baseline is None:
+            st.baseline, st.baseline_end = baseline, baseline_end  # freeze where the trouble began
+        elif not st.domains:
+            st.baseline, st.baseline_end = None, 0.0
+
+    # -- what it exports --------------------------------------------------------------------------
+
+    def snapshot(self) -> list[dict]:
+        """Per scored workload: its labels, the model's latest scores, and its pending and firing
+        domains (what /metrics and the status endpoint show)."""
+        with self._lock:
+            return [{"workload": s.workload.key, "labels": dict(s.workload.labels), "scores": dict(s.scores),
+                     "decision": s.decision, "baseline_frozen_at": s.baseline_end or None,
+                     "domains": [{"domain": d.name, "firing": d.firing, "since": round(d.since, 3),
+                                  "firing_since": None if d.firing_since is None else round(d.firing_since, 3),
+                                  "signal": d.signal, "summary": d.summary} for d in s.domains.values()]}
+                    for s in self.states.values()]
+
+    def status(self) -> dict:
+        with self._lock:
+            firing = [{"workload": s.workload.key, "domain": d.name, "signal": d.signal,
+                       "since": round(d.since, 3), "firing_since": round(d.firing_since or 0.0, 3)}
+                      for s in self.states.values() for d in s.domains.values() if d.firing]
+            return {"window_s": self.window_s, "baseline_s": self.baseline_s, "raise_after": self.raise_after,
+                    "clear_after": self.clear_after, "clear_score": CLEAR_SCORE, "cgroups": list(self.patterns),
+                    "workloads": len(self.states), "firing": len(firing), "firing_now": firing[:MAX_LISTED],
+                    "raised": self.raised,
+                    "evaluations": self.evaluations, "cpu_s": round(self.cpu_s, 3)}

@@ -1,0 +1,192 @@
+"""The kernel early warning: the attribution model scores each workload's recorder history against
+its own rolling baseline; a domain fires only after the minimum duration, holds its baseline while
+it fires, and clears with hysteresis. The first tests feed the recorder's ring by hand (the
+model is the real one); the last runs on this machine's kernel: refused connects from a workload
+cgroup raise a `network` warning on /metrics and /v1/early-warnings, and it clears afterwards."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from capture.agent import CaptureAgent
+from capture.api import make_app
+from capture.early_warning import CLEAR_AFTER, EarlyWarning
+from capture.recorder import Interval, Recorder
+from tests.capture.test_probes import closed_port, spawn_in
+
+POD_UID = "0b1f3c2a-5d7e-4f6a-9b8c-1d2e3f4a5b6c"
+POD_PATH = f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_UID.replace('-', '_')}.slice"
+CONTAINER = POD_PATH + "/cri-containerd-" + "ab" * 32 + ".scope"
+OTHER = "/system.slice/cron.service"
+CG, CG_OTHER = 101, 202
+
+
+class Ring:
+    """A recorder whose intervals are written by the test, 5 s each, the clock moved by hand."""
+
+    def __init__(self, probes=("tcp_connect",)):
+        self.rec = Recorder(probes=list(probes), interval_s=5.0, history_s=900)
+        self.rec.sessions = {name: None for name in probes}  # "running": sums() reads these names
+        self.now = 1_000_000.0
+
+    def add(self, failed: int = 0, attempts: int = 10, other_failed: int = 0) -> float:
+        raw = {("c", CG, "attempts"): attempts + failed, ("c", CG, "failed"): failed,
+               ("c", CG_OTHER, "attempts"): 5 + other_failed, ("c", CG_OTHER, "failed"): other_failed}
+        if failed:
+            raw[("p", CG, "failed_peers", "10.0.0.7:5432")] = failed
+        self.rec.ring.append(Interval(start=self.now, end=self.now + 5.0, raw={"tcp_connect": raw}))
+        self.now += 5.0
+        return self.now
+
+
+def early(ring: Ring, **kw) -> EarlyWarning:
+    ew = EarlyWarning(ring.rec, **kw)
+    ew._paths = {CG: CONTAINER, CG_OTHER: OTHER}  # what a walk of the cgroup tree would find
+    ew._walked_at = float("inf")
+    return ew
+
+
+def firing(ew: EarlyWarning) -> list[dict]:
+    return [d | {"workload": w["workload"]} for w in ew.snapshot() for d in w["domains"] if d["firing"]]
+
+
+def test_a_fault_fires_after_the_minimum_duration_and_clears_with_hysteresis():
+    ring = Ring()
+    ew = early(ring)
+    assert ew.raise_after == 4  # 15 s window of 5 s intervals, one more
+    for _ in range(70):  # six minutes of healthy connects: the baseline
+        ew.evaluate(ring.add())
+    assert ew.snapshot()[0]["workload"] == f"pod:{POD_UID}" and not firing(ew)
+    assert {w["workload"] for w in ew.snapshot()} == {f"pod:{POD_UID}"}  # the cron service is no workload
+    fired_after = None
+    for i in range(1, 8):  # refused connects, 2 per second
+        ew.evaluate(ring.add(failed=10))
+        if firing(ew) and fired_after is None:
+            fired_after = i
+    assert fired_after == 4
+    [warning] = firing(ew)
+    assert warning["domain"] == "network" and warning["signal"] == "tcp_connect.failures_per_s"
+    assert "10.0.0.7:5432" in warning["summary"]
+    state = ew.states[f"pod:{POD_UID}"]
+    assert state.baseline is not None and state.baseline_end < warning["since"]
+    # Still failing ten minutes later: the frozen baseline keeps it firing.
+    for _ in range(120):
+        ew.evaluate(ring.add(failed=10))
+    assert firing(ew)
+    # Healthy again: the third evaluation's window is all healthy, the first of CLEAR_AFTER quiet
+    # ones in a row that clear it.
+    cleared_after = None
+    for i in range(1, 12):
+        ew.evaluate(ring.add())
+        if not firing(ew) and cleared_after is None:
+            cleared_after = i
+    assert cleared_after == 3 + CLEAR_AFTER - 1
+    assert ew.states[f"pod:{POD_UID}"].baseline is None  # rolling again
+    assert ew.status()["raised"] == 1
+
+
+def test_a_burst_inside_one_interval_does_not_fire():
+    ring = Ring()
+    ew = early(ring)
+    for _ in range(70):
+        ew.evaluate(ring.add())
+    ew.evaluate(ring.add(failed=40))  # one bad interval: named while it is in the window
+    named = [d for w in ew.snapshot() for d in w["domains"]]
+    assert [d["domain"] for d in named] == ["network"] and not named[0]["firing"]
+    for _ in range(10):
+        ew.evaluate(ring.add())
+        assert not firing(ew)
+    assert ew.status()["raised"] == 0 and not ew.snapshot()[0]["domains"]
+
+
+def test_plain_cgroups_are_workloads_only_when_named():
+    ring = Ring()
+    ew = early(ring, cgroups=("/system.slice/*.service",))
+    for _ in range(70):
+        ew.evaluate(ring.add())
+    assert {w["workload"] for w in ew.snapshot()} == {f"pod:{POD_UID}", f"cgroup:{OTHER}"}
+    for _ in range(5):
+        ew.evaluate(ring.add(other_failed=10))
+    assert [(w["workload"], w["domain"]) for w in firing(ew)] == [(f"cgroup:{OTHER}", "network")]
+
+
+def test_no_history_no_evaluation():
+    ring = Ring()
+    ew = early(ring)
+    ew.evaluate(ring.add(failed=10))  # one interval: not even a window yet
+    assert ew.snapshot() == [] and ew.evaluations == 0
+
+
+TOKEN = "early-warning-test-token"
+
+CONNECTS = r"""
+import socket, sys, time
+ok, bad = int(sys.argv[1]), int(sys.argv[2])
+for line in sys.stdin:
+    port = bad if line.strip() == "fail" else ok
+    for _ in range(5):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except ConnectionRefusedError:
+            pass
+    print("done", flush=True)
+"""
+
+
+@pytest.mark.kernel
+async def test_refused_connects_raise_a_network_warning_on_metrics_and_clear(workload_cgroup):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(512)
+    agent = CaptureAgent(recorder=True, recorder_interval_s=1.0, recorder_history_s=120, preload=False,
+                         early_warning=False)
+    agent.recorder.probe_names = ["tcp_connect"]
+    agent.early_warning = EarlyWarning(agent.recorder, window_s=3.0, baseline_s=20.0,
+                                       cgroups=(workload_cgroup.path,))
+    agent.recorder.listeners.append(agent.early_warning.evaluate)
+    proc = spawn_in(workload_cgroup, "-c", CONNECTS, str(listener.getsockname()[1]), str(closed_port()))
+    client = TestClient(TestServer(make_app(agent, TOKEN), host="127.0.0.1"))
+    await client.start_server()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def tick(what: str) -> None:
+        proc.stdin.write(what + "\n")
+        proc.stdin.flush()
+        assert (await asyncio.to_thread(proc.stdout.readline)).strip() == "done"
+        await asyncio.sleep(0.5)
+
+    async def warnings() -> list[dict]:
+        resp = await client.get("/v1/early-warnings", headers=auth)
+        assert resp.status == 200, await resp.text()
+        return [d for w in (await resp.json())["workloads"] for d in w["domains"] if d["firing"]]
+
+    try:
+        for _ in range(30):  # 15 s of healthy connects
+            await tick("ok")
+        assert await warnings() == []
+        t0 = time.time()
+        while not await warnings():
+            assert time.time() - t0 < 20, "no early warning 20 s into the refused connects"
+            await tick("fail")
+        fired_s = time.time() - t0
+        [w] = await warnings()
+        assert w["domain"] == "network" and w["signal"] == "tcp_connect.failures_per_s", w
+        assert fired_s >= 3.0  # not before the minimum duration (four 1 s evaluations)
+        text = await (await client.get("/metrics", headers=auth)).text()
+        line = [ln for ln in text.splitlines() if ln.startswith("llmslo_early_warning_firing{")]
+        assert len(line) == 1 and 'domain="network"' in line[0] and f'cgroup="{workload_cgroup.path}"' in line[0]
+        assert "llmslo_early_warning_cpu_seconds_total" in text
+        t1 = time.time()
+        while await warnings():
+            assert time.time() - t1 < 20, "the warning did not clear 20 s after the connects recovered"
+            await tick("ok")
+        assert agent.early_warning.status()["raised"] == 1
+    finally:
+        proc.kill()
+        proc.wait()
+        listener.close()
+        await client.close()
