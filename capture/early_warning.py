@@ -20,6 +20,10 @@ baseline the ``baseline_s`` before it. Hysteresis keeps it quiet on noise:
   CLEAR_SCORE, lower than the score that named it (the model names a domain from
   ``MIN_CONFIDENCE`` with a margin over the next).
 
+``traffic`` is scored and exported but never fires: more demand is not a fault (when it burns an
+SLO, the page's verdict says so), and a load that changes through the day would otherwise warn
+every morning.
+
 What it costs is measured (CPU seconds of the evaluations) and exported beside the result.
 """
 from __future__ import annotations
@@ -52,6 +56,8 @@ BASELINE_S = 300.0
 # score that names a domain, so a signal hovering at the edge does not flap.
 CLEAR_SCORE = MIN_CONFIDENCE - 0.1
 CLEAR_AFTER = 3
+# Scored, never fired (see the module's docstring).
+NOT_WARNED = frozenset({"traffic"})
 # At most this many workloads are scored per interval, the busiest first (a bound on its cost).
 MAX_WORKLOADS = 200
 # The status lists at most this many firing warnings (the metrics and /v1/early-warnings hold all).
@@ -198,7 +204,7 @@ class EarlyWarning:
     def _update(self, st: _State, verdict, now: float, baseline: dict[str, ProbeResult], baseline_end: float) -> None:
         st.scores = {h.domain: round(h.confidence, 3) for h in verdict.hypotheses}
         st.decision = verdict.decision or verdict.abstain_reason or ""
-        named = set(verdict.domains)
+        named = set(verdict.domains) - NOT_WARNED
         for name in named:
             d = st.domains.get(name)
             if d is None:

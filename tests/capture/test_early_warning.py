@@ -114,6 +114,24 @@ def test_plain_cgroups_are_workloads_only_when_named():
     assert [(w["workload"], w["domain"]) for w in firing(ew)] == [(f"cgroup:{OTHER}", "network")]
 
 
+def test_more_demand_is_scored_but_never_fires():
+    ring = Ring(probes=("tcp_connect", "tls_http"))
+    ew = early(ring)
+
+    def add(answered: int) -> float:
+        end = ring.add()
+        ring.rec.ring[-1].raw["tls_http"] = {("c", CG, "status_2xx"): answered, ("c", CG, "responses"): answered}
+        return end
+
+    for _ in range(70):
+        ew.evaluate(add(25))  # 5 answers a second
+    for _ in range(10):
+        ew.evaluate(add(75))  # three times the demand
+    [w] = ew.snapshot()
+    assert w["scores"].get("traffic", 0) > 0.6 and "traffic" in w["decision"]
+    assert w["domains"] == [] and ew.status()["raised"] == 0
+
+
 def test_no_history_no_evaluation():
     ring = Ring()
     ew = early(ring)
