@@ -16,6 +16,9 @@ baseline the ``baseline_s`` before it. Hysteresis keeps it quiet on noise:
   least, a minimum duration (a fault that shows at once fires about 20 s after its onset);
 - while a domain is pending or firing, the workload's baseline is frozen where the trouble began,
   so a fault that lasts does not become its own baseline;
+- a change that lasts MAX_FROZEN_S is the workload's new normal (a bigger deployment, a slower
+  dependency nobody will fix today): the baseline rolls again, and the warning clears once the
+  new level fills it;
 - a firing domain clears after CLEAR_AFTER evaluations in a row with its score below
   CLEAR_SCORE, lower than the score that named it (the model names a domain from
   ``MIN_CONFIDENCE`` with a margin over the next).
@@ -56,6 +59,8 @@ BASELINE_S = 300.0
 # score that names a domain, so a signal hovering at the edge does not flap.
 CLEAR_SCORE = MIN_CONFIDENCE - 0.1
 CLEAR_AFTER = 3
+# Twice the baseline: a warning that outlives this has become the workload's normal.
+MAX_FROZEN_S = 2 * BASELINE_S
 # Scored, never fired (see the module's docstring).
 NOT_WARNED = frozenset({"traffic"})
 # At most this many workloads are scored per interval, the busiest first (a bound on its cost).
@@ -98,6 +103,7 @@ class _State:
     domains: dict[str, Domain] = field(default_factory=dict)
     baseline: dict[str, ProbeResult] | None = None  # frozen while a domain is pending or firing
     baseline_end: float = 0.0
+    settled: bool = False  # the trouble outlived MAX_FROZEN_S: the baseline rolls until it clears
     seen_at: float = 0.0
 
 
@@ -228,10 +234,13 @@ class EarlyWarning:
                     del st.domains[name]
             elif name not in named:
                 del st.domains[name]  # pending, and no longer named: noise
-        if st.domains and st.baseline is None:
+        if st.domains and st.baseline is None and not st.settled:
             st.baseline, st.baseline_end = baseline, baseline_end  # freeze where the trouble began
-        elif not st.domains:
-            st.baseline, st.baseline_end = None, 0.0
+        elif st.baseline is not None and now - st.baseline_end > MAX_FROZEN_S:
+            st.baseline, st.baseline_end, st.settled = None, 0.0, True  # the new normal: roll again
+            log.warning("event=early_warning_rebaselined workload=%s domains=%s", st.workload.key, sorted(st.domains))
+        if not st.domains:
+            st.baseline, st.baseline_end, st.settled = None, 0.0, False
 
     # -- what it exports --------------------------------------------------------------------------
 

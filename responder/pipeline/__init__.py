@@ -1,9 +1,10 @@
 """The responder's path for one job, as explicit stages (``Stage``, one module each) over one
 ``Context``:
 
-    investigate: playbook -> open-thread -> scope -> preliminary (an alert's verdict at once, from
-                 the flight recorders, traces and Prometheus) -> gather (kernel capture, traces
-                 and Prometheus, concurrently) -> attribute -> report (outbox; edits the
+    investigate: playbook -> scope -> join (a page for a workload an early warning already
+                 investigates joins it) -> open-thread -> preliminary (an alert's verdict at once,
+                 from the flight recorders, traces and Prometheus) -> gather (kernel capture,
+                 traces and Prometheus, concurrently) -> attribute -> report (outbox; edits the
                  preliminary reply in place)
     resolve:     mark resolved -> report (outbox)
 
@@ -28,6 +29,7 @@ from responder.kube.cluster import KubeCluster
 from responder.model import adhoc
 from responder.pipeline.attribute import Attribute
 from responder.pipeline.gather import AgentClient, Gather
+from responder.pipeline.join import JoinEarlyWarning
 from responder.pipeline.playbook import SelectPlaybook
 from responder.pipeline.preliminary import Preliminary
 from responder.pipeline.report import OpenThread, Report
@@ -56,13 +58,14 @@ class Pipeline:
         self.store = store
         self.settings = settings
         self.playbooks = playbooks
-        self.thread = ThreadWriter(store, sinks, settings, on_enqueued)
+        self.thread = ThreadWriter(store, sinks, settings, on_enqueued, playbooks)
         gather = Gather(agent, settings, traces)
         attribute = Attribute(store, settings, calibration.load(settings.calibration_file))
         self.stages: Sequence[Stage] = (
             SelectPlaybook(store, playbooks),
-            OpenThread(self.thread),
             ScopeStage(kube),
+            JoinEarlyWarning(store, self.thread, playbooks, kube),
+            OpenThread(self.thread),
             Preliminary(gather, attribute, self.thread, enabled=settings.preliminary_verdict),
             gather,
             attribute,

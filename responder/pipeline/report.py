@@ -1,5 +1,6 @@
-"""Stage *report*: the thread, written to the outbox. ``OpenThread`` runs right after the playbook
-is chosen, so the thread's root says "capturing" while the evidence is gathered; ``Report``
+"""Stage *report*: the thread, written to the outbox. ``OpenThread`` runs once the playbook is
+chosen and the scope made (a page may join an early warning's thread), so the thread's root says
+"capturing" while the evidence is gathered; ``Report``
 runs last: the root updated with the verdict, the attribution reply and the chart."""
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import base64
 import logging
 
+from responder.pipeline.join import early_warning_reply
 from responder.pipeline.preliminary import attribution_step
 from responder.pipeline.stage import Context
 from responder.pipeline.thread import ThreadWriter
@@ -27,7 +29,10 @@ class OpenThread:
         inc = ctx.incident
         await self.thread.enqueue(inc.id, "root", "root", self.thread.render_root(inc),
                                   self.thread.route(ctx.labels, ctx.playbook), ctx.borrowed)
-        if ctx.borrowed:
+        joined = early_warning_reply(ctx, self.thread)
+        if joined is not None:  # a page joining its early warning (stage join)
+            await self.thread.enqueue(inc.id, "joined", "reply", joined, None, ctx.borrowed)
+        elif ctx.borrowed:
             await self.thread.enqueue(inc.id, "requested", "reply",
                                       render.render_requested(inc.to_dict(), self.thread.incident_url(inc.id)),
                                       None, ctx.borrowed)

@@ -8,18 +8,24 @@ from typing import Any
 
 from responder.config import Settings
 from responder.model import adhoc
-from responder.playbooks import Playbook
+from responder.playbooks import NOTIFY_PAGE, NOTIFY_WAIT, Playbook
 from responder.render import thread as render
 from responder.store.base import Incident, StoreBase
 
 
 class ThreadWriter:
     def __init__(self, store: StoreBase, sinks: list[str], settings: Settings,
-                 on_enqueued: Callable[[], None] = lambda: None) -> None:
+                 on_enqueued: Callable[[], None] = lambda: None, playbooks: list[Playbook] | None = None) -> None:
         self.store = store
         self.sinks = sinks
         self.settings = settings
         self.on_enqueued = on_enqueued
+        # playbook name -> how its incidents reach chat (page, quiet, wait)
+        self.notify_modes = {p.name: p.notify for p in playbooks or []}
+
+    def notify(self, inc: Incident) -> str:
+        """How this incident reaches chat: its playbook's notify mode (page for none)."""
+        return self.notify_modes.get(inc.playbook or "", NOTIFY_PAGE)
 
     def incident_url(self, incident_id: str) -> str:
         return f"{self.settings.base_url}/incidents/{incident_id}"
@@ -29,7 +35,13 @@ class ThreadWriter:
                       file: dict[str, str] | None = None, of: str | None = None) -> None:
         """Persist one message per sink. A sink in ``borrowed`` answers in someone else's thread
         (an ad hoc capture asked for from an incident's thread): it gets replies only, and never
-        touches that thread's root. Op ``edit`` replaces the reply enqueued at step ``of``."""
+        touches that thread's root. Op ``edit`` replaces the reply enqueued at step ``of``. An
+        incident of a playbook that waits (notify: wait) writes nothing: its verdict reaches chat
+        in the thread of the page that joins it."""
+        if NOTIFY_WAIT in self.notify_modes.values():
+            inc = await asyncio.to_thread(self.store.get_incident, incident_id)
+            if inc is not None and self.notify(inc) == NOTIFY_WAIT:
+                return
         body: dict[str, Any] = {"op": op, "message": message.to_dict(), "channel": channel}
         if file is not None:
             body["file"] = file
@@ -42,12 +54,17 @@ class ThreadWriter:
         self.on_enqueued()
 
     def render_root(self, inc: Incident) -> render.Message:
-        return render.render_root(inc.to_dict(), self.incident_url(inc.id), self.settings.slack_mention_label)
+        """The root; a quiet playbook's mentions no one."""
+        mention = self.settings.slack_mention_label if self.notify(inc) == NOTIFY_PAGE else None
+        return render.render_root(inc.to_dict(), self.incident_url(inc.id), mention)
 
     def borrowed(self, inc: Incident) -> frozenset[str]:
-        """The sinks in which this incident answers inside another incident's thread."""
+        """The sinks in which this incident answers inside another incident's thread: the one a
+        person asked from, or the early warning's that a page joined."""
         r = adhoc.options(inc.alerts).reply_to
-        return frozenset({r["sink"]}) if r and r["sink"] in self.sinks else frozenset()
+        asked = {r["sink"]} if r and r["sink"] in self.sinks else set()
+        recorded = {sink for sink, ref in (inc.thread or {}).items() if sink in self.sinks and ref.get("borrowed_from")}
+        return frozenset(asked | recorded)
 
     async def borrow(self, inc: Incident) -> frozenset[str]:
         """For a capture asked for inside a thread: record that thread as the incident's own for

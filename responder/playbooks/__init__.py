@@ -24,6 +24,10 @@ from responder.playbooks.model import (
     DEFAULT_SERVICE_LABELS,
     DURATION_BOUNDS_S,
     KUBE_LABEL_KEYS,
+    NOTIFY_MODES,
+    NOTIFY_PAGE,
+    NOTIFY_QUIET,
+    NOTIFY_WAIT,
     PLAYBOOK_SUFFIXES,
     PROM_KINDS,
     STEP_BOUNDS_S,
@@ -44,7 +48,8 @@ from responder.playbooks.validate import load_playbooks, validate_directory
 
 __all__ = [
     "BASELINE_BOUNDS_S", "DEFAULT_BASELINE_S", "DEFAULT_DURATION_S", "DEFAULT_PRIORITY", "DEFAULT_SERVICE_LABELS",
-    "DURATION_BOUNDS_S", "KUBE_LABEL_KEYS", "PIN_LABEL", "PLAYBOOK_SUFFIXES", "PROM_KINDS", "STEP_BOUNDS_S",
+    "DURATION_BOUNDS_S", "KUBE_LABEL_KEYS", "NOTIFY_MODES", "NOTIFY_PAGE", "NOTIFY_QUIET", "NOTIFY_WAIT",
+    "PIN_LABEL", "PLAYBOOK_SUFFIXES", "PROM_KINDS", "STEP_BOUNDS_S",
     "CaptureSpec", "ExprTemplateError", "Playbook", "PlaybookLoadError", "PlaybookProblem", "PromQuery",
     "PrometheusSpec", "Runbook", "ScopeSpec", "TraceSpec", "load_playbooks", "parse_duration", "render_query",
     "select_playbook", "skip_reason", "validate_directory",

@@ -12,6 +12,12 @@ from responder.playbooks.promql import Slot, parse_expr
 
 # Without a priority a playbook should still be tried before the catch-all fallback (priority 0).
 DEFAULT_PRIORITY = 100
+# How a playbook's incidents reach chat: ``page`` posts the thread and mentions whom the alert names;
+# ``quiet`` posts it without the mention (a warning to read, not a page); ``wait`` posts nothing
+# until an alert of a ``page`` playbook arrives for the same workload, whose thread then opens
+# with this incident's verdict. The investigation (capture, verdict, incident page) runs in all three.
+NOTIFY_PAGE, NOTIFY_QUIET, NOTIFY_WAIT = "page", "quiet", "wait"
+NOTIFY_MODES = (NOTIFY_PAGE, NOTIFY_QUIET, NOTIFY_WAIT)
 DURATION_BOUNDS_S = (1.0, 120.0)
 BASELINE_BOUNDS_S = (0.0, 600.0)
 DEFAULT_DURATION_S = 10.0
@@ -147,6 +153,7 @@ class Playbook:
     channel: str | None = None
     prometheus: PrometheusSpec = field(default_factory=PrometheusSpec)
     traces: TraceSpec = field(default_factory=TraceSpec)
+    notify: str = NOTIFY_PAGE  # one of NOTIFY_MODES
 
     @property
     def is_fallback(self) -> bool:

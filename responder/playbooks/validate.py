@@ -27,6 +27,8 @@ from responder.playbooks.model import (
     DEFAULT_SERVICE_LABELS,
     DURATION_BOUNDS_S,
     KUBE_LABEL_KEYS,
+    NOTIFY_MODES,
+    NOTIFY_PAGE,
     PLAYBOOK_SUFFIXES,
     PROM_KINDS,
     STEP_BOUNDS_S,
@@ -133,7 +135,7 @@ class _PlaybookReader:
 
     TOP_KEYS = {"name": True, "description": False, "priority": False, "match": True,
                 "capture": True, "scope": False, "runbooks": False, "channel": False,
-                "prometheus": False, "traces": False}
+                "prometheus": False, "traces": False, "notify": False}
     PROMETHEUS_KEYS = {"step": False, "queries": True}
     QUERY_KEYS = {"name": True, "title": True, "expr": True, "unit": False, "kind": True}
     TRACES_KEYS = {"service_labels": False}
@@ -198,6 +200,7 @@ class _PlaybookReader:
         scope = self.optional(keys, "scope", self.scope, ScopeSpec())
         runbooks = self.optional(keys, "runbooks", self.runbooks, ())
         channel = self.optional(keys, "channel", self.channel, None)
+        notify = self.optional(keys, "notify", self.notify, NOTIFY_PAGE)
         prometheus = self.optional(keys, "prometheus", self.prometheus, PrometheusSpec())
         traces = self.optional(keys, "traces", self.traces, TraceSpec())
         if self.problems:
@@ -206,7 +209,7 @@ class _PlaybookReader:
         return Playbook(name=name, source=source, matchers=matchers, capture=capture,
                         scope=scope, runbooks=runbooks, description=description,
                         priority=priority, channel=channel, prometheus=prometheus,
-                        traces=traces)
+                        traces=traces, notify=notify)
 
     # --- sections -------------------------------------------------------------------------
 
@@ -459,6 +462,13 @@ class _PlaybookReader:
                                                 "label, e.g. [service]")
             return None
         return TraceSpec(service_labels=labels)
+
+    def notify(self, node: Node, what: str) -> str | None:
+        value = self.string(node, what)
+        if value is not None and value not in NOTIFY_MODES:
+            self.report(node, f"notify must be one of {', '.join(NOTIFY_MODES)}, got {value!r}")
+            return None
+        return value
 
     def channel(self, node: Node, what: str) -> str | None:
         if isinstance(node, ScalarNode) and node.tag == _TAG + "null":

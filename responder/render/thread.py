@@ -190,6 +190,33 @@ def render_requested(incident: dict[str, Any], incident_url: str) -> Message:
     return Message(text=plain, blocks=[{"type": "section", "text": _mrkdwn(_clip(md, MAX_SECTION_CHARS))}])
 
 
+def render_joined(incident: dict[str, Any], info: dict[str, Any], incident_url: str, early_url: str,
+                  mention: str | None, in_its_thread: bool) -> Message:
+    """A page joining the early warning that came before it: in the early warning's thread, that
+    the SLO is burning now (with the page's mention); in the page's own thread, the early
+    warning's verdict and how long before the page it began."""
+    view = IncidentView.of(incident)
+    lead = max(0.0, float(info.get("lead_s") or 0.0))
+    early = info.get("verdict") or info.get("preliminary")
+    found = f": {verdict_phrase(Verdict.from_dict(early))}" if early else ", still being investigated"
+    if in_its_thread:
+        md = (f":rotating_light: *{_esc(view.alertname)}* is paging for this workload {lead:.0f} s after this early "
+              f"warning began: the SLO is burning now. Its investigation answers here (incident "
+              f"{_link(incident_url, view.id or '?')}).")
+        plain = (f"{view.alertname} is paging for this workload {lead:.0f} s after this early warning began: the SLO "
+                 f"is burning now. Its investigation answers here (incident {view.id}).")
+        if mention:
+            md, plain = f"{mention} {md}", f"{mention} {plain}"
+    else:
+        eid = str(info.get("incident") or "?")
+        md = (f":hourglass_flowing_sand: Early warning before this page: *{_esc(str(info.get('alertname') or '?'))}* "
+              f"since {clock(float(info.get('began_at') or 0))} UTC, {lead:.0f} s before it{_esc(found)} · incident "
+              f"{_link(early_url, eid)}")
+        plain = (f"Early warning before this page: {info.get('alertname') or '?'} since "
+                 f"{clock(float(info.get('began_at') or 0))} UTC, {lead:.0f} s before it{found} · incident {eid}")
+    return Message(text=plain, blocks=[{"type": "section", "text": _mrkdwn(_clip(md, MAX_SECTION_CHARS))}])
+
+
 # ---------------------------------------------------------------------------------------------
 # the attribution reply
 

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from capture.agent import CaptureAgent
 from capture.api import make_app
-from capture.early_warning import CLEAR_AFTER, EarlyWarning
+from capture.early_warning import BASELINE_S, CLEAR_AFTER, MAX_FROZEN_S, EarlyWarning
 from capture.recorder import Interval, Recorder
 from tests.capture.test_probes import closed_port, spawn_in
 
@@ -73,8 +73,8 @@ def test_a_fault_fires_after_the_minimum_duration_and_clears_with_hysteresis():
     assert "10.0.0.7:5432" in warning["summary"]
     state = ew.states[f"pod:{POD_UID}"]
     assert state.baseline is not None and state.baseline_end < warning["since"]
-    # Still failing ten minutes later: the frozen baseline keeps it firing.
-    for _ in range(120):
+    # Still failing nine minutes later: the frozen baseline keeps it firing.
+    for _ in range(108):
         ew.evaluate(ring.add(failed=10))
     assert firing(ew)
     # Healthy again: the third evaluation's window is all healthy, the first of CLEAR_AFTER quiet
@@ -87,6 +87,26 @@ def test_a_fault_fires_after_the_minimum_duration_and_clears_with_hysteresis():
     assert cleared_after == 3 + CLEAR_AFTER - 1
     assert ew.states[f"pod:{POD_UID}"].baseline is None  # rolling again
     assert ew.status()["raised"] == 1
+
+
+def test_a_change_that_lasts_becomes_the_new_normal_and_clears():
+    ring = Ring()
+    ew = early(ring)
+    for _ in range(70):
+        ew.evaluate(ring.add())
+    steps = 0
+    while not firing(ew):
+        ew.evaluate(ring.add(failed=10))
+        steps += 1
+    began = ring.now
+    while firing(ew):
+        ew.evaluate(ring.add(failed=10))
+        assert ring.now - began < MAX_FROZEN_S + BASELINE_S + 60, "still firing long after the change settled"
+    # Cleared once the rolling baseline held the new level; not raised again while it lasts.
+    assert ring.now - began >= MAX_FROZEN_S - 60  # the frozen baseline ended just before the change
+    for _ in range(100):
+        ew.evaluate(ring.add(failed=10))
+    assert not firing(ew) and ew.status()["raised"] == 1
 
 
 def test_a_burst_inside_one_interval_does_not_fire():

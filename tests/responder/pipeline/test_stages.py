@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 
 from capture.client import AgentError
-from capture.probes import CATALOG
 from capture.schemas import CaptureRequest, CaptureResult, ProbeResult, RequestError
 from lab.harness import alert_payload
-from responder import config
 from responder.http.alertmanager import parse_notification
 from responder.model import adhoc
 from responder.pipeline.attribute import Attribute
@@ -24,24 +22,13 @@ from responder.pipeline.report import OpenThread, Report
 from responder.pipeline.scope import ScopeStage
 from responder.pipeline.stage import Context, alert_labels
 from responder.pipeline.thread import ThreadWriter
-from responder.playbooks import load_playbooks
-from responder.store.sqlite import IncidentStore
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture
-def world(tmp_path):
-    settings = config.load(env={}, data_dir=tmp_path / "data", webhook_token="t", slack_channel="#default",
-                           playbooks_dir=REPO / "playbooks", calibration_file=None)
-    store = IncidentStore(tmp_path / "s.sqlite3")
-    playbooks = load_playbooks(REPO / "playbooks", set(CATALOG))
-    yield settings, store, playbooks
-    store.close()
-
-
-def context(store, labels: dict[str, str]) -> Context:
-    raw = json.dumps(alert_payload("firing", labels, time.time() - 30)).encode()
+def context(store, labels: dict[str, str], group: str | None = None) -> Context:
+    raw = json.dumps(alert_payload("firing", labels, time.time() - 30,
+                                   group_key=None if group is None else "{}:{group=\"" + group + "\"}")).encode()
     accepted = store.accept(parse_notification(raw), raw)
     job = store.claim_job()
     inc = store.get_incident(accepted.incident_id)
