@@ -252,13 +252,16 @@ class EarlyWarning:
                      "decision": s.decision, "baseline_frozen_at": s.baseline_end or None,
                      "domains": [{"domain": d.name, "firing": d.firing, "since": round(d.since, 3),
                                   "firing_since": None if d.firing_since is None else round(d.firing_since, 3),
+                                  # where the trouble began: the start of the window that first named it
+                                  "began_at": round(s.baseline_end or d.since, 3),
                                   "signal": d.signal, "summary": d.summary} for d in s.domains.values()]}
                     for s in self.states.values()]
 
     def status(self) -> dict:
         with self._lock:
             firing = [{"workload": s.workload.key, "domain": d.name, "signal": d.signal,
-                       "since": round(d.since, 3), "firing_since": round(d.firing_since or 0.0, 3)}
+                       "since": round(d.since, 3), "firing_since": round(d.firing_since or 0.0, 3),
+                       "began_at": round(s.baseline_end or d.since, 3)}
                       for s in self.states.values() for d in s.domains.values() if d.firing]
             return {"window_s": self.window_s, "baseline_s": self.baseline_s, "raise_after": self.raise_after,
                     "clear_after": self.clear_after, "clear_score": CLEAR_SCORE, "cgroups": list(self.patterns),

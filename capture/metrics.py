@@ -14,6 +14,9 @@ prometheus_client's own metric objects. Series:
       the attribution model's latest score per scored workload and domain (capture.early_warning)
   llmslo_early_warning_firing{domain, signal, <workload labels>}
       1 while a domain's early warning fires, with the signal that decided it
+  llmslo_early_warning_began_at_seconds{domain, signal, <workload labels>}
+      while it fires, when the trouble began (Unix seconds: the start of the window that first
+      named the domain); the generated alert is built on it and passes it on as its began_at
   llmslo_early_warning_evaluations_total, llmslo_early_warning_cpu_seconds_total,
   llmslo_early_warning_raised_total: how often it ran, what that cost, how many warnings it raised
 
@@ -86,6 +89,8 @@ def early_warning_families(agent):
                               "domain, on the workload's recorder history", labels=["domain", *WORKLOAD_LABELS])
     firing = GaugeMetricFamily("llmslo_early_warning_firing", "1 while the kernel early warning fires for a workload "
                                "and domain", labels=["domain", "signal", *WORKLOAD_LABELS])
+    began = GaugeMetricFamily("llmslo_early_warning_began_at_seconds", "While the kernel early warning fires, when "
+                              "the trouble began (Unix seconds)", labels=["domain", "signal", *WORKLOAD_LABELS])
     for w in agent.early_warnings()["workloads"]:
         values = [w["labels"].get(k, "") for k in WORKLOAD_LABELS]
         for domain, value in sorted(w["scores"].items()):
@@ -93,8 +98,10 @@ def early_warning_families(agent):
         for d in w["domains"]:
             if d["firing"]:
                 firing.add_metric([d["domain"], d["signal"], *values], 1.0)
+                began.add_metric([d["domain"], d["signal"], *values], d["began_at"])
     yield score
     yield firing
+    yield began
     st = agent.early_warning.status()
     yield CounterMetricFamily("llmslo_early_warning_evaluations", "Early-warning evaluations (one per recorder "
                               "interval)", value=st["evaluations"])

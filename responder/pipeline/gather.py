@@ -19,6 +19,7 @@ from responder.evidence.traces.backends import TraceBackend
 from responder.evidence.traces.gather import gather_trace_evidence
 from responder.pipeline.stage import Context
 from responder.playbooks import Playbook
+from responder.slo.rules import BEGAN_AT_ANNOTATION
 from responder.store.base import Incident, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -28,17 +29,34 @@ class AgentClient(Protocol):
     async def capture(self, req: CaptureRequest) -> CaptureResult: ...
 
 
+# An alert's began_at annotation may move its start back by at most this much.
+MAX_BEGAN_EARLIER_S = 3600.0
+
+
+def alert_began(alert: dict[str, Any]) -> float:
+    """When an alert's trouble began: its startsAt, or the earlier moment its ``began_at``
+    annotation names (the kernel early warning's: the agent saw it before Prometheus did). A
+    ``began_at`` that is not a number, lies after startsAt or more than MAX_BEGAN_EARLIER_S before
+    it is ignored. Raises KeyError, ValueError or TypeError without a readable startsAt."""
+    start = parse_timestamp(alert["startsAt"]).timestamp()
+    try:
+        began = float((alert.get("annotations") or {}).get(BEGAN_AT_ANNOTATION, "nan"))
+    except (TypeError, ValueError):
+        return start
+    return began if start - MAX_BEGAN_EARLIER_S <= began <= start else start
+
+
 def baseline_end(incident: Incident) -> float | None:
     """The baseline ends where the burn under investigation began: the earliest firing alert's
-    startsAt. An incident investigated before (alerts joined its group later) looks only at
-    alerts that started after that verdict, so a long-window alert still firing from an earlier
-    burn does not pull the baseline back into it."""
+    start (``alert_began``). An incident investigated before (alerts joined its group later)
+    looks only at alerts that started after that verdict, so a long-window alert still firing from
+    an earlier burn does not pull the baseline back into it."""
     starts = []
     for a in incident.alerts:
         if a.get("status", "firing") != "firing":
             continue
         try:
-            starts.append(parse_timestamp(a["startsAt"]).timestamp())
+            starts.append(alert_began(a))
         except (KeyError, ValueError, TypeError):
             continue
     if incident.attributed_at is not None:
@@ -85,9 +103,10 @@ class Gather:
         if ctx.preliminary is None:  # else the preliminary stage found the onset a moment ago
             ctx.onset = await self.burn_began(ctx.incident, playbook, ctx.labels)
         duration = ctx.duration_s
-        (capture, gap), ctx.evidence = await asyncio.gather(
+        (capture, gap), evidence = await asyncio.gather(
             self.capture(ctx, playbook, duration),
             self.application_evidence(ctx.incident, playbook, ctx.labels, time.time() + duration, ctx.onset, duration))
+        ctx.evidence.update(evidence)  # beside what earlier stages recorded (an early warning joined)
         ctx.capture = capture
         if gap:
             ctx.gaps.append(gap)
@@ -118,10 +137,15 @@ class Gather:
 
     async def burn_began(self, inc: Incident, playbook: Playbook, labels: dict[str, str]) -> float | None:
         """Where the baselines end: the burn's onset from Prometheus when it can tell, else the
-        alert's startsAt."""
+        alert's start; earlier still where the trouble of an early warning this page joined began."""
         alert_start = baseline_end(inc)
         if alert_start is None:
             return None
+        early = ((inc.evidence or {}).get("early_warning") or {}).get("began_at")
+        if isinstance(early, (int, float)) and alert_start - MAX_BEGAN_EARLIER_S <= early < alert_start:
+            log.info("incident=%s event=onset_from_early_warning onset=%.1f alert_start=%.1f", inc.id, early,
+                     alert_start)
+            alert_start = early
         try:
             # Bounded: a Prometheus that is down must not hold the kernel capture back.
             onset = await asyncio.wait_for(

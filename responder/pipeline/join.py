@@ -11,7 +11,9 @@ within JOIN_WINDOW_S, the page is that trouble's consequence:
   the early warning's verdict and how long before the page it began.
 
 Either way the page's incident records the early warning (``evidence.early_warning``: incident,
-when it began, how long before the page, its verdict), so the lab can measure the lead.
+when it warned, when its trouble began, how long before the page, its verdict), so the lab can
+measure the lead; and the page's baselines end where that trouble began, not where its SLO
+started burning (a cause comes before its symptom).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import logging
 from typing import Any
 
 from responder.kube.cluster import KubeCluster, KubeUnavailable, ScopeError
+from responder.pipeline.gather import baseline_end
 from responder.pipeline.scope import scope_from_labels
 from responder.pipeline.stage import Context, alert_labels
 from responder.pipeline.thread import ThreadWriter
@@ -65,7 +68,9 @@ class JoinEarlyWarning:
         if early is None:
             return
         ctx.evidence["early_warning"] = info = recorded or {
-            "incident": early.id, "began_at": early.created_at, "lead_s": round(inc.created_at - early.created_at, 3),
+            "incident": early.id, "warned_at": early.created_at, "lead_s": round(inc.created_at - early.created_at, 3),
+            # where its trouble began: the page's baselines end there too (stage gather)
+            "began_at": baseline_end(early) or early.created_at,
             "alertname": alert_labels(early).get("alertname", ""), "verdict": early.verdict,
             "preliminary": (early.preliminary or {}).get("verdict"),
         }
@@ -73,7 +78,7 @@ class JoinEarlyWarning:
                if sink in self.thread.sinks and ref.get("ts") and not ref.get("borrowed_from")}
         mode = self.playbooks[early.playbook].notify if early.playbook in self.playbooks else NOTIFY_QUIET
         info["joined"] = "thread" if own and mode == NOTIFY_QUIET else "reply"
-        await asyncio.to_thread(self.store.update_incident, inc.id, evidence=dict(inc.evidence or {}) | {
+        ctx.incident = await asyncio.to_thread(self.store.update_incident, inc.id, evidence=dict(inc.evidence or {}) | {
             "early_warning": info})
         if info["joined"] == "thread":
             ctx.incident = await asyncio.to_thread(self.store.update_incident, inc.id, thread={

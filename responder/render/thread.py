@@ -210,10 +210,10 @@ def render_joined(incident: dict[str, Any], info: dict[str, Any], incident_url: 
     else:
         eid = str(info.get("incident") or "?")
         md = (f":hourglass_flowing_sand: Early warning before this page: *{_esc(str(info.get('alertname') or '?'))}* "
-              f"since {clock(float(info.get('began_at') or 0))} UTC, {lead:.0f} s before it{_esc(found)} · incident "
+              f"since {clock(float(info.get('warned_at') or 0))} UTC, {lead:.0f} s before it{_esc(found)} · incident "
               f"{_link(early_url, eid)}")
         plain = (f"Early warning before this page: {info.get('alertname') or '?'} since "
-                 f"{clock(float(info.get('began_at') or 0))} UTC, {lead:.0f} s before it{found} · incident {eid}")
+                 f"{clock(float(info.get('warned_at') or 0))} UTC, {lead:.0f} s before it{found} · incident {eid}")
     return Message(text=plain, blocks=[{"type": "section", "text": _mrkdwn(_clip(md, MAX_SECTION_CHARS))}])
 
 

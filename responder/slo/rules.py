@@ -32,7 +32,8 @@ budget in 30 days. Alerts (Google SRE workbook, chapter "Alerting on SLOs"):
 The long window makes the alert significant, the short one makes it stop soon after the burn does.
 
 One more group, ``llm-kernel-early-warning`` (unless ``early_warning`` is off): the ticket-severity
-alert ``LLMKernelEarlyWarning`` on the capture agents' ``llmslo_early_warning_firing`` series, one
+alert ``LLMKernelEarlyWarning`` on the capture agents' ``llmslo_early_warning_began_at_seconds``
+series (present while a warning fires, valued when its trouble began: the alert's ``began_at``), one
 alert per workload and fault domain the agent's attribution model names on the workload's flight
 recorder, before any SLO need burn. It has no ``for:``: the agent already holds a minimum
 duration and hysteresis (``capture.early_warning``), and a second wait here would only delay it.
@@ -101,7 +102,11 @@ _WINDOW_SECONDS = dict(WINDOWS)
 
 
 EARLY_WARNING_ALERT = "LLMKernelEarlyWarning"
-EARLY_WARNING_METRIC = "llmslo_early_warning_firing"
+# Present while a warning fires, valued when the trouble began: the alert passes that on.
+EARLY_WARNING_METRIC = "llmslo_early_warning_began_at_seconds"
+# The annotation an alert may carry to say when its trouble began, earlier than Prometheus saw
+# it (Unix seconds); the responder's baselines end there (responder.pipeline.gather).
+BEGAN_AT_ANNOTATION = "began_at"
 # What the alert keeps: the domain, the deciding signal and who (the agent's workload labels).
 EARLY_WARNING_LABELS = ("domain", "signal", *WORKLOAD_LABELS)
 
@@ -371,6 +376,7 @@ def _early_warning_group(spec: SloRulesSpec) -> dict[str, Any]:
             "description": ("The capture agent's attribution model names {{ $labels.domain }} on this workload's "
                             "flight-recorder history, against the workload's own rolling baseline, for longer than "
                             "its minimum duration; no SLO need be burning yet."),
+            BEGAN_AT_ANNOTATION: '{{ $value | printf "%.3f" }}',
         },
     }
     if spec.runbook_url:

@@ -16,6 +16,7 @@ from lab.load import LoadStats, run_load
 from tests.standins.slack import DEFAULT_TOKEN, SIGNING_SECRET, SlackStandin
 
 HEALTHY_S = 15  # recorder history before the first fault
+SERVICE = "e2e"
 
 
 @dataclass
@@ -35,8 +36,11 @@ async def stack(tmp_path_factory):
     responder = ResponderProcess(tmp_path_factory.mktemp("responder"), token=secrets.token_urlsafe(16),
                                  extra_env={"LLMSLO_SLACK_BOT_TOKEN": DEFAULT_TOKEN, "LLMSLO_SLACK_API_URL": api,
                                             "LLMSLO_SLACK_CHANNEL": "#llm-incidents",
-                                            "LLMSLO_SLACK_SIGNING_SECRET": SIGNING_SECRET})
-    service = LabService("e2e")
+                                            "LLMSLO_SLACK_SIGNING_SECRET": SIGNING_SECRET,
+                                            # the service below is a plain cgroup: score it for the early warning
+                                            "LLMSLO_AGENT_EARLY_WARNING_CGROUPS":
+                                                f"*/{cgroups.PREFIX}{SERVICE}-{os.getpid()}"})
+    service = LabService(SERVICE)
     stop = asyncio.Event()
     stats = LoadStats()
     load = None

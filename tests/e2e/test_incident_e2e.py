@@ -125,3 +125,63 @@ async def test_repeat_and_resolve_update_the_same_thread(stack):
                 if c["body"].get("thread_ts") == ts and str(c["body"].get("text")).startswith(("Preliminary", "LLM"))]
     assert len(verdicts) == 1  # one attribution reply (posted preliminary, edited with the capture's)
     assert sum("Kernel capture" in r["text"] for r in thread["replies"]) == 1
+
+
+async def firing_warnings(stack) -> list[dict]:
+    """The in-process agent's kernel early warnings firing now for the service (detailed /healthz)."""
+    body = await stack.responder.health()
+    firing = ((body.get("agent") or {}).get("early_warning") or {}).get("firing_now") or []
+    return [w for w in firing if w["workload"] == f"cgroup:{stack.service.cgroup.path}"]
+
+
+async def test_the_kernel_early_warning_opens_a_quiet_thread_that_the_page_joins(stack):
+    """Loss on the service's port: the agent's early warning fires on its recorder alone (no
+    alert yet); sent as the generated rule labels it, it opens a quiet incident whose capture names
+    network; the SLO page that follows answers in that thread, not a new one."""
+    await asyncio.sleep(10)  # healthy again after the previous rounds
+    deadline = time.monotonic() + 60
+    while await firing_warnings(stack):  # an earlier round's warning clears first
+        assert time.monotonic() < deadline, "an earlier early warning never cleared"
+        await asyncio.sleep(1)
+    with faults.PacketLoss(stack.service.port, 20):
+        t0 = time.monotonic()
+        while not (warnings := await firing_warnings(stack)):
+            assert time.monotonic() - t0 < 60, "no early warning a minute into 20% loss"
+            await asyncio.sleep(0.5)
+        warned_s = time.monotonic() - t0
+        [w] = warnings
+        assert w["domain"] == "network", w
+        labels = {"alertname": "LLMKernelEarlyWarning", "severity": "ticket", "early_warning": "kernel",
+                  "domain": w["domain"], "signal": w["signal"], "cgroup": stack.service.cgroup.path}
+        payload = alert_payload("firing", labels, w["firing_since"], group_key='{}:{alertname="LLMKernelEarlyWarning"}')
+        payload["alerts"][0]["annotations"]["began_at"] = f"{w['began_at']:.3f}"  # as the generated rule sets it
+        status, body = await stack.responder.post_alert(payload)
+        assert status == 200, body
+        early = await stack.responder.wait_verdict(body["incident_id"])
+        assert early["playbook"] == "kernel-early-warning", early["playbook"]
+        assert early["verdict"]["domains"][:1] == ["network"], (early["verdict"]["decision"], early["verdict"]["abstain_reason"],
+                                                                 early["capture"]["baseline_note"])
+        assert early["thread"]["slack"]["ts"]  # its quiet thread is posted
+        roots = len(stack.slack.threads())
+        page_labels = {"alertname": "LLMTTFTBurn", "severity": "page", "slo": "ttft", "scenario_run": "early",
+                       "cgroup": stack.service.cgroup.path}
+        status, body = await stack.responder.post_alert(alert_payload(
+            "firing", page_labels, time.time(), group_key='{}:{alertname="LLMTTFTBurn", scenario_run="early"}'))
+        assert status == 200, body
+        page = await stack.responder.wait_verdict(body["incident_id"])
+    early_ts = early["thread"]["slack"]["ts"]
+    assert page["thread"]["slack"] == {"channel": early["thread"]["slack"]["channel"], "ts": early_ts,
+                                       "borrowed_from": early["id"]}
+    assert page["evidence"]["early_warning"]["incident"] == early["id"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        replies = stack.slack.threads()[early_ts]["replies"]
+        if any(r["text"].startswith("LLMTTFTBurn: ") for r in replies):  # the capture's verdict, edited in
+            break
+        await asyncio.sleep(0.3)
+    texts = [r["text"] for r in stack.slack.threads()[early_ts]["replies"]]
+    heads = [t[:90] for t in texts]
+    assert any("LLMTTFTBurn is paging for this workload" in t for t in texts), heads
+    assert any(t.startswith("LLMTTFTBurn: network") for t in texts), heads  # the page's verdict, in the same thread
+    assert len(stack.slack.threads()) == roots, "the page opened a thread of its own"
+    print(f"early warning fired {warned_s:.1f} s into the loss; the page joined its thread")

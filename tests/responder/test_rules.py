@@ -91,7 +91,8 @@ def test_the_early_warning_alert_keeps_the_workload_and_the_domain():
     assert alert["alert"] == "LLMKernelEarlyWarning" and "for" not in alert
     assert alert["labels"] == {"severity": "ticket", "early_warning": "kernel"}
     assert alert["expr"].startswith("max by (domain, signal, namespace, pod, ")
-    assert alert["expr"].endswith("(llmslo_early_warning_firing) > 0")
+    assert alert["expr"].endswith("(llmslo_early_warning_began_at_seconds) > 0")
+    assert alert["annotations"]["began_at"] == '{{ $value | printf "%.3f" }}'
     off = yaml.safe_load(render_rules(SloRulesSpec(early_warning=False)))["groups"]
     assert [g["name"] for g in off] == [g["name"] for g in groups[:-1]]
 
@@ -99,9 +100,10 @@ def test_the_early_warning_alert_keeps_the_workload_and_the_domain():
 @pytest.mark.needs_prometheus
 def test_the_early_warning_fires_while_an_agent_reports_it(tmp_path):
     """promtool: two agents' series for one pod (the same workload labels) make one alert with the
-    pod, domain and signal; it is gone once the series drops to nothing."""
+    pod, domain and signal, and when the trouble began (the later agent's); it is gone once the
+    series drops to nothing."""
     (tmp_path / "rules.yml").write_text(render_rules(SloRulesSpec()))
-    series = ('llmslo_early_warning_firing{{instance="{i}",domain="network",signal="tcp_retrans.retransmits_per_s",'
+    series = ('llmslo_early_warning_began_at_seconds{{instance="{i}",domain="network",signal="tcp_retrans.retransmits_per_s",'
               'namespace="shop",pod="chat-1",workload_kind="Deployment",workload="chat",pod_uid="u1",container_id="",'
               'cgroup=""}}')
     labels = {"severity": "ticket", "early_warning": "kernel", "domain": "network",
@@ -109,13 +111,14 @@ def test_the_early_warning_fires_while_an_agent_reports_it(tmp_path):
               "workload_kind": "Deployment", "workload": "chat", "pod_uid": "u1"}
     doc = {"rule_files": ["rules.yml"], "evaluation_interval": "15s", "tests": [{
         "interval": "15s",
-        "input_series": [{"series": series.format(i="a:8081"), "values": "1 1 1 1 _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _"},
-                         {"series": series.format(i="b:8081"), "values": "1 1 _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _"}],
+        "input_series": [{"series": series.format(i="a:8081"),
+                          "values": "1796450000 1796450000 1796450000 1796450000 _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _"},
+                         {"series": series.format(i="b:8081"), "values": "1796449990 1796449990 _ _ _ _ _ _ _ _ _ _ _"}],
         "alert_rule_test": [
             {"eval_time": "30s", "alertname": "LLMKernelEarlyWarning", "exp_alerts": [{"exp_labels": labels, "exp_annotations": {
                 "summary": "shop/chat-1: the kernel sees network trouble (tcp_retrans.retransmits_per_s)",
                 "description": yaml.safe_load(render_rules(SloRulesSpec()))["groups"][-1]["rules"][0]["annotations"]
-                ["description"].replace("{{ $labels.domain }}", "network")}}]},
+                ["description"].replace("{{ $labels.domain }}", "network"), "began_at": "1796450000.000"}}]},
             {"eval_time": "6m", "alertname": "LLMKernelEarlyWarning", "exp_alerts": []},
         ]}]}
     (tmp_path / "test.yml").write_text(yaml.safe_dump(doc, sort_keys=False))

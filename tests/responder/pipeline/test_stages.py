@@ -241,3 +241,16 @@ async def test_no_preliminary_verdict_when_switched_off_or_asked_for_by_a_person
     ctx.incident = dataclasses.replace(ctx.incident, group_key=adhoc.ADHOC_GROUP_PREFIX + "x")
     await stage.run(ctx)
     assert agent.requests == [] and ctx.preliminary is None and store.pending_messages() == []
+
+
+@pytest.mark.parametrize("began_at, expected_lead_s", [
+    ("1796452370.5", 30.0),  # the agent saw the trouble 30 s before Prometheus did
+    ("1796452410", 0.0),  # after startsAt: ignored
+    ("1796448000", 0.0),  # over an hour before: ignored
+    ("soon", 0.0),
+    (None, 0.0),
+])
+def test_an_alerts_began_at_moves_its_start_back_within_bounds(began_at, expected_lead_s):
+    from responder.pipeline.gather import alert_began
+    alert = {"startsAt": "2026-12-05T06:33:20.500Z", "annotations": {} if began_at is None else {"began_at": began_at}}
+    assert alert_began(alert) == 1796452400.5 - expected_lead_s
