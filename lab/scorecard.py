@@ -49,6 +49,11 @@ abstained).
   posted a preliminary verdict at the alert's receipt, the first attributed post is that one: the
   scorecard gives onset -> first post, alert receipt -> first post, and how often the capture
   changed the preliminary verdict (right to wrong counted apart).
+* Kernel early warning: over the cases whose runs recorded the agent's warnings, a faulted case
+  whose injected domains include one the kernel sees by a cause (``WARNABLE``) is warned when a
+  warning for an injected domain fired after the fault phase began; the scorecard gives onset ->
+  warning, how often it came before the alert's incident, warnings naming a domain that was not
+  injected, and warnings on no-fault cases.
 """
 from __future__ import annotations
 
@@ -61,6 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capture.attribution.rules import KERNEL_RULES, SYMPTOM
 from capture.attribution.verdict import DOMAINS
 from lab import calibrate
 
@@ -234,6 +240,7 @@ def score_case(case: dict[str, Any], mode: str) -> dict[str, Any]:
         "error": case.get("error"),
     }
     row.update(preliminary_row(case, mode, expect, predicted))
+    row.update(early_warning_row(case, expect))
     if not incident and case.get("error"):
         row["abstain_reason"] = f"no verdict: {case['error']}"
     return row
@@ -262,6 +269,35 @@ def preliminary_row(case: dict[str, Any], mode: str, expect: list[str], predicte
     return {"preliminary_predicted": named, "preliminary_correct": (set(named) <= set(expect)) if named else None,
             "first_post_s": first_post,
             "alert_to_first_post_s": round(at - float(received), 3) if received is not None else None}
+
+
+# The domains a kernel early warning can name from a cause of its own (not only from a slower
+# call, a symptom many causes share); demand never fires one (capture.early_warning).
+WARNABLE = frozenset(r.domain for r in KERNEL_RULES if r.role != SYMPTOM) - {"traffic"}
+
+
+def early_warning_row(case: dict[str, Any], expect: list[str]) -> dict[str, Any]:
+    """The agent's kernel early warnings during the case (runs that recorded them): the domains
+    that fired after the fault phase began, how soon after the onset one of the injected domains
+    fired, whether that came before the alert's incident, and the domains it named that were not
+    injected. None fields for a case recorded before the early warning existed."""
+    if "early_warnings" not in case:
+        return {"early_warning_recorded": False}
+    start = case.get("fault_phase_started_at") or case.get("started_at") or 0.0
+    fired = [w for w in case["early_warnings"] if float(w.get("firing_since") or 0.0) >= start]
+    onset = case.get("fault_onset")
+    right = sorted(float(w["firing_since"]) for w in fired if w.get("domain") in expect)
+    incident = case.get("incident") or {}
+    first = right[0] if right else None
+    return {
+        "early_warning_recorded": True,
+        "early_warned": sorted({str(w.get("domain")) for w in fired}),
+        "early_warning_wrong": sorted({str(w.get("domain")) for w in fired if w.get("domain") not in expect}),
+        "warnable": bool(set(expect) & WARNABLE),
+        "early_warning_s": round(first - float(onset), 3) if first is not None and onset else None,
+        "early_warning_before_alert": (first < float(incident["created_at"]) if first is not None and case.get("detected")
+                                       and incident.get("created_at") else None),
+    }
 
 
 # --- aggregates --------------------------------------------------------------------------------
@@ -381,6 +417,11 @@ def detection(rows: list[dict[str, Any]]) -> dict[str, Any]:
     receipt = [float(r["alert_to_first_post_s"]) for r in rows if r.get("alert_to_first_post_s") is not None]
     prelim = [r for r in rows if r.get("preliminary_predicted") is not None]
     changed = [r for r in prelim if set(r["preliminary_predicted"]) != set(r["predicted"])]
+    recorded = [r for r in rows if r.get("early_warning_recorded")]
+    warnable = [r for r in recorded if r["expect"] and r["warnable"]]
+    warned = [r for r in warnable if r["early_warning_s"] is not None]
+    lead = [float(r["early_warning_s"]) for r in warned]
+    paged = [r for r in warned if r["early_warning_before_alert"] is not None]
     return {
         "faulted_cases": len(faulted), "detected": len(detected), "rate": _div(len(detected), len(faulted)),
         "p50_s": percentile(times, 0.50), "p95_s": percentile(times, 0.95), "max_s": max(times) if times else None,
@@ -398,6 +439,19 @@ def detection(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "wrong_to_right": sum(1 for r in changed if r["preliminary_correct"] is False and r["correct"]),
             "abstained_then_named": sum(1 for r in changed if not r["preliminary_predicted"] and r["predicted"]),
             "named_then_abstained": sum(1 for r in changed if r["preliminary_predicted"] and not r["predicted"]),
+        },
+        # the agent's kernel early warning, over the cases whose runs recorded it
+        "early_warning": {
+            "cases": len(recorded), "warnable_faulted": len(warnable), "warned": len(warned),
+            "rate": _div(len(warned), len(warnable)),
+            "onset_to_warning_p50_s": percentile(lead, 0.50), "onset_to_warning_p95_s": percentile(lead, 0.95),
+            "detected_and_warned": len(paged),
+            "before_alert": sum(1 for r in paged if r["early_warning_before_alert"]),
+            "before_alert_rate": _div(sum(1 for r in paged if r["early_warning_before_alert"]), len(paged)),
+            # a warning naming a domain that was not injected (any case), and any warning on a no-fault case
+            "wrong_domain_cases": sum(1 for r in recorded if r["early_warning_wrong"] and r["expect"]),
+            "no_fault_cases": sum(1 for r in recorded if not r["expect"]),
+            "on_no_fault_cases": sum(1 for r in recorded if not r["expect"] and r["early_warned"]),
         },
     }
 
@@ -722,6 +776,16 @@ def render_markdown(card: dict[str, Any]) -> str:
                 f"({_fmt(pre['changed_rate'], pct=True)}): right to wrong {pre['right_to_wrong']}, wrong to right "
                 f"{pre['wrong_to_right']}, abstained then named {pre['abstained_then_named']}, named then abstained "
                 f"{pre['named_then_abstained']}.", ""]
+    ew = det.get("early_warning") or {}
+    if ew.get("cases"):
+        out += [f"Kernel early warning (the agent's recorder, scored with the attribution model; {ew['cases']} cases "
+                f"recorded it): fired for an injected domain in {ew['warned']} of {ew['warnable_faulted']} faulted "
+                f"cases whose domain the kernel sees by a cause ({_fmt(ew['rate'], pct=True)}), from fault onset p50 "
+                f"{_secs(ew['onset_to_warning_p50_s'])}, p95 {_secs(ew['onset_to_warning_p95_s'])}; before the alert "
+                f"in {ew['before_alert']} of {ew['detected_and_warned']} alerted ones "
+                f"({_fmt(ew['before_alert_rate'], pct=True)}). Naming a domain not injected: "
+                f"{ew['wrong_domain_cases']} faulted cases; on no-fault cases: {ew['on_no_fault_cases']} of "
+                f"{ew['no_fault_cases']}.", ""]
     out += ["## Capture overhead", "",
             f"{ov['captures']} captures: mean BPF CPU {_fmt(ov['mean_bpf_ms'], digits=1)} ms, mean agent CPU "
             f"{_fmt(ov['mean_agent_cpu_s'])} s, mean events {_fmt(ov['mean_events'], digits=0)}, "

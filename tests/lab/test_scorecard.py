@@ -150,6 +150,33 @@ def test_preliminary_verdicts_first_posts_and_what_the_capture_changed():
                                   "wrong_to_right": 0, "abstained_then_named": 1, "named_then_abstained": 0}
 
 
+def test_early_warnings_per_case_and_in_the_detection_block():
+    t0 = 1000.0
+    base = {"fault_phase_started_at": t0, "fault_onset": t0 + 5, "detected": True, "incident": {"created_at": t0 + 40}}
+
+    def warned(*warnings):
+        return base | {"early_warnings": [{"domain": d, "firing_since": t0 + at} for d, at in warnings]}
+
+    assert S.early_warning_row(base, ["network"]) == {"early_warning_recorded": False}
+    r = S.early_warning_row(warned(("app_cpu", -30), ("network", 25), ("dns", 30)), ["network"])
+    assert r == {"early_warning_recorded": True, "early_warned": ["dns", "network"], "early_warning_wrong": ["dns"],
+                 "warnable": True, "early_warning_s": 20.0, "early_warning_before_alert": True}
+    late = S.early_warning_row(warned(("network", 60)), ["network"])
+    assert late["early_warning_s"] == 55.0 and late["early_warning_before_alert"] is False
+    assert S.early_warning_row(warned(), ["policy_layer"])["warnable"] is False  # the kernel cannot see it
+
+    rows = suite_rows()
+    extra = {"s1": r, "s2": late, "s3": S.early_warning_row(warned(), ["dns"]),
+             "n1": S.early_warning_row(warned(("app_cpu", 10)), []), "n2": S.early_warning_row(warned(), [])}
+    for row_ in rows:
+        row_.update(extra.get(row_["name"], {"early_warning_recorded": False}))
+    ew = S.aggregate(rows, "combined", None)["detection"]["early_warning"]
+    assert ew == {"cases": 5, "warnable_faulted": 3, "warned": 2, "rate": pytest.approx(2 / 3),
+                  "onset_to_warning_p50_s": pytest.approx(37.5), "onset_to_warning_p95_s": pytest.approx(20 + 0.95 * 35),
+                  "detected_and_warned": 2, "before_alert": 1, "before_alert_rate": 0.5, "wrong_domain_cases": 1,
+                  "no_fault_cases": 2, "on_no_fault_cases": 1}
+
+
 def test_the_preliminary_verdict_is_reattributed_from_the_evidence_it_rested_on():
     """Posted at the alert's receipt (incident created at 2000.5) from the recorder's capture:
     kernel-only it names network like the capture's; its first post counts from the onset."""
