@@ -31,16 +31,18 @@ from capture.session import ProbeLoadError, ProbeSession
 log = logging.getLogger(__name__)
 
 # Always-on by default: the probes whose cost is low enough to leave running on a node (bench/
-# measures it).
-DEFAULT_PROBES = ("tcp_retrans", "tcp_reset", "tcp_connect", "dns", "tls_http", "runq_latency",
+# measures it). CPU waits always on come from the kernel's own count, PSI (cpu_throttle reads
+# cpu.pressure per cgroup), not from tracing every context switch.
+DEFAULT_PROBES = ("tcp_retrans", "tcp_reset", "tcp_connect", "dns", "tls_http",
                   "cpu_throttle", "oom_kill", "memory_pressure", "process_exec")
 # Sampled by default: too costly to leave on (the per-syscall backend_latency, the per-segment
-# tcp_flow), but a capture's verdict needs their baseline (backend latency and sRTT per peer).
+# tcp_flow, the per-context-switch runq_latency), but a capture's verdict needs their baseline
+# (backend latency and sRTT per peer, the run-queue wait histogram).
 # Their per-event tracepoints are attached for one interval in every SAMPLE_EVERY (5 s of every
 # 30 s at the default interval), so they cost about a sixth of what they would always on; their
 # bookkeeping tracepoints (connects, socket owners) stay attached. A window's rates and
 # histograms come from the attached intervals only.
-DEFAULT_SAMPLED = ("tcp_flow", "backend_latency")
+DEFAULT_SAMPLED = ("tcp_flow", "backend_latency", "runq_latency")
 SAMPLE_EVERY = 6
 # How often the uprobe probes (dns, tls_http) look for libc and libssl files they are not on yet:
 # a container started since the recorder loaded maps its own image's copies (other inodes), and

@@ -89,3 +89,38 @@ async def test_a_sampled_probe_is_attached_one_interval_in_three_and_counts_only
         stop(server)
         await asyncio.to_thread(rec.stop)
     assert rec.sessions == {}
+
+
+BUSY = "import time\nend = time.monotonic() + float(__import__('sys').argv[1])\nwhile time.monotonic() < end: pass\n"
+
+
+async def test_the_run_queue_probe_is_sampled_and_never_times_a_wait_across_a_pause(workload_cgroup):
+    """runq_latency in the recorder: its scheduler tracepoints come and go with the samples, three
+    busy threads on two CPUs are seen waiting while it is attached, and no wait spans a pause (an
+    enqueue time kept across one would read as seconds)."""
+    rec = Recorder(probes=[], sampled=["runq_latency"], interval_s=1.0, sample_every=3, history_s=60)
+    busy = []
+    try:
+        await asyncio.to_thread(rec.start)
+        assert rec.errors == {} and "runq_latency" in rec.sessions
+        session = rec.sessions["runq_latency"]
+        t0 = time.time()
+        busy = [spawn(sys.executable, "-c", BUSY, "7", cgroup=workload_cgroup) for _ in range(3)]
+        states = set()
+        while any(p.poll() is None for p in busy):
+            with rec._lock:
+                states.add(("sched:sched_switch" in {tp.decode() for tp in session.bpf.tracepoint_fds}, rec._sampled_on))
+            await asyncio.sleep(0.1)
+        t1 = time.time()
+        assert states == {(True, True), (False, False)}, states
+        await asyncio.sleep(1.2)
+        cgid = os.stat(workload_cgroup.dir).st_ino
+        result, note = rec.window("runq_latency", {cgid}, t0, t1)
+        assert result is not None and "sampled: runq_latency attached" in note, note
+        waits = result.histograms["runq_wait"]
+        assert waits.count >= 50, waits  # three threads on two CPUs wait all the time
+        assert waits.quantile(1.0) < 2 ** 20, waits  # no wait of a second or more: none across a pause
+    finally:
+        for p in busy:
+            stop(p)
+        await asyncio.to_thread(rec.stop)

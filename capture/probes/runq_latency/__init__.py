@@ -22,4 +22,9 @@ PROBE = Probe(
     counters={},
     histograms={"runq_wait": "us"},
     read_raw=read_raw,
+    # The flight recorder samples it (every tracepoint is per event); a thread's enqueue time
+    # from before a pause would time a wait across it, so those are forgotten at each re-attach.
+    # The owner map stays: a thread's cgroup does not change while the probe is paused.
+    sampled_attach=("sched:sched_wakeup", "sched:sched_wakeup_new", "sched:sched_switch"),
+    sampled_state=("enqueued",),
 )
