@@ -181,6 +181,7 @@ class CaptureAgent:
         self._add_lead_in(result, req, scope)
         self._add_series(result, req, scope)
         await asyncio.to_thread(self._add_novelty, result, req, scope, raws)  # may ask the Kubernetes API
+        self._add_anomalies(result, scope)
         return result
 
     async def _resolve(self, req: CaptureRequest) -> identity.ResolvedTarget:
@@ -210,6 +211,7 @@ class CaptureAgent:
         self._add_baseline(result, req, scope)
         self._add_series(result, req, scope)
         await asyncio.to_thread(self._add_novelty, result, req, scope, raws)
+        self._add_anomalies(result, scope)
         return result
 
     def _read_recorder(self, req: CaptureRequest, scope: identity.ResolvedTarget
@@ -410,6 +412,13 @@ class CaptureAgent:
             if self.kube is not None and (service := self.kube.service_of(peer["name"])):
                 peer["service"] = service
         result.novelty_note = "; ".join(notes)
+
+    def _add_anomalies(self, result: CaptureResult, scope: identity.ResolvedTarget) -> None:
+        """The early warning's flagged anomalies of the target's workloads (what they never did
+        before, against their whole recorder history; unlike ``new_peers``, which compares with
+        the capture's baseline only)."""
+        if self.early_warning is not None and scope.baseline_cgroups:
+            result.anomalies = self.early_warning.anomalies(set(scope.baseline_cgroups))
 
     def _dns_names(self, result: CaptureResult, cgids: set[int]) -> dict[str, str]:
         """ip -> the host name the target's own lookups resolved to it (recorder, then capture)."""

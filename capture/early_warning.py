@@ -27,6 +27,15 @@ baseline the ``baseline_s`` before it. Hysteresis keeps it quiet on noise:
 SLO, the page's verdict says so), and a load that changes through the day would otherwise warn
 every morning.
 
+Anomalies: what a workload does that it never did before, against all the recorder has seen of
+it (NOVELTY: an egress peer it connects to, an executable started in its cgroups). Its first
+WARM_S teach what is normal; after that, each interval's new entries are scored by how rare
+novelty is for this workload: ``1 / (1 + the earlier intervals with a novelty of that kind in the
+last CHURN_WINDOW_S)``, so a workload that contacts new addresses all day scores its next one low,
+and one that never does scores it 1. An entry scoring at least FLAG_SCORE is flagged, with the DNS
+name the workload's own lookups gave the address; it is shown for ANOMALY_TTL_S, and becomes part
+of the workload's normal either way.
+
 What it costs is measured (CPU seconds of the evaluations) and exported beside the result.
 """
 from __future__ import annotations
@@ -41,6 +50,7 @@ from typing import TYPE_CHECKING
 from capture import identity
 from capture.attribution.engine import MIN_CONFIDENCE, attribute_kernel
 from capture.probes import CATALOG
+from capture.probes import dns as dns_probe
 from capture.probes.base import to_result
 from capture.schemas import CaptureResult, CaptureTarget, ProbeResult
 
@@ -65,6 +75,16 @@ MAX_FROZEN_S = 2 * BASELINE_S
 NOT_WARNED = frozenset({"traffic"})
 # At most this many workloads are scored per interval, the busiest first (a bound on its cost).
 MAX_WORKLOADS = 200
+# (probe, top list, kind): what counts as something new a workload did
+NOVELTY = (("tcp_connect", "peers", "egress_peer"), ("process_exec", "executables", "executable"))
+# A workload's first five minutes of history teach what it does; nothing is new before that.
+WARM_S = BASELINE_S
+CHURN_WINDOW_S = 3600.0
+# Flagged: no more than one earlier interval with a novelty of the same kind in the last hour.
+FLAG_SCORE = 0.5
+ANOMALY_TTL_S = 600.0
+MAX_ANOMALIES = 20  # per workload, the newest kept
+MAX_KNOWN = 5000  # entries remembered per workload and kind, the oldest forgotten first
 # The status lists at most this many firing warnings (the metrics and /v1/early-warnings hold all).
 MAX_LISTED = 20
 # The cgroup walk that maps cgroup ids to workloads is redone at most this often.
@@ -105,6 +125,12 @@ class _State:
     baseline_end: float = 0.0
     settled: bool = False  # the trouble outlived MAX_FROZEN_S: the baseline rolls until it clears
     seen_at: float = 0.0
+    # anomalies: what the workload has done (kind -> entry -> first seen), since when it is known,
+    # when novelties came (kind -> interval ends), and what was flagged
+    known: dict[str, dict[str, float]] = field(default_factory=dict)
+    known_since: float = 0.0
+    novel_at: dict[str, list[float]] = field(default_factory=dict)
+    anomalies: list[dict] = field(default_factory=list)
 
 
 class EarlyWarning:
@@ -124,6 +150,8 @@ class EarlyWarning:
         self.evaluations = 0
         self.cpu_s = 0.0
         self.raised = 0  # warnings raised since start
+        self._novel_until = 0.0  # the end of the last interval looked at for anomalies
+        self.flagged = 0  # anomalies flagged since start
         self._paths: dict[int, str] = {}
         self._walked_at = 0.0
         self._lock = threading.Lock()
@@ -182,9 +210,16 @@ class EarlyWarning:
         workloads = sorted(self.workloads(set(active), now),
                            key=lambda w: -sum(active.get(c, 0.0) for c in w.cgroups))[:self.max_workloads]
         fresh_baseline: dict[str, tuple[dict, float]] | None = None
+        fresh = [iv for iv in rec.intervals(self._novel_until, end) if iv.end > self._novel_until]
+        self._novel_until = end
         with self._lock:
             for w in workloads:
-                st = self.states.get(w.key) or _State(w)
+                st = self.states.get(w.key)
+                if st is None:
+                    st = _State(w, known_since=cov[0])
+                    self._novelties(st, w, rec.intervals(cov[0], end), learn_only=True)
+                else:
+                    self._novelties(st, w, fresh, learn_only=False)
                 st.workload, st.seen_at = w, now
                 if st.baseline is None:
                     if fresh_baseline is None:
@@ -206,6 +241,55 @@ class EarlyWarning:
                 del self.states[key]
         self.evaluations += 1
         self.cpu_s += time.thread_time() - cpu0
+
+    def _novelties(self, st: _State, w: Workload, intervals: list, learn_only: bool) -> None:
+        """Learn what the workload did in ``intervals``; unless ``learn_only``, score and flag
+        what it had never done (see the module's docstring)."""
+        found: list[dict] = []
+        for iv in intervals:
+            for probe, top_list, kind in NOVELTY:
+                known = st.known.setdefault(kind, {})
+                new = {}
+                for key, n in iv.raw.get(probe, {}).items():
+                    if key[0] == "p" and key[2] == top_list and key[1] in w.cgroups and key[3] not in known:
+                        new[key[3]] = new.get(key[3], 0) + int(n)
+                for item in new:
+                    known[item] = iv.end
+                while len(known) > MAX_KNOWN:
+                    known.pop(next(iter(known)))
+                if not new or learn_only or iv.end - st.known_since < WARM_S:
+                    continue
+                times = [t for t in st.novel_at.get(kind, []) if iv.end - t <= CHURN_WINDOW_S]
+                score = round(1.0 / (1.0 + len(times)), 3)
+                st.novel_at[kind] = times + [iv.end]
+                found += [{"kind": kind, "what": item, "first_seen": round(iv.end, 3), "count": n, "score": score,
+                           "flagged": score >= FLAG_SCORE} for item, n in sorted(new.items())]
+        if not found:
+            return
+        names = self._dns_names(w) if any(a["kind"] == "egress_peer" for a in found) else {}
+        for a in found:
+            if a["kind"] == "egress_peer" and (name := names.get(a["what"].rsplit(":", 1)[0].strip("[]"))):
+                a["name"] = name
+            if a["flagged"]:
+                self.flagged += 1
+                log.warning("event=anomaly workload=%s kind=%s what=%s name=%s score=%.2f", w.key, a["kind"],
+                            a["what"], a.get("name", ""), a["score"])
+        st.anomalies = (st.anomalies + found)[-MAX_ANOMALIES:]
+
+    def _dns_names(self, w: Workload) -> dict[str, str]:
+        """ip -> the host name the workload's own lookups resolved to it, over the recorder's history."""
+        cov = self.recorder.coverage()
+        if cov is None or "dns" not in self.recorder.sessions:
+            return {}
+        r, _ = self.recorder.window("dns", w.cgroups, cov[0], cov[1], min_window_s=0.0)
+        return dns_probe.names_by_address(r) if r is not None else {}
+
+    def anomalies(self, cgroup_ids: set[int], now: float | None = None) -> list[dict]:
+        """The flagged anomalies of the workloads these cgroups belong to, shown for ANOMALY_TTL_S."""
+        now = time.time() if now is None else now
+        with self._lock:
+            return [dict(a, workload=s.workload.key) for s in self.states.values() if s.workload.cgroups & cgroup_ids
+                    for a in s.anomalies if a["flagged"] and now - a["first_seen"] <= ANOMALY_TTL_S]
 
     def _update(self, st: _State, verdict, now: float, baseline: dict[str, ProbeResult], baseline_end: float) -> None:
         st.scores = {h.domain: round(h.confidence, 3) for h in verdict.hypotheses}
@@ -254,7 +338,8 @@ class EarlyWarning:
                                   "firing_since": None if d.firing_since is None else round(d.firing_since, 3),
                                   # where the trouble began: the start of the window that first named it
                                   "began_at": round(s.baseline_end or d.since, 3),
-                                  "signal": d.signal, "summary": d.summary} for d in s.domains.values()]}
+                                  "signal": d.signal, "summary": d.summary} for d in s.domains.values()],
+                     "anomalies": [dict(a) for a in s.anomalies]}
                     for s in self.states.values()]
 
     def status(self) -> dict:
@@ -263,8 +348,11 @@ class EarlyWarning:
                        "since": round(d.since, 3), "firing_since": round(d.firing_since or 0.0, 3),
                        "began_at": round(s.baseline_end or d.since, 3)}
                       for s in self.states.values() for d in s.domains.values() if d.firing]
+            now = time.time()
+            recent = [dict(a, workload=s.workload.key) for s in self.states.values() for a in s.anomalies
+                      if a["flagged"] and now - a["first_seen"] <= ANOMALY_TTL_S]
             return {"window_s": self.window_s, "baseline_s": self.baseline_s, "raise_after": self.raise_after,
                     "clear_after": self.clear_after, "clear_score": CLEAR_SCORE, "cgroups": list(self.patterns),
                     "workloads": len(self.states), "firing": len(firing), "firing_now": firing[:MAX_LISTED],
-                    "raised": self.raised,
+                    "raised": self.raised, "anomalies_flagged": self.flagged, "anomalies_now": recent[:MAX_LISTED],
                     "evaluations": self.evaluations, "cpu_s": round(self.cpu_s, 3)}

@@ -17,6 +17,9 @@ prometheus_client's own metric objects. Series:
   llmslo_early_warning_began_at_seconds{domain, signal, <workload labels>}
       while it fires, when the trouble began (Unix seconds: the start of the window that first
       named the domain); the generated alert is built on it and passes it on as its began_at
+  llmslo_early_warning_anomaly{kind, what, name, <workload labels>}
+      for 10 minutes after a workload did what it had never done (a new egress peer, a new
+      executable) and it was flagged: its score (capture.early_warning)
   llmslo_early_warning_evaluations_total, llmslo_early_warning_cpu_seconds_total,
   llmslo_early_warning_raised_total: how often it ran, what that cost, how many warnings it raised
 
@@ -25,9 +28,12 @@ pod, workload_kind and workload (from the Kubernetes API), pod_uid, container_id
 """
 from __future__ import annotations
 
+import time
+
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
 from capture import identity
+from capture.early_warning import ANOMALY_TTL_S
 
 
 def _cgroup_labels(cgids: set[int]) -> dict[int, tuple[str, str, str]]:
@@ -91,7 +97,8 @@ def early_warning_families(agent):
                                "and domain", labels=["domain", "signal", *WORKLOAD_LABELS])
     began = GaugeMetricFamily("llmslo_early_warning_began_at_seconds", "While the kernel early warning fires, when "
                               "the trouble began (Unix seconds)", labels=["domain", "signal", *WORKLOAD_LABELS])
-    for w in agent.early_warnings()["workloads"]:
+    workloads = agent.early_warnings()["workloads"]
+    for w in workloads:
         values = [w["labels"].get(k, "") for k in WORKLOAD_LABELS]
         for domain, value in sorted(w["scores"].items()):
             score.add_metric([domain, *values], value)
@@ -99,9 +106,17 @@ def early_warning_families(agent):
             if d["firing"]:
                 firing.add_metric([d["domain"], d["signal"], *values], 1.0)
                 began.add_metric([d["domain"], d["signal"], *values], d["began_at"])
+    anomaly = GaugeMetricFamily("llmslo_early_warning_anomaly", "A flagged anomaly of a workload (something it never "
+                                "did before), its score, for 10 minutes", labels=["kind", "what", "name", *WORKLOAD_LABELS])
+    for w in workloads:
+        values = [w["labels"].get(k, "") for k in WORKLOAD_LABELS]
+        for a in w["anomalies"]:
+            if a["flagged"] and time.time() - a["first_seen"] <= ANOMALY_TTL_S:
+                anomaly.add_metric([a["kind"], a["what"], a.get("name", ""), *values], a["score"])
     yield score
     yield firing
     yield began
+    yield anomaly
     st = agent.early_warning.status()
     yield CounterMetricFamily("llmslo_early_warning_evaluations", "Early-warning evaluations (one per recorder "
                               "interval)", value=st["evaluations"])

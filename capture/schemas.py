@@ -456,6 +456,10 @@ class CaptureResult:
     # The flight recorder's per-interval counters for the target from the baseline's start to the
     # capture's end ({"start", "end", "counters": {"probe.counter": count}}): a timeline's data.
     series: list[dict[str, Any]] = field(default_factory=list)
+    # What the target's workloads did that they had never done, scored by the agent's early
+    # warning against their whole recorder history and flagged: {"kind" (egress_peer |
+    # executable), "what", "name" (a peer's DNS name), "first_seen", "count", "score", "workload"}.
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def combine(cls, results: list[CaptureResult], nodes: list[dict[str, Any]],
@@ -497,6 +501,8 @@ class CaptureResult:
                     else:
                         seen[item["name"]] = dict(item)
             setattr(out, attr, sorted(seen.values(), key=lambda i: i["first_seen"]))
+        out.anomalies = sorted((dict(a, node=a.get("node") or r.node) for r in results for a in r.anomalies),
+                               key=lambda a: a["first_seen"])
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -510,7 +516,7 @@ class CaptureResult:
             "cost": asdict(self.cost), "errors": list(self.errors),
             "new_peers": list(self.new_peers), "new_processes": list(self.new_processes),
             "novelty_note": self.novelty_note, "nodes": list(self.nodes), "pods": list(self.pods),
-            "source": self.source, "series": list(self.series),
+            "source": self.source, "series": list(self.series), "anomalies": list(self.anomalies),
         }
 
     @classmethod
@@ -525,7 +531,8 @@ class CaptureResult:
             cost=CaptureCost(**data.get("cost", {})), errors=list(data.get("errors", [])),
             new_peers=list(data.get("new_peers", [])), new_processes=list(data.get("new_processes", [])),
             novelty_note=data.get("novelty_note", ""), nodes=list(data.get("nodes", [])),
-            pods=list(data.get("pods", [])), source=data.get("source", "live"), series=list(data.get("series", [])))
+            pods=list(data.get("pods", [])), source=data.get("source", "live"), series=list(data.get("series", [])),
+            anomalies=list(data.get("anomalies", [])))
 
 
 @dataclass

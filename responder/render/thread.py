@@ -249,7 +249,7 @@ def render_attribution(incident: dict[str, Any], verdict: Verdict, capture: Capt
     blocks: list[dict[str, Any]] = [{"type": "header", "text": _plain(_clip(headline, MAX_HEADER_CHARS))}]
     sections = [_preliminary_md(view, pending_capture_s) if pending_capture_s is not None else "",
                 _revision_md(preliminary, verdict, capture) if preliminary is not None else "",
-                _verdict_md(view, verdict), *_symptom_md(view), _capture_md(capture)]
+                _verdict_md(view, verdict), *_symptom_md(view), _anomalies_md(capture), _capture_md(capture)]
     blocks += [{"type": "section", "text": _mrkdwn(_clip(md, MAX_SECTION_CHARS))} for md in sections if md]
     if capture is not None:
         cost = (f"Read from the flight recorder, nothing attached for it: {capture.cost.agent_cpu_s * 1000:.0f} ms of agent CPU"
@@ -365,6 +365,27 @@ def _symptom_md(view: IncidentView) -> list[str]:
                 line += f" · {_link(example.url, example.why or 'example trace')}"
             out.append(line)
     return out
+
+
+MAX_ANOMALIES_SHOWN = 5
+
+
+def anomaly_phrase(a: dict[str, Any]) -> str:
+    """"egress to 203.0.113.9:4444 (rogue.example) since 06:12:03 UTC" or "executable
+    /tmp/x/miner since …": one flagged anomaly in words."""
+    what = (f"egress to {a.get('what')}" + (f" ({a['name']})" if a.get("name") else "")
+            if a.get("kind") == "egress_peer" else f"executable {a.get('what')}")
+    return f"{what} since {clock(float(a.get('first_seen') or 0))} UTC"
+
+
+def _anomalies_md(capture: CaptureResult | None) -> str:
+    """What the workload did that it never did before (the agent's flagged anomalies), if anything."""
+    if capture is None or not capture.anomalies:
+        return ""
+    shown = [anomaly_phrase(a) for a in capture.anomalies[:MAX_ANOMALIES_SHOWN]]
+    more = len(capture.anomalies) - len(shown)
+    return (":warning: *Never seen on this workload before* (against its whole flight-recorder history): "
+            + _esc("; ".join(shown)) + (f"; and {more} more" if more > 0 else ""))
 
 
 def _capture_md(capture: CaptureResult | None) -> str:

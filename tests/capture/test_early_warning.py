@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from capture.agent import CaptureAgent
 from capture.api import make_app
-from capture.early_warning import BASELINE_S, CLEAR_AFTER, MAX_FROZEN_S, EarlyWarning
+from capture.early_warning import ANOMALY_TTL_S, BASELINE_S, CLEAR_AFTER, MAX_FROZEN_S, EarlyWarning
 from capture.recorder import Interval, Recorder
 from tests.capture.test_probes import closed_port, spawn_in
 
@@ -150,6 +150,38 @@ def test_more_demand_is_scored_but_never_fires():
     [w] = ew.snapshot()
     assert w["scores"].get("traffic", 0) > 0.6 and "traffic" in w["decision"]
     assert w["domains"] == [] and ew.status()["raised"] == 0
+
+
+def test_what_a_workload_never_did_is_flagged_by_how_rare_novelty_is_for_it():
+    ring = Ring(probes=("tcp_connect", "process_exec"))
+    ew = early(ring)
+
+    def add(peers=(), exes=()) -> float:
+        end = ring.add()
+        raw = ring.rec.ring[-1].raw
+        for p in ("10.0.0.7:5432", *peers):
+            raw["tcp_connect"][("p", CG, "peers", p)] = 3
+        raw["process_exec"] = {("p", CG, "executables", e): 1 for e in exes}
+        return end
+
+    for i in range(10):  # a peer seen while the workload is young is learned, not flagged
+        ew.evaluate(add(peers=("10.0.0.9:443",) if i == 5 else ()))
+    for _ in range(60):
+        ew.evaluate(add())
+    assert ew.anomalies({CG}) == [] and ew.status()["anomalies_flagged"] == 0
+    ew.evaluate(add(peers=("203.0.113.9:4444",)))  # five minutes in: never seen before
+    [a] = ew.anomalies({CG}, now=ring.now)
+    assert (a["kind"], a["what"], a["score"], a["workload"]) == ("egress_peer", "203.0.113.9:4444", 1.0, f"pod:{POD_UID}")
+    ew.evaluate(add(peers=("203.0.113.9:4444",)))  # the same again: known now
+    ew.evaluate(add(exes=("/tmp/.cache/miner",)))  # another kind: scored on its own
+    ew.evaluate(add(peers=("203.0.113.10:4444", "203.0.113.11:4444")))  # a second interval of new peers
+    ew.evaluate(add(peers=("203.0.113.12:4444",)))  # a third: this workload now finds new peers often
+    flagged = [(a["what"], a["score"]) for a in ew.anomalies({CG}, now=ring.now)]
+    assert flagged == [("203.0.113.9:4444", 1.0), ("/tmp/.cache/miner", 1.0), ("203.0.113.10:4444", 0.5),
+                       ("203.0.113.11:4444", 0.5)]
+    assert [a["score"] for a in ew.snapshot()[0]["anomalies"]][-1] == 0.333  # listed, not flagged
+    assert ew.anomalies({CG_OTHER}, now=ring.now) == []
+    assert ew.anomalies({CG}, now=ring.now + ANOMALY_TTL_S + 10) == []  # shown for ten minutes
 
 
 def test_no_history_no_evaluation():

@@ -393,3 +393,17 @@ def test_the_captures_verdict_confirms_or_says_what_changed_and_why():
     abstained = Verdict(domains=[], confidence=0.0, abstain_reason="two domains too close")
     gone = _all_text(render_attribution(_incident(), abstained, _capture(), [], URL, preliminary=prelim))
     assert "provider_throttling 82% → abstained, because two domains too close" in gone
+
+
+def test_the_reply_flags_what_the_workload_never_did_before():
+    cap = _capture()
+    assert "Never seen" not in _all_text(render_attribution(_incident(), _verdict(), cap, [], URL))
+    cap.anomalies = [{"kind": "egress_peer", "what": "203.0.113.9:4444", "name": "rogue.example", "first_seen": 1700000000,
+                      "count": 3, "score": 1.0, "flagged": True},
+                     {"kind": "executable", "what": "/tmp/.cache/miner", "first_seen": 1700000010, "count": 1,
+                      "score": 1.0, "flagged": True}]
+    msg = render_attribution(_incident(), _verdict(), cap, [], URL)
+    _assert_slack_limits(msg)
+    assert (":warning: *Never seen on this workload before* (against its whole flight-recorder history): egress to "
+            "203.0.113.9:4444 (rogue.example) since ") in _all_text(msg)
+    assert "executable /tmp/.cache/miner since " in msg.text
