@@ -136,7 +136,7 @@ class _State:
 class EarlyWarning:
     def __init__(self, recorder: Recorder, window_s: float = WINDOW_S, baseline_s: float = BASELINE_S,
                  cgroups: tuple[str, ...] = (), raise_after: int | None = None, clear_after: int = CLEAR_AFTER,
-                 max_workloads: int = MAX_WORKLOADS) -> None:
+                 max_workloads: int = MAX_WORKLOADS, warm_s: float = WARM_S) -> None:
         self.recorder = recorder
         self.window_s = window_s
         self.baseline_s = baseline_s
@@ -146,6 +146,7 @@ class EarlyWarning:
                                else round(window_s / recorder.interval_s) + 1)
         self.clear_after = max(1, clear_after)
         self.max_workloads = max_workloads
+        self.warm_s = warm_s
         self.states: dict[str, _State] = {}
         self.evaluations = 0
         self.cpu_s = 0.0
@@ -257,7 +258,7 @@ class EarlyWarning:
                     known[item] = iv.end
                 while len(known) > MAX_KNOWN:
                     known.pop(next(iter(known)))
-                if not new or learn_only or iv.end - st.known_since < WARM_S:
+                if not new or learn_only or iv.end - st.known_since < self.warm_s:
                     continue
                 times = [t for t in st.novel_at.get(kind, []) if iv.end - t <= CHURN_WINDOW_S]
                 score = round(1.0 / (1.0 + len(times)), 3)

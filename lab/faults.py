@@ -26,6 +26,7 @@ carries its owner's pid, so :func:`sweep_stale` removes what a SIGKILLed run lef
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -219,6 +220,11 @@ class Fault:
 
     def describe(self) -> str:
         return f"{self.kind}(" + ", ".join(f"{k}={v}" for k, v in self.params.items()) + ")"
+
+    def anomaly(self) -> dict[str, str] | None:
+        """What the fault makes the workload do that it never did ({"kind", "what"}, as the
+        agent's anomalies name it), for the scorecard; None for a fault that is no anomaly."""
+        return None
 
     def as_dict(self) -> dict[str, Any]:
         d = {"kind": self.kind, **self.params, "start_s": self.start_s}
@@ -459,6 +465,108 @@ class ServiceRestartFault(Fault):
         pass
 
 
+# A process in the service's cgroups that resolves a host name the service never used (through the
+# lab DNS, like the service) and connects to it every ``period`` seconds: exfiltration, a beacon.
+ROGUE_CLIENT = r"""
+import socket, sys, time
+host, port, period = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+while True:
+    try:
+        addr = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+        socket.create_connection(addr, timeout=2).close()
+    except OSError:
+        pass
+    time.sleep(period)
+"""
+ROGUE_HOST = "telemetry-sink.rogue.example"
+# The file name an unexpected program runs under: a copy of a CPU-bound tool, started from a
+# temporary directory, as a dropped miner would be.
+UNEXPECTED_NAME = "kworker-cache"
+
+
+@dataclass
+class RogueEgressFault(Fault):
+    """No fault domain, an anomaly: a process in the service's cgroups starts connecting to an
+    address the service never used (resolved by name through the lab DNS), every ``period_s``."""
+
+    proc: subprocess.Popen | None = field(default=None, init=False)
+    server: asyncio.AbstractServer | None = field(default=None, init=False)
+    what: str = field(default="", init=False)
+
+    async def _apply(self, stack):
+        from lab.harness import die_with_parent
+
+        async def close(_reader, writer):
+            writer.close()
+
+        self.server = await asyncio.start_server(close, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        stack.dns.records[ROGUE_HOST] = "127.0.0.1"
+        self.what = f"127.0.0.1:{port}"
+
+        def preexec():
+            die_with_parent()
+            stack.service.cgroups.enter()
+
+        self.proc = subprocess.Popen(stack.dns.client_argv([sys.executable, "-c", ROGUE_CLIENT, ROGUE_HOST, str(port),
+                                                            str(self.params["period_s"])]),
+                                     preexec_fn=preexec, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+    async def _clear(self, stack):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        if stack.dns is not None:
+            stack.dns.records.pop(ROGUE_HOST, None)
+
+    def anomaly(self) -> dict[str, str] | None:
+        return {"kind": "egress_peer", "what": self.what, "name": ROGUE_HOST} if self.what else None
+
+
+@dataclass
+class UnexpectedExecFault(Fault):
+    """A program the service never ran starts in its cgroups from a temporary directory and burns
+    CPU (``workers`` copies): a dropped miner. Its domain is ``app_cpu`` when the service feels it."""
+
+    procs: list[subprocess.Popen] = field(default_factory=list, init=False)
+    dir: Path | None = field(default=None, init=False)
+    what: str = field(default="", init=False)
+
+    async def _apply(self, stack):
+        from lab.harness import die_with_parent
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{STACK_DIR_PREFIX}{os.getpid()}-exec-"))
+        exe = self.dir / UNEXPECTED_NAME
+        shutil.copy2(shutil.which("sha256sum") or "/usr/bin/sha256sum", exe)
+        self.what = str(exe)
+
+        def preexec():
+            die_with_parent()
+            stack.service.cgroups.enter()
+
+        for _ in range(self.params["workers"]):
+            self.procs.append(subprocess.Popen([str(exe), "/dev/zero"], preexec_fn=preexec, stdin=subprocess.DEVNULL,
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    async def _clear(self, stack):
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+        self.procs.clear()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def anomaly(self) -> dict[str, str] | None:
+        return {"kind": "executable", "what": self.what} if self.what else None
+
+
 def _knobs(channel: str, make: Callable[[dict], dict[str, Any]]) -> Callable[[dict], Fault]:
     """A factory for a fault that sets the knobs ``make(params)`` on ``channel``."""
     def factory(common: dict) -> Fault:
@@ -529,6 +637,11 @@ def _kinds() -> dict[str, FaultKind]:
          _of(TrafficSurgeFault), TrafficSurgeFault.__doc__),
         # no ground-truth domain: a restart is not a fault the responder should name
         ("service_restart", None, {}, _of(ServiceRestartFault), ServiceRestartFault.__doc__),
+        # anomalies: scored as flagged or missed (the agent's early warning), not by a domain
+        ("rogue_egress", None, {"period_s": Param(float, False, 2.0, min=0.1, max=60)},
+         _of(RogueEgressFault), RogueEgressFault.__doc__),
+        ("unexpected_exec", "app_cpu", {"workers": Param(int, False, 1, min=1, max=8)},
+         _of(UnexpectedExecFault), UnexpectedExecFault.__doc__),
     ]
     kinds = {}
     for kind, domain, params, factory, doc in table:

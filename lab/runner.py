@@ -298,8 +298,9 @@ class CaseRun:
             "other_incidents": [], "recovered": None, "recovery_s": None, "load": {}, "service_restarts": None,
             "baseline_check": None, "invalid": None, "notes": [], "error": None,
             # The agent's kernel early warnings seen firing during the fault phase and the verdict
-            # wait: {"workload", "domain", "signal", "since", "firing_since", "seen_at"}, each once.
-            "early_warnings": [],
+            # wait: {"workload", "domain", "signal", "since", "firing_since", "seen_at"}, each once;
+            # and the anomalies it flagged ({"workload", "kind", "what", "name", "first_seen", "score"}).
+            "early_warnings": [], "anomalies": [],
         }
 
     def note(self, text: str) -> None:
@@ -314,12 +315,17 @@ class CaseRun:
         except Exception as e:  # noqa: BLE001 - the case goes on without this figure
             self.note(f"early warning state unreadable: {type(e).__name__}: {e}")
             return
-        firing = (((body.get("agent") or {}).get("early_warning") or {}).get("firing_now")) or []
+        state = (body.get("agent") or {}).get("early_warning") or {}
         known = {(w["workload"], w["domain"], w["firing_since"]) for w in self.rec["early_warnings"]}
-        for w in firing:
+        for w in state.get("firing_now") or []:
             if (w.get("workload"), w.get("domain"), w.get("firing_since")) not in known:
                 self.rec["early_warnings"].append(dict(w, seen_at=round(time.time(), 3)))
                 self.note(f"early warning: {w.get('domain')} ({w.get('signal')}) on {w.get('workload')}")
+        flagged = {(a["workload"], a["kind"], a["what"]) for a in self.rec["anomalies"]}
+        for a in state.get("anomalies_now") or []:
+            if (a.get("workload"), a.get("kind"), a.get("what")) not in flagged:
+                self.rec["anomalies"].append(dict(a, seen_at=round(time.time(), 3)))
+                self.note(f"anomaly flagged: {a.get('kind')} {a.get('what')} on {a.get('workload')}")
 
 
 def _load_summary(stack, since: float | None, until: float | None) -> dict[str, Any] | None:
@@ -492,6 +498,7 @@ async def _fault_phase(stack, api: LabApi, scenario: Scenario, run: CaseRun, ind
             if action == "apply":
                 fault = await stack.apply(what.fault_dict())
                 fr["applied_at"] = time.time()
+                fr["anomaly"] = fault.anomaly()  # what the agent should flag, for an anomaly kind
                 if rec["fault_onset"] is None:
                     rec["fault_onset"] = fr["applied_at"]
                 run.note(f"applied {fault.describe()} at +{fr['applied_at'] - phase_start:.1f} s")

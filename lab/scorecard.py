@@ -54,6 +54,10 @@ abstained).
   warning for an injected domain fired after the fault phase began; the scorecard gives onset ->
   warning, how often it came before the alert's incident, warnings naming a domain that was not
   injected, and warnings on no-fault cases.
+* Anomalies: an injected anomaly (``rogue_egress``'s peer, ``unexpected_exec``'s program) is
+  flagged when the agent flagged that exact peer or path after the fault phase began; any other
+  flag during a case counts against it, and a control (no fault, no anomaly) with a flag is a
+  false one.
 """
 from __future__ import annotations
 
@@ -241,6 +245,7 @@ def score_case(case: dict[str, Any], mode: str) -> dict[str, Any]:
     }
     row.update(preliminary_row(case, mode, expect, predicted))
     row.update(early_warning_row(case, expect))
+    row.update(anomaly_row(case))
     if not incident and case.get("error"):
         row["abstain_reason"] = f"no verdict: {case['error']}"
     return row
@@ -298,6 +303,25 @@ def early_warning_row(case: dict[str, Any], expect: list[str]) -> dict[str, Any]
         "early_warning_before_alert": (first < float(incident["created_at"]) if first is not None and case.get("detected")
                                        and incident.get("created_at") else None),
     }
+
+
+def anomaly_row(case: dict[str, Any]) -> dict[str, Any]:
+    """The anomalies a case injected (a rogue egress peer, an unexpected executable) and whether the
+    agent flagged each, and the flags it raised on anything else during the case. None fields for
+    a case recorded before anomalies were scored."""
+    if "anomalies" not in case:
+        return {"anomaly_recorded": False}
+    injected = [fr["anomaly"] for fr in case.get("faults") or [] if fr.get("anomaly")]
+    start = case.get("fault_phase_started_at") or case.get("started_at") or 0.0
+    flags = [a for a in case["anomalies"] if float(a.get("first_seen") or 0.0) >= start]
+
+    def matches(a: dict[str, Any], inj: dict[str, Any]) -> bool:
+        return a.get("kind") == inj["kind"] and a.get("what") == inj["what"]
+
+    return {"anomaly_recorded": True, "anomalies_injected": len(injected),
+            "anomalies_flagged": sum(1 for inj in injected if any(matches(a, inj) for a in flags)),
+            "anomaly_flags_other": sorted(f"{a.get('kind')} {a.get('what')}" for a in flags
+                                          if not any(matches(a, inj) for inj in injected))}
 
 
 # --- aggregates --------------------------------------------------------------------------------
@@ -439,6 +463,19 @@ def detection(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "wrong_to_right": sum(1 for r in changed if r["preliminary_correct"] is False and r["correct"]),
             "abstained_then_named": sum(1 for r in changed if not r["preliminary_predicted"] and r["predicted"]),
             "named_then_abstained": sum(1 for r in changed if r["preliminary_predicted"] and not r["predicted"]),
+        },
+        # anomalies (what a workload never did before), over the cases whose runs scored them
+        "anomalies": {
+            "cases": len(scored := [r for r in rows if r.get("anomaly_recorded")]),
+            "injected": sum(r["anomalies_injected"] for r in scored),
+            "flagged": sum(r["anomalies_flagged"] for r in scored),
+            "rate": _div(sum(r["anomalies_flagged"] for r in scored), sum(r["anomalies_injected"] for r in scored)),
+            # cases that injected no anomaly and got a flag anyway (controls and other faults), and no-fault ones
+            "flagged_without_injection": sum(1 for r in scored if not r["anomalies_injected"] and r["anomaly_flags_other"]),
+            "without_injection": sum(1 for r in scored if not r["anomalies_injected"]),
+            "controls_flagged": sum(1 for r in scored if not r["anomalies_injected"] and not r["expect"]
+                                    and r["anomaly_flags_other"]),
+            "controls": sum(1 for r in scored if not r["anomalies_injected"] and not r["expect"]),
         },
         # the agent's kernel early warning, over the cases whose runs recorded it
         "early_warning": {
@@ -786,6 +823,12 @@ def render_markdown(card: dict[str, Any]) -> str:
                 f"({_fmt(ew['before_alert_rate'], pct=True)}). Naming a domain not injected: "
                 f"{ew['wrong_domain_cases']} faulted cases; on no-fault cases: {ew['on_no_fault_cases']} of "
                 f"{ew['no_fault_cases']}.", ""]
+    an = det.get("anomalies") or {}
+    if an.get("cases"):
+        out += [f"Anomalies (what the workload never did before, flagged by the agent; {an['cases']} cases scored "
+                f"them): {an['flagged']} of {an['injected']} injected flagged ({_fmt(an['rate'], pct=True)}); a flag "
+                f"on {an['controls_flagged']} of {an['controls']} controls and on {an['flagged_without_injection']} of "
+                f"{an['without_injection']} cases that injected none.", ""]
     out += ["## Capture overhead", "",
             f"{ov['captures']} captures: mean BPF CPU {_fmt(ov['mean_bpf_ms'], digits=1)} ms, mean agent CPU "
             f"{_fmt(ov['mean_agent_cpu_s'])} s, mean events {_fmt(ov['mean_events'], digits=0)}, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -259,4 +260,75 @@ async def test_refused_connects_raise_a_network_warning_on_metrics_and_clear(wor
         proc.kill()
         proc.wait()
         listener.close()
+        await client.close()
+
+
+WORKLOAD = r"""
+import socket, subprocess, sys
+for line in sys.stdin:
+    cmd, arg = line.split()
+    if cmd == "connect":
+        socket.create_connection(("127.0.0.1", int(arg)), timeout=2).close()
+    else:
+        subprocess.run([arg], check=True)
+    print("done", flush=True)
+"""
+
+
+@pytest.mark.kernel
+async def test_a_new_peer_and_a_new_program_are_flagged_and_reach_the_capture(workload_cgroup, tmp_path):
+    """Against the kernel: a workload that connected to one port for its warm-up connects to
+    another and runs a program it never ran; both are flagged (on /v1/early-warnings and in a
+    recorder capture of the workload); the port it always used is not."""
+    known, new = socket.socket(), socket.socket()
+    for s in (known, new):
+        s.bind(("127.0.0.1", 0))
+        s.listen(512)
+    program = tmp_path / "never-ran"
+    program.write_bytes(Path("/bin/true").read_bytes())
+    program.chmod(0o755)
+    agent = CaptureAgent(recorder=True, recorder_interval_s=1.0, recorder_history_s=120, preload=False,
+                         early_warning=False)
+    agent.recorder.probe_names = ["tcp_connect", "process_exec"]
+    agent.early_warning = EarlyWarning(agent.recorder, window_s=3.0, baseline_s=20.0, warm_s=6.0,
+                                       cgroups=(workload_cgroup.path,))
+    agent.recorder.listeners.append(agent.early_warning.evaluate)
+    proc = spawn_in(workload_cgroup, "-c", WORKLOAD)
+    client = TestClient(TestServer(make_app(agent, TOKEN), host="127.0.0.1"))
+    await client.start_server()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def do(cmd: str, arg) -> None:
+        proc.stdin.write(f"{cmd} {arg}\n")
+        proc.stdin.flush()
+        assert (await asyncio.to_thread(proc.stdout.readline)).strip() == "done"
+
+    async def flagged() -> list[dict]:
+        body = await (await client.get("/v1/early-warnings", headers=auth)).json()
+        return [a for w in body["workloads"] for a in w["anomalies"] if a["flagged"]]
+
+    try:
+        for _ in range(40):  # 10 s of the usual: warm-up, and the known port learned
+            await do("connect", known.getsockname()[1])
+            await asyncio.sleep(0.25)
+        assert await flagged() == []
+        await do("connect", new.getsockname()[1])
+        await do("run", program)
+        deadline = time.time() + 10
+        while len(got := await flagged()) < 2:
+            assert time.time() < deadline, got
+            await do("connect", known.getsockname()[1])
+            await asyncio.sleep(0.5)
+        assert {(a["kind"], a["what"]) for a in got} == {
+            ("egress_peer", f"127.0.0.1:{new.getsockname()[1]}"), ("executable", str(program))}
+        assert all(a["score"] == 1.0 for a in got)
+        req = agent.validate({"target": {"cgroups": [workload_cgroup.path]}, "probes": ["tcp_connect"],
+                              "source": "recorder", "baseline_end": time.time() - 5})
+        result = await agent.capture(req)
+        assert {a["what"] for a in result.anomalies} == {a["what"] for a in got}
+    finally:
+        proc.kill()
+        proc.wait()
+        known.close()
+        new.close()
         await client.close()

@@ -13,7 +13,9 @@ import os
 import socket
 import ssl
 import struct
+import subprocess
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -49,6 +51,8 @@ TABLE = {
     "noisy_neighbor": ("app_cpu", {"workers"}),
     "traffic_surge": ("traffic", {"factor"}),
     "service_restart": (None, set()),  # a no-fault case: no ground-truth domain
+    "rogue_egress": (None, {"period_s"}),  # an anomaly, not a fault domain
+    "unexpected_exec": ("app_cpu", {"workers"}),
 }
 
 
@@ -462,6 +466,49 @@ async def test_service_restart_stops_the_service_and_it_comes_back_in_its_cgroup
     assert (await answer(stack))[0] == 200
     await stack.clear(f)
     assert stack.service.restarts == restarts + 1  # clearing restarts nothing
+
+
+@async_test
+async def test_rogue_egress_connects_from_the_services_cgroups_to_a_name_it_never_used(healthy):
+    stack = healthy
+    before = set(stack.service.cgroups.pids())
+    f = await stack.apply({"kind": "rogue_egress", "period_s": 0.2})
+    host, port = f.anomaly()["name"], int(f.anomaly()["what"].rsplit(":", 1)[1])
+    assert f.anomaly()["kind"] == "egress_peer" and stack.dns.records[host] == "127.0.0.1"
+    deadline = time.monotonic() + 10
+    while not any(q for q in stack.dns.queries if host in str(q)):  # resolved through the lab DNS
+        assert time.monotonic() < deadline, "the rogue process never looked its host up"
+        await asyncio.sleep(0.2)
+    rogue = set(stack.service.cgroups.pids()) - before
+    assert rogue and f.proc.pid in rogue
+    deadline = time.monotonic() + 10
+    # it connects (and closes) again and again: its closed connections wait in TIME-WAIT
+    while f"127.0.0.1:{port}" not in subprocess.run(["ss", "-Htan", f"dport = :{port}"], capture_output=True,
+                                                    text=True).stdout:
+        assert time.monotonic() < deadline, "no connection to the rogue address"
+        await asyncio.sleep(0.1)
+    pid = f.proc.pid
+    await stack.clear(f)
+    assert host not in stack.dns.records and set(stack.service.cgroups.pids()) == before
+    assert not os.path.exists(f"/proc/{pid}")
+
+
+@async_test
+async def test_unexpected_exec_burns_cpu_in_the_services_cgroups_from_a_temporary_program(healthy):
+    stack = healthy
+    before = set(stack.service.cgroups.pids())
+    f = await stack.apply({"kind": "unexpected_exec", "workers": 1})
+    [proc] = f.procs
+    exe = Path(f.anomaly()["what"])
+    assert f.anomaly()["kind"] == "executable" and exe.exists() and exe.name == "kworker-cache"
+    assert proc.pid in set(stack.service.cgroups.pids()) - before
+    assert os.readlink(f"/proc/{proc.pid}/exe") == str(exe)
+    ticks = _cpu_ticks(proc.pid)
+    await asyncio.sleep(1.0)
+    assert _cpu_ticks(proc.pid) > ticks, "the program is not busy"
+    await stack.clear(f)
+    assert not exe.parent.exists() and not os.path.exists(f"/proc/{proc.pid}")
+    assert set(stack.service.cgroups.pids()) == before
 
 
 @async_test
