@@ -177,6 +177,30 @@ def test_early_warnings_per_case_and_in_the_detection_block():
                   "no_fault_cases": 2, "on_no_fault_cases": 1}
 
 
+def test_anomalies_flagged_missed_and_on_controls():
+    t0 = 1000.0
+    rogue = {"kind": "egress_peer", "what": "127.0.0.1:4444", "name": "x.example"}
+    case = {"fault_phase_started_at": t0, "faults": [{"kind": "rogue_egress", "anomaly": rogue}],
+            "anomalies": [{"kind": "egress_peer", "what": "127.0.0.1:4444", "first_seen": t0 + 8},
+                          {"kind": "executable", "what": "/usr/bin/curl", "first_seen": t0 + 9},
+                          {"kind": "egress_peer", "what": "10.0.0.1:80", "first_seen": t0 - 50}]}  # before: not this case's
+    assert S.anomaly_row(case) == {"anomaly_recorded": True, "anomalies_injected": 1, "anomalies_flagged": 1,
+                                   "anomaly_flags_other": ["executable /usr/bin/curl"]}
+    missed = S.anomaly_row(case | {"anomalies": []})
+    assert (missed["anomalies_injected"], missed["anomalies_flagged"]) == (1, 0)
+    assert S.anomaly_row({"faults": []}) == {"anomaly_recorded": False}
+    rows = suite_rows()
+    extra = {"n1": S.anomaly_row(case), "s1": missed,
+             "n2": S.anomaly_row({"fault_phase_started_at": t0, "faults": [],
+                                  "anomalies": [{"kind": "executable", "what": "/x", "first_seen": t0 + 1}]}),
+             "s2": S.anomaly_row({"fault_phase_started_at": t0, "faults": [], "anomalies": []})}
+    for r in rows:
+        r.update(extra.get(r["name"], {"anomaly_recorded": False}))
+    an = S.aggregate(rows, "combined", None)["detection"]["anomalies"]
+    assert an == {"cases": 4, "injected": 2, "flagged": 1, "rate": 0.5, "flagged_without_injection": 1,
+                  "without_injection": 2, "controls_flagged": 1, "controls": 1}
+
+
 def test_the_preliminary_verdict_is_reattributed_from_the_evidence_it_rested_on():
     """Posted at the alert's receipt (incident created at 2000.5) from the recorder's capture:
     kernel-only it names network like the capture's; its first post counts from the onset."""
