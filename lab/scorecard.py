@@ -294,8 +294,11 @@ def early_warning_row(case: dict[str, Any], expect: list[str]) -> dict[str, Any]
     right = sorted(float(w["firing_since"]) for w in fired if w.get("domain") in expect)
     incident = case.get("incident") or {}
     first = right[0] if right else None
+    ended = case.get("fault_phase_ended_at")
     return {
         "early_warning_recorded": True,
+        "fault_phase_s": round(float(ended) - float(start), 3) if ended and start else 0.0,
+        "early_warnings_fired": len(fired),
         "early_warned": sorted({str(w.get("domain")) for w in fired}),
         "early_warning_wrong": sorted({str(w.get("domain")) for w in fired if w.get("domain") not in expect}),
         "warnable": bool(set(expect) & WARNABLE),
@@ -489,6 +492,10 @@ def detection(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "wrong_domain_cases": sum(1 for r in recorded if r["early_warning_wrong"] and r["expect"]),
             "no_fault_cases": sum(1 for r in recorded if not r["expect"]),
             "on_no_fault_cases": sum(1 for r in recorded if not r["expect"] and r["early_warned"]),
+            # the soak's figure: warnings fired on no-fault cases per hour of their fault phases
+            "no_fault_hours": round(hours := sum(r.get("fault_phase_s", 0.0) for r in recorded if not r["expect"])
+                                    / 3600, 3),
+            "false_per_hour": _div(sum(r.get("early_warnings_fired", 0) for r in recorded if not r["expect"]), hours),
         },
     }
 
@@ -822,7 +829,8 @@ def render_markdown(card: dict[str, Any]) -> str:
                 f"in {ew['before_alert']} of {ew['detected_and_warned']} alerted ones "
                 f"({_fmt(ew['before_alert_rate'], pct=True)}). Naming a domain not injected: "
                 f"{ew['wrong_domain_cases']} faulted cases; on no-fault cases: {ew['on_no_fault_cases']} of "
-                f"{ew['no_fault_cases']}.", ""]
+                f"{ew['no_fault_cases']} ({_fmt(ew['false_per_hour'], digits=1)} per hour over "
+                f"{_fmt(ew['no_fault_hours'], digits=2)} h of their fault phases).", ""]
     an = det.get("anomalies") or {}
     if an.get("cases"):
         out += [f"Anomalies (what the workload never did before, flagged by the agent; {an['cases']} cases scored "

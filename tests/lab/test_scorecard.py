@@ -152,7 +152,8 @@ def test_preliminary_verdicts_first_posts_and_what_the_capture_changed():
 
 def test_early_warnings_per_case_and_in_the_detection_block():
     t0 = 1000.0
-    base = {"fault_phase_started_at": t0, "fault_onset": t0 + 5, "detected": True, "incident": {"created_at": t0 + 40}}
+    base = {"fault_phase_started_at": t0, "fault_onset": t0 + 5, "fault_phase_ended_at": t0 + 180, "detected": True,
+            "incident": {"created_at": t0 + 40}}
 
     def warned(*warnings):
         return base | {"early_warnings": [{"domain": d, "firing_since": t0 + at} for d, at in warnings]}
@@ -160,7 +161,8 @@ def test_early_warnings_per_case_and_in_the_detection_block():
     assert S.early_warning_row(base, ["network"]) == {"early_warning_recorded": False}
     r = S.early_warning_row(warned(("app_cpu", -30), ("network", 25), ("dns", 30)), ["network"])
     assert r == {"early_warning_recorded": True, "early_warned": ["dns", "network"], "early_warning_wrong": ["dns"],
-                 "warnable": True, "early_warning_s": 20.0, "early_warning_before_alert": True}
+                 "warnable": True, "early_warning_s": 20.0, "early_warning_before_alert": True,
+                 "fault_phase_s": 180.0, "early_warnings_fired": 2}
     late = S.early_warning_row(warned(("network", 60)), ["network"])
     assert late["early_warning_s"] == 55.0 and late["early_warning_before_alert"] is False
     assert S.early_warning_row(warned(), ["policy_layer"])["warnable"] is False  # the kernel cannot see it
@@ -174,7 +176,8 @@ def test_early_warnings_per_case_and_in_the_detection_block():
     assert ew == {"cases": 5, "warnable_faulted": 3, "warned": 2, "rate": pytest.approx(2 / 3),
                   "onset_to_warning_p50_s": pytest.approx(37.5), "onset_to_warning_p95_s": pytest.approx(20 + 0.95 * 35),
                   "detected_and_warned": 2, "before_alert": 1, "before_alert_rate": 0.5, "wrong_domain_cases": 1,
-                  "no_fault_cases": 2, "on_no_fault_cases": 1}
+                  "no_fault_cases": 2, "on_no_fault_cases": 1, "no_fault_hours": 0.1,
+                  "false_per_hour": pytest.approx(10.0)}  # one warning in two 3-minute fault phases
 
 
 def test_anomalies_flagged_missed_and_on_controls():
