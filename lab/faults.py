@@ -651,6 +651,9 @@ def _kinds() -> dict[str, FaultKind]:
 
 
 FAULT_KINDS: dict[str, FaultKind] = _kinds()
+# The kinds scored as anomalies the agent should flag (lab/scenarios/anomalies.yaml), not drawn
+# into the randomized corpus nor part of the standard suite, whose verdicts they do not test.
+ANOMALY_KINDS = frozenset({"rogue_egress", "unexpected_exec"})
 
 
 def validate_fault(d: Any) -> str | None:

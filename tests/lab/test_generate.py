@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lab import cli
-from lab.faults import FAULT_KINDS
+from lab.faults import ANOMALY_KINDS, FAULT_KINDS
 from lab.generate import SEED_STRIDE, STRENGTHS, generate, render
 from lab.runner import baseline_problems
 from lab.scenarios import parse_scenarios
@@ -28,7 +28,7 @@ def test_a_draw_spreads_over_kinds_pairs_controls_strengths_and_timings():
     assert [s.name for s in scenarios] == [d["name"] for d in drawn]
     assert len({s.seed for s in scenarios}) == 300 and all(s.seed // SEED_STRIDE == 11 for s in scenarios)
     kinds = Counter(f.kind for s in scenarios for f in s.faults)
-    assert set(kinds) == set(FAULT_KINDS), set(FAULT_KINDS) - set(kinds)
+    assert set(kinds) == set(FAULT_KINDS) - ANOMALY_KINDS, set(FAULT_KINDS) - set(kinds)
     size = Counter(len(s.expect) for s in scenarios)
     assert size[1] > 120 and size[2] > 30 and size[0] > 25  # singles, pairs, steady and restart controls
     pairs = [s for s in scenarios if len(s.expect) == 2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from capture.attribution.verdict import DOMAINS
-from lab.faults import FAULT_KINDS, make_fault
+from lab.faults import ANOMALY_KINDS, FAULT_KINDS, make_fault
 from lab.scenarios import ScenarioError, estimate_s, load_scenarios, parse_scenarios
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def test_standard_suite_covers_every_domain_by_two_mechanisms_or_strengths():
     assert any(f.kind == "service_restart" for s in none for f in s.faults), "a restart of the service"
     assert len([s for s in suite if s.name.endswith("-edge")]) >= 3
     # every fault kind of the lab's table is exercised somewhere
-    assert {f.kind for s in suite for f in s.faults} == set(FAULT_KINDS)
+    assert {f.kind for s in suite for f in s.faults} == set(FAULT_KINDS) - ANOMALY_KINDS
     # the runner can build every fault object from the specs
     for s in suite:
         for f in s.faults:
@@ -153,3 +153,15 @@ def test_only_keeps_named_scenarios_and_refuses_unknown_names(tmp_path):
         load_scenarios(f, only=["lost"])
     with pytest.raises(ScenarioError, match="cannot read"):
         load_scenarios(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "lab" / "scenarios").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_file_loads(path):
+    assert load_scenarios(path)
+
+
+def test_the_anomaly_file_injects_each_anomaly_kind_beside_controls_with_nothing_new():
+    suite = load_scenarios(REPO / "lab" / "scenarios" / "anomalies.yaml")
+    kinds = {f.kind for s in suite for f in s.faults}
+    assert ANOMALY_KINDS <= kinds
+    assert any(not s.faults for s in suite) and {"service_restart", "cpu_contention"} <= kinds
