@@ -51,7 +51,7 @@ from capture import identity
 from capture.attribution.engine import MIN_CONFIDENCE, attribute_kernel
 from capture.probes import CATALOG
 from capture.probes import dns as dns_probe
-from capture.probes.base import to_result
+from capture.probes.base import RawSnapshot, to_result
 from capture.schemas import CaptureResult, CaptureTarget, ProbeResult
 
 if TYPE_CHECKING:
@@ -87,6 +87,9 @@ MAX_ANOMALIES = 20  # per workload, the newest kept
 MAX_KNOWN = 5000  # entries remembered per workload and kind, the oldest forgotten first
 # The status lists at most this many firing warnings (the metrics and /v1/early-warnings hold all).
 MAX_LISTED = 20
+# The rolling baseline's sums are recomputed this often (they cover five minutes; a 30 s step
+# moves them little and saves summing 60 intervals every 5 s).
+BASELINE_REFRESH_S = 30.0
 # The cgroup walk that maps cgroup ids to workloads is redone at most this often.
 WALK_EVERY_S = 30.0
 
@@ -133,6 +136,42 @@ class _State:
     anomalies: list[dict] = field(default_factory=list)
 
 
+def _by_cgroup(sums: dict[str, tuple[RawSnapshot, float]]) -> tuple[dict[int, dict[str, RawSnapshot]],
+                                                                    dict[str, float]]:
+    """The recorder's sums split by cgroup once (cgroup id -> probe -> its entries), and each
+    probe's seconds: a workload's results then read its own entries, not the node's."""
+    out: dict[int, dict[str, RawSnapshot]] = {}
+    for probe, (raw, _span) in sums.items():
+        for key, value in raw.items():
+            out.setdefault(key[1], {}).setdefault(probe, {})[key] = value
+    return out, {probe: span for probe, (_raw, span) in sums.items()}
+
+
+def _results(w: Workload, by_cgroup: dict[int, dict[str, RawSnapshot]], spans: dict[str, float]
+             ) -> dict[str, ProbeResult]:
+    """A workload's probe results (every probe that covered time, zeros where it counted nothing)."""
+    out = {}
+    for probe, span in spans.items():
+        if span <= 0:
+            continue
+        raw: RawSnapshot = {}
+        for cgid in w.cgroups:
+            raw.update(by_cgroup.get(cgid, {}).get(probe, {}))  # keys carry the cgroup: none collide
+        out[probe] = to_result(CATALOG[probe], raw, None, span)
+    return out
+
+
+def _novelty_by_cgroup(intervals: list) -> dict[int, list[tuple[float, str, str, int]]]:
+    """Per cgroup, (interval end, kind, entry, count) for the NOVELTY top lists, in time order."""
+    out: dict[int, list[tuple[float, str, str, int]]] = {}
+    for iv in intervals:
+        for probe, top_list, kind in NOVELTY:
+            for key, n in iv.raw.get(probe, {}).items():
+                if key[0] == "p" and key[2] == top_list:
+                    out.setdefault(key[1], []).append((iv.end, kind, key[3], int(n)))
+    return out
+
+
 class EarlyWarning:
     def __init__(self, recorder: Recorder, window_s: float = WINDOW_S, baseline_s: float = BASELINE_S,
                  cgroups: tuple[str, ...] = (), raise_after: int | None = None, clear_after: int = CLEAR_AFTER,
@@ -152,6 +191,8 @@ class EarlyWarning:
         self.cpu_s = 0.0
         self.raised = 0  # warnings raised since start
         self._novel_until = 0.0  # the end of the last interval looked at for anomalies
+        # the rolling baseline's sums, split by cgroup: (where it ends, by cgroup, spans)
+        self._baseline: tuple[float, dict[int, dict[str, RawSnapshot]], dict[str, float]] | None = None
         self.flagged = 0  # anomalies flagged since start
         self._paths: dict[int, str] = {}
         self._walked_at = 0.0
@@ -202,37 +243,35 @@ class EarlyWarning:
             return  # not enough history for a window and a baseline yet
         end = cov[1]
         start = end - self.window_s
-        incident = rec.sums(start, end)
-        active: dict[int, float] = {}
-        for raw, _span in incident.values():
-            for key, value in raw.items():
-                if key[0] != "g":  # a gauge (a limit) is there whether or not anything happened
-                    active[key[1]] = active.get(key[1], 0.0) + abs(value)
-        workloads = sorted(self.workloads(set(active), now),
+        incident, spans = _by_cgroup(rec.sums(start, end))
+        active = {cgid: sum(abs(v) for raw in probes.values() for k, v in raw.items() if k[0] != "g")
+                  for cgid, probes in incident.items()}  # a gauge (a limit) is there whether or not anything happened
+        workloads = sorted(self.workloads({c for c, n in active.items() if n}, now),
                            key=lambda w: -sum(active.get(c, 0.0) for c in w.cgroups))[:self.max_workloads]
-        fresh_baseline: dict[str, tuple[dict, float]] | None = None
-        fresh = [iv for iv in rec.intervals(self._novel_until, end) if iv.end > self._novel_until]
+        if self._baseline is None or start - self._baseline[0] >= BASELINE_REFRESH_S:
+            self._baseline = (start, *_by_cgroup(rec.sums(start - self.baseline_s, start)))
+        baseline_at, base_by_cg, base_spans = self._baseline
+        fresh = _novelty_by_cgroup([iv for iv in rec.intervals(self._novel_until, end) if iv.end > self._novel_until])
+        whole: dict[int, list] | None = None  # the whole history's novelty entries, for workloads seen first now
         self._novel_until = end
         with self._lock:
             for w in workloads:
                 st = self.states.get(w.key)
                 if st is None:
+                    if whole is None:
+                        whole = _novelty_by_cgroup(rec.intervals(cov[0], end))
                     st = _State(w, known_since=cov[0])
-                    self._novelties(st, w, rec.intervals(cov[0], end), learn_only=True)
+                    self._novelties(st, w, whole, learn_only=True)
                 else:
                     self._novelties(st, w, fresh, learn_only=False)
                 st.workload, st.seen_at = w, now
                 if st.baseline is None:
-                    if fresh_baseline is None:
-                        fresh_baseline = rec.sums(start - self.baseline_s, start)
-                    baseline = {p: to_result(CATALOG[p], raw, w.cgroups, span)
-                                for p, (raw, span) in fresh_baseline.items() if span > 0}
-                    baseline_end = start
+                    baseline, baseline_end = _results(w, base_by_cg, base_spans), baseline_at
                 else:
                     baseline, baseline_end = st.baseline, st.baseline_end
-                inc = {p: to_result(CATALOG[p], raw, w.cgroups, span) for p, (raw, span) in incident.items() if span > 0}
                 cap = CaptureResult(id=f"ew-{w.key}", node="", target=CaptureTarget(), started_at=start, ended_at=end,
-                                    incident=inc, baseline=baseline, cgroup_ids=sorted(w.cgroups), source="recorder",
+                                    incident=_results(w, incident, spans), baseline=baseline,
+                                    cgroup_ids=sorted(w.cgroups), source="recorder",
                                     baseline_note="the workload's own recorder history before the window")
                 verdict = attribute_kernel(cap)
                 self._update(st, verdict, now, baseline, baseline_end)
@@ -243,28 +282,29 @@ class EarlyWarning:
         self.evaluations += 1
         self.cpu_s += time.thread_time() - cpu0
 
-    def _novelties(self, st: _State, w: Workload, intervals: list, learn_only: bool) -> None:
-        """Learn what the workload did in ``intervals``; unless ``learn_only``, score and flag
-        what it had never done (see the module's docstring)."""
+    def _novelties(self, st: _State, w: Workload, entries: dict[int, list], learn_only: bool) -> None:
+        """Learn what the workload did (``entries``: per cgroup, its novelty entries in time
+        order, ``_novelty_by_cgroup``); unless ``learn_only``, score and flag what it had never
+        done (see the module's docstring)."""
         found: list[dict] = []
-        for iv in intervals:
-            for probe, top_list, kind in NOVELTY:
-                known = st.known.setdefault(kind, {})
-                new = {}
-                for key, n in iv.raw.get(probe, {}).items():
-                    if key[0] == "p" and key[2] == top_list and key[1] in w.cgroups and key[3] not in known:
-                        new[key[3]] = new.get(key[3], 0) + int(n)
-                for item in new:
-                    known[item] = iv.end
-                while len(known) > MAX_KNOWN:
-                    known.pop(next(iter(known)))
-                if not new or learn_only or iv.end - st.known_since < self.warm_s:
-                    continue
-                times = [t for t in st.novel_at.get(kind, []) if iv.end - t <= CHURN_WINDOW_S]
-                score = round(1.0 / (1.0 + len(times)), 3)
-                st.novel_at[kind] = times + [iv.end]
-                found += [{"kind": kind, "what": item, "first_seen": round(iv.end, 3), "count": n, "score": score,
-                           "flagged": score >= FLAG_SCORE} for item, n in sorted(new.items())]
+        mine = sorted((e for c in w.cgroups for e in entries.get(c, ())), key=lambda e: e[0])
+        by_interval: dict[tuple[float, str], dict[str, int]] = {}
+        for end, kind, item, n in mine:
+            known = st.known.setdefault(kind, {})
+            if item in known:
+                continue
+            known[item] = end
+            if len(known) > MAX_KNOWN:
+                known.pop(next(iter(known)))
+            if not learn_only and end - st.known_since >= self.warm_s:
+                new = by_interval.setdefault((end, kind), {})
+                new[item] = new.get(item, 0) + n
+        for (end, kind), new in sorted(by_interval.items()):
+            times = [t for t in st.novel_at.get(kind, []) if end - t <= CHURN_WINDOW_S]
+            score = round(1.0 / (1.0 + len(times)), 3)
+            st.novel_at[kind] = times + [end]
+            found += [{"kind": kind, "what": item, "first_seen": round(end, 3), "count": n, "score": score,
+                       "flagged": score >= FLAG_SCORE} for item, n in sorted(new.items())]
         if not found:
             return
         names = self._dns_names(w) if any(a["kind"] == "egress_peer" for a in found) else {}
