@@ -12,8 +12,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from capture.client import LocalAgentClient
+from capture.metrics import agent_registry
 from capture.probes import CATALOG
 from common.http import basic_ok, bearer_ok, guard, json_error, read_body, with_lifecycle
 from responder.evidence.traces.receiver import OtlpReceiver
@@ -35,6 +37,8 @@ class Api:
     def __init__(self, responder: Responder) -> None:
         self.r = responder
         self.settings = responder.settings
+        agent = responder.agent.agent if isinstance(responder.agent, LocalAgentClient) else None
+        self._agent_metrics = agent_registry(agent) if agent is not None else None
 
     def authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization")
@@ -53,6 +57,7 @@ class Api:
         app.router.add_post("/api/captures", self.adhoc_capture)
         app.router.add_post("/slack/events", self.slack_events)
         app.router.add_get("/incidents/{id}", self.incident_page)
+        app.router.add_get("/metrics", self.metrics)
         receiver = OtlpReceiver(self.r.spans, self.authorized, s.otlp_max_body_bytes)
         app.router.add_post("/v1/traces", receiver.handle)
         app.router.add_get("/api/traces/{trace_id}", receiver.handle_trace)
@@ -141,6 +146,18 @@ class Api:
         if isinstance(r.agent, LocalAgentClient):
             body["agent"] = r.agent.agent.status()
         return web.json_response(body, status=status)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus exposition of the in-process agent (its flight recorder's counters, the kernel
+        early warning, its cost): what ``llmslo agent`` serves on its own /metrics, so that the
+        early-warning alert works when the responder runs the agent itself. 404 when the agents run
+        elsewhere (scrape them)."""
+        if not self.authorized(request):
+            return json_error(401, "unauthorized")
+        if self._agent_metrics is None:
+            return json_error(404, "this responder runs no agent of its own: scrape the capture agents' /metrics")
+        body = await asyncio.to_thread(generate_latest, self._agent_metrics)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def list_incidents(self, request: web.Request) -> web.Response:
         if not self.authorized(request):

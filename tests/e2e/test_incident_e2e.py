@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
 
 from lab import faults
@@ -151,6 +152,13 @@ async def test_the_kernel_early_warning_opens_a_quiet_thread_that_the_page_joins
         warned_s = time.monotonic() - t0
         [w] = warnings
         assert w["domain"] == "network", w
+        # what Prometheus scrapes from the responder's own agent, and the generated alert is built on
+        async with aiohttp.ClientSession(headers=stack.responder.headers()) as s:
+            async with s.get(stack.responder.url + "/metrics") as r:
+                assert r.status == 200
+                text = await r.text()
+        [series] = [ln for ln in text.splitlines() if ln.startswith("llmslo_early_warning_began_at_seconds{")]
+        assert 'domain="network"' in series and f'cgroup="{stack.service.cgroup.path}"' in series, series
         labels = {"alertname": "LLMKernelEarlyWarning", "severity": "ticket", "early_warning": "kernel",
                   "domain": w["domain"], "signal": w["signal"], "cgroup": stack.service.cgroup.path}
         payload = alert_payload("firing", labels, w["firing_since"], group_key='{}:{alertname="LLMKernelEarlyWarning"}')

@@ -518,3 +518,9 @@ async def test_adhoc_capture_needs_credentials(svc):
     resp = await svc.client.post("/api/captures", json={"labels": {"pid": "7"}})
     assert resp.status == 401
     assert_nothing_stored(svc)
+
+
+async def test_metrics_need_the_credentials_and_say_where_to_scrape_without_an_agent_here(svc):
+    assert (await svc.client.get("/metrics")).status == 401
+    resp = await svc.client.get("/metrics", headers=BEARER)
+    assert resp.status == 404 and "scrape the capture agents' /metrics" in (await resp.json())["error"]
