@@ -34,14 +34,19 @@ novelty is for this workload: ``1 / (1 + the earlier intervals with a novelty of
 last CHURN_WINDOW_S)``, so a workload that contacts new addresses all day scores its next one low,
 and one that never does scores it 1. An entry scoring at least FLAG_SCORE is flagged, with the DNS
 name the workload's own lookups gave the address; it is shown for ANOMALY_TTL_S, and becomes part
-of the workload's normal either way.
+of the workload's normal either way. A workload seen for the first time also learns what it is
+doing right then (its open connections' peers, its processes' programs): a pool opened before the
+agent started, which reconnects after a restart, is not new.
 
 What it costs is measured (CPU seconds of the evaluations) and exported beside the result.
 """
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,7 +54,7 @@ from typing import TYPE_CHECKING
 
 from capture import identity
 from capture.attribution.engine import MIN_CONFIDENCE, attribute_kernel
-from capture.probes import CATALOG
+from capture.probes import CATALOG, fdpeers
 from capture.probes import dns as dns_probe
 from capture.probes.base import RawSnapshot, to_result
 from capture.schemas import CaptureResult, CaptureTarget, ProbeResult
@@ -85,6 +90,7 @@ FLAG_SCORE = 0.5
 ANOMALY_TTL_S = 600.0
 MAX_ANOMALIES = 20  # per workload, the newest kept
 MAX_KNOWN = 5000  # entries remembered per workload and kind, the oldest forgotten first
+MAX_SEEDED_PROCESSES = 256  # a new workload's running processes read for what they already do
 # The status lists at most this many firing warnings (the metrics and /v1/early-warnings hold all).
 MAX_LISTED = 20
 # The rolling baseline's sums are recomputed this often (they cover five minutes; a 30 s step
@@ -262,6 +268,7 @@ class EarlyWarning:
                         whole = _novelty_by_cgroup(rec.intervals(cov[0], end))
                     st = _State(w, known_since=cov[0])
                     self._novelties(st, w, whole, learn_only=True)
+                    self._seed_running(st, w)
                 else:
                     self._novelties(st, w, fresh, learn_only=False)
                 st.workload, st.seen_at = w, now
@@ -316,6 +323,31 @@ class EarlyWarning:
                 log.warning("event=anomaly workload=%s kind=%s what=%s name=%s score=%.2f", w.key, a["kind"],
                             a["what"], a.get("name", ""), a["score"])
         st.anomalies = (st.anomalies + found)[-MAX_ANOMALIES:]
+
+    def _seed_running(self, st: _State, w: Workload) -> None:
+        """Learn what the workload is doing now that the recorder could not have seen: the peers
+        of its open connections (a pool opened before the agent started reconnects to them after
+        a restart) and the programs its processes run (started before the agent)."""
+        pids: list[int] = []
+        for cgid in w.cgroups:
+            path = self._paths.get(cgid)
+            if path is None:
+                continue
+            try:
+                pids += [int(p) for p in (identity.cgroup_dir(path) / "cgroup.procs").read_text().split()]
+            except (OSError, ValueError):
+                continue
+        peers, exes = st.known.setdefault("egress_peer", {}), st.known.setdefault("executable", {})
+        for pid in pids[:MAX_SEEDED_PROCESSES]:
+            try:
+                exes.setdefault(os.readlink(f"/proc/{pid}/exe"), st.known_since)
+            except OSError:
+                pass
+            owned = fdpeers.socket_fds(pid)
+            for inode, (family, addr, port) in fdpeers.established_peers(pid).items():
+                if inode in owned:
+                    ip = ipaddress.ip_address(addr[:4] if family == socket.AF_INET else addr)
+                    peers.setdefault(f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}", st.known_since)
 
     def _dns_names(self, w: Workload) -> dict[str, str]:
         """ip -> the host name the workload's own lookups resolved to it, over the recorder's history."""

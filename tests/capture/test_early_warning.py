@@ -279,11 +279,15 @@ for line in sys.stdin:
 async def test_a_new_peer_and_a_new_program_are_flagged_and_reach_the_capture(workload_cgroup, tmp_path):
     """Against the kernel: a workload that connected to one port for its warm-up connects to
     another and runs a program it never ran; both are flagged (on /v1/early-warnings and in a
-    recorder capture of the workload); the port it always used is not."""
-    known, new = socket.socket(), socket.socket()
-    for s in (known, new):
+    recorder capture of the workload); the port it always used is not, nor the one a connection
+    opened before the agent started goes to (a pool reconnecting)."""
+    known, new, pooled = socket.socket(), socket.socket(), socket.socket()
+    for s in (known, new, pooled):
         s.bind(("127.0.0.1", 0))
         s.listen(512)
+    holder = spawn_in(workload_cgroup, "-c", "import socket, sys\nc = socket.create_connection(('127.0.0.1', "
+                      f"{pooled.getsockname()[1]}))\nprint('open', flush=True)\nsys.stdin.read()")
+    assert holder.stdout.readline().strip() == "open"
     program = tmp_path / "never-ran"
     program.write_bytes(Path("/bin/true").read_bytes())
     program.chmod(0o755)
@@ -312,6 +316,7 @@ async def test_a_new_peer_and_a_new_program_are_flagged_and_reach_the_capture(wo
             await do("connect", known.getsockname()[1])
             await asyncio.sleep(0.25)
         assert await flagged() == []
+        await do("connect", pooled.getsockname()[1])  # the pool's peer: open since before the agent
         await do("connect", new.getsockname()[1])
         await do("run", program)
         deadline = time.time() + 10
@@ -327,8 +332,9 @@ async def test_a_new_peer_and_a_new_program_are_flagged_and_reach_the_capture(wo
         result = await agent.capture(req)
         assert {a["what"] for a in result.anomalies} == {a["what"] for a in got}
     finally:
-        proc.kill()
-        proc.wait()
-        known.close()
-        new.close()
+        for p in (proc, holder):
+            p.kill()
+            p.wait()
+        for s in (known, new, pooled):
+            s.close()
         await client.close()
