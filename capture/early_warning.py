@@ -27,16 +27,19 @@ baseline the ``baseline_s`` before it. Hysteresis keeps it quiet on noise:
 SLO, the page's verdict says so), and a load that changes through the day would otherwise warn
 every morning.
 
-Anomalies: what a workload does that it never did before, against all the recorder has seen of
-it (NOVELTY: an egress peer it connects to, an executable started in its cgroups). Its first
-WARM_S teach what is normal; after that, each interval's new entries are scored by how rare
-novelty is for this workload: ``1 / (1 + the earlier intervals with a novelty of that kind in the
-last CHURN_WINDOW_S)``, so a workload that contacts new addresses all day scores its next one low,
-and one that never does scores it 1. An entry scoring at least FLAG_SCORE is flagged, with the DNS
-name the workload's own lookups gave the address; it is shown for ANOMALY_TTL_S, and becomes part
-of the workload's normal either way. A workload seen for the first time also learns what it is
-doing right then (its open connections' peers, its processes' programs): a pool opened before the
-agent started, which reconnects after a restart, is not new.
+Anomalies: what a workload does that it never did before, against all the recorder has seen of it
+(NOVELTY: an egress peer it connects to, an executable started in its cgroups). Its first WARM_S
+teach what is normal; after that, each interval's new entries are scored by how rare novelty is
+for this workload: ``1 / (1 + the earlier intervals with a novelty of that kind in the last
+CHURN_WINDOW_S)``, the first FREE_FLAGS of them that were flagged left out (an anomaly does not
+make the workload's behaviour normal), so a workload that contacts new addresses all day scores
+its next one low, and one that never does scores it 1. A peer is known by its address and by the
+name the workload's own lookups gave it, so a provider's rotating addresses are one peer. An entry
+scoring at least FLAG_SCORE is flagged, with the DNS name the workload's own lookups gave the
+address; it is shown for ANOMALY_TTL_S, and becomes part of the workload's normal either way. A
+workload seen for the first time also learns what it is doing right then (its open connections'
+peers, its processes' programs): a pool opened before the agent started, which reconnects after a
+restart, is not new.
 
 What it costs is measured (CPU seconds of the evaluations) and exported beside the result.
 """
@@ -87,6 +90,9 @@ WARM_S = BASELINE_S
 CHURN_WINDOW_S = 3600.0
 # Flagged: no more than one earlier interval with a novelty of the same kind in the last hour.
 FLAG_SCORE = 0.5
+# An anomaly does not make the workload's behaviour normal: the first two flagged intervals of the
+# hour do not count against the next novelty; a third shows a workload that now changes often.
+FREE_FLAGS = 2
 ANOMALY_TTL_S = 600.0
 MAX_ANOMALIES = 20  # per workload, the newest kept
 MAX_KNOWN = 5000  # entries remembered per workload and kind, the oldest forgotten first
@@ -138,7 +144,7 @@ class _State:
     # when novelties came (kind -> interval ends), and what was flagged
     known: dict[str, dict[str, float]] = field(default_factory=dict)
     known_since: float = 0.0
-    novel_at: dict[str, list[float]] = field(default_factory=dict)
+    novel_at: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)  # (interval end, flagged)
     anomalies: list[dict] = field(default_factory=list)
 
 
@@ -292,29 +298,42 @@ class EarlyWarning:
     def _novelties(self, st: _State, w: Workload, entries: dict[int, list], learn_only: bool) -> None:
         """Learn what the workload did (``entries``: per cgroup, its novelty entries in time
         order, ``_novelty_by_cgroup``); unless ``learn_only``, score and flag what it had never
-        done (see the module's docstring)."""
-        found: list[dict] = []
+        done (see the module's docstring). A peer is known by its address and, when the
+        workload's own lookups named that address, by its name: a provider's rotating addresses
+        are one peer."""
         mine = sorted((e for c in w.cgroups for e in entries.get(c, ())), key=lambda e: e[0])
+        if not mine:
+            return
+        names = self._dns_names(w) if any(e[1] == "egress_peer" for e in mine) else {}
+
+        def aliases(kind: str, item: str) -> list[str]:
+            if kind != "egress_peer":
+                return [item]
+            ip, _, port = item.rpartition(":")
+            name = names.get(ip.strip("[]"))
+            return [item, f"{name}:{port}"] if name else [item]
+
         by_interval: dict[tuple[float, str], dict[str, int]] = {}
         for end, kind, item, n in mine:
             known = st.known.setdefault(kind, {})
-            if item in known:
-                continue
-            known[item] = end
-            if len(known) > MAX_KNOWN:
+            seen = [a for a in aliases(kind, item) if a in known]
+            for a in aliases(kind, item):
+                known.setdefault(a, end)
+            while len(known) > MAX_KNOWN:
                 known.pop(next(iter(known)))
-            if not learn_only and end - st.known_since >= self.warm_s:
+            if not seen and not learn_only and end - st.known_since >= self.warm_s:
                 new = by_interval.setdefault((end, kind), {})
                 new[item] = new.get(item, 0) + n
+        found: list[dict] = []
         for (end, kind), new in sorted(by_interval.items()):
-            times = [t for t in st.novel_at.get(kind, []) if end - t <= CHURN_WINDOW_S]
-            score = round(1.0 / (1.0 + len(times)), 3)
-            st.novel_at[kind] = times + [end]
+            recent = [(t, f) for t, f in st.novel_at.get(kind, []) if end - t <= CHURN_WINDOW_S]
+            flagged_before = sum(1 for _, f in recent if f)
+            # the workload's own churn: novelties not flagged, and flags beyond the first FREE_FLAGS
+            prior = (len(recent) - flagged_before) + max(0, flagged_before - FREE_FLAGS)
+            score = round(1.0 / (1.0 + prior), 3)
+            st.novel_at[kind] = recent + [(end, score >= FLAG_SCORE)]
             found += [{"kind": kind, "what": item, "first_seen": round(end, 3), "count": n, "score": score,
                        "flagged": score >= FLAG_SCORE} for item, n in sorted(new.items())]
-        if not found:
-            return
-        names = self._dns_names(w) if any(a["kind"] == "egress_peer" for a in found) else {}
         for a in found:
             if a["kind"] == "egress_peer" and (name := names.get(a["what"].rsplit(":", 1)[0].strip("[]"))):
                 a["name"] = name

@@ -154,33 +154,42 @@ def test_more_demand_is_scored_but_never_fires():
 
 
 def test_what_a_workload_never_did_is_flagged_by_how_rare_novelty_is_for_it():
-    ring = Ring(probes=("tcp_connect", "process_exec"))
+    ring = Ring(probes=("tcp_connect", "process_exec", "dns"))
     ew = early(ring)
 
-    def add(peers=(), exes=()) -> float:
+    def add(peers=(), exes=(), answers=()) -> float:
         end = ring.add()
         raw = ring.rec.ring[-1].raw
         for p in ("10.0.0.7:5432", *peers):
             raw["tcp_connect"][("p", CG, "peers", p)] = 3
         raw["process_exec"] = {("p", CG, "executables", e): 1 for e in exes}
+        raw["dns"] = {("p", CG, "answers", a): 1 for a in answers}
         return end
 
     for i in range(10):  # a peer seen while the workload is young is learned, not flagged
-        ew.evaluate(add(peers=("10.0.0.9:443",) if i == 5 else ()))
+        ew.evaluate(add(peers=("10.0.0.9:443",) if i == 5 else (), answers=("10.0.0.9 api.provider.example",)))
     for _ in range(60):
         ew.evaluate(add())
     assert ew.anomalies({CG}) == [] and ew.status()["anomalies_flagged"] == 0
-    ew.evaluate(add(peers=("203.0.113.9:4444",)))  # five minutes in: never seen before
+    # the provider at another of its addresses, named by the workload's own lookup: the same peer
+    ew.evaluate(add(peers=("10.0.0.10:443",), answers=("10.0.0.10 api.provider.example",)))
+    assert ew.anomalies({CG}, now=ring.now) == []
+    ew.evaluate(add(peers=("203.0.113.9:4444",), answers=("203.0.113.9 sink.rogue.example",)))  # never seen
     [a] = ew.anomalies({CG}, now=ring.now)
-    assert (a["kind"], a["what"], a["score"], a["workload"]) == ("egress_peer", "203.0.113.9:4444", 1.0, f"pod:{POD_UID}")
+    assert (a["kind"], a["what"], a["name"], a["score"], a["workload"]) == (
+        "egress_peer", "203.0.113.9:4444", "sink.rogue.example", 1.0, f"pod:{POD_UID}")
     ew.evaluate(add(peers=("203.0.113.9:4444",)))  # the same again: known now
     ew.evaluate(add(exes=("/tmp/.cache/miner",)))  # another kind: scored on its own
-    ew.evaluate(add(peers=("203.0.113.10:4444", "203.0.113.11:4444")))  # a second interval of new peers
-    ew.evaluate(add(peers=("203.0.113.12:4444",)))  # a third: this workload now finds new peers often
+    # two more intervals of new peers: an anomaly does not make novelty normal (two flags are free)...
+    ew.evaluate(add(peers=("203.0.113.10:4444", "203.0.113.11:4444")))
+    ew.evaluate(add(peers=("203.0.113.12:4444",)))
+    # ...but a workload flagged three times in the hour now changes often: the next scores lower
+    ew.evaluate(add(peers=("203.0.113.13:4444",)))
+    ew.evaluate(add(peers=("203.0.113.14:4444",)))
     flagged = [(a["what"], a["score"]) for a in ew.anomalies({CG}, now=ring.now)]
-    assert flagged == [("203.0.113.9:4444", 1.0), ("/tmp/.cache/miner", 1.0), ("203.0.113.10:4444", 0.5),
-                       ("203.0.113.11:4444", 0.5)]
-    assert [a["score"] for a in ew.snapshot()[0]["anomalies"]][-1] == 0.333  # listed, not flagged
+    assert flagged == [("203.0.113.9:4444", 1.0), ("/tmp/.cache/miner", 1.0), ("203.0.113.10:4444", 1.0),
+                       ("203.0.113.11:4444", 1.0), ("203.0.113.12:4444", 1.0), ("203.0.113.13:4444", 0.5)]
+    assert ew.snapshot()[0]["anomalies"][-1]["score"] == 0.333  # listed, not flagged
     assert ew.anomalies({CG_OTHER}, now=ring.now) == []
     assert ew.anomalies({CG}, now=ring.now + ANOMALY_TTL_S + 10) == []  # shown for ten minutes
 
