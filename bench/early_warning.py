@@ -44,7 +44,7 @@ def measure(workloads: int, entries: int, seed: int = 1) -> dict:
 
     rng = random.Random(seed)
     rec = Recorder(probes=list(DEFAULT_PROBES), interval_s=INTERVAL_S, history_s=HISTORY * INTERVAL_S)
-    rec.sessions = {p: None for p in rec.probe_names}  # "running": the reads use the names only
+    rec.sessions = dict.fromkeys(rec.probe_names)  # type: ignore[assignment]  # "running": the reads use the names only
     ew = EarlyWarning(rec, cgroups=("/bench-*",))
     ew._paths, ew._walked_at = {i: f"/bench-{i}" for i in range(1, workloads + 1)}, float("inf")
     t = 1_000_000.0

@@ -316,9 +316,10 @@ class EarlyWarning:
         by_interval: dict[tuple[float, str], dict[str, int]] = {}
         for end, kind, item, n in mine:
             known = st.known.setdefault(kind, {})
-            seen = [a for a in aliases(kind, item) if a in known]
-            for a in aliases(kind, item):
-                known.setdefault(a, end)
+            names_of = aliases(kind, item)
+            seen = [alias for alias in names_of if alias in known]
+            for alias in names_of:
+                known.setdefault(alias, end)
             while len(known) > MAX_KNOWN:
                 known.pop(next(iter(known)))
             if not seen and not learn_only and end - st.known_since >= self.warm_s:
@@ -334,13 +335,13 @@ class EarlyWarning:
             st.novel_at[kind] = recent + [(end, score >= FLAG_SCORE)]
             found += [{"kind": kind, "what": item, "first_seen": round(end, 3), "count": n, "score": score,
                        "flagged": score >= FLAG_SCORE} for item, n in sorted(new.items())]
-        for a in found:
-            if a["kind"] == "egress_peer" and (name := names.get(a["what"].rsplit(":", 1)[0].strip("[]"))):
-                a["name"] = name
-            if a["flagged"]:
+        for anomaly in found:
+            if anomaly["kind"] == "egress_peer" and (name := names.get(anomaly["what"].rsplit(":", 1)[0].strip("[]"))):
+                anomaly["name"] = name
+            if anomaly["flagged"]:
                 self.flagged += 1
-                log.warning("event=anomaly workload=%s kind=%s what=%s name=%s score=%.2f", w.key, a["kind"],
-                            a["what"], a.get("name", ""), a["score"])
+                log.warning("event=anomaly workload=%s kind=%s what=%s name=%s score=%.2f", w.key, anomaly["kind"],
+                            anomaly["what"], anomaly.get("name", ""), anomaly["score"])
         st.anomalies = (st.anomalies + found)[-MAX_ANOMALIES:]
 
     def _seed_running(self, st: _State, w: Workload) -> None:
