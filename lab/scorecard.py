@@ -270,10 +270,15 @@ def preliminary_row(case: dict[str, Any], mode: str, expect: list[str], predicte
         # the incident's first preliminary post; records without first_at hold the latest job's,
         # which may come after the capture verdict of an earlier job: then that bounds it
         first_post = round(min(float(prelim.get("first_at") or at), attributed) - onset, 3)
-    received = prelim.get("received_at")  # the job's own notification (absent from older records)
+    # The incident's first alert received -> its first post. A later alert of the same incident (another
+    # burn window of the group) is a new job that waits for the running capture, and its preliminary
+    # verdict updates a thread that already has one: it is not the first post. Records before jobs kept
+    # their receipt (received_at) did not keep the first post's time either.
+    first_at = prelim.get("first_at")
+    alert_to_first = (round(float(first_at) - float(incident["created_at"]), 3)
+                      if prelim.get("received_at") is not None and first_at and incident.get("created_at") else None)
     return {"preliminary_predicted": named, "preliminary_correct": (set(named) <= set(expect)) if named else None,
-            "first_post_s": first_post,
-            "alert_to_first_post_s": round(at - float(received), 3) if received is not None else None}
+            "first_post_s": first_post, "alert_to_first_post_s": alert_to_first}
 
 
 # The domains a kernel early warning can name from a cause of its own (not only from a slower
@@ -731,7 +736,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _secs(v: float | None) -> str:
-    return "–" if v is None else f"{v:.0f} s"
+    """Seconds as the scorecard prints them: tenths under 10 s (a post within a second of its alert)."""
+    return "–" if v is None else f"{v:.1f} s" if v < 10 else f"{v:.0f} s"
 
 
 def render_markdown(card: dict[str, Any]) -> str:

@@ -220,6 +220,10 @@ def test_the_preliminary_verdict_is_reattributed_from_the_evidence_it_rested_on(
     assert row["alert_to_first_post_s"] == 0.75 and row["first_post_s"] == 2001.25 - (2040.0 - 35.0)
     assert card["detection"]["preliminary"]["changed"] == 0
     assert "Changed by the capture: 0 (0%)" in S.render_markdown(card)
+    # a later alert of the same incident: its job waited for the running capture, and its post
+    # updated a thread that had one; the first post still counts from the incident's first alert
+    incident["preliminary"] |= {"at": 2012.0, "received_at": 2004.0, "first_at": 2001.25}
+    assert S.score([case], "kernel-only")["cases"][0]["alert_to_first_post_s"] == 0.75
 
 
 def held(r: dict, probability: float | None = None, hypotheses: list | None = None) -> dict:
