@@ -140,6 +140,12 @@ async def test_the_kernel_early_warning_opens_a_quiet_thread_that_the_page_joins
     alert yet); sent as the generated rule labels it, it opens a quiet incident whose capture names
     network; the SLO page that follows answers in that thread, not a new one."""
     await asyncio.sleep(10)  # healthy again after the previous rounds
+    # a baseline for the capture the early warning's alert starts (60 s before the trouble began),
+    # also when this test runs alone on a fresh stack
+    deadline = time.monotonic() + 120
+    while ((await stack.responder.health()).get("agent") or {}).get("recorder", {}).get("covers_s", 0) < 80:
+        assert time.monotonic() < deadline, "the recorder never covered 80 s"
+        await asyncio.sleep(2)
     deadline = time.monotonic() + 60
     while await firing_warnings(stack):  # an earlier round's warning clears first
         assert time.monotonic() < deadline, "an earlier early warning never cleared"
