@@ -430,7 +430,7 @@ class EarlyWarning:
                      "domains": [{"domain": d.name, "firing": d.firing, "since": round(d.since, 3),
                                   "firing_since": None if d.firing_since is None else round(d.firing_since, 3),
                                   # where the trouble began: the start of the window that first named it
-                                  "began_at": round(s.baseline_end or d.since, 3),
+                                  "began_at": round(d.since - self.window_s, 3),
                                   "signal": d.signal, "summary": d.summary} for d in s.domains.values()],
                      "anomalies": [dict(a) for a in s.anomalies]}
                     for s in self.states.values()]
@@ -439,7 +439,7 @@ class EarlyWarning:
         with self._lock:
             firing = [{"workload": s.workload.key, "domain": d.name, "signal": d.signal,
                        "since": round(d.since, 3), "firing_since": round(d.firing_since or 0.0, 3),
-                       "began_at": round(s.baseline_end or d.since, 3)}
+                       "began_at": round(d.since - self.window_s, 3)}
                       for s in self.states.values() for d in s.domains.values() if d.firing]
             now = time.time()
             recent = [dict(a, workload=s.workload.key) for s in self.states.values() for a in s.anomalies
