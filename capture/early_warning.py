@@ -106,6 +106,11 @@ BASELINE_REFRESH_S = 30.0
 WALK_EVERY_S = 30.0
 
 
+def shown(anomaly: dict, now: float) -> bool:
+    """Whether a scored anomaly is shown now: flagged, and first seen within ANOMALY_TTL_S."""
+    return bool(anomaly["flagged"]) and now - anomaly["first_seen"] <= ANOMALY_TTL_S
+
+
 @dataclass
 class Workload:
     key: str  # "pod:<uid>", "container:<id>" or "cgroup:<path>"
@@ -119,6 +124,7 @@ class Domain:
 
     name: str
     since: float  # when the model first named it
+    began_at: float  # where the trouble began: the start of the window that first named it
     streak: int = 1  # evaluations in a row naming it
     firing_since: float | None = None
     quiet: int = 0  # evaluations in a row under CLEAR_SCORE while firing
@@ -304,19 +310,24 @@ class EarlyWarning:
         mine = sorted((e for c in w.cgroups for e in entries.get(c, ())), key=lambda e: e[0])
         if not mine:
             return
-        names = self._dns_names(w) if any(e[1] == "egress_peer" for e in mine) else {}
+        lookups: dict[str, str] | None = None  # the workload's DNS answers, read once an address is unknown
 
-        def aliases(kind: str, item: str) -> list[str]:
-            if kind != "egress_peer":
-                return [item]
-            ip, _, port = item.rpartition(":")
-            name = names.get(ip.strip("[]"))
-            return [item, f"{name}:{port}"] if name else [item]
+        def names() -> dict[str, str]:
+            nonlocal lookups
+            if lookups is None:
+                lookups = self._dns_names(w)
+            return lookups
 
         by_interval: dict[tuple[float, str], dict[str, int]] = {}
         for end, kind, item, n in mine:
             known = st.known.setdefault(kind, {})
-            names_of = aliases(kind, item)
+            if item in known:
+                continue
+            names_of = [item]
+            if kind == "egress_peer":  # an unknown address may still be a known name's
+                ip, _, port = item.rpartition(":")
+                if name := names().get(ip.strip("[]")):
+                    names_of.append(f"{name}:{port}")
             seen = [alias for alias in names_of if alias in known]
             for alias in names_of:
                 known.setdefault(alias, end)
@@ -336,7 +347,7 @@ class EarlyWarning:
             found += [{"kind": kind, "what": item, "first_seen": round(end, 3), "count": n, "score": score,
                        "flagged": score >= FLAG_SCORE} for item, n in sorted(new.items())]
         for anomaly in found:
-            if anomaly["kind"] == "egress_peer" and (name := names.get(anomaly["what"].rsplit(":", 1)[0].strip("[]"))):
+            if anomaly["kind"] == "egress_peer" and (name := names().get(anomaly["what"].rsplit(":", 1)[0].strip("[]"))):
                 anomaly["name"] = name
             if anomaly["flagged"]:
                 self.flagged += 1
@@ -382,7 +393,7 @@ class EarlyWarning:
         now = time.time() if now is None else now
         with self._lock:
             return [dict(a, workload=s.workload.key) for s in self.states.values() if s.workload.cgroups & cgroup_ids
-                    for a in s.anomalies if a["flagged"] and now - a["first_seen"] <= ANOMALY_TTL_S]
+                    for a in s.anomalies if shown(a, now)]
 
     def _update(self, st: _State, verdict, now: float, baseline: dict[str, ProbeResult], baseline_end: float) -> None:
         st.scores = {h.domain: round(h.confidence, 3) for h in verdict.hypotheses}
@@ -391,7 +402,7 @@ class EarlyWarning:
         for name in named:
             d = st.domains.get(name)
             if d is None:
-                st.domains[name] = d = Domain(name, since=now)
+                st.domains[name] = d = Domain(name, since=now, began_at=now - self.window_s)
             elif not d.firing:
                 d.streak += 1
             if not d.firing and d.streak >= self.raise_after:
@@ -429,8 +440,7 @@ class EarlyWarning:
                      "decision": s.decision, "baseline_frozen_at": s.baseline_end or None,
                      "domains": [{"domain": d.name, "firing": d.firing, "since": round(d.since, 3),
                                   "firing_since": None if d.firing_since is None else round(d.firing_since, 3),
-                                  # where the trouble began: the start of the window that first named it
-                                  "began_at": round(d.since - self.window_s, 3),
+                                  "began_at": round(d.began_at, 3),
                                   "signal": d.signal, "summary": d.summary} for d in s.domains.values()],
                      "anomalies": [dict(a) for a in s.anomalies]}
                     for s in self.states.values()]
@@ -439,11 +449,11 @@ class EarlyWarning:
         with self._lock:
             firing = [{"workload": s.workload.key, "domain": d.name, "signal": d.signal,
                        "since": round(d.since, 3), "firing_since": round(d.firing_since or 0.0, 3),
-                       "began_at": round(d.since - self.window_s, 3)}
+                       "began_at": round(d.began_at, 3)}
                       for s in self.states.values() for d in s.domains.values() if d.firing]
             now = time.time()
             recent = [dict(a, workload=s.workload.key) for s in self.states.values() for a in s.anomalies
-                      if a["flagged"] and now - a["first_seen"] <= ANOMALY_TTL_S]
+                      if shown(a, now)]
             return {"window_s": self.window_s, "baseline_s": self.baseline_s, "raise_after": self.raise_after,
                     "clear_after": self.clear_after, "clear_score": CLEAR_SCORE, "cgroups": list(self.patterns),
                     "workloads": len(self.states), "firing": len(firing), "firing_now": firing[:MAX_LISTED],

@@ -33,7 +33,7 @@ import time
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
 from capture import identity
-from capture.early_warning import ANOMALY_TTL_S
+from capture.early_warning import shown
 
 
 def _cgroup_labels(cgids: set[int]) -> dict[int, tuple[str, str, str]]:
@@ -108,10 +108,11 @@ def early_warning_families(agent):
                 began.add_metric([d["domain"], d["signal"], *values], d["began_at"])
     anomaly = GaugeMetricFamily("llmslo_early_warning_anomaly", "A flagged anomaly of a workload (something it never "
                                 "did before), its score, for 10 minutes", labels=["kind", "what", "name", *WORKLOAD_LABELS])
+    now = time.time()
     for w in workloads:
         values = [w["labels"].get(k, "") for k in WORKLOAD_LABELS]
         for a in w["anomalies"]:
-            if a["flagged"] and time.time() - a["first_seen"] <= ANOMALY_TTL_S:
+            if shown(a, now):
                 anomaly.add_metric([a["kind"], a["what"], a.get("name", ""), *values], a["score"])
     yield score
     yield firing
