@@ -484,6 +484,16 @@ ROGUE_HOST = "telemetry-sink.rogue.example"
 UNEXPECTED_NAME = "kworker-cache"
 
 
+def _in_service(stack) -> Callable[[], None]:
+    """A ``preexec_fn`` that puts the child in the service's cgroups, dying with the lab."""
+    from lab.harness import die_with_parent
+
+    def preexec() -> None:
+        die_with_parent()
+        stack.service.cgroups.enter()
+    return preexec
+
+
 @dataclass
 class RogueEgressFault(Fault):
     """No fault domain, an anomaly: a process in the service's cgroups starts connecting to an
@@ -494,8 +504,6 @@ class RogueEgressFault(Fault):
     what: str = field(default="", init=False)
 
     async def _apply(self, stack):
-        from lab.harness import die_with_parent
-
         async def close(_reader, writer):
             writer.close()
 
@@ -504,14 +512,10 @@ class RogueEgressFault(Fault):
         stack.dns.records[ROGUE_HOST] = "127.0.0.1"
         self.what = f"127.0.0.1:{port}"
 
-        def preexec():
-            die_with_parent()
-            stack.service.cgroups.enter()
-
         self.proc = subprocess.Popen(stack.dns.client_argv([sys.executable, "-c", ROGUE_CLIENT, ROGUE_HOST, str(port),
                                                             str(self.params["period_s"])]),
-                                     preexec_fn=preexec, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     preexec_fn=_in_service(stack), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     async def _clear(self, stack):
         if self.proc is not None:
@@ -539,19 +543,15 @@ class UnexpectedExecFault(Fault):
     what: str = field(default="", init=False)
 
     async def _apply(self, stack):
-        from lab.harness import die_with_parent
         self.dir = Path(tempfile.mkdtemp(prefix=f"{STACK_DIR_PREFIX}{os.getpid()}-exec-"))
         exe = self.dir / UNEXPECTED_NAME
         shutil.copy2(shutil.which("sha256sum") or "/usr/bin/sha256sum", exe)
         self.what = str(exe)
 
-        def preexec():
-            die_with_parent()
-            stack.service.cgroups.enter()
-
         for _ in range(self.params["workers"]):
-            self.procs.append(subprocess.Popen([str(exe), "/dev/zero"], preexec_fn=preexec, stdin=subprocess.DEVNULL,
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.procs.append(subprocess.Popen([str(exe), "/dev/zero"], preexec_fn=_in_service(stack),
+                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL))
 
     async def _clear(self, stack):
         for p in self.procs:
