@@ -78,20 +78,25 @@ def cpu_s() -> float:
     return t.user + t.system
 
 
-def bpf_ns(agent: CaptureAgent) -> int:
+def bpf_ns_by_probe(agent: CaptureAgent) -> dict[str, int]:
     assert agent.recorder is not None
-    return sum(c["bpf_run_time_ns"] for c in agent.recorder.cost().values())
+    return {name: c["bpf_run_time_ns"] for name, c in agent.recorder.cost().items()}
 
 
 async def phase(name: str, url: str, seconds: float, rate: float, concurrency: int,
                 agent: CaptureAgent | None) -> dict:
     """One phase of load; with ``agent``, its recorder's BPF time and this process's CPU over it."""
-    b0, c0, w0 = (bpf_ns(agent) if agent else 0), cpu_s(), time.monotonic()
+    b0, c0, w0 = (bpf_ns_by_probe(agent) if agent else {}), cpu_s(), time.monotonic()
     load = await load_phase(url, seconds, rate, concurrency)
     wall = time.monotonic() - w0
+    b1 = bpf_ns_by_probe(agent) if agent else {}
+    # Per probe, where the recorder's BPF time goes (a probe sampled one interval in six is off
+    # for most of a phase).
+    by_probe = {p: round((ns - b0.get(p, 0)) / 1e6, 2) for p, ns in b1.items()}
     row = {"phase": name, "recorder": agent is not None, "throughput_rps": load["ok"] / load["seconds"],
            "ok": load["ok"], "errors": load["errors"], "p50_ms": load["p50_ms"], "p99_ms": load["p99_ms"],
-           "wall_s": wall, "agent_cpu_s": cpu_s() - c0, "bpf_ms": ((bpf_ns(agent) - b0) / 1e6) if agent else 0.0}
+           "wall_s": wall, "agent_cpu_s": cpu_s() - c0, "bpf_ms": sum(by_probe.values()),
+           "bpf_ms_by_probe": by_probe}
     row["agent_cpu_pct"] = 100 * row["agent_cpu_s"] / wall
     row["bpf_cpu_pct"] = 100 * row["bpf_ms"] / 1000 / wall
     row["cpu_pct"] = row["agent_cpu_pct"] + row["bpf_cpu_pct"]
@@ -108,7 +113,7 @@ def mean_ci(values: list[float], level: float = 0.95) -> dict[str, Any]:
     m = statistics.fmean(values)
     if n < 2:
         return {"mean": m, "lo": None, "hi": None, "n": n}
-    half = scistats.t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    half = float(scistats.t.ppf(0.5 + level / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
     return {"mean": m, "lo": m - half, "hi": m + half, "n": n}
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 
-from capture import identity
+from capture import identity, kernelsrc
 from capture.early_warning import EarlyWarning
 from capture.probes import CATALOG
 from capture.probes import dns as dns_probe
@@ -474,6 +474,7 @@ class CaptureAgent:
                 "armed_captures": len(self.armed),
                 "max_concurrent": self.max_concurrent, "completed_captures": self.completed,
                 "preloaded": sorted(self._spares),
+                "kernel_headers": kernelsrc.missing_headers(),
                 "recorder": None if self.recorder is None else self.recorder.status(),
                 "early_warning": None if self.early_warning is None else self.early_warning.status()}
 

@@ -204,10 +204,16 @@ def kube_cgroups(pod_uids: list[str], container_ids: list[str]) -> tuple[list[st
     notes: list[str] = []
     named_pods = set()
     for cid in container_ids:
-        if cid in container_dirs:
-            path, pod_uid = container_dirs[cid]
+        # a full id, or a unique prefix of one (as `podman ps` prints it)
+        matches = [full for full in container_dirs if full.startswith(cid)]
+        if len(matches) == 1:
+            path, pod_uid = container_dirs[matches[0]]
             paths.append(path)
-            named_pods.add(pod_uid)
+            if pod_uid:
+                named_pods.add(pod_uid)
+        elif matches:
+            notes.append(f"container id {cid} is the prefix of {len(matches)} containers on this node; "
+                         "give more of it")
         else:
             notes.append(f"container {cid[:12]} has no cgroup on this node")
     for uid in pod_uids:
@@ -280,11 +286,15 @@ def target_pids(scope: ResolvedTarget) -> list[int]:
 #   systemd:  /kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_>.slice/
 #             cri-containerd-<id>.scope | crio-<id>.scope | docker-<id>.scope
 #   cgroupfs: /kubepods/burstable/pod<uid>/<id>     (guaranteed pods sit right under kubepods)
-_CONTAINER_SCOPE = re.compile(r"^(cri-containerd|crio|docker)-([0-9a-f]{64})\.scope$")
+# Containers outside Kubernetes, as their runtimes name them:
+#   podman:   /libpod_parent/libpod-<id> (cgroupfs manager) | /machine.slice/libpod-<id>.scope
+#             (systemd manager); its monitor's cgroup is libpod-conmon-<id>[.scope], not the container
+#   docker:   /docker/<id> (cgroupfs driver) | /system.slice/docker-<id>.scope (systemd driver)
+_CONTAINER_SCOPE = re.compile(r"^(cri-containerd|crio|docker|libpod)-([0-9a-f]{64})(?:\.scope)?$")
 _BARE_CONTAINER = re.compile(r"^([0-9a-f]{64})$")
 _POD_SYSTEMD = re.compile(r"^kubepods(?:-(besteffort|burstable))?-pod([0-9a-f_]{36})\.slice$")
 _POD_CGROUPFS = re.compile(r"^pod([0-9a-f-]{36})$")
-_RUNTIMES = {"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker"}
+_RUNTIMES = {"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker", "libpod": "podman"}
 
 
 @dataclass
@@ -315,6 +325,8 @@ def parse_cgroup_path(path: str, cgid: int = 0) -> CgroupIdentity:
             ident.runtime, ident.container_id = _RUNTIMES[m.group(1)], m.group(2)
         elif ident.driver == "cgroupfs" and ident.pod_uid and (m := _BARE_CONTAINER.match(part)):
             ident.container_id = m.group(1)
+        elif i and parts[i - 1] == "docker" and (m := _BARE_CONTAINER.match(part)):
+            ident.runtime, ident.container_id = "docker", m.group(1)
         elif m := _POD_SYSTEMD.match(part):
             ident.pod_uid = m.group(2).replace("_", "-")
             ident.qos = m.group(1) or "guaranteed"

@@ -62,8 +62,10 @@ def check_duration(seconds: float, name: str = "duration_s") -> float:
 
 # Kubernetes identities as the API server reports them: a pod's metadata.uid, and a container's
 # status.containerStatuses[].containerID without its runtime prefix (containerd://, cri-o://).
+# A container id may also be shortened to a unique prefix of at least 12 hex digits, as `podman
+# ps` and `docker ps` print it.
 _POD_UID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{12,64}$")
 
 
 def container_id(value: str) -> str:
@@ -115,8 +117,9 @@ class CaptureTarget:
         containers = [container_id(c) for c in
                       _str_list(data.get("containers", []), "target.containers", "a list of container ids")]
         for c in containers:
-            if not _CONTAINER_ID_RE.match(c):
-                raise RequestError(f"target.containers: {c!r} is not a container id (64 hex digits)")
+            if not CONTAINER_ID_RE.match(c):
+                raise RequestError(f"target.containers: {c!r} is not a container id "
+                                   "(64 hex digits, or a prefix of at least 12)")
         target = cls(pids=pids, cgroups=list(cgroups), ports=ports, pods=pods, containers=containers)
         if target.is_empty():
             raise RequestError("target: name at least one pid, cgroup, port, pod or container")

@@ -62,8 +62,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print(f"llmslo: no LLMSLO_AGENT_TOKEN set; generated agent token for this run: {token}",
               file=sys.stderr, flush=True)
     _logging(args.verbose)
-    from capture import kube
+    from capture import kernelsrc, kube
 
+    if missing := kernelsrc.missing_headers():
+        print(f"llmslo agent: {missing}", file=sys.stderr, flush=True)
     try:
         kube_identity = kube.from_env(args.node_name)
     except Exception as e:  # a broken kubeconfig or service account: say which, do not start half-configured
@@ -124,6 +126,22 @@ def _format_capture(result) -> str:
     return "\n".join(lines)
 
 
+def _format_verdict(result) -> str:
+    """The capture's kernel evidence alone through the attribution model: what the early warning
+    would say of it (no traces, no calibration)."""
+    from capture.attribution.engine import attribute_kernel
+
+    verdict = attribute_kernel(result)
+    if verdict.abstained:
+        return f"  verdict (kernel evidence only): abstains: {verdict.abstain_reason}"
+    top = verdict.hypotheses[0] if verdict.hypotheses else None
+    why = ""
+    if top and top.supporting:
+        e = top.supporting[0]
+        why = f" ({e.signal} {e.baseline:.3g} -> {e.incident:.3g})" if e.baseline is not None else f" ({e.signal})"
+    return f"  verdict (kernel evidence only): {' + '.join(verdict.domains)}, score {verdict.confidence:.2f}{why}"
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
     from capture.probes import CATALOG
     from capture.schemas import CaptureRequest, RequestError
@@ -136,29 +154,48 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if args.pid is None and args.cgroup is None and not args.pod and not args.container:
         raise CliError("capture: name a target with --pid PID, --cgroup PATH, --pod UID or --container ID "
                        "(or use --list-probes)")
+    agent_url = args.agent or os.environ.get("LLMSLO_AGENT_URL")
+    token = os.environ.get("LLMSLO_AGENT_TOKEN")
+    if agent_url and not agent_url.startswith(("http://", "https://")):
+        raise CliError(f"capture: --agent {agent_url!r} is not an http:// or https:// URL")
+    # A running agent has its flight recorder's history to compare with; this process has none.
+    baseline = args.baseline if args.baseline is not None else ("60s" if agent_url else "0s")
     probes = [p.strip() for p in args.probes.split(",") if p.strip()] if args.probes else list(CATALOG)
     target = {"pids": [args.pid] if args.pid is not None else [],
               "cgroups": [args.cgroup] if args.cgroup else [], "pods": args.pod or [],
               "containers": args.container or []}
     try:
         req = CaptureRequest.from_dict({"target": target, "probes": probes, "duration_s": args.duration,
-                                        "baseline_s": 0}, known_probes=list(CATALOG))
+                                        "baseline_s": baseline}, known_probes=list(CATALOG))
     except RequestError as e:
         raise CliError(f"capture: {e}") from None
-    if os.geteuid() != 0:
-        raise CliError("capture: loading eBPF programs needs root (CAP_BPF and CAP_PERFMON)")
+    if agent_url and not token:
+        raise CliError("capture: --agent needs the agent's bearer token in LLMSLO_AGENT_TOKEN")
+    if not agent_url and req.baseline_s:
+        raise CliError("capture: --baseline needs --agent (a running agent's flight recorder holds the baseline)")
+    if not agent_url and os.geteuid() != 0:
+        raise CliError("capture: loading eBPF programs needs root (CAP_BPF and CAP_PERFMON); "
+                       "or send it to a running agent with --agent URL")
 
     from capture.agent import CaptureAgent
+    from capture.client import AgentError, HttpAgentClient
 
     async def run():
-        agent = CaptureAgent(recorder=False)
-        return await agent.capture(req)
+        if agent_url:
+            client = HttpAgentClient(agent_url, token or "")
+            try:
+                return await client.capture(req)
+            finally:
+                await client.close()
+        return await CaptureAgent(recorder=False).capture(req)
 
     try:
         result = asyncio.run(run())
     except RequestError as e:
         raise CliError(f"capture: {e}") from None
-    print(json.dumps(result.to_dict(), indent=2) if args.json else _format_capture(result))
+    except AgentError as e:
+        raise CliError(f"capture: {e} ({agent_url})") from None
+    print(json.dumps(result.to_dict(), indent=2) if args.json else _format_capture(result) + "\n" + _format_verdict(result))
     return 0 if not any(r.error for r in result.incident.values()) else 1
 
 
@@ -456,9 +493,16 @@ def build_parser(plugins: dict[str, metadata.EntryPoint] | None = None) -> argpa
     c.add_argument("--pod", action="append", metavar="UID",
                    help="a pod on this node by its UID (kubectl get pod -o jsonpath='{.metadata.uid}'); repeatable")
     c.add_argument("--container", action="append", metavar="ID",
-                   help="a container on this node by its id (containerd://... or the bare id); repeatable")
+                   help="a container on this node by its id (containerd://..., the bare id, or a unique prefix of 12+ "
+                        "hex digits as podman ps prints it); repeatable")
     c.add_argument("--probes", help="comma-separated probe names (default: all)")
     c.add_argument("--duration", default="10s", help="e.g. 10s, 500ms, 1m (max 120s)")
+    c.add_argument("--agent", metavar="URL",
+                   help="send the capture to a running agent's API (default $LLMSLO_AGENT_URL; its token in "
+                        "$LLMSLO_AGENT_TOKEN) instead of loading the probes in this process")
+    c.add_argument("--baseline", default=None,
+                   help="how much of the agent's flight recorder before the capture to compare with "
+                        "(default 60s with --agent; none without)")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     c.add_argument("--list-probes", action="store_true", help="list the probe catalog and exit")
     c.set_defaults(func=cmd_capture)

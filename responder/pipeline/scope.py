@@ -1,6 +1,6 @@
 """Stage *scope*: what the capture is about. On Kubernetes, the pods the alert's workload labels
-name (their UIDs and, when a container is named, its ids); on a plain host, the process, cgroup or
-port labels the playbook names. A scope that cannot be made is a gap, said in words, not an error:
+name (their UIDs and, when a container is named, its ids); on a plain host, the process, cgroup,
+port or container id labels the playbook names. A scope that cannot be made is a gap, said in words, not an error:
 the investigation goes on with the evidence it can still read.
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from capture.schemas import CaptureTarget
+from capture.schemas import CONTAINER_ID_RE, CaptureTarget, container_id
 from responder.kube.cluster import KubeCluster, KubeUnavailable, Scope, ScopeError, named_workloads, workload_label_names
 from responder.pipeline.stage import Context
 from responder.playbooks import ScopeSpec
@@ -38,14 +38,21 @@ def scope_from_labels(spec: ScopeSpec, labels: dict[str, str], kube: KubeCluster
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise ScopeError(f"label port={port!r} is not a TCP port")
         target.ports.append(int(port))
+    cid = spec.first_present(spec.container_id_labels, labels)
+    if cid is not None:
+        bare = container_id(cid)
+        if not CONTAINER_ID_RE.match(bare):
+            raise ScopeError(f"label container_id={cid!r} is not a container id (64 hex digits, or a prefix of at "
+                             "least 12, with or without a runtime prefix)")
+        target.containers.append(bare)
     if target.is_empty():
         if workloads := named_workloads(spec, labels):
             named = ", ".join(f"{label}={value}" for _, label, value in workloads)
-            host = ", ".join([*spec.pid_labels, *spec.cgroup_labels, *spec.port_labels])
+            host = ", ".join([*spec.pid_labels, *spec.cgroup_labels, *spec.port_labels, *spec.container_id_labels])
             raise ScopeError(f"the alert names {named}, which only Kubernetes resolves to pods, but this responder "
                              "does not use Kubernetes (LLMSLO_AGENT_DISCOVERY=kubernetes); on a plain host add a "
-                             f"pid, cgroup or port label ({host})")
-        wanted = [*spec.pid_labels, *spec.cgroup_labels, *spec.port_labels]
+                             f"pid, cgroup, port or container id label ({host})")
+        wanted = [*spec.pid_labels, *spec.cgroup_labels, *spec.port_labels, *spec.container_id_labels]
         raise ScopeError(f"no scope label on the alert: expected one of {', '.join(wanted)}")
     return Scope(target=target, pods=[], description=target.describe())
 

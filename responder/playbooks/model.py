@@ -68,7 +68,8 @@ class CaptureSpec:
 class ScopeSpec:
     """Which alert labels name the capture target; per kind, the first label present wins.
 
-    On a plain host: pid, cgroup or port labels. On Kubernetes: a namespace plus a pod, a
+    On a plain host: pid, cgroup, port or container id labels (a container a runtime such as
+    podman or docker started, by its id). On Kubernetes: a namespace plus a pod, a
     workload (deployment, statefulset, daemonset, job) or a service, optionally narrowed to one
     container; each is read only when the playbook names its label. (The shipped playbooks read
     a Job from ``job_name``: Prometheus's own ``job`` label names a scrape job.)"""
@@ -76,6 +77,7 @@ class ScopeSpec:
     pid_labels: tuple[str, ...] = ("pid",)
     cgroup_labels: tuple[str, ...] = ("cgroup",)
     port_labels: tuple[str, ...] = ("port",)
+    container_id_labels: tuple[str, ...] = ("container_id",)
     namespace_label: str | None = None
     pod_label: str | None = None
     service_label: str | None = None

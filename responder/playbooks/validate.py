@@ -140,7 +140,7 @@ class _PlaybookReader:
     QUERY_KEYS = {"name": True, "title": True, "expr": True, "unit": False, "kind": True}
     TRACES_KEYS = {"service_labels": False}
     CAPTURE_KEYS = {"probes": True, "duration": False, "baseline": False}
-    SCOPE_KEYS = {"pid_labels": False, "cgroup_labels": False, "port_labels": False,
+    SCOPE_KEYS = {"pid_labels": False, "cgroup_labels": False, "port_labels": False, "container_id_labels": False,
                   **{k: False for k in KUBE_LABEL_KEYS}}
     RUNBOOK_KEYS = {"title": True, "url": True}
 
@@ -308,7 +308,7 @@ class _PlaybookReader:
             return None
         default = ScopeSpec()
         values: dict[str, Any] = {}
-        for key in ("pid_labels", "cgroup_labels", "port_labels"):
+        for key in ("pid_labels", "cgroup_labels", "port_labels", "container_id_labels"):
             values[key] = self.optional(keys, key, self.label_names, getattr(default, key),
                                         prefix="scope.")
         for key in KUBE_LABEL_KEYS:

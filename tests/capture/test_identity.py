@@ -156,3 +156,10 @@ def test_pod_uids_and_container_ids_resolve_to_their_kubepods_cgroups(base_cgrou
         identity.resolve(CaptureTarget(pods=[absent]))
     with pytest.raises(RequestError, match="container 444444444444 has no cgroup"):
         identity.resolve(CaptureTarget(containers=["4" * 64]))
+    # A unique prefix of 12 hex digits or more names the container; a shared one says so.
+    short = identity.resolve(CaptureTarget(containers=[c3[:12]]))
+    assert short.cgroup_ids == {ino(pod2 / c3)}
+    twin = "3" * 12 + "f" * 52
+    (pod2 / twin).mkdir()
+    with pytest.raises(RequestError, match="is the prefix of 2 containers"):
+        identity.resolve(CaptureTarget(containers=["3" * 12]))

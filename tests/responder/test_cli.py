@@ -104,11 +104,26 @@ def test_capture_without_target():
     (["--container", "containerd://xyz"], ["not a container id"]),
     (["--pod", "00000000-0000-4000-8000-000000000000", "--probes", "tcp_connect", "--duration", "1s"],
      ["has no cgroup on this node"]),
+    (["--pid", "1", "--agent", "127.0.0.1:8081"], ["--agent", "not an http"]),
+    (["--pid", "1", "--baseline", "30s"], ["--baseline needs --agent"]),
+    (["--pid", "1", "--agent", "http://127.0.0.1:1", "--baseline", "2h"], ["baseline_s"]),
 ], ids=["too-long", "too-short", "not-a-duration", "unknown-probe", "one-unknown-probe", "pid-0", "cgroup-dotdot",
-        "pod-name-not-uid", "bad-container-id", "pod-not-here"])
+        "pod-name-not-uid", "bad-container-id", "pod-not-here", "agent-not-a-url", "baseline-without-agent",
+        "baseline-too-long"])
 @pytest.mark.slow
 def test_capture_bad_arguments(args, words):
     assert_usage_error(run("capture", *args), *words)
+
+
+def test_capture_through_an_agent_needs_its_token():
+    assert_usage_error(run("capture", "--pid", "1", "--agent", "http://127.0.0.1:9"), "LLMSLO_AGENT_TOKEN")
+
+
+def test_capture_through_an_agent_that_is_not_there_says_so():
+    url = f"http://127.0.0.1:{closed_port()}"
+    p = run("capture", "--pid", "1", "--duration", "1s", "--agent", url,
+            env=clean_env() | {"LLMSLO_AGENT_TOKEN": "t"})
+    assert_usage_error(p, "could not be reached", url)
 
 
 def test_capture_list_probes():

@@ -332,7 +332,18 @@ async def test_the_scope_stage_on_kubernetes_and_off_it(kube):
         await asyncio.to_thread(scope_from_labels, SPEC, {"namespace": "llm", "pid": "1"}, cluster)
     # Without Kubernetes, a workload label alone cannot be captured, and the error says why.
     with pytest.raises(ScopeError, match=r"names deployment=chat, which only Kubernetes resolves to pods, .* "
-                                         r"add a pid, cgroup or port label \(pid, cgroup, port\)"):
+                                         r"add a pid, cgroup, port or container id label \(pid, cgroup, port, container_id\)"):
         scope_from_labels(SPEC, {"namespace": "llm", "deployment": "chat"})
     host = scope_from_labels(SPEC, {"namespace": "llm", "deployment": "chat", "pid": "42"})
     assert host.target == CaptureTarget(pids=[42]) and host.description == "pid:42" and host.pods == []
+
+
+def test_a_plain_host_scope_names_a_runtime_container_by_its_id_label():
+    from responder.pipeline.scope import scope_from_labels
+
+    cid = "0f1e2d3c4b5a6978" * 4
+    for value in (cid, f"podman://{cid}", cid[:12]):
+        scope = scope_from_labels(SPEC, {"container_id": value})
+        assert scope.target == CaptureTarget(containers=[value.split("://")[-1]])
+    with pytest.raises(ScopeError, match="label container_id='libpod-x' is not a container id"):
+        scope_from_labels(SPEC, {"container_id": "libpod-x"})
