@@ -7,14 +7,18 @@ PYTEST := $(PY) -m pytest -q -ra
 # that turns bytecode off would make every run recompile some 300 modules: 10 s of collection).
 export PYTHONDONTWRITEBYTECODE :=
 # Everything that needs root, the kernel, a server, a browser, kubectl, or takes long.
-NOT_FAST := kernel or e2e or lab or slow or fuzz or needs_root or needs_postgres or needs_prometheus or needs_browser or needs_kubectl
+NOT_FAST := kernel or e2e or lab or slow or fuzz or needs_root or needs_postgres or needs_prometheus or needs_browser or needs_kubectl or containers
 
-.PHONY: setup demo test test-fast test-kernel test-e2e lab-ci lint venv-ready
+.PHONY: images setup demo test test-fast test-kernel test-e2e lab-ci lint venv-ready
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
 	$(PY) -m lab.demo
+
+# The agent's and the responder's images, built with podman (scripts/images.sh says how).
+images: setup
+	@bash scripts/images.sh
 
 # The README's test command and CI's: static checks, then every tier.
 test: setup lint

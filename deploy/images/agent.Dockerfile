@@ -36,6 +36,10 @@ COPY lab/ lab/
 # A venv, since Debian's Python refuses pip installs into the system one, that sees only bcc
 # of the OS's dist-packages: a folder holding a link named bcc, on the venv's path (what
 # scripts/setup.sh does for .venv/). The last line fails the build if bcc cannot be imported.
+# A build with no package index of its own may pass a wheelhouse (scripts/images.sh does):
+#   --volume DIR:/wheels:ro --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 RUN python3 -m venv /opt/venv \
  && mkdir /opt/venv/os-bcc \
  && ln -s /usr/lib/python3/dist-packages/bcc /opt/venv/os-bcc/bcc \

@@ -28,6 +28,10 @@ COPY playbooks/ playbooks/
 COPY lab/ lab/
 
 # Byte-compiled at build time: the pods run with a read-only root filesystem.
+# A build with no package index of its own may pass a wheelhouse (scripts/images.sh does):
+#   --volume DIR:/wheels:ro --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -e /opt/llmslo \
  && /opt/venv/bin/python -m compileall -q /opt/llmslo/capture /opt/llmslo/responder /opt/llmslo/lab \
