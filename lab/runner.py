@@ -396,6 +396,9 @@ async def run_case(stack, api: LabApi, scenario: Scenario, index: int, progress:
     suite's first healthy baseline per load rate, shared across its cases."""
     run = CaseRun(scenario, scenario_file)
     rec = run.rec
+    # The early warning's key for the service (a plain cgroup the stack names for it): its
+    # warnings and flags are the case's; another workload's on the same node are not.
+    rec["service_workload"] = f"cgroup:{stack.labels['cgroup']}"
     restarts_before = stack.service.restarts
     references = references if references is not None else {}
     try:

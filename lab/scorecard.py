@@ -286,15 +286,28 @@ def preliminary_row(case: dict[str, Any], mode: str, expect: list[str], predicte
 WARNABLE = frozenset(r.domain for r in KERNEL_RULES if r.role != SYMPTOM) - {"traffic"}
 
 
+def service_workload(case: dict[str, Any], workload: str | None) -> bool:
+    """Whether an early warning's or a flag's workload is the case's service. The case names it
+    (``service_workload``); a case recorded before that was kept is matched by kind: the only
+    plain cgroup a lab agent scores is the service's (the stack's pattern), the rest being other
+    runtimes' containers or pods that happened to run on the node."""
+    if workload is None:  # recorded before warnings and flags named their workload
+        return True
+    if case.get("service_workload"):
+        return workload == case["service_workload"]
+    return workload.startswith("cgroup:")
+
+
 def early_warning_row(case: dict[str, Any], expect: list[str]) -> dict[str, Any]:
-    """The agent's kernel early warnings during the case (runs that recorded them): the domains
+    """The agent's kernel early warnings on the service during the case (runs that recorded them): the domains
     that fired after the fault phase began, how soon after the onset one of the injected domains
     fired, whether that came before the alert's incident, and the domains it named that were not
     injected. None fields for a case recorded before the early warning existed."""
     if "early_warnings" not in case:
         return {"early_warning_recorded": False}
     start = case.get("fault_phase_started_at") or case.get("started_at") or 0.0
-    fired = [w for w in case["early_warnings"] if float(w.get("firing_since") or 0.0) >= start]
+    fired = [w for w in case["early_warnings"] if float(w.get("firing_since") or 0.0) >= start
+             and service_workload(case, w.get("workload"))]
     onset = case.get("fault_onset")
     right = sorted(float(w["firing_since"]) for w in fired if w.get("domain") in expect)
     incident = case.get("incident") or {}
@@ -315,13 +328,14 @@ def early_warning_row(case: dict[str, Any], expect: list[str]) -> dict[str, Any]
 
 def anomaly_row(case: dict[str, Any]) -> dict[str, Any]:
     """The anomalies a case injected (a rogue egress peer, an unexpected executable) and whether the
-    agent flagged each, and the flags it raised on anything else during the case. None fields for
+    agent flagged each, and the flags it raised on anything else the service did during the case. None fields for
     a case recorded before anomalies were scored."""
     if "anomalies" not in case:
         return {"anomaly_recorded": False}
     injected = [fr["anomaly"] for fr in case.get("faults") or [] if fr.get("anomaly")]
     start = case.get("fault_phase_started_at") or case.get("started_at") or 0.0
-    flags = [a for a in case["anomalies"] if float(a.get("first_seen") or 0.0) >= start]
+    flags = [a for a in case["anomalies"] if float(a.get("first_seen") or 0.0) >= start
+             and service_workload(case, a.get("workload"))]
 
     def matches(a: dict[str, Any], inj: dict[str, Any]) -> bool:
         return a.get("kind") == inj["kind"] and a.get("what") == inj["what"]

@@ -204,6 +204,23 @@ def test_anomalies_flagged_missed_and_on_controls():
                   "without_injection": 2, "controls_flagged": 1, "controls": 1}
 
 
+def test_only_the_services_warnings_and_flags_are_the_cases():
+    """Another workload on the node (a container that ran beside the lab) is not the case's."""
+    t0 = 1000.0
+    svc, other = "cgroup:/llmslo-lab-svc-7", "container:" + "ab" * 32
+    case = {"fault_phase_started_at": t0, "fault_onset": t0, "faults": [], "service_workload": svc,
+            "early_warnings": [{"domain": "app_cpu", "firing_since": t0 + 9, "workload": other}],
+            "anomalies": [{"kind": "executable", "what": "/sbin/ldconfig", "first_seen": t0 + 3, "workload": other},
+                          {"kind": "executable", "what": "/tmp/x", "first_seen": t0 + 4, "workload": svc}]}
+    assert S.anomaly_row(case)["anomaly_flags_other"] == ["executable /tmp/x"]
+    assert S.early_warning_row(case, [])["early_warnings_fired"] == 0
+    # A case recorded before the service's workload was kept: the lab scores one plain cgroup, the service.
+    older = {k: v for k, v in case.items() if k != "service_workload"}
+    assert S.anomaly_row(older)["anomaly_flags_other"] == ["executable /tmp/x"]
+    assert S.early_warning_row(older | {"early_warnings": case["early_warnings"] + [
+        {"domain": "network", "firing_since": t0 + 5, "workload": "cgroup:/elsewhere"}]}, [])["early_warned"] == ["network"]
+
+
 def test_the_preliminary_verdict_is_reattributed_from_the_evidence_it_rested_on():
     """Posted at the alert's receipt (incident created at 2000.5) from the recorder's capture:
     kernel-only it names network like the capture's; its first post counts from the onset."""
