@@ -9,7 +9,7 @@ export PYTHONDONTWRITEBYTECODE :=
 # Everything that needs root, the kernel, a server, a browser, kubectl, or takes long.
 NOT_FAST := kernel or e2e or lab or slow or fuzz or needs_root or needs_postgres or needs_prometheus or needs_browser or needs_kubectl or containers
 
-.PHONY: images setup demo test test-fast test-kernel test-e2e lab-ci lint venv-ready
+.PHONY: images setup demo test test-fast test-kernel test-e2e lab-ci test-containers lint venv-ready
 setup:
 	@bash scripts/setup.sh
 
@@ -37,6 +37,9 @@ test-e2e: setup
 
 lab-ci: setup
 	$(PYTEST) -m lab
+
+test-containers: setup
+	$(PYTEST) -m containers
 
 lint: venv-ready
 	$(VENV)/bin/ruff check .

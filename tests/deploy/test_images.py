@@ -1,6 +1,5 @@
-"""The image build files (deploy/images/). `make test` installs no container engine and builds
-no image; these checks keep the files consistent with the tree they copy, the project's
-packaging and the manifests that run them."""
+"""The image build files (deploy/images/) as text: consistent with the tree they copy, the
+project's packaging and the manifests that run them. tests/containers builds and runs them."""
 from __future__ import annotations
 
 import json
