@@ -22,23 +22,15 @@ BASE=debian:bookworm-slim
 export CONTAINERS_CONF="$ROOT/deploy/images/containers.conf"
 
 log() { echo "images: $*"; }
+# shellcheck source=scripts/packages.sh
+source "$ROOT/scripts/packages.sh"
 die() { echo "images: $*" >&2; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (podman runs rootful here, and debootstrap needs root)"
 
 # --- tools -----------------------------------------------------------------------------------
 # runc is named so that apt does not pick crun for podman's runtime (crun refuses hybrid cgroups).
-PKGS=(podman runc conmon fuse-overlayfs debootstrap)
-missing=()
-for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1
-fi
+ensure_packages images podman runc conmon fuse-overlayfs debootstrap
 mkdir -p "$CACHE"
 
 # --- the base image --------------------------------------------------------------------------

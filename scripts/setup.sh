@@ -11,6 +11,8 @@ VENV="$ROOT/.venv"
 STAMP="$VENV/.setup-done"
 
 log() { echo "setup: $*"; }
+# shellcheck source=scripts/packages.sh
+source "$ROOT/scripts/packages.sh"
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "setup: must run as root (bcc loads eBPF programs; apt installs packages)" >&2
@@ -18,18 +20,8 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # --- OS packages -----------------------------------------------------------------------------
-PKGS=(bpfcc-tools python3-bpfcc libbpfcc linux-headers-amd64 nftables bpftool iproute2
-      prometheus prometheus-alertmanager postgresql chromium fonts-dejavu-core)
-missing=()
-for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    log "installing OS packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+ensure_packages setup bpfcc-tools python3-bpfcc libbpfcc linux-headers-amd64 nftables bpftool iproute2 \
+    prometheus prometheus-alertmanager postgresql chromium fonts-dejavu-core
 
 # --- kernel headers for bcc ------------------------------------------------------------------
 # bcc compiles against /lib/modules/$(uname -r)/build. When the running kernel has no headers
