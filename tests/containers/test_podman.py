@@ -52,12 +52,17 @@ class Pair:
     def __init__(self, image: str, tag: str, seconds: float = 240):
         self.port = free_port()
         self.names = [f"llmslo-test-{tag}-srv-{os.getpid()}", f"llmslo-test-{tag}-cli-{os.getpid()}"]
-        self.server = run_container(image, "-c", SERVER, str(self.port), name=self.names[0], entrypoint="python3")
-        url = f"http://127.0.0.1:{self.port}/"
-        wait_until(f"the {tag} server answering", lambda: urllib.request.urlopen(url, timeout=5).status == 200,
-                   timeout_s=30, every_s=0.5)
-        self.client = run_container(image, "-c", CLIENT, url, str(RATE), str(seconds), name=self.names[1],
-                                    entrypoint="python3")
+        try:
+            self.server = run_container(image, "-c", SERVER, str(self.port), name=self.names[0],
+                                        entrypoint="python3")
+            url = f"http://127.0.0.1:{self.port}/"
+            wait_until(f"the {tag} server answering", lambda: urllib.request.urlopen(url, timeout=5).status == 200,
+                       timeout_s=30, every_s=0.5)
+            self.client = run_container(image, "-c", CLIENT, url, str(RATE), str(seconds), name=self.names[1],
+                                        entrypoint="python3")
+        except BaseException:
+            self.remove()  # the caller never gets the pair to remove
+            raise
 
     def host_pid(self) -> int:
         return int(podman("inspect", "--format", "{{.State.Pid}}", self.server).stdout.strip())
