@@ -140,10 +140,10 @@ def start_agent(image: str, *extra_args: str, mounts: tuple[str, ...] = AGENT_MO
     return AgentContainer(id=cid, name=name, url=f"http://127.0.0.1:{port}", token=token)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def agent_container(images) -> Iterator[AgentContainer]:
-    """One agent container for the session (compiling its recorder takes a minute or two); the
-    test that kills it runs last."""
+    """One agent container for the module's tests (compiling its recorder takes a minute or
+    two), removed when they are done; the test that kills it runs last."""
     agent = start_agent(images["agent"])
     try:
         # The recorder compiles its probes in the background (a minute or two on 2 vCPUs).
