@@ -12,7 +12,7 @@
 # - podman's settings for this kind of node are the project's (deploy/images/containers.conf).
 #
 #   LLMSLO_IMAGE_TAG (default 0.1.0) tags llmslo/agent and llmslo/responder.
-#   LLMSLO_IMAGE_REBUILD=1 builds the images again even when they exist (the base is kept).
+#   LLMSLO_IMAGE_REBUILD=1 builds the images again even when they are up to date (the base is kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -112,17 +112,32 @@ if [[ ! -f "$WHEELS/.pyproject-$HASH" ]]; then
 fi
 
 # --- the images ------------------------------------------------------------------------------
+# An image is built again when what it is built from changed: its Dockerfile and the files it
+# copies (a hash of them is the image's label), so that the container tests run today's code.
+# Unchanged layers (the OS packages) come from podman's cache.
+source_hash() {
+    local dockerfile=$1
+    { cat "$dockerfile"
+      find pyproject.toml README.md common capture responder playbooks lab -type f \
+           -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum
+    } | sha256sum | cut -d' ' -f1
+}
+
 build() {
-    local name=$1 image="llmslo/$1:$TAG"
-    if [[ "${LLMSLO_IMAGE_REBUILD:-}" != 1 ]] && podman image exists "$image"; then
-        log "$image exists (LLMSLO_IMAGE_REBUILD=1 builds it again)"
+    local name=$1 image="llmslo/$1:$TAG" dockerfile="deploy/images/$1.Dockerfile" hash built
+    hash=$(source_hash "$dockerfile")
+    built=$(podman image inspect --format '{{index .Labels "llmslo.source"}}' "$image" 2>/dev/null || true)
+    if [[ "${LLMSLO_IMAGE_REBUILD:-}" != 1 && "$built" == "$hash" ]]; then
+        log "$image is up to date (LLMSLO_IMAGE_REBUILD=1 builds it again)"
         return
     fi
     log "building $image"
     podman build -q --network=host --volume "$WHEELS:/wheels:ro" \
-        --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels \
-        -f "deploy/images/$name.Dockerfile" -t "$image" . >/dev/null
+        --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels --label "llmslo.source=$hash" \
+        -f "$dockerfile" -t "$image" . >/dev/null
 }
 build agent
 build responder
+# The builds these replaced, left untagged.
+podman image prune -f --filter label=llmslo.source >/dev/null
 podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^(localhost/)?(llmslo/|debian:bookworm-slim)' | sed 's/^/images: /'
