@@ -51,6 +51,9 @@ class CaptureAgent:
                  event_budgets: dict[str, int] | None = None, preload: bool = True, kube=None,
                  early_warning: bool = True, early_warning_cgroups: tuple[str, ...] = ()):
         self.node = node_name or socket.gethostname()
+        # What bcc lacks to compile the probes here (None: nothing), checked once: the node's
+        # mounts do not change under a running agent.
+        self.kernel_headers = kernelsrc.missing_headers()
         # capture.kube.KubeIdentity, when the agent has a Kubernetes API: pod names, namespaces,
         # workloads and Service names on top of what the cgroup paths say.
         self.kube = kube
@@ -474,7 +477,7 @@ class CaptureAgent:
                 "armed_captures": len(self.armed),
                 "max_concurrent": self.max_concurrent, "completed_captures": self.completed,
                 "preloaded": sorted(self._spares),
-                "kernel_headers": kernelsrc.missing_headers(),
+                "kernel_headers": self.kernel_headers,
                 "recorder": None if self.recorder is None else self.recorder.status(),
                 "early_warning": None if self.early_warning is None else self.early_warning.status()}
 

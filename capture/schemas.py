@@ -65,12 +65,20 @@ def check_duration(seconds: float, name: str = "duration_s") -> float:
 # A container id may also be shortened to a unique prefix of at least 12 hex digits, as `podman
 # ps` and `docker ps` print it.
 _POD_UID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{12,64}$")
+_CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{12,64}$")
+CONTAINER_ID_FORMS = "64 hex digits, or a prefix of at least 12"
 
 
 def container_id(value: str) -> str:
     """A container id without its runtime prefix (``containerd://abc…`` -> ``abc…``)."""
     return value.split("://", 1)[-1]
+
+
+def checked_container_id(value: str) -> str | None:
+    """``value`` without its runtime prefix when that is a container id (CONTAINER_ID_FORMS);
+    None when it is not one."""
+    bare = container_id(value)
+    return bare if _CONTAINER_ID_RE.match(bare) else None
 
 
 @dataclass
@@ -114,12 +122,11 @@ class CaptureTarget:
         for u in pods:
             if not _POD_UID_RE.match(u):
                 raise RequestError(f"target.pods: {u!r} is not a pod UID (metadata.uid)")
-        containers = [container_id(c) for c in
-                      _str_list(data.get("containers", []), "target.containers", "a list of container ids")]
-        for c in containers:
-            if not CONTAINER_ID_RE.match(c):
-                raise RequestError(f"target.containers: {c!r} is not a container id "
-                                   "(64 hex digits, or a prefix of at least 12)")
+        containers = []
+        for c in _str_list(data.get("containers", []), "target.containers", "a list of container ids"):
+            if (bare := checked_container_id(c)) is None:
+                raise RequestError(f"target.containers: {container_id(c)!r} is not a container id ({CONTAINER_ID_FORMS})")
+            containers.append(bare)
         target = cls(pids=pids, cgroups=list(cgroups), ports=ports, pods=pods, containers=containers)
         if target.is_empty():
             raise RequestError("target: name at least one pid, cgroup, port, pod or container")

@@ -62,10 +62,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print(f"llmslo: no LLMSLO_AGENT_TOKEN set; generated agent token for this run: {token}",
               file=sys.stderr, flush=True)
     _logging(args.verbose)
-    from capture import kernelsrc, kube
+    from capture import kube
 
-    if missing := kernelsrc.missing_headers():
-        print(f"llmslo agent: {missing}", file=sys.stderr, flush=True)
     try:
         kube_identity = kube.from_env(args.node_name)
     except Exception as e:  # a broken kubeconfig or service account: say which, do not start half-configured
@@ -73,6 +71,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     agent = CaptureAgent(args.node_name, recorder=not args.no_recorder, recorder_interval_s=args.recorder_interval_s,
                          recorder_history_s=args.recorder_history_s, kube=kube_identity,
                          early_warning=not args.no_early_warning, early_warning_cgroups=tuple(args.early_warning_cgroup))
+    if agent.kernel_headers:
+        print(f"llmslo agent: {agent.kernel_headers}", file=sys.stderr, flush=True)
     http_server.run(make_app(agent, token), args.host, args.port)
     return 0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from capture.schemas import CONTAINER_ID_RE, CaptureTarget, container_id
+from capture.schemas import CONTAINER_ID_FORMS, CaptureTarget, checked_container_id
 from responder.kube.cluster import KubeCluster, KubeUnavailable, Scope, ScopeError, named_workloads, workload_label_names
 from responder.pipeline.stage import Context
 from responder.playbooks import ScopeSpec
@@ -40,10 +40,9 @@ def scope_from_labels(spec: ScopeSpec, labels: dict[str, str], kube: KubeCluster
         target.ports.append(int(port))
     cid = spec.first_present(spec.container_id_labels, labels)
     if cid is not None:
-        bare = container_id(cid)
-        if not CONTAINER_ID_RE.match(bare):
-            raise ScopeError(f"label container_id={cid!r} is not a container id (64 hex digits, or a prefix of at "
-                             "least 12, with or without a runtime prefix)")
+        if (bare := checked_container_id(cid)) is None:
+            raise ScopeError(f"label container_id={cid!r} is not a container id ({CONTAINER_ID_FORMS}, with or "
+                             "without a runtime prefix)")
         target.containers.append(bare)
     if target.is_empty():
         if workloads := named_workloads(spec, labels):

@@ -22,6 +22,7 @@ import pytest
 
 from common.net import free_port
 from lab import faults, process
+from lab.servers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "deploy" / "images" / "containers.conf"
@@ -95,20 +96,6 @@ def http_json(url: str, token: str | None = None, data: bytes | None = None,
         return e.code, json.loads(e.read() or b"{}")
 
 
-def wait_until(what: str, check, timeout_s: float, every_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (OSError, ValueError) as e:  # not listening yet, or half an answer
-            last = e
-        time.sleep(every_s)
-    raise AssertionError(f"{what} after {timeout_s:g} s (last: {last!r})")
-
-
 # The DaemonSet's pod, as podman runs it: privileged, the host's PID namespace, the same
 # read-only host mounts, the token from the environment. The host's network, so that the test
 # reaches its API on loopback (the DaemonSet keeps it on the pod network instead).
@@ -147,9 +134,9 @@ def agent_container(images) -> Iterator[AgentContainer]:
     agent = start_agent(images["agent"])
     try:
         # The recorder compiles its probes in the background (a minute or two on 2 vCPUs).
-        wait_until("the agent container's recorder has no interval",
-                   lambda: (http_json(f"{agent.url}/healthz", agent.token)[1].get("recorder") or {}).get("intervals"),
-                   timeout_s=300, every_s=2)
+        wait_for(what="the agent container's recorder has an interval",
+                 check=lambda: (http_json(f"{agent.url}/healthz", agent.token)[1].get("recorder") or {}).get("intervals"),
+                   timeout_s=300, interval_s=2)
         yield agent
     finally:
         remove(agent.name)

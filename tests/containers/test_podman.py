@@ -25,6 +25,7 @@ from capture import identity
 from common.net import free_port
 from lab import faults
 from lab.harness import alert_payload
+from lab.servers import wait_for
 from tests.capture.conftest import held_prog_ids, loaded_prog_ids
 from tests.containers.conftest import (
     AGENT_MOUNTS,
@@ -35,7 +36,6 @@ from tests.containers.conftest import (
     remove,
     run_container,
     start_agent,
-    wait_until,
 )
 from tests.containers.workload import CLIENT, SERVER
 
@@ -56,8 +56,8 @@ class Pair:
             self.server = run_container(image, "-c", SERVER, str(self.port), name=self.names[0],
                                         entrypoint="python3")
             url = f"http://127.0.0.1:{self.port}/"
-            wait_until(f"the {tag} server answering", lambda: urllib.request.urlopen(url, timeout=5).status == 200,
-                       timeout_s=30, every_s=0.5)
+            wait_for(what=f"the {tag} server answering", check=lambda: urllib.request.urlopen(url, timeout=5).status == 200,
+                       timeout_s=30, interval_s=0.5)
             self.client = run_container(image, "-c", CLIENT, url, str(RATE), str(seconds), name=self.names[1],
                                         entrypoint="python3")
         except BaseException:
@@ -142,11 +142,13 @@ def test_an_agent_container_without_the_nodes_kernel_headers_says_what_to_mount(
     """Without the node's /usr/src, /lib/modules/<release>/build is a dangling link here."""
     agent = start_agent(images["agent"], mounts=tuple(m for m in AGENT_MOUNTS if m != "/usr/src"))
     try:
-        line = wait_until("the agent's line about kernel headers", lambda: next(
+        line = wait_for(what="the agent's line about kernel headers", check=lambda: next(
             (ln for ln in agent.logs().splitlines() if "no kernel headers" in ln), None), timeout_s=60)
         assert line.startswith("llmslo agent: no kernel headers for ")
         assert "Mount the node's /lib/modules and /usr/src read-only" in line
-        status, health = http_json(f"{agent.url}/healthz", agent.token)
+        # the line comes before the API listens
+        status, health = wait_for(what="the agent's /healthz", check=lambda: http_json(f"{agent.url}/healthz", agent.token),
+                                  timeout_s=60)
         assert status == 200 and "no kernel headers" in health["kernel_headers"]
     finally:
         remove(agent.name)
@@ -184,7 +186,7 @@ def test_the_responder_image_read_only_and_unprivileged_attributes_a_webhook_thr
                       options=("--read-only", "--user", "10001:10001", "-v", f"{volume}:/var/lib/llmslo:U",
                                "-e", f"LLMSLO_WEBHOOK_TOKEN={webhook_token}", "-e", f"LLMSLO_AGENT_URL={agent.url}",
                                "-e", f"LLMSLO_AGENT_TOKEN={agent.token}"))
-        wait_until("the responder container's /healthz", lambda: http_json(f"{url}/healthz")[0] == 200, timeout_s=60)
+        wait_for(what="the responder container's /healthz", check=lambda: http_json(f"{url}/healthz")[0] == 200, timeout_s=60)
         assert podman("exec", name, "id", "-u").stdout.strip() == "10001"
         assert podman("exec", name, "touch", "/opt/llmslo/x", check=False).returncode != 0  # read-only root
 
@@ -201,13 +203,13 @@ def test_the_responder_image_read_only_and_unprivileged_attributes_a_webhook_thr
             def attributed():
                 code, inc = http_json(f"{url}/api/incidents/{incident}", webhook_token)
                 return inc if code == 200 and inc.get("verdict") and inc.get("capture") else None
-            inc = wait_until("the incident attributed", attributed, timeout_s=120, every_s=2)
+            inc = wait_for(what="the incident attributed", check=attributed, timeout_s=120, interval_s=2)
         assert inc["verdict"]["domains"] == ["network"], inc["verdict"]
         assert inc["capture"]["node"] == "podman-node"  # through the agent container
         assert inc["capture"]["workloads"][0]["container_id"] == lossy.server
 
         podman("restart", "-t", "10", name)
-        wait_until("the restarted responder's /healthz", lambda: http_json(f"{url}/healthz")[0] == 200, timeout_s=60)
+        wait_for(what="the restarted responder's /healthz", check=lambda: http_json(f"{url}/healthz")[0] == 200, timeout_s=60)
         code, again = http_json(f"{url}/api/incidents/{incident}", webhook_token)
         assert code == 200 and again["verdict"]["domains"] == ["network"]
     finally:
@@ -238,11 +240,11 @@ def test_nothing_stays_attached_after_the_agent_container_is_killed(agent_contai
     # the dead process's BPF and perf descriptors (seconds, with a recorder's worth of them);
     # the kill itself is sent either way, and what counts is what the kernel still holds after.
     podman("kill", "--signal", "KILL", agent_container.id, check=False)
-    wait_until("the killed agent's process gone", lambda: not Path(f"/proc/{pid}").exists(), timeout_s=60,
-               every_s=0.2)
-    wait_until("the killed agent's programs unloaded", lambda: not (loaded_prog_ids() & held), timeout_s=15,
-               every_s=0.2)
+    wait_for(what="the killed agent's process gone", check=lambda: not Path(f"/proc/{pid}").exists(), timeout_s=60,
+               interval_s=0.2)
+    wait_for(what="the killed agent's programs unloaded", check=lambda: not (loaded_prog_ids() & held), timeout_s=15,
+               interval_s=0.2)
     print(f"agent container killed: its {len(held)} programs unloaded {time.monotonic() - t0:.1f} s after SIGKILL")
     assert bcc_trace_events(pid) == []
-    wait_until("podman seeing the agent container exited", lambda: podman(
+    wait_for(what="podman seeing the agent container exited", check=lambda: podman(
         "inspect", "--format", "{{.State.Running}}", agent_container.id).stdout.strip() == "false", timeout_s=60)
